@@ -1,0 +1,84 @@
+"""tenant-analytics: a multi-tenant, privacy-first analytics API."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import (
+    MAX_CONTENT_LENGTH,
+    check_production_secrets,
+    from_environment,
+    normalize_database_url,
+)
+from .extensions import cors, db, jwt, limiter, migrate
+
+PUBLIC_ROUTES = r"/api/(analytics/track|analytics/batch|v1/.*)"
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: environment settings, then ``config`` overrides on top."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_SWALLOW_ERRORS=True,  # a Redis outage must not turn events away
+        JWT_ERROR_MESSAGE_KEY="message",
+    )
+    app.config.update(from_environment())
+    if config:
+        app.config.update(config)
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        os.makedirs(app.instance_path, exist_ok=True)
+        path = os.path.join(app.instance_path, "tenant_analytics.db")
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
+    app.config["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
+        app.config["SQLALCHEMY_DATABASE_URI"]
+    )
+    check_production_secrets(app.config)
+
+    proxies = app.config["TRUSTED_PROXY_COUNT"]
+    if proxies > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=_migrations_dir())
+    jwt.init_app(app)
+    limiter.init_app(app)
+    cors.init_app(app, resources={PUBLIC_ROUTES: {"origins": "*"}})
+
+    from .api import register_blueprints
+    from .auth import register_jwt_callbacks
+    from .cli import register_commands
+    from .errors import register_error_handlers
+
+    register_error_handlers(app)
+    register_jwt_callbacks(jwt)
+    register_blueprints(app)
+    register_commands(app)
+    return app
+
+
+def _migrations_dir() -> str:
+    """``migrations/`` at the project root (this package lives in ``src/``)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(os.path.dirname(os.path.dirname(here)), "migrations")
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL and a busy timeout let several gunicorn workers share the SQLite file."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()

@@ -1,0 +1,42 @@
+"""Helpers shared by handlers: the parsed body and the client's identity."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from flask import current_app, request
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..errors import invalid_body, validation_errors
+from ..ingestion import ClientInfo
+from ..tenancy import request_body
+
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+
+def parse_body(schema: type[SchemaT], *, max_bytes: int | None = None) -> SchemaT:
+    """Validate the JSON body against ``schema``; raise 413 or 422 as ``ApiError``."""
+    # The app-wide MAX_CONTENT_LENGTH already bounds the read; endpoints may allow less.
+    if max_bytes is not None and len(request.get_data(cache=True)) > max_bytes:
+        raise RequestEntityTooLarge(f"The body may not exceed {max_bytes // 1024} KiB.")
+    body = request_body()
+    if body is None:
+        raise invalid_body({"body": ["The body must be a JSON object."]})
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_body(validation_errors(exc)) from None
+
+
+def client_info() -> ClientInfo:
+    """Who sent the request; ``remote_addr`` is the proxy-corrected address when configured."""
+    return ClientInfo(
+        ip=request.remote_addr,
+        user_agent=request.headers.get("User-Agent"),
+        referrer=request.headers.get("Referer"),
+    )
+
+
+def hash_key() -> str:
+    return current_app.config["VISITOR_HASH_KEY"]

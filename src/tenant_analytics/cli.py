@@ -1,0 +1,88 @@
+"""Command line: ``flask --app tenant_analytics tenant|user|demo ...``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .auth import create_user
+from .extensions import db
+from .models import Tenant, User
+
+tenant_cli = AppGroup("tenant", help="Manage tenants.")
+user_cli = AppGroup("user", help="Manage owner and admin users.")
+
+
+def echo_json(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data))
+
+
+def fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    raise SystemExit(1)
+
+
+def valid_timezone(_ctx: Any, _param: Any, value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise click.BadParameter(f"unknown IANA time zone {value!r}") from None
+    return value
+
+
+@tenant_cli.command("create")
+@click.option("--name", required=True)
+@click.option("--slug", required=True)
+@click.option("--inactive", is_flag=True, help="Create the tenant switched off.")
+@click.option("--timezone", default="UTC", callback=valid_timezone, show_default=True)
+def create_tenant(name: str, slug: str, inactive: bool, timezone: str) -> None:
+    """Create a tenant and print it as one line of JSON."""
+    tenant = Tenant(name=name, slug=slug, active=not inactive, timezone=timezone)
+    db.session.add(tenant)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        fail(f"a tenant with slug {slug!r} already exists")
+    echo_json(tenant.to_dict())
+
+
+@user_cli.command("create")
+@click.option("--email", required=True)
+@click.option("--password", required=True)
+@click.option("--tenant", "tenant_ids", type=int, multiple=True, help="Tenant id it owns.")
+@click.option("--admin", is_flag=True, help="May read every tenant.")
+def create_user_command(
+    email: str, password: str, tenant_ids: tuple[int, ...], admin: bool
+) -> None:
+    """Create a user owning the given tenants and print it as one line of JSON."""
+    tenants = list(db.session.scalars(select(Tenant).where(Tenant.id.in_(tenant_ids))))
+    missing = sorted(set(tenant_ids) - {t.id for t in tenants})
+    if missing:
+        fail(f"no tenant with id {', '.join(map(str, missing))}")
+    if db.session.scalar(select(User).where(User.email == email.strip().lower())):
+        fail(f"a user with email {email!r} already exists")
+    user = create_user(db.session, email, password, tenants=tenants, is_admin=admin)
+    echo_json(user.to_dict())
+
+
+@click.command("demo")
+def demo_command() -> None:
+    """Create (once) a demo tenant and owner with a week of events."""
+    from .demo import load_demo
+
+    echo = load_demo(db.session)
+    click.echo(echo)
+
+
+def register_commands(app: Flask) -> None:
+    app.cli.add_command(tenant_cli)
+    app.cli.add_command(user_cli)
+    app.cli.add_command(demo_command)

@@ -1,0 +1,97 @@
+"""Configuration read once from the environment, with strict parsing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from limits import parse as parse_rate_limit
+
+DEV_SECRET_DEFAULT = "dev-only-insecure-secret-do-not-use-in-production"
+SECRET_SETTINGS = ("SECRET_KEY", "JWT_SECRET_KEY", "VISITOR_HASH_KEY")
+
+# Request bodies: the tracking endpoint accepts 64 KiB, the batch endpoint more.
+TRACK_MAX_BYTES = 64 * 1024
+MAX_CONTENT_LENGTH = 512 * 1024
+
+
+class ConfigError(RuntimeError):
+    """Raised when the environment holds a setting the app cannot run with."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    try:
+        parse_rate_limit(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} is not a rate limit like '100 per minute': {value!r}") from exc
+    return value
+
+
+def normalize_database_url(url: str) -> str:
+    """Pin plain PostgreSQL URLs (and the ``postgres://`` spelling) to psycopg2.
+
+    SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3, which we do not install.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Build the Flask config mapping from environment variables."""
+    env = os.environ if env is None else env
+    database_url = env.get("DATABASE_URL")
+    return {
+        "APP_ENV": (env.get("APP_ENV") or env.get("FLASK_ENV") or "development").lower(),
+        "SQLALCHEMY_DATABASE_URI": database_url or None,
+        "SECRET_KEY": env.get("SECRET_KEY", DEV_SECRET_DEFAULT),
+        "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY", DEV_SECRET_DEFAULT),
+        "VISITOR_HASH_KEY": env.get("VISITOR_HASH_KEY", DEV_SECRET_DEFAULT),
+        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
+        "RATELIMIT_KEY_PREFIX": env.get("RATELIMIT_KEY_PREFIX", "tenant-analytics"),
+        "RATELIMIT_ENABLED": _flag(env, "RATELIMIT_ENABLED", True),
+        "TRACK_RATE_LIMIT": _rate_limit(env, "TRACK_RATE_LIMIT", "100 per minute"),
+        "LOGIN_RATE_LIMIT": _rate_limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),
+        "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
+        "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int(env, "JWT_ACCESS_MINUTES", 60, 1)),
+        "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int(env, "JWT_REFRESH_DAYS", 30, 1)),
+    }
+
+
+def check_production_secrets(config: Mapping[str, Any]) -> None:
+    """Refuse to run in production while a secret still has its development default."""
+    if config.get("APP_ENV") != "production":
+        return
+    weak = [name for name in SECRET_SETTINGS if config.get(name) in (None, "", DEV_SECRET_DEFAULT)]
+    if weak:
+        raise ConfigError(
+            "refusing to start in production with development secrets: " + ", ".join(weak)
+        )

@@ -1,0 +1,84 @@
+"""Demo data: a bakery with a week of plausible landing-page traffic."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .auth import create_user
+from .ingestion import ClientInfo, NewEvent, enrich
+from .models import Tenant, User, utcnow
+from .store import insert_events
+
+DEMO_SLUG = "demo-bakery"
+DEMO_EMAIL = "owner@demo.example"
+DEMO_PASSWORD = "demo-password"
+DEMO_HASH_KEY = "demo-data"  # demo visitors are synthetic; their hashes need no secret
+
+USER_AGENTS = [
+    "Mozilla/5.0 (Linux; Android 14) Chrome/126.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) Safari/604.1",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/126.0 Safari/537.36",
+]
+REFERRERS = [
+    None,
+    "https://www.instagram.com/",
+    "https://www.facebook.com/",
+    "https://www.google.com/",
+]
+
+
+def _demo_events(tenant: Tenant, rng: random.Random) -> list[dict]:
+    now = utcnow()
+    rows = []
+    for day in range(7):
+        for _visit in range(rng.randint(12, 30)):
+            at = now - timedelta(days=day, seconds=rng.randint(0, 20 * 3600))
+            client = ClientInfo(
+                ip=f"198.51.100.{rng.randint(1, 250)}",
+                user_agent=rng.choice(USER_AGENTS),
+                referrer=rng.choice(REFERRERS),
+            )
+            visit = [
+                NewEvent("pageview"),
+                NewEvent("time_on_page", {"seconds": rng.randint(5, 400)}),
+            ]
+            if rng.random() < 0.35:
+                visit.append(NewEvent("click_whatsapp", {"button_location": "hero"}))
+            if rng.random() < 0.1:
+                visit.append(NewEvent("click_call"))
+            if rng.random() < 0.2:
+                visit.append(NewEvent("click_toggle_currency", {"to": "USD"}))
+            if rng.random() < 0.15:
+                visit.insert(0, NewEvent("qr_scan", {"qr": "counter"}))
+            if rng.random() < 0.4:
+                visit.append(NewEvent("product_click", {"product_id": rng.randint(1, 6)}))
+            for offset, event in enumerate(visit):
+                event.created_at = at + timedelta(seconds=offset * 20)
+                rows.append(enrich(tenant, event, client, hash_key=DEMO_HASH_KEY, now=now))
+    return rows
+
+
+def load_demo(session: Session) -> str:
+    """Create the demo tenant, owner and events unless present; return login instructions."""
+    tenant = session.scalar(select(Tenant).where(Tenant.slug == DEMO_SLUG))
+    if tenant is None:
+        tenant = Tenant(name="Panadería La Demo", slug=DEMO_SLUG, timezone="America/Tegucigalpa")
+        session.add(tenant)
+        session.flush()
+        insert_events(session, _demo_events(tenant, random.Random(7)))
+        session.commit()
+    if session.scalar(select(User).where(User.email == DEMO_EMAIL)) is None:
+        create_user(session, DEMO_EMAIL, DEMO_PASSWORD, tenants=[tenant], is_admin=False)
+    return (
+        f"Demo tenant {tenant.slug!r} has id {tenant.id}.\n"
+        f"Log in as {DEMO_EMAIL} / {DEMO_PASSWORD}:\n"
+        "  TOKEN=$(curl -s -X POST http://127.0.0.1:5000/api/auth/login "
+        "-H 'Content-Type: application/json' "
+        f'-d \'{{"email": "{DEMO_EMAIL}", "password": "{DEMO_PASSWORD}"}}\' '
+        "| python3 -c 'import sys, json; print(json.load(sys.stdin)[\"access_token\"])')\n"
+        f'  curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:5000/api/analytics/{tenant.id}'
+    )

@@ -1,0 +1,117 @@
+"""One JSON error shape for every error the API returns.
+
+``{"success": false, "error": <code>, "message": <text>, "errors": {field: [..]}}``
+(``errors`` only for validation failures). Database details never reach clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from flask_limiter import RateLimitExceeded
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with a status code and a message meant for the client."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        errors: dict[str, list[str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.errors = errors
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    errors: dict[str, list[str]] | None = None,
+) -> tuple[Response, int]:
+    body: dict[str, Any] = {
+        "success": False,
+        "error": code or _default_code(status),
+        "message": message,
+    }
+    if errors:
+        body["errors"] = errors
+    return jsonify(body), status
+
+
+def _default_code(status: int) -> str:
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    return HTTP_STATUS_CODES.get(status, "error").lower().replace(" ", "_")
+
+
+def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
+    """Pydantic errors as ``{"field.path": ["message", ...]}``."""
+    fields: dict[str, list[str]] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(part) for part in err["loc"]) or "body"
+        fields.setdefault(loc, []).append(err["msg"])
+    return fields
+
+
+def invalid_body(errors: dict[str, list[str]]) -> ApiError:
+    return ApiError(422, "The request body is invalid.", code="validation_error", errors=errors)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every exception through the one JSON shape."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.message, code=exc.code, errors=exc.errors)
+
+    @app.errorhandler(ValidationError)
+    def _validation_error(exc: ValidationError):
+        return error_response(
+            422,
+            "The request body is invalid.",
+            code="validation_error",
+            errors=validation_errors(exc),
+        )
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(exc: RateLimitExceeded):
+        return error_response(429, f"Rate limit exceeded: {exc.description}", code="rate_limited")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        status = exc.code or 500
+        response, _ = error_response(status, exc.description or exc.name)
+        for name, value in exc.get_headers():  # keeps Allow on 405, Retry-After where set
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(exc: OperationalError):
+        log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else "")
+        return error_response(503, "The service is temporarily unavailable; retry later.")
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database_error(exc: SQLAlchemyError):
+        log.exception("database error")
+        return error_response(500, "Internal server error.")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "Internal server error.")

@@ -1,0 +1,29 @@
+"""Visitor identity without storing who the visitor is.
+
+A plain SHA-256 of an IPv4 address can be reversed by hashing all 2^32
+addresses; an HMAC keyed with ``VISITOR_HASH_KEY`` cannot, as long as the key
+stays outside the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+VISITOR_HASH_LENGTH = 45
+USER_AGENT_MAX = 512
+REFERRER_MAX = 1024
+
+
+def visitor_hash(key: str, tenant_id: int, client_ip: str | None, user_agent: str | None) -> str:
+    """First 45 hex characters of HMAC-SHA256(key, tenant id + IP + user agent)."""
+    message = f"{tenant_id}\x1f{client_ip or ''}\x1f{user_agent or ''}".encode()
+    digest = hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+    return digest[:VISITOR_HASH_LENGTH]
+
+
+def truncate(value: str | None, limit: int) -> str | None:
+    """Cut a client-supplied header to a storable length; empty becomes None."""
+    if not value:
+        return None
+    return value[:limit]

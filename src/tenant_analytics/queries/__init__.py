@@ -1,0 +1,1 @@
+"""Analytics SQL: typed functions ``fn(session, *, tenant_id, ...)`` with no Flask imports."""

@@ -1,0 +1,142 @@
+"""Landing-page dashboard figures, computed from the raw events table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy.orm import Session
+
+from ..catalogue import EVENT_KINDS, Kind, types_of
+from ..models import Event
+from ..timewindows import Day, last_days
+
+
+@dataclass
+class DayVisitors:
+    date: str
+    visitors: int
+
+
+@dataclass
+class LandingSummary:
+    visitors_today: int
+    visitors_week: int
+    whatsapp_clicks: int
+    call_clicks: int
+    currency_toggles: int
+    qr_scans: int
+    avg_time_on_page: int
+    last_7_days: list[DayVisitors]
+
+
+@dataclass
+class TodaySummary:
+    visitors_today: int
+    whatsapp_clicks: int
+    qr_scans: int
+    products_viewed: int
+
+
+def _in_window(tenant_id: int, start: datetime, end: datetime):
+    return (Event.tenant_id == tenant_id, Event.created_at >= start, Event.created_at < end)
+
+
+def count_visitors_by_day(session: Session, *, tenant_id: int, days: list[Day]) -> list[int]:
+    """Distinct visitor hashes for each day of ``days`` (contiguous, oldest first)."""
+    day_index = case(
+        *[(Event.created_at < day.end, index) for index, day in enumerate(days)], else_=-1
+    )
+    rows = session.execute(
+        select(day_index.label("day"), func.count(func.distinct(Event.visitor_hash)))
+        .where(*_in_window(tenant_id, days[0].start, days[-1].end))
+        .group_by(day_index)
+    ).all()
+    counts = [0] * len(days)
+    for index, visitors in rows:
+        counts[index] = visitors
+    return counts
+
+
+def count_visitors(session: Session, *, tenant_id: int, start: datetime, end: datetime) -> int:
+    """Distinct visitor hashes in [start, end)."""
+    return (
+        session.scalar(
+            select(func.count(func.distinct(Event.visitor_hash))).where(
+                *_in_window(tenant_id, start, end)
+            )
+        )
+        or 0
+    )
+
+
+def count_by_kind(
+    session: Session, *, tenant_id: int, start: datetime, end: datetime
+) -> dict[Kind, int]:
+    """Event counts in [start, end), summed over every type that means the same kind."""
+    rows = session.execute(
+        select(Event.event_type, func.count())
+        .where(*_in_window(tenant_id, start, end))
+        .group_by(Event.event_type)
+    ).all()
+    counts: dict[Kind, int] = dict.fromkeys(Kind, 0)
+    for event_type, count in rows:
+        kind = EVENT_KINDS.get(event_type)
+        if kind is not None:
+            counts[kind] += count
+    return counts
+
+
+def average_time_on_page(
+    session: Session, *, tenant_id: int, start: datetime, end: datetime
+) -> int:
+    """Mean ``metadata.seconds`` of time-on-page events in [start, end), whole seconds."""
+    seconds = cast(Event.metadata_["seconds"].as_float(), Float)
+    mean = session.scalar(
+        select(func.avg(seconds)).where(
+            *_in_window(tenant_id, start, end),
+            Event.event_type.in_(types_of(Kind.TIME_ON_PAGE)),
+        )
+    )
+    return round(mean) if mean is not None else 0
+
+
+def landing_summary(
+    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime
+) -> LandingSummary:
+    """The landing dashboard: visitors today/this week and 7-day counters, in local days."""
+    days = last_days(zone, now, 7)
+    start, end = days[0].start, days[-1].end
+    per_day = count_visitors_by_day(session, tenant_id=tenant_id, days=days)
+    counts = count_by_kind(session, tenant_id=tenant_id, start=start, end=end)
+    return LandingSummary(
+        visitors_today=per_day[-1],
+        visitors_week=count_visitors(session, tenant_id=tenant_id, start=start, end=end),
+        whatsapp_clicks=counts[Kind.WHATSAPP_TAP],
+        call_clicks=counts[Kind.CALL],
+        currency_toggles=counts[Kind.CURRENCY_TOGGLE],
+        qr_scans=counts[Kind.QR_SCAN],
+        avg_time_on_page=average_time_on_page(session, tenant_id=tenant_id, start=start, end=end),
+        last_7_days=[
+            DayVisitors(day.date.isoformat(), visitors)
+            for day, visitors in zip(days, per_day, strict=True)
+        ],
+    )
+
+
+def today_summary(
+    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime
+) -> TodaySummary:
+    """Today's quick summary in the tenant's local day."""
+    (today,) = last_days(zone, now, 1)
+    counts = count_by_kind(session, tenant_id=tenant_id, start=today.start, end=today.end)
+    return TodaySummary(
+        visitors_today=count_visitors(
+            session, tenant_id=tenant_id, start=today.start, end=today.end
+        ),
+        whatsapp_clicks=counts[Kind.WHATSAPP_TAP],
+        qr_scans=counts[Kind.QR_SCAN],
+        products_viewed=counts[Kind.PRODUCT_CLICK],
+    )

@@ -1,0 +1,32 @@
+"""Rate-limit groups. Keys are tenant ids or client addresses, never stored elsewhere."""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from .extensions import client_ip_key, limiter
+from .tenancy import request_body, requested_tenant
+
+
+def tenant_key() -> str:
+    """One bucket per active tenant; requests naming no known tenant share their IP's bucket."""
+    tenant = requested_tenant()
+    if tenant is not None:
+        return f"tenant:{tenant.id}"
+    return f"ip:{client_ip_key()}"
+
+
+def login_key() -> str:
+    """Login attempts are counted per client address and email."""
+    email = (request_body() or {}).get("email")
+    email = email.strip().lower()[:254] if isinstance(email, str) else ""
+    return f"login:{client_ip_key()}:{email}"
+
+
+# Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
+per_tenant = limiter.shared_limit(
+    lambda: current_app.config["TRACK_RATE_LIMIT"], scope="tenant", key_func=tenant_key
+)
+login_attempts = limiter.limit(
+    lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]
+)

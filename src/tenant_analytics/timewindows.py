@@ -1,0 +1,37 @@
+"""Local calendar days of a tenant, as UTC instants for indexed range queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+@dataclass(frozen=True)
+class Day:
+    """One local calendar day: [start, end) in UTC."""
+
+    date: date
+    start: datetime
+    end: datetime
+
+
+def tenant_zone(name: str | None) -> ZoneInfo:
+    """The tenant's zone; UTC when unset or unknown."""
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def local_day(day: date, zone: ZoneInfo) -> Day:
+    """``day`` in ``zone`` as UTC bounds (DST-aware: a day may be 23 or 25 hours)."""
+    start = datetime.combine(day, time.min, tzinfo=zone).astimezone(UTC)
+    end = datetime.combine(day + timedelta(days=1), time.min, tzinfo=zone).astimezone(UTC)
+    return Day(day, start, end)
+
+
+def last_days(zone: ZoneInfo, now: datetime, count: int) -> list[Day]:
+    """The ``count`` local days ending today, oldest first."""
+    today = now.astimezone(zone).date()
+    return [local_day(today - timedelta(days=offset), zone) for offset in range(count - 1, -1, -1)]

@@ -1,0 +1,163 @@
+"""Fixtures: the real Alembic migrations once per session, tables emptied after each test.
+
+``TEST_DATABASE_URL`` selects PostgreSQL; without it the suite runs on an SQLite
+file. ``TEST_REDIS_URL`` puts the rate limiter on Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from flask_jwt_extended import create_access_token
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, text
+
+from tenant_analytics import create_app
+from tenant_analytics.auth import create_user
+from tenant_analytics.config import normalize_database_url
+from tenant_analytics.extensions import db, limiter
+from tenant_analytics.ingestion import ClientInfo, NewEvent, enrich
+from tenant_analytics.models import Tenant, User, utcnow
+from tenant_analytics.store import insert_events
+
+TEST_HASH_KEY = "test-visitor-hash-key-0123456789abcdef"
+REDIS_URL = os.environ.get("TEST_REDIS_URL")
+RATE_LIMIT_PREFIX = f"test-{uuid.uuid4().hex}"
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(normalize_database_url(url))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        _reset_postgres(url)
+        return url
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+
+
+@pytest.fixture(scope="session")
+def migrated(database_url: str) -> str:
+    """Apply the real migrations once; the schema every test runs on."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return database_url
+
+
+@pytest.fixture
+def is_postgres(database_url: str) -> bool:
+    return database_url.startswith("postgresql")
+
+
+def app_config(database_url: str, **overrides: Any) -> dict[str, Any]:
+    config = {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "VISITOR_HASH_KEY": TEST_HASH_KEY,
+        "RATELIMIT_STORAGE_URI": REDIS_URL or "memory://",
+        # The limiter keeps the first prefix it sees; counters are reset after each test.
+        "RATELIMIT_KEY_PREFIX": RATE_LIMIT_PREFIX,
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def make_app(migrated: str) -> Iterator[Any]:
+    apps: list[Flask] = []
+
+    def _make(**overrides: Any) -> Flask:
+        app = create_app(app_config(migrated, **overrides))
+        apps.append(app)
+        return app
+
+    yield _make
+    if apps:
+        with apps[0].app_context():
+            _empty_tables()
+        limiter.reset()
+
+
+def _empty_tables() -> None:
+    db.session.remove()
+    with db.engine.begin() as conn:
+        for table in reversed(db.metadata.sorted_tables):
+            conn.execute(table.delete())
+    db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: Any) -> Iterator[Flask]:
+    application = make_app()
+    with application.app_context():
+        yield application
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def make_tenant(app: Flask):
+    def _make(slug: str | None = None, **fields: Any) -> Tenant:
+        slug = slug or f"t-{uuid.uuid4().hex[:10]}"
+        tenant = Tenant(slug=slug, name=fields.pop("name", slug.title()), **fields)
+        db.session.add(tenant)
+        db.session.commit()
+        return tenant
+
+    return _make
+
+
+@pytest.fixture
+def make_user(app: Flask):
+    def _make(*tenants: Tenant, admin: bool = False, password: str = "s3cret-pass") -> User:
+        email = f"u-{uuid.uuid4().hex[:10]}@example.com"
+        return create_user(db.session, email, password, tenants=list(tenants), is_admin=admin)
+
+    return _make
+
+
+@pytest.fixture
+def auth_headers(app: Flask):
+    def _headers(user: User) -> dict[str, str]:
+        return {"Authorization": f"Bearer {create_access_token(identity=str(user.id))}"}
+
+    return _headers
+
+
+@pytest.fixture
+def add_events(app: Flask):
+    """Store events directly: ``add_events(tenant, [(type, created_at, visitor, metadata)])``."""
+
+    def _add(tenant: Tenant, events: list[tuple[str, datetime, str, dict | None]]) -> None:
+        rows = []
+        for event_type, created_at, visitor, metadata in events:
+            client = ClientInfo(ip=visitor, user_agent="pytest", referrer=None)
+            event = NewEvent(event_type, metadata, created_at=created_at)
+            rows.append(enrich(tenant, event, client, hash_key=TEST_HASH_KEY, now=utcnow()))
+        insert_events(db.session, rows)
+        db.session.commit()
+
+    return _add

@@ -1,0 +1,57 @@
+"""The factory, configuration and schema agree with what the issue promises."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from tenant_analytics import create_app
+from tenant_analytics.config import ConfigError, from_environment
+from tenant_analytics.extensions import db
+
+
+def test_models_match_migrations(app):
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
+    assert diff == []
+
+
+def test_production_refuses_development_secrets(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("SECRET_KEY", "x" * 40)
+    monkeypatch.delenv("JWT_SECRET_KEY", raising=False)
+    monkeypatch.delenv("VISITOR_HASH_KEY", raising=False)
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY, VISITOR_HASH_KEY"):
+        create_app()
+
+
+def test_production_starts_with_real_secrets(monkeypatch):
+    monkeypatch.setenv("FLASK_ENV", "production")
+    for name in ("SECRET_KEY", "JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
+        monkeypatch.setenv(name, name.lower() * 4)
+    assert create_app().config["APP_ENV"] == "production"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"TRACK_RATE_LIMIT": "lots"}, {"TRUSTED_PROXY_COUNT": "-1"}, {"RATELIMIT_ENABLED": "maybe"}],
+)
+def test_bad_settings_are_refused(env):
+    with pytest.raises(ConfigError):
+        from_environment(env)
+
+
+def test_postgres_url_spelling_is_normalized():
+    app = create_app({"SQLALCHEMY_DATABASE_URI": "postgres://u@h/db"})
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg2://u@h/db"
+
+
+def test_factory_does_not_connect():
+    app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": "postgresql://nobody@127.0.0.1:1/none",
+            "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:1",
+        }
+    )
+    assert "tracking" in app.blueprints

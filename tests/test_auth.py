@@ -1,0 +1,86 @@
+"""Login, refresh, and the JSON shape of every JWT failure."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def login(client, email, password):
+    return client.post("/api/auth/login", json={"email": email, "password": password})
+
+
+def test_login_returns_tokens_that_open_the_dashboard(client, make_tenant, make_user):
+    tenant = make_tenant()
+    user = make_user(tenant, password="right-password")
+    response = login(client, user.email.upper(), "right-password")
+    assert response.status_code == 200
+    tokens = response.get_json()
+    dashboard = client.get(
+        f"/api/analytics/{tenant.id}",
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+    )
+    assert dashboard.status_code == 200
+
+    refreshed = client.post(
+        "/api/auth/refresh", headers={"Authorization": f"Bearer {tokens['refresh_token']}"}
+    )
+    assert refreshed.status_code == 200
+    assert set(refreshed.get_json()) == {"access_token"}
+
+    with_access = client.post(
+        "/api/auth/refresh", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )
+    assert with_access.status_code == 401
+    assert with_access.get_json()["success"] is False
+
+
+@pytest.mark.parametrize("which", ["password", "email"])
+def test_wrong_credentials_are_401(client, make_user, which):
+    user = make_user(password="right-password")
+    email = user.email if which == "password" else "nobody@example.com"
+    response = login(client, email, "wrong-password")
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "invalid_credentials"
+
+
+def test_login_body_is_validated(client):
+    response = client.post("/api/auth/login", json={"email": "x@y.z"})
+    assert response.status_code == 422
+    assert "password" in response.get_json()["errors"]
+
+
+def test_login_attempts_are_limited_per_ip_and_email(make_app, make_user):
+    app = make_app(LOGIN_RATE_LIMIT="3 per minute")
+    client = app.test_client()
+    with app.app_context():
+        user = make_user(password="right-password")
+        email = user.email
+    statuses = [login(client, email, "wrong").status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    other = login(client, "someone-else@example.com", "wrong")
+    assert other.status_code == 401  # another email from the same IP has its own bucket
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer not-a-jwt"}, {"Authorization": "Basic abc"}],
+)
+def test_owner_endpoints_need_a_valid_token(client, make_tenant, headers):
+    tenant = make_tenant()
+    response = client.get(f"/api/analytics/{tenant.id}", headers=headers)
+    assert response.status_code == 401
+    body = response.get_json()
+    assert body["success"] is False and body["message"]
+
+
+def test_token_of_a_deleted_user_is_401(client, make_tenant, make_user, auth_headers):
+    from tenant_analytics.extensions import db
+
+    tenant = make_tenant()
+    user = make_user(tenant)
+    headers = auth_headers(user)
+    db.session.delete(user)
+    db.session.commit()
+    response = client.get(f"/api/analytics/{tenant.id}", headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["success"] is False

@@ -1,0 +1,112 @@
+"""The command-line contract: one line of JSON, exit code 1 on conflicts."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from sqlalchemy import func, select
+
+from tenant_analytics.extensions import db
+from tenant_analytics.models import Event, Tenant
+
+
+def test_tenant_create_prints_json(runner):
+    result = runner.invoke(
+        args=[
+            "tenant",
+            "create",
+            "--name",
+            "Bakery",
+            "--slug",
+            "bakery",
+            "--timezone",
+            "America/Tegucigalpa",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data) == {"id", "public_id", "slug", "name", "active", "timezone"}
+    assert (data["slug"], data["active"], data["timezone"]) == (
+        "bakery",
+        True,
+        "America/Tegucigalpa",
+    )
+    uuid.UUID(data["public_id"])
+    assert db.session.get(Tenant, data["id"]).name == "Bakery"
+
+
+def test_tenant_create_inactive_and_duplicate(runner):
+    first = runner.invoke(args=["tenant", "create", "--name", "A", "--slug", "dup", "--inactive"])
+    assert json.loads(first.output)["active"] is False
+    second = runner.invoke(args=["tenant", "create", "--name", "B", "--slug", "dup"])
+    assert second.exit_code == 1
+    assert "already exists" in second.output
+
+
+def test_tenant_create_rejects_unknown_zone(runner):
+    result = runner.invoke(
+        args=["tenant", "create", "--name", "A", "--slug", "z", "--timezone", "Mars/Olympus"]
+    )
+    assert result.exit_code != 0
+    assert db.session.scalar(select(func.count()).select_from(Tenant)) == 0
+
+
+def test_user_create_with_several_tenants(runner, make_tenant):
+    first, second = make_tenant(), make_tenant()
+    result = runner.invoke(
+        args=[
+            "user",
+            "create",
+            "--email",
+            "Owner@Example.com",
+            "--password",
+            "pw",
+            "--tenant",
+            str(first.id),
+            "--tenant",
+            str(second.id),
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {
+        "id": json.loads(result.output)["id"],
+        "email": "owner@example.com",
+        "tenants": sorted([first.id, second.id]),
+        "is_admin": False,
+    }
+    again = runner.invoke(
+        args=["user", "create", "--email", "owner@example.com", "--password", "x"]
+    )
+    assert again.exit_code == 1
+
+
+def test_user_create_unknown_tenant_fails(runner):
+    result = runner.invoke(
+        args=[
+            "user",
+            "create",
+            "--email",
+            "a@b.c",
+            "--password",
+            "pw",
+            "--tenant",
+            "4242",
+            "--admin",
+        ]
+    )
+    assert result.exit_code == 1 and "4242" in result.output
+
+
+def test_demo_runs_once_and_logs_in(runner, client):
+    first = runner.invoke(args=["demo"])
+    assert first.exit_code == 0, first.output
+    events = db.session.scalar(select(func.count()).select_from(Event))
+    second = runner.invoke(args=["demo"])
+    assert second.exit_code == 0
+    assert db.session.scalar(select(func.count()).select_from(Event)) == events > 100
+    assert "curl" in first.output
+    login = client.post(
+        "/api/auth/login", json={"email": "owner@demo.example", "password": "demo-password"}
+    )
+    assert login.status_code == 200

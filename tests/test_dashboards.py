@@ -1,0 +1,151 @@
+"""Owner dashboards: hand-computed figures, local days, and tenant isolation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tenant_analytics.extensions import db
+from tenant_analytics.models import utcnow
+from tenant_analytics.queries.landing import landing_summary, today_summary
+
+TEGUCIGALPA = ZoneInfo("America/Tegucigalpa")  # UTC-6, no daylight saving
+NOW = datetime(2026, 3, 8, 15, 0, tzinfo=UTC)  # 09:00 on 8 March in Tegucigalpa
+
+
+def local(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 3, day, hour, minute, tzinfo=TEGUCIGALPA)
+
+
+@pytest.fixture
+def week(make_tenant, add_events):
+    """A week in Tegucigalpa, figures worked out by hand in the tests below."""
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    add_events(
+        tenant,
+        [
+            ("pageview", local(1, 23, 59), "10.0.0.9", None),  # 8 days ago: outside
+            ("pageview", local(2, 0, 0), "10.0.0.1", None),  # first instant of the window
+            ("click_whatsapp", local(2, 10), "10.0.0.1", None),
+            ("pageview", local(5, 12), "10.0.0.2", None),
+            ("time_on_page", local(5, 12), "10.0.0.2", {"seconds": 10}),
+            ("time_on_page", local(6, 12), "10.0.0.1", {"seconds": 25}),
+            ("click_call", local(6, 13), "10.0.0.1", None),
+            # 20:30 on 7 March local is 02:30 on 8 March UTC: yesterday for this tenant.
+            ("pageview", local(7, 20, 30), "10.0.0.3", None),
+            ("click_toggle_currency", local(7, 20, 31), "10.0.0.3", None),
+            ("pageview", local(8, 0, 5), "10.0.0.1", None),
+            ("qr_scan", local(8, 8), "10.0.0.4", None),
+            ("product_click", local(8, 8, 1), "10.0.0.4", {"product_id": 3}),
+            ("product_click", local(8, 8, 2), "10.0.0.4", {"product_id": 4}),
+            ("click_whatsapp", local(8, 8, 3), "10.0.0.4", None),
+            ("pageview", local(9, 0, 0), "10.0.0.5", None),  # tomorrow: outside
+        ],
+    )
+    return tenant
+
+
+def test_landing_summary_in_local_days(app, week):
+    summary = landing_summary(db.session, tenant_id=week.id, zone=TEGUCIGALPA, now=NOW)
+    assert summary.visitors_today == 2  # .1 and .4
+    assert summary.visitors_week == 4  # .1 .2 .3 .4, each once
+    assert summary.whatsapp_clicks == 2
+    assert summary.call_clicks == 1
+    assert summary.currency_toggles == 1
+    assert summary.qr_scans == 1
+    assert summary.avg_time_on_page == 18  # (10 + 25) / 2 = 17.5, rounded to even 18
+    assert [(d.date, d.visitors) for d in summary.last_7_days] == [
+        ("2026-03-02", 1),
+        ("2026-03-03", 0),
+        ("2026-03-04", 0),
+        ("2026-03-05", 1),
+        ("2026-03-06", 1),
+        ("2026-03-07", 1),
+        ("2026-03-08", 2),
+    ]
+
+
+def test_today_summary_in_local_day(app, week):
+    summary = today_summary(db.session, tenant_id=week.id, zone=TEGUCIGALPA, now=NOW)
+    assert (
+        summary.visitors_today,
+        summary.whatsapp_clicks,
+        summary.qr_scans,
+        summary.products_viewed,
+    ) == (2, 1, 1, 2)
+
+
+def test_utc_days_would_differ(app, week):
+    """The same events read in UTC put the evening visitor on 8 March: zones matter."""
+    summary = landing_summary(db.session, tenant_id=week.id, zone=ZoneInfo("UTC"), now=NOW)
+    assert summary.last_7_days[-1].visitors == 3
+
+
+def test_empty_tenant_is_all_zeros(app, make_tenant):
+    tenant = make_tenant()
+    summary = landing_summary(db.session, tenant_id=tenant.id, zone=TEGUCIGALPA, now=NOW)
+    assert summary.visitors_week == 0 and summary.avg_time_on_page == 0
+    assert [d.visitors for d in summary.last_7_days] == [0] * 7
+
+
+def test_dashboard_endpoint_shape(client, make_tenant, make_user, auth_headers, add_events):
+    tenant = make_tenant()
+    add_events(tenant, [("pageview", utcnow() - timedelta(minutes=1), "10.1.1.1", None)])
+    response = client.get(f"/api/analytics/{tenant.id}", headers=auth_headers(make_user(tenant)))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["success"] is True
+    data = body["data"]
+    assert data["visitors_today"] == 1 and data["visitors_week"] == 1
+    assert len(data["last_7_days"]) == 7
+    assert data["last_7_days"][-1] == {"date": utcnow().date().isoformat(), "visitors": 1}
+
+
+def test_today_endpoint_shape(client, make_tenant, make_user, auth_headers, add_events):
+    tenant = make_tenant()
+    add_events(tenant, [("qr_scan", utcnow() - timedelta(minutes=1), "10.1.1.1", None)])
+    response = client.get(
+        f"/api/analytics/{tenant.id}/today", headers=auth_headers(make_user(tenant))
+    )
+    assert response.get_json() == {
+        "success": True,
+        "visitors_today": 1,
+        "whatsapp_clicks": 0,
+        "qr_scans": 1,
+        "products_viewed": 0,
+    }
+
+
+@pytest.mark.parametrize("path", ["/api/analytics/{id}", "/api/analytics/{id}/today"])
+def test_owner_of_another_tenant_gets_404(client, make_tenant, make_user, auth_headers, path):
+    mine, theirs = make_tenant(), make_tenant()
+    headers = auth_headers(make_user(mine))
+    forbidden = client.get(path.format(id=theirs.id), headers=headers)
+    missing = client.get(path.format(id=987_654), headers=headers)
+    huge = client.get(path.format(id=2**40), headers=headers)
+    assert forbidden.status_code == missing.status_code == huge.status_code == 404
+    assert forbidden.get_json() == missing.get_json()  # no hint that the tenant exists
+
+
+def test_admin_reads_any_tenant(client, make_tenant, make_user, auth_headers):
+    tenant = make_tenant()
+    response = client.get(
+        f"/api/analytics/{tenant.id}", headers=auth_headers(make_user(admin=True))
+    )
+    assert response.status_code == 200
+
+
+def test_user_owning_two_tenants_reads_both(client, make_tenant, make_user, auth_headers):
+    first, second = make_tenant(), make_tenant()
+    headers = auth_headers(make_user(first, second))
+    assert client.get(f"/api/analytics/{first.id}", headers=headers).status_code == 200
+    assert client.get(f"/api/analytics/{second.id}", headers=headers).status_code == 200
+
+
+def test_other_tenants_events_are_not_counted(app, make_tenant, add_events):
+    quiet, busy = make_tenant(), make_tenant()
+    add_events(busy, [("pageview", NOW - timedelta(hours=1), "10.0.0.1", None)])
+    summary = landing_summary(db.session, tenant_id=quiet.id, zone=ZoneInfo("UTC"), now=NOW)
+    assert summary.visitors_week == 0

@@ -1,0 +1,179 @@
+"""POST /api/analytics/track: what is stored, and every way a body can be wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from tenant_analytics.catalogue import LANDING_TYPES, MAX_TIME_ON_PAGE_SECONDS
+from tenant_analytics.extensions import db
+from tenant_analytics.models import Event
+
+
+def stored(tenant_id: int) -> list[Event]:
+    db.session.expire_all()
+    return list(db.session.scalars(select(Event).where(Event.tenant_id == tenant_id)))
+
+
+def test_stores_event_with_enrichment(client, make_tenant):
+    tenant = make_tenant()
+    response = client.post(
+        "/api/analytics/track",
+        json={
+            "tenant_id": tenant.id,
+            "event_type": "click_whatsapp",
+            "metadata": {"button_location": "hero"},
+        },
+        headers={"User-Agent": "Mozilla/5.0 test", "Referer": "https://ig.example/p/1"},
+    )
+    assert response.status_code == 201
+    assert response.get_json() == {"success": True}
+    (event,) = stored(tenant.id)
+    assert event.event_type == "click_whatsapp"
+    assert event.metadata_ == {"button_location": "hero"}
+    assert event.user_agent == "Mozilla/5.0 test"
+    assert event.referrer == "https://ig.example/p/1"
+    assert len(event.visitor_hash) == 45
+    assert event.created_at.tzinfo is not None
+
+
+@pytest.mark.parametrize("event_type", LANDING_TYPES)
+def test_every_landing_type_is_accepted(client, make_tenant, event_type):
+    tenant = make_tenant()
+    body = {"tenant_id": tenant.id, "event_type": event_type, "metadata": {"seconds": 12}}
+    assert client.post("/api/analytics/track", json=body).status_code == 201
+    assert [e.event_type for e in stored(tenant.id)] == [event_type]
+
+
+def test_long_headers_are_truncated(client, make_tenant):
+    tenant = make_tenant()
+    client.post(
+        "/api/analytics/track",
+        json={"tenant_id": tenant.id, "event_type": "pageview"},
+        headers={"User-Agent": "u" * 5000, "Referer": "https://x.example/" + "r" * 5000},
+    )
+    (event,) = stored(tenant.id)
+    assert len(event.user_agent) == 512
+    assert len(event.referrer) == 1024
+
+
+def test_beacon_with_text_plain_body_is_accepted(client, make_tenant):
+    tenant = make_tenant()
+    response = client.post(
+        "/api/analytics/track",
+        data=json.dumps({"tenant_id": tenant.id, "event_type": "pageview"}),
+        content_type="text/plain;charset=UTF-8",
+    )
+    assert response.status_code == 201
+    assert len(stored(tenant.id)) == 1
+
+
+def test_time_on_page_is_capped(client, make_tenant):
+    tenant = make_tenant()
+    body = {
+        "tenant_id": tenant.id,
+        "event_type": "time_on_page",
+        "metadata": {"seconds": 10**9, "page": "/"},
+    }
+    assert client.post("/api/analytics/track", json=body).status_code == 201
+    (event,) = stored(tenant.id)
+    assert event.metadata_ == {"seconds": MAX_TIME_ON_PAGE_SECONDS, "page": "/"}
+
+
+@pytest.mark.parametrize("active", [None, False])
+def test_unknown_or_inactive_tenant_is_404(client, make_tenant, active):
+    tenant_id = make_tenant(active=False).id if active is False else 999_999
+    response = client.post(
+        "/api/analytics/track", json={"tenant_id": tenant_id, "event_type": "pageview"}
+    )
+    assert response.status_code == 404
+    body = response.get_json()
+    assert body["success"] is False
+    assert body["message"] == "Tenant not found or not available"
+    assert stored(tenant_id) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"event_type": "pageview"}, "tenant_id"),
+        ({"tenant_id": "1", "event_type": "pageview"}, "tenant_id"),
+        ({"tenant_id": True, "event_type": "pageview"}, "tenant_id"),
+        ({"tenant_id": 1.5, "event_type": "pageview"}, "tenant_id"),
+        ({"tenant_id": 2**40, "event_type": "pageview"}, "tenant_id"),
+        ({"tenant_id": -3, "event_type": "pageview"}, "tenant_id"),
+        ({"tenant_id": "TENANT"}, "event_type"),
+        ({"tenant_id": "TENANT", "event_type": "hack"}, "event_type"),
+        ({"tenant_id": "TENANT", "event_type": 7}, "event_type"),
+        ({"tenant_id": "TENANT", "event_type": "pageview", "metadata": [1]}, "metadata"),
+        ({"tenant_id": "TENANT", "event_type": "pageview", "metadata": "x"}, "metadata"),
+        (
+            {"tenant_id": "TENANT", "event_type": "pageview", "metadata": {"a": "\u0000"}},
+            "metadata",
+        ),
+        ({"tenant_id": "TENANT", "event_type": "time_on_page"}, "metadata"),
+        (
+            {"tenant_id": "TENANT", "event_type": "time_on_page", "metadata": {"seconds": -1}},
+            "metadata",
+        ),
+        (
+            {"tenant_id": "TENANT", "event_type": "time_on_page", "metadata": {"seconds": "9"}},
+            "metadata",
+        ),
+    ],
+)
+def test_invalid_bodies_are_422_with_field_errors(client, make_tenant, body, field):
+    tenant = make_tenant()
+    if body.get("tenant_id") == "TENANT":
+        body = {**body, "tenant_id": tenant.id}
+    response = client.post("/api/analytics/track", json=body)
+    assert response.status_code == 422
+    payload = response.get_json()
+    assert payload["success"] is False
+    assert field in payload["errors"], payload
+    assert stored(tenant.id) == []
+
+
+@pytest.mark.parametrize("raw", [b"", b"not json", b"[1, 2]", b'"text"', b"{", b"NaN"])
+def test_non_object_bodies_are_422(client, raw):
+    response = client.post("/api/analytics/track", data=raw, content_type="application/json")
+    assert response.status_code == 422
+    assert response.get_json()["errors"] == {"body": ["The body must be a JSON object."]}
+
+
+def test_nan_in_metadata_is_422(client, make_tenant):
+    tenant = make_tenant()
+    raw = f'{{"tenant_id": {tenant.id}, "event_type": "pageview", "metadata": {{"x": NaN}}}}'
+    response = client.post("/api/analytics/track", data=raw, content_type="application/json")
+    assert response.status_code == 422
+    assert "metadata" in response.get_json()["errors"]
+
+
+def test_body_over_64_kib_is_413_json(client, make_tenant):
+    tenant = make_tenant()
+    body = {"tenant_id": tenant.id, "event_type": "pageview", "metadata": {"x": "a" * 70_000}}
+    response = client.post("/api/analytics/track", json=body)
+    assert response.status_code == 413
+    assert response.get_json()["success"] is False
+    assert stored(tenant.id) == []
+
+
+def test_cors_allows_any_origin_on_tracking(client):
+    response = client.options(
+        "/api/analytics/track",
+        headers={"Origin": "https://bakery.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert response.headers["Access-Control-Allow-Origin"] in ("*", "https://bakery.example")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("get", "/nope", 404), ("get", "/api/analytics/track", 405), ("put", "/api/auth/login", 405)],
+)
+def test_unknown_routes_and_methods_are_json(client, method, path, status):
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    body = response.get_json()
+    assert body["success"] is False and body["message"]
