@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -16,9 +17,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     Table,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -78,6 +81,11 @@ class Tenant(db.Model):
     name: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    currency: Mapped[str] = mapped_column(String(3), default="HNL", server_default="HNL")
+    # RFM "VIP" needs this much spent in 90 days, in the tenant's currency.
+    vip_monetary_threshold: Mapped[Decimal] = mapped_column(
+        Numeric(14, 2), default=Decimal(100000), server_default="100000"
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     owners: Mapped[list[User]] = relationship(secondary=tenant_owners, back_populates="tenants")
@@ -137,6 +145,65 @@ class Event(db.Model):
     visitor_hash: Mapped[str | None] = mapped_column(String(45))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     referrer: Mapped[str | None] = mapped_column(String(1024))
+    # Store and v1 fields; NULL for landing-page events.
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(254))
+    product_id: Mapped[int | None] = mapped_column(Integer)
+    product_slug: Mapped[str | None] = mapped_column(String(200))
+    product_name: Mapped[str | None] = mapped_column(String(200))
+    price: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    quantity: Mapped[int | None] = mapped_column(Integer)
+    source: Mapped[str | None] = mapped_column(String(100))
+    error_message: Mapped[str | None] = mapped_column(String(1000))
+    # Money an event brought in (purchase: price x quantity; conversion: value).
+    revenue: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    currency: Mapped[str | None] = mapped_column(String(3))
+
+
+class Product(db.Model):
+    """Something a tenant sells; deleting one only deactivates it."""
+
+    __tablename__ = "products"
+    __table_args__ = (UniqueConstraint("tenant_id", "slug", name="uq_products_tenant_slug"),)
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    # Unique across tenants: clients name a product by id alone.
+    id: Mapped[int] = mapped_column(
+        Integer, primary_key=True, autoincrement=False, server_default=FetchedValue()
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str | None] = mapped_column(String(200))
+    price: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "name": self.name,
+            "slug": self.slug,
+            "price": float(self.price) if self.price is not None else None,
+            "active": self.active,
+        }
+
+
+class DedupeKey(db.Model):
+    """Keys already seen per tenant: idempotency keys and conversion transaction ids.
+
+    The primary key makes the check atomic: two concurrent writers of the same
+    key cannot both insert it.
+    """
+
+    __tablename__ = "dedupe_keys"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class IdSequence(db.Model):
