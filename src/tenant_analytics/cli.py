@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -15,9 +16,11 @@ from sqlalchemy.exc import IntegrityError
 from .auth import create_user
 from .extensions import db
 from .models import Tenant, User
+from .products import create_product
 
 tenant_cli = AppGroup("tenant", help="Manage tenants.")
 user_cli = AppGroup("user", help="Manage owner and admin users.")
+product_cli = AppGroup("product", help="Manage a tenant's products.")
 
 
 def echo_json(data: dict[str, Any]) -> None:
@@ -73,6 +76,30 @@ def create_user_command(
     echo_json(user.to_dict())
 
 
+@product_cli.command("create")
+@click.option("--tenant", "tenant_id", type=int, required=True, help="Tenant id.")
+@click.option("--name", required=True)
+@click.option("--slug")
+@click.option("--price", type=click.FloatRange(min=0))
+def create_product_command(tenant_id: int, name: str, slug: str | None, price: float | None):
+    """Create a product and print it as one line of JSON."""
+    if db.session.get(Tenant, tenant_id) is None:
+        fail(f"no tenant with id {tenant_id}")
+    try:
+        product = create_product(
+            db.session,
+            tenant_id,
+            name=name,
+            slug=slug,
+            price=Decimal(str(price)) if price is not None else None,
+        )
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        fail(f"tenant {tenant_id} already has a product with slug {slug!r}")
+    echo_json(product.to_dict())
+
+
 @click.command("demo")
 def demo_command() -> None:
     """Create (once) a demo tenant and owner with a week of events."""
@@ -85,4 +112,5 @@ def demo_command() -> None:
 def register_commands(app: Flask) -> None:
     app.cli.add_command(tenant_cli)
     app.cli.add_command(user_cli)
+    app.cli.add_command(product_cli)
     app.cli.add_command(demo_command)

@@ -90,6 +90,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded):
+        if exc.response is not None:  # an endpoint's own answer (the conversion beacon's)
+            return exc.response
         return error_response(429, f"Rate limit exceeded: {exc.description}", code="rate_limited")
 
     @app.errorhandler(HTTPException)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from .models import Tenant, utcnow
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
-from .store import insert_events
+from .store import claim_keys, insert_events
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,32 @@ class ClientInfo:
     referrer: str | None
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two equal events are still two events
 class NewEvent:
-    """A validated event, before enrichment."""
+    """A validated event, before enrichment.
+
+    ``extra`` holds further event columns (session_id, price, revenue, ...).
+    An event with a ``dedupe_key`` is stored only if that key was not seen for
+    the tenant within ``dedupe_window`` (``None``: ever).
+    """
 
     event_type: str
     metadata: dict[str, Any] | None = None
     created_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    dedupe_key: str | None = None
+    dedupe_window: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    stored: int
+    duplicates: int
+
+
+def public_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
+    """An active tenant by slug; else None."""
+    return session.scalar(select(Tenant).where(Tenant.slug == slug, Tenant.active.is_(True)))
 
 
 def resolve_public_tenant(session: Session, ref: int | str) -> Tenant | None:
@@ -82,10 +100,27 @@ def ingest(
     client: ClientInfo,
     *,
     hash_key: str,
-) -> int:
-    """Enrich and store ``events`` for ``tenant``; commit; return how many were stored."""
+) -> IngestResult:
+    """Drop duplicates, enrich and store ``events`` for ``tenant`` in one transaction."""
     now = utcnow()
-    rows = [enrich(tenant, event, client, hash_key=hash_key, now=now) for event in events]
+    fresh = _claim_dedupe_keys(session, tenant.id, events, now)
+    kept = [event for event in events if event.dedupe_key is None or event in fresh]
+    rows = [enrich(tenant, event, client, hash_key=hash_key, now=now) for event in kept]
     insert_events(session, rows)
     session.commit()
-    return len(rows)
+    return IngestResult(stored=len(rows), duplicates=len(events) - len(rows))
+
+
+def _claim_dedupe_keys(
+    session: Session, tenant_id: int, events: Sequence[NewEvent], now: datetime
+) -> list[NewEvent]:
+    """The keyed events whose key this transaction claimed (first of each key only)."""
+    by_window: dict[timedelta | None, dict[str, NewEvent]] = {}
+    for event in events:
+        if event.dedupe_key is not None:
+            by_window.setdefault(event.dedupe_window, {}).setdefault(event.dedupe_key, event)
+    claimed: list[NewEvent] = []
+    for window, first_of_key in by_window.items():
+        keys = claim_keys(session, tenant_id, list(first_of_key), now=now, window=window)
+        claimed.extend(first_of_key[key] for key in keys)
+    return claimed

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from flask import Response, current_app, jsonify
+from flask_limiter import RequestLimit
 
 from .extensions import client_ip_key, limiter
 from .tenancy import request_body, requested_tenant
@@ -29,4 +30,22 @@ per_tenant = limiter.shared_limit(
 )
 login_attempts = limiter.limit(
     lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]
+)
+
+
+def _skip_beacon(_limit: RequestLimit) -> Response:
+    """A throttled conversion beacon is skipped, never an error the page could see."""
+    transaction_id = (request_body() or {}).get("transaction_id")
+    return jsonify({"status": "skipped", "transaction_id": transaction_id})
+
+
+# The v1 "api" throttle group: per client address, shared by its endpoints.
+api_group = limiter.shared_limit(
+    lambda: current_app.config["API_RATE_LIMIT"], scope="api", key_func=client_ip_key
+)
+conversion_group = limiter.shared_limit(
+    lambda: current_app.config["API_RATE_LIMIT"],
+    scope="api",
+    key_func=client_ip_key,
+    on_breach=_skip_beacon,
 )

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
-from .catalogue import MAX_TIME_ON_PAGE_SECONDS, TRACK_TYPES
+from .catalogue import (
+    MAX_TIME_ON_PAGE_SECONDS,
+    TRACK_TYPES,
+    V1_INTERACTION_TYPES,
+    V1_TRACK_TYPES,
+)
 
 TenantId = Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)]
 MAX_METADATA_DEPTH = 8
@@ -74,3 +89,79 @@ class Login(Body):
 
     email: Annotated[Text, Field(min_length=3, max_length=254)]
     password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+Currency = Annotated[str, Field(pattern=r"^[A-Za-z]{3}$"), AfterValidator(str.upper)]
+Money = Annotated[Decimal, Field(ge=0, le=Decimal("999999999999.99"), decimal_places=2)]
+ProductId = Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)]
+
+
+def _iana_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("not a time zone of the IANA database, e.g. America/Tegucigalpa") from None
+    return value
+
+
+TimeZoneName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_iana_zone)]
+
+
+class V1TrackEvent(Body):
+    """``POST /api/v1/analytics/track``."""
+
+    tenant_id: Annotated[str, Field(strict=True, min_length=1, max_length=64)]
+    type: Literal[V1_TRACK_TYPES]  # type: ignore[valid-type]
+    product_id: ProductId | None = None
+    metadata: Metadata | None = None
+
+
+class Interaction(Body):
+    """``POST /api/v1/interactions``."""
+
+    tenant_id: TenantId
+    type: Literal[V1_INTERACTION_TYPES]  # type: ignore[valid-type]
+    product_id: ProductId | None = None
+    metadata: Metadata | None = None
+
+
+class ConversionBeacon(Body):
+    """``POST /api/v1/analytics/conversion``: anything unusable is skipped, never an error."""
+
+    tenant_slug: Annotated[Text, Field(min_length=1, max_length=80)]
+    transaction_id: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
+    value: Money = Decimal(0)
+    currency: Currency | None = None
+    event: Literal[V1_TRACK_TYPES] = "purchase"  # type: ignore[valid-type]
+    timestamp: AwareDatetime | None = None
+
+
+class ProductCreate(Body):
+    """``POST /api/tenants/<id>/products``."""
+
+    name: Annotated[Text, Field(min_length=1, max_length=200)]
+    slug: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
+    price: Money | None = None
+    active: bool = True
+
+
+class ProductUpdate(Body):
+    """``PATCH /api/tenants/<id>/products/<id>``: only the fields sent change.
+
+    Fields typed without ``| None`` refuse an explicit null.
+    """
+
+    name: Annotated[Text, Field(min_length=1, max_length=200)] = None  # type: ignore[assignment]
+    slug: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
+    price: Money | None = None
+    active: bool = None  # type: ignore[assignment]
+
+
+class TenantUpdate(Body):
+    """``PATCH /api/tenants/<id>``: only the fields sent change; none may be null."""
+
+    name: Annotated[Text, Field(min_length=1, max_length=200)] = None  # type: ignore[assignment]
+    timezone: TimeZoneName = None  # type: ignore[assignment]
+    currency: Currency = None  # type: ignore[assignment]
+    active: bool = None  # type: ignore[assignment]
+    vip_monetary_threshold: Money = None  # type: ignore[assignment]

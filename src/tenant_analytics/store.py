@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .models import Event, IdSequence
+from .models import DedupeKey, Event, IdSequence
 
 
 def allocate_ids(session: Session, name: str, count: int) -> range:
@@ -37,3 +39,41 @@ def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         ids = allocate_ids(session, "events", len(rows))
         rows = [{**row, "id": event_id} for row, event_id in zip(rows, ids, strict=True)]
     session.execute(insert(Event.__table__), list(rows))
+
+
+def claim_keys(
+    session: Session,
+    tenant_id: int,
+    keys: Sequence[str],
+    *,
+    now: datetime,
+    window: timedelta | None,
+) -> list[str]:
+    """Record ``keys`` as seen; return those that were new (or last seen before the window).
+
+    One upsert on the (tenant_id, key) primary key: of two concurrent
+    transactions claiming the same key, the second waits for the first and
+    then finds it taken, so a duplicate is never written twice.
+    """
+    if not keys:
+        return []
+    table = DedupeKey.__table__
+    upsert = _dialect_insert(session)(table).values(
+        [{"tenant_id": tenant_id, "key": key, "seen_at": now} for key in keys]
+    )
+    conflict = [table.c.tenant_id, table.c.key]
+    if window is None:
+        statement = upsert.on_conflict_do_nothing(index_elements=conflict)
+    else:
+        statement = upsert.on_conflict_do_update(
+            index_elements=conflict,
+            set_={"seen_at": upsert.excluded.seen_at},
+            where=table.c.seen_at < now - window,
+        )
+    return list(session.scalars(statement.returning(table.c.key)))
+
+
+def _dialect_insert(session: Session):
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert

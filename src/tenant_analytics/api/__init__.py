@@ -4,8 +4,10 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import auth, dashboards, tracking
+    from . import auth, dashboards, tenants, tracking, v1
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(tracking.bp)
     app.register_blueprint(dashboards.bp)
+    app.register_blueprint(tenants.bp)
+    app.register_blueprint(v1.bp)

@@ -22,7 +22,11 @@ def landing_dashboard(tenant_id: int):
     """Visitors today and this week, taps and scans over the last 7 local days."""
     tenant = owned_tenant_or_404(tenant_id)
     summary = landing.landing_summary(
-        db.session, tenant_id=tenant.id, zone=tenant_zone(tenant.timezone), now=utcnow()
+        db.session,
+        tenant_id=tenant.id,
+        zone=tenant_zone(tenant.timezone),
+        now=utcnow(),
+        currency=tenant.currency,
     )
     return {"success": True, "data": asdict(summary)}
 

@@ -14,6 +14,10 @@ from ..models import Event
 from ..timewindows import Day, last_days
 
 
+# Events that close a sale: counted as conversions, their revenue summed.
+REVENUE_KINDS = (Kind.CONVERSION, Kind.PURCHASE)
+
+
 @dataclass
 class DayVisitors:
     date: str
@@ -30,6 +34,9 @@ class LandingSummary:
     qr_scans: int
     avg_time_on_page: int
     last_7_days: list[DayVisitors]
+    maps_clicks: int
+    conversions: int
+    revenue: dict[str, float]
 
 
 @dataclass
@@ -103,8 +110,25 @@ def average_time_on_page(
     return round(mean) if mean is not None else 0
 
 
+def revenue_by_currency(
+    session: Session, *, tenant_id: int, start: datetime, end: datetime, default_currency: str
+) -> dict[str, float]:
+    """Revenue of conversion and purchase events in [start, end), per currency."""
+    currency = func.coalesce(Event.currency, default_currency)
+    rows = session.execute(
+        select(currency, func.sum(Event.revenue))
+        .where(
+            *_in_window(tenant_id, start, end),
+            Event.event_type.in_(types_of(*REVENUE_KINDS)),
+            Event.revenue.is_not(None),
+        )
+        .group_by(currency)
+    ).all()
+    return {code: round(float(total), 2) for code, total in rows}
+
+
 def landing_summary(
-    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime
+    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime, currency: str = "HNL"
 ) -> LandingSummary:
     """The landing dashboard: visitors today/this week and 7-day counters, in local days."""
     days = last_days(zone, now, 7)
@@ -123,6 +147,11 @@ def landing_summary(
             DayVisitors(day.date.isoformat(), visitors)
             for day, visitors in zip(days, per_day, strict=True)
         ],
+        maps_clicks=counts[Kind.MAPS],
+        conversions=sum(counts[kind] for kind in REVENUE_KINDS),
+        revenue=revenue_by_currency(
+            session, tenant_id=tenant_id, start=start, end=end, default_currency=currency
+        ),
     )
 
 

@@ -1,0 +1,124 @@
+"""Owners manage their tenants and products (JWT of an owner, or of an admin)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import Blueprint
+from flask_jwt_extended import current_user, jwt_required
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import ApiError
+from ..extensions import db
+from ..models import Product, Tenant
+from ..products import create_product, list_products, product_of_tenant
+from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
+from ..tenancy import owned_tenant_or_404
+from .requests import parse_body
+
+bp = Blueprint("tenants", __name__, url_prefix="/api/tenants")
+
+
+def tenant_view(tenant: Tenant) -> dict[str, Any]:
+    return {
+        **tenant.to_dict(),
+        "currency": tenant.currency,
+        "vip_monetary_threshold": float(tenant.vip_monetary_threshold),
+    }
+
+
+SLUG_TAKEN = "A product with this slug already exists."
+
+
+@contextmanager
+def _committed_or_409(message: str) -> Iterator[None]:
+    """Run the block and commit; a unique-constraint clash (a taken slug) becomes a 409."""
+    try:
+        yield
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise ApiError(409, message, code="conflict") from None
+
+
+def _product_or_404(tenant: Tenant, product_id: int) -> Product:
+    product = product_of_tenant(db.session, tenant.id, product_id)
+    if product is None:
+        raise ApiError(404, "Product not found", code="not_found")
+    return product
+
+
+@bp.get("")
+@jwt_required()
+def list_tenants():
+    """The caller's tenants (every tenant for an admin)."""
+    tenants = (
+        db.session.scalars(select(Tenant).order_by(Tenant.id))
+        if current_user.is_admin
+        else sorted(current_user.tenants, key=lambda t: t.id)
+    )
+    return {"success": True, "tenants": [tenant_view(t) for t in tenants]}
+
+
+@bp.get("/<int:tenant_id>")
+@jwt_required()
+def get_tenant(tenant_id: int):
+    """One tenant's settings."""
+    return {"success": True, "tenant": tenant_view(owned_tenant_or_404(tenant_id))}
+
+
+@bp.patch("/<int:tenant_id>")
+@jwt_required()
+def update_tenant(tenant_id: int):
+    """Change name, timezone (IANA), currency, active or the RFM VIP threshold."""
+    tenant = owned_tenant_or_404(tenant_id)
+    for name, value in parse_body(TenantUpdate).model_dump(exclude_unset=True).items():
+        setattr(tenant, name, value)
+    db.session.commit()
+    return {"success": True, "tenant": tenant_view(tenant)}
+
+
+@bp.get("/<int:tenant_id>/products")
+@jwt_required()
+def get_products(tenant_id: int):
+    """The tenant's products, inactive ones included."""
+    tenant = owned_tenant_or_404(tenant_id)
+    return {
+        "success": True,
+        "products": [p.to_dict() for p in list_products(db.session, tenant.id)],
+    }
+
+
+@bp.post("/<int:tenant_id>/products")
+@jwt_required()
+def add_product(tenant_id: int):
+    """Create a product (slugs are unique within the tenant)."""
+    tenant = owned_tenant_or_404(tenant_id)
+    body = parse_body(ProductCreate)
+    with _committed_or_409(SLUG_TAKEN):
+        product = create_product(db.session, tenant.id, **body.model_dump())
+    return {"success": True, "product": product.to_dict()}, 201
+
+
+@bp.patch("/<int:tenant_id>/products/<int:product_id>")
+@jwt_required()
+def update_product(tenant_id: int, product_id: int):
+    """Change a product's name, slug, price or active flag."""
+    product = _product_or_404(owned_tenant_or_404(tenant_id), product_id)
+    with _committed_or_409(SLUG_TAKEN):
+        for name, value in parse_body(ProductUpdate).model_dump(exclude_unset=True).items():
+            setattr(product, name, value)
+    return {"success": True, "product": product.to_dict()}
+
+
+@bp.delete("/<int:tenant_id>/products/<int:product_id>")
+@jwt_required()
+def delete_product(tenant_id: int, product_id: int):
+    """Deactivate a product; its events and history stay."""
+    product = _product_or_404(owned_tenant_or_404(tenant_id), product_id)
+    product.active = False
+    db.session.commit()
+    return {"success": True, "product": product.to_dict()}

@@ -1,0 +1,88 @@
+"""The versioned /api/v1 interaction API, whose contract existing clients fix."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, current_app
+
+from ..conversions import conversion_event
+from ..errors import error_response, invalid_body
+from ..extensions import db
+from ..ingestion import NewEvent, ingest, public_tenant_by_slug, resolve_public_tenant
+from ..products import product_of_tenant
+from ..ratelimits import api_group, conversion_group, per_tenant
+from ..schemas import ConversionBeacon, Interaction, V1TrackEvent
+from ..tenancy import request_body, requested_tenant
+from .requests import client_info, hash_key, parse_body
+from .tracking import TENANT_UNAVAILABLE
+
+bp = Blueprint("v1", __name__, url_prefix="/api/v1")
+log = logging.getLogger(__name__)
+
+
+@bp.post("/analytics/track")
+@api_group
+def track():
+    """Record an interaction for a tenant named by public UUID or numeric id (202)."""
+    body = parse_body(V1TrackEvent)
+    tenant = resolve_public_tenant(db.session, body.tenant_id)
+    if tenant is None:
+        return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")
+    extra, metadata = {}, body.metadata
+    if body.product_id is not None:
+        if product_of_tenant(db.session, tenant.id, body.product_id) is None:
+            raise invalid_body({"product_id": ["No such product for this tenant."]})
+        extra["product_id"] = body.product_id
+        metadata = {**(metadata or {}), "product_id": body.product_id}
+    event = NewEvent(body.type, metadata, extra=extra)
+    ingest(db.session, tenant, [event], client_info(), hash_key=hash_key())
+    return {"success": True, "message": "Event accepted for processing"}, 202
+
+
+@bp.post("/analytics/conversion")
+@conversion_group
+def conversion():
+    """Payment beacon: always 200, ``ok`` when recorded (once per transaction), else ``skipped``."""
+    raw = request_body() or {}
+    transaction_id = raw.get("transaction_id")
+    try:
+        body = ConversionBeacon.model_validate(raw)
+        tenant = public_tenant_by_slug(db.session, body.tenant_slug)
+        event = conversion_event(body, tenant) if tenant else None
+        if event is None:
+            return {"status": "skipped", "transaction_id": transaction_id}
+        ingest(db.session, tenant, [event], client_info(), hash_key=hash_key())
+    except Exception:  # a beacon must never fail the page
+        db.session.rollback()
+        log.warning("conversion beacon skipped", exc_info=True)
+        return {"status": "skipped", "transaction_id": transaction_id}
+    return {"status": "ok", "transaction_id": body.transaction_id}
+
+
+@bp.post("/interactions")
+@per_tenant
+def interactions():
+    """Low-level interaction: 201 when recorded, 202 otherwise (no tenant-existence feedback)."""
+    started = time.monotonic()
+    body = parse_body(Interaction)
+    tenant = requested_tenant()
+    recorded = False
+    if tenant is not None:
+        product_id = body.product_id
+        if product_id is not None and product_of_tenant(db.session, tenant.id, product_id) is None:
+            product_id = None  # never link another tenant's product
+        event = NewEvent(body.type, body.metadata, extra={"product_id": product_id})
+        try:
+            ingest(db.session, tenant, [event], client_info(), hash_key=hash_key())
+            recorded = True
+        except Exception:
+            db.session.rollback()
+            log.exception("interaction not recorded")
+    # Both answers wait for the same floor, so timing does not tell whether a tenant exists.
+    floor = current_app.config["INTERACTION_MIN_SECONDS"]
+    time.sleep(max(0.0, floor - (time.monotonic() - started)))
+    if recorded:
+        return {"status": "success"}, 201
+    return {"status": "accepted"}, 202

@@ -1,0 +1,153 @@
+"""Owners read and change their tenants and products; never another tenant's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tenant_analytics.extensions import db
+from tenant_analytics.models import Product
+
+
+@pytest.fixture
+def owner(make_tenant, make_user, auth_headers):
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    return tenant, auth_headers(make_user(tenant))
+
+
+def test_list_only_my_tenants(client, make_tenant, make_user, auth_headers):
+    mine, _theirs = make_tenant(), make_tenant()
+    body = client.get("/api/tenants", headers=auth_headers(make_user(mine))).get_json()
+    assert [t["id"] for t in body["tenants"]] == [mine.id]
+    admin = client.get("/api/tenants", headers=auth_headers(make_user(admin=True))).get_json()
+    assert len(admin["tenants"]) == 2
+
+
+def test_get_and_patch_tenant(client, owner):
+    tenant, headers = owner
+    got = client.get(f"/api/tenants/{tenant.id}", headers=headers).get_json()["tenant"]
+    assert (got["currency"], got["timezone"]) == ("HNL", "America/Tegucigalpa")
+    patched = client.patch(
+        f"/api/tenants/{tenant.id}",
+        headers=headers,
+        json={
+            "name": "Nuevo",
+            "timezone": "Europe/Madrid",
+            "currency": "eur",
+            "vip_monetary_threshold": 650,
+        },
+    )
+    assert patched.status_code == 200
+    data = patched.get_json()["tenant"]
+    assert (data["name"], data["timezone"], data["currency"], data["vip_monetary_threshold"]) == (
+        "Nuevo",
+        "Europe/Madrid",
+        "EUR",
+        650.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"currency": "EURO"}, "currency"),
+        ({"name": None}, "name"),
+        ({"active": "maybe"}, "active"),
+        ({"vip_monetary_threshold": -1}, "vip_monetary_threshold"),
+    ],
+)
+def test_patch_tenant_validation(client, owner, body, field):
+    tenant, headers = owner
+    response = client.patch(f"/api/tenants/{tenant.id}", headers=headers, json=body)
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]
+
+
+def test_product_lifecycle(client, owner):
+    tenant, headers = owner
+    url = f"/api/tenants/{tenant.id}/products"
+    created = client.post(
+        url, headers=headers, json={"name": "Pan dulce", "slug": "pan", "price": "12.50"}
+    )
+    assert created.status_code == 201
+    product = created.get_json()["product"]
+    assert (product["name"], product["price"], product["active"]) == ("Pan dulce", 12.5, True)
+    duplicate = client.post(url, headers=headers, json={"name": "Otro", "slug": "pan"})
+    assert duplicate.status_code == 409
+    patched = client.patch(f"{url}/{product['id']}", headers=headers, json={"price": 14})
+    assert patched.get_json()["product"]["price"] == 14.0
+    deleted = client.delete(f"{url}/{product['id']}", headers=headers)
+    assert deleted.get_json()["product"]["active"] is False
+    listed = client.get(url, headers=headers).get_json()["products"]
+    assert [(p["id"], p["active"]) for p in listed] == [(product["id"], False)]
+    assert db.session.get(Product, (tenant.id, product["id"])) is not None  # history stays
+
+
+def test_same_slug_in_two_tenants_is_fine(client, make_tenant, make_user, auth_headers):
+    first, second = make_tenant(), make_tenant()
+    headers = auth_headers(make_user(first, second))
+    for tenant in (first, second):
+        response = client.post(
+            f"/api/tenants/{tenant.id}/products",
+            headers=headers,
+            json={"name": "Pan", "slug": "pan"},
+        )
+        assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/tenants/{t}"),
+        ("patch", "/api/tenants/{t}"),
+        ("get", "/api/tenants/{t}/products"),
+        ("post", "/api/tenants/{t}/products"),
+        ("patch", "/api/tenants/{t}/products/{p}"),
+        ("delete", "/api/tenants/{t}/products/{p}"),
+    ],
+)
+def test_another_tenants_resources_are_404(
+    client, make_tenant, make_user, auth_headers, method, path
+):
+    mine, theirs = make_tenant(), make_tenant()
+    theirs_headers = auth_headers(make_user(theirs))
+    product = client.post(
+        f"/api/tenants/{theirs.id}/products", headers=theirs_headers, json={"name": "Secreto"}
+    ).get_json()["product"]
+    headers = auth_headers(make_user(mine))
+    url = path.format(t=theirs.id, p=product["id"])
+    response = getattr(client, method)(url, headers=headers, json={"name": "Hacked"})
+    assert response.status_code == 404
+    # and my own tenant cannot reach their product either
+    own_url = f"/api/tenants/{mine.id}/products/{product['id']}"
+    assert client.patch(own_url, headers=headers, json={"name": "Hacked"}).status_code == 404
+    assert db.session.get(Product, (theirs.id, product["id"])).name == "Secreto"
+
+
+def test_cli_product_create(runner, make_tenant):
+    tenant = make_tenant()
+    result = runner.invoke(
+        args=[
+            "product",
+            "create",
+            "--tenant",
+            str(tenant.id),
+            "--name",
+            "Torta",
+            "--slug",
+            "torta",
+            "--price",
+            "35.5",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["tenant_id"], data["name"], data["price"]) == (tenant.id, "Torta", 35.5)
+    again = runner.invoke(
+        args=["product", "create", "--tenant", str(tenant.id), "--name", "T", "--slug", "torta"]
+    )
+    assert again.exit_code == 1
+    missing = runner.invoke(args=["product", "create", "--tenant", "999", "--name", "T"])
+    assert missing.exit_code == 1

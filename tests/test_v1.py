@@ -1,0 +1,377 @@
+"""The /api/v1 contract: status codes and bodies exactly as existing clients expect."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from tenant_analytics.extensions import db
+from tenant_analytics.models import Event, utcnow
+from tenant_analytics.products import create_product
+
+
+def events_of(tenant_id: int) -> list[Event]:
+    db.session.expire_all()
+    return list(
+        db.session.scalars(select(Event).where(Event.tenant_id == tenant_id).order_by(Event.id))
+    )
+
+
+@pytest.fixture
+def product_of(app):
+    def _make(tenant, **fields):
+        product = create_product(db.session, tenant.id, name=fields.pop("name", "Pan"), **fields)
+        db.session.commit()
+        return product
+
+    return _make
+
+
+# --- POST /api/v1/analytics/track ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("ref", ["public_id", "numeric"])
+def test_track_by_public_id_or_numeric_string(client, make_tenant, product_of, ref):
+    tenant = make_tenant()
+    product = product_of(tenant)
+    tenant_ref = str(tenant.public_id) if ref == "public_id" else str(tenant.id)
+    response = client.post(
+        "/api/v1/analytics/track",
+        json={
+            "tenant_id": tenant_ref,
+            "type": "whatsapp_click",
+            "product_id": product.id,
+            "metadata": {"source": "catalog_page"},
+        },
+    )
+    assert response.status_code == 202
+    assert response.get_json() == {"success": True, "message": "Event accepted for processing"}
+    (event,) = events_of(tenant.id)
+    assert event.event_type == "whatsapp_click"
+    assert event.product_id == product.id
+    assert event.metadata_ == {"source": "catalog_page", "product_id": product.id}
+
+
+@pytest.mark.parametrize("tenant_ref", ["00000000-0000-0000-0000-000000000000", "999999", "x"])
+def test_track_unknown_tenant_is_404(client, tenant_ref):
+    response = client.post(
+        "/api/v1/analytics/track", json={"tenant_id": tenant_ref, "type": "call"}
+    )
+    assert response.status_code == 404
+    body = response.get_json()
+    assert (body["success"], body["message"]) == (False, "Tenant not found or not available")
+
+
+def test_track_inactive_tenant_is_404(client, make_tenant):
+    tenant = make_tenant(active=False)
+    response = client.post(
+        "/api/v1/analytics/track", json={"tenant_id": str(tenant.public_id), "type": "call"}
+    )
+    assert response.status_code == 404
+    assert events_of(tenant.id) == []
+
+
+def test_track_rejects_another_tenants_product(client, make_tenant, product_of):
+    mine, theirs = make_tenant(), make_tenant()
+    foreign = product_of(theirs)
+    for product_id in (foreign.id, 987_654):
+        response = client.post(
+            "/api/v1/analytics/track",
+            json={
+                "tenant_id": str(mine.id),
+                "type": "cart_add",
+                "product_id": product_id,
+            },
+        )
+        assert response.status_code == 422
+        assert "product_id" in response.get_json()["errors"]
+    assert events_of(mine.id) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "call"}, "tenant_id"),
+        ({"tenant_id": 5, "type": "call"}, "tenant_id"),
+        ({"tenant_id": "5"}, "type"),
+        ({"tenant_id": "5", "type": "view"}, "type"),
+        ({"tenant_id": "5", "type": "call", "metadata": [1]}, "metadata"),
+        ({"tenant_id": "5", "type": "call", "product_id": "abc"}, "product_id"),
+    ],
+)
+def test_track_validation_errors(client, body, field):
+    response = client.post("/api/v1/analytics/track", json=body)
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]
+
+
+# --- POST /api/v1/analytics/conversion ----------------------------------------------------
+
+
+def test_conversion_recorded_once_per_transaction(client, make_tenant):
+    tenant = make_tenant(slug="mi-negocio")
+    body = {"tenant_slug": "mi-negocio", "transaction_id": "txn_abc123", "value": 150.00}
+    first = client.post("/api/v1/analytics/conversion", json=body)
+    retry = client.post("/api/v1/analytics/conversion", json=body)
+    assert first.status_code == retry.status_code == 200
+    assert first.get_json() == retry.get_json() == {"status": "ok", "transaction_id": "txn_abc123"}
+    (event,) = events_of(tenant.id)
+    assert (event.event_type, event.revenue, event.currency) == (
+        "purchase",
+        Decimal("150.00"),
+        "HNL",
+    )
+
+
+def test_same_transaction_id_at_two_tenants_is_two_sales(client, make_tenant):
+    first, second = make_tenant(slug="uno"), make_tenant(slug="dos", currency="USD")
+    for slug in ("uno", "dos"):
+        body = {"tenant_slug": slug, "transaction_id": "t-1", "value": "20.5"}
+        assert client.post("/api/v1/analytics/conversion", json=body).get_json()["status"] == "ok"
+    assert [e.currency for e in events_of(first.id) + events_of(second.id)] == ["HNL", "USD"]
+
+
+def test_conversion_defaults_and_explicit_fields(client, make_tenant):
+    tenant = make_tenant(slug="tienda")
+    at = (utcnow() - timedelta(hours=2)).replace(microsecond=0)
+    client.post("/api/v1/analytics/conversion", json={"tenant_slug": "tienda"})
+    client.post(
+        "/api/v1/analytics/conversion",
+        json={
+            "tenant_slug": "tienda",
+            "transaction_id": "t9",
+            "value": 99.99,
+            "currency": "usd",
+            "event": "conversion",
+            "timestamp": at.isoformat(),
+        },
+    )
+    default, explicit = events_of(tenant.id)
+    assert (default.event_type, default.revenue, default.currency) == ("purchase", 0, "HNL")
+    assert (explicit.event_type, explicit.revenue, explicit.currency) == (
+        "conversion",
+        Decimal("99.99"),
+        "USD",
+    )
+    assert explicit.created_at == at
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"transaction_id": "t1"},
+        {"tenant_slug": "nope", "transaction_id": "t1"},
+        {"tenant_slug": "INACTIVE", "transaction_id": "t1"},
+        {"tenant_slug": "shop", "transaction_id": "t1", "value": -5},
+        {"tenant_slug": "shop", "transaction_id": "t1", "value": "lots"},
+        {"tenant_slug": "shop", "transaction_id": "t1", "currency": "dollars"},
+        {"tenant_slug": "shop", "transaction_id": "t1", "event": "hack"},
+        {"tenant_slug": "shop", "transaction_id": "t1", "timestamp": "yesterday"},
+        {"tenant_slug": "shop", "transaction_id": "t1", "timestamp": "2099-01-01T00:00:00Z"},
+        {"tenant_slug": "shop", "transaction_id": "t1", "timestamp": "2001-01-01T00:00:00Z"},
+    ],
+)
+def test_conversion_skips_unusable_beacons(client, make_tenant, body):
+    shop = make_tenant(slug="shop")
+    make_tenant(slug="INACTIVE", active=False)
+    response = client.post("/api/v1/analytics/conversion", json=body)
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "skipped",
+        "transaction_id": body.get("transaction_id"),
+    }
+    assert events_of(shop.id) == []
+
+
+def test_conversion_non_json_is_skipped(client):
+    response = client.post(
+        "/api/v1/analytics/conversion", data=b"\x00garbage", content_type="application/json"
+    )
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "skipped", "transaction_id": None}
+
+
+def test_throttled_conversion_is_skipped_not_an_error(make_app, make_tenant):
+    app = make_app(API_RATE_LIMIT="2 per minute")
+    client = app.test_client()
+    with app.app_context():
+        make_tenant(slug="shop")
+    answers = [
+        client.post(
+            "/api/v1/analytics/conversion", json={"tenant_slug": "shop", "transaction_id": f"t{n}"}
+        )
+        for n in range(3)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.get_json()["status"] for a in answers] == ["ok", "ok", "skipped"]
+
+
+def test_api_group_is_per_client_address(make_app, make_tenant):
+    app = make_app(API_RATE_LIMIT="2 per minute", TRUSTED_PROXY_COUNT=1)
+    client = app.test_client()
+    with app.app_context():
+        tenant_ref = str(make_tenant().id)
+
+    def send(ip):
+        return client.post(
+            "/api/v1/analytics/track",
+            json={"tenant_id": tenant_ref, "type": "call"},
+            headers={"X-Forwarded-For": ip},
+        ).status_code
+
+    assert [send("198.51.100.1") for _ in range(3)] == [202, 202, 429]
+    assert send("198.51.100.2") == 202
+
+
+# --- POST /api/v1/interactions ------------------------------------------------------------
+
+
+def test_interaction_recorded(client, make_tenant, product_of):
+    tenant = make_tenant()
+    product = product_of(tenant)
+    response = client.post(
+        "/api/v1/interactions",
+        json={
+            "tenant_id": tenant.id,
+            "type": "maps_click",
+            "product_id": product.id,
+            "metadata": {"from": "footer"},
+        },
+    )
+    assert response.status_code == 201
+    assert response.get_json() == {"status": "success"}
+    (event,) = events_of(tenant.id)
+    assert (event.event_type, event.product_id, event.metadata_) == (
+        "maps_click",
+        product.id,
+        {"from": "footer"},
+    )
+
+
+def test_interaction_never_links_another_tenants_product(client, make_tenant, product_of):
+    mine, theirs = make_tenant(), make_tenant()
+    foreign = product_of(theirs)
+    client.post(
+        "/api/v1/interactions",
+        json={"tenant_id": mine.id, "type": "view", "product_id": foreign.id},
+    )
+    (event,) = events_of(mine.id)
+    assert event.product_id is None
+
+
+@pytest.mark.parametrize("which", ["unknown", "inactive"])
+def test_interaction_silently_accepts_unknown_tenants(make_app, make_tenant, which):
+    app = make_app(INTERACTION_MIN_SECONDS=0.05)
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant(active=False).id if which == "inactive" else 424_242
+    started = time.monotonic()
+    response = client.post("/api/v1/interactions", json={"tenant_id": tenant_id, "type": "view"})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 202
+    assert response.get_json() == {"status": "accepted"}
+    assert elapsed >= 0.05  # the same floor as a recorded interaction
+    with app.app_context():
+        assert events_of(tenant_id) == []
+
+
+def test_interaction_processing_error_is_202(client, make_tenant, monkeypatch):
+    tenant = make_tenant()
+
+    def broken_insert(*_args, **_kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("tenant_analytics.ingestion.insert_events", broken_insert)
+    response = client.post("/api/v1/interactions", json={"tenant_id": tenant.id, "type": "view"})
+    assert response.status_code == 202
+    assert response.get_json() == {"status": "accepted"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "view"},
+        {"tenant_id": 1},
+        {"tenant_id": 1, "type": "call"},
+        {"tenant_id": "1", "type": "view"},
+    ],
+)
+def test_interaction_validation_errors(client, body):
+    response = client.post("/api/v1/interactions", json=body)
+    assert response.status_code == 422
+    assert response.get_json()["success"] is False
+
+
+def test_interaction_flood_of_one_tenant_spares_another(make_app, make_tenant):
+    app = make_app(TRACK_RATE_LIMIT="3 per minute")
+    client = app.test_client()
+    with app.app_context():
+        flooded, quiet = make_tenant().id, make_tenant().id
+
+    def send(tenant_id):
+        return client.post(
+            "/api/v1/interactions", json={"tenant_id": tenant_id, "type": "view"}
+        ).status_code
+
+    assert [send(flooded) for _ in range(4)] == [201, 201, 201, 429]
+    assert send(quiet) == 201
+    # The landing tracker draws on the same per-tenant bucket.
+    landing = client.post(
+        "/api/analytics/track", json={"tenant_id": flooded, "event_type": "pageview"}
+    )
+    assert landing.status_code == 429
+
+
+# --- one catalogue, one dashboard ---------------------------------------------------------
+
+
+def test_dashboard_counts_taps_from_every_endpoint(client, make_tenant, make_user, auth_headers):
+    tenant = make_tenant(slug="panaderia")
+    client.post(
+        "/api/analytics/track", json={"tenant_id": tenant.id, "event_type": "click_whatsapp"}
+    )
+    client.post(
+        "/api/v1/analytics/track",
+        json={"tenant_id": str(tenant.public_id), "type": "whatsapp_click"},
+    )
+    client.post("/api/v1/interactions", json={"tenant_id": tenant.id, "type": "whatsapp_click"})
+    client.post("/api/v1/interactions", json={"tenant_id": tenant.id, "type": "maps_click"})
+    client.post(
+        "/api/v1/analytics/track", json={"tenant_id": str(tenant.id), "type": "location_view"}
+    )
+    client.post(
+        "/api/v1/analytics/conversion",
+        json={"tenant_slug": "panaderia", "transaction_id": "a", "value": 100},
+    )
+    client.post(
+        "/api/v1/analytics/conversion",
+        json={
+            "tenant_slug": "panaderia",
+            "transaction_id": "b",
+            "value": 50,
+            "currency": "USD",
+            "event": "conversion",
+        },
+    )
+    data = client.get(
+        f"/api/analytics/{tenant.id}", headers=auth_headers(make_user(tenant))
+    ).get_json()["data"]
+    assert data["whatsapp_clicks"] == 3
+    assert data["maps_clicks"] == 2
+    assert data["conversions"] == 2
+    assert data["revenue"] == {"HNL": 100.0, "USD": 50.0}
+    for field in (
+        "visitors_today",
+        "visitors_week",
+        "call_clicks",
+        "currency_toggles",
+        "qr_scans",
+        "avg_time_on_page",
+        "last_7_days",
+    ):
+        assert field in data
