@@ -29,7 +29,7 @@ def test_stores_event_with_enrichment(client, make_tenant):
         headers={"User-Agent": "Mozilla/5.0 test", "Referer": "https://ig.example/p/1"},
     )
     assert response.status_code == 201
-    assert response.get_json() == {"success": True}
+    assert response.get_json() == {"success": True, "status": "ok"}
     (event,) = stored(tenant.id)
     assert event.event_type == "click_whatsapp"
     assert event.metadata_ == {"button_location": "hero"}

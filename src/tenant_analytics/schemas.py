@@ -55,6 +55,8 @@ def _no_nul(value: str) -> str:
 
 
 Metadata = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+Currency = Annotated[str, Field(pattern=r"^[A-Za-z]{3}$"), AfterValidator(str.upper)]
+Money = Annotated[Decimal, Field(ge=0, le=Decimal("999999999999.99"), decimal_places=2)]
 Text = Annotated[str, AfterValidator(_no_nul)]
 
 
@@ -64,18 +66,40 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
 
+def _cut_to(limit: int):
+    return AfterValidator(lambda value: value[:limit])
+
+
 class TrackEvent(Body):
     """``POST /api/analytics/track``: one event from a landing page or store."""
 
     tenant_id: TenantId
     event_type: Literal[TRACK_TYPES]  # type: ignore[valid-type]
     metadata: Metadata | None = Field(default=None, validate_default=True)
+    # Store fields (see the store-analytics documents)
+    session_id: Annotated[Text, Field(min_length=1, max_length=64)] | None = None
+    user_id: Annotated[Text, Field(min_length=1, max_length=254)] | None = None
+    product_slug: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
+    product_name: Annotated[Text, Field(max_length=200)] | None = None
+    price: Money | None = None
+    source: Annotated[Text, Field(max_length=100)] | None = None
+    error_message: Annotated[Text, _cut_to(1000)] | None = None
+    idempotency_key: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
+
+    def quantity(self) -> int | None:
+        """``metadata.quantity`` (validated as a positive integer)."""
+        return (self.metadata or {}).get("quantity")
 
     @field_validator("metadata")
     @classmethod
-    def _time_on_page_needs_seconds(
+    def _check_quantity_and_seconds(
         cls, metadata: dict[str, Any] | None, info: ValidationInfo
     ) -> dict[str, Any] | None:
+        quantity = (metadata or {}).get("quantity")
+        if quantity is not None and (
+            isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 < quantity <= 10**6
+        ):
+            raise ValueError("metadata.quantity must be a whole number from 1 to 1000000")
         if info.data.get("event_type") != "time_on_page":
             return metadata
         seconds = (metadata or {}).get("seconds")
@@ -91,8 +115,6 @@ class Login(Body):
     password: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
-Currency = Annotated[str, Field(pattern=r"^[A-Za-z]{3}$"), AfterValidator(str.upper)]
-Money = Annotated[Decimal, Field(ge=0, le=Decimal("999999999999.99"), decimal_places=2)]
 ProductId = Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g, request
+from flask import request
 from flask_jwt_extended import current_user
 
 from .errors import ApiError
@@ -36,7 +36,10 @@ def request_body() -> dict[str, Any] | None:
 
 def requested_tenant(field: str = "tenant_id") -> Tenant | None:
     """The active tenant named by the body's ``field``, resolved once per request."""
-    cache: dict[str, Tenant | None] = g.setdefault("requested_tenants", {})
+    # Cached on the request, not on g: an app context may outlive one request.
+    cache: dict[str, Tenant | None] = request.environ.setdefault(
+        "tenant_analytics.requested_tenants", {}
+    )
     if field not in cache:
         ref = (request_body() or {}).get(field)
         ok = isinstance(ref, str) or (isinstance(ref, int) and not isinstance(ref, bool))

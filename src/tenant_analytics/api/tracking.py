@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from datetime import timedelta
+
+from flask import Blueprint, current_app
 
 from ..config import TRACK_MAX_BYTES
 from ..errors import error_response
+from ..event_builders import track_event
 from ..extensions import db
-from ..ingestion import NewEvent, ingest
+from ..ingestion import ingest
 from ..ratelimits import per_tenant
 from ..schemas import TrackEvent
 from ..tenancy import requested_tenant
@@ -26,6 +29,9 @@ def track():
     tenant = requested_tenant()
     if tenant is None:
         return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")
-    event = NewEvent(body.event_type, body.metadata)
-    ingest(db.session, tenant, [event], client_info(), hash_key=hash_key())
-    return {"success": True}, 201
+    window = timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"])
+    event = track_event(body, tenant, dedupe_window=window)
+    result = ingest(db.session, tenant, [event], client_info(), hash_key=hash_key())
+    if result.duplicates:
+        return {"success": True, "status": "duplicate_ignored"}, 200
+    return {"success": True, "status": "ok"}, 201

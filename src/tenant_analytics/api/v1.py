@@ -7,8 +7,8 @@ import time
 
 from flask import Blueprint, current_app
 
-from ..conversions import conversion_event
 from ..errors import error_response, invalid_body
+from ..event_builders import conversion_event
 from ..extensions import db
 from ..ingestion import NewEvent, ingest, public_tenant_by_slug, resolve_public_tenant
 from ..products import product_of_tenant

@@ -13,7 +13,6 @@ from ..catalogue import EVENT_KINDS, Kind, types_of
 from ..models import Event
 from ..timewindows import Day, last_days
 
-
 # Events that close a sale: counted as conversions, their revenue summed.
 REVENUE_KINDS = (Kind.CONVERSION, Kind.PURCHASE)
 

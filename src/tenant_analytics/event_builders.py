@@ -1,0 +1,74 @@
+"""From validated request bodies to ``NewEvent``s: defaults, revenue and dedupe keys."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import timedelta
+
+from .ingestion import NewEvent
+from .models import Tenant, utcnow
+from .schemas import ConversionBeacon, TrackEvent
+
+STORE_COLUMNS = (
+    "user_id",
+    "product_slug",
+    "product_name",
+    "price",
+    "source",
+    "error_message",
+)
+
+# Beacons are sent right after payment; anything far outside that is a bad clock or a replay.
+MAX_FUTURE = timedelta(minutes=10)
+MAX_AGE = timedelta(days=30)
+
+
+def conversion_event(beacon: ConversionBeacon, tenant: Tenant) -> NewEvent | None:
+    """The event to record for ``beacon``, or None when it must be skipped."""
+    now = utcnow()
+    if beacon.timestamp is not None and not (now - MAX_AGE <= beacon.timestamp <= now + MAX_FUTURE):
+        return None
+    metadata = {"transaction_id": beacon.transaction_id} if beacon.transaction_id else None
+    return NewEvent(
+        beacon.event,
+        metadata,
+        created_at=beacon.timestamp,
+        extra={"revenue": beacon.value, "currency": beacon.currency or tenant.currency},
+        # Remembered forever: a retried beacon must never double the revenue.
+        dedupe_key=f"txn:{beacon.transaction_id}" if beacon.transaction_id else None,
+    )
+
+
+def track_event(body: TrackEvent, tenant: Tenant, *, dedupe_window: timedelta) -> NewEvent:
+    """The event for a ``POST /api/analytics/track`` body.
+
+    A missing session_id gets a fresh UUID. The idempotency key is the client's
+    or, when the client sent a session_id, derived from session, type, product
+    and the second it arrived, as the store documents specify; without a
+    session_id that derived key would be unique anyway, so none is kept.
+    """
+    now = utcnow()
+    columns = {name: getattr(body, name) for name in STORE_COLUMNS}
+    quantity = body.quantity()
+    columns["quantity"] = quantity
+    columns["session_id"] = body.session_id or str(uuid.uuid4())
+    if body.event_type == "purchase" and body.price is not None:
+        columns["revenue"] = body.price * (quantity or 1)
+        columns["currency"] = tenant.currency
+    key = body.idempotency_key
+    if key is None and body.session_id:
+        parts = (
+            body.session_id,
+            body.event_type,
+            body.product_slug or "",
+            f"{now:%Y-%m-%dT%H:%M:%S}",
+        )
+        key = hashlib.sha256("|".join(parts).encode()).hexdigest()
+    return NewEvent(
+        body.event_type,
+        body.metadata,
+        extra=columns,
+        dedupe_key=f"idem:{key}" if key else None,
+        dedupe_window=dedupe_window,
+    )

@@ -1,0 +1,180 @@
+"""Store events on POST /api/analytics/track: exact prices, sessions, idempotency."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select, update
+
+from tenant_analytics.catalogue import STORE_TYPES
+from tenant_analytics.extensions import db
+from tenant_analytics.models import DedupeKey, Event, utcnow
+
+
+def events_of(tenant_id: int) -> list[Event]:
+    db.session.expire_all()
+    return list(
+        db.session.scalars(select(Event).where(Event.tenant_id == tenant_id).order_by(Event.id))
+    )
+
+
+def track(client, **body):
+    return client.post("/api/analytics/track", json=body)
+
+
+def test_store_fields_are_stored_exactly(client, make_tenant):
+    tenant = make_tenant()
+    response = track(
+        client,
+        tenant_id=tenant.id,
+        event_type="purchase",
+        session_id="abc-123",
+        product_slug="camiseta-oversize-negra",
+        product_name="Camiseta Oversize Negra",
+        price="79900.10",
+        metadata={"quantity": 3},
+        source="instagram",
+        user_id="c@example.com",
+        idempotency_key=str(uuid.uuid4()),
+    )
+    assert response.status_code == 201
+    assert response.get_json() == {"success": True, "status": "ok"}
+    (event,) = events_of(tenant.id)
+    assert event.price == Decimal("79900.10")
+    assert event.quantity == 3
+    assert event.revenue == Decimal("239700.30")  # exact: 3 x 79900.10, no float drift
+    assert (event.currency, event.session_id, event.source, event.user_id) == (
+        "HNL",
+        "abc-123",
+        "instagram",
+        "c@example.com",
+    )
+    assert (event.product_slug, event.product_name) == (
+        "camiseta-oversize-negra",
+        "Camiseta Oversize Negra",
+    )
+
+
+@pytest.mark.parametrize("event_type", STORE_TYPES)
+def test_every_store_type_is_accepted(client, make_tenant, event_type):
+    tenant = make_tenant()
+    assert track(client, tenant_id=tenant.id, event_type=event_type).status_code == 201
+
+
+def test_missing_session_gets_a_uuid(client, make_tenant):
+    tenant = make_tenant()
+    track(client, tenant_id=tenant.id, event_type="page_view")
+    track(client, tenant_id=tenant.id, event_type="page_view")
+    first, second = events_of(tenant.id)  # no session: never deduplicated
+    assert uuid.UUID(first.session_id) != uuid.UUID(second.session_id)
+
+
+def test_error_message_is_kept_but_cut(client, make_tenant):
+    tenant = make_tenant()
+    track(client, tenant_id=tenant.id, event_type="payment_error", error_message="x" * 5000)
+    (event,) = events_of(tenant.id)
+    assert len(event.error_message) == 1000
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"price": -1}, "price"),
+        ({"price": "free"}, "price"),
+        ({"price": "1.999"}, "price"),
+        ({"metadata": {"quantity": 0}}, "metadata"),
+        ({"metadata": {"quantity": 1.5}}, "metadata"),
+        ({"session_id": "s" * 65}, "session_id"),
+        ({"idempotency_key": ""}, "idempotency_key"),
+        ({"source": 5}, "source"),
+    ],
+)
+def test_store_field_validation(client, make_tenant, extra, field):
+    tenant = make_tenant()
+    response = track(client, tenant_id=tenant.id, event_type="add_to_cart", **extra)
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]
+
+
+def test_repeated_idempotency_key_is_ignored(client, make_tenant):
+    tenant = make_tenant()
+    body = {"tenant_id": tenant.id, "event_type": "add_to_cart", "idempotency_key": "k-1"}
+    first = client.post("/api/analytics/track", json=body)
+    again = client.post("/api/analytics/track", json=body)
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.get_json() == {"success": True, "status": "duplicate_ignored"}
+    assert len(events_of(tenant.id)) == 1
+
+
+def test_same_key_at_another_tenant_is_not_a_duplicate(client, make_tenant):
+    first, second = make_tenant(), make_tenant()
+    for tenant in (first, second):
+        response = track(client, tenant_id=tenant.id, event_type="purchase", idempotency_key="k")
+        assert response.status_code == 201
+
+
+def test_key_is_accepted_again_after_the_window(client, make_tenant):
+    tenant = make_tenant()
+    body = {"tenant_id": tenant.id, "event_type": "add_to_cart", "idempotency_key": "k-2"}
+    client.post("/api/analytics/track", json=body)
+    db.session.execute(update(DedupeKey).values(seen_at=utcnow() - timedelta(seconds=6)))
+    db.session.commit()
+    assert client.post("/api/analytics/track", json=body).status_code == 201
+    assert len(events_of(tenant.id)) == 2
+
+
+def test_window_is_configurable(make_app, make_tenant):
+    app = make_app(IDEMPOTENCY_WINDOW_SECONDS=0)
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    body = {"tenant_id": tenant_id, "event_type": "add_to_cart", "idempotency_key": "k-3"}
+    assert [client.post("/api/analytics/track", json=body).status_code for _ in range(2)] == [
+        201,
+        201,
+    ]
+
+
+def test_derived_key_from_session_type_slug_and_second(client, make_tenant):
+    tenant = make_tenant()
+    body = {
+        "tenant_id": tenant.id,
+        "event_type": "product_view",
+        "session_id": "s-1",
+        "product_slug": "pan",
+    }
+    statuses = [client.post("/api/analytics/track", json=body).status_code for _ in range(2)]
+    other_product = track(client, **{**body, "product_slug": "torta"})
+    # Both repeats land in the same second unless the clock ticks between them.
+    assert statuses[0] == 201 and statuses[1] in (200, 201)
+    assert other_product.status_code == 201
+    assert len(events_of(tenant.id)) == 2 + (statuses[1] == 201)
+
+
+def test_concurrent_duplicates_are_written_once(app, make_tenant):
+    tenant_id = make_tenant().id
+    body = {
+        "tenant_id": tenant_id,
+        "event_type": "purchase",
+        "idempotency_key": "race",
+        "price": 10,
+    }
+    barrier, statuses = threading.Barrier(6), []
+
+    def send():
+        client = app.test_client()
+        barrier.wait()
+        statuses.append(client.post("/api/analytics/track", json=body).status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] * 5 + [201]
+    assert len(events_of(tenant_id)) == 1
