@@ -4,10 +4,11 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import auth, dashboards, tenants, tracking, v1
+    from . import auth, dashboards, store_reports, tenants, tracking, v1
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(tracking.bp)
     app.register_blueprint(dashboards.bp)
+    app.register_blueprint(store_reports.bp)
     app.register_blueprint(tenants.bp)
     app.register_blueprint(v1.bp)

@@ -1,0 +1,107 @@
+"""Store reports for owners (JWT of an owner of the tenant, or of an admin)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import cast
+
+from flask import Blueprint, request
+from flask_jwt_extended import jwt_required
+
+from ..errors import ApiError
+from ..extensions import db
+from ..models import utcnow
+from ..queries import store
+from ..tenancy import owned_tenant_or_404
+from ..timewindows import tenant_zone
+
+bp = Blueprint("store_reports", __name__)
+
+ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# Far enough from date.min/max that a local day's UTC bounds never overflow.
+EARLIEST_DATE, LATEST_DATE = date(1970, 1, 1), date(9999, 12, 30)
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, message, code="validation_error", errors={field: [message]})
+
+
+def _mode_arg() -> store.Mode:
+    """``?mode=``: total (the default) or unique; 422 otherwise."""
+    mode = request.args.get("mode", "total")
+    if mode not in store.MODES:
+        raise _invalid("mode", "mode must be 'total' or 'unique'.")
+    return cast(store.Mode, mode)
+
+
+def _date_arg(name: str) -> date | None:
+    """``?<name>=YYYY-MM-DD`` as a date, None when absent; 422 when malformed."""
+    value = request.args.get(name)
+    if value is None:
+        return None
+    try:
+        day = date.fromisoformat(value) if ISO_DATE.fullmatch(value) else None
+    except ValueError:
+        day = None
+    if day is None or not EARLIEST_DATE <= day <= LATEST_DATE:
+        raise _invalid(
+            name, f"{name} must be a date as YYYY-MM-DD from {EARLIEST_DATE} to {LATEST_DATE}."
+        )
+    return day
+
+
+@bp.get("/api/analytics/<int:tenant_id>/dashboard-stats")
+@jwt_required()
+def dashboard_stats(tenant_id: int):
+    """Every store KPI over the last 7 local days; ``?mode=unique`` counts sessions."""
+    tenant = owned_tenant_or_404(tenant_id)
+    mode = _mode_arg()
+    return store.dashboard_stats(
+        db.session,
+        tenant_id=tenant.id,
+        zone=tenant_zone(tenant.timezone),
+        now=utcnow(),
+        mode=mode,
+    )
+
+
+@bp.get("/api/analytics/<int:tenant_id>/funnel")
+@jwt_required()
+def funnel(tenant_id: int):
+    """Sessions per funnel step between ``start`` and ``end`` (local dates, default 30 days)."""
+    tenant = owned_tenant_or_404(tenant_id)
+    zone = tenant_zone(tenant.timezone)
+    start, end = store.funnel_dates(zone, utcnow(), _date_arg("start"), _date_arg("end"))
+    if start > end:
+        raise _invalid("start", "start must not be after end.")
+    return store.conversion_funnel(
+        db.session,
+        tenant_id=tenant.id,
+        zone=zone,
+        start=start,
+        end=end,
+        source=request.args.get("source") or None,
+    )
+
+
+@bp.get("/api/analytics/<int:tenant_id>/rfm")
+@jwt_required()
+def rfm(tenant_id: int):
+    """Recency, frequency, monetary and segment of each signed-in buyer over 90 days."""
+    tenant = owned_tenant_or_404(tenant_id)
+    return store.rfm_segments(
+        db.session,
+        tenant_id=tenant.id,
+        zone=tenant_zone(tenant.timezone),
+        now=utcnow(),
+        vip_threshold=tenant.vip_monetary_threshold,
+    )
+
+
+@bp.get("/api/analytics/<int:tenant_id>/alerts")
+@jwt_required()
+def alerts(tenant_id: int):
+    """Active smart alerts (abandonment, unsold popular products, errors, stuck sessions)."""
+    tenant = owned_tenant_or_404(tenant_id)
+    return {"alerts": store.smart_alerts(db.session, tenant_id=tenant.id, now=utcnow())}

@@ -1,0 +1,20 @@
+"""Building blocks shared by the raw-event queries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, case
+
+from ..models import Event
+from ..timewindows import Day
+
+
+def in_window(tenant_id: int, start: datetime, end: datetime) -> tuple[ColumnElement[bool], ...]:
+    """This tenant's events in [start, end); tenant first, so the indexes apply."""
+    return (Event.tenant_id == tenant_id, Event.created_at >= start, Event.created_at < end)
+
+
+def day_index(days: list[Day]) -> ColumnElement[int]:
+    """Which of ``days`` (contiguous, oldest first) an event falls on, as a CASE; -1 if none."""
+    return case(*[(Event.created_at < day.end, index) for index, day in enumerate(days)], else_=-1)
