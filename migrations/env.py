@@ -45,6 +45,16 @@ def get_metadata():
     return target_db.metadata
 
 
+def include_name(name, type_, parent_names):
+    from tenant_analytics.partitions import is_partition
+
+    if type_ == "table":
+        return not is_partition(name)
+    if type_ == "index":
+        return not is_partition(parent_names.get("table_name"))
+    return True
+
+
 def run_migrations_offline():
     """Run migrations in 'offline' mode.
 

@@ -25,7 +25,8 @@ PUBLIC_ROUTES = r"/api/(analytics/track|analytics/batch|v1/.*)"
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: environment settings, then ``config`` overrides on top."""
-    app = Flask(__name__, instance_relative_config=True)
+    # The SQLite quick start keeps its file in ./instance of the directory it runs from.
+    app = Flask(__name__, instance_path=os.path.abspath("instance"))
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,12 +16,18 @@ from sqlalchemy.exc import IntegrityError
 
 from .auth import create_user
 from .extensions import db
-from .models import Tenant, User
+from .models import Tenant, User, utcnow
+from .partitions import create_ahead, purge_before
 from .products import create_product
+from .rollups import rebuild_rollups
 
 tenant_cli = AppGroup("tenant", help="Manage tenants.")
 user_cli = AppGroup("user", help="Manage owner and admin users.")
 product_cli = AppGroup("product", help="Manage a tenant's products.")
+events_cli = AppGroup("events", help="Partitions, retention and rollups of the events table.")
+
+# Accepted events may be backdated 30 days (conversion beacons); never drop a month they reach.
+MIN_RETENTION_DAYS = 62
 
 
 def echo_json(data: dict[str, Any]) -> None:
@@ -100,6 +107,36 @@ def create_product_command(tenant_id: int, name: str, slug: str | None, price: f
     echo_json(product.to_dict())
 
 
+@events_cli.command("partitions")
+@click.option("--ahead", default=3, show_default=True, help="Months to create ahead.")
+def create_partitions_command(ahead: int) -> None:
+    """Create this month's and the next months' partitions (PostgreSQL)."""
+    created = create_ahead(db.session.connection(), now=utcnow(), months_ahead=ahead)
+    db.session.commit()
+    echo_json({"created": created})
+
+
+@events_cli.command("purge")
+@click.option("--older-than", "days", type=click.IntRange(min=MIN_RETENTION_DAYS), required=True)
+def purge_command(days: int) -> None:
+    """Drop whole monthly partitions older than DAYS (SQLite: delete the rows)."""
+    dropped = purge_before(db.session.connection(), utcnow() - timedelta(days=days))
+    db.session.commit()
+    echo_json({"dropped": dropped})
+
+
+@events_cli.command("rebuild-rollups")
+@click.option("--tenant", "tenant_id", type=int, required=True)
+def rebuild_rollups_command(tenant_id: int) -> None:
+    """Recompute a tenant's rollups from its events (after a bulk load or a zone change)."""
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None:
+        fail(f"no tenant with id {tenant_id}")
+    rebuild_rollups(db.session, tenant)
+    db.session.commit()
+    echo_json({"tenant": tenant_id, "rebuilt": True})
+
+
 @click.command("demo")
 def demo_command() -> None:
     """Create (once) a demo tenant and owner with a week of events."""
@@ -113,4 +150,5 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(tenant_cli)
     app.cli.add_command(user_cli)
     app.cli.add_command(product_cli)
+    app.cli.add_command(events_cli)
     app.cli.add_command(demo_command)

@@ -15,9 +15,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import Tenant, utcnow
+from .models import Event, Tenant, utcnow
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
 from .store import claim_keys, insert_events
+
+# All event columns but the id (a sequence on PostgreSQL, store.py on SQLite).
+EMPTY_ROW: dict[str, Any] = {c.name: None for c in Event.__table__.columns if c.name != "id"}
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,12 @@ def resolve_public_tenant(session: Session, ref: int | str) -> Tenant | None:
 def enrich(
     tenant: Tenant, event: NewEvent, client: ClientInfo, *, hash_key: str, now: datetime
 ) -> dict[str, Any]:
-    """The stored row for ``event``: tenant, type, metadata and the privacy-safe client data."""
+    """The stored row for ``event``: tenant, type, metadata and the privacy-safe client data.
+
+    Every row carries every column, so rows of different kinds insert together.
+    """
     return {
+        **EMPTY_ROW,
         "tenant_id": tenant.id,
         "event_type": event.event_type,
         "metadata": event.metadata,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     FetchedValue,
     ForeignKey,
@@ -124,7 +125,11 @@ class User(db.Model):
 
 
 class Event(db.Model):
-    """One tracked event. Append-only; ``tenant_id`` leads the primary key."""
+    """One tracked event. Append-only; ``tenant_id`` leads the primary key.
+
+    On PostgreSQL the table is range-partitioned by month on ``created_at``
+    (which therefore belongs to the primary key); see migration 0003.
+    """
 
     __tablename__ = "events"
     __table_args__ = (
@@ -139,7 +144,7 @@ class Event(db.Model):
     id: Mapped[int] = mapped_column(
         BigIntId, primary_key=True, autoincrement=False, server_default=FetchedValue()
     )
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True, default=utcnow)
     event_type: Mapped[str] = mapped_column(String(40))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     visitor_hash: Mapped[str | None] = mapped_column(String(45))
@@ -216,3 +221,86 @@ class IdSequence(db.Model):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# --- Rollups: maintained in the same transaction as the events they count. ----------------
+# Days are the tenant's local calendar days at the time of writing.
+
+
+class DailyEventCount(db.Model):
+    """Events per tenant, local day and type; ``value_sum`` adds time_on_page seconds."""
+
+    __tablename__ = "daily_event_counts"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(40), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    value_sum: Mapped[Decimal] = mapped_column(Numeric(20, 3))
+
+
+class DailyRevenue(db.Model):
+    """Revenue of conversion and purchase events per tenant, local day and currency."""
+
+    __tablename__ = "daily_revenue"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    amount: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+
+
+class DailyVisitor(db.Model):
+    """The set of visitor hashes seen per tenant and local day."""
+
+    __tablename__ = "daily_visitors"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    visitor_hash: Mapped[str] = mapped_column(String(45), primary_key=True)
+
+
+class DailyVisitorCount(db.Model):
+    """Distinct visitors per tenant and local day (the size of each ``daily_visitors`` set)."""
+
+    __tablename__ = "daily_visitor_counts"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    visitors: Mapped[int] = mapped_column(BigInteger)
+
+
+class VisitorLastSeen(db.Model):
+    """The latest local day each visitor was seen."""
+
+    __tablename__ = "visitor_last_seen"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    visitor_hash: Mapped[str] = mapped_column(String(45), primary_key=True)
+    last_day: Mapped[date] = mapped_column(Date)
+
+
+class LastSeenCount(db.Model):
+    """How many visitors were last seen on each day.
+
+    Distinct visitors of the last N days = the sum of the last N rows, so a
+    week's distinct count reads 7 rows instead of every visitor.
+    """
+
+    __tablename__ = "last_seen_counts"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    visitors: Mapped[int] = mapped_column(BigInteger)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .models import DedupeKey, Event, IdSequence
+from .models import DedupeKey, Event, IdSequence, Tenant
+from .partitions import ensure_partitions_cached, month_of
+from .rollups import update_rollups
 
 
 def allocate_ids(session: Session, name: str, count: int) -> range:
@@ -31,14 +33,28 @@ def allocate_ids(session: Session, name: str, count: int) -> range:
     return range(result - count + 1, result + 1)
 
 
-def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert event rows (column name -> value) in the caller's transaction."""
+def insert_events(
+    session: Session,
+    rows: Sequence[dict[str, Any]],
+    tenants: Mapping[int, Tenant] | None = None,
+) -> None:
+    """Insert event rows (column name -> value) and their rollups in the caller's transaction.
+
+    ``tenants`` (id -> Tenant, for day keys and currency) is loaded when not given.
+    """
     if not rows:
         return
-    if session.get_bind().dialect.name == "sqlite":
+    if tenants is None:
+        ids = {row["tenant_id"] for row in rows}
+        tenants = {t.id: t for t in session.scalars(select(Tenant).where(Tenant.id.in_(ids)))}
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
         ids = allocate_ids(session, "events", len(rows))
         rows = [{**row, "id": event_id} for row, event_id in zip(rows, ids, strict=True)]
+    else:
+        ensure_partitions_cached(connection, {month_of(row["created_at"]) for row in rows})
     session.execute(insert(Event.__table__), list(rows))
+    update_rollups(session, rows, tenants)
 
 
 def claim_keys(

@@ -9,7 +9,7 @@ from flask_jwt_extended import jwt_required
 
 from ..extensions import db
 from ..models import utcnow
-from ..queries import landing
+from ..queries import landing_rollups as landing
 from ..tenancy import owned_tenant_or_404
 from ..timewindows import tenant_zone
 

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy import Float, cast, func, select
 from sqlalchemy.orm import Session
 
 from ..catalogue import EVENT_KINDS, Kind, types_of
 from ..models import Event
 from ..timewindows import Day, last_days
+from .common import day_index, in_window
 
 # Events that close a sale: counted as conversions, their revenue summed.
 REVENUE_KINDS = (Kind.CONVERSION, Kind.PURCHASE)
@@ -46,19 +47,13 @@ class TodaySummary:
     products_viewed: int
 
 
-def _in_window(tenant_id: int, start: datetime, end: datetime):
-    return (Event.tenant_id == tenant_id, Event.created_at >= start, Event.created_at < end)
-
-
 def count_visitors_by_day(session: Session, *, tenant_id: int, days: list[Day]) -> list[int]:
     """Distinct visitor hashes for each day of ``days`` (contiguous, oldest first)."""
-    day_index = case(
-        *[(Event.created_at < day.end, index) for index, day in enumerate(days)], else_=-1
-    )
+    index = day_index(days)
     rows = session.execute(
-        select(day_index.label("day"), func.count(func.distinct(Event.visitor_hash)))
-        .where(*_in_window(tenant_id, days[0].start, days[-1].end))
-        .group_by(day_index)
+        select(index.label("day"), func.count(func.distinct(Event.visitor_hash)))
+        .where(*in_window(tenant_id, days[0].start, days[-1].end))
+        .group_by(index)
     ).all()
     counts = [0] * len(days)
     for index, visitors in rows:
@@ -71,7 +66,7 @@ def count_visitors(session: Session, *, tenant_id: int, start: datetime, end: da
     return (
         session.scalar(
             select(func.count(func.distinct(Event.visitor_hash))).where(
-                *_in_window(tenant_id, start, end)
+                *in_window(tenant_id, start, end)
             )
         )
         or 0
@@ -84,7 +79,7 @@ def count_by_kind(
     """Event counts in [start, end), summed over every type that means the same kind."""
     rows = session.execute(
         select(Event.event_type, func.count())
-        .where(*_in_window(tenant_id, start, end))
+        .where(*in_window(tenant_id, start, end))
         .group_by(Event.event_type)
     ).all()
     counts: dict[Kind, int] = dict.fromkeys(Kind, 0)
@@ -102,7 +97,7 @@ def average_time_on_page(
     seconds = cast(Event.metadata_["seconds"].as_float(), Float)
     mean = session.scalar(
         select(func.avg(seconds)).where(
-            *_in_window(tenant_id, start, end),
+            *in_window(tenant_id, start, end),
             Event.event_type.in_(types_of(Kind.TIME_ON_PAGE)),
         )
     )
@@ -117,7 +112,7 @@ def revenue_by_currency(
     rows = session.execute(
         select(currency, func.sum(Event.revenue))
         .where(
-            *_in_window(tenant_id, start, end),
+            *in_window(tenant_id, start, end),
             Event.event_type.in_(types_of(*REVENUE_KINDS)),
             Event.revenue.is_not(None),
         )

@@ -1,0 +1,108 @@
+"""Monthly partitions of ``events`` on PostgreSQL: created ahead, on demand, dropped whole.
+
+SQLite keeps one plain table; there ``purge`` deletes rows instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+
+from sqlalchemy import delete, text
+from sqlalchemy.engine import Connection
+
+from .models import Event
+
+PARTITION_NAME = re.compile(r"^events_y(\d{4})m(\d{2})$")
+
+LIST_PARTITIONS = text("""
+    SELECT child.relname
+    FROM pg_inherits
+    JOIN pg_class parent ON parent.oid = pg_inherits.inhparent
+    JOIN pg_class child ON child.oid = pg_inherits.inhrelid
+    WHERE parent.relname = 'events'
+""")
+
+
+def is_partition(name: str | None) -> bool:
+    """True for a monthly partition's table name (Alembic ignores them)."""
+    return bool(name and PARTITION_NAME.match(name))
+
+
+def month_of(moment: datetime | date) -> date:
+    if isinstance(moment, datetime):
+        moment = moment.astimezone(UTC)
+    return date(moment.year, moment.month, 1)
+
+
+def next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def partition_name(month: date) -> str:
+    return f"events_y{month.year:04d}m{month.month:02d}"
+
+
+def ensure_partitions(connection: Connection, months: Iterable[date]) -> list[str]:
+    """Create the partitions for ``months`` that do not exist yet; return the new names."""
+    if connection.dialect.name != "postgresql":
+        return []
+    existing = set(connection.scalars(LIST_PARTITIONS))
+    created = []
+    for month in sorted(set(months)):
+        name = partition_name(month)
+        if name in existing:
+            continue
+        connection.execute(
+            text(
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF events "
+                f"FOR VALUES FROM ('{month.isoformat()} 00:00+00') "
+                f"TO ('{next_month(month).isoformat()} 00:00+00')"
+            )
+        )
+        created.append(name)
+    return created
+
+
+# Months known to have a partition, per database: checked once per process, not per write.
+_known_months: set[tuple[str, date]] = set()
+
+
+def ensure_partitions_cached(connection: Connection, months: set[date]) -> None:
+    """``ensure_partitions`` for months this process has not seen yet."""
+    database = connection.engine.url.render_as_string()
+    missing = {month for month in months if (database, month) not in _known_months}
+    if missing:
+        ensure_partitions(connection, missing)
+        _known_months.update((database, month) for month in missing)
+
+
+def create_ahead(connection: Connection, *, now: datetime, months_ahead: int) -> list[str]:
+    """Partitions for this month and the next ``months_ahead`` months."""
+    months, month = [], month_of(now)
+    for _ in range(months_ahead + 1):
+        months.append(month)
+        month = next_month(month)
+    return ensure_partitions(connection, months)
+
+
+def purge_before(connection: Connection, cutoff: datetime) -> list[str]:
+    """Drop every partition whose whole month lies before ``cutoff``; return what went.
+
+    On SQLite the rows older than ``cutoff`` are deleted instead.
+    """
+    if connection.dialect.name != "postgresql":
+        result = connection.execute(delete(Event).where(Event.created_at < cutoff))
+        return [f"{result.rowcount} rows"]
+    dropped = []
+    _known_months.clear()
+    for name in sorted(connection.scalars(LIST_PARTITIONS)):
+        match = PARTITION_NAME.match(name)
+        if match is None:
+            continue
+        month = date(int(match[1]), int(match[2]), 1)
+        if datetime.combine(next_month(month), datetime.min.time(), UTC) <= cutoff:
+            connection.execute(text(f"DROP TABLE {name}"))
+            dropped.append(name)
+    return dropped

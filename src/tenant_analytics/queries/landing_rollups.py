@@ -1,0 +1,122 @@
+"""The landing dashboard read from the rollup tables: a few dozen rows at any scale.
+
+Same figures as ``queries.landing`` (which reads the raw events and stays the
+reference): the tests and the benchmark check that both agree.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..catalogue import EVENT_KINDS, Kind
+from ..models import DailyEventCount, DailyRevenue, DailyVisitorCount, LastSeenCount
+from ..timewindows import last_days
+from .landing import REVENUE_KINDS, DayVisitors, LandingSummary, TodaySummary
+
+
+def _kind_totals(
+    session: Session, *, tenant_id: int, first: date, last: date
+) -> tuple[dict[Kind, int], dict[Kind, float]]:
+    """Event counts and summed values per kind over the local days [first, last]."""
+    rows = session.execute(
+        select(
+            DailyEventCount.event_type,
+            func.sum(DailyEventCount.events),
+            func.sum(DailyEventCount.value_sum),
+        )
+        .where(
+            DailyEventCount.tenant_id == tenant_id,
+            DailyEventCount.day >= first,
+            DailyEventCount.day <= last,
+        )
+        .group_by(DailyEventCount.event_type)
+    ).all()
+    counts: dict[Kind, int] = dict.fromkeys(Kind, 0)
+    values: dict[Kind, float] = dict.fromkeys(Kind, 0.0)
+    for event_type, events, value in rows:
+        kind = EVENT_KINDS.get(event_type)
+        if kind is not None:
+            counts[kind] += int(events)
+            values[kind] += float(value or 0)
+    return counts, values
+
+
+def _visitors_by_day(
+    session: Session, *, tenant_id: int, first: date, last: date
+) -> dict[date, int]:
+    rows = session.execute(
+        select(DailyVisitorCount.day, DailyVisitorCount.visitors).where(
+            DailyVisitorCount.tenant_id == tenant_id,
+            DailyVisitorCount.day >= first,
+            DailyVisitorCount.day <= last,
+        )
+    ).all()
+    return {day: int(visitors) for day, visitors in rows}
+
+
+def count_recent_visitors(session: Session, *, tenant_id: int, first: date, last: date) -> int:
+    """Distinct visitors whose latest visit falls in [first, last]: all of the window's."""
+    total = session.scalar(
+        select(func.sum(LastSeenCount.visitors)).where(
+            LastSeenCount.tenant_id == tenant_id,
+            LastSeenCount.day >= first,
+            LastSeenCount.day <= last,
+        )
+    )
+    return int(total or 0)
+
+
+def _revenue(session: Session, *, tenant_id: int, first: date, last: date) -> dict[str, float]:
+    rows = session.execute(
+        select(DailyRevenue.currency, func.sum(DailyRevenue.amount))
+        .where(
+            DailyRevenue.tenant_id == tenant_id,
+            DailyRevenue.day >= first,
+            DailyRevenue.day <= last,
+        )
+        .group_by(DailyRevenue.currency)
+    ).all()
+    return {currency: round(float(amount), 2) for currency, amount in rows}
+
+
+def landing_summary(
+    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime, currency: str = "HNL"
+) -> LandingSummary:
+    """The landing dashboard over the last 7 local days, from rollups."""
+    days = [day.date for day in last_days(zone, now, 7)]
+    window = {"tenant_id": tenant_id, "first": days[0], "last": days[-1]}
+    per_day = _visitors_by_day(session, **window)
+    counts, values = _kind_totals(session, **window)
+    timed = counts[Kind.TIME_ON_PAGE]
+    return LandingSummary(
+        visitors_today=per_day.get(days[-1], 0),
+        visitors_week=count_recent_visitors(session, **window),
+        whatsapp_clicks=counts[Kind.WHATSAPP_TAP],
+        call_clicks=counts[Kind.CALL],
+        currency_toggles=counts[Kind.CURRENCY_TOGGLE],
+        qr_scans=counts[Kind.QR_SCAN],
+        avg_time_on_page=round(values[Kind.TIME_ON_PAGE] / timed) if timed else 0,
+        last_7_days=[DayVisitors(day.isoformat(), per_day.get(day, 0)) for day in days],
+        maps_clicks=counts[Kind.MAPS],
+        conversions=sum(counts[kind] for kind in REVENUE_KINDS),
+        revenue=_revenue(session, **window),
+    )
+
+
+def today_summary(
+    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime
+) -> TodaySummary:
+    """Today's summary (local day), from rollups."""
+    today = now.astimezone(zone).date()
+    window = {"tenant_id": tenant_id, "first": today, "last": today}
+    counts, _ = _kind_totals(session, **window)
+    return TodaySummary(
+        visitors_today=_visitors_by_day(session, **window).get(today, 0),
+        whatsapp_clicks=counts[Kind.WHATSAPP_TAP],
+        qr_scans=counts[Kind.QR_SCAN],
+        products_viewed=counts[Kind.PRODUCT_CLICK],
+    )

@@ -1,0 +1,255 @@
+"""Rollup tables, kept in step with ``events`` inside the same transaction.
+
+Per batch of events: counters per (tenant, local day, type), revenue per
+(tenant, day, currency), the visitor set of each day with its size, and each
+visitor's last-seen day with a histogram of those days. The landing
+dashboard then reads a handful of rows instead of millions of events.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, select, text, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .catalogue import Kind, types_of
+from .models import (
+    DailyEventCount,
+    DailyRevenue,
+    DailyVisitor,
+    DailyVisitorCount,
+    LastSeenCount,
+    Tenant,
+    VisitorLastSeen,
+)
+from .timewindows import tenant_zone
+
+TIME_TYPES = frozenset(types_of(Kind.TIME_ON_PAGE))
+REVENUE_TYPES = frozenset(types_of(Kind.CONVERSION, Kind.PURCHASE))
+ROLLUP_MODELS = (
+    DailyEventCount,
+    DailyRevenue,
+    DailyVisitor,
+    DailyVisitorCount,
+    VisitorLastSeen,
+    LastSeenCount,
+)
+# pg_advisory_xact_lock(ROLLUP_LOCK, tenant_id) serializes one tenant's rollup updates.
+ROLLUP_LOCK = 7_411
+
+
+def _insert(session: Session):
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _add_to(session: Session, model: Any, rows: list[dict[str, Any]], *columns: str) -> None:
+    """Upsert ``rows`` into a counter table, adding ``columns`` to what is there."""
+    if not rows:
+        return
+    table = model.__table__
+    statement = _insert(session)(table).values(rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=[c.name for c in table.primary_key.columns],
+        set_={c: table.c[c] + statement.excluded[c] for c in columns},
+    )
+    session.execute(statement)
+
+
+def update_rollups(
+    session: Session, rows: Sequence[Mapping[str, Any]], tenants: Mapping[int, Tenant]
+) -> None:
+    """Add freshly inserted event ``rows`` to the rollups (same transaction)."""
+    zones = {tenant_id: tenant_zone(t.timezone) for tenant_id, t in tenants.items()}
+    counts: dict[tuple[int, date, str], list[Any]] = defaultdict(lambda: [0, Decimal(0)])
+    revenue: dict[tuple[int, date, str], Decimal] = defaultdict(Decimal)
+    seen: dict[tuple[int, str], set[date]] = defaultdict(set)
+    for row in rows:
+        tenant_id, event_type = row["tenant_id"], row["event_type"]
+        day = row["created_at"].astimezone(zones[tenant_id]).date()
+        counter = counts[(tenant_id, day, event_type)]
+        counter[0] += 1
+        if event_type in TIME_TYPES:
+            counter[1] += Decimal(str((row.get("metadata") or {}).get("seconds", 0)))
+        if event_type in REVENUE_TYPES and row.get("revenue") is not None:
+            currency = row.get("currency") or tenants[tenant_id].currency
+            revenue[(tenant_id, day, currency)] += Decimal(row["revenue"])
+        if row.get("visitor_hash"):
+            seen[(tenant_id, row["visitor_hash"])].add(day)
+
+    if session.get_bind().dialect.name == "postgresql":
+        for tenant_id in sorted(tenants):  # one order everywhere: no deadlocks
+            session.execute(
+                text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
+                {"lock": ROLLUP_LOCK, "tenant": tenant_id},
+            )
+    _add_to(
+        session,
+        DailyEventCount,
+        [
+            {"tenant_id": t, "day": d, "event_type": e, "events": n, "value_sum": s}
+            for (t, d, e), (n, s) in sorted(counts.items())
+        ],
+        "events",
+        "value_sum",
+    )
+    _add_to(
+        session,
+        DailyRevenue,
+        [
+            {"tenant_id": t, "day": d, "currency": c, "amount": a}
+            for (t, d, c), a in sorted(revenue.items())
+        ],
+        "amount",
+    )
+    _count_daily_visitors(session, seen)
+    _move_last_seen(session, {key: max(days) for key, days in seen.items()})
+
+
+def _count_daily_visitors(session: Session, seen: Mapping[tuple[int, str], set[date]]) -> None:
+    """Add visitors to each day's set; count the ones that were not in it yet."""
+    members = sorted((t, d, h) for (t, h), days in seen.items() for d in days)
+    if not members:
+        return
+    table = DailyVisitor.__table__
+    statement = (
+        _insert(session)(table)
+        .values([{"tenant_id": t, "day": d, "visitor_hash": h} for t, d, h in members])
+        .on_conflict_do_nothing()
+        .returning(table.c.tenant_id, table.c.day)
+    )
+    new = Counter(tuple(row) for row in session.execute(statement))
+    _add_to(
+        session,
+        DailyVisitorCount,
+        [{"tenant_id": t, "day": d, "visitors": n} for (t, d), n in sorted(new.items())],
+        "visitors",
+    )
+
+
+def _move_last_seen(session: Session, latest: Mapping[tuple[int, str], date]) -> None:
+    """Advance each visitor's last-seen day and shift the histogram to match."""
+    if not latest:
+        return
+    keys = sorted(latest)
+    previous: dict[tuple[int, str], date] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        previous.update(
+            ((t, h), d)
+            for t, h, d in session.execute(
+                select(
+                    VisitorLastSeen.tenant_id,
+                    VisitorLastSeen.visitor_hash,
+                    VisitorLastSeen.last_day,
+                ).where(tuple_(VisitorLastSeen.tenant_id, VisitorLastSeen.visitor_hash).in_(chunk))
+            )
+        )
+    moved, delta = [], Counter()
+    for key in keys:
+        day, before = latest[key], previous.get(key)
+        if before is not None and day <= before:
+            continue
+        moved.append({"tenant_id": key[0], "visitor_hash": key[1], "last_day": day})
+        delta[(key[0], day)] += 1
+        if before is not None:
+            delta[(key[0], before)] -= 1
+    if moved:
+        table = VisitorLastSeen.__table__
+        statement = _insert(session)(table).values(moved)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[table.c.tenant_id, table.c.visitor_hash],
+                set_={"last_day": statement.excluded.last_day},
+            )
+        )
+    _add_to(
+        session,
+        LastSeenCount,
+        [{"tenant_id": t, "day": d, "visitors": n} for (t, d), n in sorted(delta.items()) if n],
+        "visitors",
+    )
+
+
+def clear_rollups(session: Session, tenant_id: int) -> None:
+    for model in ROLLUP_MODELS:
+        session.execute(delete(model).where(model.tenant_id == tenant_id))
+
+
+# Rebuilding from raw events in SQL (PostgreSQL); day keys in the tenant's zone.
+REBUILD_SQL = (
+    """
+    INSERT INTO daily_event_counts (tenant_id, day, event_type, events, value_sum)
+    SELECT tenant_id, (created_at AT TIME ZONE :zone)::date, event_type, count(*),
+           coalesce(sum(CASE WHEN event_type = ANY(:time_types)
+                             THEN (metadata ->> 'seconds')::numeric END), 0)
+    FROM events WHERE tenant_id = :tenant GROUP BY 1, 2, 3
+    """,
+    """
+    INSERT INTO daily_revenue (tenant_id, day, currency, amount)
+    SELECT tenant_id, (created_at AT TIME ZONE :zone)::date, coalesce(currency, :currency),
+           sum(revenue)
+    FROM events
+    WHERE tenant_id = :tenant AND event_type = ANY(:revenue_types) AND revenue IS NOT NULL
+    GROUP BY 1, 2, 3
+    """,
+    """
+    INSERT INTO daily_visitors (tenant_id, day, visitor_hash)
+    SELECT DISTINCT tenant_id, (created_at AT TIME ZONE :zone)::date, visitor_hash
+    FROM events WHERE tenant_id = :tenant AND visitor_hash IS NOT NULL
+    """,
+    """
+    INSERT INTO daily_visitor_counts (tenant_id, day, visitors)
+    SELECT tenant_id, day, count(*) FROM daily_visitors WHERE tenant_id = :tenant GROUP BY 1, 2
+    """,
+    """
+    INSERT INTO visitor_last_seen (tenant_id, visitor_hash, last_day)
+    SELECT tenant_id, visitor_hash, max(day) FROM daily_visitors
+    WHERE tenant_id = :tenant GROUP BY 1, 2
+    """,
+    """
+    INSERT INTO last_seen_counts (tenant_id, day, visitors)
+    SELECT tenant_id, last_day, count(*) FROM visitor_last_seen
+    WHERE tenant_id = :tenant GROUP BY 1, 2
+    """,
+)
+
+
+def rebuild_rollups(session: Session, tenant: Tenant, *, chunk: int = 5000) -> None:
+    """Recompute a tenant's rollups from its raw events (after a bulk load or a zone change)."""
+    from .models import Event
+
+    clear_rollups(session, tenant.id)
+    if session.get_bind().dialect.name == "postgresql":
+        params = {
+            "tenant": tenant.id,
+            "zone": tenant_zone(tenant.timezone).key,
+            "currency": tenant.currency,
+            "time_types": sorted(TIME_TYPES),
+            "revenue_types": sorted(REVENUE_TYPES),
+        }
+        for statement in REBUILD_SQL:
+            session.execute(text(statement), params)
+        return
+    columns = (
+        "tenant_id",
+        "created_at",
+        "event_type",
+        "metadata",
+        "revenue",
+        "currency",
+        "visitor_hash",
+    )
+    table = Event.__table__
+    result = session.execute(
+        select(*(table.c[name] for name in columns)).where(table.c.tenant_id == tenant.id)
+    )
+    while batch := result.fetchmany(chunk):
+        update_rollups(
+            session, [dict(zip(columns, row, strict=True)) for row in batch], {tenant.id: tenant}
+        )
