@@ -31,6 +31,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
         RATELIMIT_HEADERS_ENABLED=True,
+        # Exact "N per minute" over any minute; a refused hit (a whole batch) costs nothing.
+        RATELIMIT_STRATEGY="moving-window",
         RATELIMIT_SWALLOW_ERRORS=True,  # a Redis outage must not turn events away
         JWT_ERROR_MESSAGE_KEY="message",
     )
@@ -55,6 +57,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     jwt.init_app(app)
     limiter.init_app(app)
     cors.init_app(app, resources={PUBLIC_ROUTES: {"origins": "*"}})
+
+    from .group_commit import GroupCommitter
+    from .tenancy import ActiveTenants
+
+    app.extensions["active_tenants"] = ActiveTenants(app.config["TENANT_CACHE_SECONDS"])
+    if app.config["GROUP_COMMIT"]:
+        app.extensions["group_commit"] = GroupCommitter(app)
 
     from .api import register_blueprints
     from .auth import register_jwt_callbacks

@@ -14,6 +14,7 @@ SECRET_SETTINGS = ("SECRET_KEY", "JWT_SECRET_KEY", "VISITOR_HASH_KEY")
 
 # Request bodies: the tracking endpoint accepts 64 KiB, the batch endpoint more.
 TRACK_MAX_BYTES = 64 * 1024
+BATCH_MAX_BYTES = 500 * 1024
 MAX_CONTENT_LENGTH = 512 * 1024
 
 
@@ -81,6 +82,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "TRACK_RATE_LIMIT": _rate_limit(env, "TRACK_RATE_LIMIT", "100 per minute"),
         "LOGIN_RATE_LIMIT": _rate_limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),
         "API_RATE_LIMIT": _rate_limit(env, "API_RATE_LIMIT", "60 per minute"),
+        "GROUP_COMMIT": _flag(env, "GROUP_COMMIT", True),
+        "TENANT_CACHE_SECONDS": _int(env, "TENANT_CACHE_SECONDS", 10),
         "IDEMPOTENCY_WINDOW_SECONDS": _int(env, "IDEMPOTENCY_WINDOW_SECONDS", 5),
         "INTERACTION_MIN_SECONDS": _int(env, "INTERACTION_MIN_MS", 15) / 1000,
         "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),

@@ -28,12 +28,14 @@ class ApiError(Exception):
         *,
         code: str | None = None,
         errors: dict[str, list[str]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.errors = errors
+        self.extra = extra
 
 
 def error_response(
@@ -42,8 +44,10 @@ def error_response(
     *,
     code: str | None = None,
     errors: dict[str, list[str]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Response, int]:
     body: dict[str, Any] = {
+        **(extra or {}),
         "success": False,
         "error": code or _default_code(status),
         "message": message,
@@ -77,7 +81,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.message, code=exc.code, errors=exc.errors)
+        return error_response(
+            exc.status, exc.message, code=exc.code, errors=exc.errors, extra=exc.extra
+        )
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError):

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
-from .ingestion import NewEvent
-from .models import Tenant, utcnow
-from .schemas import ConversionBeacon, TrackEvent
+from pydantic import ValidationError
+
+from .errors import validation_errors
+from .ingestion import NewEvent, TenantRef
+from .models import utcnow
+from .schemas import ConversionBeacon, TrackedEvent
 
 STORE_COLUMNS = (
     "user_id",
@@ -24,7 +29,7 @@ MAX_FUTURE = timedelta(minutes=10)
 MAX_AGE = timedelta(days=30)
 
 
-def conversion_event(beacon: ConversionBeacon, tenant: Tenant) -> NewEvent | None:
+def conversion_event(beacon: ConversionBeacon, tenant: TenantRef) -> NewEvent | None:
     """The event to record for ``beacon``, or None when it must be skipped."""
     now = utcnow()
     if beacon.timestamp is not None and not (now - MAX_AGE <= beacon.timestamp <= now + MAX_FUTURE):
@@ -40,7 +45,7 @@ def conversion_event(beacon: ConversionBeacon, tenant: Tenant) -> NewEvent | Non
     )
 
 
-def track_event(body: TrackEvent, tenant: Tenant, *, dedupe_window: timedelta) -> NewEvent:
+def track_event(body: TrackedEvent, tenant: TenantRef, *, dedupe_window: timedelta) -> NewEvent:
     """The event for a ``POST /api/analytics/track`` body.
 
     A missing session_id gets a fresh UUID. The idempotency key is the client's
@@ -72,3 +77,18 @@ def track_event(body: TrackEvent, tenant: Tenant, *, dedupe_window: timedelta) -
         dedupe_key=f"idem:{key}" if key else None,
         dedupe_window=dedupe_window,
     )
+
+
+def batch_events(
+    items: Sequence[Any], tenant: TenantRef, *, dedupe_window: timedelta
+) -> tuple[list[NewEvent], list[dict[str, Any]]]:
+    """Validate each batch item alone: the events to store and a report of the rejected."""
+    events, rejected = [], []
+    for index, item in enumerate(items):
+        try:
+            body = TrackedEvent.model_validate(item)
+        except ValidationError as exc:
+            rejected.append({"index": index, "errors": validation_errors(exc)})
+            continue
+        events.append(track_event(body, tenant, dedupe_window=dedupe_window))
+    return events, rejected

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -55,6 +55,46 @@ class IngestResult:
     duplicates: int
 
 
+class TenantRef(Protocol):
+    """What the write path needs of a tenant (a ``Tenant`` or a ``TenantInfo``)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def timezone(self) -> str: ...
+    @property
+    def currency(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    """A plain copy of a tenant's write-path fields, safe to hand to another thread."""
+
+    id: int
+    timezone: str
+    currency: str
+
+    @classmethod
+    def of(cls, tenant: TenantRef) -> TenantInfo:
+        if isinstance(tenant, TenantInfo):
+            return tenant
+        return cls(tenant.id, tenant.timezone, tenant.currency)
+
+
+@dataclass(eq=False)
+class IngestJob:
+    """One request's events on their way to the database."""
+
+    tenant: TenantInfo
+    events: Sequence[NewEvent]
+    client: ClientInfo
+    hash_key: str
+
+
+class Committer(Protocol):
+    def submit(self, job: IngestJob) -> IngestResult: ...
+
+
 def public_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
     """An active tenant by slug; else None."""
     return session.scalar(select(Tenant).where(Tenant.slug == slug, Tenant.active.is_(True)))
@@ -81,7 +121,7 @@ def resolve_public_tenant(session: Session, ref: int | str) -> Tenant | None:
 
 
 def enrich(
-    tenant: Tenant, event: NewEvent, client: ClientInfo, *, hash_key: str, now: datetime
+    tenant: TenantRef, event: NewEvent, client: ClientInfo, *, hash_key: str, now: datetime
 ) -> dict[str, Any]:
     """The stored row for ``event``: tenant, type, metadata and the privacy-safe client data.
 
@@ -100,22 +140,40 @@ def enrich(
     }
 
 
+def write_jobs(session: Session, jobs: Sequence[IngestJob]) -> list[IngestResult]:
+    """Drop duplicates, enrich and insert every job's events in the caller's transaction."""
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    results = []
+    for job in jobs:
+        fresh = {id(e) for e in _claim_dedupe_keys(session, job.tenant.id, job.events, now)}
+        kept = [e for e in job.events if e.dedupe_key is None or id(e) in fresh]
+        rows.extend(enrich(job.tenant, e, job.client, hash_key=job.hash_key, now=now) for e in kept)
+        results.append(IngestResult(stored=len(kept), duplicates=len(job.events) - len(kept)))
+    insert_events(session, rows, {job.tenant.id: job.tenant for job in jobs})
+    return results
+
+
 def ingest(
     session: Session,
-    tenant: Tenant,
+    tenant: TenantRef,
     events: Sequence[NewEvent],
     client: ClientInfo,
     *,
     hash_key: str,
+    committer: Committer | None = None,
 ) -> IngestResult:
-    """Drop duplicates, enrich and store ``events`` for ``tenant`` in one transaction."""
-    now = utcnow()
-    fresh = _claim_dedupe_keys(session, tenant.id, events, now)
-    kept = [event for event in events if event.dedupe_key is None or event in fresh]
-    rows = [enrich(tenant, event, client, hash_key=hash_key, now=now) for event in kept]
-    insert_events(session, rows)
+    """Store ``events`` for ``tenant``; return once they are committed.
+
+    With a ``committer`` (group commit) the events share a transaction with
+    other requests in flight; without one they are written and committed here.
+    """
+    job = IngestJob(TenantInfo.of(tenant), events, client, hash_key)
+    if committer is not None:
+        return committer.submit(job)
+    (result,) = write_jobs(session, [job])
     session.commit()
-    return IngestResult(stored=len(rows), duplicates=len(events) - len(rows))
+    return result
 
 
 def _claim_dedupe_keys(

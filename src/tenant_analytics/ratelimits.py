@@ -6,6 +6,7 @@ from flask import Response, current_app, jsonify
 from flask_limiter import RequestLimit
 
 from .extensions import client_ip_key, limiter
+from .schemas import MAX_BATCH_EVENTS
 from .tenancy import request_body, requested_tenant
 
 
@@ -27,6 +28,21 @@ def login_key() -> str:
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
 per_tenant = limiter.shared_limit(
     lambda: current_app.config["TRACK_RATE_LIMIT"], scope="tenant", key_func=tenant_key
+)
+
+
+def batch_cost() -> int:
+    """A batch draws one unit per event it carries (at most the batch limit)."""
+    events = (request_body() or {}).get("events")
+    return min(len(events), MAX_BATCH_EVENTS) if isinstance(events, list) and events else 1
+
+
+# The same per-tenant bucket, charged per event of a batch.
+per_tenant_events = limiter.shared_limit(
+    lambda: current_app.config["TRACK_RATE_LIMIT"],
+    scope="tenant",
+    key_func=tenant_key,
+    cost=batch_cost,
 )
 login_attempts = limiter.limit(
     lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]

@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -40,6 +40,17 @@ ROLLUP_MODELS = (
     VisitorLastSeen,
     LastSeenCount,
 )
+
+
+class TenantFields(Protocol):
+    """The tenant fields rollups need: the zone of its days and its default currency."""
+
+    @property
+    def timezone(self) -> str: ...
+    @property
+    def currency(self) -> str: ...
+
+
 # pg_advisory_xact_lock(ROLLUP_LOCK, tenant_id) serializes one tenant's rollup updates.
 ROLLUP_LOCK = 7_411
 
@@ -62,7 +73,7 @@ def _add_to(session: Session, model: Any, rows: list[dict[str, Any]], *columns: 
 
 
 def update_rollups(
-    session: Session, rows: Sequence[Mapping[str, Any]], tenants: Mapping[int, Tenant]
+    session: Session, rows: Sequence[Mapping[str, Any]], tenants: Mapping[int, TenantFields]
 ) -> None:
     """Add freshly inserted event ``rows`` to the rollups (same transaction)."""
     zones = {tenant_id: tenant_zone(t.timezone) for tenant_id, t in tenants.items()}

@@ -70,10 +70,9 @@ def _cut_to(limit: int):
     return AfterValidator(lambda value: value[:limit])
 
 
-class TrackEvent(Body):
-    """``POST /api/analytics/track``: one event from a landing page or store."""
+class TrackedEvent(Body):
+    """One event from a landing page or store (the tenant is named around it)."""
 
-    tenant_id: TenantId
     event_type: Literal[TRACK_TYPES]  # type: ignore[valid-type]
     metadata: Metadata | None = Field(default=None, validate_default=True)
     # Store fields (see the store-analytics documents)
@@ -106,6 +105,22 @@ class TrackEvent(Body):
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
             raise ValueError("time_on_page needs metadata.seconds, a number >= 0")
         return {**(metadata or {}), "seconds": min(seconds, MAX_TIME_ON_PAGE_SECONDS)}
+
+
+class TrackEvent(TrackedEvent):
+    """``POST /api/analytics/track``."""
+
+    tenant_id: TenantId
+
+
+MAX_BATCH_EVENTS = 500
+
+
+class EventBatch(Body):
+    """``POST /api/analytics/batch``: the envelope; each item is checked on its own."""
+
+    tenant_id: TenantId
+    events: Annotated[list[Any], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
 
 
 class Login(Body):

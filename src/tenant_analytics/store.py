@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from .models import DedupeKey, Event, IdSequence, Tenant
 from .partitions import ensure_partitions_cached, month_of
-from .rollups import update_rollups
+from .rollups import TenantFields, update_rollups
 
 
 def allocate_ids(session: Session, name: str, count: int) -> range:
@@ -36,7 +36,7 @@ def allocate_ids(session: Session, name: str, count: int) -> range:
 def insert_events(
     session: Session,
     rows: Sequence[dict[str, Any]],
-    tenants: Mapping[int, Tenant] | None = None,
+    tenants: Mapping[int, TenantFields] | None = None,
 ) -> None:
     """Insert event rows (column name -> value) and their rollups in the caller's transaction.
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 from flask_jwt_extended import current_user
 
 from .errors import ApiError
 from .extensions import db
-from .ingestion import resolve_public_tenant
+from .ingestion import TenantInfo, resolve_public_tenant
 from .models import Tenant, User
 
 TENANT_NOT_FOUND = "Tenant not found"
@@ -34,14 +35,49 @@ def request_body() -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def requested_tenant(field: str = "tenant_id") -> Tenant | None:
+class ActiveTenants:
+    """Active tenants by reference, remembered for a few seconds per process.
+
+    The tracking endpoints look a tenant up on every event; this saves the
+    query. A deactivated tenant keeps receiving events for at most ``ttl``
+    seconds in other processes (this process forgets at once, see ``forget``).
+    Misses are not remembered, so a new tenant works immediately.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[int | str, tuple[float, TenantInfo]] = {}
+
+    def get(self, ref: int | str) -> TenantInfo | None:
+        now = time.monotonic()
+        hit = self._entries.get(ref)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        tenant = resolve_public_tenant(db.session, ref)
+        if tenant is None:
+            self._entries.pop(ref, None)
+            return None
+        info = TenantInfo.of(tenant)
+        if self.ttl > 0:
+            self._entries[ref] = (now, info)
+        return info
+
+    def forget(self) -> None:
+        self._entries.clear()
+
+
+def active_tenants() -> ActiveTenants:
+    return current_app.extensions["active_tenants"]
+
+
+def requested_tenant(field: str = "tenant_id") -> TenantInfo | None:
     """The active tenant named by the body's ``field``, resolved once per request."""
     # Cached on the request, not on g: an app context may outlive one request.
-    cache: dict[str, Tenant | None] = request.environ.setdefault(
+    cache: dict[str, TenantInfo | None] = request.environ.setdefault(
         "tenant_analytics.requested_tenants", {}
     )
     if field not in cache:
         ref = (request_body() or {}).get(field)
         ok = isinstance(ref, str) or (isinstance(ref, int) and not isinstance(ref, bool))
-        cache[field] = resolve_public_tenant(db.session, ref) if ok else None
+        cache[field] = active_tenants().get(ref) if ok else None
     return cache[field]

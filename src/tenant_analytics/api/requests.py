@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeVar
 
 from flask import current_app, request
@@ -9,7 +10,8 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import invalid_body, validation_errors
-from ..ingestion import ClientInfo
+from ..extensions import db
+from ..ingestion import ClientInfo, IngestResult, NewEvent, TenantRef, ingest
 from ..tenancy import request_body
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
@@ -38,5 +40,13 @@ def client_info() -> ClientInfo:
     )
 
 
-def hash_key() -> str:
-    return current_app.config["VISITOR_HASH_KEY"]
+def ingest_from_request(tenant: TenantRef, events: Sequence[NewEvent]) -> IngestResult:
+    """The one ingestion path, fed with this request's client: returns once committed."""
+    return ingest(
+        db.session,
+        tenant,
+        events,
+        client_info(),
+        hash_key=current_app.config["VISITOR_HASH_KEY"],
+        committer=current_app.extensions.get("group_commit"),
+    )

@@ -16,7 +16,7 @@ from ..extensions import db
 from ..models import Product, Tenant
 from ..products import create_product, list_products, product_of_tenant
 from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
-from ..tenancy import owned_tenant_or_404
+from ..tenancy import active_tenants, owned_tenant_or_404
 from .requests import parse_body
 
 bp = Blueprint("tenants", __name__, url_prefix="/api/tenants")
@@ -78,6 +78,7 @@ def update_tenant(tenant_id: int):
     for name, value in parse_body(TenantUpdate).model_dump(exclude_unset=True).items():
         setattr(tenant, name, value)
     db.session.commit()
+    active_tenants().forget()
     return {"success": True, "tenant": tenant_view(tenant)}
 
 

@@ -6,15 +6,13 @@ from datetime import timedelta
 
 from flask import Blueprint, current_app
 
-from ..config import TRACK_MAX_BYTES
-from ..errors import error_response
-from ..event_builders import track_event
-from ..extensions import db
-from ..ingestion import ingest
-from ..ratelimits import per_tenant
-from ..schemas import TrackEvent
+from ..config import BATCH_MAX_BYTES, TRACK_MAX_BYTES
+from ..errors import ApiError, error_response
+from ..event_builders import batch_events, track_event
+from ..ratelimits import per_tenant, per_tenant_events
+from ..schemas import EventBatch, TrackEvent
 from ..tenancy import requested_tenant
-from .requests import client_info, hash_key, parse_body
+from .requests import ingest_from_request, parse_body
 
 bp = Blueprint("tracking", __name__)
 
@@ -29,9 +27,38 @@ def track():
     tenant = requested_tenant()
     if tenant is None:
         return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")
-    window = timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"])
-    event = track_event(body, tenant, dedupe_window=window)
-    result = ingest(db.session, tenant, [event], client_info(), hash_key=hash_key())
+    event = track_event(body, tenant, dedupe_window=dedupe_window())
+    result = ingest_from_request(tenant, [event])
     if result.duplicates:
         return {"success": True, "status": "duplicate_ignored"}, 200
     return {"success": True, "status": "ok"}, 201
+
+
+@bp.post("/api/analytics/batch")
+@per_tenant_events
+def batch():
+    """Record up to 500 events for one tenant; invalid items are reported, valid ones stored."""
+    envelope = parse_body(EventBatch, max_bytes=BATCH_MAX_BYTES)
+    tenant = requested_tenant()
+    if tenant is None:
+        return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")
+    events, rejected = batch_events(envelope.events, tenant, dedupe_window=dedupe_window())
+    if not events:
+        raise ApiError(
+            422,
+            "No event in the batch is valid.",
+            code="validation_error",
+            errors={"events": ["every item is invalid"]},
+            extra={"rejected": rejected},
+        )
+    result = ingest_from_request(tenant, events)
+    return {
+        "success": True,
+        "stored": result.stored,
+        "duplicates": result.duplicates,
+        "rejected": rejected,
+    }, 201
+
+
+def dedupe_window() -> timedelta:
+    return timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"])

@@ -10,12 +10,12 @@ from flask import Blueprint, current_app
 from ..errors import error_response, invalid_body
 from ..event_builders import conversion_event
 from ..extensions import db
-from ..ingestion import NewEvent, ingest, public_tenant_by_slug, resolve_public_tenant
+from ..ingestion import NewEvent, public_tenant_by_slug
 from ..products import product_of_tenant
 from ..ratelimits import api_group, conversion_group, per_tenant
 from ..schemas import ConversionBeacon, Interaction, V1TrackEvent
 from ..tenancy import request_body, requested_tenant
-from .requests import client_info, hash_key, parse_body
+from .requests import ingest_from_request, parse_body
 from .tracking import TENANT_UNAVAILABLE
 
 bp = Blueprint("v1", __name__, url_prefix="/api/v1")
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def track():
     """Record an interaction for a tenant named by public UUID or numeric id (202)."""
     body = parse_body(V1TrackEvent)
-    tenant = resolve_public_tenant(db.session, body.tenant_id)
+    tenant = requested_tenant()
     if tenant is None:
         return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")
     extra, metadata = {}, body.metadata
@@ -37,7 +37,7 @@ def track():
         extra["product_id"] = body.product_id
         metadata = {**(metadata or {}), "product_id": body.product_id}
     event = NewEvent(body.type, metadata, extra=extra)
-    ingest(db.session, tenant, [event], client_info(), hash_key=hash_key())
+    ingest_from_request(tenant, [event])
     return {"success": True, "message": "Event accepted for processing"}, 202
 
 
@@ -53,7 +53,7 @@ def conversion():
         event = conversion_event(body, tenant) if tenant else None
         if event is None:
             return {"status": "skipped", "transaction_id": transaction_id}
-        ingest(db.session, tenant, [event], client_info(), hash_key=hash_key())
+        ingest_from_request(tenant, [event])
     except Exception:  # a beacon must never fail the page
         db.session.rollback()
         log.warning("conversion beacon skipped", exc_info=True)
@@ -75,7 +75,7 @@ def interactions():
             product_id = None  # never link another tenant's product
         event = NewEvent(body.type, body.metadata, extra={"product_id": product_id})
         try:
-            ingest(db.session, tenant, [event], client_info(), hash_key=hash_key())
+            ingest_from_request(tenant, [event])
             recorded = True
         except Exception:
             db.session.rollback()

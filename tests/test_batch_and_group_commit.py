@@ -1,0 +1,198 @@
+"""POST /api/analytics/batch, and group commit: shared transactions, separate fates."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from tenant_analytics import ingestion
+from tenant_analytics.extensions import db
+from tenant_analytics.models import Event
+
+
+def count_events(tenant_id: int) -> int:
+    db.session.expire_all()
+    return db.session.scalar(
+        select(func.count()).select_from(Event).where(Event.tenant_id == tenant_id)
+    )
+
+
+def test_batch_stores_valid_items_and_reports_the_rest(client, make_tenant):
+    tenant = make_tenant()
+    response = client.post(
+        "/api/analytics/batch",
+        json={
+            "tenant_id": tenant.id,
+            "events": [
+                {"event_type": "pageview", "metadata": {"path": "/"}},
+                {"event_type": "nope"},
+                {
+                    "event_type": "purchase",
+                    "session_id": "s1",
+                    "product_slug": "pan",
+                    "price": "10.50",
+                    "metadata": {"quantity": 2},
+                },
+                "not an object",
+                {"event_type": "time_on_page", "metadata": {"seconds": 30}},
+            ],
+        },
+    )
+    assert response.status_code == 201
+    body = response.get_json()
+    assert (body["stored"], body["duplicates"]) == (3, 0)
+    assert [r["index"] for r in body["rejected"]] == [1, 3]
+    assert "event_type" in body["rejected"][0]["errors"]
+    assert count_events(tenant.id) == 3
+
+
+def test_batch_deduplicates_by_key_inside_the_batch(client, make_tenant):
+    tenant = make_tenant()
+    item = {"event_type": "add_to_cart", "idempotency_key": "same"}
+    body = client.post(
+        "/api/analytics/batch", json={"tenant_id": tenant.id, "events": [item, item, item]}
+    ).get_json()
+    assert (body["stored"], body["duplicates"]) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"tenant_id": 1, "events": []}, 422),
+        ({"tenant_id": 1, "events": {"a": 1}}, 422),
+        ({"events": [{"event_type": "pageview"}]}, 422),
+        ({"tenant_id": "TENANT", "events": [{"event_type": "pageview"}] * 501}, 422),
+        ({"tenant_id": "TENANT", "events": [{"event_type": "x"}, {}]}, 422),
+        ({"tenant_id": 999_999, "events": [{"event_type": "pageview"}]}, 404),
+    ],
+)
+def test_batch_envelope_errors(make_app, make_tenant, body, status):
+    app = make_app(TRACK_RATE_LIMIT="5000 per minute")  # 501 events would exceed the default
+    with app.app_context():
+        tenant = make_tenant()
+        if body.get("tenant_id") == "TENANT":
+            body = {**body, "tenant_id": tenant.id}
+        response = app.test_client().post("/api/analytics/batch", json=body)
+        assert response.status_code == status
+        assert response.get_json()["success"] is False
+        assert count_events(tenant.id) == 0
+
+
+def test_batch_over_500_kb_is_413(client, make_tenant):
+    tenant = make_tenant()
+    events = [{"event_type": "pageview", "metadata": {"pad": "x" * 2000}}] * 260
+    response = client.post("/api/analytics/batch", json={"tenant_id": tenant.id, "events": events})
+    assert response.status_code == 413
+
+
+def test_each_batch_event_counts_against_the_tenant_limit(make_app, make_tenant):
+    app = make_app(TRACK_RATE_LIMIT="10 per minute")
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    six = {"tenant_id": tenant_id, "events": [{"event_type": "pageview"}] * 6}
+    assert client.post("/api/analytics/batch", json=six).status_code == 201
+    assert client.post("/api/analytics/batch", json=six).status_code == 429  # 6 + 6 > 10
+    single = {"tenant_id": tenant_id, "event_type": "pageview"}
+    assert [client.post("/api/analytics/track", json=single).status_code for _ in range(5)] == [
+        201,
+        201,
+        201,
+        201,
+        429,
+    ]
+    with app.app_context():
+        assert count_events(tenant_id) == 10
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_concurrent_single_events_are_all_stored(make_app, make_tenant, group_commit):
+    app = make_app(GROUP_COMMIT=group_commit)
+    with app.app_context():
+        tenant_id = make_tenant().id
+    statuses, barrier = [], threading.Barrier(12)
+
+    def send(n):
+        client = app.test_client()
+        barrier.wait()
+        for i in range(5):
+            statuses.append(
+                client.post(
+                    "/api/analytics/track",
+                    json={
+                        "tenant_id": tenant_id,
+                        "event_type": "pageview",
+                        "metadata": {"n": n, "i": i},
+                    },
+                ).status_code
+            )
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [201] * 60
+    with app.app_context():
+        assert count_events(tenant_id) == 60
+        assert ("group_commit" in app.extensions) is group_commit
+
+
+def run_concurrently(app, bodies):
+    statuses = {}
+
+    def send(index, body):
+        statuses[index] = app.test_client().post("/api/analytics/track", json=body).status_code
+
+    threads = [threading.Thread(target=send, args=item) for item in enumerate(bodies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [statuses[i] for i in range(len(bodies))]
+
+
+def test_requests_in_flight_share_a_transaction(make_app, make_tenant, monkeypatch):
+    app = make_app()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    batch_sizes, real_write = [], ingestion.write_jobs
+
+    def slow_write(session, jobs):
+        batch_sizes.append(len(jobs))
+        time.sleep(0.2)  # the first commit is slow, so the others queue behind it
+        return real_write(session, jobs)
+
+    monkeypatch.setattr("tenant_analytics.group_commit.write_jobs", slow_write)
+    body = {"tenant_id": tenant_id, "event_type": "pageview"}
+    assert run_concurrently(app, [body] * 10) == [201] * 10
+    assert sum(batch_sizes) == 10 and max(batch_sizes) > 1
+    with app.app_context():
+        assert count_events(tenant_id) == 10
+
+
+def test_a_failing_job_fails_alone(make_app, make_tenant, monkeypatch):
+    app = make_app()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    real_write = ingestion.write_jobs
+
+    def picky_write(session, jobs):
+        time.sleep(0.05)
+        if any(event.event_type == "qr_scan" for job in jobs for event in job.events):
+            raise RuntimeError("this batch holds a poisoned event")
+        return real_write(session, jobs)
+
+    monkeypatch.setattr("tenant_analytics.group_commit.write_jobs", picky_write)
+    bodies = [
+        {"tenant_id": tenant_id, "event_type": t}
+        for t in ["pageview"] * 4 + ["qr_scan"] + ["pageview"] * 4
+    ]
+    statuses = run_concurrently(app, bodies)
+    assert statuses[4] == 500
+    assert statuses[:4] + statuses[5:] == [201] * 8
+    with app.app_context():
+        assert count_events(tenant_id) == 8
