@@ -106,6 +106,8 @@ def test_demo_runs_once_and_logs_in(runner, client):
     assert second.exit_code == 0
     assert db.session.scalar(select(func.count()).select_from(Event)) == events > 100
     assert "curl" in first.output
+    purchases = select(func.count()).select_from(Event).where(Event.event_type == "purchase")
+    assert db.session.scalar(purchases) > 0  # the store reports have something to show
     login = client.post(
         "/api/auth/login", json={"email": "owner@demo.example", "password": "demo-password"}
     )

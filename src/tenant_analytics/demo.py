@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
+from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -62,6 +63,50 @@ def _demo_events(tenant: Tenant, rng: random.Random) -> list[dict]:
     return rows
 
 
+PRODUCTS = [
+    ("pan-dulce", "Pan dulce", "12.50"),
+    ("torta-chocolate", "Torta de chocolate", "320.00"),
+    ("semita", "Semita", "15.00"),
+    ("rosquillas", "Rosquillas", "45.00"),
+]
+STORE_STEPS = ["page_view", "product_view", "add_to_cart", "begin_checkout", "purchase"]
+
+
+def _demo_store_events(tenant: Tenant, rng: random.Random) -> list[dict]:
+    """Online-shop sessions walking down the funnel, some buyers signed in for RFM."""
+    now = utcnow()
+    rows = []
+    for number in range(120):
+        slug, name, price = rng.choice(PRODUCTS)
+        start = now - timedelta(days=rng.randint(0, 6), seconds=rng.randint(0, 20 * 3600))
+        client = ClientInfo(
+            ip=f"203.0.113.{rng.randint(1, 250)}", user_agent=rng.choice(USER_AGENTS), referrer=None
+        )
+        depth = rng.choice([1, 2, 2, 3, 3, 4, 5, 5])
+        extra = {
+            "session_id": f"demo-session-{number}",
+            "product_slug": slug,
+            "product_name": name,
+            "source": rng.choice([None, "instagram", "google"]),
+            "user_id": f"cliente{rng.randint(1, 15)}@demo.example",
+        }
+        for step, event_type in enumerate(STORE_STEPS[:depth]):
+            columns = dict(extra)
+            if event_type == "purchase":
+                quantity = rng.randint(1, 3)
+                columns.update(
+                    price=Decimal(price),
+                    quantity=quantity,
+                    revenue=Decimal(price) * quantity,
+                    currency=tenant.currency,
+                )
+            event = NewEvent(
+                event_type, created_at=start + timedelta(minutes=step * 2), extra=columns
+            )
+            rows.append(enrich(tenant, event, client, hash_key=DEMO_HASH_KEY, now=now))
+    return rows
+
+
 def load_demo(session: Session) -> str:
     """Create the demo tenant, owner and events unless present; return login instructions."""
     tenant = session.scalar(select(Tenant).where(Tenant.slug == DEMO_SLUG))
@@ -69,7 +114,8 @@ def load_demo(session: Session) -> str:
         tenant = Tenant(name="Panadería La Demo", slug=DEMO_SLUG, timezone="America/Tegucigalpa")
         session.add(tenant)
         session.flush()
-        insert_events(session, _demo_events(tenant, random.Random(7)))
+        rng = random.Random(7)
+        insert_events(session, _demo_events(tenant, rng) + _demo_store_events(tenant, rng))
         session.commit()
     if session.scalar(select(User).where(User.email == DEMO_EMAIL)) is None:
         create_user(session, DEMO_EMAIL, DEMO_PASSWORD, tenants=[tenant], is_admin=False)
