@@ -196,3 +196,15 @@ def test_a_failing_job_fails_alone(make_app, make_tenant, monkeypatch):
     assert statuses[:4] + statuses[5:] == [201] * 8
     with app.app_context():
         assert count_events(tenant_id) == 8
+
+
+def test_waiting_requests_do_not_starve_the_committer_of_connections(make_app, make_tenant):
+    """Requests that used the database give their connection back before they wait."""
+    app = make_app(
+        TENANT_CACHE_SECONDS=0,  # every request queries its tenant first
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2, "max_overflow": 0, "pool_timeout": 5},
+    )
+    with app.app_context():
+        tenant_id = make_tenant().id
+    body = {"tenant_id": tenant_id, "event_type": "pageview"}
+    assert run_concurrently(app, [body] * 12) == [201] * 12
