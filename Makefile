@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 5000
 FLASK  := $(BIN)/flask --app tenant_analytics
 
-.PHONY: install run serve test lint format clean
+.PHONY: install run serve test lint format bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ run: install
 # gunicorn, not the development server: it writes no access log with client addresses.
 serve: install
 	@echo "Serving on http://$(HOST):$(PORT)  (Ctrl+C to stop)"
-	$(BIN)/gunicorn --workers 2 --bind $(HOST):$(PORT) wsgi:app
+	$(BIN)/gunicorn --worker-class gthread --workers 2 --threads 8 --bind $(HOST):$(PORT) wsgi:app
 
 ## test: the suite (PostgreSQL with TEST_DATABASE_URL, else SQLite; Redis with TEST_REDIS_URL)
 test: install
@@ -39,6 +39,10 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## bench: the issue-5 benchmark on PostgreSQL (about 15 minutes; prints one table)
+bench: install
+	bash bench/run.sh
 
 clean:
 	rm -rf $(VENV) instance build src/*.egg-info
