@@ -11,27 +11,37 @@ event fails only its own request.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from flask import Flask
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from .extensions import db
 from .ingestion import IngestJob, IngestResult, write_jobs
 
-log = logging.getLogger(__name__)
+SWITCH_INTERVAL = 0.0005  # seconds
 
 
 @dataclass(eq=False)
 class _Pending:
     job: IngestJob
-    done: threading.Event = field(default_factory=threading.Event)
     result: IngestResult | None = None
     error: BaseException | None = None
+    # Held until the job is settled: cheaper to make than a threading.Event.
+    settled: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.settled.acquire()
+
+    def settle(self, result: IngestResult | None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.settled.release()
 
 
 class GroupCommitter:
@@ -44,13 +54,14 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._owner_pid: int | None = None
+        self._connection: Connection | None = None
 
     def submit(self, job: IngestJob) -> IngestResult:
         """Queue ``job`` and block until its batch has committed (or failed)."""
         self._ensure_thread()
         pending = _Pending(job)
         self._queue.put(pending)
-        if not pending.done.wait(self.timeout):
+        if not pending.settled.acquire(timeout=self.timeout):
             raise TimeoutError("the event batch did not commit in time")
         if pending.error is not None:
             raise pending.error
@@ -63,16 +74,16 @@ class GroupCommitter:
         with self._lock:
             if self._owner_pid != os.getpid():
                 self._queue = queue.SimpleQueue()  # a forked child starts afresh
+                # Request threads are CPU-bound; after each database round trip the
+                # committer must win the GIL back in well under the default 5 ms.
+                sys.setswitchinterval(SWITCH_INTERVAL)
                 threading.Thread(target=self._run, name="group-commit", daemon=True).start()
                 self._owner_pid = os.getpid()
 
     def _run(self) -> None:
         with self.app.app_context():
             while True:
-                batch = self._next_batch()
-                self._commit(batch)
-                if len(batch) > 1:
-                    log.debug("group commit of %d jobs", len(batch))
+                self._commit(self._next_batch())
 
     def _next_batch(self) -> list[_Pending]:
         batch = [self._queue.get()]
@@ -91,24 +102,27 @@ class GroupCommitter:
             results = self._write([p.job for p in batch])
         except Exception as error:
             if len(batch) == 1:
-                batch[0].error = error
-                batch[0].done.set()
+                batch[0].settle(None, error)
                 return
             for pending in batch:  # find the culprit: each job on its own
                 self._commit([pending])
             return
         for pending, result in zip(batch, results, strict=True):
-            pending.result = result
-            pending.done.set()
+            pending.settle(result)
 
-    @staticmethod
-    def _write(jobs: list[IngestJob]) -> list[IngestResult]:
+    def _write(self, jobs: list[IngestJob]) -> list[IngestResult]:
+        """One transaction on the committer's own connection, kept between batches."""
+        if self._connection is None or self._connection.closed:
+            self._connection = db.engine.connect()
+        session = Session(bind=self._connection)
         try:
-            results = write_jobs(db.session, jobs)
-            db.session.commit()
+            results = write_jobs(session, jobs)
+            session.commit()
             return results
         except BaseException:
-            db.session.rollback()
+            session.rollback()
+            if self._connection.invalidated:
+                self._connection.close()  # reconnect on the next batch
             raise
         finally:
-            db.session.remove()
+            session.close()

@@ -170,9 +170,9 @@ def ingest(
     """
     job = IngestJob(TenantInfo.of(tenant), events, client, hash_key)
     if committer is not None:
-        # Hand back this request's connection while it waits: the committer needs one, and
-        # a pool held by waiting requests would starve it.
-        session.close()
+        # End this request's read-only transaction while it waits, giving its connection
+        # back: the committer needs one, and a pool held by waiting requests starves it.
+        session.rollback()
         return committer.submit(job)
     (result,) = write_jobs(session, [job])
     session.commit()

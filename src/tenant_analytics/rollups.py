@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any, Protocol
@@ -72,10 +73,20 @@ def _add_to(session: Session, model: Any, rows: list[dict[str, Any]], *columns: 
     session.execute(statement)
 
 
-def update_rollups(
-    session: Session, rows: Sequence[Mapping[str, Any]], tenants: Mapping[int, TenantFields]
-) -> None:
-    """Add freshly inserted event ``rows`` to the rollups (same transaction)."""
+@dataclass
+class RollupDelta:
+    """What a batch of events adds to the rollups, aggregated in Python, sorted by key."""
+
+    counts: list[tuple[int, date, str, int, Decimal]] = field(default_factory=list)
+    revenue: list[tuple[int, date, str, Decimal]] = field(default_factory=list)
+    members: list[tuple[int, date, str]] = field(default_factory=list)  # (tenant, day, visitor)
+    latest: list[tuple[int, str, date]] = field(default_factory=list)  # (tenant, visitor, day)
+
+
+def aggregate(
+    rows: Sequence[Mapping[str, Any]], tenants: Mapping[int, TenantFields]
+) -> RollupDelta:
+    """Group event ``rows`` by tenant and local day, the way the rollup tables count them."""
     zones = {tenant_id: tenant_zone(t.timezone) for tenant_id, t in tenants.items()}
     counts: dict[tuple[int, date, str], list[Any]] = defaultdict(lambda: [0, Decimal(0)])
     revenue: dict[tuple[int, date, str], Decimal] = defaultdict(Decimal)
@@ -92,7 +103,22 @@ def update_rollups(
             revenue[(tenant_id, day, currency)] += Decimal(row["revenue"])
         if row.get("visitor_hash"):
             seen[(tenant_id, row["visitor_hash"])].add(day)
+    return RollupDelta(
+        counts=[(t, d, e, n, v) for (t, d, e), (n, v) in sorted(counts.items())],
+        revenue=[(t, d, c, a) for (t, d, c), a in sorted(revenue.items())],
+        members=sorted((t, d, h) for (t, h), days in seen.items() for d in days),
+        latest=[(t, h, max(days)) for (t, h), days in sorted(seen.items())],
+    )
 
+
+def update_rollups(
+    session: Session, rows: Sequence[Mapping[str, Any]], tenants: Mapping[int, TenantFields]
+) -> None:
+    """Add freshly inserted event ``rows`` to the rollups (same transaction), portably.
+
+    PostgreSQL's hot path does the same in one round trip (``postgres_writer``).
+    """
+    delta = aggregate(rows, tenants)
     if session.get_bind().dialect.name == "postgresql":
         for tenant_id in sorted(tenants):  # one order everywhere: no deadlocks
             session.execute(
@@ -103,8 +129,8 @@ def update_rollups(
         session,
         DailyEventCount,
         [
-            {"tenant_id": t, "day": d, "event_type": e, "events": n, "value_sum": s}
-            for (t, d, e), (n, s) in sorted(counts.items())
+            {"tenant_id": t, "day": d, "event_type": e, "events": n, "value_sum": v}
+            for t, d, e, n, v in delta.counts
         ],
         "events",
         "value_sum",
@@ -112,19 +138,15 @@ def update_rollups(
     _add_to(
         session,
         DailyRevenue,
-        [
-            {"tenant_id": t, "day": d, "currency": c, "amount": a}
-            for (t, d, c), a in sorted(revenue.items())
-        ],
+        [{"tenant_id": t, "day": d, "currency": c, "amount": a} for t, d, c, a in delta.revenue],
         "amount",
     )
-    _count_daily_visitors(session, seen)
-    _move_last_seen(session, {key: max(days) for key, days in seen.items()})
+    _count_daily_visitors(session, delta.members)
+    _move_last_seen(session, {(t, h): d for t, h, d in delta.latest})
 
 
-def _count_daily_visitors(session: Session, seen: Mapping[tuple[int, str], set[date]]) -> None:
+def _count_daily_visitors(session: Session, members: list[tuple[int, date, str]]) -> None:
     """Add visitors to each day's set; count the ones that were not in it yet."""
-    members = sorted((t, d, h) for (t, h), days in seen.items() for d in days)
     if not members:
         return
     table = DailyVisitor.__table__

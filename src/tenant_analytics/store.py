@@ -10,9 +10,10 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from . import postgres_writer
 from .models import DedupeKey, Event, IdSequence, Tenant
 from .partitions import ensure_partitions_cached, month_of
-from .rollups import TenantFields, update_rollups
+from .rollups import TenantFields, aggregate, update_rollups
 
 
 def allocate_ids(session: Session, name: str, count: int) -> range:
@@ -48,12 +49,13 @@ def insert_events(
         ids = {row["tenant_id"] for row in rows}
         tenants = {t.id: t for t in session.scalars(select(Tenant).where(Tenant.id.in_(ids)))}
     connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        ids = allocate_ids(session, "events", len(rows))
-        rows = [{**row, "id": event_id} for row, event_id in zip(rows, ids, strict=True)]
-    else:
+    if connection.dialect.name == "postgresql":
         ensure_partitions_cached(connection, {month_of(row["created_at"]) for row in rows})
-    session.execute(insert(Event.__table__), list(rows))
+        postgres_writer.write_batch(connection, rows, aggregate(rows, tenants))
+        return
+    ids = allocate_ids(session, "events", len(rows))
+    rows = [{**row, "id": event_id} for row, event_id in zip(rows, ids, strict=True)]
+    session.execute(insert(Event.__table__), rows)
     update_rollups(session, rows, tenants)
 
 

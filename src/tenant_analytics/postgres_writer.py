@@ -1,0 +1,119 @@
+"""PostgreSQL's hot write path: a batch of events and its rollups in one round trip.
+
+Everything is sent as arrays and unnested server-side, in one string of
+statements run in order: the per-tenant advisory locks first (so the
+last-seen update below reads what earlier batches committed), then the
+events, then each rollup. The SQL is fixed text, so nothing is compiled per
+batch. ``rollups.update_rollups`` is the portable equivalent (SQLite), and
+the tests hold both to the raw-event queries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from .rollups import ROLLUP_LOCK, RollupDelta
+
+EVENT_ARRAYS = (
+    ("tenant_id", "int"),
+    ("created_at", "timestamptz"),
+    ("event_type", "varchar"),
+    ("metadata", "jsonb"),
+    ("visitor_hash", "varchar"),
+    ("user_agent", "varchar"),
+    ("referrer", "varchar"),
+    ("session_id", "varchar"),
+    ("user_id", "varchar"),
+    ("product_id", "int"),
+    ("product_slug", "varchar"),
+    ("product_name", "varchar"),
+    ("price", "numeric"),
+    ("quantity", "int"),
+    ("source", "varchar"),
+    ("error_message", "varchar"),
+    ("revenue", "numeric"),
+    ("currency", "varchar"),
+)
+
+WRITE_BATCH = f"""
+SELECT pg_advisory_xact_lock({ROLLUP_LOCK}, tenant)
+FROM (SELECT tenant FROM unnest(%(lock_tenants)s::int[]) AS tenant ORDER BY tenant) AS ordered;
+
+INSERT INTO events ({", ".join(name for name, _ in EVENT_ARRAYS)})
+SELECT * FROM unnest({", ".join(f"%(e_{name})s::{kind}[]" for name, kind in EVENT_ARRAYS)});
+
+INSERT INTO daily_event_counts (tenant_id, day, event_type, events, value_sum)
+SELECT * FROM unnest(%(c_tenant)s::int[], %(c_day)s::date[], %(c_type)s::varchar[],
+                     %(c_events)s::bigint[], %(c_value)s::numeric[])
+ON CONFLICT (tenant_id, day, event_type) DO UPDATE
+SET events = daily_event_counts.events + excluded.events,
+    value_sum = daily_event_counts.value_sum + excluded.value_sum;
+
+INSERT INTO daily_revenue (tenant_id, day, currency, amount)
+SELECT * FROM unnest(%(r_tenant)s::int[], %(r_day)s::date[], %(r_currency)s::varchar[],
+                     %(r_amount)s::numeric[])
+ON CONFLICT (tenant_id, day, currency) DO UPDATE
+SET amount = daily_revenue.amount + excluded.amount;
+
+WITH added AS (
+    INSERT INTO daily_visitors (tenant_id, day, visitor_hash)
+    SELECT * FROM unnest(%(m_tenant)s::int[], %(m_day)s::date[], %(m_visitor)s::varchar[])
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, day
+)
+INSERT INTO daily_visitor_counts (tenant_id, day, visitors)
+SELECT tenant_id, day, count(*) FROM added GROUP BY tenant_id, day
+ON CONFLICT (tenant_id, day) DO UPDATE
+SET visitors = daily_visitor_counts.visitors + excluded.visitors;
+
+WITH incoming AS (
+    SELECT * FROM unnest(%(l_tenant)s::int[], %(l_visitor)s::varchar[], %(l_day)s::date[])
+        AS incoming (tenant_id, visitor_hash, last_day)
+), previous AS (
+    SELECT seen.tenant_id, seen.visitor_hash, seen.last_day
+    FROM visitor_last_seen AS seen JOIN incoming USING (tenant_id, visitor_hash)
+), moved AS (
+    INSERT INTO visitor_last_seen (tenant_id, visitor_hash, last_day)
+    SELECT * FROM incoming
+    ON CONFLICT (tenant_id, visitor_hash) DO UPDATE SET last_day = excluded.last_day
+    WHERE visitor_last_seen.last_day < excluded.last_day
+    RETURNING tenant_id, visitor_hash, last_day
+), shifts AS (
+    SELECT tenant_id, last_day AS day, 1 AS visitors FROM moved
+    UNION ALL
+    SELECT previous.tenant_id, previous.last_day, -1
+    FROM moved JOIN previous USING (tenant_id, visitor_hash)
+)
+INSERT INTO last_seen_counts (tenant_id, day, visitors)
+SELECT tenant_id, day, sum(visitors) FROM shifts
+GROUP BY tenant_id, day HAVING sum(visitors) <> 0
+ON CONFLICT (tenant_id, day) DO UPDATE
+SET visitors = last_seen_counts.visitors + excluded.visitors;
+"""
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], prefix: str, names: Sequence[str]) -> dict:
+    """Tuples to one array parameter per position: ``{prefix + name: [...]}``."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+    return {f"{prefix}{name}": list(values) for name, values in zip(names, columns, strict=True)}
+
+
+def write_batch(
+    connection: Connection, rows: Sequence[Mapping[str, Any]], delta: RollupDelta
+) -> None:
+    """Insert event ``rows`` and add ``delta`` to the rollups, in the caller's transaction."""
+    params: dict[str, Any] = {"lock_tenants": sorted({row["tenant_id"] for row in rows})}
+    for name, _ in EVENT_ARRAYS:
+        values = [row[name] for row in rows]
+        if name == "metadata":
+            values = [None if value is None else json.dumps(value) for value in values]
+        params[f"e_{name}"] = values
+    params |= _columns(delta.counts, "c_", ("tenant", "day", "type", "events", "value"))
+    params |= _columns(delta.revenue, "r_", ("tenant", "day", "currency", "amount"))
+    params |= _columns(delta.members, "m_", ("tenant", "day", "visitor"))
+    params |= _columns(delta.latest, "l_", ("tenant", "visitor", "day"))
+    connection.exec_driver_sql(WRITE_BATCH, params)
