@@ -412,6 +412,93 @@ def test_dashboard_payment_steps_errors_and_sessions(app, shop):
         assert figures["whatsapp_sessions_list"] == ["s4", "s3"]  # latest click first
 
 
+def test_traffic_sources_count_a_session_for_each_of_its_sources(app, make_tenant, store_events):
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    store_events(
+        tenant,
+        [
+            ev("page_view", local(3, 10), "a", source="google"),
+            ev("product_view", local(3, 10, 1), "a", product_slug="tee"),  # no source: direct
+            ev("page_view", local(4, 10), "b", source="instagram"),
+            ev("page_view", local(4, 11), "b", source="instagram"),
+            ev("page_view", local(5, 10), "c"),
+            ev("page_view", local(6, 10), "d", source="direct"),  # the same as none
+            ev("page_view", local(6, 11), "d"),
+            ev("page_view", local(6, 12), None, source="bing"),  # no session: not counted
+        ],
+    )
+    figures = stats(tenant)
+    assert figures["traffic_sources"] == [
+        {"source": "direct", "sessions": 3},  # a c d
+        {"source": "google", "sessions": 1},
+        {"source": "instagram", "sessions": 1},
+    ]
+    assert figures["session_stats"]["unique_sessions"] == 4
+    assert figures["session_stats"]["avg_events_per_session"] == 1.8  # 7 / 4
+    # A session with two different sources is listed under each of them.
+    store_events(
+        tenant,
+        [
+            ev("page_view", local(7, 10), "e", source="google"),
+            ev("product_view", local(7, 10, 1), "e", source="bing", product_slug="tee"),
+        ],
+    )
+    figures = stats(tenant)
+    assert figures["traffic_sources"] == [
+        {"source": "direct", "sessions": 3},
+        {"source": "google", "sessions": 2},  # a e
+        {"source": "bing", "sessions": 1},  # e; ties by source
+        {"source": "instagram", "sessions": 1},
+    ]
+    assert figures["session_stats"]["unique_sessions"] == 5
+
+
+def test_unique_counts_a_session_once_a_day_and_once_a_week(app, make_tenant, store_events):
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    store_events(
+        tenant,
+        [
+            # one session viewing the tee either side of midnight
+            ev("product_view", local(3, 23, 59), "m", product_slug="tee"),
+            ev("product_view", local(4, 0, 1), "m", product_slug="tee"),
+            ev("product_view", local(5, 9), None, product_slug="mug"),  # no session
+            ev("page_view", local(5, 9), None),
+        ],
+    )
+    unique = stats(tenant, "unique")
+    by_date = {day["date"]: day["product_view"] for day in unique["events_timeline"]}
+    assert (by_date["2026-03-03"], by_date["2026-03-04"], by_date["2026-03-05"]) == (1, 1, 0)
+    assert unique["event_counts"]["product_view"] == 1
+    # viewed without a session: listed, with no session to count
+    assert unique["top_viewed_products"] == [
+        {"slug": "tee", "count": 1},
+        {"slug": "mug", "count": 0},
+    ]
+    assert [(p["slug"], p["views"]) for p in unique["product_performance"]] == [
+        ("tee", 1),
+        ("mug", 0),
+    ]
+    total = stats(tenant, "total")
+    assert total["event_counts"]["product_view"] == 3
+    assert total["top_viewed_products"] == [
+        {"slug": "tee", "count": 2},
+        {"slug": "mug", "count": 1},
+    ]
+    assert funnel_counts(tenant, date(2026, 3, 2), TODAY)[:2] == [
+        ("page_view", 0),
+        ("product_view", 1),
+    ]
+
+
+def test_reports_are_the_same_with_passes_in_turn(app, shop, monkeypatch):
+    """On PostgreSQL the session-wide passes run on a second connection: same figures."""
+    beside = {mode: stats(shop, mode) for mode in ("total", "unique")}
+    funnel = funnel_counts(shop, date(2026, 3, 2), TODAY)
+    monkeypatch.setattr(reports, "SIDE_BY_SIDE", False)
+    assert {mode: stats(shop, mode) for mode in ("total", "unique")} == beside
+    assert funnel_counts(shop, date(2026, 3, 2), TODAY) == funnel
+
+
 def test_dashboard_of_empty_tenant_is_all_zeros(app, make_tenant):
     tenant = make_tenant(timezone="America/Tegucigalpa")
     for mode in ("total", "unique"):

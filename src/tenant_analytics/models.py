@@ -133,8 +133,22 @@ class Event(db.Model):
 
     __tablename__ = "events"
     __table_args__ = (
-        Index("ix_events_tenant_created", "tenant_id", "created_at"),
         Index("ix_events_tenant_type_created", "tenant_id", "event_type", "created_at"),
+        # A tenant's window of events, carrying the columns the store reports read, so
+        # PostgreSQL answers them from the index alone (migration 0004); SQLite ignores
+        # INCLUDE.
+        Index(
+            "ix_events_tenant_created_covering",
+            "tenant_id",
+            "created_at",
+            postgresql_include=[
+                "event_type",
+                "session_id",
+                "source",
+                "product_slug",
+                "product_name",
+            ],
+        ),
     )
 
     tenant_id: Mapped[int] = mapped_column(

@@ -1,18 +1,51 @@
 """Store reports: dashboard stats, conversion funnel, RFM segments and smart alerts.
 
 Every figure is an aggregation in the database over one tenant's events; only
-per-day, per-product or per-customer rows come back to Python to be shaped.
+per-day, per-product, per-source or per-customer rows come back to Python to be
+shaped.
+
+A report reads up to a million events per window, so it reads the window a few
+times at most and keeps every aggregate hashable:
+
+- one pass counts the events of each (local day, type, product), from which the
+  timelines, the per-type totals and the per-product counts all follow
+  (:func:`event_tally`);
+- distinct sessions are counted as distinct (session, key) pairs grouped again by
+  key (:func:`_sessions_by`) rather than with COUNT(DISTINCT ...), which PostgreSQL
+  evaluates by sorting each group;
+- the session-wide figures (sessions, events per session, traffic sources) come
+  from one row per session (:func:`session_sources`). That pass, the slowest,
+  runs on a second connection beside the report's other queries (:func:`_beside`).
+
+On PostgreSQL the ``ix_events_tenant_created_covering`` index (migration 0004)
+holds the columns these passes read, so they scan the index alone, and each report
+gives its hashes REPORT_SETTINGS' memory.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, case, desc, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    QueuePool,
+    Select,
+    case,
+    desc,
+    func,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from ..models import Event
@@ -44,6 +77,8 @@ TIMELINE_TYPES = COUNTED_STEPS + PAYMENT_STEPS
 COUNTED_ERRORS = (PAYMENT_ERROR, CHECKOUT_ERROR, PAYMENT_CONFIRMATION_ERROR)
 TIMELINE_ERRORS = (*COUNTED_ERRORS, ADDRESS_ERROR)
 WHATSAPP_TYPES = (WHATSAPP_CART_CLICK, WHATSAPP_PURCHASE)
+PRODUCT_TYPES = (PRODUCT_VIEW, ADD_TO_CART, PURCHASE)  # the per-product figures
+DASHBOARD_TYPES = TIMELINE_TYPES + TIMELINE_ERRORS + WHATSAPP_TYPES  # counted per day
 
 DASHBOARD_DAYS = 7
 RETENTION_DAYS = 90
@@ -53,6 +88,19 @@ TOP_PRODUCTS = 5
 PERFORMANCE_PRODUCTS = 10
 WHATSAPP_SESSIONS_LISTED = 10
 DIRECT_SOURCE = "direct"  # what a NULL source is reported as
+# PostgreSQL settings for the transaction of a report (see _report_settings).
+REPORT_SETTINGS = {
+    # Memory for each sort, and twice that for each hash (hash_mem_multiplier): room
+    # to hash the ~250,000 sessions of a million events without spilling to disk,
+    # where the server default (4MB) spills past ~20,000.
+    "work_mem": "32MB",
+}
+# Run a report's session-wide pass on a second connection, beside its other queries
+# (PostgreSQL only, see _beside); False runs every query on the caller's session.
+SIDE_BY_SIDE = True
+
+Database = Session | Connection  # what a report's queries run on
+T = TypeVar("T")
 
 # Who did something: the signed-in user when known, else the browser session.
 IDENTIFIER = func.coalesce(Event.user_id, Event.session_id)
@@ -72,18 +120,105 @@ def _money(amount: Decimal | None) -> float:
     return float((amount or Decimal(0)).quantize(CENT, rounding=ROUND_HALF_UP))
 
 
+def _dialect(db: Database) -> str:
+    return (db if isinstance(db, Connection) else db.get_bind()).dialect.name
+
+
+def _report_settings(db: Database, *, side_by_side: bool = False) -> None:
+    """On PostgreSQL, apply REPORT_SETTINGS for the rest of the transaction.
+
+    ``side_by_side``: a second connection works beside this one, so leave the other
+    cores to it rather than to parallel workers.
+    """
+    if _dialect(db) != "postgresql":
+        return
+    settings = dict(REPORT_SETTINGS)
+    if side_by_side:
+        settings["max_parallel_workers_per_gather"] = "0"
+    db.execute(select(*(func.set_config(name, value, True) for name, value in settings.items())))
+
+
+def _on_own_connection(engine: Engine, task: Callable[[Database], T]) -> T:
+    with engine.connect() as connection:
+        _report_settings(connection, side_by_side=True)
+        return task(connection)
+
+
+def _side_engine(session: Session) -> Engine | None:
+    """The engine to run a pass beside ``session``'s queries on, or None to run it in turn.
+
+    A pass beside takes a second pooled connection: only on PostgreSQL, with the
+    session bound to an engine whose pool has an idle connection.
+    """
+    bind = session.get_bind()
+    if not (SIDE_BY_SIDE and isinstance(bind, Engine) and bind.dialect.name == "postgresql"):
+        return None
+    pool = bind.pool
+    return bind if isinstance(pool, QueuePool) and pool.checkedout() < pool.size() else None
+
+
+def _beside(session: Session, task: Callable[[Database], T]) -> Callable[[], T]:
+    """Start ``task`` on a connection of its own; return a function that waits for its result.
+
+    A report's heaviest pass (one hash over every event of the window) then runs on
+    one core while the report's other queries run on another. Without a
+    :func:`_side_engine`, ``task`` runs at once on ``session``. Either way each
+    statement sees the rows committed when it started (READ COMMITTED), as before;
+    only rows the caller's own transaction has written and not committed stay out of
+    a pass run beside it.
+    """
+    engine = _side_engine(session)
+    if engine is None:
+        result = task(session)
+        return lambda: result
+    _report_settings(session, side_by_side=True)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pass")
+    future = executor.submit(_on_own_connection, engine, task)
+    executor.shutdown(wait=False)  # the thread ends with the task
+    return future.result
+
+
 def _is(event_type: str) -> ColumnElement[bool]:
     return Event.event_type == event_type
 
 
-def _sessions_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    """Distinct session ids among the rows where ``condition`` holds."""
-    return func.count(func.distinct(case((condition, Event.session_id))))
+def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    """1 when ``condition`` holds for a row, else 0 (``max`` of it: for any row of a group)."""
+    return case((condition, 1), else_=0)
 
 
-def _events_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    """How many rows ``condition`` holds for."""
-    return func.count(case((condition, 1)))
+def _sessions_by(*keys: ColumnElement[Any], where: Iterable[ColumnElement[bool]]) -> Select[Any]:
+    """``(*keys, sessions)``: distinct non-NULL sessions per ``keys`` among the rows ``where``.
+
+    The figure of ``COUNT(DISTINCT session_id) ... GROUP BY keys``, computed as the
+    distinct (session, keys) pairs counted per keys: two hash aggregates, where
+    PostgreSQL would sort every group for the COUNT(DISTINCT). Keys whose rows all
+    lack a session come out with 0.
+
+    PostgreSQL estimates a store tenant's rows of a type from the mix of the whole
+    table, where landing tenants have none: it expects a few thousand rows where there
+    are hundreds of thousands, and would sort those. So the pairs are grouped session
+    first (sorted so, they would not come out grouped by ``keys``), and NULL sessions
+    are left out by the count rather than by ``where``, which keeps the estimate
+    nearer the truth: with both, PostgreSQL hashes.
+    """
+    names = [f"key{position}" for position in range(len(keys))]
+    pairs = (
+        select(
+            *(key.label(name) for key, name in zip(keys, names, strict=True)),
+            Event.session_id.label("session"),
+        )
+        .where(*where)
+        .group_by(Event.session_id, *keys)
+        .subquery()
+    )
+    columns = [pairs.c[name] for name in names]
+    return select(*columns, func.count(pairs.c.session).label("sessions")).group_by(*columns)
+
+
+def _ranked(counts: dict[str, int], limit: int | None) -> list[tuple[str, int]]:
+    """The ``limit`` largest counts, ties by key (code point order, as SQL's C collation)."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
 
 def _local_bounds(days: list[Day]) -> tuple[str, str]:
@@ -92,17 +227,6 @@ def _local_bounds(days: list[Day]) -> tuple[str, str]:
 
 
 # -- dashboard building blocks --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TypeCount:
-    """How often an event type occurred, and in how many distinct sessions."""
-
-    events: int = 0
-    sessions: int = 0
-
-    def of(self, mode: Mode) -> int:
-        return self.sessions if mode == "unique" else self.events
 
 
 class SlugCount(TypedDict):
@@ -155,185 +279,248 @@ class Abandonment:
         return _percent(self.abandoned, self.checkouts)
 
 
-def count_by_type(
-    session: Session, *, tenant_id: int, start: datetime, end: datetime, types: tuple[str, ...]
-) -> dict[str, TypeCount]:
-    """Events and distinct sessions of each of ``types`` in [start, end); missing types are 0."""
-    rows = session.execute(
-        select(Event.event_type, func.count(), func.count(func.distinct(Event.session_id)))
-        .where(*in_window(tenant_id, start, end), Event.event_type.in_(types))
-        .group_by(Event.event_type)
-    ).all()
-    counts = dict.fromkeys(types, TypeCount())
-    for event_type, events, sessions in rows:
-        counts[event_type] = TypeCount(events, sessions)
-    return counts
+@dataclass(frozen=True)
+class EventTally:
+    """Events of each type per local day, and of each product type per product."""
+
+    per_day: list[Counter[str]]
+    per_product: dict[str, Counter[str]]  # slug -> PRODUCT_TYPES -> events
+    names: dict[str, str]  # slug -> max(product_name) over its PRODUCT_TYPES events
+
+    def total(self, event_type: str) -> int:
+        return sum(day[event_type] for day in self.per_day)
 
 
-def count_by_type_and_day(
-    session: Session, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
-) -> list[dict[str, TypeCount]]:
-    """:func:`count_by_type` for each of ``days`` (contiguous, oldest first)."""
+def event_tally(
+    db: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
+) -> EventTally:
+    """Count the events of ``types`` over ``days`` (contiguous, oldest first) in one pass.
+
+    One row per (day, type, product) comes back: a few thousand at most.
+    """
     index = day_index(days)
-    rows = session.execute(
+    rows = db.execute(
         select(
             index,
             Event.event_type,
+            Event.product_slug,
             func.count(),
-            func.count(func.distinct(Event.session_id)),
+            func.max(Event.product_name),
         )
         .where(*in_window(tenant_id, days[0].start, days[-1].end), Event.event_type.in_(types))
-        .group_by(index, Event.event_type)
+        .group_by(index, Event.event_type, Event.product_slug)
     ).all()
-    per_day = [dict.fromkeys(types, TypeCount()) for _ in days]
-    for position, event_type, events, sessions in rows:
-        per_day[position][event_type] = TypeCount(events, sessions)
-    return per_day
+    per_day: list[Counter[str]] = [Counter() for _ in days]
+    per_product: dict[str, Counter[str]] = {}
+    names: dict[str, str] = {}
+    for position, event_type, slug, events, name in rows:
+        per_day[position][event_type] += events
+        if slug is None or event_type not in PRODUCT_TYPES:
+            continue
+        per_product.setdefault(slug, Counter())[event_type] += events
+        if name is not None and (slug not in names or name > names[slug]):
+            names[slug] = name
+    return EventTally(per_day, per_product, names)
 
 
-def purchase_revenue(
-    session: Session, *, tenant_id: int, start: datetime, end: datetime
-) -> Decimal:
-    """Sum of the ``revenue`` of purchase events in [start, end); NULL counts as 0."""
-    total = session.scalar(
-        select(func.sum(Event.revenue)).where(*in_window(tenant_id, start, end), _is(PURCHASE))
+@dataclass(frozen=True)
+class SessionTally:
+    """Distinct sessions of each type per local day and over all the days."""
+
+    per_day: list[Counter[str]]
+    total: Counter[str]
+
+
+def session_tally(
+    db: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
+) -> SessionTally:
+    """Distinct sessions with events of each of ``types``, per day of ``days`` and overall.
+
+    One pass collects the distinct (type, day, session) triples; both figures are
+    counted from them.
+    """
+    index = day_index(days)
+    triples = (  # grouped session first and NULL sessions left to the counts: see _sessions_by
+        select(Event.event_type, index.label("day"), Event.session_id)
+        .where(*in_window(tenant_id, days[0].start, days[-1].end), Event.event_type.in_(types))
+        .group_by(Event.session_id, Event.event_type, index)
+        .cte("triples")
     )
-    return total or Decimal(0)
-
-
-def top_products(
-    session: Session, *, tenant_id: int, start: datetime, end: datetime, limit: int = TOP_PRODUCTS
-) -> list[SlugCount]:
-    """Products by units sold (a purchase without quantity is one unit), most first."""
-    units = func.sum(func.coalesce(Event.quantity, 1)).label("units")
-    rows = session.execute(
-        select(Event.product_slug, units)
-        .where(
-            *in_window(tenant_id, start, end),
-            _is(PURCHASE),
-            Event.product_slug.is_not(None),
-        )
-        .group_by(Event.product_slug)
-        .order_by(desc(units), Event.product_slug)
-        .limit(limit)
-    ).all()
-    return [SlugCount(slug=slug, count=count) for slug, count in rows]
-
-
-def top_viewed_products(
-    session: Session,
-    *,
-    tenant_id: int,
-    start: datetime,
-    end: datetime,
-    mode: Mode,
-    limit: int = TOP_PRODUCTS,
-) -> list[SlugCount]:
-    """Products by product views (distinct sessions in ``unique`` mode), most first."""
-    views = (
-        func.count(func.distinct(Event.session_id)) if mode == "unique" else func.count()
-    ).label("views")
-    rows = session.execute(
-        select(Event.product_slug, views)
-        .where(
-            *in_window(tenant_id, start, end),
-            _is(PRODUCT_VIEW),
-            Event.product_slug.is_not(None),
-        )
-        .group_by(Event.product_slug)
-        .order_by(desc(views), Event.product_slug)
-        .limit(limit)
-    ).all()
-    return [SlugCount(slug=slug, count=count) for slug, count in rows]
-
-
-def abandonment(session: Session, *, tenant_id: int, start: datetime, end: datetime) -> Abandonment:
-    """Identifiers with a begin_checkout in [start, end), and those with no purchase there."""
-    purchasers = select(IDENTIFIER).where(
-        *in_window(tenant_id, start, end), _is(PURCHASE), IDENTIFIER.is_not(None)
+    per_day = select(
+        triples.c.event_type, triples.c.day, func.count(triples.c.session_id)
+    ).group_by(triples.c.event_type, triples.c.day)
+    pairs = (
+        select(triples.c.event_type, triples.c.session_id)
+        .group_by(triples.c.event_type, triples.c.session_id)
+        .subquery()
     )
-    checkouts, abandoned = session.execute(
+    overall = select(pairs.c.event_type, literal(-1), func.count(pairs.c.session_id)).group_by(
+        pairs.c.event_type
+    )
+    tally = SessionTally([Counter() for _ in days], Counter())
+    for event_type, position, sessions in db.execute(union_all(per_day, overall)):
+        if position < 0:
+            tally.total[event_type] = sessions
+        else:
+            tally.per_day[position][event_type] = sessions
+    return tally
+
+
+def sessions_per_type(
+    db: Database, *, tenant_id: int, start: datetime, end: datetime, types: tuple[str, ...]
+) -> Counter[str]:
+    """Distinct sessions with events of each of ``types`` in [start, end)."""
+    rows = db.execute(
+        _sessions_by(
+            Event.event_type, where=[*in_window(tenant_id, start, end), Event.event_type.in_(types)]
+        )
+    )
+    return Counter({event_type: count for event_type, count in rows})
+
+
+def product_sessions(
+    db: Database, *, tenant_id: int, start: datetime, end: datetime
+) -> dict[str, Counter[str]]:
+    """Distinct sessions per product and PRODUCT_TYPES type in [start, end)."""
+    rows = db.execute(
+        _sessions_by(
+            Event.product_slug,
+            Event.event_type,
+            # Products are the non-NULL slugs; the NULL one is dropped below rather than
+            # here, for the estimate (see _sessions_by).
+            where=[*in_window(tenant_id, start, end), Event.event_type.in_(PRODUCT_TYPES)],
+        )
+    )
+    sessions: dict[str, Counter[str]] = {}
+    for slug, event_type, count in rows:
+        if slug is not None:
+            sessions.setdefault(slug, Counter())[event_type] = count
+    return sessions
+
+
+@dataclass(frozen=True)
+class ProductSales:
+    """Purchase events in a window: units per product and the revenue of them all."""
+
+    units: dict[str, int]  # slug -> units (a purchase without quantity is one unit)
+    revenue: Decimal  # NULL revenue counts as 0
+
+
+def product_sales(db: Database, *, tenant_id: int, start: datetime, end: datetime) -> ProductSales:
+    """Units sold per product and total revenue of the purchases in [start, end)."""
+    rows = db.execute(
         select(
-            func.count(func.distinct(IDENTIFIER)),
-            func.count(func.distinct(case((IDENTIFIER.not_in(purchasers), IDENTIFIER)))),
-        ).where(*in_window(tenant_id, start, end), _is(BEGIN_CHECKOUT))
+            Event.product_slug,
+            func.sum(func.coalesce(Event.quantity, 1)),
+            func.sum(Event.revenue),
+        )
+        .where(*in_window(tenant_id, start, end), _is(PURCHASE))
+        .group_by(Event.product_slug)
+    ).all()
+    units = {slug: count for slug, count, _ in rows if slug is not None}
+    revenue = sum((amount for _, _, amount in rows if amount is not None), Decimal(0))
+    return ProductSales(units, revenue)
+
+
+def abandonment(db: Database, *, tenant_id: int, start: datetime, end: datetime) -> Abandonment:
+    """Identifiers with a begin_checkout in [start, end), and those with no purchase there."""
+    identifiers = (
+        select(
+            func.max(_flag(_is(BEGIN_CHECKOUT))).label("checked_out"),
+            func.max(_flag(_is(PURCHASE))).label("bought"),
+        )
+        .where(
+            *in_window(tenant_id, start, end),
+            Event.event_type.in_((BEGIN_CHECKOUT, PURCHASE)),
+            IDENTIFIER.is_not(None),
+        )
+        .group_by(IDENTIFIER)
+        .subquery()
+    )
+    checked_out = identifiers.c.checked_out == 1
+    checkouts, abandoned = db.execute(
+        select(
+            func.count(case((checked_out, 1))),
+            func.count(case((checked_out & (identifiers.c.bought == 0), 1))),
+        )
     ).one()
     return Abandonment(checkouts, abandoned)
 
 
-def product_performance(
-    session: Session,
-    *,
-    tenant_id: int,
-    start: datetime,
-    end: datetime,
-    mode: Mode,
-    limit: int = PERFORMANCE_PRODUCTS,
-) -> list[ProductPerformance]:
-    """Views, add-to-carts and purchases per product, most viewed first.
+@dataclass(frozen=True)
+class SessionSources:
+    """Distinct sessions, the events they hold, and the sessions of each traffic source."""
 
-    ``total`` counts events and purchased units; ``unique`` counts distinct
-    sessions and adds ``purchases_units``. ``conversion_rate`` is purchases / views.
+    sessions: int
+    events: int
+    sources: list[SourceSessions]  # most sessions first, ties by source
+
+    @property
+    def stats(self) -> tuple[int, float]:
+        """Distinct sessions and events per session (one decimal)."""
+        average = round(self.events / self.sessions, 1) if self.sessions else 0.0
+        return self.sessions, average
+
+
+def session_sources(
+    db: Database, *, tenant_id: int, start: datetime, end: datetime
+) -> SessionSources:
+    """Sessions with events in [start, end), their events, and distinct sessions per source.
+
+    A session counts for every source its events carry; a NULL source is reported as
+    ``direct``. One row per session is summed up by its sources: the smallest and the
+    largest, and whether some events had none. Only a session with two or more
+    different sources needs its sources listed; then :func:`traffic_sources` does that.
     """
-    unique = mode == "unique"
-    units = func.coalesce(func.sum(case((_is(PURCHASE), func.coalesce(Event.quantity, 1)))), 0)
-    count = _sessions_where if unique else _events_where
-    views = count(_is(PRODUCT_VIEW)).label("views")
-    rows = session.execute(
+    per_session = (
         select(
-            Event.product_slug,
-            func.max(Event.product_name),
-            views,
-            count(_is(ADD_TO_CART)),
-            _sessions_where(_is(PURCHASE)),
-            units,
+            func.count().label("events"),
+            func.count(Event.source).label("with_source"),
+            func.min(Event.source).label("lowest"),
+            func.max(Event.source).label("highest"),
         )
-        .where(
-            *in_window(tenant_id, start, end),
-            Event.event_type.in_((PRODUCT_VIEW, ADD_TO_CART, PURCHASE)),
-            Event.product_slug.is_not(None),
-        )
-        .group_by(Event.product_slug)
-        .order_by(desc(views), Event.product_slug)
-        .limit(limit)
-    ).all()
-    products = []
-    for slug, name, view_count, adds, purchase_sessions, purchased_units in rows:
-        purchases = purchase_sessions if unique else purchased_units
-        product = ProductPerformance(
-            slug=slug,
-            name=name or slug,
-            views=view_count,
-            add_to_cart=adds,
-            purchases=purchases,
-            conversion_rate=_percent(purchases, view_count),
-        )
-        if unique:
-            product["purchases_units"] = purchased_units
-        products.append(product)
-    return products
-
-
-def session_stats(
-    session: Session, *, tenant_id: int, start: datetime, end: datetime
-) -> SessionStats:
-    """Distinct sessions, events per session and sessions with a purchase in [start, end)."""
-    sessions, events, buyers = session.execute(
-        select(
-            func.count(func.distinct(Event.session_id)),
-            func.count(Event.session_id),
-            _sessions_where(_is(PURCHASE)),
-        ).where(*in_window(tenant_id, start, end))
-    ).one()
-    return SessionStats(
-        unique_sessions=sessions,
-        avg_events_per_session=round(events / sessions, 1) if sessions else 0.0,
-        sessions_with_purchase=buyers,
+        .where(*in_window(tenant_id, start, end), Event.session_id.is_not(None))
+        .group_by(Event.session_id)
+        .subquery()
     )
+    source = func.coalesce(per_session.c.lowest, DIRECT_SOURCE)
+    some_direct = _flag(per_session.c.with_source < per_session.c.events)
+    several = _flag(per_session.c.lowest != per_session.c.highest)
+    rows = db.execute(
+        select(source, some_direct, several, func.count(), func.sum(per_session.c.events)).group_by(
+            source, some_direct, several
+        )
+    ).all()
+    sessions = sum(count for *_, count, _ in rows)
+    events = sum(int(total) for *_, total in rows)
+    if any(has_several for _, _, has_several, _, _ in rows):
+        sources = traffic_sources(db, tenant_id=tenant_id, start=start, end=end)
+        return SessionSources(sessions, events, sources)
+    counts: Counter[str] = Counter()
+    for name, has_direct, _, count, _ in rows:
+        counts[name] += count
+        if has_direct and name != DIRECT_SOURCE:
+            counts[DIRECT_SOURCE] += count
+    sources = [SourceSessions(source=name, sessions=count) for name, count in _ranked(counts, None)]
+    return SessionSources(sessions, events, sources)
+
+
+def traffic_sources(
+    db: Database, *, tenant_id: int, start: datetime, end: datetime
+) -> list[SourceSessions]:
+    """Distinct sessions per source (NULL reported as ``direct``), most first."""
+    source = func.coalesce(Event.source, DIRECT_SOURCE)
+    query = _sessions_by(
+        source, where=[*in_window(tenant_id, start, end), Event.session_id.is_not(None)]
+    ).subquery()
+    rows = db.execute(
+        select(query.c.key0, query.c.sessions).order_by(desc(query.c.sessions), query.c.key0)
+    ).all()
+    return [SourceSessions(source=name, sessions=count) for name, count in rows]
 
 
 def retention_metrics(
-    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime
+    db: Database, *, tenant_id: int, zone: ZoneInfo, now: datetime
 ) -> RetentionMetrics:
     """Buyers over the 90 local days ending today, and those who bought at least twice.
 
@@ -347,7 +534,7 @@ def retention_metrics(
         .group_by(IDENTIFIER)
         .subquery()
     )
-    total, recurrent = session.execute(
+    total, recurrent = db.execute(
         select(func.count(), func.count(case((buyers.c.purchases >= 2, 1))))
     ).one()
     return RetentionMetrics(
@@ -358,23 +545,8 @@ def retention_metrics(
     )
 
 
-def traffic_sources(
-    session: Session, *, tenant_id: int, start: datetime, end: datetime
-) -> list[SourceSessions]:
-    """Distinct sessions per source (NULL reported as ``direct``), most first."""
-    source = func.coalesce(Event.source, DIRECT_SOURCE).label("source")
-    sessions = func.count(func.distinct(Event.session_id)).label("sessions")
-    rows = session.execute(
-        select(source, sessions)
-        .where(*in_window(tenant_id, start, end), Event.session_id.is_not(None))
-        .group_by(source)
-        .order_by(desc(sessions), source)
-    ).all()
-    return [SourceSessions(source=name, sessions=count) for name, count in rows]
-
-
 def recent_whatsapp_sessions(
-    session: Session,
+    db: Database,
     *,
     tenant_id: int,
     start: datetime,
@@ -384,7 +556,7 @@ def recent_whatsapp_sessions(
     """Sessions that clicked the WhatsApp button in [start, end), latest click first."""
     last_click = func.max(Event.created_at).label("last_click")
     return list(
-        session.scalars(
+        db.scalars(
             select(Event.session_id)
             .add_columns(last_click)
             .where(
@@ -431,12 +603,44 @@ class DashboardStats(TypedDict):
 
 
 def _timeline(
-    days: list[Day], per_day: list[dict[str, TypeCount]], types: tuple[str, ...], mode: Mode
+    days: list[Day], per_day: list[Counter[str]], types: tuple[str, ...]
 ) -> list[dict[str, Any]]:
     return [
-        {"date": day.date.isoformat(), **{t: counts[t].of(mode) for t in types}}
+        {"date": day.date.isoformat(), **{t: counts[t] for t in types}}
         for day, counts in zip(days, per_day, strict=True)
     ]
+
+
+def _product_performance(
+    events: EventTally,
+    sessions: dict[str, Counter[str]] | None,
+    sales: ProductSales,
+    limit: int = PERFORMANCE_PRODUCTS,
+) -> list[ProductPerformance]:
+    """Views, add-to-carts and purchases per product, most viewed first.
+
+    ``sessions`` is None in ``total`` mode: events and purchased units are counted.
+    In ``unique`` mode distinct sessions are, and ``purchases_units`` is added.
+    ``conversion_rate`` is purchases / views.
+    """
+    counts = events.per_product if sessions is None else sessions
+    views = {slug: counts.get(slug, Counter())[PRODUCT_VIEW] for slug in events.per_product}
+    products = []
+    for slug, view_count in _ranked(views, limit):
+        units = sales.units.get(slug, 0)
+        purchases = units if sessions is None else counts.get(slug, Counter())[PURCHASE]
+        product = ProductPerformance(
+            slug=slug,
+            name=events.names.get(slug) or slug,
+            views=view_count,
+            add_to_cart=counts.get(slug, Counter())[ADD_TO_CART],
+            purchases=purchases,
+            conversion_rate=_percent(purchases, view_count),
+        )
+        if sessions is not None:
+            product["purchases_units"] = units
+        products.append(product)
+    return products
 
 
 def dashboard_stats(
@@ -448,31 +652,57 @@ def dashboard_stats(
     events_timeline, top_viewed_products, product_performance) from events to
     distinct sessions. Sales, revenue, the payment steps and errors stay event totals.
     """
+    _report_settings(session)
     days = last_days(zone, now, DASHBOARD_DAYS)
     window = {"tenant_id": tenant_id, "start": days[0].start, "end": days[-1].end}
-    counts = count_by_type(
-        session, **window, types=COUNTED_STEPS + PAYMENT_STEPS + COUNTED_ERRORS + WHATSAPP_TYPES
-    )
-    per_day = count_by_type_and_day(
-        session, tenant_id=tenant_id, days=days, types=TIMELINE_TYPES + TIMELINE_ERRORS
-    )
-    steps = {step: counts[step].of(mode) for step in COUNTED_STEPS}
-    sales = counts[PURCHASE].events
-    revenue = purchase_revenue(session, **window)
-    started, paid, completed = (counts[step].events for step in PAYMENT_STEPS)
+    unique = mode == "unique"
+
+    def session_passes(db: Database) -> tuple[SessionSources, dict[str, Counter[str]] | None]:
+        # the slowest queries (every event of the window hashed by session): run beside the rest
+        by_product = product_sessions(db, **window) if unique else None
+        return session_sources(db, **window), by_product
+
+    side = _beside(session, session_passes)
+    events = event_tally(session, tenant_id=tenant_id, days=days, types=DASHBOARD_TYPES)
+    if unique:
+        tally = session_tally(
+            session, tenant_id=tenant_id, days=days, types=TIMELINE_TYPES + WHATSAPP_TYPES
+        )
+        per_day, sessions = tally.per_day, tally.total
+    else:
+        per_day = events.per_day
+        sessions = sessions_per_type(session, **window, types=(PURCHASE, *WHATSAPP_TYPES))
+    steps = {step: sessions[step] if unique else events.total(step) for step in COUNTED_STEPS}
+    sales = events.total(PURCHASE)
+    sold = product_sales(session, **window)
+    started, paid, completed = (events.total(step) for step in PAYMENT_STEPS)
+    abandoned = abandonment(session, **window)
+    retention = retention_metrics(session, tenant_id=tenant_id, zone=zone, now=now)
+    whatsapp_list = recent_whatsapp_sessions(session, **window)
+    visits, by_product = side()
+    viewed = {
+        slug: (counts if by_product is None else by_product.get(slug, Counter()))[PRODUCT_VIEW]
+        for slug, counts in events.per_product.items()
+        if counts[PRODUCT_VIEW]
+    }
+    unique_sessions, per_session = visits.stats
     return DashboardStats(
         mode=mode,
         total_sales=sales,
-        total_revenue=_money(revenue),
-        average_order_value=_money(revenue / sales) if sales else 0.0,
-        top_products=top_products(session, **window),
-        top_viewed_products=top_viewed_products(session, **window, mode=mode),
-        sales_by_day=[
-            DayCount(date=day.date.isoformat(), count=counts_of_day[PURCHASE].events)
-            for day, counts_of_day in zip(days, per_day, strict=True)
+        total_revenue=_money(sold.revenue),
+        average_order_value=_money(sold.revenue / sales) if sales else 0.0,
+        top_products=[
+            SlugCount(slug=slug, count=count) for slug, count in _ranked(sold.units, TOP_PRODUCTS)
         ],
-        events_timeline=_timeline(days, per_day, TIMELINE_TYPES, mode),
-        abandonment_rate=abandonment(session, **window).rate,
+        top_viewed_products=[
+            SlugCount(slug=slug, count=count) for slug, count in _ranked(viewed, TOP_PRODUCTS)
+        ],
+        sales_by_day=[
+            DayCount(date=day.date.isoformat(), count=counts[PURCHASE])
+            for day, counts in zip(days, events.per_day, strict=True)
+        ],
+        events_timeline=_timeline(days, per_day, TIMELINE_TYPES),
+        abandonment_rate=abandoned.rate,
         event_counts=steps,
         conversion_rates={
             "visit_to_cart": _percent(steps[ADD_TO_CART], steps[PRODUCT_VIEW]),
@@ -484,15 +714,19 @@ def dashboard_stats(
         order_completed_count=completed,
         conversion_checkout_to_payment=_percent(paid, started),
         conversion_payment_to_order=_percent(completed, paid),
-        error_counts={error: counts[error].events for error in COUNTED_ERRORS},
-        product_performance=product_performance(session, **window, mode=mode),
-        errors_timeline=_timeline(days, per_day, TIMELINE_ERRORS, "total"),
-        session_stats=session_stats(session, **window),
-        retention_metrics=retention_metrics(session, tenant_id=tenant_id, zone=zone, now=now),
-        traffic_sources=traffic_sources(session, **window),
-        whatsapp_sessions=counts[WHATSAPP_CART_CLICK].sessions,
-        whatsapp_purchases=counts[WHATSAPP_PURCHASE].sessions,
-        whatsapp_sessions_list=recent_whatsapp_sessions(session, **window),
+        error_counts={error: events.total(error) for error in COUNTED_ERRORS},
+        product_performance=_product_performance(events, by_product, sold),
+        errors_timeline=_timeline(days, events.per_day, TIMELINE_ERRORS),
+        session_stats=SessionStats(
+            unique_sessions=unique_sessions,
+            avg_events_per_session=per_session,
+            sessions_with_purchase=sessions[PURCHASE],
+        ),
+        retention_metrics=retention,
+        traffic_sources=visits.sources,
+        whatsapp_sessions=sessions[WHATSAPP_CART_CLICK],
+        whatsapp_purchases=sessions[WHATSAPP_PURCHASE],
+        whatsapp_sessions_list=whatsapp_list,
     )
 
 
@@ -532,21 +766,23 @@ def conversion_funnel(
     ``source`` keeps one traffic source; ``direct`` also matches events with no source,
     as the dashboard reports those as direct.
     """
+    _report_settings(session)
     days = [local_day(start, zone), local_day(end, zone)]
-    where = [
-        *in_window(tenant_id, days[0].start, days[-1].end),
-        Event.event_type.in_(FUNNEL_STEPS),
-    ]
+    where = list(in_window(tenant_id, days[0].start, days[-1].end))
     if source == DIRECT_SOURCE:
         where.append((Event.source == source) | Event.source.is_(None))
     elif source is not None:
         where.append(Event.source == source)
-    rows = session.execute(
-        select(Event.event_type, func.count(func.distinct(Event.session_id)))
-        .where(*where)
-        .group_by(Event.event_type)
-    ).all()
-    sessions = dict(rows)
+
+    def sessions_at(db: Database, steps: tuple[str, ...]) -> dict[str, int]:
+        query = _sessions_by(Event.event_type, where=[*where, Event.event_type.in_(steps)])
+        return {step: count for step, count in db.execute(query)}
+
+    if _side_engine(session) is None:
+        sessions = sessions_at(session, FUNNEL_STEPS)
+    else:  # page views are about half the events: counted beside the other steps
+        page_views = _beside(session, lambda db: sessions_at(db, FUNNEL_STEPS[:1]))
+        sessions = sessions_at(session, FUNNEL_STEPS[1:]) | page_views()
     start_date, end_date = _local_bounds(days)
     return Funnel(
         funnel=[FunnelStep(step=step, count=sessions.get(step, 0)) for step in FUNNEL_STEPS],
@@ -651,27 +887,34 @@ class Alert(TypedDict):
 
 
 def unconverted_popular_products(
-    session: Session, *, tenant_id: int, start: datetime, end: datetime
+    db: Database, *, tenant_id: int, start: datetime, end: datetime
 ) -> list[tuple[str, int]]:
-    """Products with more than 10 distinct viewing sessions and no purchase in [start, end)."""
-    views = _sessions_where(_is(PRODUCT_VIEW)).label("views")
-    rows = session.execute(
-        select(Event.product_slug, views)
-        .where(
+    """Products with more than 10 distinct viewing sessions and no purchase in [start, end).
+
+    Products bought in the window are set aside first, so the viewing sessions are
+    only counted for the others.
+    """
+    purchased = select(Event.product_slug).where(
+        *in_window(tenant_id, start, end), _is(PURCHASE), Event.product_slug.is_not(None)
+    )
+    views = _sessions_by(
+        Event.product_slug,
+        where=[
             *in_window(tenant_id, start, end),
-            Event.event_type.in_((PRODUCT_VIEW, PURCHASE)),
+            _is(PRODUCT_VIEW),
             Event.product_slug.is_not(None),
-        )
-        .group_by(Event.product_slug)
-        .having(views > POPULAR_MIN_VIEWS, _events_where(_is(PURCHASE)) == 0)
-        .order_by(desc(views), Event.product_slug)
+            Event.product_slug.not_in(purchased),
+        ],
+    ).subquery()
+    rows = db.execute(
+        select(views.c.key0, views.c.sessions)
+        .where(views.c.sessions > POPULAR_MIN_VIEWS)
+        .order_by(desc(views.c.sessions), views.c.key0)
     ).all()
     return [(slug, count) for slug, count in rows]
 
 
-def carts_without_checkout(
-    session: Session, *, tenant_id: int, start: datetime, end: datetime
-) -> int:
+def carts_without_checkout(db: Database, *, tenant_id: int, start: datetime, end: datetime) -> int:
     """Sessions that added to the cart in [start, end) but started no checkout there."""
     checkouts = select(Event.session_id).where(
         *in_window(tenant_id, start, end),
@@ -679,7 +922,7 @@ def carts_without_checkout(
         Event.session_id.is_not(None),
     )
     return (
-        session.scalar(
+        db.scalar(
             select(func.count(func.distinct(Event.session_id))).where(
                 *in_window(tenant_id, start, end),
                 _is(ADD_TO_CART),
@@ -690,16 +933,16 @@ def carts_without_checkout(
     )
 
 
-def stuck_sessions(session: Session, *, tenant_id: int, start: datetime, end: datetime) -> int:
+def stuck_sessions(db: Database, *, tenant_id: int, start: datetime, end: datetime) -> int:
     """Sessions with more than 15 events and no purchase in [start, end)."""
     stuck = (
         select(Event.session_id)
         .where(*in_window(tenant_id, start, end), Event.session_id.is_not(None))
         .group_by(Event.session_id)
-        .having(func.count() > STUCK_MIN_EVENTS, _events_where(_is(PURCHASE)) == 0)
+        .having(func.count() > STUCK_MIN_EVENTS, func.count(case((_is(PURCHASE), 1))) == 0)
         .subquery()
     )
-    return session.scalar(select(func.count()).select_from(stuck)) or 0
+    return db.scalar(select(func.count()).select_from(stuck)) or 0
 
 
 Finding = tuple[str, str, str]  # (type, severity, message)
@@ -731,13 +974,11 @@ def _popular_no_conversion(session: Session, tenant_id: int, now: datetime) -> l
 
 
 def _payment_errors(session: Session, tenant_id: int, now: datetime) -> list[Finding]:
-    errors = count_by_type(
-        session,
-        tenant_id=tenant_id,
-        start=now - PAYMENT_ERRORS_WINDOW,
-        end=now,
-        types=(PAYMENT_ERROR,),
-    )[PAYMENT_ERROR].events
+    errors = session.scalar(
+        select(func.count()).where(
+            *in_window(tenant_id, now - PAYMENT_ERRORS_WINDOW, now), _is(PAYMENT_ERROR)
+        )
+    )
     if not errors:
         return []
     return [("payment_errors", "critical", f"Payment errors in the last hour: {errors}.")]
@@ -773,6 +1014,7 @@ ALERT_RULES = (
 
 def smart_alerts(session: Session, *, tenant_id: int, now: datetime) -> list[Alert]:
     """The five alert rules over rolling windows [now - span, now); ``all_clear`` if none fires."""
+    _report_settings(session)
     stamp = now.astimezone(UTC).isoformat()
     findings = [finding for rule in ALERT_RULES for finding in rule(session, tenant_id, now)]
     findings = findings or [("all_clear", "info", "No issues detected.")]
