@@ -208,3 +208,35 @@ def test_waiting_requests_do_not_starve_the_committer_of_connections(make_app, m
         tenant_id = make_tenant().id
     body = {"tenant_id": tenant_id, "event_type": "pageview"}
     assert run_concurrently(app, [body] * 12) == [201] * 12
+
+
+def test_a_job_that_waits_too_long_is_withdrawn_unwritten(make_app, make_tenant, monkeypatch):
+    app = make_app()
+    app.extensions["group_commit"].timeout = 0.3
+    with app.app_context():
+        tenant_id = make_tenant().id
+    writing, real_write = threading.Event(), ingestion.write_jobs
+
+    def slow_write(session, jobs):
+        writing.set()
+        time.sleep(0.6)  # longer than the timeout: the job already claimed must still settle
+        return real_write(session, jobs)
+
+    monkeypatch.setattr("tenant_analytics.group_commit.write_jobs", slow_write)
+    statuses = {}
+
+    def send(name):
+        body = {"tenant_id": tenant_id, "event_type": "pageview", "metadata": {"who": name}}
+        response = app.test_client().post("/api/analytics/track", json=body)
+        statuses[name] = response.status_code
+        assert response.status_code != 503 or response.get_json()["error"] == "unavailable"
+
+    first = threading.Thread(target=send, args=("first",))
+    first.start()
+    writing.wait(5)
+    send("second")  # queued behind the slow batch, gives up after 0.3 s
+    first.join()
+    assert statuses == {"first": 201, "second": 503}
+    time.sleep(0.7)  # let the committer reach the withdrawn job
+    with app.app_context():
+        assert count_events(tenant_id) == 1  # the withdrawn event was never written

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from .group_commit import CommitTimeout
+
 log = logging.getLogger(__name__)
 
 
@@ -107,6 +109,14 @@ def register_error_handlers(app: Flask) -> None:
         for name, value in exc.get_headers():  # keeps Allow on 405, Retry-After where set
             if name.lower() != "content-type":
                 response.headers[name] = value
+        return response, status
+
+    @app.errorhandler(CommitTimeout)
+    def _commit_timeout(exc: CommitTimeout):
+        response, status = error_response(
+            503, "The events were not stored in time; send them again.", code="unavailable"
+        )
+        response.headers["Retry-After"] = "1"
         return response, status
 
     @app.errorhandler(OperationalError)

@@ -26,6 +26,11 @@ from .extensions import db
 from .ingestion import IngestJob, IngestResult, write_jobs
 
 SWITCH_INTERVAL = 0.0005  # seconds
+_CLAIMS = threading.Lock()  # guards _Pending.state
+
+
+class CommitTimeout(TimeoutError):
+    """The job waited too long and was withdrawn unwritten: the client may retry it."""
 
 
 @dataclass(eq=False)
@@ -35,9 +40,18 @@ class _Pending:
     error: BaseException | None = None
     # Held until the job is settled: cheaper to make than a threading.Event.
     settled: threading.Lock = field(default_factory=threading.Lock)
+    state: str = "queued"  # then "claimed" by the committer or "withdrawn" by the waiter
 
     def __post_init__(self) -> None:
         self.settled.acquire()
+
+    def move(self, to: str) -> bool:
+        """Leave the queued state for ``to``; False if the other side got there first."""
+        with _CLAIMS:
+            if self.state != "queued":
+                return False
+            self.state = to
+            return True
 
     def settle(self, result: IngestResult | None, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
@@ -62,7 +76,9 @@ class GroupCommitter:
         pending = _Pending(job)
         self._queue.put(pending)
         if not pending.settled.acquire(timeout=self.timeout):
-            raise TimeoutError("the event batch did not commit in time")
+            if pending.move("withdrawn"):
+                raise CommitTimeout("the database did not take the events in time")
+            pending.settled.acquire()  # already being written: wait for that outcome
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None
@@ -86,15 +102,17 @@ class GroupCommitter:
                 self._commit(self._next_batch())
 
     def _next_batch(self) -> list[_Pending]:
-        batch = [self._queue.get()]
-        events = len(batch[0].job.events)
-        while events < self.max_events:
+        """Every job queued now (at least one), skipping those their requests withdrew."""
+        batch: list[_Pending] = []
+        events = 0
+        while not batch or events < self.max_events:
             try:
-                pending = self._queue.get_nowait()
+                pending = self._queue.get() if not batch else self._queue.get_nowait()
             except queue.Empty:
                 break
-            batch.append(pending)
-            events += len(pending.job.events)
+            if pending.move("claimed"):
+                batch.append(pending)
+                events += len(pending.job.events)
         return batch
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
