@@ -1,9 +1,10 @@
 """PostgreSQL's hot write path: a batch of events and its rollups in one round trip.
 
 Everything is sent as arrays and unnested server-side, in one string of
-statements run in order: the per-tenant advisory locks first (so the
-last-seen update below reads what earlier batches committed), then the
-events, then each rollup. The SQL is fixed text, so nothing is compiled per
+statements run in order: the events first, which concurrent batches insert
+side by side; then the per-tenant advisory locks, so that each rollup update,
+the last-seen one above all, reads what earlier batches committed; then the
+rollups, whose hot counter rows are locked until COMMIT anyway. The SQL is fixed text, so nothing is compiled per
 batch. ``rollups.update_rollups`` is the portable equivalent (SQLite), and
 the tests hold both to the raw-event queries.
 """
@@ -40,11 +41,11 @@ EVENT_ARRAYS = (
 )
 
 WRITE_BATCH = f"""
-SELECT pg_advisory_xact_lock({ROLLUP_LOCK}, tenant)
-FROM (SELECT tenant FROM unnest(%(lock_tenants)s::int[]) AS tenant ORDER BY tenant) AS ordered;
-
 INSERT INTO events ({", ".join(name for name, _ in EVENT_ARRAYS)})
 SELECT * FROM unnest({", ".join(f"%(e_{name})s::{kind}[]" for name, kind in EVENT_ARRAYS)});
+
+SELECT pg_advisory_xact_lock({ROLLUP_LOCK}, tenant)
+FROM (SELECT tenant FROM unnest(%(lock_tenants)s::int[]) AS tenant ORDER BY tenant) AS ordered;
 
 INSERT INTO daily_event_counts (tenant_id, day, event_type, events, value_sum)
 SELECT * FROM unnest(%(c_tenant)s::int[], %(c_day)s::date[], %(c_type)s::varchar[],
