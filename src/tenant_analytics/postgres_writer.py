@@ -4,14 +4,16 @@ Everything is sent as arrays and unnested server-side, in one string of
 statements run in order: the events first, which concurrent batches insert
 side by side; then the per-tenant advisory locks, so that each rollup update,
 the last-seen one above all, reads what earlier batches committed; then the
-rollups, whose hot counter rows are locked until COMMIT anyway. The SQL is fixed text, so nothing is compiled per
-batch. ``rollups.update_rollups`` is the portable equivalent (SQLite), and
+rollups, whose hot counter rows are locked until COMMIT anyway. The SQL is
+fixed text, prepared once per connection, so nothing is compiled or planned
+per batch. ``rollups.update_rollups`` is the portable equivalent (SQLite), and
 the tests hold both to the raw-event queries.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,6 +99,36 @@ SET visitors = last_seen_counts.visitors + excluded.visitors;
 """
 
 
+_PARAMETER = re.compile(r"%\((\w+)\)s::(\w+)\[\]")
+_PREPARED = "tenant_analytics_write_"
+
+
+def _prepared(script: str) -> tuple[str, str]:
+    """``script`` as PREPARE statements (once per connection) and the EXECUTEs that run them.
+
+    Prepared, PostgreSQL plans each statement once per connection instead of once per batch.
+    """
+    prepares, executes = [], []
+    for number, statement in enumerate(part.strip() for part in script.split(";")):
+        if not statement:
+            continue
+        arguments: list[tuple[str, str]] = []
+
+        def positional(match: re.Match[str], arguments: list = arguments) -> str:
+            arguments.append((match[1], match[2]))
+            return f"${len(arguments)}"
+
+        body = _PARAMETER.sub(positional, statement)
+        types = ", ".join(f"{kind}[]" for _, kind in arguments)
+        prepares.append(f"PREPARE {_PREPARED}{number} ({types}) AS {body}")
+        values = ", ".join(f"%({name})s::{kind}[]" for name, kind in arguments)
+        executes.append(f"EXECUTE {_PREPARED}{number} ({values})")
+    return ";\n".join(prepares), ";\n".join(executes)
+
+
+PREPARE_BATCH, EXECUTE_BATCH = _prepared(WRITE_BATCH)
+
+
 def _columns(rows: Sequence[tuple[Any, ...]], prefix: str, names: Sequence[str]) -> dict:
     """Tuples to one array parameter per position: ``{prefix + name: [...]}``."""
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
@@ -117,4 +149,8 @@ def write_batch(
     params |= _columns(delta.revenue, "r_", ("tenant", "day", "currency", "amount"))
     params |= _columns(delta.members, "m_", ("tenant", "day", "visitor"))
     params |= _columns(delta.latest, "l_", ("tenant", "visitor", "day"))
-    connection.exec_driver_sql(WRITE_BATCH, params)
+    info = connection.connection.info  # lives as long as this database session
+    if not info.get(_PREPARED):
+        connection.exec_driver_sql(PREPARE_BATCH)
+        info[_PREPARED] = True
+    connection.exec_driver_sql(EXECUTE_BATCH, params)
