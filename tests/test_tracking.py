@@ -113,6 +113,11 @@ def test_unknown_or_inactive_tenant_is_404(client, make_tenant, active):
             {"tenant_id": "TENANT", "event_type": "pageview", "metadata": {"a": "\u0000"}},
             "metadata",
         ),
+        (  # a lone surrogate: valid JSON, but no UTF-8 text the database could store
+            {"tenant_id": "TENANT", "event_type": "pageview", "metadata": {"a": ["\ud800"]}},
+            "metadata",
+        ),
+        ({"tenant_id": "TENANT", "event_type": "pageview", "session_id": "s\udfff"}, "session_id"),
         ({"tenant_id": "TENANT", "event_type": "time_on_page"}, "metadata"),
         (
             {"tenant_id": "TENANT", "event_type": "time_on_page", "metadata": {"seconds": -1}},

@@ -29,12 +29,11 @@ MAX_METADATA_DEPTH = 8
 
 
 def _storable_json(value: Any, depth: int = 0) -> Any:
-    """Reject what PostgreSQL's JSONB cannot store (NUL, NaN/Infinity) and deep nesting."""
+    """Reject deep nesting and what JSONB cannot store: NUL, lone surrogates, NaN, Infinity."""
     if depth > MAX_METADATA_DEPTH:
         raise ValueError(f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
     if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("strings may not contain NUL characters")
+        _storable_text(value)
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("numbers must be finite")
@@ -48,16 +47,25 @@ def _storable_json(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def _no_nul(value: str) -> str:
+def _storable_text(value: str) -> str:
+    """Text the database can store: no NUL character and no lone UTF-16 surrogate.
+
+    JSON may escape either ("\\u0000", "\\ud800"); neither can be encoded for storage.
+    """
     if "\x00" in value:
         raise ValueError("may not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("may not contain unpaired surrogates (invalid Unicode)") from None
     return value
 
 
 Metadata = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 Currency = Annotated[str, Field(pattern=r"^[A-Za-z]{3}$"), AfterValidator(str.upper)]
 Money = Annotated[Decimal, Field(ge=0, le=Decimal("999999999999.99"), decimal_places=2)]
-Text = Annotated[str, AfterValidator(_no_nul)]
+Text = Annotated[str, AfterValidator(_storable_text)]
 
 
 class Body(BaseModel):
