@@ -6,10 +6,11 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
-from tenant_analytics import ingestion
 from tenant_analytics.extensions import db
+from tenant_analytics.group_commit import GroupCommitter
+from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantInfo
 from tenant_analytics.models import Event
 
 
@@ -159,14 +160,14 @@ def test_requests_in_flight_share_a_transaction(make_app, make_tenant, monkeypat
     app = make_app()
     with app.app_context():
         tenant_id = make_tenant().id
-    batch_sizes, real_write = [], ingestion.write_jobs
+    batch_sizes, real_write = [], GroupCommitter._write
 
-    def slow_write(session, jobs):
+    def slow_write(committer, jobs):
         batch_sizes.append(len(jobs))
         time.sleep(0.2)  # the first commit is slow, so the others queue behind it
-        return real_write(session, jobs)
+        return real_write(committer, jobs)
 
-    monkeypatch.setattr("tenant_analytics.group_commit.write_jobs", slow_write)
+    monkeypatch.setattr(GroupCommitter, "_write", slow_write)
     body = {"tenant_id": tenant_id, "event_type": "pageview"}
     assert run_concurrently(app, [body] * 10) == [201] * 10
     assert sum(batch_sizes) == 10 and max(batch_sizes) > 1
@@ -178,15 +179,15 @@ def test_a_failing_job_fails_alone(make_app, make_tenant, monkeypatch):
     app = make_app()
     with app.app_context():
         tenant_id = make_tenant().id
-    real_write = ingestion.write_jobs
+    real_write = GroupCommitter._write
 
-    def picky_write(session, jobs):
+    def picky_write(committer, jobs):
         time.sleep(0.05)
         if any(event.event_type == "qr_scan" for job in jobs for event in job.events):
             raise RuntimeError("this batch holds a poisoned event")
-        return real_write(session, jobs)
+        return real_write(committer, jobs)
 
-    monkeypatch.setattr("tenant_analytics.group_commit.write_jobs", picky_write)
+    monkeypatch.setattr(GroupCommitter, "_write", picky_write)
     bodies = [
         {"tenant_id": tenant_id, "event_type": t}
         for t in ["pageview"] * 4 + ["qr_scan"] + ["pageview"] * 4
@@ -215,14 +216,14 @@ def test_a_job_that_waits_too_long_is_withdrawn_unwritten(make_app, make_tenant,
     app.extensions["group_commit"].timeout = 0.3
     with app.app_context():
         tenant_id = make_tenant().id
-    writing, real_write = threading.Event(), ingestion.write_jobs
+    writing, real_write = threading.Event(), GroupCommitter._write
 
-    def slow_write(session, jobs):
+    def slow_write(committer, jobs):
         writing.set()
         time.sleep(0.6)  # longer than the timeout: the job already claimed must still settle
-        return real_write(session, jobs)
+        return real_write(committer, jobs)
 
-    monkeypatch.setattr("tenant_analytics.group_commit.write_jobs", slow_write)
+    monkeypatch.setattr(GroupCommitter, "_write", slow_write)
     statuses = {}
 
     def send(name):
@@ -240,3 +241,71 @@ def test_a_job_that_waits_too_long_is_withdrawn_unwritten(make_app, make_tenant,
     time.sleep(0.7)  # let the committer reach the withdrawn job
     with app.app_context():
         assert count_events(tenant_id) == 1  # the withdrawn event was never written
+
+
+def test_a_batch_the_database_rejects_fails_only_its_bad_job(make_app, make_tenant):
+    """A real database error (no such tenant: a foreign key) fails its own job alone.
+
+    The committer then keeps writing: on PostgreSQL its one-round-trip connection,
+    whose transaction the error aborted, is replaced rather than reused or pooled.
+    """
+    app = make_app()
+    with app.app_context():
+        tenant = TenantInfo.of(make_tenant())
+    committer = app.extensions["group_commit"]
+    client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
+
+    def job(tenant: TenantInfo, path: str) -> IngestJob:
+        return IngestJob(tenant, [NewEvent("pageview", {"path": path})], client, "key")
+
+    ghost = TenantInfo(id=2**31 - 1, timezone="UTC", currency="USD")
+    assert committer.submit(job(tenant, "/before")).stored == 1  # the month's partition is known
+    outcomes: dict[str, object] = {}
+
+    def submit(name: str, job: IngestJob) -> None:
+        try:
+            outcomes[name] = committer.submit(job).stored
+        except Exception as error:  # the database's own error, as the request would see it
+            outcomes[name] = type(error).__name__
+
+    jobs = {"good-1": job(tenant, "/a"), "ghost": job(ghost, "/b"), "good-2": job(tenant, "/c")}
+    threads = [threading.Thread(target=submit, args=item) for item in jobs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == {"good-1": 1, "ghost": "IntegrityError", "good-2": 1}
+    assert committer.submit(job(tenant, "/after")).stored == 1  # still writing
+    with app.app_context():
+        assert count_events(tenant.id) == 4
+        db.session.remove()
+        with db.engine.connect() as pooled:  # nobody was handed an aborted transaction
+            assert pooled.scalar(select(func.count()).select_from(Event)) == 4
+
+
+def test_postgresql_batches_commit_in_one_round_trip(make_app, make_tenant, is_postgres):
+    """Once its month's partition is known, a batch is one statement string: BEGIN to COMMIT."""
+    if not is_postgres:
+        pytest.skip("the one-round-trip write is PostgreSQL's")
+    app = make_app()
+    with app.app_context():
+        tenant = TenantInfo.of(make_tenant())
+        engine = db.engine
+    committer = app.extensions["group_commit"]
+    client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
+    events = [NewEvent("pageview", {"path": "/"}), NewEvent("whatsapp_click")]
+    committer.submit(IngestJob(tenant, events, client, "key"))  # may create the partition
+    sent: list[str] = []
+
+    def listener(_connection, _cursor, statement, *_rest) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert committer.submit(IngestJob(tenant, events, client, "key")).stored == 2
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert len(sent) == 1
+    assert sent[0].startswith("BEGIN;") and sent[0].endswith("COMMIT")
+    with app.app_context():
+        assert count_events(tenant.id) == 4

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from tenant_analytics.extensions import db
+from tenant_analytics.group_commit import GroupCommitter
 from tenant_analytics.models import Event, utcnow
 from tenant_analytics.products import create_product
 
@@ -283,10 +284,12 @@ def test_interaction_silently_accepts_unknown_tenants(make_app, make_tenant, whi
 def test_interaction_processing_error_is_202(client, make_tenant, monkeypatch):
     tenant = make_tenant()
 
-    def broken_insert(*_args, **_kwargs):
+    def broken_write(*_args, **_kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("tenant_analytics.ingestion.insert_events", broken_insert)
+    # Both ways to the database: through the committer, and written in the request.
+    monkeypatch.setattr(GroupCommitter, "_write", broken_write)
+    monkeypatch.setattr("tenant_analytics.ingestion.write_jobs", broken_write)
     response = client.post("/api/v1/interactions", json={"tenant_id": tenant.id, "type": "view"})
     assert response.status_code == 202
     assert response.get_json() == {"status": "accepted"}

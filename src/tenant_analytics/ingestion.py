@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from .models import Event, Tenant, utcnow
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
@@ -127,15 +127,26 @@ def enrich(
 
     Every row carries every column, so rows of different kinds insert together.
     """
+    return _row(tenant.id, event, _client_columns(tenant.id, client, hash_key), now)
+
+
+def _client_columns(tenant_id: int, client: ClientInfo, hash_key: str) -> dict[str, Any]:
+    """What is stored of the client: the visitor hash, never the address, and trimmed headers."""
+    return {
+        "visitor_hash": visitor_hash(hash_key, tenant_id, client.ip, client.user_agent),
+        "user_agent": truncate(client.user_agent, USER_AGENT_MAX),
+        "referrer": truncate(client.referrer, REFERRER_MAX),
+    }
+
+
+def _row(tenant_id: int, event: NewEvent, client: dict[str, Any], now: datetime) -> dict[str, Any]:
     return {
         **EMPTY_ROW,
-        "tenant_id": tenant.id,
+        "tenant_id": tenant_id,
         "event_type": event.event_type,
         "metadata": event.metadata,
         "created_at": event.created_at or now,
-        "visitor_hash": visitor_hash(hash_key, tenant.id, client.ip, client.user_agent),
-        "user_agent": truncate(client.user_agent, USER_AGENT_MAX),
-        "referrer": truncate(client.referrer, REFERRER_MAX),
+        **client,
         **event.extra,
     }
 
@@ -148,14 +159,35 @@ def write_jobs(session: Session, jobs: Sequence[IngestJob]) -> list[IngestResult
     for job in jobs:
         fresh = {id(e) for e in _claim_dedupe_keys(session, job.tenant.id, job.events, now)}
         kept = [e for e in job.events if e.dedupe_key is None or id(e) in fresh]
-        rows.extend(enrich(job.tenant, e, job.client, hash_key=job.hash_key, now=now) for e in kept)
+        rows.extend(_enriched(job, kept, now))
         results.append(IngestResult(stored=len(kept), duplicates=len(job.events) - len(kept)))
-    insert_events(session, rows, {job.tenant.id: job.tenant for job in jobs})
+    insert_events(session, rows, tenants_of(jobs))
     return results
 
 
+def rows_to_write(jobs: Sequence[IngestJob]) -> list[dict[str, Any]] | None:
+    """Every job's enriched rows when none of their events has a dedupe key; else None.
+
+    Such jobs need nothing read from the database before their rows are written.
+    """
+    if any(event.dedupe_key is not None for job in jobs for event in job.events):
+        return None
+    now = utcnow()
+    return [row for job in jobs for row in _enriched(job, job.events, now)]
+
+
+def tenants_of(jobs: Sequence[IngestJob]) -> dict[int, TenantInfo]:
+    return {job.tenant.id: job.tenant for job in jobs}
+
+
+def _enriched(job: IngestJob, events: Sequence[NewEvent], now: datetime) -> list[dict[str, Any]]:
+    """``enrich`` for each of a job's events, with the client's columns worked out once."""
+    client = _client_columns(job.tenant.id, job.client, job.hash_key)
+    return [_row(job.tenant.id, event, client, now) for event in events]
+
+
 def ingest(
-    session: Session,
+    session: Session | scoped_session[Session],
     tenant: TenantRef,
     events: Sequence[NewEvent],
     client: ClientInfo,
@@ -172,7 +204,8 @@ def ingest(
     if committer is not None:
         # End this request's read-only transaction while it waits, giving its connection
         # back: the committer needs one, and a pool held by waiting requests starves it.
-        session.rollback()
+        if not isinstance(session, scoped_session) or session.registry.has():
+            session.rollback()  # (a request that never used the database has no session)
         return committer.submit(job)
     (result,) = write_jobs(session, [job])
     session.commit()

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 
 from sqlalchemy import delete, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from .models import Event
 
@@ -76,6 +76,12 @@ def ensure_partitions_cached(connection: Connection, months: set[date]) -> None:
     if missing:
         ensure_partitions(connection, missing)
         _known_months.update((database, month) for month in missing)
+
+
+def partitions_known(engine: Engine, months: set[date]) -> bool:
+    """True when this process has already made sure every month of ``months`` has its partition."""
+    database = engine.url.render_as_string()
+    return all((database, month) in _known_months for month in months)
 
 
 def create_ahead(connection: Connection, *, now: datetime, months_ahead: int) -> list[str]:
