@@ -40,8 +40,10 @@ def describe(settings: Settings) -> str:
     s = settings
     return (
         f"{s.events:,} landing events / {s.landing_visitors:,} visitors, "
-        f"{s.store_events:,} store events; wrk -t{s.wrk_threads} -c{s.wrk_connections} "
-        f"-d{s.wrk_seconds}s (after {s.warmup_seconds}s warm-up), batch -c{s.batch_connections} "
+        f"{s.store_events:,} store events; wrk -t{s.wrk_threads} -c{s.wrk_connections}, "
+        f"bare and /track in turn for {max(1, s.track_rounds)} rounds of "
+        f"{max(1, s.wrk_seconds // max(1, s.track_rounds))}s, batch {s.wrk_seconds}s "
+        f"(each after {s.warmup_seconds}s warm-up) -c{s.batch_connections} "
         f"x {s.batch_size} events; soak {s.soak_seconds}s sampled every {s.soak_interval}s "
         f"after {s.soak_warmup}s; gunicorn {' '.join(s.gunicorn_args)}"
     )

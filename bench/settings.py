@@ -40,6 +40,7 @@ class Settings:
     wrk_connections: int
     wrk_seconds: int  # targets 1 and 2, per measured run
     warmup_seconds: int  # a short unmeasured wrk run before each measured one
+    track_rounds: int  # target 1: bare and ours in turn, wrk_seconds split between rounds
     batch_connections: int
     batch_size: int
     events: int  # target 3: landing events in the big tenant
@@ -67,6 +68,7 @@ class Settings:
             wrk_connections=_int("BENCH_CONNECTIONS", 32),
             wrk_seconds=_int("BENCH_WRK_SECONDS", 20),
             warmup_seconds=_int("BENCH_WARMUP_SECONDS", 3),
+            track_rounds=_int("BENCH_TRACK_ROUNDS", 3),
             batch_connections=_int("BENCH_BATCH_CONNECTIONS", 8),
             batch_size=_int("BENCH_BATCH_SIZE", 500),
             events=_int("BENCH_EVENTS", 10_000_000),
