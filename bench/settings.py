@@ -4,7 +4,7 @@ The defaults are the full run of issue 5 (about 10 minutes on 2 cores, 5 of
 them the memory soak). A quick smoke run (about 1.5 minutes), for example::
 
     BENCH_EVENTS=200000 BENCH_VISITORS=20000 BENCH_STORE_EVENTS=50000 \
-    BENCH_WRK_SECONDS=5 BENCH_WARMUP_SECONDS=1 BENCH_SOAK_SECONDS=40 \
+    BENCH_WRK_SECONDS=6 BENCH_WARMUP_SECONDS=1 BENCH_SOAK_SECONDS=40 \
     BENCH_SOAK_WARMUP=10 BENCH_DASHBOARD_REQUESTS=20 bash bench/run.sh
 """
 
