@@ -28,6 +28,16 @@ from tenant_analytics.models import Tenant, User, utcnow
 from tenant_analytics.store import insert_events
 
 TEST_HASH_KEY = "test-visitor-hash-key-0123456789abcdef"
+# The store columns a test event may set (``store_events``).
+STORE_COLUMNS = (
+    "session_id",
+    "user_id",
+    "product_slug",
+    "product_name",
+    "quantity",
+    "revenue",
+    "source",
+)
 REDIS_URL = os.environ.get("TEST_REDIS_URL")
 RATE_LIMIT_PREFIX = f"test-{uuid.uuid4().hex}"
 
@@ -161,3 +171,20 @@ def add_events(app: Flask):
         db.session.commit()
 
     return _add
+
+
+@pytest.fixture
+def store_events(app):
+    """Store events as ingestion would: ``store_events(tenant, [ev(...), ...])``."""
+
+    def _store(tenant: Tenant, events: list[tuple[str, datetime, dict[str, Any]]]) -> None:
+        client = ClientInfo(ip="10.0.0.1", user_agent="pytest", referrer=None)
+        rows = []
+        for event_type, created_at, columns in events:
+            extra = {name: columns.get(name) for name in STORE_COLUMNS}  # same keys on every row
+            new = NewEvent(event_type, None, created_at=created_at, extra=extra)
+            rows.append(enrich(tenant, new, client, hash_key=TEST_HASH_KEY, now=utcnow()))
+        insert_events(db.session, rows)
+        db.session.commit()
+
+    return _store

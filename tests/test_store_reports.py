@@ -15,7 +15,6 @@ import pytest
 
 from tenant_analytics.catalogue import STORE_TYPES
 from tenant_analytics.extensions import db
-from tenant_analytics.ingestion import ClientInfo, NewEvent, enrich
 from tenant_analytics.models import Tenant, utcnow
 from tenant_analytics.queries import store as reports
 from tenant_analytics.queries.store import (
@@ -25,16 +24,13 @@ from tenant_analytics.queries.store import (
     rfm_segments,
     smart_alerts,
 )
-from tenant_analytics.store import insert_events
-
-from .conftest import TEST_HASH_KEY
+from tenant_analytics.rollups import rebuild_rollups
 
 TEGUCIGALPA = ZoneInfo("America/Tegucigalpa")  # UTC-6, no daylight saving
 NOW = datetime(2026, 3, 8, 15, 0, tzinfo=UTC)  # 09:00 on 8 March in Tegucigalpa
 TODAY = date(2026, 3, 8)
 START_90 = datetime(2025, 12, 9, tzinfo=TEGUCIGALPA)  # first instant of the 90 local days
 WEEK = [f"2026-03-0{day}" for day in range(2, 9)]  # the 7 local days ending today
-COLUMNS = ("session_id", "user_id", "product_slug", "product_name", "quantity", "revenue", "source")
 DASHBOARD_FIELDS = {
     "mode",
     "total_sales",
@@ -78,23 +74,6 @@ def days_ago(days: int, hour: int = 12) -> datetime:
 def ev(event_type: str, created_at: datetime, session: str | None = None, **columns: Any):
     """One event; ``columns`` are Event columns (user_id, product_slug, revenue, ...)."""
     return event_type, created_at, {"session_id": session, **columns}
-
-
-@pytest.fixture
-def store_events(app):
-    """Store events as ingestion would: ``store_events(tenant, [ev(...), ...])``."""
-
-    def _store(tenant: Tenant, events: list[tuple[str, datetime, dict[str, Any]]]) -> None:
-        client = ClientInfo(ip="10.0.0.1", user_agent="pytest", referrer=None)
-        rows = []
-        for event_type, created_at, columns in events:
-            extra = {name: columns.get(name) for name in COLUMNS}  # same keys on every row
-            new = NewEvent(event_type, None, created_at=created_at, extra=extra)
-            rows.append(enrich(tenant, new, client, hash_key=TEST_HASH_KEY, now=utcnow()))
-        insert_events(db.session, rows)
-        db.session.commit()
-
-    return _store
 
 
 def stats(tenant: Tenant, mode: str = "total", zone: ZoneInfo = TEGUCIGALPA) -> dict[str, Any]:
@@ -551,11 +530,17 @@ def test_dashboard_window_edges(app, make_tenant, store_events):
 
 
 def test_dashboard_days_follow_the_tenant_zone(app, shop):
-    """Read in UTC, the days shift: zones matter."""
+    """Moved to UTC (rollups rebuilt, as the tenant API does), the days shift: zones matter."""
+    shop.timezone = "UTC"
+    rebuild_rollups(db.session, shop)
     utc = stats(shop, zone=ZoneInfo("UTC"))
     # s9's 23:59 on 1 March local is 05:59 on 2 March UTC: joins s1's two purchases;
     # s3's 20:35 on 7 March local is 02:35 on 8 March UTC: joins s4's.
     assert [d["count"] for d in utc["sales_by_day"]] == [3, 0, 0, 0, 0, 0, 2]
+    raw = dashboard_stats(
+        db.session, tenant_id=shop.id, zone=ZoneInfo("UTC"), now=NOW, use_rollups=False
+    )
+    assert dict(raw) == utc
 
 
 def test_retention_window_edges(app, make_tenant, store_events):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from tenant_analytics.extensions import db
-from tenant_analytics.models import Product
+from tenant_analytics.models import Product, utcnow
+from tenant_analytics.queries.store import dashboard_stats
 
 
 @pytest.fixture
@@ -151,3 +154,26 @@ def test_cli_product_create(runner, make_tenant):
     assert again.exit_code == 1
     missing = runner.invoke(args=["product", "create", "--tenant", "999", "--name", "T"])
     assert missing.exit_code == 1
+
+
+def test_new_timezone_recounts_the_dashboards_days(client, owner, store_events):
+    """The rollups key events by local day: a new zone moves them to other days."""
+    tenant, headers = owner
+    now = utcnow()
+    # A purchase at 03:00 UTC today: yesterday in Tegucigalpa, today in UTC.
+    at = now.replace(hour=3, minute=0, second=0, microsecond=0)
+    if at > now:
+        at -= timedelta(days=1)
+    store_events(tenant, [("purchase", at, {"session_id": "s1", "source": "google"})])
+    url = f"/api/analytics/{tenant.id}/dashboard-stats"
+    before = client.get(url, headers=headers).get_json()["sales_by_day"]
+    assert client.patch(f"/api/tenants/{tenant.id}", headers=headers, json={"timezone": "UTC"})
+    after = client.get(url, headers=headers).get_json()["sales_by_day"]
+    # The sale is on 3:00 UTC's day in UTC, the local day before in Tegucigalpa (UTC-6).
+    assert [d["date"] for d in after if d["count"]] == [at.date().isoformat()]
+    local_day = (at - timedelta(hours=6)).date().isoformat()
+    assert [d["date"] for d in before if d["count"]] == [local_day]
+    raw = dashboard_stats(
+        db.session, tenant_id=tenant.id, zone=ZoneInfo("UTC"), now=utcnow(), use_rollups=False
+    )
+    assert after == raw["sales_by_day"]

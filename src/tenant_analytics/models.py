@@ -253,6 +253,8 @@ class DailyEventCount(db.Model):
     event_type: Mapped[str] = mapped_column(String(40), primary_key=True)
     events: Mapped[int] = mapped_column(BigInteger)
     value_sum: Mapped[Decimal] = mapped_column(Numeric(20, 3))
+    # Of ``events``, those with a session_id (the store's events per session).
+    session_events: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class DailyRevenue(db.Model):
@@ -318,3 +320,52 @@ class LastSeenCount(db.Model):
     )
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     visitors: Mapped[int] = mapped_column(BigInteger)
+
+
+class DailyProductCount(db.Model):
+    """Events per tenant, local day, type and product (events with a product slug only)."""
+
+    __tablename__ = "daily_product_counts"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(40), primary_key=True)
+    product_slug: Mapped[str] = mapped_column(String(200), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    product_name: Mapped[str | None] = mapped_column(String(200))  # the greatest seen
+
+
+class SessionLastSeen(db.Model):
+    """The latest local day each session was seen in each scope (see ``rollups.session_scopes``).
+
+    A scope is a slice of a tenant's events: all of them, one source, one type,
+    or one type from one source.
+    """
+
+    __tablename__ = "session_last_seen"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    scope: Mapped[str] = mapped_column(String(160), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_day: Mapped[date] = mapped_column(Date)
+
+
+class SessionLastSeenCount(db.Model):
+    """How many sessions of each scope were last seen on each day.
+
+    Distinct sessions of a scope from day D to today = the sum of its rows from D
+    on, as ``LastSeenCount`` does for visitors.
+    """
+
+    __tablename__ = "session_last_seen_counts"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    scope: Mapped[str] = mapped_column(String(160), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    sessions: Mapped[int] = mapped_column(BigInteger)

@@ -50,12 +50,20 @@ SELECT {", ".join(EVENT_COLUMNS)} FROM json_populate_recordset(NULL::events, %(e
 SELECT pg_advisory_xact_lock({ROLLUP_LOCK}, tenant)
 FROM (SELECT tenant FROM unnest(%(lock_tenants)s::int[]) AS tenant ORDER BY tenant) AS ordered;
 
-INSERT INTO daily_event_counts (tenant_id, day, event_type, events, value_sum)
+INSERT INTO daily_event_counts (tenant_id, day, event_type, events, value_sum, session_events)
 SELECT * FROM unnest(%(c_tenant)s::int[], %(c_day)s::date[], %(c_type)s::varchar[],
-                     %(c_events)s::bigint[], %(c_value)s::numeric[])
+                     %(c_events)s::bigint[], %(c_value)s::numeric[], %(c_sessions)s::bigint[])
 ON CONFLICT (tenant_id, day, event_type) DO UPDATE
 SET events = daily_event_counts.events + excluded.events,
-    value_sum = daily_event_counts.value_sum + excluded.value_sum;
+    value_sum = daily_event_counts.value_sum + excluded.value_sum,
+    session_events = daily_event_counts.session_events + excluded.session_events;
+
+INSERT INTO daily_product_counts (tenant_id, day, event_type, product_slug, events, product_name)
+SELECT * FROM unnest(%(p_tenant)s::int[], %(p_day)s::date[], %(p_type)s::varchar[],
+                     %(p_slug)s::varchar[], %(p_events)s::bigint[], %(p_name)s::varchar[])
+ON CONFLICT (tenant_id, day, event_type, product_slug) DO UPDATE
+SET events = daily_product_counts.events + excluded.events,
+    product_name = greatest(daily_product_counts.product_name, excluded.product_name);
 
 INSERT INTO daily_revenue (tenant_id, day, currency, amount)
 SELECT * FROM unnest(%(r_tenant)s::int[], %(r_day)s::date[], %(r_currency)s::varchar[],
@@ -97,6 +105,31 @@ SELECT tenant_id, day, sum(visitors) FROM shifts
 GROUP BY tenant_id, day HAVING sum(visitors) <> 0
 ON CONFLICT (tenant_id, day) DO UPDATE
 SET visitors = last_seen_counts.visitors + excluded.visitors;
+
+WITH incoming AS (
+    SELECT * FROM unnest(%(s_tenant)s::int[], %(s_scope)s::varchar[], %(s_session)s::varchar[],
+                         %(s_day)s::date[])
+        AS incoming (tenant_id, scope, session_id, last_day)
+), previous AS (
+    SELECT seen.tenant_id, seen.scope, seen.session_id, seen.last_day
+    FROM session_last_seen AS seen JOIN incoming USING (tenant_id, scope, session_id)
+), moved AS (
+    INSERT INTO session_last_seen (tenant_id, scope, session_id, last_day)
+    SELECT * FROM incoming
+    ON CONFLICT (tenant_id, scope, session_id) DO UPDATE SET last_day = excluded.last_day
+    WHERE session_last_seen.last_day < excluded.last_day
+    RETURNING tenant_id, scope, session_id, last_day
+), shifts AS (
+    SELECT tenant_id, scope, last_day AS day, 1 AS sessions FROM moved
+    UNION ALL
+    SELECT previous.tenant_id, previous.scope, previous.last_day, -1
+    FROM moved JOIN previous USING (tenant_id, scope, session_id)
+)
+INSERT INTO session_last_seen_counts (tenant_id, scope, day, sessions)
+SELECT tenant_id, scope, day, sum(sessions) FROM shifts
+GROUP BY tenant_id, scope, day HAVING sum(sessions) <> 0
+ON CONFLICT (tenant_id, scope, day) DO UPDATE
+SET sessions = session_last_seen_counts.sessions + excluded.sessions;
 """
 
 
@@ -146,10 +179,12 @@ def batch_parameters(rows: Sequence[Mapping[str, Any]], delta: RollupDelta) -> d
             [{name: row[name] for name in EVENT_COLUMNS} for row in rows], default=str
         ),
     }
-    params |= _columns(delta.counts, "c_", ("tenant", "day", "type", "events", "value"))
+    params |= _columns(delta.counts, "c_", ("tenant", "day", "type", "events", "value", "sessions"))
+    params |= _columns(delta.products, "p_", ("tenant", "day", "type", "slug", "events", "name"))
     params |= _columns(delta.revenue, "r_", ("tenant", "day", "currency", "amount"))
     params |= _columns(delta.members, "m_", ("tenant", "day", "visitor"))
     params |= _columns(delta.latest, "l_", ("tenant", "visitor", "day"))
+    params |= _columns(delta.sessions, "s_", ("tenant", "scope", "session", "day"))
     return params
 
 

@@ -1,9 +1,11 @@
 """Rollup tables, kept in step with ``events`` inside the same transaction.
 
-Per batch of events: counters per (tenant, local day, type), revenue per
-(tenant, day, currency), the visitor set of each day with its size, and each
-visitor's last-seen day with a histogram of those days. The landing
-dashboard then reads a handful of rows instead of millions of events.
+Per batch of events: counters per (tenant, local day, type) and per (tenant,
+day, type, product), revenue per (tenant, day, currency), the visitor set of
+each day with its size, each visitor's last-seen day with a histogram of those
+days, and the same last-seen histogram for sessions in each of their scopes.
+The landing dashboard and the store reports then read a handful of rows
+instead of millions of events.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select, text, tuple_
+from sqlalchemy import case, delete, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .catalogue import Kind, types_of
 from .models import (
     DailyEventCount,
+    DailyProductCount,
     DailyRevenue,
     DailyVisitor,
     DailyVisitorCount,
     LastSeenCount,
+    SessionLastSeen,
+    SessionLastSeenCount,
     Tenant,
     VisitorLastSeen,
 )
@@ -40,7 +45,37 @@ ROLLUP_MODELS = (
     DailyVisitorCount,
     VisitorLastSeen,
     LastSeenCount,
+    DailyProductCount,
+    SessionLastSeen,
+    SessionLastSeenCount,
 )
+# What a NULL source counts as in the session scopes (and in the store reports).
+DIRECT_SOURCE = "direct"
+ALL_SESSIONS = "all"
+
+
+def source_scope(source: str) -> str:
+    """The scope of the sessions with events from ``source`` (NULL counts as DIRECT_SOURCE)."""
+    return f"source={source}"
+
+
+def type_scope(event_type: str, source: str | None = None) -> str:
+    """The scope of the sessions with events of ``event_type`` (from ``source`` if given).
+
+    Types never hold "&", so no two (type, source) pairs share a scope.
+    """
+    return f"type={event_type}" if source is None else f"type={event_type}&source={source}"
+
+
+def session_scopes(event_type: str, source: str | None) -> tuple[str, ...]:
+    """Every scope an event with a session counts its session in."""
+    group = DIRECT_SOURCE if source is None else source
+    return (
+        ALL_SESSIONS,
+        source_scope(group),
+        type_scope(event_type),
+        type_scope(event_type, group),
+    )
 
 
 class TenantFields(Protocol):
@@ -60,15 +95,28 @@ def _insert(session: Session):
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-def _add_to(session: Session, model: Any, rows: list[dict[str, Any]], *columns: str) -> None:
-    """Upsert ``rows`` into a counter table, adding ``columns`` to what is there."""
+def _add_to(
+    session: Session,
+    model: Any,
+    rows: list[dict[str, Any]],
+    *columns: str,
+    greatest: tuple[str, ...] = (),
+) -> None:
+    """Upsert ``rows`` into a counter table, adding ``columns`` to what is there.
+
+    ``greatest`` columns keep the greater of the two values, NULL being the least.
+    """
     if not rows:
         return
     table = model.__table__
     statement = _insert(session)(table).values(rows)
+    new = statement.excluded
+    changes = {c: table.c[c] + new[c] for c in columns}
+    for c in greatest:
+        old = table.c[c]
+        changes[c] = case((old.is_(None), new[c]), (new[c] > old, new[c]), else_=old)
     statement = statement.on_conflict_do_update(
-        index_elements=[c.name for c in table.primary_key.columns],
-        set_={c: table.c[c] + statement.excluded[c] for c in columns},
+        index_elements=[c.name for c in table.primary_key.columns], set_=changes
     )
     session.execute(statement)
 
@@ -77,10 +125,15 @@ def _add_to(session: Session, model: Any, rows: list[dict[str, Any]], *columns: 
 class RollupDelta:
     """What a batch of events adds to the rollups, aggregated in Python, sorted by key."""
 
-    counts: list[tuple[int, date, str, int, Decimal]] = field(default_factory=list)
+    # (tenant, day, type, events, value, events with a session)
+    counts: list[tuple[int, date, str, int, Decimal, int]] = field(default_factory=list)
+    # (tenant, day, type, product slug, events, greatest product name)
+    products: list[tuple[int, date, str, str, int, str | None]] = field(default_factory=list)
     revenue: list[tuple[int, date, str, Decimal]] = field(default_factory=list)
     members: list[tuple[int, date, str]] = field(default_factory=list)  # (tenant, day, visitor)
     latest: list[tuple[int, str, date]] = field(default_factory=list)  # (tenant, visitor, day)
+    # (tenant, scope, session, day)
+    sessions: list[tuple[int, str, str, date]] = field(default_factory=list)
 
 
 def aggregate(
@@ -88,9 +141,11 @@ def aggregate(
 ) -> RollupDelta:
     """Group event ``rows`` by tenant and local day, the way the rollup tables count them."""
     zones = {tenant_id: tenant_zone(t.timezone) for tenant_id, t in tenants.items()}
-    counts: dict[tuple[int, date, str], list[Any]] = defaultdict(lambda: [0, Decimal(0)])
+    counts: dict[tuple[int, date, str], list[Any]] = defaultdict(lambda: [0, Decimal(0), 0])
+    products: dict[tuple[int, date, str, str], list[Any]] = defaultdict(lambda: [0, None])
     revenue: dict[tuple[int, date, str], Decimal] = defaultdict(Decimal)
     seen: dict[tuple[int, str], set[date]] = defaultdict(set)
+    sessions: dict[tuple[int, str, str], date] = {}
     for row in rows:
         tenant_id, event_type = row["tenant_id"], row["event_type"]
         day = row["created_at"].astimezone(zones[tenant_id]).date()
@@ -103,11 +158,25 @@ def aggregate(
             revenue[(tenant_id, day, currency)] += Decimal(row["revenue"])
         if row.get("visitor_hash"):
             seen[(tenant_id, row["visitor_hash"])].add(day)
+        if slug := row.get("product_slug"):
+            product = products[(tenant_id, day, event_type, slug)]
+            product[0] += 1
+            name = row.get("product_name")
+            if name is not None and (product[1] is None or name > product[1]):
+                product[1] = name
+        if session_id := row.get("session_id"):
+            counter[2] += 1
+            for scope in session_scopes(event_type, row.get("source")):
+                key = (tenant_id, scope, session_id)
+                if key not in sessions or sessions[key] < day:
+                    sessions[key] = day
     return RollupDelta(
-        counts=[(t, d, e, n, v) for (t, d, e), (n, v) in sorted(counts.items())],
+        counts=[(t, d, e, n, v, s) for (t, d, e), (n, v, s) in sorted(counts.items())],
+        products=[(t, d, e, p, n, name) for (t, d, e, p), (n, name) in sorted(products.items())],
         revenue=[(t, d, c, a) for (t, d, c), a in sorted(revenue.items())],
         members=sorted((t, d, h) for (t, h), days in seen.items() for d in days),
         latest=[(t, h, max(days)) for (t, h), days in sorted(seen.items())],
+        sessions=[(t, scope, s, d) for (t, scope, s), d in sorted(sessions.items())],
     )
 
 
@@ -129,11 +198,36 @@ def update_rollups(
         session,
         DailyEventCount,
         [
-            {"tenant_id": t, "day": d, "event_type": e, "events": n, "value_sum": v}
-            for t, d, e, n, v in delta.counts
+            {
+                "tenant_id": t,
+                "day": d,
+                "event_type": e,
+                "events": n,
+                "value_sum": v,
+                "session_events": s,
+            }
+            for t, d, e, n, v, s in delta.counts
         ],
         "events",
         "value_sum",
+        "session_events",
+    )
+    _add_to(
+        session,
+        DailyProductCount,
+        [
+            {
+                "tenant_id": t,
+                "day": d,
+                "event_type": e,
+                "product_slug": p,
+                "events": n,
+                "product_name": name,
+            }
+            for t, d, e, p, n, name in delta.products
+        ],
+        "events",
+        greatest=("product_name",),
     )
     _add_to(
         session,
@@ -142,7 +236,15 @@ def update_rollups(
         "amount",
     )
     _count_daily_visitors(session, delta.members)
-    _move_last_seen(session, {(t, h): d for t, h, d in delta.latest})
+    _move_last_seen(
+        session, {(t, h): d for t, h, d in delta.latest}, VisitorLastSeen, LastSeenCount
+    )
+    _move_last_seen(
+        session,
+        {(t, scope, s): d for t, scope, s, d in delta.sessions},
+        SessionLastSeen,
+        SessionLastSeenCount,
+    )
 
 
 def _count_daily_visitors(session: Session, members: list[tuple[int, date, str]]) -> None:
@@ -165,22 +267,28 @@ def _count_daily_visitors(session: Session, members: list[tuple[int, date, str]]
     )
 
 
-def _move_last_seen(session: Session, latest: Mapping[tuple[int, str], date]) -> None:
-    """Advance each visitor's last-seen day and shift the histogram to match."""
+def _move_last_seen(
+    session: Session, latest: Mapping[tuple[Any, ...], date], seen_model: Any, count_model: Any
+) -> None:
+    """Advance each key's last-seen day and shift the histogram of those days to match.
+
+    ``seen_model``'s primary key is the key (tenant first, the visitor or session
+    last) and it has a ``last_day``; ``count_model``'s primary key is the key
+    without its last part, then ``day``, and its one other column is the count.
+    """
     if not latest:
         return
+    seen = seen_model.__table__
+    key_columns = list(seen.primary_key.columns)
+    (counted,) = (c.name for c in count_model.__table__.c if not c.primary_key)
     keys = sorted(latest)
-    previous: dict[tuple[int, str], date] = {}
+    previous: dict[tuple[Any, ...], date] = {}
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
         previous.update(
-            ((t, h), d)
-            for t, h, d in session.execute(
-                select(
-                    VisitorLastSeen.tenant_id,
-                    VisitorLastSeen.visitor_hash,
-                    VisitorLastSeen.last_day,
-                ).where(tuple_(VisitorLastSeen.tenant_id, VisitorLastSeen.visitor_hash).in_(chunk))
+            (tuple(row[:-1]), row[-1])
+            for row in session.execute(
+                select(*key_columns, seen.c.last_day).where(tuple_(*key_columns).in_(chunk))
             )
         )
     moved, delta = [], Counter()
@@ -188,24 +296,28 @@ def _move_last_seen(session: Session, latest: Mapping[tuple[int, str], date]) ->
         day, before = latest[key], previous.get(key)
         if before is not None and day <= before:
             continue
-        moved.append({"tenant_id": key[0], "visitor_hash": key[1], "last_day": day})
-        delta[(key[0], day)] += 1
+        row = {c.name: value for c, value in zip(key_columns, key, strict=True)}
+        moved.append({**row, "last_day": day})
+        delta[(*key[:-1], day)] += 1
         if before is not None:
-            delta[(key[0], before)] -= 1
+            delta[(*key[:-1], before)] -= 1
     if moved:
-        table = VisitorLastSeen.__table__
-        statement = _insert(session)(table).values(moved)
+        statement = _insert(session)(seen).values(moved)
         session.execute(
             statement.on_conflict_do_update(
-                index_elements=[table.c.tenant_id, table.c.visitor_hash],
-                set_={"last_day": statement.excluded.last_day},
+                index_elements=key_columns, set_={"last_day": statement.excluded.last_day}
             )
         )
+    group_names = [c.name for c in key_columns[:-1]]
     _add_to(
         session,
-        LastSeenCount,
-        [{"tenant_id": t, "day": d, "visitors": n} for (t, d), n in sorted(delta.items()) if n],
-        "visitors",
+        count_model,
+        [
+            {**dict(zip(group_names, group[:-1], strict=True)), "day": group[-1], counted: n}
+            for group, n in sorted(delta.items())
+            if n
+        ],
+        counted,
     )
 
 
@@ -217,11 +329,39 @@ def clear_rollups(session: Session, tenant_id: int) -> None:
 # Rebuilding from raw events in SQL (PostgreSQL); day keys in the tenant's zone.
 REBUILD_SQL = (
     """
-    INSERT INTO daily_event_counts (tenant_id, day, event_type, events, value_sum)
+    INSERT INTO daily_event_counts
+        (tenant_id, day, event_type, events, value_sum, session_events)
     SELECT tenant_id, (created_at AT TIME ZONE :zone)::date, event_type, count(*),
            coalesce(sum(CASE WHEN event_type = ANY(:time_types)
-                             THEN (metadata ->> 'seconds')::numeric END), 0)
+                             THEN (metadata ->> 'seconds')::numeric END), 0),
+           count(session_id)
     FROM events WHERE tenant_id = :tenant GROUP BY 1, 2, 3
+    """,
+    """
+    INSERT INTO daily_product_counts
+        (tenant_id, day, event_type, product_slug, events, product_name)
+    SELECT tenant_id, (created_at AT TIME ZONE :zone)::date, event_type, product_slug, count(*),
+           max(product_name)
+    FROM events WHERE tenant_id = :tenant AND product_slug IS NOT NULL GROUP BY 1, 2, 3, 4
+    """,
+    # The scopes of rollups.session_scopes, built in SQL.
+    """
+    INSERT INTO session_last_seen (tenant_id, scope, session_id, last_day)
+    SELECT tenant_id, scope, session_id, max(last_day)
+    FROM (
+        SELECT tenant_id, session_id, event_type, coalesce(source, :direct) AS source,
+               max((created_at AT TIME ZONE :zone)::date) AS last_day
+        FROM events WHERE tenant_id = :tenant AND session_id IS NOT NULL
+        GROUP BY 1, 2, 3, 4
+    ) AS per_type
+    CROSS JOIN LATERAL (VALUES (:all_sessions), ('source=' || source), ('type=' || event_type),
+                               ('type=' || event_type || '&source=' || source)) AS scopes (scope)
+    GROUP BY 1, 2, 3
+    """,
+    """
+    INSERT INTO session_last_seen_counts (tenant_id, scope, day, sessions)
+    SELECT tenant_id, scope, last_day, count(*) FROM session_last_seen
+    WHERE tenant_id = :tenant GROUP BY 1, 2, 3
     """,
     """
     INSERT INTO daily_revenue (tenant_id, day, currency, amount)
@@ -257,6 +397,12 @@ def rebuild_rollups(session: Session, tenant: Tenant, *, chunk: int = 5000) -> N
     """Recompute a tenant's rollups from its raw events (after a bulk load or a zone change)."""
     from .models import Event
 
+    if session.get_bind().dialect.name == "postgresql":
+        # Writers of this tenant's events wait until the rebuild commits.
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
+            {"lock": ROLLUP_LOCK, "tenant": tenant.id},
+        )
     clear_rollups(session, tenant.id)
     if session.get_bind().dialect.name == "postgresql":
         params = {
@@ -265,6 +411,8 @@ def rebuild_rollups(session: Session, tenant: Tenant, *, chunk: int = 5000) -> N
             "currency": tenant.currency,
             "time_types": sorted(TIME_TYPES),
             "revenue_types": sorted(REVENUE_TYPES),
+            "direct": DIRECT_SOURCE,
+            "all_sessions": ALL_SESSIONS,
         }
         for statement in REBUILD_SQL:
             session.execute(text(statement), params)
@@ -277,6 +425,10 @@ def rebuild_rollups(session: Session, tenant: Tenant, *, chunk: int = 5000) -> N
         "revenue",
         "currency",
         "visitor_hash",
+        "session_id",
+        "source",
+        "product_slug",
+        "product_name",
     )
     table = Event.__table__
     result = session.execute(

@@ -15,6 +15,7 @@ from ..errors import ApiError
 from ..extensions import db
 from ..models import Product, Tenant
 from ..products import create_product, list_products, product_of_tenant
+from ..rollups import rebuild_rollups
 from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
 from ..tenancy import active_tenants, owned_tenant_or_404
 from .requests import parse_body
@@ -75,8 +76,11 @@ def get_tenant(tenant_id: int):
 def update_tenant(tenant_id: int):
     """Change name, timezone (IANA), currency, active or the RFM VIP threshold."""
     tenant = owned_tenant_or_404(tenant_id)
+    zone = tenant.timezone
     for name, value in parse_body(TenantUpdate).model_dump(exclude_unset=True).items():
         setattr(tenant, name, value)
+    if tenant.timezone != zone:  # the rollups' days are local days: count them again
+        rebuild_rollups(db.session, tenant)
     db.session.commit()
     active_tenants().forget()
     return {"success": True, "tenant": tenant_view(tenant)}

@@ -20,6 +20,12 @@ times at most and keeps every aggregate hashable:
 On PostgreSQL the ``ix_events_tenant_created_covering`` index (migration 0004)
 holds the columns these passes read, so they scan the index alone, and each report
 gives its hashes REPORT_SETTINGS' memory.
+
+The dashboard and the funnel read the heaviest of these figures from the rollups
+instead (``queries.store_rollups``, migration 0005): the event tally, and the
+distinct sessions of a window that ends on the last day anyone was seen. The raw
+passes remain for the rest, for windows the rollups cannot answer, and as the
+reference the tests compare the rollups with.
 """
 
 from __future__ import annotations
@@ -49,7 +55,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from ..models import Event
+from ..rollups import ALL_SESSIONS, DIRECT_SOURCE, source_scope, type_scope
 from ..timewindows import Day, last_days, local_day
+from . import store_rollups
 from .common import day_index, in_window
 
 Mode = Literal["total", "unique"]
@@ -87,7 +95,6 @@ RFM_DAYS = 90
 TOP_PRODUCTS = 5
 PERFORMANCE_PRODUCTS = 10
 WHATSAPP_SESSIONS_LISTED = 10
-DIRECT_SOURCE = "direct"  # what a NULL source is reported as
 # PostgreSQL settings for the transaction of a report (see _report_settings).
 REPORT_SETTINGS = {
     # Memory for each sort, and twice that for each hash (hash_mem_multiplier): room
@@ -323,6 +330,27 @@ def event_tally(
     return EventTally(per_day, per_product, names)
 
 
+def rolled_up_tally(
+    db: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
+) -> EventTally:
+    """:func:`event_tally`'s figures from the daily rollups (days keyed in the tenant's zone)."""
+    first, last = days[0].date, days[-1].date
+    counts = store_rollups.events_per_day(
+        db, tenant_id=tenant_id, first=first, last=last, types=types
+    )
+    per_day = [counts.get(day.date, Counter()) for day in days]
+    per_product: dict[str, Counter[str]] = {}
+    names: dict[str, str] = {}
+    product_types = [t for t in types if t in PRODUCT_TYPES]
+    for slug, event_type, events, name in store_rollups.events_per_product(
+        db, tenant_id=tenant_id, first=first, last=last, types=product_types
+    ):
+        per_product.setdefault(slug, Counter())[event_type] += events
+        if name is not None and (slug not in names or name > names[slug]):
+            names[slug] = name
+    return EventTally(per_day, per_product, names)
+
+
 @dataclass(frozen=True)
 class SessionTally:
     """Distinct sessions of each type per local day and over all the days."""
@@ -519,6 +547,48 @@ def traffic_sources(
     return [SourceSessions(source=name, sessions=count) for name, count in rows]
 
 
+@dataclass(frozen=True)
+class RolledUpSessions:
+    """Session figures of a window from the rollups: what :func:`session_sources` and
+    :func:`sessions_per_type` count from the raw events."""
+
+    visits: SessionSources
+    per_type: Counter[str]
+
+
+def rolled_up_sessions(
+    db: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
+) -> RolledUpSessions | None:
+    """Sessions, their events and sources, and sessions per type of ``types`` over ``days``.
+
+    None when the rollups cannot tell (see ``store_rollups.session_counts``).
+    """
+    first, last = days[0].date, days[-1].date
+    sources_prefix = source_scope("")
+    counts = store_rollups.session_counts(
+        db,
+        tenant_id=tenant_id,
+        first=first,
+        last=last,
+        scopes=[ALL_SESSIONS, *(type_scope(t) for t in types)],
+        prefix=sources_prefix,
+    )
+    if counts is None:
+        return None
+    per_source = {
+        scope.removeprefix(sources_prefix): sessions
+        for scope, sessions in counts.items()
+        if scope.startswith(sources_prefix)
+    }
+    events = store_rollups.session_events(db, tenant_id=tenant_id, first=first, last=last)
+    visits = SessionSources(
+        counts.get(ALL_SESSIONS, 0),
+        events,
+        [SourceSessions(source=name, sessions=n) for name, n in _ranked(per_source, None)],
+    )
+    return RolledUpSessions(visits, Counter({t: counts.get(type_scope(t), 0) for t in types}))
+
+
 def retention_metrics(
     db: Database, *, tenant_id: int, zone: ZoneInfo, now: datetime
 ) -> RetentionMetrics:
@@ -644,34 +714,51 @@ def _product_performance(
 
 
 def dashboard_stats(
-    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime, mode: Mode = "total"
+    session: Session,
+    *,
+    tenant_id: int,
+    zone: ZoneInfo,
+    now: datetime,
+    mode: Mode = "total",
+    use_rollups: bool = True,
 ) -> DashboardStats:
     """Every store KPI over the 7 local days ending today (retention: 90 days).
 
     ``mode`` switches the funnel counts (event_counts and the conversion rates,
     events_timeline, top_viewed_products, product_performance) from events to
     distinct sessions. Sales, revenue, the payment steps and errors stay event totals.
+    ``use_rollups=False`` counts everything from the raw events (the reference).
     """
     _report_settings(session)
     days = last_days(zone, now, DASHBOARD_DAYS)
     window = {"tenant_id": tenant_id, "start": days[0].start, "end": days[-1].end}
     unique = mode == "unique"
+    session_types = (PURCHASE, *WHATSAPP_TYPES)
+    rolled = (
+        rolled_up_sessions(session, tenant_id=tenant_id, days=days, types=session_types)
+        if use_rollups
+        else None
+    )
 
     def session_passes(db: Database) -> tuple[SessionSources, dict[str, Counter[str]] | None]:
         # the slowest queries (every event of the window hashed by session): run beside the rest
         by_product = product_sessions(db, **window) if unique else None
-        return session_sources(db, **window), by_product
+        return rolled.visits if rolled else session_sources(db, **window), by_product
 
-    side = _beside(session, session_passes)
-    events = event_tally(session, tenant_id=tenant_id, days=days, types=DASHBOARD_TYPES)
+    # With the rollups, only unique mode's per-product sessions are left to run beside.
+    side = None if rolled and not unique else _beside(session, session_passes)
+    tally = rolled_up_tally if use_rollups else event_tally
+    events = tally(session, tenant_id=tenant_id, days=days, types=DASHBOARD_TYPES)
     if unique:
-        tally = session_tally(
+        by_day = session_tally(
             session, tenant_id=tenant_id, days=days, types=TIMELINE_TYPES + WHATSAPP_TYPES
         )
-        per_day, sessions = tally.per_day, tally.total
+        per_day, sessions = by_day.per_day, by_day.total
     else:
         per_day = events.per_day
-        sessions = sessions_per_type(session, **window, types=(PURCHASE, *WHATSAPP_TYPES))
+        sessions = (
+            rolled.per_type if rolled else sessions_per_type(session, **window, types=session_types)
+        )
     steps = {step: sessions[step] if unique else events.total(step) for step in COUNTED_STEPS}
     sales = events.total(PURCHASE)
     sold = product_sales(session, **window)
@@ -679,7 +766,7 @@ def dashboard_stats(
     abandoned = abandonment(session, **window)
     retention = retention_metrics(session, tenant_id=tenant_id, zone=zone, now=now)
     whatsapp_list = recent_whatsapp_sessions(session, **window)
-    visits, by_product = side()
+    visits, by_product = side() if side else (rolled.visits, None)
     viewed = {
         slug: (counts if by_product is None else by_product.get(slug, Counter()))[PRODUCT_VIEW]
         for slug, counts in events.per_product.items()
@@ -760,14 +847,32 @@ def conversion_funnel(
     start: date,
     end: date,
     source: str | None = None,
+    use_rollups: bool = True,
 ) -> Funnel:
     """Distinct sessions reaching each funnel step between two local dates, both inclusive.
 
     ``source`` keeps one traffic source; ``direct`` also matches events with no source,
-    as the dashboard reports those as direct.
+    as the dashboard reports those as direct. From the rollups when they can tell
+    (``store_rollups.session_counts``), else (or with ``use_rollups=False``) from
+    the raw events.
     """
-    _report_settings(session)
     days = [local_day(start, zone), local_day(end, zone)]
+    start_date, end_date = _local_bounds(days)
+    if use_rollups:
+        scopes = {type_scope(step, source): step for step in FUNNEL_STEPS}
+        counts = store_rollups.session_counts(
+            session, tenant_id=tenant_id, first=start, last=end, scopes=scopes
+        )
+        if counts is not None:
+            return Funnel(
+                funnel=[
+                    FunnelStep(step=step, count=counts.get(scope, 0))
+                    for scope, step in scopes.items()
+                ],
+                start_date=start_date,
+                end_date=end_date,
+            )
+    _report_settings(session)
     where = list(in_window(tenant_id, days[0].start, days[-1].end))
     if source == DIRECT_SOURCE:
         where.append((Event.source == source) | Event.source.is_(None))
@@ -783,7 +888,6 @@ def conversion_funnel(
     else:  # page views are about half the events: counted beside the other steps
         page_views = _beside(session, lambda db: sessions_at(db, FUNNEL_STEPS[:1]))
         sessions = sessions_at(session, FUNNEL_STEPS[1:]) | page_views()
-    start_date, end_date = _local_bounds(days)
     return Funnel(
         funnel=[FunnelStep(step=step, count=sessions.get(step, 0)) for step in FUNNEL_STEPS],
         start_date=start_date,

@@ -1,0 +1,107 @@
+"""Store report figures read from the rollup tables: a few hundred rows at any scale.
+
+``queries.store`` shapes them into the reports. Its raw-event passes stay the
+reference, and the tests hold both to the same figures.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import date
+
+from sqlalchemy import Connection, case, func, or_, select
+from sqlalchemy.orm import Session
+
+from ..models import DailyEventCount, DailyProductCount, SessionLastSeenCount
+
+Database = Session | Connection
+
+
+def events_per_day(
+    db: Database, *, tenant_id: int, first: date, last: date, types: Iterable[str]
+) -> dict[date, Counter[str]]:
+    """Events of each of ``types`` per local day in [first, last] (days without any left out)."""
+    rows = db.execute(
+        select(DailyEventCount.day, DailyEventCount.event_type, DailyEventCount.events).where(
+            DailyEventCount.tenant_id == tenant_id,
+            DailyEventCount.day >= first,
+            DailyEventCount.day <= last,
+            DailyEventCount.event_type.in_(list(types)),
+        )
+    )
+    per_day: dict[date, Counter[str]] = {}
+    for day, event_type, events in rows:
+        per_day.setdefault(day, Counter())[event_type] += int(events)
+    return per_day
+
+
+def events_per_product(
+    db: Database, *, tenant_id: int, first: date, last: date, types: Iterable[str]
+) -> list[tuple[str, str, int, str | None]]:
+    """``(slug, type, events, greatest product name)`` over the local days [first, last]."""
+    return [
+        (slug, event_type, int(events), name)
+        for slug, event_type, events, name in db.execute(
+            select(
+                DailyProductCount.product_slug,
+                DailyProductCount.event_type,
+                func.sum(DailyProductCount.events),
+                func.max(DailyProductCount.product_name),
+            )
+            .where(
+                DailyProductCount.tenant_id == tenant_id,
+                DailyProductCount.day >= first,
+                DailyProductCount.day <= last,
+                DailyProductCount.event_type.in_(list(types)),
+            )
+            .group_by(DailyProductCount.product_slug, DailyProductCount.event_type)
+        )
+    ]
+
+
+def session_events(db: Database, *, tenant_id: int, first: date, last: date) -> int:
+    """Events with a session over the local days [first, last]."""
+    total = db.scalar(
+        select(func.sum(DailyEventCount.session_events)).where(
+            DailyEventCount.tenant_id == tenant_id,
+            DailyEventCount.day >= first,
+            DailyEventCount.day <= last,
+        )
+    )
+    return int(total or 0)
+
+
+def session_counts(
+    db: Database,
+    *,
+    tenant_id: int,
+    first: date,
+    last: date,
+    scopes: Iterable[str] = (),
+    prefix: str | None = None,
+) -> dict[str, int] | None:
+    """Distinct sessions with events in the local days [first, last], per scope.
+
+    The scopes are ``scopes`` and every scope starting with ``prefix``; one that
+    had no session in those days is left out. A session counts in [first, last]
+    when its last-seen day is on or after ``first``, which holds only while no
+    session of these scopes was seen after ``last`` (a later event, or a window
+    ending before today): then None, and the caller counts the raw events.
+    """
+    table = SessionLastSeenCount
+    matches = table.scope.in_(list(scopes))
+    if prefix is not None:
+        matches = or_(matches, table.scope.startswith(prefix, autoescape=True))
+    rows = db.execute(
+        select(
+            table.scope,
+            func.sum(case((table.day <= last, table.sessions), else_=0)),
+            func.sum(case((table.day > last, table.sessions), else_=0)),
+        )
+        .where(table.tenant_id == tenant_id, table.day >= first, matches)
+        .group_by(table.scope)
+    ).all()
+    if any(later for _, _, later in rows):
+        return None
+    return {scope: int(sessions) for scope, sessions, _ in rows if sessions}
