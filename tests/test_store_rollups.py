@@ -8,8 +8,10 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
 from tenant_analytics.extensions import db
+from tenant_analytics.models import SessionLastSeen, utcnow
 from tenant_analytics.queries import store
 from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.timewindows import last_days
@@ -131,3 +133,42 @@ def test_rebuild_gives_the_incremental_store_rollups(app, make_tenant, store_eve
     db.session.commit()
     assert without_empty_counts(rollup_snapshot(tenant.id)) == incremental
     assert incremental["session_last_seen_counts"] and incremental["daily_product_counts"]
+
+
+def test_sessions_made_for_one_event_are_counted_without_a_row_each(client, make_tenant):
+    """Landing events get a new session each: counted in the histogram, no row per session."""
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    bodies = [
+        {"tenant_id": tenant.id, "event_type": "pageview"},
+        {"tenant_id": tenant.id, "event_type": "pageview", "source": "instagram"},
+        {"tenant_id": tenant.id, "event_type": "page_view", "source": "instagram"},
+        {"tenant_id": tenant.id, "event_type": "page_view", "session_id": "s1"},
+        {"tenant_id": tenant.id, "event_type": "purchase", "session_id": "s1"},
+    ]
+    for body in bodies:
+        assert client.post("/api/analytics/track", json=body).status_code == 201
+    batch = {"tenant_id": tenant.id, "events": [{"event_type": "click_call"}] * 3}
+    assert client.post("/api/analytics/batch", json=batch).status_code in (200, 201)
+
+    zone, now = ZoneInfo(tenant.timezone), utcnow()
+    stats = {
+        use: store.dashboard_stats(
+            db.session, tenant_id=tenant.id, zone=zone, now=now, use_rollups=use
+        )
+        for use in (True, False)
+    }
+    assert stats[True] == stats[False]
+    assert stats[True]["session_stats"]["unique_sessions"] == 7  # 6 made + s1
+    assert {s["source"]: s["sessions"] for s in stats[True]["traffic_sources"]} == {
+        "direct": 5,
+        "instagram": 2,
+    }
+    today = now.astimezone(zone).date()
+    funnel = store.conversion_funnel(
+        db.session, tenant_id=tenant.id, zone=zone, start=today, end=today
+    )
+    assert [step["count"] for step in funnel["funnel"]][:1] == [2]  # the made one and s1
+    rows = db.session.scalars(
+        select(SessionLastSeen.session_id).where(SessionLastSeen.tenant_id == tenant.id)
+    )
+    assert set(rows) == {"s1"}

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from .errors import validation_errors
 from .ingestion import NewEvent, TenantRef
 from .models import utcnow
+from .rollups import NEW_SESSION
 from .schemas import ConversionBeacon, TrackedEvent
 
 # Generated session ids only tell sessions apart; they need no secrecy, so a seeded PRNG
@@ -70,6 +71,7 @@ def track_event(body: TrackedEvent, tenant: TenantRef, *, dedupe_window: timedel
     quantity = body.quantity()
     columns["quantity"] = quantity
     columns["session_id"] = body.session_id or new_session_id()
+    columns[NEW_SESSION] = body.session_id is None
     if body.event_type == "purchase" and body.price is not None:
         columns["revenue"] = body.price * (quantity or 1)
         columns["currency"] = tenant.currency

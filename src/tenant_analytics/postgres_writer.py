@@ -111,8 +111,15 @@ WITH incoming AS (
                          %(s_day)s::date[])
         AS incoming (tenant_id, scope, session_id, last_day)
 ), previous AS (
-    SELECT seen.tenant_id, seen.scope, seen.session_id, seen.last_day
-    FROM session_last_seen AS seen JOIN incoming USING (tenant_id, scope, session_id)
+    -- One primary-key lookup per incoming row (LIMIT keeps the subquery from being
+    -- turned into a join), whatever the generic plan thinks of the table's size.
+    SELECT incoming.tenant_id, incoming.scope, incoming.session_id, seen.last_day
+    FROM incoming CROSS JOIN LATERAL (
+        SELECT last_day FROM session_last_seen AS seen
+        WHERE seen.tenant_id = incoming.tenant_id AND seen.scope = incoming.scope
+          AND seen.session_id = incoming.session_id
+        LIMIT 1
+    ) AS seen
 ), moved AS (
     INSERT INTO session_last_seen (tenant_id, scope, session_id, last_day)
     SELECT * FROM incoming
@@ -128,6 +135,12 @@ WITH incoming AS (
 INSERT INTO session_last_seen_counts (tenant_id, scope, day, sessions)
 SELECT tenant_id, scope, day, sum(sessions) FROM shifts
 GROUP BY tenant_id, scope, day HAVING sum(sessions) <> 0
+ON CONFLICT (tenant_id, scope, day) DO UPDATE
+SET sessions = session_last_seen_counts.sessions + excluded.sessions;
+
+INSERT INTO session_last_seen_counts (tenant_id, scope, day, sessions)
+SELECT * FROM unnest(%(n_tenant)s::int[], %(n_scope)s::varchar[], %(n_day)s::date[],
+                     %(n_sessions)s::bigint[])
 ON CONFLICT (tenant_id, scope, day) DO UPDATE
 SET sessions = session_last_seen_counts.sessions + excluded.sessions;
 """
@@ -185,6 +198,7 @@ def batch_parameters(rows: Sequence[Mapping[str, Any]], delta: RollupDelta) -> d
     params |= _columns(delta.members, "m_", ("tenant", "day", "visitor"))
     params |= _columns(delta.latest, "l_", ("tenant", "visitor", "day"))
     params |= _columns(delta.sessions, "s_", ("tenant", "scope", "session", "day"))
+    params |= _columns(delta.new_sessions, "n_", ("tenant", "scope", "day", "sessions"))
     return params
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import case, delete, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .catalogue import Kind, types_of
+from .catalogue import STORE_TYPES, Kind, types_of
 from .models import (
     DailyEventCount,
     DailyProductCount,
@@ -62,14 +62,31 @@ def source_scope(source: str) -> str:
 def type_scope(event_type: str, source: str | None = None) -> str:
     """The scope of the sessions with events of ``event_type`` (from ``source`` if given).
 
-    Types never hold "&", so no two (type, source) pairs share a scope.
+    Only store types have these scopes (SESSION_TYPES). Types never hold "&", so no
+    two (type, source) pairs share a scope.
     """
     return f"type={event_type}" if source is None else f"type={event_type}&source={source}"
+
+
+# The types whose sessions are counted per type: the store's. Landing events get a
+# new session each (event_builders), so per-type scopes for them would cost two
+# more rows per event for figures no report shows.
+SESSION_TYPES = frozenset(STORE_TYPES)
+
+
+# A row key, not a column: True when the event's session id was made for it alone
+# (event_builders.track_event). Such a session is never seen again, so its last-seen
+# day is the event's day for good: it is counted in the histogram without a row of
+# its own in session_last_seen, which keeps landing events (one new session each)
+# as cheap to write as before.
+NEW_SESSION = "new_session"
 
 
 def session_scopes(event_type: str, source: str | None) -> tuple[str, ...]:
     """Every scope an event with a session counts its session in."""
     group = DIRECT_SOURCE if source is None else source
+    if event_type not in SESSION_TYPES:
+        return ALL_SESSIONS, source_scope(group)
     return (
         ALL_SESSIONS,
         source_scope(group),
@@ -134,6 +151,8 @@ class RollupDelta:
     latest: list[tuple[int, str, date]] = field(default_factory=list)  # (tenant, visitor, day)
     # (tenant, scope, session, day)
     sessions: list[tuple[int, str, str, date]] = field(default_factory=list)
+    # (tenant, scope, day, sessions): NEW_SESSION sessions, straight into the histogram
+    new_sessions: list[tuple[int, str, date, int]] = field(default_factory=list)
 
 
 def aggregate(
@@ -146,6 +165,7 @@ def aggregate(
     revenue: dict[tuple[int, date, str], Decimal] = defaultdict(Decimal)
     seen: dict[tuple[int, str], set[date]] = defaultdict(set)
     sessions: dict[tuple[int, str, str], date] = {}
+    new_sessions: Counter[tuple[int, str, date]] = Counter()
     for row in rows:
         tenant_id, event_type = row["tenant_id"], row["event_type"]
         day = row["created_at"].astimezone(zones[tenant_id]).date()
@@ -166,7 +186,11 @@ def aggregate(
                 product[1] = name
         if session_id := row.get("session_id"):
             counter[2] += 1
-            for scope in session_scopes(event_type, row.get("source")):
+            scopes = session_scopes(event_type, row.get("source"))
+            if row.get(NEW_SESSION):
+                new_sessions.update((tenant_id, scope, day) for scope in scopes)
+                continue
+            for scope in scopes:
                 key = (tenant_id, scope, session_id)
                 if key not in sessions or sessions[key] < day:
                     sessions[key] = day
@@ -177,6 +201,7 @@ def aggregate(
         members=sorted((t, d, h) for (t, h), days in seen.items() for d in days),
         latest=[(t, h, max(days)) for (t, h), days in sorted(seen.items())],
         sessions=[(t, scope, s, d) for (t, scope, s), d in sorted(sessions.items())],
+        new_sessions=[(t, scope, d, n) for (t, scope, d), n in sorted(new_sessions.items())],
     )
 
 
@@ -244,6 +269,15 @@ def update_rollups(
         {(t, scope, s): d for t, scope, s, d in delta.sessions},
         SessionLastSeen,
         SessionLastSeenCount,
+    )
+    _add_to(
+        session,
+        SessionLastSeenCount,
+        [
+            {"tenant_id": t, "scope": scope, "day": d, "sessions": n}
+            for t, scope, d, n in delta.new_sessions
+        ],
+        "sessions",
     )
 
 
@@ -354,8 +388,13 @@ REBUILD_SQL = (
         FROM events WHERE tenant_id = :tenant AND session_id IS NOT NULL
         GROUP BY 1, 2, 3, 4
     ) AS per_type
-    CROSS JOIN LATERAL (VALUES (:all_sessions), ('source=' || source), ('type=' || event_type),
-                               ('type=' || event_type || '&source=' || source)) AS scopes (scope)
+    CROSS JOIN LATERAL (
+        VALUES (:all_sessions), ('source=' || source),
+               (CASE WHEN event_type = ANY(:session_types) THEN 'type=' || event_type END),
+               (CASE WHEN event_type = ANY(:session_types)
+                     THEN 'type=' || event_type || '&source=' || source END)
+    ) AS scopes (scope)
+    WHERE scope IS NOT NULL
     GROUP BY 1, 2, 3
     """,
     """
@@ -413,6 +452,7 @@ def rebuild_rollups(session: Session, tenant: Tenant, *, chunk: int = 5000) -> N
             "revenue_types": sorted(REVENUE_TYPES),
             "direct": DIRECT_SOURCE,
             "all_sessions": ALL_SESSIONS,
+            "session_types": sorted(SESSION_TYPES),
         }
         for statement in REBUILD_SQL:
             session.execute(text(statement), params)
