@@ -23,7 +23,7 @@ gives its hashes REPORT_SETTINGS' memory.
 
 The dashboard and the funnel read the heaviest of these figures from the rollups
 instead (``queries.store_rollups``, migration 0005): the event tally, and the
-distinct sessions of a window that ends on the last day anyone was seen. The raw
+distinct sessions of a window after which no session was seen. The raw
 passes remain for the rest, for windows the rollups cannot answer, and as the
 reference the tests compare the rollups with.
 """
