@@ -12,6 +12,8 @@ from tenant_analytics.extensions import db
 from tenant_analytics.group_commit import GroupCommitter
 from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantInfo
 from tenant_analytics.models import Event
+from tenant_analytics.postgres_writer import STATEMENTS
+from tenant_analytics.rollups import NEW_SESSION
 
 
 def count_events(tenant_id: int) -> int:
@@ -309,3 +311,40 @@ def test_postgresql_batches_commit_in_one_round_trip(make_app, make_tenant, is_p
     assert sent[0].startswith("BEGIN;") and sent[0].endswith("COMMIT")
     with app.app_context():
         assert count_events(tenant.id) == 4
+
+
+def test_postgresql_batches_leave_out_the_rollups_they_do_not_touch(
+    make_app, make_tenant, is_postgres
+):
+    """Landing events have no product, revenue or returning session: those statements are not
+    sent. With a purchase in a client's session the batch needs them all."""
+    if not is_postgres:
+        pytest.skip("the one-round-trip write is PostgreSQL's")
+    app = make_app()
+    with app.app_context():
+        tenant = TenantInfo.of(make_tenant())
+        engine = db.engine
+    committer = app.extensions["group_commit"]
+    client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
+    landing = [NewEvent("pageview", {"path": "/"}, extra={"session_id": "x", NEW_SESSION: True})]
+    purchase = NewEvent(
+        "purchase",
+        extra={"session_id": "s1", "product_slug": "pan", "revenue": 20, "currency": "HNL"},
+    )
+    committer.submit(IngestJob(tenant, landing, client, "key"))  # may create the partition
+    sent: list[str] = []
+
+    def listener(_connection, _cursor, statement, *_rest) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        committer.submit(IngestJob(tenant, landing, client, "key"))
+        committer.submit(IngestJob(tenant, [*landing, purchase], client, "key"))
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    by_gate = {statement.gate: statement.execute.split("(")[0] for statement in STATEMENTS}
+    skipped_for_landing = {"p_tenant", "r_tenant", "s_tenant"}
+    for gate, execute in by_gate.items():
+        assert (execute in sent[0]) is (gate not in skipped_for_landing), gate
+        assert execute in sent[1], gate

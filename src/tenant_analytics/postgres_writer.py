@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -150,12 +151,25 @@ _PARAMETER = re.compile(r"%\((\w+)\)s::(\w+\[\]|json)")
 _PREPARED = "tenant_analytics_write_"
 
 
-def _prepared(script: str) -> tuple[str, str]:
-    """``script`` as PREPARE statements (once per connection) and the EXECUTEs that run them.
+@dataclass(frozen=True)
+class _Statement:
+    """One statement of ``WRITE_BATCH``, prepared once per connection and then executed.
+
+    ``gate`` is its first parameter: when that array is empty the statement has
+    nothing to do and the batch leaves it out.
+    """
+
+    prepare: str
+    execute: str
+    gate: str
+
+
+def _prepared(script: str) -> list[_Statement]:
+    """``script``'s statements as PREPAREs (once per connection) and the EXECUTEs that run them.
 
     Prepared, PostgreSQL plans each statement once per connection instead of once per batch.
     """
-    prepares, executes = [], []
+    statements = []
     for number, statement in enumerate(part.strip() for part in script.split(";")):
         if not statement:
             continue
@@ -167,13 +181,24 @@ def _prepared(script: str) -> tuple[str, str]:
 
         body = _PARAMETER.sub(positional, statement)
         types = ", ".join(kind for _, kind in arguments)
-        prepares.append(f"PREPARE {_PREPARED}{number} ({types}) AS {body}")
         values = ", ".join(f"%({name})s::{kind}" for name, kind in arguments)
-        executes.append(f"EXECUTE {_PREPARED}{number} ({values})")
-    return ";\n".join(prepares), ";\n".join(executes)
+        statements.append(
+            _Statement(
+                prepare=f"PREPARE {_PREPARED}{number} ({types}) AS {body}",
+                execute=f"EXECUTE {_PREPARED}{number} ({values})",
+                gate=arguments[0][0],
+            )
+        )
+    return statements
 
 
-PREPARE_BATCH, EXECUTE_BATCH = _prepared(WRITE_BATCH)
+STATEMENTS = _prepared(WRITE_BATCH)
+PREPARE_BATCH = ";\n".join(statement.prepare for statement in STATEMENTS)
+
+
+def _executes(params: Mapping[str, Any]) -> str:
+    """The EXECUTEs of the statements that have rows to work on, in order."""
+    return ";\n".join(s.execute for s in STATEMENTS if params[s.gate])
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], prefix: str, names: Sequence[str]) -> dict:
@@ -207,7 +232,8 @@ def write_batch(
 ) -> None:
     """Insert event ``rows`` and add ``delta`` to the rollups, in the caller's transaction."""
     _prepare_once(connection)
-    connection.exec_driver_sql(EXECUTE_BATCH, batch_parameters(rows, delta))
+    params = batch_parameters(rows, delta)
+    connection.exec_driver_sql(_executes(params), params)
 
 
 def commit_batch(
@@ -222,7 +248,8 @@ def commit_batch(
     """
     try:
         _prepare_once(autocommit_connection)
-        autocommit_connection.exec_driver_sql(ONE_TRIP_BATCH, batch_parameters(rows, delta))
+        params = batch_parameters(rows, delta)
+        autocommit_connection.exec_driver_sql(f"BEGIN;\n{_executes(params)};\nCOMMIT", params)
         autocommit_connection.commit()  # SQLAlchemy's own bookkeeping: nothing is sent
     except BaseException:
         autocommit_connection.invalidate()
@@ -234,6 +261,3 @@ def _prepare_once(connection: Connection) -> None:
     if not info.get(_PREPARED):
         connection.exec_driver_sql(PREPARE_BATCH)
         info[_PREPARED] = True
-
-
-ONE_TRIP_BATCH = f"BEGIN;\n{EXECUTE_BATCH};\nCOMMIT"
