@@ -22,7 +22,7 @@ RUN_DIR = RESULTS_DIR / "run"  # gunicorn pid files, for run.sh's trap
 VENV_BIN = Path(os.environ.get("VENV", ROOT / ".venv")) / "bin"
 
 # The one gunicorn configuration both the bare Flask app and ours are served with.
-DEFAULT_GUNICORN = "--worker-class gthread --workers 2 --threads 16"
+DEFAULT_GUNICORN = "--worker-class gevent --workers 2 --worker-connections 1000"
 
 
 def _int(name: str, default: int) -> int:

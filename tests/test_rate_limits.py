@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
+from tenant_analytics.extensions import limiter
+
 from .conftest import REDIS_URL, TEST_HASH_KEY
+from .servers import gunicorn, post
+
+# The recommended worker (README) and gunicorn's default: both count in the same Redis.
+GEVENT_WORKERS = ["--worker-class", "gevent", "--workers", "2"]
+SYNC_WORKERS = ["--workers", "2"]
 
 
 def track(client, tenant_id):
@@ -38,6 +37,26 @@ def test_limit_is_per_tenant_with_retry_after(make_app, make_tenant):
     assert track(client, quiet_id).status_code == 201
 
 
+def test_switched_off_limits_are_not_even_consulted(make_app, make_tenant, monkeypatch):
+    """RATELIMIT_ENABLED=false (benchmarks) skips the limiter altogether: nothing is counted,
+    and flask-limiter's per-request evaluation (tens of microseconds) is not run."""
+    off = make_app(TRACK_RATE_LIMIT="2 per minute", RATELIMIT_ENABLED=False)
+    with off.app_context():
+        tenant_id = make_tenant().id
+
+    def consulted(*_args, **_kwargs):
+        raise AssertionError("the limiter was consulted")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(limiter, "_check_request_limit", consulted)
+        statuses = [track(off.test_client(), tenant_id).status_code for _ in range(5)]
+    assert statuses == [201] * 5
+    # Switched back on, the tenant's bucket is whole: the runs above drew nothing from it.
+    on = make_app(TRACK_RATE_LIMIT="2 per minute", RATELIMIT_ENABLED=True)
+    statuses = [track(on.test_client(), tenant_id).status_code for _ in range(3)]
+    assert statuses == [201, 201, 429]
+
+
 def test_limit_follows_the_tenant_not_the_address(make_app, make_tenant):
     app = make_app(TRACK_RATE_LIMIT="3 per minute", TRUSTED_PROXY_COUNT=1)
     client = app.test_client()
@@ -54,38 +73,6 @@ def test_limit_follows_the_tenant_not_the_address(make_app, make_tenant):
     assert statuses == [201, 201, 201, 429]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_up(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited: {log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("gunicorn did not start")
-
-
-def _post(port: int, body: dict) -> int:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/analytics/track",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
 @pytest.mark.skipif(not REDIS_URL, reason="needs TEST_REDIS_URL (a real Redis)")
 def test_two_gunicorn_processes_share_one_limit(migrated, make_tenant, tmp_path):
     tenant_id = make_tenant().id
@@ -97,29 +84,13 @@ def test_two_gunicorn_processes_share_one_limit(migrated, make_tenant, tmp_path)
         "TRACK_RATE_LIMIT": "10 per minute",
         "VISITOR_HASH_KEY": TEST_HASH_KEY,
     }
-    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    ports, procs = [_free_port(), _free_port()], []
-    root = Path(__file__).resolve().parents[1]
-    logs = [tmp_path / f"gunicorn-{port}.log" for port in ports]
-    try:
-        for port, log in zip(ports, logs, strict=True):
-            with log.open("wb") as log_file:
-                procs.append(
-                    subprocess.Popen(
-                        [gunicorn, "--workers", "2", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
-                        cwd=root,
-                        env=env,
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-        for port, proc, log in zip(ports, procs, logs, strict=True):
-            _wait_until_up(port, proc, log)
+    logs = [tmp_path / "gunicorn-1.log", tmp_path / "gunicorn-2.log"]
+    with (
+        gunicorn(GEVENT_WORKERS, env, logs[0]) as first,
+        gunicorn(SYNC_WORKERS, env, logs[1]) as second,
+    ):
         body = {"tenant_id": tenant_id, "event_type": "pageview"}
-        statuses = [_post(ports[n % 2], body) for n in range(16)]
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
+        ports = (first, second)
+        statuses = [post(ports[n % 2], "/api/analytics/track", body) for n in range(16)]
     assert statuses.count(201) == 10
     assert statuses.count(429) == 6

@@ -19,6 +19,7 @@ from .config import (
     from_environment,
     normalize_database_url,
 )
+from .cooperative import cooperate_with_gevent
 from .extensions import cors, db, jwt, limiter, migrate
 
 PUBLIC_ROUTES = r"/api/(analytics/track|analytics/batch|v1/.*)"
@@ -48,6 +49,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"]
     )
     check_production_secrets(app.config)
+    cooperate_with_gevent()
 
     proxies = app.config["TRUSTED_PROXY_COUNT"]
     if proxies > 0:

@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
 from flask import Response, current_app, jsonify
 from flask_limiter import RequestLimit
 
 from .extensions import client_ip_key, limiter
 from .schemas import MAX_BATCH_EVENTS
 from .tenancy import request_body, requested_tenant
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def unless_disabled(limit: Callable[[View], View]) -> Callable[[View], View]:
+    """``limit`` as a view decorator that costs nothing while RATELIMIT_ENABLED is off.
+
+    flask-limiter still identifies the request and walks its exemptions and meta
+    limits on every call when switched off (tens of microseconds on the hottest
+    endpoints); switched off, the view is called directly instead.
+    """
+
+    def decorate(view: View) -> View:
+        limited = limit(view)
+
+        @wraps(view)
+        def dispatch(*args: Any, **kwargs: Any) -> Any:
+            if current_app.config["RATELIMIT_ENABLED"]:
+                return limited(*args, **kwargs)
+            return view(*args, **kwargs)
+
+        return dispatch  # type: ignore[return-value]
+
+    return decorate
 
 
 def tenant_key() -> str:
@@ -26,8 +54,10 @@ def login_key() -> str:
 
 
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
-per_tenant = limiter.shared_limit(
-    lambda: current_app.config["TRACK_RATE_LIMIT"], scope="tenant", key_func=tenant_key
+per_tenant = unless_disabled(
+    limiter.shared_limit(
+        lambda: current_app.config["TRACK_RATE_LIMIT"], scope="tenant", key_func=tenant_key
+    )
 )
 
 
@@ -38,14 +68,18 @@ def batch_cost() -> int:
 
 
 # The same per-tenant bucket, charged per event of a batch.
-per_tenant_events = limiter.shared_limit(
-    lambda: current_app.config["TRACK_RATE_LIMIT"],
-    scope="tenant",
-    key_func=tenant_key,
-    cost=batch_cost,
+per_tenant_events = unless_disabled(
+    limiter.shared_limit(
+        lambda: current_app.config["TRACK_RATE_LIMIT"],
+        scope="tenant",
+        key_func=tenant_key,
+        cost=batch_cost,
+    )
 )
-login_attempts = limiter.limit(
-    lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]
+login_attempts = unless_disabled(
+    limiter.limit(
+        lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]
+    )
 )
 
 
@@ -56,12 +90,16 @@ def _skip_beacon(_limit: RequestLimit) -> Response:
 
 
 # The v1 "api" throttle group: per client address, shared by its endpoints.
-api_group = limiter.shared_limit(
-    lambda: current_app.config["API_RATE_LIMIT"], scope="api", key_func=client_ip_key
+api_group = unless_disabled(
+    limiter.shared_limit(
+        lambda: current_app.config["API_RATE_LIMIT"], scope="api", key_func=client_ip_key
+    )
 )
-conversion_group = limiter.shared_limit(
-    lambda: current_app.config["API_RATE_LIMIT"],
-    scope="api",
-    key_func=client_ip_key,
-    on_breach=_skip_beacon,
+conversion_group = unless_disabled(
+    limiter.shared_limit(
+        lambda: current_app.config["API_RATE_LIMIT"],
+        scope="api",
+        key_func=client_ip_key,
+        on_breach=_skip_beacon,
+    )
 )
