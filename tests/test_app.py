@@ -64,3 +64,18 @@ def test_factory_does_not_connect():
         }
     )
     assert "tracking" in app.blueprints
+
+
+def test_an_exhausted_connection_pool_answers_503_not_500(make_app, migrated):
+    """More concurrent requests than pooled connections: a retryable 503, never a 500."""
+    app = make_app(
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}
+    )
+    with app.app_context(), db.engine.connect():  # the pool's only connection, held
+        response = app.test_client().post(
+            "/api/analytics/track", json={"tenant_id": 1, "event_type": "pageview"}
+        )
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    body = response.get_json()
+    assert body["success"] is False and "QueuePool" not in body["message"]

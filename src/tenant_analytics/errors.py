@@ -13,6 +13,7 @@ from flask import Flask, Response, jsonify
 from flask_limiter import RateLimitExceeded
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from .group_commit import CommitTimeout
@@ -123,6 +124,14 @@ def register_error_handlers(app: Flask) -> None:
     def _database_unavailable(exc: OperationalError):
         log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else "")
         return error_response(503, "The service is temporarily unavailable; retry later.")
+
+    @app.errorhandler(PoolTimeout)
+    def _connections_exhausted(exc: PoolTimeout):
+        # More requests than pooled connections (easy with gevent's many greenlets).
+        log.warning("no database connection free in time")
+        response, status = error_response(503, "The service is busy; retry shortly.")
+        response.headers["Retry-After"] = "1"
+        return response, status
 
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):
