@@ -1,7 +1,8 @@
 """Group commit: requests in flight share one transaction, and each returns after it commits.
 
-A request thread hands its ``IngestJob`` to the process's committer and waits.
-The committer thread takes every job queued so far, writes them in one
+A request hands its ``IngestJob`` to the process's committer and waits. The
+committer (a thread; a greenlet under gunicorn's gevent worker, which patches
+``threading``) takes every job queued so far, writes them in one
 transaction (one multi-row INSERT, one round of rollup upserts, one COMMIT)
 and wakes each request with its own result. While it commits, the next jobs
 queue up, so batches grow with load; nothing is acknowledged before it is

@@ -29,7 +29,7 @@ def unless_disabled(limit: Callable[[View], View]) -> Callable[[View], View]:
 
         @wraps(view)
         def dispatch(*args: Any, **kwargs: Any) -> Any:
-            if current_app.config["RATELIMIT_ENABLED"]:
+            if current_app.config.get("RATELIMIT_ENABLED", True):
                 return limited(*args, **kwargs)
             return view(*args, **kwargs)
 
