@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import appdb
 from app_client import AppProblem, HttpClient, NotAvailable, create_admin, create_tenant, flask_cli
+from cpu import CpuUse, cpu_use
 from load_events import copy_reference, load_landing, load_store
 from report import ERROR, FAIL, NA, Report, Row, verdict
 from servers import Gunicorn, ServerFailed, rss_kib
@@ -36,7 +37,12 @@ MIN_DASHBOARD_SPEEDUP = 100.0
 MAX_STORE_REPORT_MS = 500.0
 MAX_RSS_DRIFT = 0.10
 
-TRACK_ROWS = ["1 /track throughput", "1 /track p99 @32 conns", "1 /track durability"]
+TRACK_ROWS = [
+    "1 /track throughput",
+    "1 /track p99 @32 conns",
+    "1 /track durability",
+    "1 CPU per request",
+]
 BATCH_ROWS = ["2 /batch events/s", "2 /batch durability"]
 DASHBOARD_ROWS = [
     "3 landing dashboard p95",
@@ -182,8 +188,12 @@ class Bench:
         connections: int,
         *,
         seconds: int | None = None,
+        cpu: tuple[Gunicorn, CpuUse] | None = None,
     ) -> tuple[WrkResult | None, WrkResult]:
-        """A short unmeasured warm-up wrk run, then the measured one (``wrk_seconds`` long)."""
+        """A short unmeasured warm-up wrk run, then the measured one (``wrk_seconds`` long).
+
+        With ``cpu`` (a server and a tally), the measured run's CPU time is added to the tally.
+        """
         common = {"threads": self.settings.wrk_threads, "connections": connections}
         warm = None
         if self.settings.warmup_seconds > 0:
@@ -195,14 +205,17 @@ class Bench:
                 log_name=f"{name}-warmup",
                 **common,
             )
-        measured = run_wrk(
-            script,
-            url,
-            args,
-            seconds=seconds or self.settings.wrk_seconds,
-            log_name=name,
-            **common,
-        )
+        with cpu_use(cpu[0].worker_pids() if cpu else []) as used:
+            measured = run_wrk(
+                script,
+                url,
+                args,
+                seconds=seconds or self.settings.wrk_seconds,
+                log_name=name,
+                **common,
+            )
+        if cpu:
+            cpu[1].add(used)
         for result in (warm, measured):
             note = result and wrk_note(name, result)
             if note:
@@ -243,6 +256,7 @@ class Bench:
         )
         bares: list[WrkResult] = []
         ours: list[WrkResult] = []
+        bare_cpu, our_cpu = CpuUse(), CpuUse()
         acked = 0
         with self.phase(f"target 1: bare Flask and /api/analytics/track, {rounds} rounds each"):
             server = self.app_server()
@@ -255,6 +269,7 @@ class Bench:
                         f"bare-{round_number}",
                         conns,
                         seconds=seconds,
+                        cpu=(bare_server, bare_cpu),
                     )
                     warm, mine = self.drive(
                         "track.lua",
@@ -263,6 +278,7 @@ class Bench:
                         f"track-{round_number}",
                         conns,
                         seconds=seconds,
+                        cpu=(server, our_cpu),
                     )
                     bares.append(bare)
                     ours.append(mine)
@@ -298,6 +314,25 @@ class Bench:
             )
         )
         self.add_durability(TRACK_ROWS[2], stored, acked)
+        self.add_cpu_row(cpu_per_request(our_cpu, ours), cpu_per_request(bare_cpu, bares))
+
+    def add_cpu_row(self, ours: dict[str, float], bare: dict[str, float]) -> None:
+        """Where target 1's time goes: CPU per 2xx answer, by process group (information)."""
+
+        def spent(parts: dict[str, float]) -> str:
+            listed = " + ".join(f"{name} {us:,.0f}" for name, us in parts.items())
+            return f"{listed} = {sum(parts.values()):,.0f} µs"
+
+        total_bare = sum(bare.values())
+        self.report.add(
+            Row(
+                TRACK_ROWS[3],
+                f"/track: {spent(ours)}",
+                f"bare: {spent(bare)}",
+                f"{sum(ours.values()) / total_bare:.2f}x bare's" if total_bare else "-",
+                "info",
+            )
+        )
 
     def track_url(self, server: Gunicorn) -> str:
         return f"{server.url}/api/analytics/track"
@@ -569,6 +604,13 @@ class Bench:
                 verdict(abs(worst) <= MAX_RSS_DRIFT),
             )
         )
+
+
+def cpu_per_request(used: CpuUse, results: list[WrkResult]) -> dict[str, float]:
+    """Microseconds of CPU per acknowledged request: workers, PostgreSQL, wrk."""
+    answers = acknowledged(*results) or 1
+    parts = {"workers": used.workers, "PostgreSQL": used.postgres, "wrk": used.wrk}
+    return {name: seconds / answers * 1e6 for name, seconds in parts.items()}
 
 
 def probe_stored(response) -> int:
