@@ -1,11 +1,11 @@
 """PostgreSQL's hot write path: a batch of events and its rollups in one round trip.
 
-The events go as one JSON text (``json_populate_recordset``), the rollup deltas
-as arrays unnested server-side, in one string of statements run in order: the
-events first, which concurrent batches insert side by side; then the per-tenant
-advisory locks, so that each rollup update, the last-seen one above all, reads
-what earlier batches committed; then the rollups, whose hot counter rows are
-locked until COMMIT anyway. The SQL is fixed text, prepared once per
+The events go as one JSON text (``json_populate_recordset``), each kind of
+rollup delta as another (``json_to_recordset``), in one string of statements
+run in order: the events first, which concurrent batches insert side by side;
+then the per-tenant advisory locks, so that each rollup update, the last-seen
+one above all, reads what earlier batches committed; then the rollups, whose
+hot counter rows are locked until COMMIT anyway. The SQL is fixed text, prepared once per
 connection, so nothing is compiled or planned per batch. ``commit_batch`` sends
 BEGIN and COMMIT in the same string. ``rollups.update_rollups`` is the portable
 equivalent (SQLite), and the tests hold both to the raw-event queries.
@@ -52,29 +52,32 @@ SELECT pg_advisory_xact_lock({ROLLUP_LOCK}, tenant)
 FROM (SELECT tenant FROM unnest(%(lock_tenants)s::int[]) AS tenant ORDER BY tenant) AS ordered;
 
 INSERT INTO daily_event_counts (tenant_id, day, event_type, events, value_sum, session_events)
-SELECT * FROM unnest(%(c_tenant)s::int[], %(c_day)s::date[], %(c_type)s::varchar[],
-                     %(c_events)s::bigint[], %(c_value)s::numeric[], %(c_sessions)s::bigint[])
+SELECT * FROM json_to_recordset(%(counts)s::json) AS delta (
+    tenant_id int, day date, event_type varchar, events bigint, value_sum numeric,
+    session_events bigint)
 ON CONFLICT (tenant_id, day, event_type) DO UPDATE
 SET events = daily_event_counts.events + excluded.events,
     value_sum = daily_event_counts.value_sum + excluded.value_sum,
     session_events = daily_event_counts.session_events + excluded.session_events;
 
 INSERT INTO daily_product_counts (tenant_id, day, event_type, product_slug, events, product_name)
-SELECT * FROM unnest(%(p_tenant)s::int[], %(p_day)s::date[], %(p_type)s::varchar[],
-                     %(p_slug)s::varchar[], %(p_events)s::bigint[], %(p_name)s::varchar[])
+SELECT * FROM json_to_recordset(%(products)s::json) AS delta (
+    tenant_id int, day date, event_type varchar, product_slug varchar, events bigint,
+    product_name varchar)
 ON CONFLICT (tenant_id, day, event_type, product_slug) DO UPDATE
 SET events = daily_product_counts.events + excluded.events,
     product_name = greatest(daily_product_counts.product_name, excluded.product_name);
 
 INSERT INTO daily_revenue (tenant_id, day, currency, amount)
-SELECT * FROM unnest(%(r_tenant)s::int[], %(r_day)s::date[], %(r_currency)s::varchar[],
-                     %(r_amount)s::numeric[])
+SELECT * FROM json_to_recordset(%(revenue)s::json) AS delta (
+    tenant_id int, day date, currency varchar, amount numeric)
 ON CONFLICT (tenant_id, day, currency) DO UPDATE
 SET amount = daily_revenue.amount + excluded.amount;
 
 WITH added AS (
     INSERT INTO daily_visitors (tenant_id, day, visitor_hash)
-    SELECT * FROM unnest(%(m_tenant)s::int[], %(m_day)s::date[], %(m_visitor)s::varchar[])
+    SELECT * FROM json_to_recordset(%(members)s::json)
+        AS delta (tenant_id int, day date, visitor_hash varchar)
     ON CONFLICT DO NOTHING
     RETURNING tenant_id, day
 )
@@ -84,8 +87,8 @@ ON CONFLICT (tenant_id, day) DO UPDATE
 SET visitors = daily_visitor_counts.visitors + excluded.visitors;
 
 WITH incoming AS (
-    SELECT * FROM unnest(%(l_tenant)s::int[], %(l_visitor)s::varchar[], %(l_day)s::date[])
-        AS incoming (tenant_id, visitor_hash, last_day)
+    SELECT * FROM json_to_recordset(%(latest)s::json)
+        AS incoming (tenant_id int, visitor_hash varchar, last_day date)
 ), previous AS (
     SELECT seen.tenant_id, seen.visitor_hash, seen.last_day
     FROM visitor_last_seen AS seen JOIN incoming USING (tenant_id, visitor_hash)
@@ -108,9 +111,8 @@ ON CONFLICT (tenant_id, day) DO UPDATE
 SET visitors = last_seen_counts.visitors + excluded.visitors;
 
 WITH incoming AS (
-    SELECT * FROM unnest(%(s_tenant)s::int[], %(s_scope)s::varchar[], %(s_session)s::varchar[],
-                         %(s_day)s::date[])
-        AS incoming (tenant_id, scope, session_id, last_day)
+    SELECT * FROM json_to_recordset(%(sessions)s::json)
+        AS incoming (tenant_id int, scope varchar, session_id varchar, last_day date)
 ), previous AS (
     -- One primary-key lookup per incoming row (LIMIT keeps the subquery from being
     -- turned into a join), whatever the generic plan thinks of the table's size.
@@ -140,8 +142,8 @@ ON CONFLICT (tenant_id, scope, day) DO UPDATE
 SET sessions = session_last_seen_counts.sessions + excluded.sessions;
 
 INSERT INTO session_last_seen_counts (tenant_id, scope, day, sessions)
-SELECT * FROM unnest(%(n_tenant)s::int[], %(n_scope)s::varchar[], %(n_day)s::date[],
-                     %(n_sessions)s::bigint[])
+SELECT * FROM json_to_recordset(%(new_sessions)s::json)
+    AS delta (tenant_id int, scope varchar, day date, sessions bigint)
 ON CONFLICT (tenant_id, scope, day) DO UPDATE
 SET sessions = session_last_seen_counts.sessions + excluded.sessions;
 """
@@ -155,8 +157,8 @@ _PREPARED = "tenant_analytics_write_"
 class _Statement:
     """One statement of ``WRITE_BATCH``, prepared once per connection and then executed.
 
-    ``gate`` is its first parameter: when that array is empty the statement has
-    nothing to do and the batch leaves it out.
+    ``gate`` is its first parameter: when that is empty (no rows, no tenant) the
+    statement has nothing to do and the batch leaves it out.
     """
 
     prepare: str
@@ -201,30 +203,40 @@ def _executes(params: Mapping[str, Any]) -> str:
     return ";\n".join(s.execute for s in STATEMENTS if params[s.gate])
 
 
-def _columns(rows: Sequence[tuple[Any, ...]], prefix: str, names: Sequence[str]) -> dict:
-    """Tuples to one array parameter per position: ``{prefix + name: [...]}``."""
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
-    return {f"{prefix}{name}": list(values) for name, values in zip(names, columns, strict=True)}
+def _records(rows: Sequence[tuple[Any, ...]], names: Sequence[str]) -> str | None:
+    """Tuples as one JSON array of objects keyed by ``names``; None when there are none.
+
+    One text parameter: psycopg2 adapts a list element by element, in C but with an
+    object and a cast per element, which cost more than the rest of the batch's Python.
+    """
+    if not rows:
+        return None
+    return json.dumps([dict(zip(names, row, strict=True)) for row in rows], default=str)
 
 
 def batch_parameters(rows: Sequence[Mapping[str, Any]], delta: RollupDelta) -> dict[str, Any]:
-    """What ``EXECUTE_BATCH`` takes: event ``rows`` as JSON, their rollup ``delta`` as arrays."""
-    params: dict[str, Any] = {
+    """What the EXECUTEs take: event ``rows`` and each part of their rollup ``delta`` as JSON."""
+    return {
         "lock_tenants": sorted({row["tenant_id"] for row in rows}),
         # One JSON text for all the events: PostgreSQL parses it far faster than an
         # array expression per column, and json.dumps is C.
         "events": json.dumps(
             [{name: row[name] for name in EVENT_COLUMNS} for row in rows], default=str
         ),
+        "counts": _records(
+            delta.counts,
+            ("tenant_id", "day", "event_type", "events", "value_sum", "session_events"),
+        ),
+        "products": _records(
+            delta.products,
+            ("tenant_id", "day", "event_type", "product_slug", "events", "product_name"),
+        ),
+        "revenue": _records(delta.revenue, ("tenant_id", "day", "currency", "amount")),
+        "members": _records(delta.members, ("tenant_id", "day", "visitor_hash")),
+        "latest": _records(delta.latest, ("tenant_id", "visitor_hash", "last_day")),
+        "sessions": _records(delta.sessions, ("tenant_id", "scope", "session_id", "last_day")),
+        "new_sessions": _records(delta.new_sessions, ("tenant_id", "scope", "day", "sessions")),
     }
-    params |= _columns(delta.counts, "c_", ("tenant", "day", "type", "events", "value", "sessions"))
-    params |= _columns(delta.products, "p_", ("tenant", "day", "type", "slug", "events", "name"))
-    params |= _columns(delta.revenue, "r_", ("tenant", "day", "currency", "amount"))
-    params |= _columns(delta.members, "m_", ("tenant", "day", "visitor"))
-    params |= _columns(delta.latest, "l_", ("tenant", "visitor", "day"))
-    params |= _columns(delta.sessions, "s_", ("tenant", "scope", "session", "day"))
-    params |= _columns(delta.new_sessions, "n_", ("tenant", "scope", "day", "sessions"))
-    return params
 
 
 def write_batch(
