@@ -19,8 +19,15 @@ from tenant_analytics.timewindows import last_days
 from .test_rollups import rollup_snapshot
 from .test_store_reports import NOW, ev
 
-SOURCES = ["google", "instagram", "direct", "", None, None]
-PRODUCTS = [("tee", "Tee"), ("tee", "Tee v2"), ("cap", "Cap"), ("cap", None), ("hat", "Hat")]
+# Quotes, a backslash and non-ASCII text travel through the JSON of PostgreSQL's write path.
+SOURCES = ["google", "instagram", "direct", "", 'tienda "Ñandú" \\ 🐢', None, None]
+PRODUCTS = [
+    ("tee", "Tee"),
+    ("tee", "Tee v2"),
+    ("cap", "Cap"),
+    ("cap", None),
+    ("hat", 'Sombrero "Ñandú" \\ 🐢'),
+]
 TYPES = [
     *store.FUNNEL_STEPS,
     "checkout_started",
