@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -10,6 +14,8 @@ from tenant_analytics import create_app
 from tenant_analytics.config import ConfigError, from_environment
 from tenant_analytics.extensions import db
 from tenant_analytics.partitions import is_partition
+
+from .servers import ROOT
 
 
 def include_name(name, type_, parent_names):
@@ -79,3 +85,14 @@ def test_an_exhausted_connection_pool_answers_503_not_500(make_app, migrated):
     assert response.headers["Retry-After"] == "1"
     body = response.get_json()
     assert body["success"] is False and "QueuePool" not in body["message"]
+
+
+def test_the_wsgi_entry_point_freezes_what_startup_built(tmp_path):
+    """A served worker's full garbage collections skip the objects the app was built from."""
+    report = "import gc, wsgi; print(gc.get_freeze_count())"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": "sqlite://"}
+    result = subprocess.run(
+        [sys.executable, "-c", report], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 10_000
