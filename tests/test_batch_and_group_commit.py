@@ -348,3 +348,17 @@ def test_postgresql_batches_leave_out_the_rollups_they_do_not_touch(
     for gate, execute in by_gate.items():
         assert (execute in sent[0]) is (gate not in skipped_for_landing), gate
         assert execute in sent[1], gate
+
+
+def test_metadata_numbers_beyond_64_bits_are_stored_exactly(client, make_tenant):
+    """JSON allows any integer and so does PostgreSQL's jsonb; the batch text must carry it."""
+    tenant_id = make_tenant().id
+    sent = [{"path": "/"}, {"order": 2**70 + 1, "path": "/ñandú"}]
+    for metadata in sent:  # the first one makes sure the month's partition is known
+        body = {"tenant_id": tenant_id, "event_type": "pageview", "metadata": metadata}
+        assert client.post("/api/analytics/track", json=body).status_code == 201
+    db.session.expire_all()
+    stored = db.session.scalars(
+        select(Event.metadata_).where(Event.tenant_id == tenant_id).order_by(Event.id)
+    ).all()
+    assert stored == sent
