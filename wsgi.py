@@ -6,7 +6,7 @@ from tenant_analytics import create_app
 
 app = create_app()
 
-# What the process built so far (modules, models, schemas: about 115,000 objects) lives
+# What the process built so far (modules, models, schemas: over 100,000 objects) lives
 # as long as it does. Frozen, it is left out of the collector's full passes, which
 # otherwise walk it all and stall the worker's every request for tens of milliseconds.
 gc.freeze()
