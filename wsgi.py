@@ -9,4 +9,6 @@ app = create_app()
 # What the process built so far (modules, models, schemas: over 100,000 objects) lives
 # as long as it does. Frozen, it is left out of the collector's full passes, which
 # otherwise walk it all and stall the worker's every request for tens of milliseconds.
+# Collected first: garbage cycles left from startup would otherwise be kept for good.
+gc.collect()
 gc.freeze()
