@@ -148,6 +148,30 @@ def test_non_object_bodies_are_422(client, raw):
     assert response.get_json()["errors"] == {"body": ["The body must be a JSON object."]}
 
 
+DEEP = "[" * 5000 + "]" * 5000  # 10 KB, and deeper than the JSON parser can recurse
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/analytics/track", 422),
+        ("/api/analytics/batch", 422),
+        ("/api/auth/login", 422),
+        ("/api/v1/analytics/track", 422),
+        ("/api/v1/interactions", 422),
+        ("/api/v1/analytics/conversion", 200),  # the beacon always answers 200
+    ],
+)
+def test_deeply_nested_json_is_refused_not_a_500(client, make_tenant, path, status):
+    tenant = make_tenant()
+    wrapped = f'{{"tenant_id": {tenant.id}, "event_type": "pageview", "metadata": {DEEP}}}'
+    for raw in (DEEP, wrapped):
+        response = client.post(path, data=raw, content_type="text/plain")
+        assert response.status_code == status, raw[:40]
+        assert response.is_json
+    assert stored(tenant.id) == []
+
+
 def test_nan_in_metadata_is_422(client, make_tenant):
     tenant = make_tenant()
     raw = f'{{"tenant_id": {tenant.id}, "event_type": "pageview", "metadata": {{"x": NaN}}}}'

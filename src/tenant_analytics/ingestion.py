@@ -100,23 +100,37 @@ def public_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
     return session.scalar(select(Tenant).where(Tenant.slug == slug, Tenant.active.is_(True)))
 
 
-def resolve_public_tenant(session: Session, ref: int | str) -> Tenant | None:
-    """An active tenant by integer id, numeric string or public UUID; else None."""
-    if isinstance(ref, str):
-        ref = ref.strip()
-        if ref.isdigit():
-            ref = int(ref)
-        else:
-            try:
-                public_id = uuid.UUID(ref)
-            except ValueError:
-                return None
-            return session.scalar(
-                select(Tenant).where(Tenant.public_id == public_id, Tenant.active.is_(True))
-            )
-    if not 0 < ref < 2**31:
+TenantKey = int | uuid.UUID
+
+
+def tenant_key_of(ref: object) -> TenantKey | None:
+    """The one canonical form of a public tenant reference, or None if it cannot name one.
+
+    An integer id (also as a string of ASCII digits, e.g. ``"7"``) or a public UUID
+    in any spelling UUID accepts; every spelling of one tenant gives the same key.
+    """
+    if isinstance(ref, bool):
         return None
-    tenant = session.get(Tenant, ref)
+    if isinstance(ref, int):
+        return ref if 0 < ref < 2**31 else None
+    if not isinstance(ref, str) or len(ref) > 64:
+        return None
+    ref = ref.strip()
+    if ref.isascii() and ref.isdigit():
+        return tenant_key_of(int(ref))
+    try:
+        return uuid.UUID(ref)
+    except ValueError:
+        return None
+
+
+def resolve_public_tenant(session: Session, key: TenantKey) -> Tenant | None:
+    """An active tenant by its canonical key (see ``tenant_key_of``); else None."""
+    if isinstance(key, uuid.UUID):
+        return session.scalar(
+            select(Tenant).where(Tenant.public_id == key, Tenant.active.is_(True))
+        )
+    tenant = session.get(Tenant, key)
     return tenant if tenant is not None and tenant.active else None
 
 

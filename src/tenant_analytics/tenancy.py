@@ -10,7 +10,7 @@ from flask_jwt_extended import current_user
 
 from .errors import ApiError
 from .extensions import db
-from .ingestion import TenantInfo, resolve_public_tenant
+from .ingestion import TenantInfo, TenantKey, resolve_public_tenant, tenant_key_of
 from .models import Tenant, User
 
 TENANT_NOT_FOUND = "Tenant not found"
@@ -31,7 +31,10 @@ def owned_tenant_or_404(tenant_id: int) -> Tenant:
 
 def request_body() -> dict[str, Any] | None:
     """The JSON body, whatever the Content-Type (``sendBeacon`` posts text/plain)."""
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:  # "[[[[..." a few thousand deep: not a body we take
+        return None
     return body if isinstance(body, dict) else None
 
 
@@ -41,29 +44,37 @@ class ActiveTenants:
     The tracking endpoints look a tenant up on every event; this saves the
     query. A deactivated tenant keeps receiving events for at most ``ttl``
     seconds in other processes (this process forgets at once, see ``forget``).
-    Misses are not remembered, so a new tenant works immediately.
+    Misses are not remembered, so a new tenant works immediately, and entries are
+    keyed by canonical reference, so the cache holds at most two per active tenant
+    (its id and its public UUID) however clients spell them.
     """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._entries: dict[int | str, tuple[float, TenantInfo]] = {}
+        self._entries: dict[TenantKey, tuple[float, TenantInfo]] = {}
 
-    def get(self, ref: int | str) -> TenantInfo | None:
+    def get(self, ref: object) -> TenantInfo | None:
+        key = tenant_key_of(ref)
+        if key is None:
+            return None
         now = time.monotonic()
-        hit = self._entries.get(ref)
+        hit = self._entries.get(key)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        tenant = resolve_public_tenant(db.session, ref)
+        tenant = resolve_public_tenant(db.session, key)
         if tenant is None:
-            self._entries.pop(ref, None)
+            self._entries.pop(key, None)
             return None
         info = TenantInfo.of(tenant)
         if self.ttl > 0:
-            self._entries[ref] = (now, info)
+            self._entries[key] = (now, info)
         return info
 
     def forget(self) -> None:
         self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def active_tenants() -> ActiveTenants:
@@ -77,7 +88,5 @@ def requested_tenant(field: str = "tenant_id") -> TenantInfo | None:
         "tenant_analytics.requested_tenants", {}
     )
     if field not in cache:
-        ref = (request_body() or {}).get(field)
-        ok = isinstance(ref, str) or (isinstance(ref, int) and not isinstance(ref, bool))
-        cache[field] = active_tenants().get(ref) if ok else None
+        cache[field] = active_tenants().get((request_body() or {}).get(field))
     return cache[field]
