@@ -52,6 +52,26 @@ def test_batch_stores_valid_items_and_reports_the_rest(client, make_tenant):
     assert count_events(tenant.id) == 3
 
 
+def test_batch_item_whose_revenue_cannot_be_stored_is_rejected_alone(client, make_tenant):
+    tenant = make_tenant()
+    too_much = {"price": "1000000", "metadata": {"quantity": 1000000}}
+    response = client.post(
+        "/api/analytics/batch",
+        json={
+            "tenant_id": tenant.id,
+            "events": [
+                {"event_type": "pageview"},
+                {"event_type": "purchase", "session_id": "s", **too_much},
+            ],
+        },
+    )
+    assert response.status_code == 201  # once a 500 on PostgreSQL, and nothing stored
+    body = response.get_json()
+    assert body["stored"] == 1 and [r["index"] for r in body["rejected"]] == [1]
+    assert "price" in body["rejected"][0]["errors"]
+    assert count_events(tenant.id) == 1
+
+
 def test_batch_deduplicates_by_key_inside_the_batch(client, make_tenant):
     tenant = make_tenant()
     item = {"event_type": "add_to_cart", "idempotency_key": "same"}

@@ -91,6 +91,9 @@ def test_error_message_is_kept_but_cut(client, make_tenant):
         ({"session_id": "s" * 65}, "session_id"),
         ({"idempotency_key": ""}, "idempotency_key"),
         ({"source": 5}, "source"),
+        # Each fits, but the revenue (price x quantity) would not fit numeric(14, 2).
+        ({"price": "1000000", "metadata": {"quantity": 1000000}}, "price"),
+        ({"price": "999999999999.99", "metadata": {"quantity": 2}}, "price"),
     ],
 )
 def test_store_field_validation(client, make_tenant, extra, field):

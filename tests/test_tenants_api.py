@@ -55,9 +55,14 @@ def test_get_and_patch_tenant(client, owner):
     ("body", "field"),
     [
         ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": "America"}, "timezone"),  # a directory of the zone database, once a 500
+        ({"timezone": "localtime"}, "timezone"),  # the host's zone, not an IANA one
+        ({"timezone": "posixrules"}, "timezone"),
         ({"currency": "EURO"}, "currency"),
+        ({"currency": "QQQ"}, "currency"),  # three letters, but no ISO 4217 currency
         ({"name": None}, "name"),
         ({"active": "maybe"}, "active"),
+        ({"active": "yes"}, "active"),  # only JSON true and false switch a tenant
         ({"vip_monetary_threshold": -1}, "vip_monetary_threshold"),
     ],
 )

@@ -57,8 +57,32 @@ def test_track_by_public_id_or_numeric_string(client, make_tenant, product_of, r
     assert event.metadata_ == {"source": "catalog_page", "product_id": product.id}
 
 
-@pytest.mark.parametrize("tenant_ref", ["00000000-0000-0000-0000-000000000000", "999999", "x"])
-def test_track_unknown_tenant_is_404(client, tenant_ref):
+def test_every_spelling_of_a_tenant_is_one_cache_entry(app, client, make_tenant):
+    tenant = make_tenant()
+    spellings = [str(tenant.id), f" {tenant.id}", f"0{tenant.id}", f"00{tenant.id} "]
+    spellings += [str(tenant.public_id), str(tenant.public_id).upper(), f"{{{tenant.public_id}}}"]
+    for ref in spellings:
+        response = client.post("/api/v1/analytics/track", json={"tenant_id": ref, "type": "call"})
+        assert response.status_code == 202, ref
+    assert len(events_of(tenant.id)) == len(spellings)
+    # By id and by public UUID: however clients pad or case them, the cache cannot grow.
+    assert len(app.extensions["active_tenants"]) == 2
+
+
+@pytest.mark.parametrize(
+    "tenant_ref",
+    [
+        "00000000-0000-0000-0000-000000000000",
+        "999999",
+        "x",
+        "\u00b2",  # superscript two: a "digit" to str.isdigit, not to int(), once a 500
+        "1\u00b2",
+        "\u0661",  # Arabic-Indic one: not the tenant with id 1
+        "99999999999999999999",
+    ],
+)
+def test_track_unknown_tenant_is_404(client, make_tenant, tenant_ref):
+    make_tenant()
     response = client.post(
         "/api/v1/analytics/track", json={"tenant_id": tenant_ref, "type": "call"}
     )
@@ -161,6 +185,30 @@ def test_conversion_defaults_and_explicit_fields(client, make_tenant):
     assert explicit.created_at == at
 
 
+def test_conversion_value_computed_in_javascript_is_rounded_to_the_cent(client, make_tenant):
+    tenant = make_tenant(slug="tienda")
+    response = client.post(
+        "/api/v1/analytics/conversion",
+        json={"tenant_slug": "tienda", "transaction_id": "t-float", "value": 35.400000000000006},
+    )
+    assert response.get_json() == {"status": "ok", "transaction_id": "t-float"}
+    (event,) = events_of(tenant.id)
+    assert event.revenue == Decimal("35.40")
+
+
+def test_conversion_a_few_minutes_ahead_is_stored_as_now(client, make_tenant):
+    tenant = make_tenant(slug="tienda")
+    ahead = utcnow() + timedelta(minutes=5)
+    response = client.post(
+        "/api/v1/analytics/conversion",
+        json={"tenant_slug": "tienda", "transaction_id": "t-ahead", "timestamp": ahead.isoformat()},
+    )
+    assert response.get_json()["status"] == "ok"
+    (event,) = events_of(tenant.id)
+    # Never on a day that has not begun for the tenant (rollups would count it there).
+    assert event.created_at <= utcnow() < ahead
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -171,6 +219,7 @@ def test_conversion_defaults_and_explicit_fields(client, make_tenant):
         {"tenant_slug": "shop", "transaction_id": "t1", "value": -5},
         {"tenant_slug": "shop", "transaction_id": "t1", "value": "lots"},
         {"tenant_slug": "shop", "transaction_id": "t1", "currency": "dollars"},
+        {"tenant_slug": "shop", "transaction_id": "t1", "currency": "ZZZ"},  # not ISO 4217
         {"tenant_slug": "shop", "transaction_id": "t1", "event": "hack"},
         {"tenant_slug": "shop", "transaction_id": "t1", "timestamp": "yesterday"},
         {"tenant_slug": "shop", "transaction_id": "t1", "timestamp": "2099-01-01T00:00:00Z"},

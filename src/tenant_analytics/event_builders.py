@@ -51,7 +51,8 @@ def conversion_event(beacon: ConversionBeacon, tenant: TenantRef) -> NewEvent | 
     return NewEvent(
         beacon.event,
         metadata,
-        created_at=beacon.timestamp,
+        # A clock a little ahead is stored as now, never on a day that has not begun.
+        created_at=min(beacon.timestamp, now) if beacon.timestamp is not None else None,
         extra={"revenue": beacon.value, "currency": beacon.currency or tenant.currency},
         # Remembered forever: a retried beacon must never double the revenue.
         dedupe_key=f"txn:{beacon.transaction_id}" if beacon.transaction_id else None,

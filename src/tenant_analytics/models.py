@@ -267,7 +267,7 @@ class DailyRevenue(db.Model):
     )
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     currency: Mapped[str] = mapped_column(String(3), primary_key=True)
-    amount: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+    amount: Mapped[Decimal] = mapped_column(Numeric(scale=2))  # no ceiling: a sum of prices
 
 
 class DailyVisitor(db.Model):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -13,9 +14,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationInfo,
     field_validator,
 )
+from pydantic_extra_types.currency_code import ISO4217
 
 from .catalogue import (
     MAX_TIME_ON_PAGE_SECONDS,
@@ -63,8 +66,16 @@ def _storable_text(value: str) -> str:
 
 
 Metadata = Annotated[dict[str, Any], AfterValidator(_storable_json)]
-Currency = Annotated[str, Field(pattern=r"^[A-Za-z]{3}$"), AfterValidator(str.upper)]
-Money = Annotated[Decimal, Field(ge=0, le=Decimal("999999999999.99"), decimal_places=2)]
+Currency = ISO4217  # a code of ISO 4217 in any case, upper-cased
+MAX_MONEY = Decimal("999999999999.99")  # events.price and events.revenue: numeric(14, 2)
+Money = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, decimal_places=2)]
+CENT = Decimal("0.01")
+# Beacon totals computed in JavaScript (35.400000000000006): rounded to the cent, not refused.
+RoundedMoney = Annotated[
+    Decimal,
+    Field(ge=0, le=MAX_MONEY),
+    AfterValidator(lambda value: value.quantize(CENT, rounding=ROUND_HALF_UP)),
+]
 Text = Annotated[str, AfterValidator(_storable_text)]
 
 
@@ -114,6 +125,15 @@ class TrackedEvent(Body):
             raise ValueError("time_on_page needs metadata.seconds, a number >= 0")
         return {**(metadata or {}), "seconds": min(seconds, MAX_TIME_ON_PAGE_SECONDS)}
 
+    @field_validator("price")
+    @classmethod
+    def _check_revenue(cls, price: Decimal | None, info: ValidationInfo) -> Decimal | None:
+        """A purchase's revenue is price x quantity; it must fit where it is stored."""
+        quantity = (info.data.get("metadata") or {}).get("quantity")
+        if price is not None and isinstance(quantity, int) and price * quantity > MAX_MONEY:
+            raise ValueError(f"price x metadata.quantity may not exceed {MAX_MONEY}")
+        return price
+
 
 class TrackEvent(TrackedEvent):
     """``POST /api/analytics/track``."""
@@ -141,15 +161,19 @@ class Login(Body):
 ProductId = Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)]
 
 
-def _iana_zone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError("not a time zone of the IANA database, e.g. America/Tegucigalpa") from None
+@cache
+def iana_zone_names() -> frozenset[str]:
+    """The IANA zones, without the names that follow the host (``localtime``) or mean none."""
+    return frozenset(available_timezones() - {"localtime", "posixrules", "Factory"})
+
+
+def iana_zone(value: str) -> str:
+    if value not in iana_zone_names():
+        raise ValueError("not a time zone of the IANA database, e.g. America/Tegucigalpa")
     return value
 
 
-TimeZoneName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_iana_zone)]
+TimeZoneName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(iana_zone)]
 
 
 class V1TrackEvent(Body):
@@ -175,7 +199,7 @@ class ConversionBeacon(Body):
 
     tenant_slug: Annotated[Text, Field(min_length=1, max_length=80)]
     transaction_id: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
-    value: Money = Decimal(0)
+    value: RoundedMoney = Decimal(0)
     currency: Currency | None = None
     event: Literal[V1_TRACK_TYPES] = "purchase"  # type: ignore[valid-type]
     timestamp: AwareDatetime | None = None
@@ -187,7 +211,7 @@ class ProductCreate(Body):
     name: Annotated[Text, Field(min_length=1, max_length=200)]
     slug: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
     price: Money | None = None
-    active: bool = True
+    active: StrictBool = True
 
 
 class ProductUpdate(Body):
@@ -199,7 +223,7 @@ class ProductUpdate(Body):
     name: Annotated[Text, Field(min_length=1, max_length=200)] = None  # type: ignore[assignment]
     slug: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
     price: Money | None = None
-    active: bool = None  # type: ignore[assignment]
+    active: StrictBool = None  # type: ignore[assignment]
 
 
 class TenantUpdate(Body):
@@ -208,5 +232,5 @@ class TenantUpdate(Body):
     name: Annotated[Text, Field(min_length=1, max_length=200)] = None  # type: ignore[assignment]
     timezone: TimeZoneName = None  # type: ignore[assignment]
     currency: Currency = None  # type: ignore[assignment]
-    active: bool = None  # type: ignore[assignment]
+    active: StrictBool = None  # type: ignore[assignment]
     vip_monetary_threshold: Money = None  # type: ignore[assignment]

@@ -20,7 +20,7 @@ def tenant_zone(name: str | None) -> ZoneInfo:
     """The tenant's zone; UTC when unset or unknown."""
     try:
         return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America", a directory
         return ZoneInfo("UTC")
 
 

@@ -6,6 +6,7 @@ import logging
 import time
 
 from flask import Blueprint, current_app
+from pydantic import ValidationError
 
 from ..errors import error_response, invalid_body
 from ..event_builders import conversion_event
@@ -49,6 +50,9 @@ def conversion():
     transaction_id = raw.get("transaction_id")
     try:
         body = ConversionBeacon.model_validate(raw)
+    except ValidationError:  # an unusable beacon is expected traffic, not a fault to log
+        return {"status": "skipped", "transaction_id": transaction_id}
+    try:
         tenant = public_tenant_by_slug(db.session, body.tenant_slug)
         event = conversion_event(body, tenant) if tenant else None
         if event is None:
