@@ -20,7 +20,7 @@ install: $(STAMP)
 ## run: install, migrate the database (SQLite by default), load the demo, serve on :5000
 run: install
 	$(FLASK) db upgrade
-	$(FLASK) demo
+	$(FLASK) demo --url http://$(HOST):$(PORT)
 	$(MAKE) --no-print-directory serve
 
 # gunicorn, not the development server: it writes no access log with client addresses.

@@ -84,3 +84,16 @@ def test_token_of_a_deleted_user_is_401(client, make_tenant, make_user, auth_hea
     response = client.get(f"/api/analytics/{tenant.id}", headers=headers)
     assert response.status_code == 401
     assert response.get_json()["success"] is False
+
+
+@pytest.mark.parametrize("subject", ["99999999999999999999999", "\u0661", "-1", "0"])
+def test_token_naming_no_possible_user_is_401(client, make_tenant, subject):
+    from flask_jwt_extended import create_access_token
+
+    tenant = make_tenant()
+    token = create_access_token(identity=subject)
+    response = client.get(
+        f"/api/analytics/{tenant.id}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 401  # not a 500 from an id the database cannot hold
+    assert response.get_json()["success"] is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
 from sqlalchemy import func, select
 
 from tenant_analytics.extensions import db
@@ -98,20 +99,50 @@ def test_user_create_unknown_tenant_fails(runner):
     assert result.exit_code == 1 and "4242" in result.output
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--slug", "bad slug!"),
+        ("--slug", "Upper"),
+        ("--slug", "a" * 81),
+        ("--timezone", "localtime"),  # the host's zone, not an IANA one
+        ("--timezone", "America"),  # a directory of the zone database
+    ],
+)
+def test_tenant_create_refuses_bad_slugs_and_zones(runner, option, value):
+    args = {"--name": "A", "--slug": "fine-slug-1", "--timezone": "UTC", option: value}
+    result = runner.invoke(args=["tenant", "create", *[x for pair in args.items() for x in pair]])
+    assert result.exit_code == 2 and option in result.output
+    assert db.session.scalar(select(func.count()).select_from(Tenant)) == 0
+
+
 def test_demo_runs_once_and_logs_in(runner, client):
-    first = runner.invoke(args=["demo"])
+    first = runner.invoke(args=["demo", "--url", "http://127.0.0.1:5055"])
     assert first.exit_code == 0, first.output
     events = db.session.scalar(select(func.count()).select_from(Event))
     second = runner.invoke(args=["demo"])
     assert second.exit_code == 0
     assert db.session.scalar(select(func.count()).select_from(Event)) == events > 100
-    assert "curl" in first.output
+    assert "curl" in first.output and "http://127.0.0.1:5055/api/auth/login" in first.output
+    assert "5000" not in first.output
     purchases = select(func.count()).select_from(Event).where(Event.event_type == "purchase")
     assert db.session.scalar(purchases) > 0  # the store reports have something to show
     login = client.post(
         "/api/auth/login", json={"email": "owner@demo.example", "password": "demo-password"}
     )
     assert login.status_code == 200
+    # The README's v1 example names product 1 of tenant 1: the demo's catalogue has it.
+    tenant = db.session.scalar(select(Tenant).where(Tenant.slug == "demo-bakery"))
+    products = client.get(
+        f"/api/tenants/{tenant.id}/products",
+        headers={"Authorization": f"Bearer {login.get_json()['access_token']}"},
+    ).get_json()
+    first_product = products["products"][0]["id"]
+    tracked = client.post(
+        "/api/v1/analytics/track",
+        json={"tenant_id": str(tenant.id), "type": "whatsapp_click", "product_id": first_product},
+    )
+    assert tracked.status_code == 202, tracked.get_json()
 
 
 def test_events_commands(runner, make_tenant, add_events, is_postgres):

@@ -951,6 +951,14 @@ def test_funnel_endpoint(client, owner, store_events):
     assert counted["funnel"][0]["count"] == 1
 
 
+def test_funnel_default_start_never_precedes_the_earliest_date(client, owner):
+    tenant, headers = owner
+    body = client.get(
+        f"/api/analytics/{tenant.id}/funnel", query_string={"end": "1970-01-05"}, headers=headers
+    ).get_json()
+    assert (body["start_date"], body["end_date"]) == ("1970-01-01T00:00:00", "1970-01-05T23:59:59")
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [
@@ -964,9 +972,11 @@ def test_funnel_endpoint(client, owner, store_events):
         ({"end": "9999-12-31"}, "end"),
         ({"start": "2024-05-02", "end": "2024-05-01"}, "start"),  # start after end
         ({"start": "2999-01-01"}, "start"),  # after the default end (today)
+        ({"source": "a\x00b"}, "source"),  # PostgreSQL cannot take NUL: once a 500
+        ({"source": "s" * 101}, "source"),  # longer than any stored source
     ],
 )
-def test_funnel_endpoint_rejects_bad_dates(client, owner, query, field):
+def test_funnel_endpoint_rejects_bad_arguments(client, owner, query, field):
     tenant, headers = owner
     response = client.get(f"/api/analytics/{tenant.id}/funnel", query_string=query, headers=headers)
     assert response.status_code == 422

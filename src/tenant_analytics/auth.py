@@ -45,8 +45,10 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
 
     @jwt.user_lookup_loader
     def _load_user(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:
-        subject = payload.get("sub")
-        return db.session.get(User, int(subject)) if str(subject).isdigit() else None
+        subject = str(payload.get("sub"))
+        if not (subject.isascii() and subject.isdigit() and 0 < int(subject) < 2**31):
+            return None
+        return db.session.get(User, int(subject))
 
     @jwt.user_lookup_error_loader
     def _unknown_user(_header, _payload):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 from flask import Flask
@@ -20,6 +20,7 @@ from .models import Tenant, User, utcnow
 from .partitions import create_ahead, purge_before
 from .products import create_product
 from .rollups import rebuild_rollups
+from .schemas import iana_zone
 
 tenant_cli = AppGroup("tenant", help="Manage tenants.")
 user_cli = AppGroup("user", help="Manage owner and admin users.")
@@ -39,17 +40,28 @@ def fail(message: str) -> None:
     raise SystemExit(1)
 
 
+# A tenant's slug names it in conversion beacons and URLs: "panaderia-rosa".
+TENANT_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
 def valid_timezone(_ctx: Any, _param: Any, value: str) -> str:
     try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+        return iana_zone(value)
+    except ValueError:
         raise click.BadParameter(f"unknown IANA time zone {value!r}") from None
+
+
+def valid_slug(_ctx: Any, _param: Any, value: str) -> str:
+    if len(value) > 80 or not TENANT_SLUG.fullmatch(value):
+        raise click.BadParameter(
+            "lower-case letters, digits and single hyphens, at most 80 characters"
+        )
     return value
 
 
 @tenant_cli.command("create")
 @click.option("--name", required=True)
-@click.option("--slug", required=True)
+@click.option("--slug", required=True, callback=valid_slug)
 @click.option("--inactive", is_flag=True, help="Create the tenant switched off.")
 @click.option("--timezone", default="UTC", callback=valid_timezone, show_default=True)
 def create_tenant(name: str, slug: str, inactive: bool, timezone: str) -> None:
@@ -138,11 +150,18 @@ def rebuild_rollups_command(tenant_id: int) -> None:
 
 
 @click.command("demo")
-def demo_command() -> None:
-    """Create (once) a demo tenant and owner with a week of events."""
+@click.option(
+    "--url",
+    "base_url",
+    default="http://127.0.0.1:5000",
+    show_default=True,
+    help="Where the server answers, for the printed curl lines.",
+)
+def demo_command(base_url: str) -> None:
+    """Create (once) a demo tenant, owner and products with a week of events."""
     from .demo import load_demo
 
-    echo = load_demo(db.session)
+    echo = load_demo(db.session, base_url.rstrip("/"))
     click.echo(echo)
 
 

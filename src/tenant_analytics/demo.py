@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from .auth import create_user
 from .ingestion import ClientInfo, NewEvent, enrich
 from .models import Tenant, User, utcnow
+from .products import create_product
 from .store import insert_events
 
 DEMO_SLUG = "demo-bakery"
@@ -107,13 +108,18 @@ def _demo_store_events(tenant: Tenant, rng: random.Random) -> list[dict]:
     return rows
 
 
-def load_demo(session: Session) -> str:
-    """Create the demo tenant, owner and events unless present; return login instructions."""
+def load_demo(session: Session, base_url: str = "http://127.0.0.1:5000") -> str:
+    """Create the demo tenant, owner, products and events unless present; return how to log in.
+
+    ``base_url`` is where the server will answer, for the printed curl lines.
+    """
     tenant = session.scalar(select(Tenant).where(Tenant.slug == DEMO_SLUG))
     if tenant is None:
         tenant = Tenant(name="Panadería La Demo", slug=DEMO_SLUG, timezone="America/Tegucigalpa")
         session.add(tenant)
         session.flush()
+        for slug, name, price in PRODUCTS:
+            create_product(session, tenant.id, name=name, slug=slug, price=Decimal(price))
         rng = random.Random(7)
         insert_events(session, _demo_events(tenant, rng) + _demo_store_events(tenant, rng))
         session.commit()
@@ -122,9 +128,9 @@ def load_demo(session: Session) -> str:
     return (
         f"Demo tenant {tenant.slug!r} has id {tenant.id}.\n"
         f"Log in as {DEMO_EMAIL} / {DEMO_PASSWORD}:\n"
-        "  TOKEN=$(curl -s -X POST http://127.0.0.1:5000/api/auth/login "
+        f"  TOKEN=$(curl -s -X POST {base_url}/api/auth/login "
         "-H 'Content-Type: application/json' "
         f'-d \'{{"email": "{DEMO_EMAIL}", "password": "{DEMO_PASSWORD}"}}\' '
         "| python3 -c 'import sys, json; print(json.load(sys.stdin)[\"access_token\"])')\n"
-        f'  curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:5000/api/analytics/{tenant.id}'
+        f'  curl -s -H "Authorization: Bearer $TOKEN" {base_url}/api/analytics/{tenant.id}'
     )

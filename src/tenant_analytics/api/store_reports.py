@@ -21,6 +21,7 @@ bp = Blueprint("store_reports", __name__)
 ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # Far enough from date.min/max that a local day's UTC bounds never overflow.
 EARLIEST_DATE, LATEST_DATE = date(1970, 1, 1), date(9999, 12, 30)
+SOURCE_MAX = 100  # events.source
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -33,6 +34,14 @@ def _mode_arg() -> store.Mode:
     if mode not in store.MODES:
         raise _invalid("mode", "mode must be 'total' or 'unique'.")
     return cast(store.Mode, mode)
+
+
+def _source_arg() -> str | None:
+    """``?source=``: the traffic source to narrow the funnel to; 422 when unstorable."""
+    source = request.args.get("source") or None
+    if source is not None and (len(source) > SOURCE_MAX or "\x00" in source):
+        raise _invalid("source", f"source must be at most {SOURCE_MAX} characters, without NUL.")
+    return source
 
 
 def _date_arg(name: str) -> date | None:
@@ -73,6 +82,7 @@ def funnel(tenant_id: int):
     tenant = owned_tenant_or_404(tenant_id)
     zone = tenant_zone(tenant.timezone)
     start, end = store.funnel_dates(zone, utcnow(), _date_arg("start"), _date_arg("end"))
+    start = max(start, EARLIEST_DATE)  # the default 30 days before an early ``end``
     if start > end:
         raise _invalid("start", "start must not be after end.")
     return store.conversion_funnel(
@@ -81,7 +91,7 @@ def funnel(tenant_id: int):
         zone=zone,
         start=start,
         end=end,
-        source=request.args.get("source") or None,
+        source=_source_arg(),
     )
 
 
