@@ -1,4 +1,4 @@
-"""Rate-limit groups. Keys are tenant ids or client addresses, never stored elsewhere."""
+"""Rate-limit groups. Keys are tenant ids, or keyed hashes of client addresses and emails."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
 from flask_limiter import RequestLimit
 
 from .extensions import client_ip_key, limiter
+from .privacy import rate_limit_key
 from .schemas import MAX_BATCH_EVENTS
 from .tenancy import request_body, requested_tenant
 
@@ -39,7 +40,7 @@ def unless_disabled(limit: Callable[[View], View]) -> Callable[[View], View]:
 
 
 def tenant_key() -> str:
-    """One bucket per active tenant; requests naming no known tenant share their IP's bucket."""
+    """One bucket per active tenant; requests naming no known tenant share their address's."""
     tenant = requested_tenant()
     if tenant is not None:
         return f"tenant:{tenant.id}"
@@ -47,10 +48,11 @@ def tenant_key() -> str:
 
 
 def login_key() -> str:
-    """Login attempts are counted per client address and email."""
+    """Login attempts are counted per client address and email, hashed together."""
     email = (request_body() or {}).get("email")
     email = email.strip().lower()[:254] if isinstance(email, str) else ""
-    return f"login:{client_ip_key()}:{email}"
+    address = request.remote_addr or "unknown"
+    return f"login:{rate_limit_key(current_app.config['VISITOR_HASH_KEY'], address, email)}"
 
 
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
