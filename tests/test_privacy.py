@@ -112,3 +112,29 @@ def test_rate_limit_keys_hold_no_address_or_email(make_app, make_tenant, caplog)
         assert not [key for key in keys if secret in key], secret
     assert "exceeded" in caplog.text  # flask-limiter logs the bucket of each breach
     assert KNOWN_IP not in caplog.text and KNOWN_EMAIL not in caplog.text
+
+
+def test_a_logged_database_error_carries_no_parameter_values(make_app, make_tenant, caplog):
+    """SQLAlchemy's error message lists the bound values (user agents, metadata, customer ids);
+    the engine hides them, so the app's log of a failed write holds none of them."""
+    app = make_app()
+    client = app.test_client()
+    with app.app_context():
+        tenant = make_tenant()
+        tenant_id = tenant.id
+        # Looked up once (and cached by the limiter's key), then deleted behind the cache's back:
+        # the next write breaks the events' foreign key.
+        rejected = {"tenant_id": tenant_id, "event_type": "not-a-type"}
+        assert client.post("/api/analytics/track", json=rejected).status_code == 422
+        db.session.delete(tenant)
+        db.session.commit()
+    caplog.set_level(logging.DEBUG)
+    response = client.post(
+        "/api/analytics/track",
+        json={"tenant_id": tenant_id, "event_type": "pageview", "metadata": {"note": "meta-7f3a"}},
+        headers={"User-Agent": "agent-9c1e"},
+    )
+    assert response.status_code == 500
+    assert "IntegrityError" in caplog.text  # the error was logged, with its traceback
+    assert "meta-7f3a" not in caplog.text and "agent-9c1e" not in caplog.text
+    assert "meta-7f3a" not in response.get_data(as_text=True)

@@ -41,6 +41,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(from_environment())
     if config:
         app.config.update(config)
+    # A database error's message would list the bound values (user agents, metadata,
+    # customers' ids) and errors are logged; kept even when a caller replaces the options.
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "hide_parameters": True,
+        **app.config["SQLALCHEMY_ENGINE_OPTIONS"],
+    }
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         os.makedirs(app.instance_path, exist_ok=True)
         path = os.path.join(app.instance_path, "tenant_analytics.db")
