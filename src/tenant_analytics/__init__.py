@@ -32,7 +32,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
-        RATELIMIT_HEADERS_ENABLED=True,
+        # ratelimits.rate_limit_headers sets them instead, Retry-After only on a 429.
+        RATELIMIT_HEADERS_ENABLED=False,
         # Exact "N per minute" over any minute; a refused hit (a whole batch) costs nothing.
         RATELIMIT_STRATEGY="moving-window",
         RATELIMIT_SWALLOW_ERRORS=True,  # a Redis outage must not turn events away
@@ -80,8 +81,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .auth import register_jwt_callbacks
     from .cli import register_commands
     from .errors import register_error_handlers
+    from .ratelimits import rate_limit_headers
 
     register_error_handlers(app)
+    app.after_request(rate_limit_headers)
     register_jwt_callbacks(jwt)
     register_blueprints(app)
     register_commands(app)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from functools import lru_cache, wraps
 from typing import Any, TypeVar
@@ -17,6 +19,7 @@ from .schemas import MAX_BATCH_EVENTS
 from .tenancy import request_body, requested_tenant
 
 View = TypeVar("View", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 
 def unless_disabled(limit: Callable[[View], View]) -> Callable[[View], View]:
@@ -146,3 +149,27 @@ conversion_group = unless_disabled(
         on_breach=_skip_beacon,
     )
 )
+
+
+def rate_limit_headers(response: Response) -> Response:
+    """X-RateLimit-* on every answer of a limited endpoint, Retry-After only on a 429.
+
+    Stands in for flask-limiter's RATELIMIT_HEADERS_ENABLED, which puts Retry-After on
+    every answer (a 201 included) and stretches a 503's own; its maintainer suggests
+    an after_request hook over ``limiter.current_limit`` instead.
+    """
+    current = limiter.current_limit
+    if current is None:
+        return response
+    try:
+        reset_at = current.reset_at
+        remaining = current.remaining
+    except Exception:  # the storage is down; RATELIMIT_SWALLOW_ERRORS lets the answer go
+        log.warning("rate-limit headers left out: the limiter's storage did not answer")
+        return response
+    response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+    response.headers["X-RateLimit-Remaining"] = str(remaining)
+    response.headers["X-RateLimit-Reset"] = str(reset_at)
+    if response.status_code == 429:
+        response.headers["Retry-After"] = str(max(1, int(reset_at - time.time())))
+    return response
