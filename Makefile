@@ -6,6 +6,13 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 FLASK  := $(BIN)/flask --app tenant_analytics
+# The limiter's memory:// storage counts per process: two workers would each allow the
+# whole limit. One gevent worker serves the quick start; with Redis, workers share counts.
+ifneq ($(filter redis%,$(RATELIMIT_STORAGE_URI)),)
+WORKERS ?= 2
+else
+WORKERS ?= 1
+endif
 
 .PHONY: install run serve test lint format bench clean
 
@@ -26,8 +33,8 @@ run: install
 # gunicorn, not the development server: it writes no access log with client addresses.
 # The gevent worker lets a request wait for its group commit at the cost of a greenlet switch.
 serve: install
-	@echo "Serving on http://$(HOST):$(PORT)  (Ctrl+C to stop)"
-	$(BIN)/gunicorn --worker-class gevent --workers 2 --worker-connections 1000 \
+	@echo "Serving on http://$(HOST):$(PORT) with $(WORKERS) worker(s)  (Ctrl+C to stop)"
+	$(BIN)/gunicorn --worker-class gevent --workers $(WORKERS) --worker-connections 1000 \
 		--bind $(HOST):$(PORT) wsgi:app
 
 ## test: the suite (PostgreSQL with TEST_DATABASE_URL, else SQLite; Redis with TEST_REDIS_URL)

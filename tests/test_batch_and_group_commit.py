@@ -93,7 +93,7 @@ def test_batch_deduplicates_by_key_inside_the_batch(client, make_tenant):
     ],
 )
 def test_batch_envelope_errors(make_app, make_tenant, body, status):
-    app = make_app(TRACK_RATE_LIMIT="5000 per minute")  # 501 events would exceed the default
+    app = make_app()  # the default limit: 501 items are a validation error, not a 413 or 429
     with app.app_context():
         tenant = make_tenant()
         if body.get("tenant_id") == "TENANT":
@@ -127,6 +127,49 @@ def test_each_batch_event_counts_against_the_tenant_limit(make_app, make_tenant)
         201,
         429,
     ]
+    with app.app_context():
+        assert count_events(tenant_id) == 10
+
+
+def test_a_batch_over_500_items_is_a_validation_error_that_costs_at_most_one_unit(
+    make_app, make_tenant
+):
+    app = make_app(TRACK_RATE_LIMIT="100 per minute")
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    too_many = {"tenant_id": tenant_id, "events": [{"event_type": "pageview"}] * 501}
+    response = client.post("/api/analytics/batch", json=too_many)
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "validation_error"
+    assert "events" in response.get_json()["errors"]
+    ninety_nine = {"tenant_id": tenant_id, "events": [{"event_type": "pageview"}] * 99}
+    assert client.post("/api/analytics/batch", json=ninety_nine).status_code == 201
+    with app.app_context():
+        assert count_events(tenant_id) == 99
+
+
+def test_a_batch_larger_than_the_whole_limit_is_refused_free_with_advice(make_app, make_tenant):
+    """It could never pass: 413 saying to split it, no Retry-After, and the bucket untouched."""
+    app = make_app(TRACK_RATE_LIMIT="10 per minute")
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+
+    def batch(size):
+        body = {"tenant_id": tenant_id, "events": [{"event_type": "pageview"}] * size}
+        return client.post("/api/analytics/batch", json=body)
+
+    refused = batch(11)
+    assert refused.status_code == 413
+    body = refused.get_json()
+    assert (body["success"], body["error"], body["max_events"]) == (False, "batch_too_large", 10)
+    assert "Split it into batches of at most 10 events" in body["message"]
+    assert "Retry-After" not in refused.headers
+    assert batch(10).status_code == 201  # the refused batch drew nothing from the bucket
+    later = batch(2)  # fits the limit, not what is left of it: a 429 worth retrying
+    assert later.status_code == 429
+    assert int(later.headers["Retry-After"]) > 0
     with app.app_context():
         assert count_events(tenant_id) == 10
 
@@ -252,7 +295,9 @@ def test_a_job_that_waits_too_long_is_withdrawn_unwritten(make_app, make_tenant,
         body = {"tenant_id": tenant_id, "event_type": "pageview", "metadata": {"who": name}}
         response = app.test_client().post("/api/analytics/track", json=body)
         statuses[name] = response.status_code
-        assert response.status_code != 503 or response.get_json()["error"] == "unavailable"
+        if response.status_code == 503:
+            assert response.get_json()["error"] == "unavailable"
+            assert response.headers["Retry-After"] == "1"  # its own, not the rate limit's reset
 
     first = threading.Thread(target=send, args=("first",))
     first.start()

@@ -6,15 +6,19 @@ import hashlib
 import hmac
 import logging
 
+import pytest
+import redis
 from sqlalchemy import select
 
 from tenant_analytics.extensions import db
 from tenant_analytics.models import Event
 from tenant_analytics.privacy import visitor_hash
 
-from .conftest import TEST_HASH_KEY
+from .conftest import REDIS_URL, TEST_HASH_KEY
 
 KNOWN_IP = "203.0.113.77"
+OTHER_IP = "198.51.100.23"
+KNOWN_EMAIL = "visitor.known@example.org"
 
 
 def dump_database() -> str:
@@ -69,3 +73,68 @@ def test_forwarded_for_is_ignored_without_trusted_proxies(client, make_tenant):
         )
     hashes = set(db.session.scalars(select(Event.visitor_hash)))
     assert len(hashes) == 1  # both requests came from the same real address
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="needs TEST_REDIS_URL (a real Redis)")
+def test_rate_limit_keys_hold_no_address_or_email(make_app, make_tenant, caplog):
+    """Every bucket keyed on the client (unknown tenant, v1 "api" group, login) is a keyed hash,
+    in Redis and in flask-limiter's breach log, and still one bucket per address and email."""
+    app = make_app(
+        TRUSTED_PROXY_COUNT=1, API_RATE_LIMIT="2 per minute", LOGIN_RATE_LIMIT="2 per minute"
+    )
+    client = app.test_client()
+    caplog.set_level(logging.DEBUG)
+    with app.app_context():
+        tenant_ref = str(make_tenant().id)
+
+    def post(path, body, ip):
+        return client.post(path, json=body, headers={"X-Forwarded-For": ip}).status_code
+
+    def v1_track(ip):
+        return post("/api/v1/analytics/track", {"tenant_id": tenant_ref, "type": "call"}, ip)
+
+    def log_in(ip, email):
+        return post("/api/auth/login", {"email": email, "password": "wrong"}, ip)
+
+    unknown_tenant = {"tenant_id": 999_999, "event_type": "pageview"}
+    assert post("/api/analytics/track", unknown_tenant, KNOWN_IP) == 404
+    assert [v1_track(KNOWN_IP) for _ in range(3)] == [202, 202, 429]
+    assert v1_track(OTHER_IP) == 202  # another address, another bucket
+    assert [log_in(KNOWN_IP, KNOWN_EMAIL) for _ in range(3)] == [401, 401, 429]
+    assert log_in(KNOWN_IP, "someone.else@example.org") == 401  # another email
+    assert log_in(OTHER_IP, KNOWN_EMAIL) == 401  # the same email from another address
+
+    # The whole test database, not only the limiter's prefix: no key anywhere may hold them.
+    keys = [key.decode() for key in redis.Redis.from_url(REDIS_URL).scan_iter(count=1000)]
+    # The scan sees the buckets: unknown tenant, "api" for each address, login x3.
+    assert len([key for key in keys if "LIMITER/" in key]) >= 6
+    for secret in (KNOWN_IP, OTHER_IP, KNOWN_IP.replace(".", ""), KNOWN_EMAIL, "example.org"):
+        assert not [key for key in keys if secret in key], secret
+    assert "exceeded" in caplog.text  # flask-limiter logs the bucket of each breach
+    assert KNOWN_IP not in caplog.text and KNOWN_EMAIL not in caplog.text
+
+
+def test_a_logged_database_error_carries_no_parameter_values(make_app, make_tenant, caplog):
+    """SQLAlchemy's error message lists the bound values (user agents, metadata, customer ids);
+    the engine hides them, so the app's log of a failed write holds none of them."""
+    app = make_app()
+    client = app.test_client()
+    with app.app_context():
+        tenant = make_tenant()
+        tenant_id = tenant.id
+        # Looked up once (and cached by the limiter's key), then deleted behind the cache's back:
+        # the next write breaks the events' foreign key.
+        rejected = {"tenant_id": tenant_id, "event_type": "not-a-type"}
+        assert client.post("/api/analytics/track", json=rejected).status_code == 422
+        db.session.delete(tenant)
+        db.session.commit()
+    caplog.set_level(logging.DEBUG)
+    response = client.post(
+        "/api/analytics/track",
+        json={"tenant_id": tenant_id, "event_type": "pageview", "metadata": {"note": "meta-7f3a"}},
+        headers={"User-Agent": "agent-9c1e"},
+    )
+    assert response.status_code == 500
+    assert "IntegrityError" in caplog.text  # the error was logged, with its traceback
+    assert "meta-7f3a" not in caplog.text and "agent-9c1e" not in caplog.text
+    assert "meta-7f3a" not in response.get_data(as_text=True)

@@ -37,6 +37,37 @@ def test_limit_is_per_tenant_with_retry_after(make_app, make_tenant):
     assert track(client, quiet_id).status_code == 201
 
 
+def test_only_a_refusal_carries_retry_after(make_app, make_tenant):
+    """Every limited answer tells the limit's state; only a 429 tells the client to wait."""
+    app = make_app(TRACK_RATE_LIMIT="2 per minute", API_RATE_LIMIT="1 per minute")
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant(slug="bakery").id
+    first = track(client, tenant_id)
+    assert first.status_code == 201
+    assert (first.headers["X-RateLimit-Limit"], first.headers["X-RateLimit-Remaining"]) == (
+        "2",
+        "1",
+    )
+    assert int(first.headers["X-RateLimit-Reset"]) > 0
+    assert "Retry-After" not in first.headers
+    assert "Retry-After" not in track(client, tenant_id).headers
+    refused = track(client, tenant_id)
+    assert refused.status_code == 429
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    # A throttled conversion beacon answers 200 "skipped": nothing to wait for.
+    beacons = [
+        client.post(
+            "/api/v1/analytics/conversion",
+            json={"tenant_slug": "bakery", "transaction_id": f"t{n}"},
+        )
+        for n in range(2)
+    ]
+    assert [beacon.get_json()["status"] for beacon in beacons] == ["ok", "skipped"]
+    assert not [beacon for beacon in beacons if "Retry-After" in beacon.headers]
+
+
 def test_switched_off_limits_are_not_even_consulted(make_app, make_tenant, monkeypatch):
     """RATELIMIT_ENABLED=false (benchmarks) skips the limiter altogether: nothing is counted,
     and flask-limiter's per-request evaluation (tens of microseconds) is not run."""

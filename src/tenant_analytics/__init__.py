@@ -32,7 +32,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
-        RATELIMIT_HEADERS_ENABLED=True,
+        # ratelimits.rate_limit_headers sets them instead, Retry-After only on a 429.
+        RATELIMIT_HEADERS_ENABLED=False,
         # Exact "N per minute" over any minute; a refused hit (a whole batch) costs nothing.
         RATELIMIT_STRATEGY="moving-window",
         RATELIMIT_SWALLOW_ERRORS=True,  # a Redis outage must not turn events away
@@ -41,6 +42,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(from_environment())
     if config:
         app.config.update(config)
+    # A database error's message would list the bound values (user agents, metadata,
+    # customers' ids) and errors are logged; kept even when a caller replaces the options.
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "hide_parameters": True,
+        **app.config["SQLALCHEMY_ENGINE_OPTIONS"],
+    }
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         os.makedirs(app.instance_path, exist_ok=True)
         path = os.path.join(app.instance_path, "tenant_analytics.db")
@@ -74,8 +81,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .auth import register_jwt_callbacks
     from .cli import register_commands
     from .errors import register_error_handlers
+    from .ratelimits import rate_limit_headers
 
     register_error_handlers(app)
+    app.after_request(rate_limit_headers)
     register_jwt_callbacks(jwt)
     register_blueprints(app)
     register_commands(app)

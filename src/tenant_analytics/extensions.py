@@ -11,16 +11,21 @@ from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
 
+from .privacy import rate_limit_key
+
 
 class Base(DeclarativeBase):
     """Declarative base shared by every model."""
 
 
 def client_ip_key() -> str:
-    """Default rate-limit key: the client address (after ProxyFix when configured)."""
-    from flask import request
+    """Default rate-limit key: a keyed hash of the client address (after ProxyFix when configured).
 
-    return request.remote_addr or "unknown"
+    Bucket names are stored in Redis and logged on a breach; the raw address never is.
+    """
+    from flask import current_app, request
+
+    return rate_limit_key(current_app.config["VISITOR_HASH_KEY"], request.remote_addr or "unknown")
 
 
 db = SQLAlchemy(model_class=Base)

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 
 VISITOR_HASH_LENGTH = 45
+RATE_LIMIT_KEY_LENGTH = 32
 USER_AGENT_MAX = 512
 REFERRER_MAX = 1024
 
@@ -20,6 +21,18 @@ def visitor_hash(key: str, tenant_id: int, client_ip: str | None, user_agent: st
     message = f"{tenant_id}\x1f{client_ip or ''}\x1f{user_agent or ''}".encode()
     digest = hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
     return digest[:VISITOR_HASH_LENGTH]
+
+
+def rate_limit_key(key: str, *parts: str) -> str:
+    """A rate-limit bucket name for client-identifying values (address, email), not the values.
+
+    The limiter's storage keeps bucket names in the clear; 32 hex characters of an HMAC
+    keyed with ``VISITOR_HASH_KEY`` still tell clients apart. The label keeps these hashes
+    apart from visitor hashes of the same address.
+    """
+    message = "\x1f".join(("rate-limit", *parts)).encode()
+    digest = hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+    return digest[:RATE_LIMIT_KEY_LENGTH]
 
 
 def truncate(value: str | None, limit: int) -> str | None:

@@ -1,19 +1,25 @@
-"""Rate-limit groups. Keys are tenant ids or client addresses, never stored elsewhere."""
+"""Rate-limit groups. Keys are tenant ids, or keyed hashes of client addresses and emails."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
-from functools import wraps
+from functools import lru_cache, wraps
 from typing import Any, TypeVar
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
 from flask_limiter import RequestLimit
+from limits import parse_many
 
+from .errors import ApiError
 from .extensions import client_ip_key, limiter
+from .privacy import rate_limit_key
 from .schemas import MAX_BATCH_EVENTS
 from .tenancy import request_body, requested_tenant
 
 View = TypeVar("View", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 
 def unless_disabled(limit: Callable[[View], View]) -> Callable[[View], View]:
@@ -39,7 +45,7 @@ def unless_disabled(limit: Callable[[View], View]) -> Callable[[View], View]:
 
 
 def tenant_key() -> str:
-    """One bucket per active tenant; requests naming no known tenant share their IP's bucket."""
+    """One bucket per active tenant; requests naming no known tenant share their address's."""
     tenant = requested_tenant()
     if tenant is not None:
         return f"tenant:{tenant.id}"
@@ -47,10 +53,11 @@ def tenant_key() -> str:
 
 
 def login_key() -> str:
-    """Login attempts are counted per client address and email."""
+    """Login attempts are counted per client address and email, hashed together."""
     email = (request_body() or {}).get("email")
     email = email.strip().lower()[:254] if isinstance(email, str) else ""
-    return f"login:{client_ip_key()}:{email}"
+    address = request.remote_addr or "unknown"
+    return f"login:{rate_limit_key(current_app.config['VISITOR_HASH_KEY'], address, email)}"
 
 
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
@@ -61,21 +68,60 @@ per_tenant = unless_disabled(
 )
 
 
-def batch_cost() -> int:
-    """A batch draws one unit per event it carries (at most the batch limit)."""
+def batch_items() -> int | None:
+    """How many items the batch body carries; None when it carries no list."""
     events = (request_body() or {}).get("events")
-    return min(len(events), MAX_BATCH_EVENTS) if isinstance(events, list) and events else 1
+    return len(events) if isinstance(events, list) else None
 
 
-# The same per-tenant bucket, charged per event of a batch.
-per_tenant_events = unless_disabled(
-    limiter.shared_limit(
+def batch_cost() -> int:
+    """One unit per item; one unit for a batch that validation will refuse (empty, > 500)."""
+    items = batch_items()
+    return items if items and items <= MAX_BATCH_EVENTS else 1
+
+
+@lru_cache(maxsize=8)
+def largest_admissible(limit: str) -> int:
+    """The most units ``limit`` ("100 per minute", or several) can ever admit at once."""
+    return min(item.amount for item in parse_many(limit))
+
+
+def refuse_batches_over_the_limit(view: View) -> View:
+    """A batch with more items than the whole limit admits can never pass: a 413, free.
+
+    A 429 would send the client a Retry-After that it could obey forever.
+    """
+
+    @wraps(view)
+    def check(*args: Any, **kwargs: Any) -> Any:
+        items = batch_items()
+        limit = current_app.config["TRACK_RATE_LIMIT"]
+        admissible = largest_admissible(limit)
+        if items is not None and admissible < items <= MAX_BATCH_EVENTS:
+            raise ApiError(
+                413,
+                f"The batch carries {items} events; the rate limit ({limit}) admits at most "
+                f"{admissible} at once. Split it into batches of at most {admissible} events.",
+                code="batch_too_large",
+                extra={"max_events": admissible},
+            )
+        return view(*args, **kwargs)
+
+    return check  # type: ignore[return-value]
+
+
+def _per_tenant_events(view: View) -> View:
+    """The per-tenant bucket charged per item, after refusing batches it could never admit."""
+    limited = limiter.shared_limit(
         lambda: current_app.config["TRACK_RATE_LIMIT"],
         scope="tenant",
         key_func=tenant_key,
         cost=batch_cost,
-    )
-)
+    )(view)
+    return refuse_batches_over_the_limit(limited)
+
+
+per_tenant_events = unless_disabled(_per_tenant_events)
 login_attempts = unless_disabled(
     limiter.limit(
         lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]
@@ -103,3 +149,27 @@ conversion_group = unless_disabled(
         on_breach=_skip_beacon,
     )
 )
+
+
+def rate_limit_headers(response: Response) -> Response:
+    """X-RateLimit-* on every answer of a limited endpoint, Retry-After only on a 429.
+
+    Stands in for flask-limiter's RATELIMIT_HEADERS_ENABLED, which puts Retry-After on
+    every answer (a 201 included) and stretches a 503's own; its maintainer suggests
+    an after_request hook over ``limiter.current_limit`` instead.
+    """
+    current = limiter.current_limit
+    if current is None:
+        return response
+    try:
+        reset_at = current.reset_at
+        remaining = current.remaining
+    except Exception:  # the storage is down; RATELIMIT_SWALLOW_ERRORS lets the answer go
+        log.warning("rate-limit headers left out: the limiter's storage did not answer")
+        return response
+    response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+    response.headers["X-RateLimit-Remaining"] = str(remaining)
+    response.headers["X-RateLimit-Reset"] = str(reset_at)
+    if response.status_code == 429:
+        response.headers["Retry-After"] = str(max(1, int(reset_at - time.time())))
+    return response
