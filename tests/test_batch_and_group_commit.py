@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import IntegrityError
 
 from tenant_analytics.extensions import db
 from tenant_analytics.group_commit import GroupCommitter
 from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantInfo
 from tenant_analytics.models import Event
+from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
 from tenant_analytics.rollups import NEW_SESSION
 
@@ -283,6 +286,31 @@ def test_a_batch_the_database_rejects_fails_only_its_bad_job(make_app, make_tena
         db.session.remove()
         with db.engine.connect() as pooled:  # nobody was handed an aborted transaction
             assert pooled.scalar(select(func.count()).select_from(Event)) == 4
+
+
+def test_a_month_whose_first_batch_failed_is_still_written(make_app, make_tenant, is_postgres):
+    """A new month's partition is created in the transaction of its first batch. When that
+    batch fails, the partition is rolled back with it: the month must not be taken as known,
+    or every later batch of the month would fail until the process restarts."""
+    app = make_app()
+    with app.app_context():
+        tenant = TenantInfo.of(make_tenant())
+        if is_postgres:  # else the test would prove nothing
+            assert "events_y2041m07" not in db.session.scalars(LIST_PARTITIONS).all()
+            db.session.rollback()
+    committer = app.extensions["group_commit"]
+    client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
+    ghost = TenantInfo(id=2**31 - 1, timezone="UTC", currency="USD")  # a foreign-key violation
+    moment = datetime(2041, 7, 9, 12, tzinfo=UTC)
+
+    def job(tenant: TenantInfo) -> IngestJob:
+        return IngestJob(tenant, [NewEvent("pageview", created_at=moment)], client, "key")
+
+    with pytest.raises(IntegrityError):
+        committer.submit(job(ghost))
+    assert committer.submit(job(tenant)).stored == 1
+    with app.app_context():
+        assert count_events(tenant.id) == 1
 
 
 def test_postgresql_batches_commit_in_one_round_trip(make_app, make_tenant, is_postgres):

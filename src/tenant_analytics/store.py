@@ -50,7 +50,7 @@ def insert_events(
         tenants = {t.id: t for t in session.scalars(select(Tenant).where(Tenant.id.in_(ids)))}
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        ensure_partitions_cached(connection, {month_of(row["created_at"]) for row in rows})
+        ensure_partitions_cached(session, {month_of(row["created_at"]) for row in rows})
         postgres_writer.write_batch(connection, rows, aggregate(rows, tenants))
         return
     ids = allocate_ids(session, "events", len(rows))
