@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 
+from tenant_analytics import postgres_writer
 from tenant_analytics.extensions import db
-from tenant_analytics.group_commit import GroupCommitter
+from tenant_analytics.group_commit import CommitUncertain, GroupCommitter, _Pending
 from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantInfo
-from tenant_analytics.models import Event
+from tenant_analytics.models import Event, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
 from tenant_analytics.rollups import NEW_SESSION
@@ -311,6 +312,48 @@ def test_a_month_whose_first_batch_failed_is_still_written(make_app, make_tenant
     assert committer.submit(job(tenant)).stored == 1
     with app.app_context():
         assert count_events(tenant.id) == 1
+
+
+def commit_as_one_batch(committer: GroupCommitter, jobs: list[IngestJob]) -> list[object]:
+    """Hand ``jobs`` to the committer as one batch, as its thread does; each one's outcome."""
+    batch = [_Pending(job) for job in jobs]
+    committer._commit(batch)
+    return [p.error if p.error is not None else p.result.stored for p in batch]  # type: ignore
+
+
+def pageview_job(tenant: TenantInfo, path: str) -> IngestJob:
+    client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
+    return IngestJob(tenant, [NewEvent("pageview", {"path": path})], client, "key")
+
+
+def test_a_batch_that_may_have_committed_is_not_written_again(
+    app, make_tenant, add_events, is_postgres, monkeypatch
+):
+    """The session ends right after COMMIT reached the server: the batch is stored, but the
+    committer cannot know. Writing its jobs again one by one would store them twice; they
+    fail instead, and a client hears 503."""
+    if not is_postgres:
+        pytest.skip("a batch's BEGIN to COMMIT in one round trip is PostgreSQL's")
+    tenant = make_tenant()
+    add_events(tenant, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    real_executes = postgres_writer._executes
+
+    def committed_then_cut_off(params) -> str:
+        # A real lost connection: the server commits, then its session ends before the reply.
+        return real_executes(params) + ";\nCOMMIT;\nSELECT pg_terminate_backend(pg_backend_pid())"
+
+    monkeypatch.setattr(postgres_writer, "_executes", committed_then_cut_off)
+    committer = app.extensions["group_commit"]
+    info = TenantInfo.of(tenant)
+    outcomes = commit_as_one_batch(committer, [pageview_job(info, "/a"), pageview_job(info, "/b")])
+    assert [type(outcome) for outcome in outcomes] == [CommitUncertain] * 2
+    assert count_events(tenant.id) == 3  # the batch's two, once
+    response = app.test_client().post(
+        "/api/analytics/track", json={"tenant_id": tenant.id, "event_type": "pageview"}
+    )
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "unavailable"
+    assert count_events(tenant.id) == 4
 
 
 def test_postgresql_batches_commit_in_one_round_trip(make_app, make_tenant, is_postgres):

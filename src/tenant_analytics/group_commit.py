@@ -6,8 +6,10 @@ committer (a thread; a greenlet under gunicorn's gevent worker, which patches
 transaction (one multi-row INSERT, one round of rollup upserts, one COMMIT)
 and wakes each request with its own result. While it commits, the next jobs
 queue up, so batches grow with load; nothing is acknowledged before it is
-durable. If a batch fails, its jobs are retried one by one so that one bad
-event fails only its own request.
+durable. If the database refuses a batch, its jobs are retried one by one so
+that one bad event fails only its own request; if the batch may have been
+committed (the connection was lost), its jobs fail rather than risk being
+stored twice.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from . import postgres_writer
@@ -43,6 +46,11 @@ _CLAIMS = threading.Lock()  # guards _Pending.state
 
 class CommitTimeout(TimeoutError):
     """The job waited too long and was withdrawn unwritten: the client may retry it."""
+
+
+class CommitUncertain(Exception):
+    """The batch failed where its COMMIT may already have reached the server: the events
+    may or may not be stored, so they are not written again."""
 
 
 @dataclass(eq=False)
@@ -68,6 +76,19 @@ class _Pending:
     def settle(self, result: IngestResult | None, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
         self.settled.release()
+
+
+def _rolled_back(error: Exception) -> bool:
+    """True when ``error`` surely ended the batch's transaction without a commit.
+
+    So it is for an error raised before anything reached the database, and for a
+    statement the database refused (bad data, a broken constraint) on a connection
+    that is still there. A lost connection, or any other database failure, may have
+    come after the server committed.
+    """
+    if not isinstance(error, DBAPIError):
+        return True
+    return isinstance(error, (DataError, IntegrityError)) and not error.connection_invalidated
 
 
 class GroupCommitter:
@@ -132,14 +153,23 @@ class GroupCommitter:
         try:
             results = self._write([p.job for p in batch])
         except Exception as error:
-            if len(batch) == 1:
-                batch[0].settle(None, error)
-                return
-            for pending in batch:  # find the culprit: each job on its own
-                self._commit([pending])
+            self._fail(batch, error)
             return
         for pending, result in zip(batch, results, strict=True):
             pending.settle(result)
+
+    def _fail(self, batch: Sequence[_Pending], error: Exception) -> None:
+        """Settle a failed batch's jobs, writing again only what surely was not written."""
+        if not _rolled_back(error):
+            for pending in batch:  # one exception each: every waiter raises its own
+                uncertain = CommitUncertain("the batch may or may not have been committed")
+                uncertain.__cause__ = error
+                pending.settle(None, uncertain)
+        elif len(batch) == 1:
+            batch[0].settle(None, error)
+        else:
+            for pending in batch:  # find the culprit: each job on its own
+                self._commit([pending])
 
     def _write(self, jobs: list[IngestJob]) -> list[IngestResult]:
         """One transaction on the committer's own connection, kept between batches."""
