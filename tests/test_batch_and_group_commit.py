@@ -9,15 +9,16 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from tenant_analytics import postgres_writer
 from tenant_analytics.extensions import db
-from tenant_analytics.group_commit import CommitUncertain, GroupCommitter, _Pending
+from tenant_analytics.group_commit import CommitUncertain, GroupCommitter, TenantBusy, _Pending
 from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantInfo
-from tenant_analytics.models import Event, utcnow
+from tenant_analytics.models import Event, Tenant, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
-from tenant_analytics.rollups import NEW_SESSION
+from tenant_analytics.rollups import NEW_SESSION, rebuild_rollups
 
 
 def count_events(tenant_id: int) -> int:
@@ -354,6 +355,65 @@ def test_a_batch_that_may_have_committed_is_not_written_again(
     assert response.status_code == 503
     assert response.get_json()["error"] == "unavailable"
     assert count_events(tenant.id) == 4
+
+
+@pytest.fixture
+def rebuilding(app, is_postgres):
+    """``rebuilding(tenant)``: a rollup rebuild of ``tenant`` on a second connection, left
+    uncommitted (its lock held) until the test ends, or 8 s pass."""
+    if not is_postgres:
+        pytest.skip("the rollup lock is PostgreSQL's")
+    sessions: list[Session] = []
+
+    def _rebuild(tenant: Tenant) -> None:
+        session = Session(db.engine)
+        sessions.append(session)
+        rebuild_rollups(session, session.get(Tenant, tenant.id))
+
+    timer = threading.Timer(8, lambda: [session.rollback() for session in sessions])
+    timer.start()
+    yield _rebuild
+    timer.cancel()
+    for session in sessions:
+        session.close()
+
+
+@pytest.mark.parametrize("keyed", [False, True])  # one round trip, or the ordinary transaction
+def test_a_tenant_being_rebuilt_fails_alone_and_promptly(
+    app, make_tenant, add_events, rebuilding, keyed
+):
+    """A rebuild holds its tenant's rollup lock to the end of its transaction. The committer
+    waits for it no longer than its lock timeout, once per batch, not once per job: then that
+    tenant's jobs fail (not written, so they may be sent again) and the others are written."""
+    committer = app.extensions["group_commit"]
+    committer.lock_timeout = 0.5
+    busy, other, third = (make_tenant() for _ in range(3))
+    add_events(other, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    rebuilding(busy)
+
+    def job(tenant: Tenant, path: str) -> IngestJob:
+        event = NewEvent("pageview", {"path": path}, dedupe_key=path if keyed else None)
+        return IngestJob(TenantInfo.of(tenant), [event], ClientInfo(None, None, None), "key")
+
+    jobs = [job(busy, "/1"), job(other, "/2"), job(busy, "/3"), job(third, "/4"), job(busy, "/5")]
+    started = time.monotonic()
+    outcomes = commit_as_one_batch(committer, jobs)
+    assert time.monotonic() - started < 1.5  # one job after another would take 2 s
+    assert [type(outcome) for outcome in outcomes[::2]] == [TenantBusy] * 3
+    assert outcomes[1::2] == [1, 1]
+    assert [count_events(t.id) for t in (busy, other, third)] == [0, 2, 1]
+
+
+def test_events_of_a_tenant_being_rebuilt_answer_503(app, make_tenant, rebuilding):
+    """Through HTTP: the tenant being rebuilt gets 503 (send again), another tenant 201."""
+    app.extensions["group_commit"].lock_timeout = 0.3
+    busy, other = make_tenant(), make_tenant()
+    rebuilding(busy)
+    statuses = run_concurrently(
+        app, [{"tenant_id": tenant.id, "event_type": "pageview"} for tenant in (busy, other)]
+    )
+    assert statuses == [503, 201]
+    assert [count_events(busy.id), count_events(other.id)] == [0, 1]
 
 
 def test_postgresql_batches_commit_in_one_round_trip(make_app, make_tenant, is_postgres):
