@@ -7,11 +7,13 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import create_engine, event, func, make_url, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from tenant_analytics import postgres_writer
+from tenant_analytics.config import normalize_database_url
 from tenant_analytics.extensions import db
 from tenant_analytics.group_commit import CommitUncertain, GroupCommitter, TenantBusy, _Pending
 from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantInfo
@@ -355,6 +357,41 @@ def test_a_batch_that_may_have_committed_is_not_written_again(
     assert response.status_code == 503
     assert response.get_json()["error"] == "unavailable"
     assert count_events(tenant.id) == 4
+
+
+def test_writes_resume_once_the_database_takes_connections_again(
+    app, make_tenant, add_events, is_postgres, database_url
+):
+    """A restart as the committer sees it: its connection is cut off, then a new one is
+    refused for a while. Once the database is back, the next batch is written."""
+    if not is_postgres:
+        pytest.skip("a server that refuses connections is PostgreSQL's here")
+    tenant = make_tenant()
+    add_events(tenant, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    committer = app.extensions["group_commit"]
+    info = TenantInfo.of(tenant)
+    assert committer.submit(pageview_job(info, "/before")).stored == 1
+    name = db.engine.url.database
+    db.session.remove()
+    # Connected to another database: PostgreSQL will not shut out the one it is in.
+    admin_url = make_url(normalize_database_url(database_url)).set(database="postgres")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+        with pytest.raises(CommitUncertain):  # cut off while writing
+            committer.submit(pageview_job(info, "/cut-off"))
+        with pytest.raises(CommitUncertain):  # no new connection
+            committer.submit(pageview_job(info, "/refused"))
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.dispose()
+    assert committer.submit(pageview_job(info, "/after")).stored == 1
 
 
 @pytest.fixture

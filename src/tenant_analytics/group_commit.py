@@ -255,8 +255,9 @@ class GroupCommitter:
 
     def _autocommit_connection(self) -> Connection:
         """The committer's autocommit connection; a new one after an error closed the last."""
-        if self._autocommit is None or self._autocommit.invalidated:
-            if self._autocommit is not None:
-                self._autocommit.close()
+        if self._autocommit is not None and self._autocommit.invalidated:
+            self._autocommit.close()
+            self._autocommit = None  # closed is not invalidated: never hand it out again
+        if self._autocommit is None:
             self._autocommit = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return self._autocommit
