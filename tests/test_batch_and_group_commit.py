@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import create_engine, event, func, make_url, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
+from tenant_analytics import postgres_writer
+from tenant_analytics.config import normalize_database_url
 from tenant_analytics.extensions import db
-from tenant_analytics.group_commit import GroupCommitter
+from tenant_analytics.group_commit import CommitUncertain, GroupCommitter, TenantBusy, _Pending
 from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantInfo
-from tenant_analytics.models import Event
+from tenant_analytics.models import Event, Tenant, utcnow
+from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
-from tenant_analytics.rollups import NEW_SESSION
+from tenant_analytics.rollups import NEW_SESSION, rebuild_rollups
 
 
 def count_events(tenant_id: int) -> int:
@@ -348,6 +355,167 @@ def test_a_batch_the_database_rejects_fails_only_its_bad_job(make_app, make_tena
         db.session.remove()
         with db.engine.connect() as pooled:  # nobody was handed an aborted transaction
             assert pooled.scalar(select(func.count()).select_from(Event)) == 4
+
+
+def test_a_month_whose_first_batch_failed_is_still_written(make_app, make_tenant, is_postgres):
+    """A new month's partition is created in the transaction of its first batch. When that
+    batch fails, the partition is rolled back with it: the month must not be taken as known,
+    or every later batch of the month would fail until the process restarts."""
+    app = make_app()
+    with app.app_context():
+        tenant = TenantInfo.of(make_tenant())
+        if is_postgres:  # else the test would prove nothing
+            assert "events_y2041m07" not in db.session.scalars(LIST_PARTITIONS).all()
+            db.session.rollback()
+    committer = app.extensions["group_commit"]
+    client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
+    ghost = TenantInfo(id=2**31 - 1, timezone="UTC", currency="USD")  # a foreign-key violation
+    moment = datetime(2041, 7, 9, 12, tzinfo=UTC)
+
+    def job(tenant: TenantInfo) -> IngestJob:
+        return IngestJob(tenant, [NewEvent("pageview", created_at=moment)], client, "key")
+
+    with pytest.raises(IntegrityError):
+        committer.submit(job(ghost))
+    assert committer.submit(job(tenant)).stored == 1
+    with app.app_context():
+        assert count_events(tenant.id) == 1
+
+
+def commit_as_one_batch(committer: GroupCommitter, jobs: list[IngestJob]) -> list[object]:
+    """Hand ``jobs`` to the committer as one batch, as its thread does; each one's outcome."""
+    batch = [_Pending(job) for job in jobs]
+    committer._commit(batch)
+    return [p.error if p.error is not None else p.result.stored for p in batch]  # type: ignore
+
+
+def pageview_job(tenant: TenantInfo, path: str) -> IngestJob:
+    client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
+    return IngestJob(tenant, [NewEvent("pageview", {"path": path})], client, "key")
+
+
+def test_a_batch_that_may_have_committed_is_not_written_again(
+    app, make_tenant, add_events, is_postgres, monkeypatch
+):
+    """The session ends right after COMMIT reached the server: the batch is stored, but the
+    committer cannot know. Writing its jobs again one by one would store them twice; they
+    fail instead, and a client hears 503."""
+    if not is_postgres:
+        pytest.skip("a batch's BEGIN to COMMIT in one round trip is PostgreSQL's")
+    tenant = make_tenant()
+    add_events(tenant, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    real_executes = postgres_writer._executes
+
+    def committed_then_cut_off(params) -> str:
+        # A real lost connection: the server commits, then its session ends before the reply.
+        return real_executes(params) + ";\nCOMMIT;\nSELECT pg_terminate_backend(pg_backend_pid())"
+
+    monkeypatch.setattr(postgres_writer, "_executes", committed_then_cut_off)
+    committer = app.extensions["group_commit"]
+    info = TenantInfo.of(tenant)
+    outcomes = commit_as_one_batch(committer, [pageview_job(info, "/a"), pageview_job(info, "/b")])
+    assert [type(outcome) for outcome in outcomes] == [CommitUncertain] * 2
+    assert count_events(tenant.id) == 3  # the batch's two, once
+    response = app.test_client().post(
+        "/api/analytics/track", json={"tenant_id": tenant.id, "event_type": "pageview"}
+    )
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "unavailable"
+    assert count_events(tenant.id) == 4
+
+
+def test_writes_resume_once_the_database_takes_connections_again(
+    app, make_tenant, add_events, is_postgres, database_url
+):
+    """A restart as the committer sees it: its connection is cut off, then a new one is
+    refused for a while. Once the database is back, the next batch is written."""
+    if not is_postgres:
+        pytest.skip("a server that refuses connections is PostgreSQL's here")
+    tenant = make_tenant()
+    add_events(tenant, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    committer = app.extensions["group_commit"]
+    info = TenantInfo.of(tenant)
+    assert committer.submit(pageview_job(info, "/before")).stored == 1
+    name = db.engine.url.database
+    db.session.remove()
+    # Connected to another database: PostgreSQL will not shut out the one it is in.
+    admin_url = make_url(normalize_database_url(database_url)).set(database="postgres")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+        with pytest.raises(CommitUncertain):  # cut off while writing
+            committer.submit(pageview_job(info, "/cut-off"))
+        with pytest.raises(CommitUncertain):  # no new connection
+            committer.submit(pageview_job(info, "/refused"))
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.dispose()
+    assert committer.submit(pageview_job(info, "/after")).stored == 1
+
+
+@pytest.fixture
+def rebuilding(app, is_postgres):
+    """``rebuilding(tenant)``: a rollup rebuild of ``tenant`` on a second connection, left
+    uncommitted (its lock held) until the test ends, or 8 s pass."""
+    if not is_postgres:
+        pytest.skip("the rollup lock is PostgreSQL's")
+    sessions: list[Session] = []
+
+    def _rebuild(tenant: Tenant) -> None:
+        session = Session(db.engine)
+        sessions.append(session)
+        rebuild_rollups(session, session.get(Tenant, tenant.id))
+
+    timer = threading.Timer(8, lambda: [session.rollback() for session in sessions])
+    timer.start()
+    yield _rebuild
+    timer.cancel()
+    for session in sessions:
+        session.close()
+
+
+@pytest.mark.parametrize("keyed", [False, True])  # one round trip, or the ordinary transaction
+def test_a_tenant_being_rebuilt_fails_alone_and_promptly(
+    app, make_tenant, add_events, rebuilding, keyed
+):
+    """A rebuild holds its tenant's rollup lock to the end of its transaction. The committer
+    waits for it no longer than its lock timeout, once per batch, not once per job: then that
+    tenant's jobs fail (not written, so they may be sent again) and the others are written."""
+    committer = app.extensions["group_commit"]
+    committer.lock_timeout = 0.5
+    busy, other, third = (make_tenant() for _ in range(3))
+    add_events(other, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    rebuilding(busy)
+
+    def job(tenant: Tenant, path: str) -> IngestJob:
+        event = NewEvent("pageview", {"path": path}, dedupe_key=path if keyed else None)
+        return IngestJob(TenantInfo.of(tenant), [event], ClientInfo(None, None, None), "key")
+
+    jobs = [job(busy, "/1"), job(other, "/2"), job(busy, "/3"), job(third, "/4"), job(busy, "/5")]
+    started = time.monotonic()
+    outcomes = commit_as_one_batch(committer, jobs)
+    assert time.monotonic() - started < 1.5  # one job after another would take 2 s
+    assert [type(outcome) for outcome in outcomes[::2]] == [TenantBusy] * 3
+    assert outcomes[1::2] == [1, 1]
+    assert [count_events(t.id) for t in (busy, other, third)] == [0, 2, 1]
+
+
+def test_events_of_a_tenant_being_rebuilt_answer_503(app, make_tenant, rebuilding):
+    """Through HTTP: the tenant being rebuilt gets 503 (send again), another tenant 201."""
+    app.extensions["group_commit"].lock_timeout = 0.3
+    busy, other = make_tenant(), make_tenant()
+    rebuilding(busy)
+    statuses = run_concurrently(
+        app, [{"tenant_id": tenant.id, "event_type": "pageview"} for tenant in (busy, other)]
+    )
+    assert statuses == [503, 201]
+    assert [count_events(busy.id), count_events(other.id)] == [0, 1]
 
 
 def test_postgresql_batches_commit_in_one_round_trip(make_app, make_tenant, is_postgres):

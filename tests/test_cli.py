@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from tenant_analytics.extensions import db
-from tenant_analytics.models import Event, Tenant
+from tenant_analytics.models import DedupeKey, Event, Tenant, utcnow
+from tenant_analytics.store import claim_keys
 
 
 def test_tenant_create_prints_json(runner):
@@ -173,3 +175,36 @@ def test_events_commands(runner, make_tenant, add_events, is_postgres):
     assert db.session.scalar(select(func.sum(DailyVisitorCount.visitors))) == 1
     missing = runner.invoke(args=["events", "rebuild-rollups", "--tenant", "9999"])
     assert missing.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("window_seconds", "kept"),
+    [
+        (5, {"idem:recent", "txn:old"}),
+        # A window longer than the retention still holds the key it covers.
+        (120 * 86400, {"idem:old", "idem:recent", "txn:old"}),
+    ],
+)
+def test_purge_deletes_idempotency_keys_seen_before_the_cutoff(
+    make_app, make_tenant, window_seconds, kept
+):
+    """Idempotency keys block repeats only within their window: purge deletes those last seen
+    before its cutoff. Transaction ids are remembered for good (a replayed beacon must not add
+    its revenue twice), so they stay."""
+    app = make_app(IDEMPOTENCY_WINDOW_SECONDS=window_seconds)
+    with app.app_context():
+        tenant = make_tenant()
+        now = utcnow()
+        for key, days_ago in [("idem:old", 100), ("idem:recent", 10), ("txn:old", 100)]:
+            claim_keys(
+                db.session, tenant.id, [key], now=now - timedelta(days=days_ago), window=None
+            )
+        db.session.commit()
+        purged = app.test_cli_runner().invoke(args=["events", "purge", "--older-than", "90"])
+        assert purged.exit_code == 0, purged.output
+        assert json.loads(purged.output)["dedupe_keys_deleted"] == 3 - len(kept)
+        assert set(db.session.scalars(select(DedupeKey.key))) == kept
+        replay = {"tenant_slug": tenant.slug, "transaction_id": "old", "value": 10}
+        response = app.test_client().post("/api/v1/analytics/conversion", json=replay)
+        assert response.get_json()["status"] == "ok"
+        assert db.session.scalar(select(func.count()).select_from(Event)) == 0  # not again

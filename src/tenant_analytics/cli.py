@@ -9,18 +9,20 @@ from decimal import Decimal
 from typing import Any
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from .auth import create_user
+from .event_builders import IDEMPOTENCY_PREFIX
 from .extensions import db
 from .models import Tenant, User, utcnow
 from .partitions import create_ahead, purge_before
 from .products import create_product
 from .rollups import rebuild_rollups
 from .schemas import iana_zone
+from .store import delete_dedupe_keys
 
 tenant_cli = AppGroup("tenant", help="Manage tenants.")
 user_cli = AppGroup("user", help="Manage owner and admin users.")
@@ -131,10 +133,18 @@ def create_partitions_command(ahead: int) -> None:
 @events_cli.command("purge")
 @click.option("--older-than", "days", type=click.IntRange(min=MIN_RETENTION_DAYS), required=True)
 def purge_command(days: int) -> None:
-    """Drop whole monthly partitions older than DAYS (SQLite: delete the rows)."""
-    dropped = purge_before(db.session.connection(), utcnow() - timedelta(days=days))
+    """Drop whole monthly partitions older than DAYS (SQLite: delete the rows), and the
+    idempotency keys last seen before then."""
+    now = utcnow()
+    cutoff = now - timedelta(days=days)
+    dropped = purge_before(db.session.connection(), cutoff)
+    # A key still inside its window blocks repeats, however long the window was set.
+    window = timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"])
+    keys = delete_dedupe_keys(
+        db.session, prefix=IDEMPOTENCY_PREFIX, seen_before=min(cutoff, now - window)
+    )
     db.session.commit()
-    echo_json({"dropped": dropped})
+    echo_json({"dropped": dropped, "dedupe_keys_deleted": keys})
 
 
 @events_cli.command("rebuild-rollups")

@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from .group_commit import CommitTimeout
+from .group_commit import CommitTimeout, CommitUncertain
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,19 @@ def register_error_handlers(app: Flask) -> None:
     def _commit_timeout(exc: CommitTimeout):
         response, status = error_response(
             503, "The events were not stored in time; send them again.", code="unavailable"
+        )
+        response.headers["Retry-After"] = "1"
+        return response, status
+
+    @app.errorhandler(CommitUncertain)
+    def _commit_uncertain(exc: CommitUncertain):
+        cause = exc.__cause__
+        log.error("commit outcome unknown: %s", type(cause).__name__ if cause else "")
+        response, status = error_response(
+            503,
+            "The database connection failed while the events were being stored; "
+            "they may have been stored.",
+            code="unavailable",
         )
         response.headers["Retry-After"] = "1"
         return response, status

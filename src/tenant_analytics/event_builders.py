@@ -37,6 +37,10 @@ STORE_COLUMNS = (
     "error_message",
 )
 
+# Idempotency keys block repeats only within their window, so ``events purge`` deletes old
+# ones; transaction ids ("txn:") are kept for good.
+IDEMPOTENCY_PREFIX = "idem:"
+
 # Beacons are sent right after payment; anything far outside that is a bad clock or a replay.
 MAX_FUTURE = timedelta(minutes=10)
 MAX_AGE = timedelta(days=30)
@@ -89,7 +93,7 @@ def track_event(body: TrackedEvent, tenant: TenantRef, *, dedupe_window: timedel
         body.event_type,
         body.metadata,
         extra=columns,
-        dedupe_key=f"idem:{key}" if key else None,
+        dedupe_key=f"{IDEMPOTENCY_PREFIX}{key}" if key else None,
         dedupe_window=dedupe_window,
     )
 

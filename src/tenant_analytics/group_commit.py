@@ -6,12 +6,15 @@ committer (a thread; a greenlet under gunicorn's gevent worker, which patches
 transaction (one multi-row INSERT, one round of rollup upserts, one COMMIT)
 and wakes each request with its own result. While it commits, the next jobs
 queue up, so batches grow with load; nothing is acknowledged before it is
-durable. If a batch fails, its jobs are retried one by one so that one bad
-event fails only its own request.
+durable. If the database refuses a batch, its jobs are retried one by one so
+that one bad event fails only its own request; if the batch may have been
+committed (the connection was lost), its jobs fail rather than risk being
+stored twice.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
@@ -22,6 +25,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from . import postgres_writer
@@ -37,12 +41,23 @@ from .ingestion import (
 from .partitions import month_of, partitions_known
 from .rollups import aggregate
 
+log = logging.getLogger(__name__)
+
 SWITCH_INTERVAL = 0.0005  # seconds
 _CLAIMS = threading.Lock()  # guards _Pending.state
 
 
 class CommitTimeout(TimeoutError):
     """The job waited too long and was withdrawn unwritten: the client may retry it."""
+
+
+class TenantBusy(CommitTimeout):
+    """The tenant's rollups stayed locked (a rebuild) past the lock timeout: nothing was written."""
+
+
+class CommitUncertain(Exception):
+    """The batch failed where its COMMIT may already have reached the server: the events
+    may or may not be stored, so they are not written again."""
 
 
 @dataclass(eq=False)
@@ -70,13 +85,36 @@ class _Pending:
         self.settled.release()
 
 
+def _rolled_back(error: Exception) -> bool:
+    """True when ``error`` surely ended the batch's transaction without a commit.
+
+    So it is for an error raised before anything reached the database, and for a
+    statement the database refused (bad data, a broken constraint) on a connection
+    that is still there. A lost connection, or any other database failure, may have
+    come after the server committed.
+    """
+    if not isinstance(error, DBAPIError):
+        return True
+    return isinstance(error, (DataError, IntegrityError)) and not error.connection_invalidated
+
+
 class GroupCommitter:
     """One per app and process; its thread starts on first use (after any fork)."""
 
-    def __init__(self, app: Flask, *, max_events: int = 5000, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        max_events: int = 5000,
+        timeout: float = 30.0,
+        lock_timeout: float = 2.0,
+    ) -> None:
         self.app = app
         self.max_events = max_events
         self.timeout = timeout
+        # PostgreSQL: the longest a batch waits for a lock. A tenant's rollup lock is held
+        # for milliseconds by a batch, but by a rebuild for its whole transaction.
+        self.lock_timeout = lock_timeout
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._owner_pid: int | None = None
@@ -128,22 +166,58 @@ class GroupCommitter:
                 events += len(pending.job.events)
         return batch
 
-    def _commit(self, batch: Sequence[_Pending]) -> None:
+    def _commit(self, batch: Sequence[_Pending], *, look_for_locked: bool = True) -> None:
         try:
             results = self._write([p.job for p in batch])
         except Exception as error:
-            if len(batch) == 1:
-                batch[0].settle(None, error)
-                return
-            for pending in batch:  # find the culprit: each job on its own
-                self._commit([pending])
+            if postgres_writer.lock_timed_out(error):
+                self._without_locked_tenants(batch, look_for_locked)
+            else:
+                self._fail(batch, error)
             return
         for pending, result in zip(batch, results, strict=True):
             pending.settle(result)
 
+    def _fail(self, batch: Sequence[_Pending], error: Exception) -> None:
+        """Settle a failed batch's jobs, writing again only what surely was not written."""
+        if not _rolled_back(error):
+            for pending in batch:  # one exception each: every waiter raises its own
+                uncertain = CommitUncertain("the batch may or may not have been committed")
+                uncertain.__cause__ = error
+                pending.settle(None, uncertain)
+        elif len(batch) == 1:
+            batch[0].settle(None, error)
+        else:
+            for pending in batch:  # find the culprit: each job on its own
+                self._commit([pending])
+
+    def _without_locked_tenants(self, batch: Sequence[_Pending], look_for_locked: bool) -> None:
+        """After a lock wait ran out: fail the jobs of tenants whose rollups are locked (being
+        rebuilt), and write the others together, rather than each waiting out the timeout."""
+        tenants = {pending.job.tenant.id for pending in batch}
+        locked = self._locked_tenants(tenants) if look_for_locked else tenants
+        if locked:
+            log.warning("rollups of tenants %s locked: their events refused", sorted(locked))
+        for pending in batch:
+            if pending.job.tenant.id in locked:
+                pending.settle(None, TenantBusy("the tenant's rollups are locked"))
+        rest = [pending for pending in batch if pending.job.tenant.id not in locked]
+        if rest:
+            # With nothing found locked (the wait was for another lock) once more, no more.
+            self._commit(rest, look_for_locked=bool(locked))
+
+    def _locked_tenants(self, tenant_ids: set[int]) -> set[int]:
+        """Those of ``tenant_ids`` whose rollup lock is held now; all if that cannot be told."""
+        try:
+            return postgres_writer.locked_tenants(self._autocommit_connection(), tenant_ids)
+        except Exception:
+            log.exception("could not tell which tenants' rollups are locked")
+            return tenant_ids
+
     def _write(self, jobs: list[IngestJob]) -> list[IngestResult]:
         """One transaction on the committer's own connection, kept between batches."""
-        if db.engine.dialect.name == "postgresql":
+        postgres = db.engine.dialect.name == "postgresql"
+        if postgres:
             rows = rows_to_write(jobs)
             months = {month_of(row["created_at"]) for row in rows or ()}
             if rows is not None and partitions_known(db.engine, months):
@@ -153,6 +227,8 @@ class GroupCommitter:
             self._connection = db.engine.connect()
         session = Session(bind=self._connection)
         try:
+            if postgres:
+                postgres_writer.set_lock_timeout(session.connection(), self.lock_timeout)
             results = write_jobs(session, jobs)
             session.commit()
             return results
@@ -170,8 +246,18 @@ class GroupCommitter:
         Then the batch goes with its BEGIN and COMMIT in one round trip, on a second
         connection of the committer's own, in autocommit mode.
         """
-        if self._autocommit is None or self._autocommit.invalidated:
-            if self._autocommit is not None:
-                self._autocommit.close()
+        postgres_writer.commit_batch(
+            self._autocommit_connection(),
+            rows,
+            aggregate(rows, tenants),
+            lock_timeout=self.lock_timeout,
+        )
+
+    def _autocommit_connection(self) -> Connection:
+        """The committer's autocommit connection; a new one after an error closed the last."""
+        if self._autocommit is not None and self._autocommit.invalidated:
+            self._autocommit.close()
+            self._autocommit = None  # closed is not invalidated: never hand it out again
+        if self._autocommit is None:
             self._autocommit = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        postgres_writer.commit_batch(self._autocommit, rows, aggregate(rows, tenants))
+        return self._autocommit

@@ -9,8 +9,9 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 
-from sqlalchemy import delete, text
+from sqlalchemy import delete, event, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, SessionTransaction
 
 from .models import Event
 
@@ -67,15 +68,34 @@ def ensure_partitions(connection: Connection, months: Iterable[date]) -> list[st
 
 # Months known to have a partition, per database: checked once per process, not per write.
 _known_months: set[tuple[str, date]] = set()
+# Session.info key: months whose partition the session's transaction created, not yet committed.
+_CREATED = "tenant_analytics_created_months"
 
 
-def ensure_partitions_cached(connection: Connection, months: set[date]) -> None:
-    """``ensure_partitions`` for months this process has not seen yet."""
+def ensure_partitions_cached(session: Session, months: set[date]) -> None:
+    """``ensure_partitions`` for months this process has not seen yet, in ``session``'s transaction.
+
+    A month counts as known only once that transaction commits: rolled back, its
+    CREATE TABLE leaves no partition, and the next write of the month must make it again.
+    """
+    connection = session.connection()
     database = connection.engine.url.render_as_string()
     missing = {month for month in months if (database, month) not in _known_months}
     if missing:
         ensure_partitions(connection, missing)
-        _known_months.update((database, month) for month in missing)
+        session.info.setdefault(_CREATED, set()).update((database, month) for month in missing)
+
+
+@event.listens_for(Session, "after_commit")
+def _remember_created(session: Session) -> None:
+    if not session.in_nested_transaction():  # a savepoint's release commits nothing yet
+        _known_months.update(session.info.pop(_CREATED, ()))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_uncommitted(session: Session, _transaction: SessionTransaction) -> None:
+    # Any other end (rollback, close, a savepoint's): checked again on the next write.
+    session.info.pop(_CREATED, None)
 
 
 def partitions_known(engine: Engine, months: set[date]) -> bool:

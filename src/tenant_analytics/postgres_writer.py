@@ -7,7 +7,8 @@ then the per-tenant advisory locks, so that each rollup update, the last-seen
 one above all, reads what earlier batches committed; then the rollups, whose
 hot counter rows are locked until COMMIT anyway. The SQL is fixed text,
 prepared once per connection, so nothing is compiled or planned per batch.
-``commit_batch`` sends BEGIN and COMMIT in the same string.
+``commit_batch`` sends BEGIN and COMMIT in the same string, and a lock timeout:
+a tenant whose rollups are being rebuilt must not hold up every batch.
 ``rollups.update_rollups`` is the portable equivalent (SQLite), and the tests
 hold both to the raw-event queries.
 """
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 
 from .rollups import ROLLUP_LOCK, RollupDelta
 
@@ -151,6 +153,14 @@ SET sessions = session_last_seen_counts.sessions + excluded.sessions;
 """
 
 
+# SET LOCAL: the limit ends with the transaction, never follows the connection to the pool.
+SET_LOCK_TIMEOUT = "SET LOCAL lock_timeout = %(lock_timeout)s"
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock wait that ran out
+LOCKED_TENANTS = f"""
+SELECT tenant FROM unnest(%(tenants)s::int[]) AS tenant
+WHERE NOT pg_try_advisory_xact_lock({ROLLUP_LOCK}, tenant)
+"""
+
 _PARAMETER = re.compile(r"%\((\w+)\)s::(\w+\[\]|json)")
 _PREPARED = "tenant_analytics_write_"
 
@@ -262,23 +272,59 @@ def write_batch(
 
 
 def commit_batch(
-    autocommit_connection: Connection, rows: Sequence[Mapping[str, Any]], delta: RollupDelta
+    autocommit_connection: Connection,
+    rows: Sequence[Mapping[str, Any]],
+    delta: RollupDelta,
+    *,
+    lock_timeout: float,
 ) -> None:
     """BEGIN, ``write_batch``'s statements and COMMIT, in one round trip.
 
     ``autocommit_connection`` has the AUTOCOMMIT isolation level, so the driver sends
-    no BEGIN of its own. Returns once COMMIT is done. After an error the connection
-    is invalidated (closed for good): the transaction it had begun ends with it,
-    and no one else gets it from the pool half-way through.
+    no BEGIN of its own. No lock is waited for longer than ``lock_timeout`` seconds.
+    Returns once COMMIT is done. After an error the connection is invalidated (closed
+    for good): the transaction it had begun ends with it, and no one else gets it
+    from the pool half-way through.
     """
     try:
         _prepare_once(autocommit_connection)
-        params = batch_parameters(rows, delta)
-        autocommit_connection.exec_driver_sql(f"BEGIN;\n{_executes(params)};\nCOMMIT", params)
+        params = {**batch_parameters(rows, delta), "lock_timeout": _milliseconds(lock_timeout)}
+        autocommit_connection.exec_driver_sql(
+            f"BEGIN;\n{SET_LOCK_TIMEOUT};\n{_executes(params)};\nCOMMIT", params
+        )
         autocommit_connection.commit()  # SQLAlchemy's own bookkeeping: nothing is sent
     except BaseException:
         autocommit_connection.invalidate()
         raise
+
+
+def set_lock_timeout(connection: Connection, seconds: float) -> None:
+    """Wait no longer than ``seconds`` for any lock in the connection's current transaction."""
+    connection.exec_driver_sql(SET_LOCK_TIMEOUT, {"lock_timeout": _milliseconds(seconds)})
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"  # 0 would mean no limit at all
+
+
+def lock_timed_out(error: BaseException) -> bool:
+    """True for the error of a lock wait that outlasted ``lock_timeout`` (nothing committed)."""
+    return isinstance(error, OperationalError) and (
+        getattr(error.orig, "pgcode", None) == LOCK_NOT_AVAILABLE
+    )
+
+
+def locked_tenants(autocommit_connection: Connection, tenant_ids: Iterable[int]) -> set[int]:
+    """Those of ``tenant_ids`` whose rollup lock another transaction holds right now.
+
+    In autocommit mode the locks this check takes go as soon as its statement ends.
+    """
+    locked = autocommit_connection.exec_driver_sql(
+        LOCKED_TENANTS, {"tenants": sorted(tenant_ids)}
+    ).scalars()
+    found = set(locked)
+    autocommit_connection.commit()  # SQLAlchemy's own bookkeeping: nothing is sent
+    return found
 
 
 def _prepare_once(connection: Connection) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -50,7 +50,7 @@ def insert_events(
         tenants = {t.id: t for t in session.scalars(select(Tenant).where(Tenant.id.in_(ids)))}
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        ensure_partitions_cached(connection, {month_of(row["created_at"]) for row in rows})
+        ensure_partitions_cached(session, {month_of(row["created_at"]) for row in rows})
         postgres_writer.write_batch(connection, rows, aggregate(rows, tenants))
         return
     ids = allocate_ids(session, "events", len(rows))
@@ -89,6 +89,21 @@ def claim_keys(
             where=table.c.seen_at < now - window,
         )
     return list(session.scalars(statement.returning(table.c.key)))
+
+
+def delete_dedupe_keys(session: Session, *, prefix: str, seen_before: datetime) -> int:
+    """Delete the keys starting with ``prefix`` last seen before ``seen_before``; return how many.
+
+    A pass over the whole table (``seen_at`` has no index, which every claim would have
+    to update): fine for a command run now and then.
+    """
+    table = DedupeKey.__table__
+    result = session.execute(
+        delete(table).where(
+            table.c.key.startswith(prefix, autoescape=True), table.c.seen_at < seen_before
+        )
+    )
+    return result.rowcount
 
 
 def _dialect_insert(session: Session):
