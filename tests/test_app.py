@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, make_url, select, text
 
 from tenant_analytics import create_app
-from tenant_analytics.config import ConfigError, from_environment
+from tenant_analytics.config import ConfigError, from_environment, normalize_database_url
 from tenant_analytics.extensions import db
-from tenant_analytics.partitions import is_partition
+from tenant_analytics.models import DailyProductCount, utcnow
+from tenant_analytics.partitions import ensure_partitions, is_partition, month_of
 
 from .servers import ROOT
 
@@ -96,3 +100,64 @@ def test_the_wsgi_entry_point_freezes_what_startup_built(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) > 10_000
+
+
+@pytest.fixture
+def scratch_database_url(database_url, tmp_path):
+    """An empty database beside the suite's, for migrating step by step; dropped after."""
+    if not database_url.startswith("postgres"):
+        yield f"sqlite:///{tmp_path / 'upgrade.db'}"
+        return
+    url = make_url(normalize_database_url(database_url))
+    name = f"{url.database}_upgrade"
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def test_upgrading_a_populated_database_rebuilds_the_rollups_0005_adds(scratch_database_url):
+    """0005 fills its new rollups from the events already stored, whatever the models became."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": scratch_database_url, "GROUP_COMMIT": False})
+    now = utcnow()
+    with app.app_context():
+        upgrade(revision="0004")
+        with db.engine.begin() as connection:
+            ensure_partitions_if_any(connection, now)
+            connection.execute(
+                text(
+                    "INSERT INTO tenants (id, public_id, slug, name, active, timezone,"
+                    " currency, created_at)"
+                    " VALUES (7, :uuid, 'old-shop', 'Old shop', true, 'UTC', 'HNL', :now)"
+                ),
+                {"uuid": uuid.uuid4().hex, "now": now},  # a UUID as both databases read it
+            )
+            for number, session in enumerate(["s1", "s1", "s2"], start=1):
+                connection.execute(
+                    text(
+                        "INSERT INTO events (tenant_id, id, created_at, event_type, session_id,"
+                        " product_slug, product_name) VALUES"
+                        " (7, :id, :at, 'product_view', :session, 'pan', 'Pan')"
+                    ),
+                    {"id": number, "at": now, "session": session},
+                )
+        upgrade()
+        views = db.session.execute(
+            select(DailyProductCount.product_slug, DailyProductCount.events).where(
+                DailyProductCount.tenant_id == 7
+            )
+        ).all()
+        db.session.remove()
+        db.engine.dispose()
+    assert views == [("pan", 3)]
+
+
+def ensure_partitions_if_any(connection, now):
+    if connection.dialect.name == "postgresql":
+        ensure_partitions(connection, [month_of(now)])

@@ -56,20 +56,24 @@ def upgrade():
 def rebuild_existing_rollups():
     """Fill the new rollups from the events already stored (nothing to do on a new database)."""
     bind = op.get_bind()
-    tenants = [
-        row[0] for row in bind.execute(sa.text("SELECT DISTINCT tenant_id FROM events")).all()
-    ]
+    # Plain SQL for the tenants: the Tenant model may have columns this revision lacks.
+    tenants = bind.execute(
+        sa.text(
+            "SELECT id, timezone, currency FROM tenants"
+            " WHERE id IN (SELECT DISTINCT tenant_id FROM events) ORDER BY id"
+        )
+    ).all()
     if not tenants:
         return
-    # The app's own rebuild, as of this revision: it rewrites every rollup of a tenant.
+    # The app's own rebuild: it rewrites every rollup of a tenant.
     from sqlalchemy.orm import Session
 
-    from tenant_analytics.models import Tenant
+    from tenant_analytics.ingestion import TenantInfo
     from tenant_analytics.rollups import rebuild_rollups
 
     session = Session(bind=bind)
-    for tenant_id in tenants:
-        rebuild_rollups(session, session.get(Tenant, tenant_id))
+    for tenant_id, timezone, currency in tenants:
+        rebuild_rollups(session, TenantInfo(tenant_id, timezone, currency))
     session.flush()
 
 

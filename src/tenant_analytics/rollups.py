@@ -31,7 +31,6 @@ from .models import (
     LastSeenCount,
     SessionLastSeen,
     SessionLastSeenCount,
-    Tenant,
     VisitorLastSeen,
 )
 from .timewindows import tenant_zone
@@ -102,6 +101,13 @@ class TenantFields(Protocol):
     def timezone(self) -> str: ...
     @property
     def currency(self) -> str: ...
+
+
+class RolledUpTenant(TenantFields, Protocol):
+    """A tenant whose rollups are rebuilt: a ``Tenant`` or a plain ``TenantInfo``."""
+
+    @property
+    def id(self) -> int: ...
 
 
 # pg_advisory_xact_lock(ROLLUP_LOCK, tenant_id) serializes one tenant's rollup updates.
@@ -432,7 +438,7 @@ REBUILD_SQL = (
 )
 
 
-def rebuild_rollups(session: Session, tenant: Tenant, *, chunk: int = 5000) -> None:
+def rebuild_rollups(session: Session, tenant: RolledUpTenant, *, chunk: int = 5000) -> None:
     """Recompute a tenant's rollups from its raw events (after a bulk load or a zone change)."""
     from .models import Event
 
