@@ -782,6 +782,7 @@ def busy_session(events: int, when: datetime = NOW - timedelta(hours=2)) -> list
 
 
 HOUR = timedelta(hours=1)
+SECOND = timedelta(seconds=1)
 
 ALERT_CASES = {
     # 3 of 4 identifiers abandoned: 75% > 70% with >= 3 checkouts
@@ -802,6 +803,22 @@ ALERT_CASES = {
         [],
     ),
     "popular_before_window": (viewers(11, when=NOW - timedelta(days=7, seconds=1)), []),
+    # Bought on the window's first or last local day, but outside the window: still unsold.
+    "popular_bought_just_before_window": (
+        [
+            *viewers(11),
+            ev("purchase", NOW - timedelta(days=7, seconds=1), "v0", product_slug="tee"),
+        ],
+        ["popular_no_conversion"],
+    ),
+    "popular_bought_at_now": (
+        [*viewers(11), ev("purchase", NOW, "v0", product_slug="tee")],
+        ["popular_no_conversion"],
+    ),
+    "popular_seen_at_both_edges": (
+        [*viewers(6, when=NOW - timedelta(days=7)), *viewers(5, when=NOW - timedelta(seconds=1))],
+        [],  # the same 5 sessions (v0..v4) at both edges: 6 distinct
+    ),
     "payment_error_59_minutes_ago": (
         [ev("payment_error", NOW - timedelta(minutes=59), "p")],
         ["payment_errors"],
@@ -825,20 +842,22 @@ ALERT_CASES = {
 }
 
 
+@pytest.mark.parametrize("zone", [ZoneInfo("UTC"), TEGUCIGALPA], ids=str)
 @pytest.mark.parametrize("case", list(ALERT_CASES))
-def test_alert_rules(app, make_tenant, store_events, case):
+def test_alert_rules(app, make_tenant, store_events, case, zone):
+    """Each rule at its thresholds and window edges, in two zones: the zone moves the local
+    days of the rollups some rules start from, never the rolling windows themselves."""
     events, expected = ALERT_CASES[case]
-    tenant = make_tenant()
+    tenant = make_tenant(timezone=zone.key)
     store_events(tenant, events)
-    quiet = make_tenant()  # next to these events, it must see none of them
-    alerts = smart_alerts(db.session, tenant_id=tenant.id, now=NOW)
+    quiet = make_tenant(timezone=zone.key)  # next to these events, it must see none of them
+    alerts = smart_alerts(db.session, tenant_id=tenant.id, zone=zone, now=NOW)
     assert [alert["type"] for alert in alerts] == (expected or ["all_clear"])
     for alert in alerts:
         assert set(alert) == {"type", "message", "severity", "timestamp"}
         assert alert["timestamp"] == "2026-03-08T15:00:00+00:00"
-    assert [a["type"] for a in smart_alerts(db.session, tenant_id=quiet.id, now=NOW)] == [
-        "all_clear"
-    ]
+    quiet_alerts = smart_alerts(db.session, tenant_id=quiet.id, zone=zone, now=NOW)
+    assert [alert["type"] for alert in quiet_alerts] == ["all_clear"]
 
 
 def test_alert_severities_and_messages(app, make_tenant, store_events):
@@ -854,7 +873,7 @@ def test_alert_severities_and_messages(app, make_tenant, store_events):
             *busy_session(16),
         ],
     )
-    alerts = smart_alerts(db.session, tenant_id=tenant.id, now=NOW)
+    alerts = smart_alerts(db.session, tenant_id=tenant.id, zone=ZoneInfo("UTC"), now=NOW)
     assert [(a["type"], a["severity"]) for a in alerts] == [
         ("high_abandonment", "critical"),
         ("popular_no_conversion", "warning"),
@@ -873,7 +892,7 @@ def test_alert_severities_and_messages(app, make_tenant, store_events):
 
 
 def test_all_clear(app, make_tenant):
-    alerts = smart_alerts(db.session, tenant_id=make_tenant().id, now=NOW)
+    alerts = smart_alerts(db.session, tenant_id=make_tenant().id, zone=ZoneInfo("UTC"), now=NOW)
     assert alerts == [
         {
             "type": "all_clear",
@@ -1054,5 +1073,5 @@ def test_alert_subqueries_stay_in_the_tenant(app, make_tenant, store_events):
         [ev("purchase", later, f"c{i}") for i in range(3)]
         + [ev("checkout_started", later, f"a{i}") for i in range(5)],
     )
-    alerts = smart_alerts(db.session, tenant_id=tenant.id, now=NOW)
+    alerts = smart_alerts(db.session, tenant_id=tenant.id, zone=ZoneInfo("UTC"), now=NOW)
     assert [alert["type"] for alert in alerts] == ["high_abandonment", "carts_abandoned"]

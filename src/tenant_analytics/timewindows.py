@@ -35,3 +35,12 @@ def last_days(zone: ZoneInfo, now: datetime, count: int) -> list[Day]:
     """The ``count`` local days ending today, oldest first."""
     today = now.astimezone(zone).date()
     return [local_day(today - timedelta(days=offset), zone) for offset in range(count - 1, -1, -1)]
+
+
+def days_overlapping(zone: ZoneInfo, start: datetime, end: datetime) -> list[Day]:
+    """The local days that share an instant with [start, end), oldest first."""
+    first = start.astimezone(zone).date()
+    last = (end - timedelta(microseconds=1)).astimezone(zone).date()
+    return [
+        local_day(first + timedelta(days=offset), zone) for offset in range((last - first).days + 1)
+    ]

@@ -114,4 +114,7 @@ def rfm(tenant_id: int):
 def alerts(tenant_id: int):
     """Active smart alerts (abandonment, unsold popular products, errors, stuck sessions)."""
     tenant = owned_tenant_or_404(tenant_id)
-    return {"alerts": store.smart_alerts(db.session, tenant_id=tenant.id, now=utcnow())}
+    alerts = store.smart_alerts(
+        db.session, tenant_id=tenant.id, zone=tenant_zone(tenant.timezone), now=utcnow()
+    )
+    return {"alerts": alerts}

@@ -56,7 +56,7 @@ from sqlalchemy.orm import Session
 
 from ..models import Event
 from ..rollups import ALL_SESSIONS, DIRECT_SOURCE, source_scope, type_scope
-from ..timewindows import Day, last_days, local_day
+from ..timewindows import Day, days_overlapping, last_days, local_day
 from . import store_rollups
 from .common import day_index, in_window
 
@@ -991,22 +991,38 @@ class Alert(TypedDict):
 
 
 def unconverted_popular_products(
-    db: Database, *, tenant_id: int, start: datetime, end: datetime
+    db: Database, *, tenant_id: int, zone: ZoneInfo, start: datetime, end: datetime
 ) -> list[tuple[str, int]]:
     """Products with more than 10 distinct viewing sessions and no purchase in [start, end).
 
-    Products bought in the window are set aside first, so the viewing sessions are
-    only counted for the others.
+    The rollups name the products that may qualify (viewed often enough on the local
+    days overlapping the window, bought on none of the days wholly inside it); the raw
+    events decide for those alone, and are not read at all when none may: a store's
+    popular products sell, and their views are most of its events.
     """
+    days = days_overlapping(zone, start, end)
+    inside = [day.date for day in days if start <= day.start and day.end <= end]
+    candidates = store_rollups.maybe_popular_unbought(
+        db,
+        tenant_id=tenant_id,
+        first=days[0].date,
+        last=days[-1].date,
+        whole_days=(inside[0], inside[-1]) if inside else None,
+        viewed=PRODUCT_VIEW,
+        bought=PURCHASE,
+        more_than=POPULAR_MIN_VIEWS,
+    )
+    if not candidates:
+        return []
     purchased = select(Event.product_slug).where(
-        *in_window(tenant_id, start, end), _is(PURCHASE), Event.product_slug.is_not(None)
+        *in_window(tenant_id, start, end), _is(PURCHASE), Event.product_slug.in_(candidates)
     )
     views = _sessions_by(
         Event.product_slug,
         where=[
             *in_window(tenant_id, start, end),
             _is(PRODUCT_VIEW),
-            Event.product_slug.is_not(None),
+            Event.product_slug.in_(candidates),
             Event.product_slug.not_in(purchased),
         ],
     ).subquery()
@@ -1052,7 +1068,9 @@ def stuck_sessions(db: Database, *, tenant_id: int, start: datetime, end: dateti
 Finding = tuple[str, str, str]  # (type, severity, message)
 
 
-def _high_abandonment(session: Session, tenant_id: int, now: datetime) -> list[Finding]:
+def _high_abandonment(
+    session: Session, tenant_id: int, zone: ZoneInfo, now: datetime
+) -> list[Finding]:
     checkout = abandonment(session, tenant_id=tenant_id, start=now - ABANDONMENT_WINDOW, end=now)
     if checkout.checkouts < ABANDONMENT_MIN_CHECKOUTS or checkout.rate <= ABANDONMENT_MAX_RATE:
         return []
@@ -1063,9 +1081,11 @@ def _high_abandonment(session: Session, tenant_id: int, now: datetime) -> list[F
     return [("high_abandonment", "critical", message)]
 
 
-def _popular_no_conversion(session: Session, tenant_id: int, now: datetime) -> list[Finding]:
+def _popular_no_conversion(
+    session: Session, tenant_id: int, zone: ZoneInfo, now: datetime
+) -> list[Finding]:
     products = unconverted_popular_products(
-        session, tenant_id=tenant_id, start=now - POPULAR_WINDOW, end=now
+        session, tenant_id=tenant_id, zone=zone, start=now - POPULAR_WINDOW, end=now
     )
     return [
         (
@@ -1077,7 +1097,9 @@ def _popular_no_conversion(session: Session, tenant_id: int, now: datetime) -> l
     ]
 
 
-def _payment_errors(session: Session, tenant_id: int, now: datetime) -> list[Finding]:
+def _payment_errors(
+    session: Session, tenant_id: int, zone: ZoneInfo, now: datetime
+) -> list[Finding]:
     errors = session.scalar(
         select(func.count()).where(
             *in_window(tenant_id, now - PAYMENT_ERRORS_WINDOW, now), _is(PAYMENT_ERROR)
@@ -1088,7 +1110,9 @@ def _payment_errors(session: Session, tenant_id: int, now: datetime) -> list[Fin
     return [("payment_errors", "critical", f"Payment errors in the last hour: {errors}.")]
 
 
-def _carts_abandoned(session: Session, tenant_id: int, now: datetime) -> list[Finding]:
+def _carts_abandoned(
+    session: Session, tenant_id: int, zone: ZoneInfo, now: datetime
+) -> list[Finding]:
     carts = carts_without_checkout(session, tenant_id=tenant_id, start=now - CARTS_WINDOW, end=now)
     if carts < CARTS_MIN_SESSIONS:
         return []
@@ -1096,7 +1120,9 @@ def _carts_abandoned(session: Session, tenant_id: int, now: datetime) -> list[Fi
     return [("carts_abandoned", "warning", message)]
 
 
-def _stuck_sessions(session: Session, tenant_id: int, now: datetime) -> list[Finding]:
+def _stuck_sessions(
+    session: Session, tenant_id: int, zone: ZoneInfo, now: datetime
+) -> list[Finding]:
     stuck = stuck_sessions(session, tenant_id=tenant_id, start=now - STUCK_WINDOW, end=now)
     if not stuck:
         return []
@@ -1116,11 +1142,14 @@ ALERT_RULES = (
 )
 
 
-def smart_alerts(session: Session, *, tenant_id: int, now: datetime) -> list[Alert]:
-    """The five alert rules over rolling windows [now - span, now); ``all_clear`` if none fires."""
+def smart_alerts(session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime) -> list[Alert]:
+    """The five alert rules over rolling windows [now - span, now); ``all_clear`` if none fires.
+
+    ``zone`` is the tenant's, whose local days key the rollups some rules start from.
+    """
     _report_settings(session)
     stamp = now.astimezone(UTC).isoformat()
-    findings = [finding for rule in ALERT_RULES for finding in rule(session, tenant_id, now)]
+    findings = [finding for rule in ALERT_RULES for finding in rule(session, tenant_id, zone, now)]
     findings = findings or [("all_clear", "info", "No issues detected.")]
     return [
         Alert(type=kind, severity=severity, message=message, timestamp=stamp)

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import date
 
-from sqlalchemy import Connection, case, func, or_, select
+from sqlalchemy import Connection, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..models import DailyEventCount, DailyProductCount, SessionLastSeenCount
@@ -58,6 +58,48 @@ def events_per_product(
             .group_by(DailyProductCount.product_slug, DailyProductCount.event_type)
         )
     ]
+
+
+def maybe_popular_unbought(
+    db: Database,
+    *,
+    tenant_id: int,
+    first: date,
+    last: date,
+    whole_days: tuple[date, date] | None,
+    viewed: str,
+    bought: str,
+    more_than: int,
+) -> list[str]:
+    """Products that may have had more than ``more_than`` viewing sessions and no purchase
+    in a window: more ``viewed`` events than that over the local days [first, last] that
+    overlap the window, and no ``bought`` event on the days wholly inside it
+    (``whole_days``, first and last). A superset: the raw events decide.
+    """
+    is_view = DailyProductCount.event_type == viewed
+    views = func.sum(case((is_view, DailyProductCount.events), else_=0))
+    conditions = [views > more_than]
+    if whole_days is not None:
+        bought_inside = and_(
+            DailyProductCount.event_type == bought,
+            DailyProductCount.day >= whole_days[0],
+            DailyProductCount.day <= whole_days[1],
+        )
+        conditions.append(func.sum(case((bought_inside, DailyProductCount.events), else_=0)) == 0)
+    return list(
+        db.scalars(
+            select(DailyProductCount.product_slug)
+            .where(
+                DailyProductCount.tenant_id == tenant_id,
+                DailyProductCount.day >= first,
+                DailyProductCount.day <= last,
+                DailyProductCount.event_type.in_((viewed, bought)),
+            )
+            .group_by(DailyProductCount.product_slug)
+            .having(*conditions)
+            .order_by(DailyProductCount.product_slug)
+        )
+    )
 
 
 def session_events(db: Database, *, tenant_id: int, first: date, last: date) -> int:
