@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import create_engine, event, func, make_url, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -450,7 +450,7 @@ def test_writes_resume_once_the_database_takes_connections_again(
             )
         with pytest.raises(CommitUncertain):  # cut off while writing
             committer.submit(pageview_job(info, "/cut-off"))
-        with pytest.raises(CommitUncertain):  # no new connection
+        with pytest.raises(OperationalError):  # no new connection: surely not written
             committer.submit(pageview_job(info, "/refused"))
     finally:
         with admin.connect() as connection:
@@ -481,15 +481,20 @@ def rebuilding(app, is_postgres):
 
 
 @pytest.mark.parametrize("keyed", [False, True])  # one round trip, or the ordinary transaction
+@pytest.mark.parametrize("busy_id", ["lowest", "highest"])
 def test_a_tenant_being_rebuilt_fails_alone_and_promptly(
-    app, make_tenant, add_events, rebuilding, keyed
+    app, make_tenant, add_events, rebuilding, keyed, busy_id
 ):
     """A rebuild holds its tenant's rollup lock to the end of its transaction. The committer
     waits for it no longer than its lock timeout, once per batch, not once per job: then that
-    tenant's jobs fail (not written, so they may be sent again) and the others are written."""
+    tenant's jobs fail (not written, so they may be sent again) and the others are written.
+
+    Locks are taken in tenant order: with the busy tenant's id highest, the failed batch
+    already held the others' locks, and must have let them go before looking for the busy."""
     committer = app.extensions["group_commit"]
     committer.lock_timeout = 0.5
-    busy, other, third = (make_tenant() for _ in range(3))
+    tenants = [make_tenant() for _ in range(3)]
+    busy, other, third = tenants if busy_id == "lowest" else tenants[::-1]
     add_events(other, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
     rebuilding(busy)
 
@@ -595,3 +600,25 @@ def test_metadata_numbers_beyond_64_bits_are_stored_exactly(client, make_tenant)
         select(Event.metadata_).where(Event.tenant_id == tenant_id).order_by(Event.id)
     ).all()
     assert stored == sent
+
+
+def test_only_a_lost_connection_leaves_a_batch_in_doubt(app, is_postgres, database_url):
+    """What the committer writes again: anything the database refused on a live connection
+    (its transaction aborted there), or a connection never made; not a connection lost."""
+    if not is_postgres:
+        pytest.skip("statement timeouts and refused connections are PostgreSQL's here")
+    from tenant_analytics.group_commit import _rolled_back
+
+    with db.engine.connect() as connection:
+        connection.exec_driver_sql("SET statement_timeout = '10ms'")
+        with pytest.raises(OperationalError) as cancelled:  # not a data error, yet refused
+            connection.exec_driver_sql("SELECT pg_sleep(1)")
+        connection.rollback()
+    assert _rolled_back(cancelled.value)
+    url = make_url(normalize_database_url(database_url)).set(port=1)  # nothing listens there
+    with pytest.raises(OperationalError) as refused:
+        create_engine(url, poolclass=NullPool).connect()
+    assert _rolled_back(refused.value)
+    with db.engine.connect() as connection, pytest.raises(OperationalError) as lost:
+        connection.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+    assert lost.value.connection_invalidated and not _rolled_back(lost.value)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DedupeKey, Event, Tenant, utcnow
@@ -208,3 +211,45 @@ def test_purge_deletes_idempotency_keys_seen_before_the_cutoff(
         response = app.test_client().post("/api/v1/analytics/conversion", json=replay)
         assert response.get_json()["status"] == "ok"
         assert db.session.scalar(select(func.count()).select_from(Event)) == 0  # not again
+
+
+def test_purge_lets_the_events_table_go_before_it_deletes_keys(
+    make_app, make_tenant, add_events, is_postgres
+):
+    """Dropping a month locks the whole events table until commit: the key cleanup after it,
+    however long, must not keep writers and reports waiting."""
+    if not is_postgres:
+        pytest.skip("dropping partitions is PostgreSQL's")
+    app = make_app()
+    with app.app_context():
+        tenant = make_tenant()
+        now = utcnow()
+        add_events(tenant, [("pageview", now - timedelta(days=400), "10.0.0.1", None)])
+        claim_keys(db.session, tenant.id, ["idem:old"], now=now - timedelta(days=100), window=None)
+        db.session.commit()
+        holder = Session(db.engine)  # holds the key's row: the cleanup waits for it
+        holder.execute(update(DedupeKey).where(DedupeKey.key == "idem:old").values(seen_at=now))
+        runner = app.test_cli_runner()
+        outcome: list = []
+        args = ["events", "purge", "--older-than", "90"]
+        purge = threading.Thread(target=lambda: outcome.append(runner.invoke(args=args)))
+        purge.start()
+        try:
+            with db.engine.connect() as watcher:
+                for _ in range(100):  # until the cleanup waits for the held row
+                    waiting = watcher.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM dedupe_keys%%'"
+                    ).scalar()
+                    watcher.rollback()
+                    if waiting:
+                        break
+                    time.sleep(0.05)
+                assert waiting
+                watcher.exec_driver_sql("SET lock_timeout = '1s'")
+                assert watcher.exec_driver_sql("SELECT count(*) FROM events").scalar() == 0
+        finally:
+            holder.rollback()
+            holder.close()
+            purge.join(10)
+        assert outcome and outcome[0].exit_code == 0, outcome

@@ -138,12 +138,13 @@ def purge_command(days: int) -> None:
     now = utcnow()
     cutoff = now - timedelta(days=days)
     dropped = purge_before(db.session.connection(), cutoff)
+    # Dropping a partition locks the whole events table: let writers and reports go at once.
+    db.session.commit()
     # A key still inside its window blocks repeats, however long the window was set.
     window = timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"])
     keys = delete_dedupe_keys(
         db.session, prefix=IDEMPOTENCY_PREFIX, seen_before=min(cutoff, now - window)
     )
-    db.session.commit()
     echo_json({"dropped": dropped, "dedupe_keys_deleted": keys})
 
 

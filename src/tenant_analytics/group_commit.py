@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from . import postgres_writer
@@ -88,14 +89,19 @@ class _Pending:
 def _rolled_back(error: Exception) -> bool:
     """True when ``error`` surely ended the batch's transaction without a commit.
 
-    So it is for an error raised before anything reached the database, and for a
-    statement the database refused (bad data, a broken constraint) on a connection
-    that is still there. A lost connection, or any other database failure, may have
-    come after the server committed.
+    So it is for an error raised before anything reached the database (connecting
+    included), and for an error the database reported on a connection that is still
+    there: the transaction aborted at that statement (a string of statements stops at
+    its first error), so COMMIT never took effect. A lost connection may have come
+    after the server committed.
     """
-    if not isinstance(error, DBAPIError):
+    if not isinstance(error, DBAPIError) or error.statement is None:
         return True
-    return isinstance(error, (DataError, IntegrityError)) and not error.connection_invalidated
+    if error.connection_invalidated:
+        return False
+    if isinstance(error.orig, sqlite3.Error):  # a file on this host: no reply to lose
+        return True
+    return getattr(error.orig, "pgcode", None) is not None
 
 
 class GroupCommitter:
@@ -194,8 +200,12 @@ class GroupCommitter:
     def _without_locked_tenants(self, batch: Sequence[_Pending], look_for_locked: bool) -> None:
         """After a lock wait ran out: fail the jobs of tenants whose rollups are locked (being
         rebuilt), and write the others together, rather than each waiting out the timeout."""
-        tenants = {pending.job.tenant.id for pending in batch}
-        locked = self._locked_tenants(tenants) if look_for_locked else tenants
+        if not look_for_locked:  # a second wait ran out with no rollup lock held: give up
+            log.warning("a lock wait ran out twice, no tenant's rollups locked: events refused")
+            for pending in batch:
+                pending.settle(None, CommitTimeout("waited too long for a database lock"))
+            return
+        locked = self._locked_tenants({pending.job.tenant.id for pending in batch})
         if locked:
             log.warning("rollups of tenants %s locked: their events refused", sorted(locked))
         for pending in batch:
@@ -225,10 +235,10 @@ class GroupCommitter:
                 return [IngestResult(stored=len(job.events), duplicates=0) for job in jobs]
         if self._connection is None or self._connection.closed:
             self._connection = db.engine.connect()
+            if postgres:  # once per connection, not a round trip per batch
+                postgres_writer.set_lock_timeout_for_good(self._connection, self.lock_timeout)
         session = Session(bind=self._connection)
         try:
-            if postgres:
-                postgres_writer.set_lock_timeout(session.connection(), self.lock_timeout)
             results = write_jobs(session, jobs)
             session.commit()
             return results

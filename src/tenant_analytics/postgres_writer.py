@@ -282,9 +282,10 @@ def commit_batch(
 
     ``autocommit_connection`` has the AUTOCOMMIT isolation level, so the driver sends
     no BEGIN of its own. No lock is waited for longer than ``lock_timeout`` seconds.
-    Returns once COMMIT is done. After an error the connection is invalidated (closed
-    for good): the transaction it had begun ends with it, and no one else gets it
-    from the pool half-way through.
+    Returns once COMMIT is done. After an error the transaction is rolled back where
+    the connection still answers, so the rollup locks it took are free before anyone
+    looks for locked tenants; then the connection is invalidated (closed for good), so
+    no one else gets it from the pool half-way through.
     """
     try:
         _prepare_once(autocommit_connection)
@@ -294,13 +295,30 @@ def commit_batch(
         )
         autocommit_connection.commit()  # SQLAlchemy's own bookkeeping: nothing is sent
     except BaseException:
+        _roll_back_if_alive(autocommit_connection)
         autocommit_connection.invalidate()
         raise
 
 
-def set_lock_timeout(connection: Connection, seconds: float) -> None:
-    """Wait no longer than ``seconds`` for any lock in the connection's current transaction."""
-    connection.exec_driver_sql(SET_LOCK_TIMEOUT, {"lock_timeout": _milliseconds(seconds)})
+def _roll_back_if_alive(connection: Connection) -> None:
+    """ROLLBACK on the raw connection, if it still answers (closing frees locks only later)."""
+    if connection.invalidated:
+        return
+    try:
+        cursor = connection.connection.driver_connection.cursor()
+        cursor.execute("ROLLBACK")
+        cursor.close()
+    except Exception:  # the connection is gone: the server ends the transaction itself
+        pass
+
+
+def set_lock_timeout_for_good(connection: Connection, seconds: float) -> None:
+    """Wait no longer than ``seconds`` for any lock, in every later transaction of
+    ``connection`` (one that only its owner ever uses: the setting stays with it)."""
+    connection.exec_driver_sql(
+        "SET lock_timeout = %(lock_timeout)s", {"lock_timeout": _milliseconds(seconds)}
+    )
+    connection.commit()
 
 
 def _milliseconds(seconds: float) -> str:

@@ -94,16 +94,25 @@ def claim_keys(
 def delete_dedupe_keys(session: Session, *, prefix: str, seen_before: datetime) -> int:
     """Delete the keys starting with ``prefix`` last seen before ``seen_before``; return how many.
 
-    A pass over the whole table (``seen_at`` has no index, which every claim would have
-    to update): fine for a command run now and then.
+    One transaction per tenant, each committed here: a range of the primary key, so
+    no transaction grows with the whole table (``seen_at`` has no index, which every
+    claim would have to update).
     """
     table = DedupeKey.__table__
-    result = session.execute(
-        delete(table).where(
-            table.c.key.startswith(prefix, autoescape=True), table.c.seen_at < seen_before
+    tenants = session.scalars(select(table.c.tenant_id).distinct()).all()
+    session.commit()
+    deleted = 0
+    for tenant_id in tenants:
+        result = session.execute(
+            delete(table).where(
+                table.c.tenant_id == tenant_id,
+                table.c.key.startswith(prefix, autoescape=True),
+                table.c.seen_at < seen_before,
+            )
         )
-    )
-    return result.rowcount
+        session.commit()
+        deleted += result.rowcount
+    return deleted
 
 
 def _dialect_insert(session: Session):
