@@ -47,6 +47,7 @@ class Settings:
     visitors: int
     store_events: int
     raw_runs: int
+    raw_budget: int  # seconds: no further raw run starts after this (a slow host runs one)
     dashboard_requests: int
     store_runs: int
     http_budget: int  # seconds at most per timed endpoint
@@ -75,6 +76,7 @@ class Settings:
             visitors=_int("BENCH_VISITORS", 400_000),
             store_events=_int("BENCH_STORE_EVENTS", 1_000_000),
             raw_runs=_int("BENCH_RAW_RUNS", 3),
+            raw_budget=_int("BENCH_RAW_BUDGET", 60),
             dashboard_requests=_int("BENCH_DASHBOARD_REQUESTS", 50),
             store_runs=_int("BENCH_STORE_RUNS", 5),
             http_budget=_int("BENCH_HTTP_BUDGET", 60),
