@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from tenant_analytics.auth import authenticate
 from tenant_analytics.extensions import db
-from tenant_analytics.models import DedupeKey, Event, Tenant, utcnow
+from tenant_analytics.models import DedupeKey, Event, Tenant, User, utcnow
 from tenant_analytics.store import claim_keys
 
 
@@ -67,7 +68,7 @@ def test_user_create_with_several_tenants(runner, make_tenant):
             "--email",
             "Owner@Example.com",
             "--password",
-            "pw",
+            "pass-word-1",
             "--tenant",
             str(first.id),
             "--tenant",
@@ -82,7 +83,7 @@ def test_user_create_with_several_tenants(runner, make_tenant):
         "is_admin": False,
     }
     again = runner.invoke(
-        args=["user", "create", "--email", "owner@example.com", "--password", "x"]
+        args=["user", "create", "--email", "owner@example.com", "--password", "another-pass"]
     )
     assert again.exit_code == 1
 
@@ -95,13 +96,42 @@ def test_user_create_unknown_tenant_fails(runner):
             "--email",
             "a@b.c",
             "--password",
-            "pw",
+            "pass-word-1",
             "--tenant",
             "4242",
             "--admin",
         ]
     )
     assert result.exit_code == 1 and "4242" in result.output
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [
+        ("not-an-address", "pass-word-1"),
+        ("owner@localhost", "pass-word-1"),
+        ("owner@exa mple.com", "pass-word-1"),
+        ("owner@example.com", "short"),
+    ],
+)
+def test_user_create_refuses_a_malformed_email_or_a_short_password(runner, email, password):
+    result = runner.invoke(args=["user", "create", "--email", email, "--password", password])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output
+    assert db.session.scalar(select(func.count()).select_from(User)) == 0
+
+
+def test_user_create_asks_for_the_password_twice_when_left_out(runner):
+    result = runner.invoke(
+        args=["user", "create", "--email", " Owner@Example.COM "],
+        input="pass-word-1\npass-word-1\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "pass-word-1" not in result.output  # hidden input: not echoed
+    created = json.loads(result.output.splitlines()[-1])
+    assert created["email"] == "owner@example.com"
+    user = db.session.get(User, created["id"])
+    assert authenticate(db.session, "owner@example.com", "pass-word-1") == user
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import click
+from email_validator import EmailNotValidError, validate_email
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
@@ -61,6 +62,25 @@ def valid_slug(_ctx: Any, _param: Any, value: str) -> str:
     return value
 
 
+# NIST SP 800-63B's floor for a password a person chooses.
+MIN_PASSWORD_LENGTH = 8
+
+
+def valid_email(_ctx: Any, _param: Any, value: str) -> str:
+    """The address, normalized and lower-cased as login compares it; only its form is
+    checked (no DNS: the host may have no network)."""
+    try:
+        return validate_email(value.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def valid_password(_ctx: Any, _param: Any, value: str) -> str:
+    if len(value) < MIN_PASSWORD_LENGTH:
+        raise click.BadParameter(f"at least {MIN_PASSWORD_LENGTH} characters")
+    return value
+
+
 @tenant_cli.command("create")
 @click.option("--name", required=True)
 @click.option("--slug", required=True, callback=valid_slug)
@@ -79,8 +99,15 @@ def create_tenant(name: str, slug: str, inactive: bool, timezone: str) -> None:
 
 
 @user_cli.command("create")
-@click.option("--email", required=True)
-@click.option("--password", required=True)
+@click.option("--email", required=True, callback=valid_email)
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    callback=valid_password,
+    help="Asked for when left out, which keeps it out of shell history and ps.",
+)
 @click.option("--tenant", "tenant_ids", type=int, multiple=True, help="Tenant id it owns.")
 @click.option("--admin", is_flag=True, help="May read every tenant.")
 def create_user_command(
@@ -91,7 +118,7 @@ def create_user_command(
     missing = sorted(set(tenant_ids) - {t.id for t in tenants})
     if missing:
         fail(f"no tenant with id {', '.join(map(str, missing))}")
-    if db.session.scalar(select(User).where(User.email == email.strip().lower())):
+    if db.session.scalar(select(User).where(User.email == email)):
         fail(f"a user with email {email!r} already exists")
     user = create_user(db.session, email, password, tenants=tenants, is_admin=admin)
     echo_json(user.to_dict())
