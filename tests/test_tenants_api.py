@@ -7,10 +7,14 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
 from tenant_analytics.extensions import db
-from tenant_analytics.models import Product, utcnow
+from tenant_analytics.models import DailyEventCount, Product, Tenant, utcnow
 from tenant_analytics.queries.store import dashboard_stats
+from tenant_analytics.rollups import rebuild_rollups
+
+from .test_rollups import rollup_snapshot
 
 
 @pytest.fixture
@@ -182,3 +186,43 @@ def test_new_timezone_recounts_the_dashboards_days(client, owner, store_events):
         db.session, tenant_id=tenant.id, zone=ZoneInfo("UTC"), now=utcnow(), use_rollups=False
     )
     assert after == raw["sales_by_day"]
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_events_a_stale_worker_writes_after_a_zone_change_count_in_the_new_zone(
+    make_app, client, owner, group_commit
+):
+    """Another worker keeps a tenant cached for TENANT_CACHE_SECONDS: the events it writes
+    after the zone changed still land on the new zone's days, as a rebuild would count them."""
+    tenant, headers = owner
+    assert (
+        client.patch(
+            f"/api/tenants/{tenant.id}", headers=headers, json={"timezone": "Pacific/Pago_Pago"}
+        ).status_code
+        == 200
+    )  # UTC-11
+    other_worker = make_app(GROUP_COMMIT=group_commit).test_client()
+    track = {"tenant_id": tenant.id, "event_type": "qr_scan"}
+    assert other_worker.post("/api/analytics/track", json=track).status_code == 201  # cached
+    patched = client.patch(
+        f"/api/tenants/{tenant.id}", headers=headers, json={"timezone": "Pacific/Kiritimati"}
+    )  # UTC+14: always another date than Pago Pago's
+    assert patched.status_code == 200
+    for _ in range(2):
+        assert other_worker.post("/api/analytics/track", json=track).status_code == 201
+    db.session.expire_all()
+    counts = db.session.execute(
+        select(DailyEventCount.day, DailyEventCount.events).where(
+            DailyEventCount.tenant_id == tenant.id
+        )
+    ).all()
+    assert counts == [(utcnow().astimezone(ZoneInfo("Pacific/Kiritimati")).date(), 3)]
+    today = client.get(f"/api/analytics/{tenant.id}/today", headers=headers).get_json()
+    assert today["qr_scans"] == 3
+    written = rollup_snapshot(tenant.id)
+    rebuild_rollups(db.session, db.session.get(Tenant, tenant.id))
+    db.session.commit()
+    rebuilt = rollup_snapshot(tenant.id)
+    # Written, a generated session is counted with no row of its own (rollups.NEW_SESSION).
+    del rebuilt["session_last_seen"], written["session_last_seen"]
+    assert rebuilt == written

@@ -41,6 +41,7 @@ from .ingestion import (
 )
 from .partitions import month_of, partitions_known
 from .rollups import aggregate
+from .store import current_tenants
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +173,16 @@ class GroupCommitter:
                 events += len(pending.job.events)
         return batch
 
-    def _commit(self, batch: Sequence[_Pending], *, look_for_locked: bool = True) -> None:
+    def _commit(
+        self, batch: Sequence[_Pending], *, look_for_locked: bool = True, recount: bool = True
+    ) -> None:
         try:
             results = self._write([p.job for p in batch])
         except Exception as error:
             if postgres_writer.lock_timed_out(error):
                 self._without_locked_tenants(batch, look_for_locked)
+            elif postgres_writer.zone_changed(error):
+                self._in_current_zones(batch, recount)
             else:
                 self._fail(batch, error)
             return
@@ -215,6 +220,26 @@ class GroupCommitter:
         if rest:
             # With nothing found locked (the wait was for another lock) once more, no more.
             self._commit(rest, look_for_locked=bool(locked))
+
+    def _in_current_zones(self, batch: Sequence[_Pending], recount: bool) -> None:
+        """A tenant's time zone changed in another process since this one cached it: write
+        the batch again (once) with the zones as they are now, and forget the cache."""
+        if not recount:
+            for pending in batch:
+                pending.settle(None, CommitTimeout("the tenant's time zone changed meanwhile"))
+            return
+        try:
+            connection = self._autocommit_connection()
+            current = current_tenants(connection, {pending.job.tenant.id for pending in batch})
+            connection.commit()  # SQLAlchemy's own bookkeeping: nothing is sent
+        except Exception as error:
+            self._fail(batch, error)
+            return
+        for pending in batch:
+            if tenant := current.get(pending.job.tenant.id):
+                pending.job.tenant = TenantInfo.of(tenant)
+        self.app.extensions["active_tenants"].forget()
+        self._commit(batch, recount=False)
 
     def _locked_tenants(self, tenant_ids: set[int]) -> set[int]:
         """Those of ``tenant_ids`` whose rollup lock is held now; all if that cannot be told."""

@@ -13,11 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
 
 from .models import Event, Tenant, utcnow
+from .postgres_writer import zone_changed
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
-from .store import claim_keys, insert_events
+from .store import claim_keys, current_tenants, insert_events
 
 # All event columns but the id (a sequence on PostgreSQL, store.py on SQLite).
 EMPTY_ROW: dict[str, Any] = {c.name: None for c in Event.__table__.columns if c.name != "id"}
@@ -221,8 +223,19 @@ def ingest(
         if not isinstance(session, scoped_session) or session.registry.has():
             session.rollback()  # (a request that never used the database has no session)
         return committer.submit(job)
-    (result,) = write_jobs(session, [job])
-    session.commit()
+    try:
+        (result,) = write_jobs(session, [job])
+        session.commit()
+    except DBAPIError as error:
+        if not zone_changed(error):
+            raise
+        # Another process changed the tenant's zone since this one cached it: once more,
+        # in the zone as it is now.
+        session.rollback()
+        if tenant_now := current_tenants(session, [job.tenant.id]).get(job.tenant.id):
+            job.tenant = TenantInfo.of(tenant_now)
+        (result,) = write_jobs(session, [job])
+        session.commit()
     return result
 
 

@@ -4,7 +4,9 @@ The events go as one JSON text (``json_populate_recordset``), each kind of
 rollup delta as another (``json_to_recordset``), in one string of statements
 run in order: the events first, which concurrent batches insert side by side;
 then the per-tenant advisory locks, so that each rollup update, the last-seen
-one above all, reads what earlier batches committed; then the rollups, whose
+one above all, reads what earlier batches committed; then a check that each
+tenant's zone is still the one its day keys were computed in (it fails with
+``ZONE_CHANGED`` when another process changed it); then the rollups, whose
 hot counter rows are locked until COMMIT anyway. The SQL is fixed text,
 prepared once per connection, so nothing is compiled or planned per batch.
 ``commit_batch`` sends BEGIN and COMMIT in the same string, and a lock timeout:
@@ -23,7 +25,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .rollups import ROLLUP_LOCK, RollupDelta
 
@@ -54,6 +56,8 @@ SELECT {", ".join(EVENT_COLUMNS)} FROM json_populate_recordset(NULL::events, %(e
 
 SELECT pg_advisory_xact_lock({ROLLUP_LOCK}, tenant)
 FROM (SELECT tenant FROM unnest(%(lock_tenants)s::int[]) AS tenant ORDER BY tenant) AS ordered;
+
+SELECT rollup_zones_current(%(zone_tenants)s::int[], %(zones)s::text[]);
 
 INSERT INTO daily_event_counts (tenant_id, day, event_type, events, value_sum, session_events)
 SELECT * FROM json_to_recordset(%(counts)s::json) AS delta (
@@ -156,6 +160,7 @@ SET sessions = session_last_seen_counts.sessions + excluded.sessions;
 # SET LOCAL: the limit ends with the transaction, never follows the connection to the pool.
 SET_LOCK_TIMEOUT = "SET LOCAL lock_timeout = %(lock_timeout)s"
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock wait that ran out
+ZONE_CHANGED = "TZ001"  # raised by rollup_zones_current (migration 0007)
 LOCKED_TENANTS = f"""
 SELECT tenant FROM unnest(%(tenants)s::int[]) AS tenant
 WHERE NOT pg_try_advisory_xact_lock({ROLLUP_LOCK}, tenant)
@@ -243,6 +248,8 @@ def batch_parameters(rows: Sequence[Mapping[str, Any]], delta: RollupDelta) -> d
     """What the EXECUTEs take: event ``rows`` and each part of their rollup ``delta`` as JSON."""
     return {
         "lock_tenants": sorted({row["tenant_id"] for row in rows}),
+        "zone_tenants": [tenant_id for tenant_id, _ in delta.zones],
+        "zones": [zone for _, zone in delta.zones],
         # One JSON text for all the events: PostgreSQL parses it far faster than an
         # array expression per column.
         "events": _json_text([{name: row[name] for name in EVENT_COLUMNS} for row in rows]),
@@ -330,6 +337,12 @@ def lock_timed_out(error: BaseException) -> bool:
     return isinstance(error, OperationalError) and (
         getattr(error.orig, "pgcode", None) == LOCK_NOT_AVAILABLE
     )
+
+
+def zone_changed(error: BaseException) -> bool:
+    """True when a batch was refused because a tenant's time zone is no longer the one
+    its day keys were computed in (nothing committed: count them again)."""
+    return isinstance(error, DBAPIError) and getattr(error.orig, "pgcode", None) == ZONE_CHANGED
 
 
 def locked_tenants(autocommit_connection: Connection, tenant_ids: Iterable[int]) -> set[int]:

@@ -159,6 +159,8 @@ class RollupDelta:
     sessions: list[tuple[int, str, str, date]] = field(default_factory=list)
     # (tenant, scope, day, sessions): NEW_SESSION sessions, straight into the histogram
     new_sessions: list[tuple[int, str, date, int]] = field(default_factory=list)
+    # (tenant, zone name): the zone each tenant's day keys above are in
+    zones: list[tuple[int, str]] = field(default_factory=list)
 
 
 def aggregate(
@@ -208,6 +210,7 @@ def aggregate(
         latest=[(t, h, max(days)) for (t, h), days in sorted(seen.items())],
         sessions=[(t, scope, s, d) for (t, scope, s), d in sorted(sessions.items())],
         new_sessions=[(t, scope, d, n) for (t, scope, d), n in sorted(new_sessions.items())],
+        zones=[(t, tenants[t].timezone) for t in sorted({row["tenant_id"] for row in rows})],
     )
 
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from . import postgres_writer
 from .models import DedupeKey, Event, IdSequence, Tenant
 from .partitions import ensure_partitions_cached, month_of
 from .rollups import TenantFields, aggregate, update_rollups
+
+TenantRow = Row[tuple[int, str, str]]  # id, timezone, currency
 
 
 def allocate_ids(session: Session, name: str, count: int) -> range:
@@ -41,22 +44,34 @@ def insert_events(
 ) -> None:
     """Insert event rows (column name -> value) and their rollups in the caller's transaction.
 
-    ``tenants`` (id -> Tenant, for day keys and currency) is loaded when not given.
+    ``tenants`` (id -> zone and currency, for day keys) is loaded when not given; SQLite
+    reads it anyway, under its write lock.
     """
     if not rows:
         return
-    if tenants is None:
-        ids = {row["tenant_id"] for row in rows}
-        tenants = {t.id: t for t in session.scalars(select(Tenant).where(Tenant.id.in_(ids)))}
+    tenant_ids = {row["tenant_id"] for row in rows}
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         ensure_partitions_cached(session, {month_of(row["created_at"]) for row in rows})
+        tenants = tenants or current_tenants(session, tenant_ids)
+        # The batch checks the zones under the tenants' rollup locks (ZONE_CHANGED).
         postgres_writer.write_batch(connection, rows, aggregate(rows, tenants))
         return
     ids = allocate_ids(session, "events", len(rows))
     rows = [{**row, "id": event_id} for row, event_id in zip(rows, ids, strict=True)]
     session.execute(insert(Event.__table__), rows)
-    update_rollups(session, rows, tenants)
+    # Read under SQLite's write lock (taken above), which a change of zone needs as well:
+    # the zones as they are now, not as some process cached them.
+    update_rollups(session, rows, current_tenants(session, tenant_ids))
+
+
+def current_tenants(
+    connection: Connection | Session, tenant_ids: Iterable[int]
+) -> dict[int, TenantRow]:
+    """The rollup fields (id, timezone, currency) of ``tenant_ids`` as stored now."""
+    columns = select(Tenant.id, Tenant.timezone, Tenant.currency)
+    rows = connection.execute(columns.where(Tenant.id.in_(sorted(tenant_ids))))
+    return {row.id: row for row in rows}
 
 
 def claim_keys(
