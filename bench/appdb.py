@@ -59,12 +59,13 @@ def timed_median(
     function: Callable[[], T], runs: int, budget: float = float("inf")
 ) -> tuple[float, T, int]:
     """Median seconds of up to ``runs`` calls of ``function``, the last call's result and
-    how many calls there were: no call starts once ``budget`` seconds have gone (one at least).
+    how many calls there were: a further call starts only if, as slow as the slowest so
+    far, it would end within ``budget`` seconds of the first's start (one call at least).
     """
     times, result = [], None
     started_all = time.perf_counter()
     for _ in range(max(runs, 1)):
-        if times and time.perf_counter() - started_all > budget:
+        if times and time.perf_counter() - started_all + max(times) > budget:
             break
         started = time.perf_counter()
         result = function()

@@ -47,7 +47,7 @@ class Settings:
     visitors: int
     store_events: int
     raw_runs: int
-    raw_budget: int  # seconds: no further raw run starts after this (a slow host runs one)
+    raw_budget: int  # seconds: no raw run starts that would end after this (a slow host runs one)
     dashboard_requests: int
     store_runs: int
     http_budget: int  # seconds at most per timed endpoint
