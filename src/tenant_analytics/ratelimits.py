@@ -15,7 +15,7 @@ from limits import parse_many
 from .errors import ApiError
 from .extensions import client_ip_key, limiter
 from .privacy import rate_limit_key
-from .schemas import MAX_BATCH_EVENTS
+from .schemas import MAX_BATCH_EVENTS, echoed_transaction_id
 from .tenancy import request_body, requested_tenant
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -131,7 +131,7 @@ login_attempts = unless_disabled(
 
 def _skip_beacon(_limit: RequestLimit) -> Response:
     """A throttled conversion beacon is skipped, never an error the page could see."""
-    transaction_id = (request_body() or {}).get("transaction_id")
+    transaction_id = echoed_transaction_id((request_body() or {}).get("transaction_id"))
     return jsonify({"status": "skipped", "transaction_id": transaction_id})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from typing import Annotated, Any, Literal
@@ -68,8 +69,11 @@ def _storable_text(value: str) -> str:
 Metadata = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 Currency = ISO4217  # a code of ISO 4217 in any case, upper-cased
 MAX_MONEY = Decimal("999999999999.99")  # events.price and events.revenue: numeric(14, 2)
-Money = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, decimal_places=2)]
 CENT = Decimal("0.01")
+# Quantized, "0e-1000000" (zero, so within the bounds) is 0.00, which numeric can hold.
+Money = Annotated[
+    Decimal, Field(ge=0, le=MAX_MONEY, decimal_places=2), AfterValidator(lambda v: v.quantize(CENT))
+]
 # Beacon totals computed in JavaScript (35.400000000000006): rounded to the cent, not refused.
 RoundedMoney = Annotated[
     Decimal,
@@ -123,6 +127,9 @@ class TrackedEvent(Body):
         seconds = (metadata or {}).get("seconds")
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
             raise ValueError("time_on_page needs metadata.seconds, a number >= 0")
+        # The rollups sum seconds to the millisecond (numeric(20, 3)): kept the same here,
+        # the raw events and the rollups average the same values.
+        seconds = round(seconds, 3) if isinstance(seconds, float) else seconds
         return {**(metadata or {}), "seconds": min(seconds, MAX_TIME_ON_PAGE_SECONDS)}
 
     @field_validator("price")
@@ -202,7 +209,21 @@ class ConversionBeacon(Body):
     value: RoundedMoney = Decimal(0)
     currency: Currency | None = None
     event: Literal[V1_TRACK_TYPES] = "purchase"  # type: ignore[valid-type]
-    timestamp: AwareDatetime | None = None
+    # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
+    timestamp: Annotated[AwareDatetime, AfterValidator(lambda v: v.astimezone(UTC))] | None = None
+
+
+def echoed_transaction_id(raw: object) -> str | int | None:
+    """A beacon's ``transaction_id`` as sent, when JSON can carry it back as it is."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and len(raw) <= 128:
+        try:
+            raw.encode()  # a lone surrogate has no UTF-8
+        except UnicodeEncodeError:
+            return None
+        return raw
+    return None  # NaN, for one, is no JSON at all
 
 
 class ProductCreate(Body):

@@ -14,7 +14,7 @@ from ..extensions import db
 from ..ingestion import NewEvent, public_tenant_by_slug
 from ..products import product_of_tenant
 from ..ratelimits import api_group, conversion_group, per_tenant
-from ..schemas import ConversionBeacon, Interaction, V1TrackEvent
+from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
 from ..tenancy import request_body, requested_tenant
 from .requests import ingest_from_request, parse_body
 from .tracking import TENANT_UNAVAILABLE
@@ -47,7 +47,7 @@ def track():
 def conversion():
     """Payment beacon: always 200, ``ok`` when recorded (once per transaction), else ``skipped``."""
     raw = request_body() or {}
-    transaction_id = raw.get("transaction_id")
+    transaction_id = echoed_transaction_id(raw.get("transaction_id"))
     try:
         body = ConversionBeacon.model_validate(raw)
     except ValidationError:  # an unusable beacon is expected traffic, not a fault to log
