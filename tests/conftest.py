@@ -97,10 +97,21 @@ def make_app(migrated: str) -> Iterator[Any]:
         return app
 
     yield _make
+    for made in apps:
+        _release_connections(made)
     if apps:
         with apps[0].app_context():
             _empty_tables()
         limiter.reset()
+
+
+def _release_connections(app: Flask) -> None:
+    """Stop the app's group committer and empty its pool: every test makes its own apps,
+    and PostgreSQL's max_connections is shared by the whole suite."""
+    if committer := app.extensions.get("group_commit"):
+        committer.close()
+    with app.app_context():
+        db.engine.dispose()
 
 
 def _empty_tables() -> None:

@@ -622,3 +622,34 @@ def test_only_a_lost_connection_leaves_a_batch_in_doubt(app, is_postgres, databa
     with db.engine.connect() as connection, pytest.raises(OperationalError) as lost:
         connection.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
     assert lost.value.connection_invalidated and not _rolled_back(lost.value)
+
+
+def test_closing_the_committer_writes_what_is_queued_and_lets_go_of_its_connections(
+    make_app, make_tenant
+):
+    app = make_app()
+    with app.app_context():
+        tenant = TenantInfo.of(make_tenant())
+    committer = app.extensions["group_commit"]
+    client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
+
+    def job(path: str) -> IngestJob:
+        return IngestJob(tenant, [NewEvent("pageview", {"path": path})], client, "key")
+
+    assert committer.submit(job("/first")).stored == 1  # the committer holds a connection now
+    held = [c for c in (committer._connection, committer._autocommit) if c is not None]
+    assert held and not any(connection.closed for connection in held)
+    thread = committer._thread
+    queued = [_Pending(job(f"/queued-{n}")) for n in range(5)]
+    for pending in queued:
+        committer._queue.put(pending)
+    committer.close()
+
+    assert not thread.is_alive()
+    assert all(connection.closed for connection in held)
+    assert [pending.result.stored for pending in queued] == [1] * 5  # written before it stopped
+    assert committer.submit(job("/after")).stored == 1  # a new committer starts on demand
+    assert committer._thread is not thread
+    committer.close()
+    with app.app_context():
+        assert count_events(tenant.id) == 7

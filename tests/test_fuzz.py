@@ -101,24 +101,6 @@ def app(make_app: Any) -> Iterator[Flask]:
     )
     with application.app_context():
         yield application
-    release_connections(application)
-
-
-def release_connections(application: Flask) -> None:
-    """Close the connections the app's group committer keeps and empty its pool.
-
-    The committer holds its connections for the life of the process, and every test makes
-    its own app: without this the suite runs PostgreSQL out of connections (max_connections
-    is shared). By then the committer is idle, waiting for jobs that never come.
-    """
-    committer = application.extensions.get("group_commit")
-    for name in ("_connection", "_autocommit"):
-        connection = getattr(committer, name, None)
-        if connection is not None:
-            connection.close()
-            setattr(committer, name, None)
-    with application.app_context():
-        db.engine.dispose()
 
 
 class LoggedTracebacks(logging.Handler):
@@ -1090,7 +1072,6 @@ def proxied(make_app: Any, logged: LoggedTracebacks) -> Iterator[Api]:
         TRUSTED_PROXY_COUNT=1,
     )
     yield Api(application.test_client(), logged)
-    release_connections(application)
 
 
 @fuzz(60)
@@ -1483,7 +1464,6 @@ def limited(make_app: Any) -> Iterator[Flask]:
         db.session.add(Tenant(slug="limited", name="Limited"))
         db.session.commit()
         yield application
-    release_connections(application)
 
 
 @fuzz(40)

@@ -122,9 +122,11 @@ class GroupCommitter:
         # PostgreSQL: the longest a batch waits for a lock. A tenant's rollup lock is held
         # for milliseconds by a batch, but by a rebuild for its whole transaction.
         self.lock_timeout = lock_timeout
-        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        # None in the queue asks the committer to stop (``close``).
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._owner_pid: int | None = None
+        self._thread: threading.Thread | None = None
         self._connection: Connection | None = None
         self._autocommit: Connection | None = None
 
@@ -147,31 +149,62 @@ class GroupCommitter:
             return
         with self._lock:
             if self._owner_pid != os.getpid():
-                self._queue = queue.SimpleQueue()  # a forked child starts afresh
+                self._queue = queue.SimpleQueue()  # after a fork or close(): afresh
                 # Request threads are CPU-bound; after each database round trip the
                 # committer must win the GIL back in well under the default 5 ms.
                 sys.setswitchinterval(SWITCH_INTERVAL)
-                threading.Thread(target=self._run, name="group-commit", daemon=True).start()
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._queue,), name="group-commit", daemon=True
+                )
+                self._thread.start()
                 self._owner_pid = os.getpid()
 
-    def _run(self) -> None:
-        with self.app.app_context():
-            while True:
-                self._commit(self._next_batch())
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, stop the committer and close its connections.
 
-    def _next_batch(self) -> list[_Pending]:
-        """Every job queued now (at least one), skipping those their requests withdrew."""
+        For an app that is done with (a test's, a worker's at exit): the committer
+        otherwise keeps its connections for the life of the process. A later
+        ``submit`` starts a new committer.
+        """
+        with self._lock:
+            thread = self._thread if self._owner_pid == os.getpid() else None
+            self._owner_pid = self._thread = None
+            if thread is None:
+                return
+            self._queue.put(None)
+        thread.join(timeout)
+
+    def _run(self, jobs: queue.SimpleQueue[_Pending | None]) -> None:
+        with self.app.app_context():
+            try:
+                while True:
+                    batch, stop = self._next_batch(jobs)
+                    if batch:
+                        self._commit(batch)
+                    if stop:
+                        return
+            finally:
+                for connection in (self._connection, self._autocommit):
+                    if connection is not None:
+                        connection.close()
+                self._connection = self._autocommit = None
+
+    def _next_batch(self, jobs: queue.SimpleQueue[_Pending | None]) -> tuple[list[_Pending], bool]:
+        """Every job queued now (at least one, unless asked to stop), skipping those their
+        requests withdrew; and whether ``close`` asked the committer to stop."""
         batch: list[_Pending] = []
         events = 0
         while not batch or events < self.max_events:
             try:
-                pending = self._queue.get() if not batch else self._queue.get_nowait()
+                pending = jobs.get() if not batch else jobs.get_nowait()
             except queue.Empty:
                 break
+            if pending is None:
+                return batch, True
             if pending.move("claimed"):
                 batch.append(pending)
                 events += len(pending.job.events)
-        return batch
+        return batch, False
 
     def _commit(
         self, batch: Sequence[_Pending], *, look_for_locked: bool = True, recount: bool = True
