@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import traceback
 
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from tenant_analytics.extensions import db
+from tenant_analytics.logs import loggable_traceback
 from tenant_analytics.models import Event
 from tenant_analytics.privacy import visitor_hash
 
@@ -138,3 +140,57 @@ def test_a_logged_database_error_carries_no_parameter_values(make_app, make_tena
     assert "IntegrityError" in caplog.text  # the error was logged, with its traceback
     assert "meta-7f3a" not in caplog.text and "agent-9c1e" not in caplog.text
     assert "meta-7f3a" not in response.get_data(as_text=True)
+
+
+def test_a_logged_database_error_quotes_no_row_values(make_app, make_tenant, caplog, is_postgres):
+    """PostgreSQL's own messages quote rows and values (``DETAIL: Failing row contains …``,
+    ``invalid input syntax …: "…"``): what the app logs of a database error keeps the
+    error's kind and names (SQLSTATE, table, constraint) and leaves the message out."""
+    if not is_postgres:
+        pytest.skip("SQLite's messages name columns and constraints, never values")
+    app = make_app()
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+        with db.engine.begin() as conn:  # a constraint the write breaks, quoting the row
+            conn.execute(
+                text(
+                    "ALTER TABLE events ADD CONSTRAINT no_notes"
+                    " CHECK (metadata::text NOT LIKE '%note%')"
+                )
+            )
+    try:
+        caplog.set_level(logging.DEBUG)
+        response = client.post(
+            "/api/analytics/track",
+            json={"tenant_id": tenant_id, "event_type": "pageview", "metadata": {"note": "m-5d2b"}},
+            headers={"User-Agent": "agent-4e8f"},
+        )
+    finally:
+        with app.app_context(), db.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE events DROP CONSTRAINT no_notes"))
+    assert response.status_code == 500
+    assert "IntegrityError" in caplog.text and "23514" in caplog.text  # check_violation
+    assert "no_notes" in caplog.text  # the constraint's name tells what broke
+    assert "m-5d2b" not in caplog.text and "agent-4e8f" not in caplog.text
+    assert "m-5d2b" not in response.get_data(as_text=True)
+
+
+def test_other_errors_are_logged_as_python_formats_them():
+    """Only database messages are left out: any other traceback, chained ones included, reads
+    as it always did."""
+
+    def fail() -> None:
+        try:
+            try:
+                {}["missing"]
+            except KeyError as error:
+                raise ValueError("bad value") from error
+        except ValueError:
+            raise RuntimeError("while handling")  # noqa: B904 - an implicit chain on purpose
+
+    with pytest.raises(RuntimeError) as caught:
+        fail()
+    expected = "".join(traceback.format_exception(caught.value)).rstrip("\n")
+    assert loggable_traceback(caught.value) == expected
+    assert "direct cause" in expected and "During handling" in expected

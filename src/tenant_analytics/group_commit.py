@@ -14,7 +14,6 @@ stored twice.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import sqlite3
@@ -39,11 +38,12 @@ from .ingestion import (
     tenants_of,
     write_jobs,
 )
+from .logs import get_logger
 from .partitions import month_of, partitions_known
 from .rollups import aggregate
 from .store import current_tenants
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SWITCH_INTERVAL = 0.0005  # seconds
 _CLAIMS = threading.Lock()  # guards _Pending.state

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from functools import lru_cache, wraps
@@ -14,12 +13,13 @@ from limits import parse_many
 
 from .errors import ApiError
 from .extensions import client_ip_key, limiter
+from .logs import get_logger
 from .privacy import rate_limit_key
 from .schemas import MAX_BATCH_EVENTS, echoed_transaction_id
 from .tenancy import request_body, requested_tenant
 
 View = TypeVar("View", bound=Callable[..., Any])
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def unless_disabled(limit: Callable[[View], View]) -> Callable[[View], View]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 from flask import Blueprint, current_app
@@ -12,6 +11,7 @@ from ..errors import error_response, invalid_body
 from ..event_builders import conversion_event
 from ..extensions import db
 from ..ingestion import NewEvent, public_tenant_by_slug
+from ..logs import get_logger
 from ..products import product_of_tenant
 from ..ratelimits import api_group, conversion_group, per_tenant
 from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
@@ -20,7 +20,7 @@ from .requests import ingest_from_request, parse_body
 from .tracking import TENANT_UNAVAILABLE
 
 bp = Blueprint("v1", __name__, url_prefix="/api/v1")
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @bp.post("/analytics/track")
