@@ -15,8 +15,8 @@ from sqlalchemy.pool import NullPool
 from tenant_analytics import postgres_writer
 from tenant_analytics.config import normalize_database_url
 from tenant_analytics.extensions import db
-from tenant_analytics.group_commit import CommitUncertain, GroupCommitter, TenantBusy, _Pending
-from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantInfo
+from tenant_analytics.group_commit import CommitUncertain, GroupCommitter, _Pending
+from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantBusy, TenantInfo
 from tenant_analytics.models import Event, Tenant, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
@@ -511,15 +511,22 @@ def test_a_tenant_being_rebuilt_fails_alone_and_promptly(
     assert [count_events(t.id) for t in (busy, other, third)] == [0, 2, 1]
 
 
-def test_events_of_a_tenant_being_rebuilt_answer_503(app, make_tenant, rebuilding):
-    """Through HTTP: the tenant being rebuilt gets 503 (send again), another tenant 201."""
-    app.extensions["group_commit"].lock_timeout = 0.3
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_events_of_a_tenant_being_rebuilt_answer_503(
+    make_app, make_tenant, rebuilding, group_commit
+):
+    """Through HTTP: the tenant being rebuilt gets 503 (send again) once the lock wait runs
+    out, another tenant 201. Without group commit too: each request waiting out the whole
+    rebuild would hold a pooled connection, and a busy tenant would take them all."""
+    app = make_app(GROUP_COMMIT=group_commit, WRITE_LOCK_TIMEOUT=0.3)
     busy, other = make_tenant(), make_tenant()
     rebuilding(busy)
+    started = time.monotonic()
     statuses = run_concurrently(
         app, [{"tenant_id": tenant.id, "event_type": "pageview"} for tenant in (busy, other)]
     )
     assert statuses == [503, 201]
+    assert time.monotonic() - started < 1.5  # the 0.3 s wait, not the rebuild (8 s)
     assert [count_events(busy.id), count_events(other.id)] == [0, 1]
 
 

@@ -75,7 +75,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.extensions["active_tenants"] = ActiveTenants(app.config["TENANT_CACHE_SECONDS"])
     if app.config["GROUP_COMMIT"]:
-        app.extensions["group_commit"] = GroupCommitter(app)
+        app.extensions["group_commit"] = GroupCommitter(
+            app, lock_timeout=app.config["WRITE_LOCK_TIMEOUT"]
+        )
 
     from .api import register_blueprints
     from .auth import register_jwt_callbacks

@@ -15,7 +15,8 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from .group_commit import CommitTimeout, CommitUncertain
+from .group_commit import CommitUncertain
+from .ingestion import CommitTimeout
 from .logs import get_logger
 
 log = get_logger(__name__)

@@ -31,8 +31,10 @@ from sqlalchemy.orm import Session
 from . import postgres_writer
 from .extensions import db
 from .ingestion import (
+    CommitTimeout,
     IngestJob,
     IngestResult,
+    TenantBusy,
     TenantInfo,
     rows_to_write,
     tenants_of,
@@ -47,14 +49,6 @@ log = get_logger(__name__)
 
 SWITCH_INTERVAL = 0.0005  # seconds
 _CLAIMS = threading.Lock()  # guards _Pending.state
-
-
-class CommitTimeout(TimeoutError):
-    """The job waited too long and was withdrawn unwritten: the client may retry it."""
-
-
-class TenantBusy(CommitTimeout):
-    """The tenant's rollups stayed locked (a rebuild) past the lock timeout: nothing was written."""
 
 
 class CommitUncertain(Exception):

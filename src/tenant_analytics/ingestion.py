@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
 
 from .models import Event, Tenant, utcnow
-from .postgres_writer import zone_changed
+from .postgres_writer import limit_lock_waits, lock_timed_out, zone_changed
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
 from .store import claim_keys, current_tenants, insert_events
 
@@ -49,6 +49,14 @@ class NewEvent:
     extra: dict[str, Any] = field(default_factory=dict)
     dedupe_key: str | None = None
     dedupe_window: timedelta | None = None
+
+
+class CommitTimeout(TimeoutError):
+    """The events waited too long and were withdrawn unwritten: the client may send them again."""
+
+
+class TenantBusy(CommitTimeout):
+    """The tenant's rollups stayed locked (a rebuild) past the lock timeout: nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -210,11 +218,14 @@ def ingest(
     *,
     hash_key: str,
     committer: Committer | None = None,
+    lock_timeout: float = 2.0,
 ) -> IngestResult:
     """Store ``events`` for ``tenant``; return once they are committed.
 
     With a ``committer`` (group commit) the events share a transaction with
-    other requests in flight; without one they are written and committed here.
+    other requests in flight; without one they are written and committed here,
+    waiting for a lock (a rebuild holds its tenant's rollups) at most
+    ``lock_timeout`` seconds on PostgreSQL.
     """
     job = IngestJob(TenantInfo.of(tenant), events, client, hash_key)
     if committer is not None:
@@ -224,19 +235,32 @@ def ingest(
             session.rollback()  # (a request that never used the database has no session)
         return committer.submit(job)
     try:
-        (result,) = write_jobs(session, [job])
-        session.commit()
+        return _write_alone(session, job, lock_timeout)
     except DBAPIError as error:
         if not zone_changed(error):
             raise
-        # Another process changed the tenant's zone since this one cached it: once more,
-        # in the zone as it is now.
-        session.rollback()
-        if tenant_now := current_tenants(session, [job.tenant.id]).get(job.tenant.id):
-            job.tenant = TenantInfo.of(tenant_now)
+    # Another process changed the tenant's zone since this one cached it: once more, in
+    # the zone as it is now.
+    if tenant_now := current_tenants(session, [job.tenant.id]).get(job.tenant.id):
+        job.tenant = TenantInfo.of(tenant_now)
+    return _write_alone(session, job, lock_timeout)
+
+
+def _write_alone(
+    session: Session | scoped_session[Session], job: IngestJob, lock_timeout: float
+) -> IngestResult:
+    """``job`` in a transaction of its own, which waits for a lock ``lock_timeout`` at most:
+    else a tenant being rebuilt would hold a pooled connection for each of its requests."""
+    try:
+        limit_lock_waits(session.connection(), lock_timeout)
         (result,) = write_jobs(session, [job])
         session.commit()
-    return result
+        return result
+    except DBAPIError as error:
+        session.rollback()
+        if lock_timed_out(error):
+            raise TenantBusy("waited too long for a database lock") from error
+        raise
 
 
 def _claim_dedupe_keys(

@@ -319,6 +319,13 @@ def _roll_back_if_alive(connection: Connection) -> None:
         pass
 
 
+def limit_lock_waits(connection: Connection, seconds: float) -> None:
+    """On PostgreSQL, wait no longer than ``seconds`` for any lock until ``connection``'s
+    transaction ends."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(SET_LOCK_TIMEOUT, {"lock_timeout": _milliseconds(seconds)})
+
+
 def set_lock_timeout_for_good(connection: Connection, seconds: float) -> None:
     """Wait no longer than ``seconds`` for any lock, in every later transaction of
     ``connection`` (one that only its owner ever uses: the setting stays with it)."""

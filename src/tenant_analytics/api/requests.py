@@ -49,4 +49,5 @@ def ingest_from_request(tenant: TenantRef, events: Sequence[NewEvent]) -> Ingest
         client_info(),
         hash_key=current_app.config["VISITOR_HASH_KEY"],
         committer=current_app.extensions.get("group_commit"),
+        lock_timeout=current_app.config["WRITE_LOCK_TIMEOUT"],
     )
