@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import http.client
 import os
 import re
@@ -57,7 +56,7 @@ class Gunicorn:
             f"127.0.0.1:{self.port}",
             "--pid",
             str(self.pid_path),
-            *control_socket_off(),
+            "--no-control-socket",  # its default path is per user, shared with any gunicorn here
             *extra,
             self.app,
         ]
@@ -131,16 +130,6 @@ class Gunicorn:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
-
-
-@functools.cache
-def control_socket_off() -> tuple[str, ...]:
-    """``--no-control-socket`` where gunicorn has one (27+): its default path is per user,
-    shared with any other gunicorn running here."""
-    help_text = subprocess.run(
-        [str(VENV_BIN / "gunicorn"), "--help"], capture_output=True, text=True, check=False
-    ).stdout
-    return ("--no-control-socket",) if "--no-control-socket" in help_text else ()
 
 
 def _workers_setting(settings: tuple[str, ...]) -> int:

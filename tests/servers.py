@@ -42,7 +42,9 @@ def gunicorn(settings: list[str], env: dict[str, str], log: Path) -> Iterator[in
     port = free_port()
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [GUNICORN, *settings, "--bind", f"127.0.0.1:{port}", "wsgi:app"],
+            # No control socket: its default path is per user, shared with any other gunicorn
+            # here (a `make serve` beside the tests would lose its own).
+            [GUNICORN, *settings, "--bind", f"127.0.0.1:{port}", "--no-control-socket", "wsgi:app"],
             cwd=ROOT,
             env=env,
             stdout=log_file,
