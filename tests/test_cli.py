@@ -201,6 +201,12 @@ def test_events_commands(runner, make_tenant, add_events, is_postgres):
     purged = runner.invoke(args=["events", "purge", "--older-than", "90"])
     assert purged.exit_code == 0, purged.output
     assert db.session.scalar(select(func.count()).select_from(Event)) == 1
+    report = json.loads(purged.output)
+    if is_postgres:  # whole months go: the partition of the old event, named
+        assert any(name.startswith("events_y") for name in report["dropped"])
+        assert "events_deleted" not in report
+    else:  # no partitions: rows are deleted and counted
+        assert (report["dropped"], report["events_deleted"]) == ([], 1)
     db.session.execute(DailyVisitorCount.__table__.delete())
     db.session.commit()
     rebuilt = runner.invoke(args=["events", "rebuild-rollups", "--tenant", str(tenant.id)])

@@ -164,7 +164,7 @@ def purge_command(days: int) -> None:
     idempotency keys last seen before then."""
     now = utcnow()
     cutoff = now - timedelta(days=days)
-    dropped = purge_before(db.session.connection(), cutoff)
+    dropped, rows_deleted = purge_before(db.session.connection(), cutoff)
     # Dropping a partition locks the whole events table: let writers and reports go at once.
     db.session.commit()
     # A key still inside its window blocks repeats, however long the window was set.
@@ -172,7 +172,8 @@ def purge_command(days: int) -> None:
     keys = delete_dedupe_keys(
         db.session, prefix=IDEMPOTENCY_PREFIX, seen_before=min(cutoff, now - window)
     )
-    echo_json({"dropped": dropped, "dedupe_keys_deleted": keys})
+    counted = {} if rows_deleted is None else {"events_deleted": rows_deleted}
+    echo_json({"dropped": dropped, **counted, "dedupe_keys_deleted": keys})
 
 
 @events_cli.command("rebuild-rollups")

@@ -113,14 +113,15 @@ def create_ahead(connection: Connection, *, now: datetime, months_ahead: int) ->
     return ensure_partitions(connection, months)
 
 
-def purge_before(connection: Connection, cutoff: datetime) -> list[str]:
-    """Drop every partition whose whole month lies before ``cutoff``; return what went.
+def purge_before(connection: Connection, cutoff: datetime) -> tuple[list[str], int | None]:
+    """Drop every partition whose whole month lies before ``cutoff``: the partitions that
+    went, and None (their rows were not counted).
 
-    On SQLite the rows older than ``cutoff`` are deleted instead.
+    SQLite has no partitions: the rows older than ``cutoff`` are deleted, and counted.
     """
     if connection.dialect.name != "postgresql":
         result = connection.execute(delete(Event).where(Event.created_at < cutoff))
-        return [f"{result.rowcount} rows"]
+        return [], result.rowcount
     dropped = []
     _known_months.clear()
     for name in sorted(connection.scalars(LIST_PARTITIONS)):
@@ -131,4 +132,4 @@ def purge_before(connection: Connection, cutoff: datetime) -> list[str]:
         if datetime.combine(next_month(month), datetime.min.time(), UTC) <= cutoff:
             connection.execute(text(f"DROP TABLE {name}"))
             dropped.append(name)
-    return dropped
+    return dropped, None
