@@ -54,11 +54,30 @@ def test_production_starts_with_real_secrets(monkeypatch):
 
 @pytest.mark.parametrize(
     "env",
-    [{"TRACK_RATE_LIMIT": "lots"}, {"TRUSTED_PROXY_COUNT": "-1"}, {"RATELIMIT_ENABLED": "maybe"}],
+    [
+        {"TRACK_RATE_LIMIT": "lots"},
+        {"TRUSTED_PROXY_COUNT": "-1"},
+        {"RATELIMIT_ENABLED": "maybe"},
+        {"WRITE_LOCK_TIMEOUT_MS": "0"},  # PostgreSQL's 0 would mean no limit at all
+        {"DASHBOARD_ORIGINS": "dash.example.com"},  # no scheme: browsers never send that
+        {"DASHBOARD_ORIGINS": "https://dash.example.com/"},  # an origin has no path
+    ],
 )
 def test_bad_settings_are_refused(env):
     with pytest.raises(ConfigError):
         from_environment(env)
+
+
+def test_settings_are_read_from_the_environment():
+    config = from_environment(
+        {
+            "DASHBOARD_ORIGINS": "https://dash.example.com, http://localhost:3000",
+            "WRITE_LOCK_TIMEOUT_MS": "500",
+        }
+    )
+    assert config["DASHBOARD_ORIGINS"] == ["https://dash.example.com", "http://localhost:3000"]
+    assert config["WRITE_LOCK_TIMEOUT"] == 0.5
+    assert from_environment({})["DASHBOARD_ORIGINS"] == []
 
 
 def test_postgres_url_spelling_is_normalized():

@@ -56,6 +56,8 @@ def test_batch_stores_valid_items_and_reports_the_rest(client, make_tenant):
     assert (body["stored"], body["duplicates"]) == (3, 0)
     assert [r["index"] for r in body["rejected"]] == [1, 3]
     assert "event_type" in body["rejected"][0]["errors"]
+    # In the client's terms, not pydantic's ("a valid dictionary or instance of TrackedEvent").
+    assert body["rejected"][1]["errors"] == {"body": ["Should be a JSON object"]}
     assert count_events(tenant.id) == 3
 
 
@@ -111,11 +113,13 @@ def test_batch_envelope_errors(make_app, make_tenant, body, status):
         assert count_events(tenant.id) == 0
 
 
-def test_batch_over_500_kb_is_413(client, make_tenant):
+@pytest.mark.parametrize("items", [260, 300])  # just over 500 KiB, and past Flask's own limit
+def test_batch_over_500_kib_is_413_saying_so(client, make_tenant, items):
     tenant = make_tenant()
-    events = [{"event_type": "pageview", "metadata": {"pad": "x" * 2000}}] * 260
+    events = [{"event_type": "pageview", "metadata": {"pad": "x" * 2000}}] * items
     response = client.post("/api/analytics/batch", json={"tenant_id": tenant.id, "events": events})
     assert response.status_code == 413
+    assert response.get_json()["message"] == "The body may not exceed 500 KiB."
 
 
 def test_each_batch_event_counts_against_the_tenant_limit(make_app, make_tenant):

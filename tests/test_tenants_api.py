@@ -77,6 +77,29 @@ def test_patch_tenant_validation(client, owner, body, field):
     assert field in response.get_json()["errors"]
 
 
+@pytest.mark.parametrize(
+    ("path", "method", "body"),
+    [
+        ("", "patch", {"timezon": "America/Tegucigalpa"}),
+        ("/products", "post", {"name": "Pan", "prize": 12}),
+        ("/products/PRODUCT", "patch", {"actve": False}),
+    ],
+)
+def test_a_misspelt_setting_is_refused_not_ignored(client, owner, path, method, body):
+    """An owner's typo once answered 200 and changed nothing."""
+    tenant, headers = owner
+    url = f"/api/tenants/{tenant.id}"
+    product = client.post(f"{url}/products", headers=headers, json={"name": "Pan"}).get_json()
+    response = getattr(client, method)(
+        url + path.replace("PRODUCT", str(product["product"]["id"])), headers=headers, json=body
+    )
+    assert response.status_code == 422
+    (misspelt,) = body.keys() - {"name"}
+    assert response.get_json()["errors"] == {misspelt: ["Not a field of this request"]}
+    listed = client.get(f"{url}/products", headers=headers).get_json()["products"]
+    assert [p["active"] for p in listed] == [True]  # nothing else was created or changed
+
+
 def test_product_lifecycle(client, owner):
     tenant, headers = owner
     url = f"/api/tenants/{tenant.id}/products"

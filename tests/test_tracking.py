@@ -141,11 +141,50 @@ def test_invalid_bodies_are_422_with_field_errors(client, make_tenant, body, fie
     assert stored(tenant.id) == []
 
 
-@pytest.mark.parametrize("raw", [b"", b"not json", b"[1, 2]", b'"text"', b"{", b"NaN"])
-def test_non_object_bodies_are_422(client, raw):
+def test_text_too_short_or_long_is_counted_in_characters(client, make_tenant):
+    """Pydantic measures text checked after a validator in "items"; clients read characters."""
+    tenant = make_tenant()
+    response = client.post(
+        "/api/analytics/track",
+        json={
+            "tenant_id": tenant.id,
+            "event_type": "pageview",
+            "session_id": "   ",  # stripped to nothing
+            "product_slug": "x" * 201,
+        },
+    )
+    assert response.status_code == 422
+    assert response.get_json()["errors"] == {
+        "session_id": ["Text should have at least 1 character"],
+        "product_slug": ["Text should have at most 200 characters"],
+    }
+
+
+EMPTY = "The body is empty: send a JSON object."
+NOT_JSON = "The body is not valid JSON (UTF-8 text)."
+NOT_AN_OBJECT = "The body must be a JSON object."
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", EMPTY),
+        (b"  \n", EMPTY),
+        (b"not json", NOT_JSON),
+        (b'{"tenant_id": 1,', NOT_JSON),  # cut short
+        (b'{"tenant_id": 1} trailing', NOT_JSON),
+        (b'{"name": "\xff"}', NOT_JSON),  # not UTF-8
+        (b"[" * 50_000, NOT_JSON),  # deeper than the parser goes
+        (b"[1, 2]", NOT_AN_OBJECT),
+        (b'"text"', NOT_AN_OBJECT),
+        (b"null", NOT_AN_OBJECT),
+        (b"NaN", NOT_AN_OBJECT),
+    ],
+)
+def test_non_object_bodies_are_422_saying_why(client, raw, reason):
     response = client.post("/api/analytics/track", data=raw, content_type="application/json")
     assert response.status_code == 422
-    assert response.get_json()["errors"] == {"body": ["The body must be a JSON object."]}
+    assert response.get_json()["errors"] == {"body": [reason]}
 
 
 DEEP = "[" * 5000 + "]" * 5000  # 10 KB, and deeper than the JSON parser can recurse
@@ -189,12 +228,42 @@ def test_body_over_64_kib_is_413_json(client, make_tenant):
     assert stored(tenant.id) == []
 
 
+def preflight(client, path, origin, method="POST", headers=None):
+    request_headers = {"Origin": origin, "Access-Control-Request-Method": method}
+    if headers:
+        request_headers["Access-Control-Request-Headers"] = headers
+    return client.options(path, headers=request_headers)
+
+
 def test_cors_allows_any_origin_on_tracking(client):
-    response = client.options(
-        "/api/analytics/track",
-        headers={"Origin": "https://bakery.example", "Access-Control-Request-Method": "POST"},
-    )
+    response = preflight(client, "/api/analytics/track", "https://bakery.example")
     assert response.headers["Access-Control-Allow-Origin"] in ("*", "https://bakery.example")
+    assert response.headers["Access-Control-Allow-Methods"] == "POST"  # not every method
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/api/analytics/7", "GET"),
+        ("/api/analytics/7/dashboard-stats", "GET"),
+        ("/api/auth/login", "POST"),
+        ("/api/tenants", "GET"),
+        ("/api/tenants/7/products/3", "PATCH"),
+    ],
+)
+def test_owner_api_answers_only_the_configured_dashboard_origins(make_app, path, method):
+    """A dashboard served from its own origin calls the owner API with a bearer token; by
+    default, and from any other origin, browsers are not let in."""
+    dashboard, other = "https://dash.bakery.example", "https://evil.example"
+    configured = make_app(DASHBOARD_ORIGINS=[dashboard]).test_client()
+    allowed = preflight(configured, path, dashboard, method, "authorization,content-type")
+    assert allowed.headers["Access-Control-Allow-Origin"] == dashboard
+    assert method in allowed.headers["Access-Control-Allow-Methods"]
+    assert "authorization" in allowed.headers["Access-Control-Allow-Headers"].lower()
+    refused = preflight(configured, path, other, method, "authorization")
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    default = preflight(make_app().test_client(), path, dashboard, method, "authorization")
+    assert "Access-Control-Allow-Origin" not in default.headers
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ from .cooperative import cooperate_with_gevent
 from .extensions import cors, db, jwt, limiter, migrate
 
 PUBLIC_ROUTES = r"/api/(analytics/track|analytics/batch|v1/.*)"
+# What an owner's dashboard calls, from DASHBOARD_ORIGINS only (bearer tokens, no cookies).
+OWNER_ROUTES = r"/api/(auth/.*|tenants(/.*)?|analytics/\d+(/.*)?)"
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -68,7 +70,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=_migrations_dir())
     jwt.init_app(app)
     limiter.init_app(app)
-    cors.init_app(app, resources={PUBLIC_ROUTES: {"origins": "*"}})
+    cors.init_app(app, resources=_cors_resources(app.config["DASHBOARD_ORIGINS"]))
 
     from .group_commit import GroupCommitter
     from .tenancy import ActiveTenants
@@ -118,3 +120,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+
+def _cors_resources(dashboard_origins: list[str]) -> dict[str, dict[str, Any]]:
+    """Any page may post events; only the configured dashboards may call the owner API."""
+    resources: dict[str, dict[str, Any]] = {PUBLIC_ROUTES: {"origins": "*", "methods": ["POST"]}}
+    if dashboard_origins:
+        resources[OWNER_ROUTES] = {
+            "origins": dashboard_origins,
+            "methods": ["GET", "POST", "PATCH", "DELETE"],
+            "allow_headers": ["Authorization", "Content-Type"],
+            "max_age": 600,
+        }
+    return resources

@@ -12,10 +12,11 @@ from limits import parse as parse_rate_limit
 DEV_SECRET_DEFAULT = "dev-only-insecure-secret-do-not-use-in-production"
 SECRET_SETTINGS = ("SECRET_KEY", "JWT_SECRET_KEY", "VISITOR_HASH_KEY")
 
-# Request bodies: the tracking endpoint accepts 64 KiB, the batch endpoint more.
+# Request bodies: the tracking endpoint accepts 64 KiB, the batch endpoint more, and
+# no endpoint more than that (Flask refuses a longer body before it is read).
 TRACK_MAX_BYTES = 64 * 1024
 BATCH_MAX_BYTES = 500 * 1024
-MAX_CONTENT_LENGTH = 512 * 1024
+MAX_CONTENT_LENGTH = BATCH_MAX_BYTES
 
 
 class ConfigError(RuntimeError):
@@ -44,6 +45,16 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _origins(env: Mapping[str, str], name: str) -> list[str]:
+    """Comma-separated web origins (``https://dash.example.com``), as browsers send them."""
+    origins = [item.strip() for item in (env.get(name) or "").split(",") if item.strip()]
+    for origin in origins:
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ConfigError(f"{name}: {origin!r} is not an origin like https://dash.example.com")
+    return origins
 
 
 def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
@@ -88,6 +99,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "IDEMPOTENCY_WINDOW_SECONDS": _int(env, "IDEMPOTENCY_WINDOW_SECONDS", 5),
         "INTERACTION_MIN_SECONDS": _int(env, "INTERACTION_MIN_MS", 15) / 1000,
         "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
+        "DASHBOARD_ORIGINS": _origins(env, "DASHBOARD_ORIGINS"),
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int(env, "JWT_ACCESS_MINUTES", 60, 1)),
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int(env, "JWT_REFRESH_DAYS", 30, 1)),
     }

@@ -11,15 +11,17 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from flask_limiter import RateLimitExceeded
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .group_commit import CommitUncertain
 from .ingestion import CommitTimeout
 from .logs import get_logger
 
 log = get_logger(__name__)
+_WERKZEUG_TOO_LARGE = RequestEntityTooLarge.description
 
 
 class ApiError(Exception):
@@ -70,10 +72,25 @@ def _default_code(status: int) -> str:
 def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
     """Pydantic errors as ``{"field.path": ["message", ...]}``."""
     fields: dict[str, list[str]] = {}
-    for err in exc.errors(include_url=False, include_input=False):
+    for err in exc.errors(include_url=False):
         loc = ".".join(str(part) for part in err["loc"]) or "body"
-        fields.setdefault(loc, []).append(err["msg"])
+        fields.setdefault(loc, []).append(_client_message(err))
     return fields
+
+
+def _client_message(err: ErrorDetails) -> str:
+    """Pydantic's message, but in the client's terms where pydantic speaks of its own:
+    text checked after a validator is measured in "items", a nested model is named."""
+    kind, context = err["type"], err.get("ctx", {})
+    if kind in ("too_short", "too_long") and isinstance(err.get("input"), str):
+        limit = context["min_length" if kind == "too_short" else "max_length"]
+        bound = "at least" if kind == "too_short" else "at most"
+        return f"Text should have {bound} {limit} character{'' if limit == 1 else 's'}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "Should be a JSON object"
+    if kind == "extra_forbidden":
+        return "Not a field of this request"
+    return err["msg"]
 
 
 def invalid_body(errors: dict[str, list[str]]) -> ApiError:
@@ -107,7 +124,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         status = exc.code or 500
-        response, _ = error_response(status, exc.description or exc.name)
+        description = exc.description or exc.name
+        if isinstance(exc, RequestEntityTooLarge) and description == _WERKZEUG_TOO_LARGE:
+            # Flask's own limit, in the words of the endpoints' lower ones.
+            description = f"The body may not exceed {app.config['MAX_CONTENT_LENGTH'] // 1024} KiB."
+        response, _ = error_response(status, description)
         for name, value in exc.get_headers():  # keeps Allow on 405, Retry-After where set
             if name.lower() != "content-type":
                 response.headers[name] = value

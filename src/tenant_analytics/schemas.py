@@ -89,6 +89,12 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
 
+class OwnerSettings(Body):
+    """Base for what an owner changes by hand: a misspelt field is an error, not a no-op."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 def _cut_to(limit: int):
     return AfterValidator(lambda value: value[:limit])
 
@@ -226,7 +232,7 @@ def echoed_transaction_id(raw: object) -> str | int | None:
     return None  # NaN, for one, is no JSON at all
 
 
-class ProductCreate(Body):
+class ProductCreate(OwnerSettings):
     """``POST /api/tenants/<id>/products``."""
 
     name: Annotated[Text, Field(min_length=1, max_length=200)]
@@ -235,7 +241,7 @@ class ProductCreate(Body):
     active: StrictBool = True
 
 
-class ProductUpdate(Body):
+class ProductUpdate(OwnerSettings):
     """``PATCH /api/tenants/<id>/products/<id>``: only the fields sent change.
 
     Fields typed without ``| None`` refuse an explicit null.
@@ -247,7 +253,7 @@ class ProductUpdate(Body):
     active: StrictBool = None  # type: ignore[assignment]
 
 
-class TenantUpdate(Body):
+class TenantUpdate(OwnerSettings):
     """``PATCH /api/tenants/<id>``: only the fields sent change; none may be null."""
 
     name: Annotated[Text, Field(min_length=1, max_length=200)] = None  # type: ignore[assignment]

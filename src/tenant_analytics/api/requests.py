@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -24,11 +25,23 @@ def parse_body(schema: type[SchemaT], *, max_bytes: int | None = None) -> Schema
         raise RequestEntityTooLarge(f"The body may not exceed {max_bytes // 1024} KiB.")
     body = request_body()
     if body is None:
-        raise invalid_body({"body": ["The body must be a JSON object."]})
+        raise invalid_body({"body": [_why_not_an_object()]})
     try:
         return schema.model_validate(body)
     except ValidationError as exc:
         raise invalid_body(validation_errors(exc)) from None
+
+
+def _why_not_an_object() -> str:
+    """Why the body is no JSON object, for the client (parsed again: an error's path only)."""
+    data = request.get_data(cache=True)
+    if not data.strip():
+        return "The body is empty: send a JSON object."
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
+        return "The body is not valid JSON (UTF-8 text)."
+    return "The body must be a JSON object."
 
 
 def client_info() -> ClientInfo:
