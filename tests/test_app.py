@@ -11,12 +11,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import upgrade
-from sqlalchemy import create_engine, make_url, select, text
+from sqlalchemy import create_engine, func, make_url, select, text
 
 from tenant_analytics import create_app
 from tenant_analytics.config import ConfigError, from_environment, normalize_database_url
 from tenant_analytics.extensions import db
-from tenant_analytics.models import DailyProductCount, utcnow
+from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
+from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
 from tenant_analytics.partitions import ensure_partitions, is_partition, month_of
 
 from .servers import ROOT
@@ -119,6 +120,61 @@ def test_the_wsgi_entry_point_freezes_what_startup_built(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) > 10_000
+
+
+@pytest.fixture
+def linguistic_database_url(database_url):
+    """An empty PostgreSQL database whose default collation is ICU's en-US; dropped after."""
+    if not database_url.startswith("postgres"):
+        pytest.skip("SQLite compares text by code point, whatever is asked")
+    url = make_url(normalize_database_url(database_url))
+    name = f"{url.database}_en_us"
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        icu = "SELECT count(*) FROM pg_collation WHERE collprovider = 'i'"
+        if not connection.scalar(text(icu)):
+            pytest.skip("this PostgreSQL was built without ICU")
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.exec_driver_sql(
+            f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu'
+            " ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        )
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def test_product_names_compare_by_code_point_under_a_linguistic_collation(
+    linguistic_database_url,
+):
+    """The rollups keep a product's greatest name as Python compares text; under en-US the
+    raw events' max() once picked another one ("Pan dulce" over "aaaa"), and the reports
+    read from rollups differed from the raw events'."""
+    app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": linguistic_database_url,
+            "GROUP_COMMIT": False,
+            "VISITOR_HASH_KEY": "k" * 32,
+        }
+    )
+    with app.app_context():
+        upgrade()
+        tenant = Tenant(slug="shop", name="Shop")
+        db.session.add(tenant)
+        db.session.commit()
+        views = [
+            NewEvent("product_view", extra={"product_slug": "pan", "product_name": name})
+            for name in ("aaaa", "Pan dulce")
+        ]
+        ingest(db.session, tenant, views, ClientInfo("203.0.113.1", "pytest", None), hash_key="k")
+        raw = db.session.scalar(select(func.max(Event.product_name)))
+        rolled_up = db.session.scalar(select(func.max(DailyProductCount.product_name)))
+        assert raw == rolled_up == "aaaa"  # "a" (97) after "P" (80)
+        db.session.remove()
+        db.engine.dispose()
 
 
 @pytest.fixture

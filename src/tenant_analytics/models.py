@@ -30,6 +30,10 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .extensions import db
 
+# Compared in code-point order on every backend, as Python compares the rollups' names
+# (migration 0008); SQLite's default collation is that order already.
+PRODUCT_NAME = String(200).with_variant(String(200, collation="C"), "postgresql")
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -169,7 +173,7 @@ class Event(db.Model):
     user_id: Mapped[str | None] = mapped_column(String(254))
     product_id: Mapped[int | None] = mapped_column(Integer)
     product_slug: Mapped[str | None] = mapped_column(String(200))
-    product_name: Mapped[str | None] = mapped_column(String(200))
+    product_name: Mapped[str | None] = mapped_column(PRODUCT_NAME)
     price: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
     quantity: Mapped[int | None] = mapped_column(Integer)
     source: Mapped[str | None] = mapped_column(String(100))
@@ -334,7 +338,7 @@ class DailyProductCount(db.Model):
     event_type: Mapped[str] = mapped_column(String(40), primary_key=True)
     product_slug: Mapped[str] = mapped_column(String(200), primary_key=True)
     events: Mapped[int] = mapped_column(BigInteger)
-    product_name: Mapped[str | None] = mapped_column(String(200))  # the greatest seen
+    product_name: Mapped[str | None] = mapped_column(PRODUCT_NAME)  # the greatest seen
 
 
 class SessionLastSeen(db.Model):
