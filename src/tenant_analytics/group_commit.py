@@ -158,7 +158,8 @@ class GroupCommitter:
 
         For an app that is done with (a test's, a worker's at exit): the committer
         otherwise keeps its connections for the life of the process. A later
-        ``submit`` starts a new committer.
+        ``submit`` starts a new committer; one racing with ``close`` may land behind
+        the stop and time out (a 503 the client may retry).
         """
         with self._lock:
             thread = self._thread if self._owner_pid == os.getpid() else None
