@@ -77,7 +77,7 @@ def test_settings_are_read_from_the_environment():
         }
     )
     assert config["DASHBOARD_ORIGINS"] == ["https://dash.example.com", "http://localhost:3000"]
-    assert config["WRITE_LOCK_TIMEOUT"] == 0.5
+    assert config["WRITE_LOCK_TIMEOUT_SECONDS"] == 0.5
     assert from_environment({})["DASHBOARD_ORIGINS"] == []
 
 

@@ -522,7 +522,7 @@ def test_events_of_a_tenant_being_rebuilt_answer_503(
     """Through HTTP: the tenant being rebuilt gets 503 (send again) once the lock wait runs
     out, another tenant 201. Without group commit too: each request waiting out the whole
     rebuild would hold a pooled connection, and a busy tenant would take them all."""
-    app = make_app(GROUP_COMMIT=group_commit, WRITE_LOCK_TIMEOUT=0.3)
+    app = make_app(GROUP_COMMIT=group_commit, WRITE_LOCK_TIMEOUT_SECONDS=0.3)
     busy, other = make_tenant(), make_tenant()
     rebuilding(busy)
     started = time.monotonic()

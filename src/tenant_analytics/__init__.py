@@ -78,7 +78,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["active_tenants"] = ActiveTenants(app.config["TENANT_CACHE_SECONDS"])
     if app.config["GROUP_COMMIT"]:
         app.extensions["group_commit"] = GroupCommitter(
-            app, lock_timeout=app.config["WRITE_LOCK_TIMEOUT"]
+            app, lock_timeout=app.config["WRITE_LOCK_TIMEOUT_SECONDS"]
         )
 
     from .api import register_blueprints

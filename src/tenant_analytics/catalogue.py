@@ -69,31 +69,49 @@ EVENT_KINDS: dict[str, Kind] = {
     "whatsapp_purchase": Kind.WHATSAPP_PURCHASE,
 }
 
+TIME_ON_PAGE = "time_on_page"  # the landing type whose metadata carries seconds
 LANDING_TYPES = (
     "pageview",
     "click_whatsapp",
     "click_call",
     "click_toggle_currency",
-    "time_on_page",
+    TIME_ON_PAGE,
     "qr_scan",
     "product_click",
 )
+# The store's types, named where code refers to one of them.
+PAGE_VIEW = "page_view"
+PRODUCT_VIEW = "product_view"
+ADD_TO_CART = "add_to_cart"
+BEGIN_CHECKOUT = "begin_checkout"
+PURCHASE = "purchase"
+CHECKOUT_STARTED = "checkout_started"
+PAYMENT_INFO_ENTERED = "payment_info_entered"
+ORDER_COMPLETED = "order_completed"
+PAYMENT_ERROR = "payment_error"
+CHECKOUT_ERROR = "checkout_error"
+PAYMENT_CONFIRMATION_ERROR = "payment_confirmation_error"
+ADDRESS_ERROR = "address_error"
+WHATSAPP_CART_CLICK = "whatsapp_cart_click"
+WHATSAPP_PURCHASE = "whatsapp_purchase"
 STORE_TYPES = (
-    "page_view",
-    "product_view",
-    "add_to_cart",
-    "begin_checkout",
-    "purchase",
-    "checkout_started",
-    "payment_info_entered",
-    "order_completed",
-    "payment_error",
-    "checkout_error",
-    "payment_confirmation_error",
-    "address_error",
-    "whatsapp_cart_click",
-    "whatsapp_purchase",
+    PAGE_VIEW,
+    PRODUCT_VIEW,
+    ADD_TO_CART,
+    BEGIN_CHECKOUT,
+    PURCHASE,
+    CHECKOUT_STARTED,
+    PAYMENT_INFO_ENTERED,
+    ORDER_COMPLETED,
+    PAYMENT_ERROR,
+    CHECKOUT_ERROR,
+    PAYMENT_CONFIRMATION_ERROR,
+    ADDRESS_ERROR,
+    WHATSAPP_CART_CLICK,
+    WHATSAPP_PURCHASE,
 )
+# A store visit's way to a sale, as the funnel report counts it.
+FUNNEL_STEPS = (PAGE_VIEW, PRODUCT_VIEW, ADD_TO_CART, BEGIN_CHECKOUT, PURCHASE)
 # What POST /api/analytics/track accepts: the landing snippet's and the store's types.
 TRACK_TYPES = LANDING_TYPES + STORE_TYPES
 V1_TRACK_TYPES = (

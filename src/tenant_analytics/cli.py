@@ -1,4 +1,4 @@
-"""Command line: ``flask --app tenant_analytics tenant|user|demo ...``."""
+"""Command line: ``flask --app tenant_analytics tenant|user|product|events|demo ...``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from .auth import create_user
-from .event_builders import IDEMPOTENCY_PREFIX
+from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
 from .models import Tenant, User, utcnow
 from .partitions import create_ahead, purge_before
@@ -30,8 +30,8 @@ user_cli = AppGroup("user", help="Manage owner and admin users.")
 product_cli = AppGroup("product", help="Manage a tenant's products.")
 events_cli = AppGroup("events", help="Partitions, retention and rollups of the events table.")
 
-# Accepted events may be backdated 30 days (conversion beacons); never drop a month they reach.
-MIN_RETENTION_DAYS = 62
+# Accepted events may be backdated (conversion beacons); never drop a month they reach.
+MIN_RETENTION_DAYS = MAX_AGE.days + 32
 
 
 def echo_json(data: dict[str, Any]) -> None:

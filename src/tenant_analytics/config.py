@@ -94,7 +94,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LOGIN_RATE_LIMIT": _rate_limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),
         "API_RATE_LIMIT": _rate_limit(env, "API_RATE_LIMIT", "60 per minute"),
         "GROUP_COMMIT": _flag(env, "GROUP_COMMIT", True),
-        "WRITE_LOCK_TIMEOUT": _int(env, "WRITE_LOCK_TIMEOUT_MS", 2000, 1) / 1000,
+        "WRITE_LOCK_TIMEOUT_SECONDS": _int(env, "WRITE_LOCK_TIMEOUT_MS", 2000, 1) / 1000,
         "TENANT_CACHE_SECONDS": _int(env, "TENANT_CACHE_SECONDS", 10),
         "IDEMPOTENCY_WINDOW_SECONDS": _int(env, "IDEMPOTENCY_WINDOW_SECONDS", 5),
         "INTERACTION_MIN_SECONDS": _int(env, "INTERACTION_MIN_MS", 15) / 1000,

@@ -1,4 +1,4 @@
-"""Demo data: a bakery with a week of plausible landing-page traffic."""
+"""Demo data: a bakery with a week of plausible landing-page traffic and online-shop sessions."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .auth import create_user
+from .catalogue import FUNNEL_STEPS, PURCHASE, TIME_ON_PAGE
 from .ingestion import ClientInfo, NewEvent, enrich
 from .models import Tenant, User, utcnow
 from .products import create_product
@@ -46,7 +47,7 @@ def _demo_events(tenant: Tenant, rng: random.Random) -> list[dict]:
             )
             visit = [
                 NewEvent("pageview"),
-                NewEvent("time_on_page", {"seconds": rng.randint(5, 400)}),
+                NewEvent(TIME_ON_PAGE, {"seconds": rng.randint(5, 400)}),
             ]
             if rng.random() < 0.35:
                 visit.append(NewEvent("click_whatsapp", {"button_location": "hero"}))
@@ -70,7 +71,6 @@ PRODUCTS = [
     ("semita", "Semita", "15.00"),
     ("rosquillas", "Rosquillas", "45.00"),
 ]
-STORE_STEPS = ["page_view", "product_view", "add_to_cart", "begin_checkout", "purchase"]
 
 
 def _demo_store_events(tenant: Tenant, rng: random.Random) -> list[dict]:
@@ -91,9 +91,9 @@ def _demo_store_events(tenant: Tenant, rng: random.Random) -> list[dict]:
             "source": rng.choice([None, "instagram", "google"]),
             "user_id": f"cliente{rng.randint(1, 15)}@demo.example",
         }
-        for step, event_type in enumerate(STORE_STEPS[:depth]):
+        for step, event_type in enumerate(FUNNEL_STEPS[:depth]):
             columns = dict(extra)
-            if event_type == "purchase":
+            if event_type == PURCHASE:
                 quantity = rng.randint(1, 3)
                 columns.update(
                     price=Decimal(price),

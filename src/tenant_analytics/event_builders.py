@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .catalogue import PURCHASE
 from .errors import validation_errors
 from .ingestion import NewEvent, TenantRef
 from .models import utcnow
@@ -77,7 +78,7 @@ def track_event(body: TrackedEvent, tenant: TenantRef, *, dedupe_window: timedel
     columns["quantity"] = quantity
     columns["session_id"] = body.session_id or new_session_id()
     columns[NEW_SESSION] = body.session_id is None
-    if body.event_type == "purchase" and body.price is not None:
+    if body.event_type == PURCHASE and body.price is not None:
         columns["revenue"] = body.price * (quantity or 1)
         columns["currency"] = tenant.currency
     key = body.idempotency_key

@@ -1,13 +1,14 @@
 """The one ingestion path every endpoint goes through.
 
-validate (the endpoint's schema) -> resolve the tenant -> enrich (visitor
-hash, user agent, referrer, timestamp) -> store.
+validate (the handler, with its schema) -> resolve the tenant (tenancy) ->
+enrich (here: visitor hash, user agent, referrer, timestamp) -> store (here,
+through the group committer or in a transaction of its own).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -16,13 +17,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
 
-from .models import Event, Tenant, utcnow
+from .models import EVENT_COLUMNS, Tenant, utcnow
 from .postgres_writer import limit_lock_waits, lock_timed_out, zone_changed
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
 from .store import claim_keys, current_tenants, insert_events
 
-# All event columns but the id (a sequence on PostgreSQL, store.py on SQLite).
-EMPTY_ROW: dict[str, Any] = {c.name: None for c in Event.__table__.columns if c.name != "id"}
+EMPTY_ROW: dict[str, Any] = dict.fromkeys(EVENT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -219,13 +219,15 @@ def ingest(
     hash_key: str,
     committer: Committer | None = None,
     lock_timeout: float = 2.0,
+    forget_tenants: Callable[[], None] = lambda: None,
 ) -> IngestResult:
     """Store ``events`` for ``tenant``; return once they are committed.
 
     With a ``committer`` (group commit) the events share a transaction with
     other requests in flight; without one they are written and committed here,
     waiting for a lock (a rebuild holds its tenant's rollups) at most
-    ``lock_timeout`` seconds on PostgreSQL.
+    ``lock_timeout`` seconds on PostgreSQL. ``forget_tenants`` empties the
+    process's tenant cache when it proved stale (a zone changed meanwhile).
     """
     job = IngestJob(TenantInfo.of(tenant), events, client, hash_key)
     if committer is not None:
@@ -240,9 +242,10 @@ def ingest(
         if not zone_changed(error):
             raise
     # Another process changed the tenant's zone since this one cached it: once more, in
-    # the zone as it is now.
+    # the zone as it is now, and no more stale cached zones for the next requests.
     if tenant_now := current_tenants(session, [job.tenant.id]).get(job.tenant.id):
         job.tenant = TenantInfo.of(tenant_now)
+    forget_tenants()
     return _write_alone(session, job, lock_timeout)
 
 

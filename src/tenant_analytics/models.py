@@ -168,7 +168,8 @@ class Event(db.Model):
     visitor_hash: Mapped[str | None] = mapped_column(String(45))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     referrer: Mapped[str | None] = mapped_column(String(1024))
-    # Store and v1 fields; NULL for landing-page events.
+    # Store and v1 fields; NULL where an event has none (/track gives every event a
+    # session_id, landing events included, so NULL does not mean "landing").
     session_id: Mapped[str | None] = mapped_column(String(64))
     user_id: Mapped[str | None] = mapped_column(String(254))
     product_id: Mapped[int | None] = mapped_column(Integer)
@@ -181,6 +182,10 @@ class Event(db.Model):
     # Money an event brought in (purchase: price x quantity; conversion: value).
     revenue: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
     currency: Mapped[str | None] = mapped_column(String(3))
+
+
+# The columns a write fills (the id comes from the database, or store.py on SQLite).
+EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in Event.__table__.columns if c.name != "id")
 
 
 class Product(db.Model):

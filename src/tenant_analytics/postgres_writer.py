@@ -27,28 +27,8 @@ import orjson
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from .models import EVENT_COLUMNS
 from .rollups import ROLLUP_LOCK, RollupDelta
-
-EVENT_COLUMNS = (
-    "tenant_id",
-    "created_at",
-    "event_type",
-    "metadata",
-    "visitor_hash",
-    "user_agent",
-    "referrer",
-    "session_id",
-    "user_id",
-    "product_id",
-    "product_slug",
-    "product_name",
-    "price",
-    "quantity",
-    "source",
-    "error_message",
-    "revenue",
-    "currency",
-)
 
 WRITE_BATCH = f"""
 INSERT INTO events ({", ".join(EVENT_COLUMNS)})

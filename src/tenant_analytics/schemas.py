@@ -23,6 +23,8 @@ from pydantic_extra_types.currency_code import ISO4217
 
 from .catalogue import (
     MAX_TIME_ON_PAGE_SECONDS,
+    PURCHASE,
+    TIME_ON_PAGE,
     TRACK_TYPES,
     V1_INTERACTION_TYPES,
     V1_TRACK_TYPES,
@@ -128,7 +130,7 @@ class TrackedEvent(Body):
             isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 < quantity <= 10**6
         ):
             raise ValueError("metadata.quantity must be a whole number from 1 to 1000000")
-        if info.data.get("event_type") != "time_on_page":
+        if info.data.get("event_type") != TIME_ON_PAGE:
             return metadata
         seconds = (metadata or {}).get("seconds")
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
@@ -214,7 +216,7 @@ class ConversionBeacon(Body):
     transaction_id: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
     value: RoundedMoney = Decimal(0)
     currency: Currency | None = None
-    event: Literal[V1_TRACK_TYPES] = "purchase"  # type: ignore[valid-type]
+    event: Literal[V1_TRACK_TYPES] = PURCHASE  # type: ignore[valid-type]
     # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
     timestamp: Annotated[AwareDatetime, AfterValidator(lambda v: v.astimezone(UTC))] | None = None
 

@@ -13,7 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..errors import invalid_body, validation_errors
 from ..extensions import db
 from ..ingestion import ClientInfo, IngestResult, NewEvent, TenantRef, ingest
-from ..tenancy import request_body
+from ..tenancy import active_tenants, request_body
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
@@ -62,5 +62,6 @@ def ingest_from_request(tenant: TenantRef, events: Sequence[NewEvent]) -> Ingest
         client_info(),
         hash_key=current_app.config["VISITOR_HASH_KEY"],
         committer=current_app.extensions.get("group_commit"),
-        lock_timeout=current_app.config["WRITE_LOCK_TIMEOUT"],
+        lock_timeout=current_app.config["WRITE_LOCK_TIMEOUT_SECONDS"],
+        forget_tenants=active_tenants().forget,
     )

@@ -86,7 +86,12 @@ def _revenue(session: Session, *, tenant_id: int, first: date, last: date) -> di
 def landing_summary(
     session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime, currency: str = "HNL"
 ) -> LandingSummary:
-    """The landing dashboard over the last 7 local days, from rollups."""
+    """The landing dashboard over the last 7 local days, from rollups.
+
+    ``currency`` keeps the raw query's signature (queries/landing.py), where it stands
+    in for events stored without one; the rollups keep the currency each event was
+    written with (the tenant's at the time), so it is not needed here.
+    """
     days = [day.date for day in last_days(zone, now, 7)]
     window = {"tenant_id": tenant_id, "first": days[0], "last": days[-1]}
     per_day = _visitors_by_day(session, **window)

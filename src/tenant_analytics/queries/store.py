@@ -54,6 +54,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from ..catalogue import (
+    ADD_TO_CART,
+    ADDRESS_ERROR,
+    BEGIN_CHECKOUT,
+    CHECKOUT_ERROR,
+    CHECKOUT_STARTED,
+    FUNNEL_STEPS,
+    ORDER_COMPLETED,
+    PAYMENT_CONFIRMATION_ERROR,
+    PAYMENT_ERROR,
+    PAYMENT_INFO_ENTERED,
+    PRODUCT_VIEW,
+    PURCHASE,
+    WHATSAPP_CART_CLICK,
+    WHATSAPP_PURCHASE,
+)
 from ..models import Event
 from ..rollups import ALL_SESSIONS, DIRECT_SOURCE, source_scope, type_scope
 from ..timewindows import Day, days_overlapping, last_days, local_day
@@ -63,22 +79,6 @@ from .common import day_index, in_window
 Mode = Literal["total", "unique"]
 MODES: tuple[Mode, ...] = ("total", "unique")
 
-PAGE_VIEW = "page_view"
-PRODUCT_VIEW = "product_view"
-ADD_TO_CART = "add_to_cart"
-BEGIN_CHECKOUT = "begin_checkout"
-PURCHASE = "purchase"
-CHECKOUT_STARTED = "checkout_started"
-PAYMENT_INFO_ENTERED = "payment_info_entered"
-ORDER_COMPLETED = "order_completed"
-PAYMENT_ERROR = "payment_error"
-CHECKOUT_ERROR = "checkout_error"
-PAYMENT_CONFIRMATION_ERROR = "payment_confirmation_error"
-ADDRESS_ERROR = "address_error"
-WHATSAPP_CART_CLICK = "whatsapp_cart_click"
-WHATSAPP_PURCHASE = "whatsapp_purchase"
-
-FUNNEL_STEPS = (PAGE_VIEW, PRODUCT_VIEW, ADD_TO_CART, BEGIN_CHECKOUT, PURCHASE)
 COUNTED_STEPS = (PRODUCT_VIEW, ADD_TO_CART, BEGIN_CHECKOUT, PURCHASE)
 PAYMENT_STEPS = (CHECKOUT_STARTED, PAYMENT_INFO_ENTERED, ORDER_COMPLETED)
 TIMELINE_TYPES = COUNTED_STEPS + PAYMENT_STEPS
