@@ -25,7 +25,7 @@ from tenant_analytics.config import normalize_database_url
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.ingestion import ClientInfo, NewEvent, enrich
 from tenant_analytics.models import Tenant, User, utcnow
-from tenant_analytics.store import insert_events
+from tenant_analytics.storage import insert_events
 
 TEST_HASH_KEY = "test-visitor-hash-key-0123456789abcdef"
 # The store columns a test event may set (``store_events``).

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from tenant_analytics.auth import authenticate
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DedupeKey, Event, Tenant, User, utcnow
-from tenant_analytics.store import claim_keys
+from tenant_analytics.storage import claim_keys
 
 
 def test_tenant_create_prints_json(runner):

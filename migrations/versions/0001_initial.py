@@ -82,7 +82,7 @@ def upgrade():
         sa.PrimaryKeyConstraint("tenant_id", "user_id"),
     )
     if op.get_bind().dialect.name == "postgresql":
-        # Event ids come from a sequence (SQLite: the id_sequences table, see store.py).
+        # Event ids come from a sequence (SQLite: the id_sequences table, see storage.py).
         op.execute("CREATE SEQUENCE events_id_seq AS bigint OWNED BY events.id")
         op.execute("ALTER TABLE events ALTER COLUMN id SET DEFAULT nextval('events_id_seq')")
 

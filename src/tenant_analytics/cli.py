@@ -23,7 +23,7 @@ from .partitions import create_ahead, purge_before
 from .products import create_product
 from .rollups import rebuild_rollups
 from .schemas import iana_zone
-from .store import delete_dedupe_keys
+from .storage import delete_dedupe_keys
 
 tenant_cli = AppGroup("tenant", help="Manage tenants.")
 user_cli = AppGroup("user", help="Manage owner and admin users.")

@@ -14,7 +14,7 @@ from .catalogue import FUNNEL_STEPS, PURCHASE, TIME_ON_PAGE
 from .ingestion import ClientInfo, NewEvent, enrich
 from .models import Tenant, User, utcnow
 from .products import create_product
-from .store import insert_events
+from .storage import insert_events
 
 DEMO_SLUG = "demo-bakery"
 DEMO_EMAIL = "owner@demo.example"

@@ -43,7 +43,7 @@ from .ingestion import (
 from .logs import get_logger
 from .partitions import month_of, partitions_known
 from .rollups import aggregate
-from .store import current_tenants
+from .storage import current_tenants
 
 log = get_logger(__name__)
 

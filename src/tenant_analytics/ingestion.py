@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, scoped_session
 from .models import EVENT_COLUMNS, Tenant, utcnow
 from .postgres_writer import limit_lock_waits, lock_timed_out, zone_changed
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
-from .store import claim_keys, current_tenants, insert_events
+from .storage import claim_keys, current_tenants, insert_events
 
 EMPTY_ROW: dict[str, Any] = dict.fromkeys(EVENT_COLUMNS)
 

@@ -158,7 +158,7 @@ class Event(db.Model):
     tenant_id: Mapped[int] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
     )
-    # PostgreSQL fills it from events_id_seq; on SQLite store.py allocates it.
+    # PostgreSQL fills it from events_id_seq; on SQLite storage.py allocates it.
     id: Mapped[int] = mapped_column(
         BigIntId, primary_key=True, autoincrement=False, server_default=FetchedValue()
     )
@@ -184,7 +184,7 @@ class Event(db.Model):
     currency: Mapped[str | None] = mapped_column(String(3))
 
 
-# The columns a write fills (the id comes from the database, or store.py on SQLite).
+# The columns a write fills (the id comes from the database, or storage.py on SQLite).
 EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in Event.__table__.columns if c.name != "id")
 
 

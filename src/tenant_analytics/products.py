@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .models import Product
-from .store import allocate_ids
+from .storage import allocate_ids
 
 
 def product_of_tenant(session: Session, tenant_id: int, product_id: int) -> Product | None:

@@ -9,7 +9,7 @@ from flask_jwt_extended import jwt_required
 
 from ..extensions import db
 from ..models import utcnow
-from ..queries import landing_rollups as landing
+from ..queries import landing_rollups
 from ..tenancy import owned_tenant_or_404
 from ..timewindows import tenant_zone
 
@@ -21,7 +21,7 @@ bp = Blueprint("dashboards", __name__)
 def landing_dashboard(tenant_id: int):
     """Visitors today and this week, taps and scans over the last 7 local days."""
     tenant = owned_tenant_or_404(tenant_id)
-    summary = landing.landing_summary(
+    summary = landing_rollups.landing_summary(
         db.session,
         tenant_id=tenant.id,
         zone=tenant_zone(tenant.timezone),
@@ -36,7 +36,7 @@ def landing_dashboard(tenant_id: int):
 def today(tenant_id: int):
     """Today's visitors, WhatsApp taps, QR scans and product clicks (local day)."""
     tenant = owned_tenant_or_404(tenant_id)
-    summary = landing.today_summary(
+    summary = landing_rollups.today_summary(
         db.session, tenant_id=tenant.id, zone=tenant_zone(tenant.timezone), now=utcnow()
     )
     return {"success": True, **asdict(summary)}
