@@ -7,17 +7,15 @@ through the group committer or in a transaction of its own).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
 
-from .models import EVENT_COLUMNS, Tenant, utcnow
+from .models import EVENT_COLUMNS, utcnow
 from .postgres_writer import limit_lock_waits, lock_timed_out, zone_changed
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
 from .storage import claim_keys, current_tenants, insert_events
@@ -103,45 +101,6 @@ class IngestJob:
 
 class Committer(Protocol):
     def submit(self, job: IngestJob) -> IngestResult: ...
-
-
-def public_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
-    """An active tenant by slug; else None."""
-    return session.scalar(select(Tenant).where(Tenant.slug == slug, Tenant.active.is_(True)))
-
-
-TenantKey = int | uuid.UUID
-
-
-def tenant_key_of(ref: object) -> TenantKey | None:
-    """The one canonical form of a public tenant reference, or None if it cannot name one.
-
-    An integer id (also as a string of ASCII digits, e.g. ``"7"``) or a public UUID
-    in any spelling UUID accepts; every spelling of one tenant gives the same key.
-    """
-    if isinstance(ref, bool):
-        return None
-    if isinstance(ref, int):
-        return ref if 0 < ref < 2**31 else None
-    if not isinstance(ref, str) or len(ref) > 64:
-        return None
-    ref = ref.strip()
-    if ref.isascii() and ref.isdigit():
-        return tenant_key_of(int(ref))
-    try:
-        return uuid.UUID(ref)
-    except ValueError:
-        return None
-
-
-def resolve_public_tenant(session: Session, key: TenantKey) -> Tenant | None:
-    """An active tenant by its canonical key (see ``tenant_key_of``); else None."""
-    if isinstance(key, uuid.UUID):
-        return session.scalar(
-            select(Tenant).where(Tenant.public_id == key, Tenant.active.is_(True))
-        )
-    tenant = session.get(Tenant, key)
-    return tenant if tenant is not None and tenant.active else None
 
 
 def enrich(

@@ -3,17 +3,59 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from flask import current_app, request
 from flask_jwt_extended import current_user
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from .errors import ApiError
 from .extensions import db
-from .ingestion import TenantInfo, TenantKey, resolve_public_tenant, tenant_key_of
+from .ingestion import TenantInfo
 from .models import Tenant, User
 
 TENANT_NOT_FOUND = "Tenant not found"
+
+
+def public_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
+    """An active tenant by slug; else None."""
+    return session.scalar(select(Tenant).where(Tenant.slug == slug, Tenant.active.is_(True)))
+
+
+TenantKey = int | uuid.UUID
+
+
+def tenant_key_of(ref: object) -> TenantKey | None:
+    """The one canonical form of a public tenant reference, or None if it cannot name one.
+
+    An integer id (also as a string of ASCII digits, e.g. ``"7"``) or a public UUID
+    in any spelling UUID accepts; every spelling of one tenant gives the same key.
+    """
+    if isinstance(ref, bool):
+        return None
+    if isinstance(ref, int):
+        return ref if 0 < ref < 2**31 else None
+    if not isinstance(ref, str) or len(ref) > 64:
+        return None
+    ref = ref.strip()
+    if ref.isascii() and ref.isdigit():
+        return tenant_key_of(int(ref))
+    try:
+        return uuid.UUID(ref)
+    except ValueError:
+        return None
+
+
+def resolve_public_tenant(session: Session, key: TenantKey) -> Tenant | None:
+    """An active tenant by its canonical key (see ``tenant_key_of``); else None."""
+    if isinstance(key, uuid.UUID):
+        return session.scalar(
+            select(Tenant).where(Tenant.public_id == key, Tenant.active.is_(True))
+        )
+    tenant = session.get(Tenant, key)
+    return tenant if tenant is not None and tenant.active else None
 
 
 def owned_tenant_or_404(tenant_id: int) -> Tenant:
@@ -27,6 +69,13 @@ def owned_tenant_or_404(tenant_id: int) -> Tenant:
     if tenant is None or not (user.is_admin or tenant in user.tenants):
         raise ApiError(404, TENANT_NOT_FOUND, code="not_found")
     return tenant
+
+
+def readable_tenants(user: User) -> list[Tenant]:
+    """The tenants ``user`` may read, by id: all of them for an admin, else their own."""
+    if user.is_admin:
+        return list(db.session.scalars(select(Tenant).order_by(Tenant.id)))
+    return sorted(user.tenants, key=lambda tenant: tenant.id)
 
 
 def request_body() -> dict[str, Any] | None:

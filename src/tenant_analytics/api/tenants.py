@@ -8,7 +8,6 @@ from typing import Any
 
 from flask import Blueprint
 from flask_jwt_extended import current_user, jwt_required
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import ApiError
@@ -17,7 +16,7 @@ from ..models import Product, Tenant
 from ..products import create_product, list_products, product_of_tenant
 from ..rollups import rebuild_rollups
 from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
-from ..tenancy import active_tenants, owned_tenant_or_404
+from ..tenancy import active_tenants, owned_tenant_or_404, readable_tenants
 from .requests import parse_body
 
 bp = Blueprint("tenants", __name__, url_prefix="/api/tenants")
@@ -56,12 +55,7 @@ def _product_or_404(tenant: Tenant, product_id: int) -> Product:
 @jwt_required()
 def list_tenants():
     """The caller's tenants (every tenant for an admin)."""
-    tenants = (
-        db.session.scalars(select(Tenant).order_by(Tenant.id))
-        if current_user.is_admin
-        else sorted(current_user.tenants, key=lambda t: t.id)
-    )
-    return {"success": True, "tenants": [tenant_view(t) for t in tenants]}
+    return {"success": True, "tenants": [tenant_view(t) for t in readable_tenants(current_user)]}
 
 
 @bp.get("/<int:tenant_id>")

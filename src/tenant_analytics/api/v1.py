@@ -10,12 +10,12 @@ from pydantic import ValidationError
 from ..errors import error_response, invalid_body
 from ..event_builders import conversion_event
 from ..extensions import db
-from ..ingestion import NewEvent, public_tenant_by_slug
+from ..ingestion import NewEvent
 from ..logs import get_logger
 from ..products import product_of_tenant
 from ..ratelimits import api_group, conversion_group, per_tenant
 from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
-from ..tenancy import request_body, requested_tenant
+from ..tenancy import public_tenant_by_slug, request_body, requested_tenant
 from .requests import ingest_from_request, parse_body
 from .tracking import TENANT_UNAVAILABLE
 
