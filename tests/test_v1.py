@@ -224,6 +224,9 @@ def test_conversion_a_few_minutes_ahead_is_stored_as_now(client, make_tenant):
         {"tenant_slug": "shop", "transaction_id": "t1", "timestamp": "yesterday"},
         {"tenant_slug": "shop", "transaction_id": "t1", "timestamp": "2099-01-01T00:00:00Z"},
         {"tenant_slug": "shop", "transaction_id": "t1", "timestamp": "2001-01-01T00:00:00Z"},
+        # No such instant in UTC (year 0 or 10000): once a 500 from the always-200 beacon.
+        {"tenant_slug": "shop", "transaction_id": "t1", "timestamp": "0001-01-01T00:00:00+14:00"},
+        {"tenant_slug": "shop", "transaction_id": "t1", "timestamp": "9999-12-31T23:59:59-14:00"},
     ],
 )
 def test_conversion_skips_unusable_beacons(client, make_tenant, body):

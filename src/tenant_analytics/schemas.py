@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from typing import Annotated, Any, Literal
@@ -209,6 +209,14 @@ class Interaction(Body):
     metadata: Metadata | None = None
 
 
+def _in_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; one whose UTC date falls outside years 1 to 9999 is invalid."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # "0001-01-01T00:00:00+14:00": no such UTC date
+        raise ValueError("the time in UTC falls outside the years 1 to 9999") from None
+
+
 class ConversionBeacon(Body):
     """``POST /api/v1/analytics/conversion``: anything unusable is skipped, never an error."""
 
@@ -218,7 +226,7 @@ class ConversionBeacon(Body):
     currency: Currency | None = None
     event: Literal[V1_TRACK_TYPES] = PURCHASE  # type: ignore[valid-type]
     # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
-    timestamp: Annotated[AwareDatetime, AfterValidator(lambda v: v.astimezone(UTC))] | None = None
+    timestamp: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = None
 
 
 def echoed_transaction_id(raw: object) -> str | int | None:
