@@ -15,12 +15,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from flask_jwt_extended import create_access_token
 from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
 from tenant_analytics import create_app
-from tenant_analytics.auth import create_user
+from tenant_analytics.auth import access_token_for, create_user
 from tenant_analytics.config import normalize_database_url
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.ingestion import ClientInfo, NewEvent, enrich
@@ -163,7 +162,7 @@ def make_user(app: Flask):
 @pytest.fixture
 def auth_headers(app: Flask):
     def _headers(user: User) -> dict[str, str]:
-        return {"Authorization": f"Bearer {create_access_token(identity=str(user.id))}"}
+        return {"Authorization": f"Bearer {access_token_for(user)}"}
 
     return _headers
 

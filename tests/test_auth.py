@@ -86,6 +86,63 @@ def test_token_of_a_deleted_user_is_401(client, make_tenant, make_user, auth_hea
     assert response.get_json()["success"] is False
 
 
+def test_a_new_user_given_a_deleted_users_id_does_not_inherit_its_tokens(
+    client, make_tenant, make_user, auth_headers
+):
+    """SQLite hands the highest id out again once its row is deleted: the deleted owner's
+    token would have signed in as the new user (here an admin)."""
+    from tenant_analytics.extensions import db
+
+    tenant = make_tenant()
+    owner = make_user(tenant)
+    owner_id, headers = owner.id, auth_headers(owner)
+    db.session.delete(owner)
+    db.session.commit()
+    admin = make_user(admin=True)
+    admin.id = owner_id  # as SQLite would choose it; PostgreSQL's sequence never does
+    db.session.commit()
+    assert client.get("/api/tenants", headers=auth_headers(admin)).status_code == 200
+    response = client.get("/api/tenants", headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "invalid_token"
+
+
+def test_a_password_change_ends_the_tokens_issued_before(client, make_tenant, make_user):
+    from werkzeug.security import generate_password_hash
+
+    from tenant_analytics.extensions import db
+
+    tenant = make_tenant()
+    user = make_user(tenant, password="old-password")
+    login = {"email": user.email, "password": "old-password"}
+    tokens = client.post("/api/auth/login", json=login).get_json()
+    access = {"Authorization": f"Bearer {tokens['access_token']}"}
+    refresh = {"Authorization": f"Bearer {tokens['refresh_token']}"}
+    assert client.get(f"/api/analytics/{tenant.id}", headers=access).status_code == 200
+    assert client.post("/api/auth/refresh", headers=refresh).status_code == 200
+    user.password_hash = generate_password_hash("new-password")
+    db.session.commit()
+    assert client.get(f"/api/analytics/{tenant.id}", headers=access).status_code == 401
+    assert client.post("/api/auth/refresh", headers=refresh).status_code == 401
+    login["password"] = "new-password"
+    fresh = client.post("/api/auth/login", json=login).get_json()["access_token"]
+    answer = client.get(f"/api/analytics/{tenant.id}", headers={"Authorization": f"Bearer {fresh}"})
+    assert answer.status_code == 200
+
+
+def test_a_token_without_the_credential_stamp_is_401(client, make_tenant, make_user):
+    """Signed with the right key and naming a real user, but not issued by sign-in."""
+    from flask_jwt_extended import create_access_token
+
+    tenant = make_tenant()
+    user = make_user(tenant)
+    token = create_access_token(identity=str(user.id))
+    response = client.get(
+        f"/api/analytics/{tenant.id}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 401
+
+
 @pytest.mark.parametrize("subject", ["99999999999999999999999", "\u0661", "-1", "0"])
 def test_token_naming_no_possible_user_is_401(client, make_tenant, subject):
     from flask_jwt_extended import create_access_token

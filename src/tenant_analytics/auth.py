@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
-from flask_jwt_extended import JWTManager
+from flask import current_app
+from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -13,6 +16,7 @@ from .errors import error_response
 from .extensions import db
 from .models import Tenant, User
 
+STAMP = "stamp"  # the claim holding credential_stamp(user)
 # Compared against when the email is unknown, so both paths cost one hash check.
 _UNUSED_HASH = generate_password_hash("timing-equalizer")
 
@@ -40,6 +44,27 @@ def authenticate(session: Session, email: str, password: str) -> User | None:
     return user if check_password_hash(user.password_hash, password) else None
 
 
+def credential_stamp(user: User) -> str:
+    """What a token carries of the user it was issued to, besides the id.
+
+    It changes with the password (its salted hash), so a password change ends the
+    tokens issued before, and a user who gets a deleted user's id (SQLite reuses
+    it) does not inherit that user's tokens. Keyed with the JWT secret: the token's
+    holder learns nothing of the hash.
+    """
+    key = current_app.config["JWT_SECRET_KEY"].encode()
+    message = f"{user.id}\x1f{user.password_hash}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def access_token_for(user: User) -> str:
+    return create_access_token(str(user.id), additional_claims={STAMP: credential_stamp(user)})
+
+
+def refresh_token_for(user: User) -> str:
+    return create_refresh_token(str(user.id), additional_claims={STAMP: credential_stamp(user)})
+
+
 def register_jwt_callbacks(jwt: JWTManager) -> None:
     """Load the user behind a token; send every JWT error through the JSON error shape."""
 
@@ -48,11 +73,19 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
         subject = str(payload.get("sub"))
         if not (subject.isascii() and subject.isdigit() and 0 < int(subject) < 2**31):
             return None
-        return db.session.get(User, int(subject))
+        user = db.session.get(User, int(subject))
+        stamp = payload.get(STAMP)
+        if user is None or not isinstance(stamp, str):
+            return None
+        return user if hmac.compare_digest(stamp, credential_stamp(user)) else None
 
     @jwt.user_lookup_error_loader
     def _unknown_user(_header, _payload):
-        return error_response(401, "The token's user no longer exists.", code="invalid_token")
+        return error_response(
+            401,
+            "The token's user no longer exists or changed password; sign in again.",
+            code="invalid_token",
+        )
 
     @jwt.unauthorized_loader
     def _missing(reason: str):

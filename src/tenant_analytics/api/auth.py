@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 from flask import Blueprint
-from flask_jwt_extended import (
-    create_access_token,
-    create_refresh_token,
-    get_jwt_identity,
-    jwt_required,
-)
+from flask_jwt_extended import current_user, jwt_required
 
-from ..auth import authenticate
+from ..auth import access_token_for, authenticate, refresh_token_for
 from ..errors import ApiError
 from ..extensions import db
 from ..ratelimits import login_attempts
@@ -28,15 +23,11 @@ def login():
     user = authenticate(db.session, body.email, body.password)
     if user is None:
         raise ApiError(401, "Invalid email or password.", code="invalid_credentials")
-    identity = str(user.id)
-    return {
-        "access_token": create_access_token(identity=identity),
-        "refresh_token": create_refresh_token(identity=identity),
-    }
+    return {"access_token": access_token_for(user), "refresh_token": refresh_token_for(user)}
 
 
 @bp.post("/refresh")
 @jwt_required(refresh=True)
 def refresh():
     """A new access token for a valid refresh token."""
-    return {"access_token": create_access_token(identity=get_jwt_identity())}
+    return {"access_token": access_token_for(current_user)}
