@@ -125,3 +125,20 @@ def test_two_gunicorn_processes_share_one_limit(migrated, make_tenant, tmp_path)
         statuses = [post(ports[n % 2], "/api/analytics/track", body) for n in range(16)]
     assert statuses.count(201) == 10
     assert statuses.count(429) == 6
+
+
+def test_sign_in_waits_while_the_limit_cannot_be_counted(make_app, make_tenant, make_user):
+    """With the limiter's storage down, events still flow (RATELIMIT_SWALLOW_ERRORS), but
+    sign-in answers 503 instead of taking unlimited password guesses."""
+    app = make_app(RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0", LOGIN_RATE_LIMIT="3 per minute")
+    with app.app_context():
+        tenant_id = make_tenant().id
+        email = make_user(password="right-password").email
+    client = app.test_client()
+    assert track(client, tenant_id).status_code == 201
+    guess = {"email": email, "password": "wrong-guess"}
+    answers = [client.post("/api/auth/login", json=guess) for _ in range(5)]
+    assert {answer.status_code for answer in answers} == {503}
+    assert answers[0].headers["Retry-After"] == "5"
+    assert answers[0].get_json()["error"] == "unavailable"
+    make_app()  # the limiter (one per process) counts in a working storage again

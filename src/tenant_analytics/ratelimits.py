@@ -11,7 +11,7 @@ from flask import Response, current_app, jsonify, request
 from flask_limiter import RequestLimit
 from limits import parse_many
 
-from .errors import ApiError
+from .errors import ApiError, error_response
 from .extensions import client_ip_key, limiter
 from .logs import get_logger
 from .privacy import rate_limit_key
@@ -122,9 +122,30 @@ def _per_tenant_events(view: View) -> View:
 
 
 per_tenant_events = unless_disabled(_per_tenant_events)
+def counted_or_503(limited: View) -> View:
+    """Refuse (503) while the limiter's storage does not answer, rather than let every
+    attempt through: RATELIMIT_SWALLOW_ERRORS keeps events flowing in a Redis outage,
+    but unlimited password guesses are worse than a sign-in that waits."""
+
+    @wraps(limited)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if not limiter.storage.check():
+            log.warning("sign-in refused: the limiter's storage did not answer")
+            response, status = error_response(
+                503, "Sign-in is unavailable for a moment; retry shortly.", code="unavailable"
+            )
+            response.headers["Retry-After"] = "5"
+            return response, status
+        return limited(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
 login_attempts = unless_disabled(
-    limiter.limit(
-        lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]
+    lambda view: counted_or_503(
+        limiter.limit(
+            lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]
+        )(view)
     )
 )
 
