@@ -529,6 +529,34 @@ def test_dashboard_window_edges(app, make_tenant, store_events):
     assert figures["session_stats"]["unique_sessions"] == 2
 
 
+@pytest.mark.parametrize("use_rollups", [True, False])
+def test_made_up_sources_do_not_grow_the_report_without_bound(
+    app, make_tenant, store_events, use_rollups
+):
+    """Sources come from the public snippet: a flood of distinct ones lists the 50 with most
+    sessions, ties by code point (capital letters first), from the raw events as from the
+    rollups. A session with two sources takes the raw events' slower path."""
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    flood = [ev("page_view", local(5, 10, 0, n), f"s{n}", source=f"src-{n:03}") for n in range(59)]
+    popular = [ev("page_view", local(6, 10, n), f"p{n}", source="Popular") for n in range(3)]
+    both = [  # one session, two sources
+        ev("page_view", local(7, 10), "both", source="zeta"),
+        ev("page_view", local(7, 11), "both", source="Alpha"),
+    ]
+    store_events(tenant, flood + popular + both)
+    figures = dashboard_stats(
+        db.session, tenant_id=tenant.id, zone=TEGUCIGALPA, now=NOW, use_rollups=use_rollups
+    )
+    listed = figures["traffic_sources"]
+    assert len(listed) == 50
+    assert listed[:3] == [
+        {"source": "Popular", "sessions": 3},
+        {"source": "Alpha", "sessions": 1},
+        {"source": "src-000", "sessions": 1},
+    ]
+    assert listed[-1] == {"source": "src-047", "sessions": 1}  # "zeta" and the rest left out
+
+
 def test_dashboard_days_follow_the_tenant_zone(app, shop):
     """Moved to UTC (rollups rebuilt, as the tenant API does), the days shift: zones matter."""
     shop.timezone = "UTC"

@@ -122,6 +122,8 @@ def _per_tenant_events(view: View) -> View:
 
 
 per_tenant_events = unless_disabled(_per_tenant_events)
+
+
 def counted_or_503(limited: View) -> View:
     """Refuse (503) while the limiter's storage does not answer, rather than let every
     attempt through: RATELIMIT_SWALLOW_ERRORS keeps events flowing in a Redis outage,
