@@ -113,13 +113,22 @@ def test_batch_envelope_errors(make_app, make_tenant, body, status):
         assert count_events(tenant.id) == 0
 
 
-@pytest.mark.parametrize("items", [260, 300])  # just over 500 KiB, and past Flask's own limit
-def test_batch_over_500_kib_is_413_saying_so(client, make_tenant, items):
+@pytest.mark.parametrize(
+    ("path", "items", "message"),
+    [
+        ("/api/analytics/batch", 260, "The body is over 500 KiB, more than any endpoint takes."),
+        ("/api/analytics/track", 40, "The body may not exceed 64 KiB."),
+        ("/api/analytics/track", 260, "The body is over 500 KiB, more than any endpoint takes."),
+    ],
+)
+def test_a_body_too_large_is_413_saying_the_limit(client, make_tenant, path, items, message):
+    """Werkzeug's own words ("exceeds the capacity limit") once answered past Flask's limit."""
     tenant = make_tenant()
-    events = [{"event_type": "pageview", "metadata": {"pad": "x" * 2000}}] * items
-    response = client.post("/api/analytics/batch", json={"tenant_id": tenant.id, "events": events})
+    pad = [{"event_type": "pageview", "metadata": {"pad": "x" * 2000}}] * items
+    body = {"tenant_id": tenant.id, "event_type": "pageview", "events": pad}
+    response = client.post(path, json=body)
     assert response.status_code == 413
-    assert response.get_json()["message"] == "The body may not exceed 500 KiB."
+    assert response.get_json()["message"] == message
 
 
 def test_each_batch_event_counts_against_the_tenant_limit(make_app, make_tenant):
@@ -664,3 +673,52 @@ def test_closing_the_committer_writes_what_is_queued_and_lets_go_of_its_connecti
     committer.close()
     with app.app_context():
         assert count_events(tenant.id) == 7
+
+
+def test_a_job_submitted_while_the_committer_closes_waits_for_a_new_one(
+    make_app, make_tenant, monkeypatch
+):
+    """close() meets a submit while the old committer is still writing: a second committer
+    started at once would write on the same connections (a rollback of one undoing the
+    other's acknowledged events). The submit waits; never two committers write at once."""
+    app = make_app()
+    with app.app_context():
+        tenant = TenantInfo.of(make_tenant())
+    committer = app.extensions["group_commit"]
+    assert committer.submit(pageview_job(tenant, "/first")).stored == 1
+    real_write, writing, most = GroupCommitter._write, [0], [0]
+    guard, slow_started = threading.Lock(), threading.Event()
+
+    def counted_write(self, jobs):
+        with guard:
+            writing[0] += 1
+            most[0] = max(most[0], writing[0])
+        try:
+            if any(job.events[0].metadata["path"] == "/slow" for job in jobs):
+                slow_started.set()
+                time.sleep(0.5)
+            return real_write(self, jobs)
+        finally:
+            with guard:
+                writing[0] -= 1
+
+    monkeypatch.setattr(GroupCommitter, "_write", counted_write)
+    stored = {}
+
+    def submit(path: str) -> None:
+        stored[path] = committer.submit(pageview_job(tenant, path)).stored
+
+    slow = threading.Thread(target=submit, args=("/slow",))
+    slow.start()
+    assert slow_started.wait(5)
+    closer = threading.Thread(target=committer.close)
+    closer.start()
+    time.sleep(0.1)  # close() is waiting for the old committer
+    after = threading.Thread(target=submit, args=("/after",))
+    after.start()
+    for thread in (slow, closer, after):
+        thread.join(10)
+    assert stored == {"/slow": 1, "/after": 1}
+    assert most[0] == 1
+    with app.app_context():
+        assert count_events(tenant.id) == 3

@@ -126,8 +126,9 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         description = exc.description or exc.name
         if isinstance(exc, RequestEntityTooLarge) and description == _WERKZEUG_TOO_LARGE:
-            # Flask's own limit, in the words of the endpoints' lower ones.
-            description = f"The body may not exceed {app.config['MAX_CONTENT_LENGTH'] // 1024} KiB."
+            # Flask's own limit, above every endpoint's (some take less: their 413 says so).
+            largest = app.config["MAX_CONTENT_LENGTH"] // 1024
+            description = f"The body is over {largest} KiB, more than any endpoint takes."
         response, _ = error_response(status, description)
         for name, value in exc.get_headers():  # keeps Allow on 405, Retry-After where set
             if name.lower() != "content-type":

@@ -143,6 +143,8 @@ class GroupCommitter:
             return
         with self._lock:
             if self._owner_pid != os.getpid():
+                if self._thread is not None and self._thread.is_alive():
+                    self._thread.join()  # a closed committer finishing its batch: never two
                 self._queue = queue.SimpleQueue()  # after a fork or close(): afresh
                 # Request threads are CPU-bound; after each database round trip the
                 # committer must win the GIL back in well under the default 5 ms.
@@ -157,17 +159,34 @@ class GroupCommitter:
         """Write what is queued, stop the committer and close its connections.
 
         For an app that is done with (a test's, a worker's at exit): the committer
-        otherwise keeps its connections for the life of the process. A later
-        ``submit`` starts a new committer; one racing with ``close`` may land behind
-        the stop and time out (a 503 the client may retry).
+        otherwise keeps its connections for the life of the process. A ``submit``
+        meanwhile waits until the old committer is gone, then starts a new one (never
+        two at once: they would share the connections); a job that landed behind the
+        stop is refused (503, nothing written).
         """
-        with self._lock:
-            thread = self._thread if self._owner_pid == os.getpid() else None
-            self._owner_pid = self._thread = None
-            if thread is None:
+        with self._lock:  # _ensure_thread waits on it: no new committer before this one ends
+            thread, jobs = self._thread, self._queue
+            if thread is None or self._owner_pid != os.getpid():
                 return
-            self._queue.put(None)
-        thread.join(timeout)
+            self._owner_pid = None  # a submit from now on waits here, then starts a new one
+            jobs.put(None)
+            thread.join(timeout)
+            if thread.is_alive():  # still writing: _ensure_thread waits for it to end
+                log.warning("the group committer did not stop within %s s", timeout)
+                return
+            self._thread = None
+        self._refuse_left_behind(jobs)
+
+    @staticmethod
+    def _refuse_left_behind(jobs: queue.SimpleQueue[_Pending | None]) -> None:
+        """Settle the jobs queued behind the stop: the committer that read them is gone."""
+        while True:
+            try:
+                pending = jobs.get_nowait()
+            except queue.Empty:
+                return
+            if pending is not None and pending.move("claimed"):
+                pending.settle(None, CommitTimeout("the committer stopped; send them again"))
 
     def _run(self, jobs: queue.SimpleQueue[_Pending | None]) -> None:
         with self.app.app_context():
