@@ -62,6 +62,8 @@ def test_production_starts_with_real_secrets(monkeypatch):
         {"WRITE_LOCK_TIMEOUT_MS": "0"},  # PostgreSQL's 0 would mean no limit at all
         {"DASHBOARD_ORIGINS": "dash.example.com"},  # no scheme: browsers never send that
         {"DASHBOARD_ORIGINS": "https://dash.example.com/"},  # an origin has no path
+        {"DASHBOARD_ORIGINS": "https://*.example.com"},  # flask-cors: a pattern, too wide
+        {"DASHBOARD_ORIGINS": "https://dash.example.com$|.*"},
     ],
 )
 def test_bad_settings_are_refused(env):

@@ -194,3 +194,21 @@ def test_other_errors_are_logged_as_python_formats_them():
     expected = "".join(traceback.format_exception(caught.value)).rstrip("\n")
     assert loggable_traceback(caught.value) == expected
     assert "direct cause" in expected and "During handling" in expected
+
+
+def test_an_error_repeating_an_earlier_one_leaves_its_message_out():
+    """A session used again after a failed flush raises PendingRollbackError, whose message
+    repeats the first error's: PostgreSQL's DETAIL with the row's key included."""
+    from sqlalchemy.exc import PendingRollbackError
+
+    first = (
+        "(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint"
+        ' "dedupe_keys_pkey"\nDETAIL:  Key (tenant_id, key)=(1, txn:order-5d2b) already exists.'
+    )
+    error = PendingRollbackError(
+        "This Session's transaction has been rolled back due to a previous exception during"
+        f" flush. Original exception was: {first}"
+    )
+    logged = loggable_traceback(error)
+    assert "order-5d2b" not in logged
+    assert "PendingRollbackError" in logged and "rolled back" in logged

@@ -161,7 +161,7 @@ def test_text_too_short_or_long_is_counted_in_characters(client, make_tenant):
 
 
 EMPTY = "The body is empty: send a JSON object."
-NOT_JSON = "The body is not valid JSON (UTF-8 text)."
+NOT_JSON = "The body is not valid JSON."
 NOT_AN_OBJECT = "The body must be a JSON object."
 
 

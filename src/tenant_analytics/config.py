@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -47,12 +48,17 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
 def _origins(env: Mapping[str, str], name: str) -> list[str]:
     """Comma-separated web origins (``https://dash.example.com``), as browsers send them."""
     origins = [item.strip() for item in (env.get(name) or "").split(",") if item.strip()]
     for origin in origins:
-        scheme, _, rest = origin.partition("://")
-        if scheme not in ("http", "https") or not rest or "/" in rest:
+        # Exactly a scheme, a host and maybe a port: flask-cors would read "*", "?" or "^"
+        # as a pattern, matched from the start ("https://*.example.com" lets in
+        # "https://aexample.com.attacker.net").
+        if not _ORIGIN.fullmatch(origin):
             raise ConfigError(f"{name}: {origin!r} is not an origin like https://dash.example.com")
     return origins
 

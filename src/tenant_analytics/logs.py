@@ -16,10 +16,11 @@ import traceback
 
 from psycopg2 import Error as PostgresError
 from psycopg2 import errorcodes
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import SQLAlchemyError, StatementError
 
 _CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
 _CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+_ORIGINAL = "Original exception was:"
 _DIAGNOSTIC_NAMES = ("schema_name", "table_name", "column_name", "datatype_name", "constraint_name")
 
 
@@ -92,6 +93,10 @@ def _exception_only(error: BaseException) -> list[str]:
         if driver is not None:
             statement = f"\n[SQL: {error.statement}]" if error.statement else ""
             summary = f"({type(error.orig).__qualname__}) {driver}{statement}"
+    if summary is None and isinstance(error, SQLAlchemyError):
+        # PendingRollbackError and its kind repeat the first error's message, row and all.
+        message, quoted, _ = str(error).partition(_ORIGINAL)
+        summary = f"{message}{_ORIGINAL} (left out)" if quoted else None
     if summary is None:
         return traceback.format_exception_only(error)
     kind = type(error)

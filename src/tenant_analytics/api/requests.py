@@ -40,7 +40,7 @@ def _why_not_an_object() -> str:
     try:
         json.loads(data)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
-        return "The body is not valid JSON (UTF-8 text)."
+        return "The body is not valid JSON."
     return "The body must be a JSON object."
 
 
