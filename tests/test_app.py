@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -124,29 +126,39 @@ def test_the_wsgi_entry_point_freezes_what_startup_built(tmp_path):
     assert int(result.stdout) > 10_000
 
 
-@pytest.fixture
-def linguistic_database_url(database_url):
-    """An empty PostgreSQL database whose default collation is ICU's en-US; dropped after."""
-    if not database_url.startswith("postgres"):
-        pytest.skip("SQLite compares text by code point, whatever is asked")
+@contextmanager
+def scratch_database(database_url: str, suffix: str, options: str = "") -> Iterator[str]:
+    """A new PostgreSQL database beside the suite's (``CREATE DATABASE ... options``), its
+    URL yielded, dropped after."""
     url = make_url(normalize_database_url(database_url))
-    name = f"{url.database}_en_us"
+    name = f"{url.database}_{suffix}"
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        icu = "SELECT count(*) FROM pg_collation WHERE collprovider = 'i'"
-        if not connection.scalar(text(icu)):
-            pytest.skip("this PostgreSQL was built without ICU")
         connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        connection.exec_driver_sql(
-            f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu'
-            " ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
-        )
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}" {options}')
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture
+def linguistic_database_url(database_url):
+    """An empty PostgreSQL database whose default collation is ICU's en-US; dropped after."""
+    if not database_url.startswith("postgres"):
+        pytest.skip("SQLite compares text by code point, whatever is asked")
+    engine = create_engine(normalize_database_url(database_url))
+    with engine.connect() as connection:
+        icu = "SELECT count(*) FROM pg_collation WHERE collprovider = 'i'"
+        has_icu = connection.scalar(text(icu))
+    engine.dispose()
+    if not has_icu:
+        pytest.skip("this PostgreSQL was built without ICU")
+    icu_en_us = "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+    with scratch_database(database_url, "en_us", icu_en_us) as url:
+        yield url
 
 
 def test_product_names_compare_by_code_point_under_a_linguistic_collation(
@@ -185,18 +197,8 @@ def scratch_database_url(database_url, tmp_path):
     if not database_url.startswith("postgres"):
         yield f"sqlite:///{tmp_path / 'upgrade.db'}"
         return
-    url = make_url(normalize_database_url(database_url))
-    name = f"{url.database}_upgrade"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with scratch_database(database_url, "upgrade") as url:
+        yield url
 
 
 def test_upgrading_a_populated_database_rebuilds_the_rollups_0005_adds(scratch_database_url):
