@@ -15,7 +15,7 @@ from report import Report
 from settings import RESULTS_DIR, Settings
 from targets import Bench
 
-SECRET_NAMES = ("SECRET_KEY", "JWT_SECRET_KEY", "VISITOR_HASH_KEY")
+from tenant_analytics.config import SECRET_SETTINGS
 
 
 def configure_app_environment(settings: Settings) -> None:
@@ -23,7 +23,7 @@ def configure_app_environment(settings: Settings) -> None:
     os.environ["DATABASE_URL"] = settings.database_url
     os.environ["APP_ENV"] = "production"
     os.environ["RATELIMIT_ENABLED"] = "false"
-    for name in SECRET_NAMES:
+    for name in SECRET_SETTINGS:
         os.environ[name] = secrets.token_urlsafe(48)
 
 

@@ -48,11 +48,22 @@ def test_production_refuses_development_secrets(monkeypatch):
         create_app()
 
 
-def test_production_starts_with_real_secrets(monkeypatch):
+def test_production_refuses_short_secrets(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("JWT_SECRET_KEY", "s3cret")  # guessable offline from any token
+    monkeypatch.setenv("VISITOR_HASH_KEY", "v" * 32)
+    with pytest.raises(ConfigError, match=r"under 32 bytes: JWT_SECRET_KEY$"):
+        create_app()
+
+
+def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
     monkeypatch.setenv("FLASK_ENV", "production")
-    for name in ("SECRET_KEY", "JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
+    monkeypatch.delenv("SECRET_KEY", raising=False)  # nothing uses it
+    for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
         monkeypatch.setenv(name, name.lower() * 4)
-    assert create_app().config["APP_ENV"] == "production"
+    app = create_app()
+    assert app.config["APP_ENV"] == "production"
+    assert app.config["SECRET_KEY"] is None
 
 
 @pytest.mark.parametrize(

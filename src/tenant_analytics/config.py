@@ -11,7 +11,11 @@ from typing import Any
 from limits import parse as parse_rate_limit
 
 DEV_SECRET_DEFAULT = "dev-only-insecure-secret-do-not-use-in-production"
-SECRET_SETTINGS = ("SECRET_KEY", "JWT_SECRET_KEY", "VISITOR_HASH_KEY")
+# The keys that sign tokens and hash visitors. Flask's SECRET_KEY is not among them:
+# nothing uses it (no cookie sessions), so it is left unset unless given.
+SECRET_SETTINGS = ("JWT_SECRET_KEY", "VISITOR_HASH_KEY")
+# HMAC-SHA256 keys shorter than its 32-byte output weaken it (RFC 7518 §3.2).
+MIN_SECRET_BYTES = 32
 
 # Request bodies: the tracking endpoint accepts 64 KiB, the batch endpoint more, and
 # no endpoint more than that (Flask refuses a longer body before it is read).
@@ -90,7 +94,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "APP_ENV": (env.get("APP_ENV") or env.get("FLASK_ENV") or "development").lower(),
         "SQLALCHEMY_DATABASE_URI": database_url or None,
-        "SECRET_KEY": env.get("SECRET_KEY", DEV_SECRET_DEFAULT),
+        "SECRET_KEY": env.get("SECRET_KEY") or None,
         "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY", DEV_SECRET_DEFAULT),
         "VISITOR_HASH_KEY": env.get("VISITOR_HASH_KEY", DEV_SECRET_DEFAULT),
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
@@ -112,11 +116,17 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 
 def check_production_secrets(config: Mapping[str, Any]) -> None:
-    """Refuse to run in production while a secret still has its development default."""
+    """Refuse to run in production while a secret is its development default or short."""
     if config.get("APP_ENV") != "production":
         return
     weak = [name for name in SECRET_SETTINGS if config.get(name) in (None, "", DEV_SECRET_DEFAULT)]
     if weak:
         raise ConfigError(
             "refusing to start in production with development secrets: " + ", ".join(weak)
+        )
+    short = [name for name in SECRET_SETTINGS if len(config[name].encode()) < MIN_SECRET_BYTES]
+    if short:
+        raise ConfigError(
+            f"refusing to start in production with secrets under {MIN_SECRET_BYTES} bytes: "
+            + ", ".join(short)
         )
