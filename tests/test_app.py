@@ -194,7 +194,8 @@ def test_product_names_compare_by_code_point_under_a_linguistic_collation(
             NewEvent("product_view", extra={"product_slug": "pan", "product_name": name})
             for name in ("aaaa", "Pan dulce")
         ]
-        ingest(db.session, tenant, views, ClientInfo("203.0.113.1", "pytest", None), hash_key="k")
+        client = ClientInfo("203.0.113.1", "pytest", None)
+        ingest(db.session, tenant, views, client, hash_key="k", lock_timeout=2.0)
         raw = db.session.scalar(select(func.max(Event.product_name)))
         rolled_up = db.session.scalar(select(func.max(DailyProductCount.product_name)))
         assert raw == rolled_up == "aaaa"  # "a" (97) after "P" (80)

@@ -106,9 +106,9 @@ class GroupCommitter:
         self,
         app: Flask,
         *,
+        lock_timeout: float,
         max_events: int = 5000,
         timeout: float = 30.0,
-        lock_timeout: float = 2.0,
     ) -> None:
         self.app = app
         self.max_events = max_events

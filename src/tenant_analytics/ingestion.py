@@ -176,8 +176,8 @@ def ingest(
     client: ClientInfo,
     *,
     hash_key: str,
+    lock_timeout: float,
     committer: Committer | None = None,
-    lock_timeout: float = 2.0,
     forget_tenants: Callable[[], None] = lambda: None,
 ) -> IngestResult:
     """Store ``events`` for ``tenant``; return once they are committed.

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, case
+from sqlalchemy import ColumnElement, Connection, case
+from sqlalchemy.orm import Session
 
 from ..models import Event
 from ..timewindows import Day
+
+Database = Session | Connection  # what a report's queries run on
 
 
 def in_window(tenant_id: int, start: datetime, end: datetime) -> tuple[ColumnElement[bool], ...]:

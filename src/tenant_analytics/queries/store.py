@@ -74,7 +74,7 @@ from ..models import Event
 from ..rollups import ALL_SESSIONS, DIRECT_SOURCE, source_scope, type_scope
 from ..timewindows import Day, days_overlapping, last_days, local_day
 from . import store_rollups
-from .common import day_index, in_window
+from .common import Database, day_index, in_window
 
 Mode = Literal["total", "unique"]
 MODES: tuple[Mode, ...] = ("total", "unique")
@@ -109,7 +109,6 @@ REPORT_SETTINGS = {
 # (PostgreSQL only, see _beside); False runs every query on the caller's session.
 SIDE_BY_SIDE = True
 
-Database = Session | Connection  # what a report's queries run on
 T = TypeVar("T")
 
 # Who did something: the signed-in user when known, else the browser session.
@@ -130,22 +129,22 @@ def _money(amount: Decimal | None) -> float:
     return float((amount or Decimal(0)).quantize(CENT, rounding=ROUND_HALF_UP))
 
 
-def _dialect(db: Database) -> str:
-    return (db if isinstance(db, Connection) else db.get_bind()).dialect.name
+def _dialect(conn: Database) -> str:
+    return (conn if isinstance(conn, Connection) else conn.get_bind()).dialect.name
 
 
-def _report_settings(db: Database, *, side_by_side: bool = False) -> None:
+def _report_settings(conn: Database, *, side_by_side: bool = False) -> None:
     """On PostgreSQL, apply REPORT_SETTINGS for the rest of the transaction.
 
     ``side_by_side``: a second connection works beside this one, so leave the other
     cores to it rather than to parallel workers.
     """
-    if _dialect(db) != "postgresql":
+    if _dialect(conn) != "postgresql":
         return
     settings = dict(REPORT_SETTINGS)
     if side_by_side:
         settings["max_parallel_workers_per_gather"] = "0"
-    db.execute(select(*(func.set_config(name, value, True) for name, value in settings.items())))
+    conn.execute(select(*(func.set_config(name, value, True) for name, value in settings.items())))
 
 
 def _on_own_connection(engine: Engine, task: Callable[[Database], T]) -> T:
@@ -302,14 +301,14 @@ class EventTally:
 
 
 def event_tally(
-    db: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
+    conn: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
 ) -> EventTally:
     """Count the events of ``types`` over ``days`` (contiguous, oldest first) in one pass.
 
     One row per (day, type, product) comes back: a few thousand at most.
     """
     index = day_index(days)
-    rows = db.execute(
+    rows = conn.execute(
         select(
             index,
             Event.event_type,
@@ -334,19 +333,19 @@ def event_tally(
 
 
 def rolled_up_tally(
-    db: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
+    conn: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
 ) -> EventTally:
     """:func:`event_tally`'s figures from the daily rollups (days keyed in the tenant's zone)."""
     first, last = days[0].date, days[-1].date
     counts = store_rollups.events_per_day(
-        db, tenant_id=tenant_id, first=first, last=last, types=types
+        conn, tenant_id=tenant_id, first=first, last=last, types=types
     )
     per_day = [counts.get(day.date, Counter()) for day in days]
     per_product: dict[str, Counter[str]] = {}
     names: dict[str, str] = {}
     product_types = [t for t in types if t in PRODUCT_TYPES]
     for slug, event_type, events, name in store_rollups.events_per_product(
-        db, tenant_id=tenant_id, first=first, last=last, types=product_types
+        conn, tenant_id=tenant_id, first=first, last=last, types=product_types
     ):
         per_product.setdefault(slug, Counter())[event_type] += events
         if name is not None and (slug not in names or name > names[slug]):
@@ -363,7 +362,7 @@ class SessionTally:
 
 
 def session_tally(
-    db: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
+    conn: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
 ) -> SessionTally:
     """Distinct sessions with events of each of ``types``, per day of ``days`` and overall.
 
@@ -389,7 +388,7 @@ def session_tally(
         pairs.c.event_type
     )
     tally = SessionTally([Counter() for _ in days], Counter())
-    for event_type, position, sessions in db.execute(union_all(per_day, overall)):
+    for event_type, position, sessions in conn.execute(union_all(per_day, overall)):
         if position < 0:
             tally.total[event_type] = sessions
         else:
@@ -398,10 +397,10 @@ def session_tally(
 
 
 def sessions_per_type(
-    db: Database, *, tenant_id: int, start: datetime, end: datetime, types: tuple[str, ...]
+    conn: Database, *, tenant_id: int, start: datetime, end: datetime, types: tuple[str, ...]
 ) -> Counter[str]:
     """Distinct sessions with events of each of ``types`` in [start, end)."""
-    rows = db.execute(
+    rows = conn.execute(
         _sessions_by(
             Event.event_type, where=[*in_window(tenant_id, start, end), Event.event_type.in_(types)]
         )
@@ -410,10 +409,10 @@ def sessions_per_type(
 
 
 def product_sessions(
-    db: Database, *, tenant_id: int, start: datetime, end: datetime
+    conn: Database, *, tenant_id: int, start: datetime, end: datetime
 ) -> dict[str, Counter[str]]:
     """Distinct sessions per product and PRODUCT_TYPES type in [start, end)."""
-    rows = db.execute(
+    rows = conn.execute(
         _sessions_by(
             Event.product_slug,
             Event.event_type,
@@ -437,9 +436,11 @@ class ProductSales:
     revenue: Decimal  # NULL revenue counts as 0
 
 
-def product_sales(db: Database, *, tenant_id: int, start: datetime, end: datetime) -> ProductSales:
+def product_sales(
+    conn: Database, *, tenant_id: int, start: datetime, end: datetime
+) -> ProductSales:
     """Units sold per product and total revenue of the purchases in [start, end)."""
-    rows = db.execute(
+    rows = conn.execute(
         select(
             Event.product_slug,
             func.sum(func.coalesce(Event.quantity, 1)),
@@ -453,7 +454,7 @@ def product_sales(db: Database, *, tenant_id: int, start: datetime, end: datetim
     return ProductSales(units, revenue)
 
 
-def abandonment(db: Database, *, tenant_id: int, start: datetime, end: datetime) -> Abandonment:
+def abandonment(conn: Database, *, tenant_id: int, start: datetime, end: datetime) -> Abandonment:
     """Identifiers with a begin_checkout in [start, end), and those with no purchase there."""
     identifiers = (
         select(
@@ -469,7 +470,7 @@ def abandonment(db: Database, *, tenant_id: int, start: datetime, end: datetime)
         .subquery()
     )
     checked_out = identifiers.c.checked_out == 1
-    checkouts, abandoned = db.execute(
+    checkouts, abandoned = conn.execute(
         select(
             func.count(case((checked_out, 1))),
             func.count(case((checked_out & (identifiers.c.bought == 0), 1))),
@@ -494,7 +495,7 @@ class SessionSources:
 
 
 def session_sources(
-    db: Database, *, tenant_id: int, start: datetime, end: datetime
+    conn: Database, *, tenant_id: int, start: datetime, end: datetime
 ) -> SessionSources:
     """Sessions with events in [start, end), their events, and distinct sessions per source.
 
@@ -517,7 +518,7 @@ def session_sources(
     source = func.coalesce(per_session.c.lowest, DIRECT_SOURCE)
     some_direct = _flag(per_session.c.with_source < per_session.c.events)
     several = _flag(per_session.c.lowest != per_session.c.highest)
-    rows = db.execute(
+    rows = conn.execute(
         select(source, some_direct, several, func.count(), func.sum(per_session.c.events)).group_by(
             source, some_direct, several
         )
@@ -525,7 +526,7 @@ def session_sources(
     sessions = sum(count for *_, count, _ in rows)
     events = sum(int(total) for *_, total in rows)
     if any(has_several for _, _, has_several, _, _ in rows):
-        sources = traffic_sources(db, tenant_id=tenant_id, start=start, end=end)
+        sources = traffic_sources(conn, tenant_id=tenant_id, start=start, end=end)
         return SessionSources(sessions, events, sources)
     counts: Counter[str] = Counter()
     for name, has_direct, _, count, _ in rows:
@@ -537,7 +538,7 @@ def session_sources(
 
 
 def traffic_sources(
-    db: Database, *, tenant_id: int, start: datetime, end: datetime
+    conn: Database, *, tenant_id: int, start: datetime, end: datetime
 ) -> list[SourceSessions]:
     """Distinct sessions per source (NULL reported as ``direct``), most first."""
     source = func.coalesce(Event.source, DIRECT_SOURCE)
@@ -546,7 +547,7 @@ def traffic_sources(
     ).subquery()
     # Ranked here, not by ORDER BY: ties go by code point whatever the database's collation,
     # as the rollups' sources are ranked.
-    counts = {name: count for name, count in db.execute(select(query.c.key0, query.c.sessions))}
+    counts = {name: count for name, count in conn.execute(select(query.c.key0, query.c.sessions))}
     return [SourceSessions(source=name, sessions=count) for name, count in _ranked(counts, None)]
 
 
@@ -560,7 +561,7 @@ class RolledUpSessions:
 
 
 def rolled_up_sessions(
-    db: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
+    conn: Database, *, tenant_id: int, days: list[Day], types: tuple[str, ...]
 ) -> RolledUpSessions | None:
     """Sessions, their events and sources, and sessions per type of ``types`` over ``days``.
 
@@ -569,7 +570,7 @@ def rolled_up_sessions(
     first, last = days[0].date, days[-1].date
     sources_prefix = source_scope("")
     counts = store_rollups.session_counts(
-        db,
+        conn,
         tenant_id=tenant_id,
         first=first,
         last=last,
@@ -583,7 +584,7 @@ def rolled_up_sessions(
         for scope, sessions in counts.items()
         if scope.startswith(sources_prefix)
     }
-    events = store_rollups.session_events(db, tenant_id=tenant_id, first=first, last=last)
+    events = store_rollups.session_events(conn, tenant_id=tenant_id, first=first, last=last)
     visits = SessionSources(
         counts.get(ALL_SESSIONS, 0),
         events,
@@ -593,7 +594,7 @@ def rolled_up_sessions(
 
 
 def retention_metrics(
-    db: Database, *, tenant_id: int, zone: ZoneInfo, now: datetime
+    conn: Database, *, tenant_id: int, zone: ZoneInfo, now: datetime
 ) -> RetentionMetrics:
     """Buyers over the 90 local days ending today, and those who bought at least twice.
 
@@ -607,7 +608,7 @@ def retention_metrics(
         .group_by(IDENTIFIER)
         .subquery()
     )
-    total, recurrent = db.execute(
+    total, recurrent = conn.execute(
         select(func.count(), func.count(case((buyers.c.purchases >= 2, 1))))
     ).one()
     return RetentionMetrics(
@@ -619,7 +620,7 @@ def retention_metrics(
 
 
 def recent_whatsapp_sessions(
-    db: Database,
+    conn: Database,
     *,
     tenant_id: int,
     start: datetime,
@@ -629,7 +630,7 @@ def recent_whatsapp_sessions(
     """Sessions that clicked the WhatsApp button in [start, end), latest click first."""
     last_click = func.max(Event.created_at).label("last_click")
     return list(
-        db.scalars(
+        conn.scalars(
             select(Event.session_id)
             .add_columns(last_click)
             .where(
@@ -743,10 +744,10 @@ def dashboard_stats(
         else None
     )
 
-    def session_passes(db: Database) -> tuple[SessionSources, dict[str, Counter[str]] | None]:
+    def session_passes(conn: Database) -> tuple[SessionSources, dict[str, Counter[str]] | None]:
         # the slowest queries (every event of the window hashed by session): run beside the rest
-        by_product = product_sessions(db, **window) if unique else None
-        return rolled.visits if rolled else session_sources(db, **window), by_product
+        by_product = product_sessions(conn, **window) if unique else None
+        return rolled.visits if rolled else session_sources(conn, **window), by_product
 
     # With the rollups, only unique mode's per-product sessions are left to run beside.
     side = None if rolled and not unique else _beside(session, session_passes)
@@ -882,14 +883,14 @@ def conversion_funnel(
     elif source is not None:
         where.append(Event.source == source)
 
-    def sessions_at(db: Database, steps: tuple[str, ...]) -> dict[str, int]:
+    def sessions_at(conn: Database, steps: tuple[str, ...]) -> dict[str, int]:
         query = _sessions_by(Event.event_type, where=[*where, Event.event_type.in_(steps)])
-        return {step: count for step, count in db.execute(query)}
+        return {step: count for step, count in conn.execute(query)}
 
     if _side_engine(session) is None:
         sessions = sessions_at(session, FUNNEL_STEPS)
     else:  # page views are about half the events: counted beside the other steps
-        page_views = _beside(session, lambda db: sessions_at(db, FUNNEL_STEPS[:1]))
+        page_views = _beside(session, lambda conn: sessions_at(conn, FUNNEL_STEPS[:1]))
         sessions = sessions_at(session, FUNNEL_STEPS[1:]) | page_views()
     return Funnel(
         funnel=[FunnelStep(step=step, count=sessions.get(step, 0)) for step in FUNNEL_STEPS],
@@ -994,7 +995,7 @@ class Alert(TypedDict):
 
 
 def unconverted_popular_products(
-    db: Database, *, tenant_id: int, zone: ZoneInfo, start: datetime, end: datetime
+    conn: Database, *, tenant_id: int, zone: ZoneInfo, start: datetime, end: datetime
 ) -> list[tuple[str, int]]:
     """Products with more than 10 distinct viewing sessions and no purchase in [start, end).
 
@@ -1006,7 +1007,7 @@ def unconverted_popular_products(
     days = days_overlapping(zone, start, end)
     inside = [day.date for day in days if start <= day.start and day.end <= end]
     candidates = store_rollups.maybe_popular_unbought(
-        db,
+        conn,
         tenant_id=tenant_id,
         first=days[0].date,
         last=days[-1].date,
@@ -1029,7 +1030,7 @@ def unconverted_popular_products(
             Event.product_slug.not_in(purchased),
         ],
     ).subquery()
-    rows = db.execute(
+    rows = conn.execute(
         select(views.c.key0, views.c.sessions)
         .where(views.c.sessions > POPULAR_MIN_VIEWS)
         .order_by(desc(views.c.sessions), views.c.key0)
@@ -1037,7 +1038,9 @@ def unconverted_popular_products(
     return [(slug, count) for slug, count in rows]
 
 
-def carts_without_checkout(db: Database, *, tenant_id: int, start: datetime, end: datetime) -> int:
+def carts_without_checkout(
+    conn: Database, *, tenant_id: int, start: datetime, end: datetime
+) -> int:
     """Sessions that added to the cart in [start, end) but started no checkout there."""
     checkouts = select(Event.session_id).where(
         *in_window(tenant_id, start, end),
@@ -1045,7 +1048,7 @@ def carts_without_checkout(db: Database, *, tenant_id: int, start: datetime, end
         Event.session_id.is_not(None),
     )
     return (
-        db.scalar(
+        conn.scalar(
             select(func.count(func.distinct(Event.session_id))).where(
                 *in_window(tenant_id, start, end),
                 _is(ADD_TO_CART),
@@ -1056,7 +1059,7 @@ def carts_without_checkout(db: Database, *, tenant_id: int, start: datetime, end
     )
 
 
-def stuck_sessions(db: Database, *, tenant_id: int, start: datetime, end: datetime) -> int:
+def stuck_sessions(conn: Database, *, tenant_id: int, start: datetime, end: datetime) -> int:
     """Sessions with more than 15 events and no purchase in [start, end)."""
     stuck = (
         select(Event.session_id)
@@ -1065,7 +1068,7 @@ def stuck_sessions(db: Database, *, tenant_id: int, start: datetime, end: dateti
         .having(func.count() > STUCK_MIN_EVENTS, func.count(case((_is(PURCHASE), 1))) == 0)
         .subquery()
     )
-    return db.scalar(select(func.count()).select_from(stuck)) or 0
+    return conn.scalar(select(func.count()).select_from(stuck)) or 0
 
 
 Finding = tuple[str, str, str]  # (type, severity, message)

@@ -10,19 +10,17 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import date
 
-from sqlalchemy import Connection, and_, case, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, case, func, or_, select
 
 from ..models import DailyEventCount, DailyProductCount, SessionLastSeenCount
-
-Database = Session | Connection
+from .common import Database
 
 
 def events_per_day(
-    db: Database, *, tenant_id: int, first: date, last: date, types: Iterable[str]
+    conn: Database, *, tenant_id: int, first: date, last: date, types: Iterable[str]
 ) -> dict[date, Counter[str]]:
     """Events of each of ``types`` per local day in [first, last] (days without any left out)."""
-    rows = db.execute(
+    rows = conn.execute(
         select(DailyEventCount.day, DailyEventCount.event_type, DailyEventCount.events).where(
             DailyEventCount.tenant_id == tenant_id,
             DailyEventCount.day >= first,
@@ -37,12 +35,12 @@ def events_per_day(
 
 
 def events_per_product(
-    db: Database, *, tenant_id: int, first: date, last: date, types: Iterable[str]
+    conn: Database, *, tenant_id: int, first: date, last: date, types: Iterable[str]
 ) -> list[tuple[str, str, int, str | None]]:
     """``(slug, type, events, greatest product name)`` over the local days [first, last]."""
     return [
         (slug, event_type, int(events), name)
-        for slug, event_type, events, name in db.execute(
+        for slug, event_type, events, name in conn.execute(
             select(
                 DailyProductCount.product_slug,
                 DailyProductCount.event_type,
@@ -61,7 +59,7 @@ def events_per_product(
 
 
 def maybe_popular_unbought(
-    db: Database,
+    conn: Database,
     *,
     tenant_id: int,
     first: date,
@@ -87,7 +85,7 @@ def maybe_popular_unbought(
         )
         conditions.append(func.sum(case((bought_inside, DailyProductCount.events), else_=0)) == 0)
     return list(
-        db.scalars(
+        conn.scalars(
             select(DailyProductCount.product_slug)
             .where(
                 DailyProductCount.tenant_id == tenant_id,
@@ -102,9 +100,9 @@ def maybe_popular_unbought(
     )
 
 
-def session_events(db: Database, *, tenant_id: int, first: date, last: date) -> int:
+def session_events(conn: Database, *, tenant_id: int, first: date, last: date) -> int:
     """Events with a session over the local days [first, last]."""
-    total = db.scalar(
+    total = conn.scalar(
         select(func.sum(DailyEventCount.session_events)).where(
             DailyEventCount.tenant_id == tenant_id,
             DailyEventCount.day >= first,
@@ -115,7 +113,7 @@ def session_events(db: Database, *, tenant_id: int, first: date, last: date) -> 
 
 
 def session_counts(
-    db: Database,
+    conn: Database,
     *,
     tenant_id: int,
     first: date,
@@ -135,7 +133,7 @@ def session_counts(
     matches = table.scope.in_(list(scopes))
     if prefix is not None:
         matches = or_(matches, table.scope.startswith(prefix, autoescape=True))
-    rows = db.execute(
+    rows = conn.execute(
         select(
             table.scope,
             func.sum(case((table.day <= last, table.sessions), else_=0)),
