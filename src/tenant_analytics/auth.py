@@ -14,7 +14,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .errors import error_response
 from .extensions import db
-from .models import Tenant, User
+from .models import Tenant, User, is_row_id
 
 STAMP = "stamp"  # the claim holding credential_stamp(user)
 # Compared against when the email is unknown, so both paths cost one hash check.
@@ -71,7 +71,7 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
     @jwt.user_lookup_loader
     def _load_user(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:
         subject = str(payload.get("sub"))
-        if not (subject.isascii() and subject.isdigit() and 0 < int(subject) < 2**31):
+        if not (subject.isascii() and subject.isdigit() and is_row_id(int(subject))):
             return None
         user = db.session.get(User, int(subject))
         stamp = payload.get(STAMP)

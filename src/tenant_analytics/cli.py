@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from .auth import create_user
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
-from .models import Tenant, User, utcnow
+from .models import TENANT_SLUG_LENGTH, Tenant, User, utcnow
 from .partitions import create_ahead, purge_before
 from .products import create_product
 from .rollups import rebuild_rollups
@@ -55,9 +55,10 @@ def valid_timezone(_ctx: Any, _param: Any, value: str) -> str:
 
 
 def valid_slug(_ctx: Any, _param: Any, value: str) -> str:
-    if len(value) > 80 or not TENANT_SLUG.fullmatch(value):
+    if len(value) > TENANT_SLUG_LENGTH or not TENANT_SLUG.fullmatch(value):
         raise click.BadParameter(
-            "lower-case letters, digits and single hyphens, at most 80 characters"
+            "lower-case letters, digits and single hyphens, "
+            f"at most {TENANT_SLUG_LENGTH} characters"
         )
     return value
 

@@ -33,6 +33,15 @@ from .extensions import db
 # Compared in code-point order on every backend, as Python compares the rollups' names
 # (migration 0008); SQLite's default collation is that order already.
 PRODUCT_NAME = String(200).with_variant(String(200, collation="C"), "postgresql")
+# Row ids are PostgreSQL integers: a larger number names no row, and querying with one
+# would raise ("integer out of range") instead of finding nothing.
+MAX_ROW_ID = 2**31 - 1
+TENANT_SLUG_LENGTH = 80
+
+
+def is_row_id(value: int) -> bool:
+    """True if ``value`` could be the id of a row (a positive 32-bit integer)."""
+    return 0 < value <= MAX_ROW_ID
 
 
 def utcnow() -> datetime:
@@ -82,7 +91,7 @@ class Tenant(db.Model):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     public_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True, default=uuid.uuid4)
-    slug: Mapped[str] = mapped_column(String(80), unique=True)
+    slug: Mapped[str] = mapped_column(String(TENANT_SLUG_LENGTH), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")

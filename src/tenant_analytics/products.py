@@ -7,13 +7,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import Product
+from .models import Product, is_row_id
 from .storage import allocate_ids
 
 
 def product_of_tenant(session: Session, tenant_id: int, product_id: int) -> Product | None:
     """The tenant's product with this id; another tenant's product is None, like a missing one."""
-    if not 0 < product_id < 2**31:
+    if not is_row_id(product_id):
         return None
     return session.scalar(
         select(Product).where(Product.tenant_id == tenant_id, Product.id == product_id)

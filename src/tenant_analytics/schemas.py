@@ -29,8 +29,9 @@ from .catalogue import (
     V1_INTERACTION_TYPES,
     V1_TRACK_TYPES,
 )
+from .models import MAX_ROW_ID, TENANT_SLUG_LENGTH
 
-TenantId = Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)]
+TenantId = Annotated[int, Field(strict=True, gt=0, le=MAX_ROW_ID)]
 MAX_METADATA_DEPTH = 8
 
 
@@ -173,7 +174,7 @@ class Login(Body):
     password: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
-ProductId = Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)]
+ProductId = Annotated[int, Field(strict=True, gt=0, le=MAX_ROW_ID)]
 
 
 @cache
@@ -220,7 +221,7 @@ def _in_utc(moment: datetime) -> datetime:
 class ConversionBeacon(Body):
     """``POST /api/v1/analytics/conversion``: anything unusable is skipped, never an error."""
 
-    tenant_slug: Annotated[Text, Field(min_length=1, max_length=80)]
+    tenant_slug: Annotated[Text, Field(min_length=1, max_length=TENANT_SLUG_LENGTH)]
     transaction_id: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
     value: RoundedMoney = Decimal(0)
     currency: Currency | None = None

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from .errors import ApiError
 from .extensions import db
 from .ingestion import TenantInfo
-from .models import Tenant, User
+from .models import Tenant, User, is_row_id
 
 TENANT_NOT_FOUND = "Tenant not found"
 
@@ -36,7 +36,7 @@ def tenant_key_of(ref: object) -> TenantKey | None:
     if isinstance(ref, bool):
         return None
     if isinstance(ref, int):
-        return ref if 0 < ref < 2**31 else None
+        return ref if is_row_id(ref) else None
     if not isinstance(ref, str) or len(ref) > 64:
         return None
     ref = ref.strip()
@@ -65,7 +65,7 @@ def owned_tenant_or_404(tenant_id: int) -> Tenant:
     exist, so the answer never reveals that another tenant's id is taken.
     """
     user: User = current_user
-    tenant = db.session.get(Tenant, tenant_id) if 0 < tenant_id < 2**31 else None
+    tenant = db.session.get(Tenant, tenant_id) if is_row_id(tenant_id) else None
     if tenant is None or not (user.is_admin or tenant in user.tenants):
         raise ApiError(404, TENANT_NOT_FOUND, code="not_found")
     return tenant
