@@ -180,6 +180,28 @@ def test_demo_runs_once_and_logs_in(runner, client):
     assert tracked.status_code == 202, tracked.get_json()
 
 
+def test_demo_purchases_are_stored_as_track_stores_them(runner, client):
+    assert runner.invoke(args=["demo"]).exit_code == 0
+    tenant = db.session.scalar(select(Tenant).where(Tenant.slug == "demo-bakery"))
+    demo = db.session.scalars(
+        select(Event).where(Event.event_type == "purchase").order_by(Event.id).limit(1)
+    ).one()
+    body = {
+        "tenant_id": tenant.id,
+        "event_type": "purchase",
+        "session_id": "posted-session",
+        "product_slug": demo.product_slug,
+        "product_name": demo.product_name,
+        "price": float(demo.price),
+        "metadata": {"quantity": demo.quantity},
+        "user_id": demo.user_id,
+    }
+    assert client.post("/api/analytics/track", json=body).status_code == 201
+    posted = db.session.scalars(select(Event).where(Event.session_id == "posted-session")).one()
+    stored = ("price", "quantity", "revenue", "currency", "metadata_", "product_name")
+    assert [getattr(demo, name) for name in stored] == [getattr(posted, name) for name in stored]
+
+
 def test_events_commands(runner, make_tenant, add_events, is_postgres):
     from datetime import timedelta
 

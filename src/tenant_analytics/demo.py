@@ -11,15 +11,18 @@ from sqlalchemy.orm import Session
 
 from .auth import create_user
 from .catalogue import FUNNEL_STEPS, PURCHASE, TIME_ON_PAGE
+from .event_builders import track_event
 from .ingestion import ClientInfo, NewEvent, enrich
 from .models import Tenant, User, utcnow
 from .products import create_product
+from .schemas import TrackedEvent
 from .storage import insert_events
 
 DEMO_SLUG = "demo-bakery"
 DEMO_EMAIL = "owner@demo.example"
 DEMO_PASSWORD = "demo-password"
 DEMO_HASH_KEY = "demo-data"  # demo visitors are synthetic; their hashes need no secret
+NO_WINDOW = timedelta(0)  # demo rows skip the idempotency keys a live request claims
 
 USER_AGENTS = [
     "Mozilla/5.0 (Linux; Android 14) Chrome/126.0 Mobile Safari/537.36",
@@ -74,7 +77,11 @@ PRODUCTS = [
 
 
 def _demo_store_events(tenant: Tenant, rng: random.Random) -> list[dict]:
-    """Online-shop sessions walking down the funnel, some buyers signed in for RFM."""
+    """Online-shop sessions walking down the funnel, some buyers signed in for RFM.
+
+    Each event is the body the store's snippet would post, through the same validation
+    and defaults (revenue = price x quantity, the tenant's currency) as /track.
+    """
     now = utcnow()
     rows = []
     for number in range(120):
@@ -84,7 +91,7 @@ def _demo_store_events(tenant: Tenant, rng: random.Random) -> list[dict]:
             ip=f"203.0.113.{rng.randint(1, 250)}", user_agent=rng.choice(USER_AGENTS), referrer=None
         )
         depth = rng.choice([1, 2, 2, 3, 3, 4, 5, 5])
-        extra = {
+        posted = {
             "session_id": f"demo-session-{number}",
             "product_slug": slug,
             "product_name": name,
@@ -92,18 +99,11 @@ def _demo_store_events(tenant: Tenant, rng: random.Random) -> list[dict]:
             "user_id": f"cliente{rng.randint(1, 15)}@demo.example",
         }
         for step, event_type in enumerate(FUNNEL_STEPS[:depth]):
-            columns = dict(extra)
+            body = {**posted, "event_type": event_type}
             if event_type == PURCHASE:
-                quantity = rng.randint(1, 3)
-                columns.update(
-                    price=Decimal(price),
-                    quantity=quantity,
-                    revenue=Decimal(price) * quantity,
-                    currency=tenant.currency,
-                )
-            event = NewEvent(
-                event_type, created_at=start + timedelta(minutes=step * 2), extra=columns
-            )
+                body.update(price=price, metadata={"quantity": rng.randint(1, 3)})
+            event = track_event(TrackedEvent.model_validate(body), tenant, dedupe_window=NO_WINDOW)
+            event.created_at = start + timedelta(minutes=step * 2)
             rows.append(enrich(tenant, event, client, hash_key=DEMO_HASH_KEY, now=now))
     return rows
 
