@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, scoped_session
 from .models import EVENT_COLUMNS, utcnow
 from .postgres_writer import limit_lock_waits, lock_timed_out, zone_changed
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
+from .rollups import TenantRef
 from .storage import claim_keys, current_tenants, insert_events
 
 EMPTY_ROW: dict[str, Any] = dict.fromkeys(EVENT_COLUMNS)
@@ -61,17 +62,6 @@ class TenantBusy(CommitTimeout):
 class IngestResult:
     stored: int
     duplicates: int
-
-
-class TenantRef(Protocol):
-    """What the write path needs of a tenant (a ``Tenant`` or a ``TenantInfo``)."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def timezone(self) -> str: ...
-    @property
-    def currency(self) -> str: ...
 
 
 @dataclass(frozen=True)

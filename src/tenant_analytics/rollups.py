@@ -103,8 +103,8 @@ class TenantFields(Protocol):
     def currency(self) -> str: ...
 
 
-class RolledUpTenant(TenantFields, Protocol):
-    """A tenant whose rollups are rebuilt: a ``Tenant`` or a plain ``TenantInfo``."""
+class TenantRef(TenantFields, Protocol):
+    """What the write path needs of a tenant: a ``Tenant`` or a plain ``TenantInfo``."""
 
     @property
     def id(self) -> int: ...
@@ -465,7 +465,7 @@ REBUILD_SQL = (
 REBUILD_WORK_MEM = "256MB"
 
 
-def rebuild_rollups(session: Session, tenant: RolledUpTenant, *, chunk: int = 5000) -> None:
+def rebuild_rollups(session: Session, tenant: TenantRef, *, chunk: int = 5000) -> None:
     """Recompute a tenant's rollups from its raw events (after a bulk load or a zone change)."""
     from .models import Event
 
