@@ -979,12 +979,12 @@ ABANDONMENT_WINDOW = timedelta(hours=24)
 ABANDONMENT_MIN_CHECKOUTS = 3
 ABANDONMENT_MAX_RATE = 70.0
 POPULAR_WINDOW = timedelta(days=7)
-POPULAR_MIN_VIEWS = 10  # more than this many distinct sessions
+POPULAR_VIEWS_ABOVE = 10  # distinct viewing sessions
 PAYMENT_ERRORS_WINDOW = timedelta(hours=1)
 CARTS_WINDOW = timedelta(hours=6)
 CARTS_MIN_SESSIONS = 5
 STUCK_WINDOW = timedelta(hours=24)
-STUCK_MIN_EVENTS = 15  # more than this many events
+STUCK_EVENTS_ABOVE = 15
 
 
 class Alert(TypedDict):
@@ -997,7 +997,7 @@ class Alert(TypedDict):
 def unconverted_popular_products(
     conn: Database, *, tenant_id: int, zone: ZoneInfo, start: datetime, end: datetime
 ) -> list[tuple[str, int]]:
-    """Products with more than 10 distinct viewing sessions and no purchase in [start, end).
+    """Products viewed in more than POPULAR_VIEWS_ABOVE sessions, unbought, in [start, end).
 
     The rollups name the products that may qualify (viewed often enough on the local
     days overlapping the window, bought on none of the days wholly inside it); the raw
@@ -1014,7 +1014,7 @@ def unconverted_popular_products(
         whole_days=(inside[0], inside[-1]) if inside else None,
         viewed=PRODUCT_VIEW,
         bought=PURCHASE,
-        more_than=POPULAR_MIN_VIEWS,
+        more_than=POPULAR_VIEWS_ABOVE,
     )
     if not candidates:
         return []
@@ -1032,7 +1032,7 @@ def unconverted_popular_products(
     ).subquery()
     rows = conn.execute(
         select(views.c.key0, views.c.sessions)
-        .where(views.c.sessions > POPULAR_MIN_VIEWS)
+        .where(views.c.sessions > POPULAR_VIEWS_ABOVE)
         .order_by(desc(views.c.sessions), views.c.key0)
     ).all()
     return [(slug, count) for slug, count in rows]
@@ -1065,7 +1065,7 @@ def stuck_sessions(conn: Database, *, tenant_id: int, start: datetime, end: date
         select(Event.session_id)
         .where(*in_window(tenant_id, start, end), Event.session_id.is_not(None))
         .group_by(Event.session_id)
-        .having(func.count() > STUCK_MIN_EVENTS, func.count(case((_is(PURCHASE), 1))) == 0)
+        .having(func.count() > STUCK_EVENTS_ABOVE, func.count(case((_is(PURCHASE), 1))) == 0)
         .subquery()
     )
     return conn.scalar(select(func.count()).select_from(stuck)) or 0
@@ -1133,7 +1133,7 @@ def _stuck_sessions(
     if not stuck:
         return []
     message = (
-        f"Sessions with more than {STUCK_MIN_EVENTS} events and no purchase "
+        f"Sessions with more than {STUCK_EVENTS_ABOVE} events and no purchase "
         f"in the last 24 hours: {stuck}."
     )
     return [("stuck_sessions", "info", message)]
