@@ -48,6 +48,14 @@ def test_production_refuses_development_secrets(monkeypatch):
         create_app()
 
 
+@pytest.mark.parametrize("spelling", ["production ", "Production", " PRODUCTION\n"])
+def test_production_is_recognised_however_spelt(monkeypatch, spelling):
+    monkeypatch.setenv("APP_ENV", spelling)
+    monkeypatch.delenv("JWT_SECRET_KEY", raising=False)
+    with pytest.raises(ConfigError, match="development secrets"):
+        create_app()
+
+
 def test_production_refuses_short_secrets(monkeypatch):
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("JWT_SECRET_KEY", "s3cret")  # guessable offline from any token
@@ -70,6 +78,10 @@ def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
     "env",
     [
         {"TRACK_RATE_LIMIT": "lots"},
+        # Not development: a typo must not start production with the development secrets.
+        {"APP_ENV": "prod"},
+        {"APP_ENV": "staging", "FLASK_ENV": "production"},
+        {"APP_ENV": "development", "FLASK_ENV": "production"},
         {"TRUSTED_PROXY_COUNT": "-1"},
         {"RATELIMIT_ENABLED": "maybe"},
         {"WRITE_LOCK_TIMEOUT_MS": "0"},  # PostgreSQL's 0 would mean no limit at all

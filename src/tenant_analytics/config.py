@@ -67,6 +67,24 @@ def _origins(env: Mapping[str, str], name: str) -> list[str]:
     return origins
 
 
+APP_ENVIRONMENTS = ("development", "production")
+
+
+def _app_env(env: Mapping[str, str]) -> str:
+    """APP_ENV (or FLASK_ENV), development when neither is set.
+
+    Anything else is refused rather than read as development: a typo ("prod",
+    "production ") must not start production with the development secrets.
+    """
+    given = {name: env[name].strip().lower() for name in ("APP_ENV", "FLASK_ENV") if env.get(name)}
+    for name, value in given.items():
+        if value not in APP_ENVIRONMENTS:
+            raise ConfigError(f"{name} must be development or production, got {env[name]!r}")
+    if len(set(given.values())) > 1:
+        raise ConfigError("APP_ENV and FLASK_ENV disagree; set one of them")
+    return next(iter(given.values()), "development")
+
+
 def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name) or default
     try:
@@ -92,7 +110,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     env = os.environ if env is None else env
     database_url = env.get("DATABASE_URL")
     return {
-        "APP_ENV": (env.get("APP_ENV") or env.get("FLASK_ENV") or "development").lower(),
+        "APP_ENV": _app_env(env),
         "SQLALCHEMY_DATABASE_URI": database_url or None,
         "SECRET_KEY": env.get("SECRET_KEY") or None,
         "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY", DEV_SECRET_DEFAULT),
