@@ -61,6 +61,24 @@ def test_login_attempts_are_limited_per_ip_and_email(make_app, make_user):
     assert other.status_code == 401  # another email from the same IP has its own bucket
 
 
+def test_login_attempts_are_limited_per_ip_across_emails(make_app, make_user):
+    app = make_app(LOGIN_RATE_LIMIT="3 per minute", LOGIN_ADDRESS_RATE_LIMIT="5 per minute")
+    client = app.test_client()
+    with app.app_context():
+        email = make_user(password="right-password").email
+    # Password spraying: one guess at each of many accounts from one address.
+    sprayed = [login(client, f"user{n}@example.com", "Summer2026!").status_code for n in range(6)]
+    assert sprayed == [401] * 5 + [429]
+    assert login(client, email, "right-password").status_code == 429  # the address waits
+    elsewhere = app.test_client()
+    response = elsewhere.post(
+        "/api/auth/login",
+        json={"email": email, "password": "right-password"},
+        environ_base={"REMOTE_ADDR": "198.51.100.9"},
+    )
+    assert response.status_code == 200  # the account itself is not locked
+
+
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer not-a-jwt"}, {"Authorization": "Basic abc"}],

@@ -120,6 +120,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "RATELIMIT_ENABLED": _flag(env, "RATELIMIT_ENABLED", True),
         "TRACK_RATE_LIMIT": _rate_limit(env, "TRACK_RATE_LIMIT", "100 per minute"),
         "LOGIN_RATE_LIMIT": _rate_limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),
+        "LOGIN_ADDRESS_RATE_LIMIT": _rate_limit(env, "LOGIN_ADDRESS_RATE_LIMIT", "30 per minute"),
         "API_RATE_LIMIT": _rate_limit(env, "API_RATE_LIMIT", "60 per minute"),
         "GROUP_COMMIT": _flag(env, "GROUP_COMMIT", True),
         "WRITE_LOCK_TIMEOUT_SECONDS": _int(env, "WRITE_LOCK_TIMEOUT_MS", 2000, 1) / 1000,

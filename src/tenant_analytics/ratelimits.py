@@ -60,6 +60,12 @@ def login_key() -> str:
     return f"login:{rate_limit_key(current_app.config['VISITOR_HASH_KEY'], address, email)}"
 
 
+def login_address_key() -> str:
+    """And per client address across every email: one address spraying a password
+    over many accounts gets no more tries than LOGIN_ADDRESS_RATE_LIMIT."""
+    return f"login-address:{client_ip_key()}"
+
+
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
 per_tenant = unless_disabled(
     limiter.shared_limit(
@@ -143,13 +149,19 @@ def counted_or_503(limited: View) -> View:
     return checked  # type: ignore[return-value]
 
 
-login_attempts = unless_disabled(
-    lambda view: counted_or_503(
-        limiter.limit(
-            lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]
-        )(view)
+def _login_limits(view: View) -> View:
+    per_email = limiter.limit(
+        lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]
     )
-)
+    per_address = limiter.limit(
+        lambda: current_app.config["LOGIN_ADDRESS_RATE_LIMIT"],
+        key_func=login_address_key,
+        methods=["POST"],
+    )
+    return counted_or_503(per_address(per_email(view)))
+
+
+login_attempts = unless_disabled(_login_limits)
 
 
 def _skip_beacon(_limit: RequestLimit) -> Response:
