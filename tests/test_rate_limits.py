@@ -38,25 +38,22 @@ def test_limit_is_per_tenant_with_retry_after(make_app, make_tenant):
 
 
 def test_only_a_refusal_carries_retry_after(make_app, make_tenant):
-    """Every limited answer tells the limit's state; only a 429 tells the client to wait."""
-    app = make_app(TRACK_RATE_LIMIT="2 per minute", API_RATE_LIMIT="1 per minute")
+    """A client's own bucket tells its state on every answer; only a 429 says to wait."""
+    app = make_app(API_RATE_LIMIT="2 per minute")
     client = app.test_client()
     with app.app_context():
         tenant_id = make_tenant(slug="bakery").id
-    first = track(client, tenant_id)
-    assert first.status_code == 201
+    first = client.post(
+        "/api/v1/analytics/track", json={"tenant_id": str(tenant_id), "type": "whatsapp_click"}
+    )
+    assert first.status_code == 202
     assert (first.headers["X-RateLimit-Limit"], first.headers["X-RateLimit-Remaining"]) == (
         "2",
         "1",
     )
     assert int(first.headers["X-RateLimit-Reset"]) > 0
     assert "Retry-After" not in first.headers
-    assert "Retry-After" not in track(client, tenant_id).headers
-    refused = track(client, tenant_id)
-    assert refused.status_code == 429
-    assert refused.headers["X-RateLimit-Remaining"] == "0"
-    assert 0 < int(refused.headers["Retry-After"]) <= 60
-    # A throttled conversion beacon answers 200 "skipped": nothing to wait for.
+    # A throttled conversion beacon (same "api" bucket) answers 200 "skipped": no wait.
     beacons = [
         client.post(
             "/api/v1/analytics/conversion",
@@ -66,6 +63,26 @@ def test_only_a_refusal_carries_retry_after(make_app, make_tenant):
     ]
     assert [beacon.get_json()["status"] for beacon in beacons] == ["ok", "skipped"]
     assert not [beacon for beacon in beacons if "Retry-After" in beacon.headers]
+
+
+def test_a_tenants_bucket_is_not_shown_to_its_visitors(make_app, make_tenant):
+    """What is left of a tenant's bucket is how many events it got this minute: anyone
+    could read a competitor's traffic off it. Only a refusal says how long to wait."""
+    app = make_app(TRACK_RATE_LIMIT="3 per minute")
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    answers = [track(client, tenant_id) for _ in range(3)]
+    probe = client.post("/api/analytics/track", json={"tenant_id": tenant_id})  # a 422
+    batch = client.post(
+        "/api/analytics/batch", json={"tenant_id": tenant_id, "events": [{"event_type": "x"}]}
+    )
+    refused = track(client, tenant_id)
+    assert [a.status_code for a in answers] + [refused.status_code] == [201, 201, 201, 429]
+    for answer in [*answers, probe, batch, refused]:
+        assert not any(name.startswith("X-RateLimit") for name, _value in answer.headers)
+    assert "Retry-After" not in answers[0].headers
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
 
 
 def test_switched_off_limits_are_not_even_consulted(make_app, make_tenant, monkeypatch):

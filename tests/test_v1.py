@@ -333,6 +333,17 @@ def test_interaction_silently_accepts_unknown_tenants(make_app, make_tenant, whi
         assert events_of(tenant_id) == []
 
 
+def test_interaction_headers_do_not_tell_which_tenants_exist(client, make_tenant):
+    known = make_tenant().id
+    answers = [
+        client.post("/api/v1/interactions", json={"tenant_id": tenant_id, "type": "view"})
+        for tenant_id in (known, 424_242)
+    ]
+    assert [answer.status_code for answer in answers] == [201, 202]  # the contract's own tell
+    names = [sorted(answer.headers.keys()) for answer in answers]
+    assert names[0] == names[1]
+
+
 def test_interaction_processing_error_is_202(client, make_tenant, monkeypatch):
     tenant = make_tenant()
 

@@ -44,6 +44,10 @@ def unless_disabled(limit: Callable[[View], View]) -> Callable[[View], View]:
     return decorate
 
 
+# The shared scope of every endpoint that writes a tenant's events.
+TENANT_SCOPE = "tenant"
+
+
 def tenant_key() -> str:
     """One bucket per active tenant; requests naming no known tenant share their address's."""
     tenant = requested_tenant()
@@ -69,7 +73,7 @@ def login_address_key() -> str:
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
 per_tenant = unless_disabled(
     limiter.shared_limit(
-        lambda: current_app.config["TRACK_RATE_LIMIT"], scope="tenant", key_func=tenant_key
+        lambda: current_app.config["TRACK_RATE_LIMIT"], scope=TENANT_SCOPE, key_func=tenant_key
     )
 )
 
@@ -120,7 +124,7 @@ def _per_tenant_events(view: View) -> View:
     """The per-tenant bucket charged per item, after refusing batches it could never admit."""
     limited = limiter.shared_limit(
         lambda: current_app.config["TRACK_RATE_LIMIT"],
-        scope="tenant",
+        scope=TENANT_SCOPE,
         key_func=tenant_key,
         cost=batch_cost,
     )(view)
@@ -187,14 +191,21 @@ conversion_group = unless_disabled(
 
 
 def rate_limit_headers(response: Response) -> Response:
-    """X-RateLimit-* on every answer of a limited endpoint, Retry-After only on a 429.
+    """X-RateLimit-* on every answer of a client's own bucket, Retry-After only on a 429.
 
     Stands in for flask-limiter's RATELIMIT_HEADERS_ENABLED, which puts Retry-After on
     every answer (a 201 included) and stretches a 503's own; its maintainer suggests
-    an after_request hook over ``limiter.current_limit`` instead.
+    an after_request hook over ``limiter.current_limit`` instead. A tenant's bucket is
+    filled by all its visitors: what is left of it would tell anyone who asks how many
+    events the tenant received this minute, so the tenant scope's answers carry only
+    Retry-After; that includes the address buckets of requests naming no known tenant,
+    whose headers would otherwise tell which tenants exist.
     """
     current = limiter.current_limit
     if current is None:
+        return response
+    own_bucket = current.request_args[-1] != TENANT_SCOPE
+    if not own_bucket and response.status_code != 429:
         return response
     try:
         reset_at = current.reset_at
@@ -202,9 +213,11 @@ def rate_limit_headers(response: Response) -> Response:
     except Exception:  # the storage is down; RATELIMIT_SWALLOW_ERRORS lets the answer go
         log.warning("rate-limit headers left out: the limiter's storage did not answer")
         return response
+    if response.status_code == 429:
+        response.headers["Retry-After"] = str(max(1, int(reset_at - time.time())))
+    if not own_bucket:
+        return response
     response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
     response.headers["X-RateLimit-Remaining"] = str(remaining)
     response.headers["X-RateLimit-Reset"] = str(reset_at)
-    if response.status_code == 429:
-        response.headers["Retry-After"] = str(max(1, int(reset_at - time.time())))
     return response
