@@ -151,6 +151,52 @@ def test_tenant_create_refuses_bad_slugs_and_zones(runner, option, value):
     assert db.session.scalar(select(func.count()).select_from(Tenant)) == 0
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--name", ""),
+        ("--name", "   "),
+        ("--name", "n" * 201),
+    ],
+)
+def test_tenant_create_refuses_what_the_api_refuses(runner, option, value):
+    result = runner.invoke(args=["tenant", "create", "--slug", "fine-slug-1", option, value])
+    assert result.exit_code == 2 and option in result.output, result.output
+    assert db.session.scalar(select(func.count()).select_from(Tenant)) == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--price", "nan"),  # stored as NaN, the products list became invalid JSON
+        ("--price", "inf"),
+        ("--price", "-1"),
+        ("--price", "1e30"),  # more than numeric(14, 2) holds
+        ("--price", "12.345"),  # stored as given on SQLite, shown as 12.35
+        ("--name", ""),
+        ("--name", "n" * 201),
+        ("--slug", "s" * 201),
+    ],
+)
+def test_product_create_refuses_what_the_api_refuses(runner, client, make_tenant, option, value):
+    from tenant_analytics.models import Product
+
+    tenant_id = make_tenant().id
+    args = {"--tenant": str(tenant_id), "--name": "Pan", "--price": "12.50", option: value}
+    result = runner.invoke(args=["product", "create", *[x for pair in args.items() for x in pair]])
+    assert result.exit_code == 2 and option in result.output, result.output
+    assert "Traceback" not in result.output
+    assert db.session.scalar(select(func.count()).select_from(Product)) == 0
+
+
+def test_product_create_stores_the_price_as_given(runner, make_tenant):
+    tenant_id = make_tenant().id
+    args = ["product", "create", "--tenant", str(tenant_id), "--name", "Pan", "--price", "0.1"]
+    result = runner.invoke(args=args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["price"] == 0.1
+
+
 def test_demo_runs_once_and_logs_in(runner, client):
     first = runner.invoke(args=["demo", "--url", "http://127.0.0.1:5055"])
     assert first.exit_code == 0, first.output

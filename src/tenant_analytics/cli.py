@@ -5,24 +5,25 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
-from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from email_validator import EmailNotValidError, validate_email
 from flask import Flask, current_app
 from flask.cli import AppGroup
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from .auth import create_user
+from .errors import validation_errors
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
 from .models import TENANT_SLUG_LENGTH, Tenant, User, utcnow
 from .partitions import create_ahead, purge_before
 from .products import create_product
 from .rollups import rebuild_rollups
-from .schemas import iana_zone
+from .schemas import ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 
 tenant_cli = AppGroup("tenant", help="Manage tenants.")
@@ -34,8 +35,21 @@ events_cli = AppGroup("events", help="Partitions, retention and rollups of the e
 MIN_RETENTION_DAYS = MAX_AGE.days + 32
 
 
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
 def echo_json(data: dict[str, Any]) -> None:
     click.echo(json.dumps(data))
+
+
+def validated(schema: type[Schema], **options: Any) -> Schema:
+    """The options checked by the API's own request schema: the command line stores
+    nothing the API would refuse (a NaN price, an empty name)."""
+    try:
+        return schema.model_validate({k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        field, messages = next(iter(validation_errors(exc).items()))
+        raise click.BadParameter("; ".join(messages), param_hint=f"'--{field}'") from None
 
 
 def fail(message: str) -> None:
@@ -89,6 +103,7 @@ def valid_password(_ctx: Any, _param: Any, value: str) -> str:
 @click.option("--timezone", default="UTC", callback=valid_timezone, show_default=True)
 def create_tenant(name: str, slug: str, inactive: bool, timezone: str) -> None:
     """Create a tenant and print it as one line of JSON."""
+    name = validated(TenantUpdate, name=name).name
     tenant = Tenant(name=name, slug=slug, active=not inactive, timezone=timezone)
     db.session.add(tenant)
     try:
@@ -129,18 +144,19 @@ def create_user_command(
 @click.option("--tenant", "tenant_id", type=int, required=True, help="Tenant id.")
 @click.option("--name", required=True)
 @click.option("--slug")
-@click.option("--price", type=click.FloatRange(min=0))
-def create_product_command(tenant_id: int, name: str, slug: str | None, price: float | None):
+@click.option("--price", help="In the tenant's currency, at most 2 decimals (12.50).")
+def create_product_command(tenant_id: int, name: str, slug: str | None, price: str | None):
     """Create a product and print it as one line of JSON."""
+    product_fields = validated(ProductCreate, name=name, slug=slug, price=price)
     if db.session.get(Tenant, tenant_id) is None:
         fail(f"no tenant with id {tenant_id}")
     try:
         product = create_product(
             db.session,
             tenant_id,
-            name=name,
-            slug=slug,
-            price=Decimal(str(price)) if price is not None else None,
+            name=product_fields.name,
+            slug=product_fields.slug,
+            price=product_fields.price,
         )
         db.session.commit()
     except IntegrityError:
