@@ -123,6 +123,18 @@ def test_factory_does_not_connect():
     assert "tracking" in app.blueprints
 
 
+def test_an_unreachable_database_answers_503_with_retry_after(app, make_app):
+    # (``app`` first: the fixtures' teardown empties the tables through the first app made.)
+    unreachable = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
+    response = unreachable.test_client().post(
+        "/api/analytics/track", json={"tenant_id": 1, "event_type": "pageview"}
+    )
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.get_json()["error"] == "unavailable"  # as every other 503 of the API
+    assert "127.0.0.1" not in response.get_data(as_text=True)
+
+
 def test_an_exhausted_connection_pool_answers_503_not_500(make_app, migrated):
     """More concurrent requests than pooled connections: a retryable 503, never a 500."""
     app = make_app(

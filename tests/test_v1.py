@@ -249,6 +249,16 @@ def test_conversion_non_json_is_skipped(client):
     assert response.get_json() == {"status": "skipped", "transaction_id": None}
 
 
+def test_conversion_with_a_body_over_every_limit_is_skipped(client, make_tenant):
+    make_tenant(slug="shop")
+    body = b'{"tenant_slug": "shop", "note": "' + b"x" * (600 * 1024) + b'"}'
+    response = client.post(
+        "/api/v1/analytics/conversion", data=body, content_type="application/json"
+    )
+    assert response.status_code == 200  # a beacon never surfaces an error to the page
+    assert response.get_json() == {"status": "skipped", "transaction_id": None}
+
+
 def test_throttled_conversion_is_skipped_not_an_error(make_app, make_tenant):
     app = make_app(API_RATE_LIMIT="2 per minute")
     client = app.test_client()
@@ -355,6 +365,16 @@ def test_interaction_processing_error_is_202(client, make_tenant, monkeypatch):
     monkeypatch.setattr("tenant_analytics.ingestion.write_jobs", broken_write)
     response = client.post("/api/v1/interactions", json={"tenant_id": tenant.id, "type": "view"})
     assert response.status_code == 202
+    assert response.get_json() == {"status": "accepted"}
+
+
+def test_interaction_with_the_database_away_is_202(app, make_app):
+    # (``app`` first: the fixtures' teardown empties the tables through the first app made.)
+    unreachable = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
+    response = unreachable.test_client().post(
+        "/api/v1/interactions", json={"tenant_id": 1, "type": "view"}
+    )
+    assert response.status_code == 202  # a processing error, by the contract
     assert response.get_json() == {"status": "accepted"}
 
 

@@ -17,9 +17,9 @@ SECRET_SETTINGS = ("JWT_SECRET_KEY", "VISITOR_HASH_KEY")
 # HMAC-SHA256 keys shorter than its 32-byte output weaken it (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
 
-# Request bodies: the tracking endpoint accepts 64 KiB, the batch endpoint more, and
-# no endpoint more than that (Flask refuses a longer body before it is read).
-TRACK_MAX_BYTES = 64 * 1024
+# Request bodies: every endpoint accepts 64 KiB, the batch endpoint more, and no
+# endpoint more than that (Flask refuses a longer body before it is read).
+BODY_MAX_BYTES = 64 * 1024
 BATCH_MAX_BYTES = 500 * 1024
 MAX_CONTENT_LENGTH = BATCH_MAX_BYTES
 

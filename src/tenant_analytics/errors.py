@@ -93,6 +93,13 @@ def _client_message(err: ErrorDetails) -> str:
     return err["msg"]
 
 
+def _unavailable(message: str) -> tuple[Response, int]:
+    """The database busy or away: nothing (or nothing certain) was done, retry in a second."""
+    response, status = error_response(503, message, code="unavailable")
+    response.headers["Retry-After"] = "1"
+    return response, status
+
+
 def invalid_body(errors: dict[str, list[str]]) -> ApiError:
     return ApiError(422, "The request body is invalid.", code="validation_error", errors=errors)
 
@@ -137,37 +144,27 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CommitTimeout)
     def _commit_timeout(exc: CommitTimeout):
-        response, status = error_response(
-            503, "The events were not stored in time; send them again.", code="unavailable"
-        )
-        response.headers["Retry-After"] = "1"
-        return response, status
+        return _unavailable("The events were not stored in time; send them again.")
 
     @app.errorhandler(CommitUncertain)
     def _commit_uncertain(exc: CommitUncertain):
         cause = exc.__cause__
         log.error("commit outcome unknown: %s", type(cause).__name__ if cause else "")
-        response, status = error_response(
-            503,
+        return _unavailable(
             "The database connection failed while the events were being stored; "
-            "they may have been stored.",
-            code="unavailable",
+            "they may have been stored."
         )
-        response.headers["Retry-After"] = "1"
-        return response, status
 
     @app.errorhandler(OperationalError)
     def _database_unavailable(exc: OperationalError):
         log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else "")
-        return error_response(503, "The service is temporarily unavailable; retry later.")
+        return _unavailable("The service is temporarily unavailable; retry shortly.")
 
     @app.errorhandler(PoolTimeout)
     def _connections_exhausted(exc: PoolTimeout):
         # More requests than pooled connections (easy with gevent's many greenlets).
         log.warning("no database connection free in time")
-        response, status = error_response(503, "The service is busy; retry shortly.")
-        response.headers["Retry-After"] = "1"
-        return response, status
+        return _unavailable("The service is busy; retry shortly.")
 
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):

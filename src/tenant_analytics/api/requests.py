@@ -10,6 +10,7 @@ from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..config import BODY_MAX_BYTES
 from ..errors import invalid_body, validation_errors
 from ..extensions import db
 from ..ingestion import ClientInfo, IngestResult, NewEvent, TenantRef, ingest
@@ -18,10 +19,10 @@ from ..tenancy import active_tenants, request_body
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 
-def parse_body(schema: type[SchemaT], *, max_bytes: int | None = None) -> SchemaT:
+def parse_body(schema: type[SchemaT], *, max_bytes: int = BODY_MAX_BYTES) -> SchemaT:
     """Validate the JSON body against ``schema``; raise 413 or 422 as ``ApiError``."""
-    # The app-wide MAX_CONTENT_LENGTH already bounds the read; endpoints may allow less.
-    if max_bytes is not None and len(request.get_data(cache=True)) > max_bytes:
+    # The app-wide MAX_CONTENT_LENGTH (the batch's) already bounds the read.
+    if len(request.get_data(cache=True)) > max_bytes:
         raise RequestEntityTooLarge(f"The body may not exceed {max_bytes // 1024} KiB.")
     body = request_body()
     if body is None:

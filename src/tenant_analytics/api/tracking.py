@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from flask import Blueprint, current_app
 
-from ..config import BATCH_MAX_BYTES, TRACK_MAX_BYTES
+from ..config import BATCH_MAX_BYTES
 from ..errors import ApiError, error_response
 from ..event_builders import batch_events, track_event
 from ..ratelimits import per_tenant, per_tenant_events
@@ -23,7 +23,7 @@ TENANT_UNAVAILABLE = "Tenant not found or not available"
 @per_tenant
 def track():
     """Record one event from a tenant's landing page (public; limited per tenant)."""
-    body = parse_body(TrackEvent, max_bytes=TRACK_MAX_BYTES)
+    body = parse_body(TrackEvent)
     tenant = requested_tenant()
     if tenant is None:
         return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")

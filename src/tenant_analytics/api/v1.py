@@ -6,6 +6,7 @@ import time
 
 from flask import Blueprint, current_app
 from pydantic import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import error_response, invalid_body
 from ..event_builders import conversion_event
@@ -46,7 +47,10 @@ def track():
 @conversion_group
 def conversion():
     """Payment beacon: always 200, ``ok`` when recorded (once per transaction), else ``skipped``."""
-    raw = request_body() or {}
+    try:
+        raw = request_body() or {}
+    except RequestEntityTooLarge:  # even a body over every limit is only a skipped beacon
+        return {"status": "skipped", "transaction_id": None}
     transaction_id = echoed_transaction_id(raw.get("transaction_id"))
     try:
         body = ConversionBeacon.model_validate(raw)
@@ -71,22 +75,29 @@ def interactions():
     """Low-level interaction: 201 when recorded, 202 otherwise (no tenant-existence feedback)."""
     started = time.monotonic()
     body = parse_body(Interaction)
-    tenant = requested_tenant()
-    recorded = False
-    if tenant is not None:
-        product_id = body.product_id
-        if product_id is not None and product_of_tenant(db.session, tenant.id, product_id) is None:
-            product_id = None  # never link another tenant's product
-        event = NewEvent(body.type, body.metadata, extra={"product_id": product_id})
-        try:
-            ingest_from_request(tenant, [event])
-            recorded = True
-        except Exception:
-            db.session.rollback()
-            log.exception("interaction not recorded")
+    try:
+        recorded = _record_interaction(body)
+    except Exception:  # the contract's "processing error": 202, like an unknown tenant
+        db.session.rollback()
+        log.exception("interaction not recorded")
+        recorded = False
     # Both answers wait for the same floor, so timing does not tell whether a tenant exists.
     floor = current_app.config["INTERACTION_MIN_SECONDS"]
     time.sleep(max(0.0, floor - (time.monotonic() - started)))
     if recorded:
         return {"status": "success"}, 201
     return {"status": "accepted"}, 202
+
+
+def _record_interaction(body: Interaction) -> bool:
+    """Store the interaction; False when it names no active tenant."""
+    tenant = requested_tenant()
+    if tenant is None:
+        return False
+    product_id = body.product_id
+    if product_id is not None and product_of_tenant(db.session, tenant.id, product_id) is None:
+        product_id = None  # never link another tenant's product
+    ingest_from_request(
+        tenant, [NewEvent(body.type, body.metadata, extra={"product_id": product_id})]
+    )
+    return True
