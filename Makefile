@@ -33,10 +33,11 @@ run: install
 # gunicorn, not the development server: it writes no access log with client addresses.
 # The gevent worker lets a request wait for its group commit at the cost of a greenlet switch.
 # --log-level error: gunicorn names the peer of a malformed request at WARNING.
+# --no-control-socket: gunicorn's socket is one per user, lost to any other server's exit.
 serve: install
 	@echo "Serving on http://$(HOST):$(PORT) with $(WORKERS) worker(s)  (Ctrl+C to stop)"
 	$(BIN)/gunicorn --worker-class gevent --workers $(WORKERS) --worker-connections 1000 \
-		--log-level error --bind $(HOST):$(PORT) wsgi:app
+		--log-level error --no-control-socket --bind $(HOST):$(PORT) wsgi:app
 
 ## test: the suite (PostgreSQL with TEST_DATABASE_URL, else SQLite; Redis with TEST_REDIS_URL)
 test: install

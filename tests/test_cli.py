@@ -248,6 +248,11 @@ def test_demo_purchases_are_stored_as_track_stores_them(runner, client):
     assert [getattr(demo, name) for name in stored] == [getattr(posted, name) for name in stored]
 
 
+def test_partitions_ahead_is_bounded(runner):
+    result = runner.invoke(args=["events", "partitions", "--ahead", "1000"])  # a typo
+    assert result.exit_code == 2 and "--ahead" in result.output
+
+
 def test_events_commands(runner, make_tenant, add_events, is_postgres):
     from datetime import timedelta
 

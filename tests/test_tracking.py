@@ -141,6 +141,12 @@ def test_invalid_bodies_are_422_with_field_errors(client, make_tenant, body, fie
     assert stored(tenant.id) == []
 
 
+def test_our_validators_speak_without_pydantics_prefix(client, make_tenant):
+    body = {"tenant_id": make_tenant().id, "event_type": "time_on_page", "metadata": {}}
+    errors = client.post("/api/analytics/track", json=body).get_json()["errors"]
+    assert errors == {"metadata": ["time_on_page needs metadata.seconds, a number >= 0"]}
+
+
 def test_text_too_short_or_long_is_counted_in_characters(client, make_tenant):
     """Pydantic measures text checked after a validator in "items"; clients read characters."""
     tenant = make_tenant()
@@ -163,6 +169,7 @@ def test_text_too_short_or_long_is_counted_in_characters(client, make_tenant):
 EMPTY = "The body is empty: send a JSON object."
 NOT_JSON = "The body is not valid JSON."
 NOT_AN_OBJECT = "The body must be a JSON object."
+TOO_DEEP = "The body is nested too deeply to read."
 
 
 @pytest.mark.parametrize(
@@ -174,7 +181,7 @@ NOT_AN_OBJECT = "The body must be a JSON object."
         (b'{"tenant_id": 1,', NOT_JSON),  # cut short
         (b'{"tenant_id": 1} trailing', NOT_JSON),
         (b'{"name": "\xff"}', NOT_JSON),  # not UTF-8
-        (b"[" * 50_000, NOT_JSON),  # deeper than the parser goes
+        (b"[" * 50_000, TOO_DEEP),  # deeper than the parser goes, before any end
         (b"[1, 2]", NOT_AN_OBJECT),
         (b'"text"', NOT_AN_OBJECT),
         (b"null", NOT_AN_OBJECT),
@@ -207,6 +214,8 @@ def test_deeply_nested_json_is_refused_not_a_500(client, make_tenant, path, stat
     for raw in (DEEP, wrapped):
         response = client.post(path, data=raw, content_type="text/plain")
         assert response.status_code == status, raw[:40]
+        if status == 422:  # valid JSON, if deep: not called invalid
+            assert response.get_json()["errors"] == {"body": [TOO_DEEP]}
         assert response.is_json
     assert stored(tenant.id) == []
 
@@ -239,6 +248,7 @@ def test_cors_allows_any_origin_on_tracking(client):
     response = preflight(client, "/api/analytics/track", "https://bakery.example")
     assert response.headers["Access-Control-Allow-Origin"] in ("*", "https://bakery.example")
     assert response.headers["Access-Control-Allow-Methods"] == "POST"  # not every method
+    assert response.headers["Access-Control-Max-Age"] == "7200"  # not one preflight per event
 
 
 @pytest.mark.parametrize(

@@ -166,7 +166,13 @@ def create_product_command(tenant_id: int, name: str, slug: str | None, price: s
 
 
 @events_cli.command("partitions")
-@click.option("--ahead", default=3, show_default=True, help="Months to create ahead.")
+@click.option(
+    "--ahead",
+    type=click.IntRange(0, 36),
+    default=3,
+    show_default=True,
+    help="Months to create ahead (at most 36: a typo must not create a century).",
+)
 def create_partitions_command(ahead: int) -> None:
     """Create this month's and the next months' partitions (PostgreSQL)."""
     created = create_ahead(db.session.connection(), now=utcnow(), months_ahead=ahead)

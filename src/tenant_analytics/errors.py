@@ -90,6 +90,8 @@ def _client_message(err: ErrorDetails) -> str:
         return "Should be a JSON object"
     if kind == "extra_forbidden":
         return "Not a field of this request"
+    if kind == "value_error":  # our own validators' words, without pydantic's "Value error, "
+        return str(context.get("error", err["msg"]))
     return err["msg"]
 
 

@@ -40,8 +40,10 @@ def _why_not_an_object() -> str:
         return "The body is empty: send a JSON object."
     try:
         json.loads(data)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
+    except ValueError:  # UnicodeDecodeError is a ValueError too
         return "The body is not valid JSON."
+    except RecursionError:
+        return "The body is nested too deeply to read."
     return "The body must be a JSON object."
 
 
