@@ -134,6 +134,27 @@ def test_user_create_asks_for_the_password_twice_when_left_out(runner):
     assert authenticate(db.session, "owner@example.com", "pass-word-1") == user
 
 
+def test_user_set_password_signs_in_with_the_new_one_and_ends_old_tokens(
+    runner, client, make_tenant, make_user, auth_headers
+):
+    tenant = make_tenant()
+    user = make_user(tenant, password="old-password")
+    email, old_token = user.email, auth_headers(user)
+    result = runner.invoke(
+        args=["user", "set-password", "--email", email.upper()],
+        input="new-password\nnew-password\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "new-password" not in result.output
+    assert authenticate(db.session, email, "new-password") is not None
+    assert authenticate(db.session, email, "old-password") is None
+    assert client.get(f"/api/analytics/{tenant.id}", headers=old_token).status_code == 401
+    missing = runner.invoke(
+        args=["user", "set-password", "--email", "nobody@example.com", "--password", "x" * 8]
+    )
+    assert missing.exit_code == 1 and "nobody@example.com" in missing.output
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [

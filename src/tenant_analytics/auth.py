@@ -24,15 +24,17 @@ _UNUSED_HASH = generate_password_hash("timing-equalizer")
 def create_user(
     session: Session, email: str, password: str, *, tenants: list[Tenant], is_admin: bool
 ) -> User:
-    user = User(
-        email=email.strip().lower(),
-        password_hash=generate_password_hash(password),
-        is_admin=is_admin,
-        tenants=tenants,
-    )
+    user = User(email=email.strip().lower(), is_admin=is_admin, tenants=tenants)
+    set_password(user, password)
     session.add(user)
     session.commit()
     return user
+
+
+def set_password(user: User, password: str) -> None:
+    """Store a salted hash of ``password``; the tokens issued before stop working
+    (their credential stamp no longer matches), the caller commits."""
+    user.password_hash = generate_password_hash(password)
 
 
 def authenticate(session: Session, email: str, password: str) -> User | None:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from .auth import create_user
+from .auth import create_user, set_password
 from .errors import validation_errors
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
@@ -137,6 +137,26 @@ def create_user_command(
     if db.session.scalar(select(User).where(User.email == email)):
         fail(f"a user with email {email!r} already exists")
     user = create_user(db.session, email, password, tenants=tenants, is_admin=admin)
+    echo_json(user.to_dict())
+
+
+@user_cli.command("set-password")
+@click.option("--email", required=True, callback=valid_email)
+@click.option(
+    "--password",
+    prompt="New password",
+    hide_input=True,
+    confirmation_prompt=True,
+    callback=valid_password,
+    help="Asked for when left out, which keeps it out of shell history and ps.",
+)
+def set_password_command(email: str, password: str) -> None:
+    """Change a user's password, which also ends every token issued to it before."""
+    user = db.session.scalar(select(User).where(User.email == email))
+    if user is None:
+        fail(f"no user with email {email!r}")
+    set_password(user, password)
+    db.session.commit()
     echo_json(user.to_dict())
 
 
