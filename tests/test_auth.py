@@ -89,6 +89,10 @@ def test_owner_endpoints_need_a_valid_token(client, make_tenant, headers):
     assert response.status_code == 401
     body = response.get_json()
     assert body["success"] is False and body["message"]
+    # HTTP's challenge (RFC 6750): a token that was sent and refused is invalid_token.
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer ")
+    assert ('error="invalid_token"' in challenge) == ("Bearer" in headers.get("Authorization", ""))
 
 
 def test_token_of_a_deleted_user_is_401(client, make_tenant, make_user, auth_headers):

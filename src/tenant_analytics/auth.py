@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from typing import Any
 
-from flask import current_app
+from flask import Response, current_app
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -67,6 +67,15 @@ def refresh_token_for(user: User) -> str:
     return create_refresh_token(str(user.id), additional_claims={STAMP: credential_stamp(user)})
 
 
+def _challenge(message: str, *, code: str) -> tuple[Response, int]:
+    """A 401 with the challenge HTTP asks of one (RFC 6750): a missing token names only
+    the scheme; a token that was sent and refused is ``invalid_token``."""
+    response, status = error_response(401, message, code=code)
+    refused = "" if code == "unauthorized" else ', error="invalid_token"'
+    response.headers["WWW-Authenticate"] = f'Bearer realm="tenant-analytics"{refused}'
+    return response, status
+
+
 def register_jwt_callbacks(jwt: JWTManager) -> None:
     """Load the user behind a token; send every JWT error through the JSON error shape."""
 
@@ -83,27 +92,26 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
 
     @jwt.user_lookup_error_loader
     def _unknown_user(_header, _payload):
-        return error_response(
-            401,
+        return _challenge(
             "The token's user no longer exists or changed password; sign in again.",
             code="invalid_token",
         )
 
     @jwt.unauthorized_loader
     def _missing(reason: str):
-        return error_response(401, "Authentication required: " + reason, code="unauthorized")
+        return _challenge("Authentication required: " + reason, code="unauthorized")
 
     @jwt.invalid_token_loader
     def _invalid(reason: str):
-        return error_response(401, "Invalid token: " + reason, code="invalid_token")
+        return _challenge("Invalid token: " + reason, code="invalid_token")
 
     @jwt.expired_token_loader
     def _expired(_header, _payload):
-        return error_response(401, "The token has expired.", code="token_expired")
+        return _challenge("The token has expired.", code="token_expired")
 
     @jwt.revoked_token_loader
     def _revoked(_header, _payload):
-        return error_response(401, "The token has been revoked.", code="token_revoked")
+        return _challenge("The token has been revoked.", code="token_revoked")
 
     @jwt.needs_fresh_token_loader
     def _needs_fresh(_header, _payload):
