@@ -134,6 +134,22 @@ def test_user_create_asks_for_the_password_twice_when_left_out(runner):
     assert authenticate(db.session, "owner@example.com", "pass-word-1") == user
 
 
+def test_user_create_checks_its_tenants_before_asking_for_a_password(runner):
+    result = runner.invoke(args=["user", "create", "--email", "a@example.com", "--tenant", "999"])
+    assert result.exit_code == 1 and "no tenant with id 999" in result.output
+    assert "Password" not in result.output  # not asked for, twice, only to fail
+
+
+def test_a_short_password_typed_at_the_prompt_is_asked_again(runner):
+    result = runner.invoke(
+        args=["user", "create", "--email", "b@example.com"],
+        input="short\nshort\nlong-enough\nlong-enough\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "at least 8 characters" in result.output
+    assert authenticate(db.session, "b@example.com", "long-enough") is not None
+
+
 def test_user_set_password_signs_in_with_the_new_one_and_ends_old_tokens(
     runner, client, make_tenant, make_user, auth_headers
 ):

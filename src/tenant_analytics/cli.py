@@ -90,10 +90,22 @@ def valid_email(_ctx: Any, _param: Any, value: str) -> str:
         raise click.BadParameter(str(error)) from None
 
 
-def valid_password(_ctx: Any, _param: Any, value: str) -> str:
-    if len(value) < MIN_PASSWORD_LENGTH:
+def valid_password(_ctx: Any, _param: Any, value: str | None) -> str | None:
+    if value is not None and len(value) < MIN_PASSWORD_LENGTH:
         raise click.BadParameter(f"at least {MIN_PASSWORD_LENGTH} characters")
     return value
+
+
+def password_or_prompt(password: str | None, prompt: str = "Password") -> str:
+    """The --password given, else asked for twice, hidden (once the other options are
+    known good: nobody should type a password twice only to learn of a typo elsewhere)."""
+    while password is None:
+        typed = click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+        try:
+            password = valid_password(None, None, typed)
+        except click.BadParameter as error:
+            click.echo(f"Error: {error.message}", err=True)
+    return password
 
 
 @tenant_cli.command("create")
@@ -118,16 +130,13 @@ def create_tenant(name: str, slug: str, inactive: bool, timezone: str) -> None:
 @click.option("--email", required=True, callback=valid_email)
 @click.option(
     "--password",
-    prompt=True,
-    hide_input=True,
-    confirmation_prompt=True,
     callback=valid_password,
     help="Asked for when left out, which keeps it out of shell history and ps.",
 )
 @click.option("--tenant", "tenant_ids", type=int, multiple=True, help="Tenant id it owns.")
 @click.option("--admin", is_flag=True, help="May read every tenant.")
 def create_user_command(
-    email: str, password: str, tenant_ids: tuple[int, ...], admin: bool
+    email: str, password: str | None, tenant_ids: tuple[int, ...], admin: bool
 ) -> None:
     """Create a user owning the given tenants and print it as one line of JSON."""
     tenants = list(db.session.scalars(select(Tenant).where(Tenant.id.in_(tenant_ids))))
@@ -136,6 +145,7 @@ def create_user_command(
         fail(f"no tenant with id {', '.join(map(str, missing))}")
     if db.session.scalar(select(User).where(User.email == email)):
         fail(f"a user with email {email!r} already exists")
+    password = password_or_prompt(password)
     user = create_user(db.session, email, password, tenants=tenants, is_admin=admin)
     echo_json(user.to_dict())
 
@@ -144,18 +154,15 @@ def create_user_command(
 @click.option("--email", required=True, callback=valid_email)
 @click.option(
     "--password",
-    prompt="New password",
-    hide_input=True,
-    confirmation_prompt=True,
     callback=valid_password,
     help="Asked for when left out, which keeps it out of shell history and ps.",
 )
-def set_password_command(email: str, password: str) -> None:
+def set_password_command(email: str, password: str | None) -> None:
     """Change a user's password, which also ends every token issued to it before."""
     user = db.session.scalar(select(User).where(User.email == email))
     if user is None:
         fail(f"no user with email {email!r}")
-    set_password(user, password)
+    set_password(user, password_or_prompt(password, "New password"))
     db.session.commit()
     echo_json(user.to_dict())
 
