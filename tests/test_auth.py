@@ -41,6 +41,7 @@ def test_wrong_credentials_are_401(client, make_user, which):
     response = login(client, email, "wrong-password")
     assert response.status_code == 401
     assert response.get_json()["error"] == "invalid_credentials"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="tenant-analytics"'
 
 
 def test_login_body_is_validated(client):
@@ -59,6 +60,32 @@ def test_login_attempts_are_limited_per_ip_and_email(make_app, make_user):
     assert statuses == [401, 401, 401, 429]
     other = login(client, "someone-else@example.com", "wrong")
     assert other.status_code == 401  # another email from the same IP has its own bucket
+
+
+def test_login_headers_tell_of_the_limit_closest_to_refusing(make_app):
+    app = make_app(LOGIN_RATE_LIMIT="10 per minute", LOGIN_ADDRESS_RATE_LIMIT="4 per minute")
+    client = app.test_client()
+    answers = [login(client, f"user{n}@example.com", "guess") for n in range(5)]
+    assert [a.status_code for a in answers] == [401] * 4 + [429]
+    told = [(a.headers["X-RateLimit-Limit"], a.headers["X-RateLimit-Remaining"]) for a in answers]
+    assert told == [("4", "3"), ("4", "2"), ("4", "1"), ("4", "0"), ("4", "0")]
+
+
+def test_login_limit_per_address_counts_an_ipv6_client_by_its_64(make_app):
+    """An IPv6 host holds a whole /64: a fresh address per try must not buy more tries."""
+    app = make_app(LOGIN_ADDRESS_RATE_LIMIT="2 per minute")
+    client = app.test_client()
+
+    def from_address(address, n):
+        return client.post(
+            "/api/auth/login",
+            json={"email": f"user{n}@example.com", "password": "guess"},
+            environ_base={"REMOTE_ADDR": address},
+        ).status_code
+
+    same_64 = [from_address(f"2001:db8:1:2::{n}", n) for n in range(1, 4)]
+    assert same_64 == [401, 401, 429]
+    assert from_address("2001:db8:1:3::1", 9) == 401  # the next /64 is another client
 
 
 def test_login_attempts_are_limited_per_ip_across_emails(make_app, make_user):

@@ -67,11 +67,12 @@ def refresh_token_for(user: User) -> str:
     return create_refresh_token(str(user.id), additional_claims={STAMP: credential_stamp(user)})
 
 
-def _challenge(message: str, *, code: str) -> tuple[Response, int]:
-    """A 401 with the challenge HTTP asks of one (RFC 6750): a missing token names only
-    the scheme; a token that was sent and refused is ``invalid_token``."""
+def challenge(message: str, *, code: str, token_refused: bool = True) -> tuple[Response, int]:
+    """A 401 with the challenge HTTP asks of one (RFC 6750): without a token (or at
+    sign-in) it names only the scheme; a token that was sent and refused is
+    ``invalid_token``."""
     response, status = error_response(401, message, code=code)
-    refused = "" if code == "unauthorized" else ', error="invalid_token"'
+    refused = ', error="invalid_token"' if token_refused else ""
     response.headers["WWW-Authenticate"] = f'Bearer realm="tenant-analytics"{refused}'
     return response, status
 
@@ -92,30 +93,32 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
 
     @jwt.user_lookup_error_loader
     def _unknown_user(_header, _payload):
-        return _challenge(
+        return challenge(
             "The token's user no longer exists or changed password; sign in again.",
             code="invalid_token",
         )
 
     @jwt.unauthorized_loader
     def _missing(reason: str):
-        return _challenge("Authentication required: " + reason, code="unauthorized")
+        return challenge(
+            "Authentication required: " + reason, code="unauthorized", token_refused=False
+        )
 
     @jwt.invalid_token_loader
     def _invalid(reason: str):
-        return _challenge("Invalid token: " + reason, code="invalid_token")
+        return challenge("Invalid token: " + reason, code="invalid_token")
 
     @jwt.expired_token_loader
     def _expired(_header, _payload):
-        return _challenge("The token has expired.", code="token_expired")
+        return challenge("The token has expired.", code="token_expired")
 
     @jwt.revoked_token_loader
     def _revoked(_header, _payload):
-        return _challenge("The token has been revoked.", code="token_revoked")
+        return challenge("The token has been revoked.", code="token_revoked")
 
     @jwt.needs_fresh_token_loader
     def _needs_fresh(_header, _payload):
-        return error_response(401, "A fresh token is required.", code="fresh_token_required")
+        return challenge("A fresh token is required.", code="fresh_token_required")
 
     @jwt.token_verification_failed_loader
     def _verification_failed(_header, _payload):

@@ -11,7 +11,7 @@ from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
 
-from .privacy import rate_limit_key
+from .privacy import limited_client, rate_limit_key
 
 
 class Base(DeclarativeBase):
@@ -25,7 +25,8 @@ def client_ip_key() -> str:
     """
     from flask import current_app, request
 
-    return rate_limit_key(current_app.config["VISITOR_HASH_KEY"], request.remote_addr or "unknown")
+    address = limited_client(request.remote_addr)
+    return rate_limit_key(current_app.config["VISITOR_HASH_KEY"], address)
 
 
 db = SQLAlchemy(model_class=Base)

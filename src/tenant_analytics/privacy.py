@@ -9,11 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 
 VISITOR_HASH_LENGTH = 45
 RATE_LIMIT_KEY_LENGTH = 32
 USER_AGENT_MAX = 512
 REFERRER_MAX = 1024
+
+
+def limited_client(address: str | None) -> str:
+    """Who a per-client rate limit counts: the IPv4 address, or the IPv6 /64 around it.
+
+    One IPv6 host usually holds a whole /64 and could take a fresh address for every
+    try; the /64 is what a single client can be told apart by.
+    """
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or "unknown"
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    if ip.ipv4_mapped is not None:  # ::ffff:203.0.113.5 is that IPv4 client
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 def visitor_hash(key: str, tenant_id: int, client_ip: str | None, user_agent: str | None) -> str:

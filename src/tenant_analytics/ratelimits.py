@@ -10,11 +10,12 @@ from typing import Any, TypeVar
 from flask import Response, current_app, jsonify, request
 from flask_limiter import RequestLimit
 from limits import parse_many
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import ApiError, error_response
 from .extensions import client_ip_key, limiter
 from .logs import get_logger
-from .privacy import rate_limit_key
+from .privacy import limited_client, rate_limit_key
 from .schemas import MAX_BATCH_EVENTS, echoed_transaction_id
 from .tenancy import request_body, requested_tenant
 
@@ -60,7 +61,7 @@ def login_key() -> str:
     """Login attempts are counted per client address and email, hashed together."""
     email = (request_body() or {}).get("email")
     email = email.strip().lower()[:254] if isinstance(email, str) else ""
-    address = request.remote_addr or "unknown"
+    address = limited_client(request.remote_addr)
     return f"login:{rate_limit_key(current_app.config['VISITOR_HASH_KEY'], address, email)}"
 
 
@@ -170,7 +171,11 @@ login_attempts = unless_disabled(_login_limits)
 
 def _skip_beacon(_limit: RequestLimit) -> Response:
     """A throttled conversion beacon is skipped, never an error the page could see."""
-    transaction_id = echoed_transaction_id((request_body() or {}).get("transaction_id"))
+    try:
+        body = request_body() or {}
+    except RequestEntityTooLarge:  # over every limit, and throttled too: still a 200
+        body = {}
+    transaction_id = echoed_transaction_id(body.get("transaction_id"))
     return jsonify({"status": "skipped", "transaction_id": transaction_id})
 
 
@@ -195,29 +200,28 @@ def rate_limit_headers(response: Response) -> Response:
 
     Stands in for flask-limiter's RATELIMIT_HEADERS_ENABLED, which puts Retry-After on
     every answer (a 201 included) and stretches a 503's own; its maintainer suggests
-    an after_request hook over ``limiter.current_limit`` instead. A tenant's bucket is
+    an after_request hook over the request's limits instead. A tenant's bucket is
     filled by all its visitors: what is left of it would tell anyone who asks how many
     events the tenant received this minute, so the tenant scope's answers carry only
     Retry-After; that includes the address buckets of requests naming no known tenant,
-    whose headers would otherwise tell which tenants exist.
+    whose headers would otherwise tell which tenants exist. Where several of a client's
+    limits apply (sign-in), the headers tell of the one that refused, else of the one
+    closest to refusing.
     """
-    current = limiter.current_limit
-    if current is None:
+    limits = limiter.current_limits
+    if not limits:
         return response
-    own_bucket = current.request_args[-1] != TENANT_SCOPE
-    if not own_bucket and response.status_code != 429:
-        return response
+    own = [limit for limit in limits if limit.request_args[-1] != TENANT_SCOPE]
+    breached = next((limit for limit in limits if limit.breached), None)
     try:
-        reset_at = current.reset_at
-        remaining = current.remaining
+        if response.status_code == 429 and breached is not None:
+            response.headers["Retry-After"] = str(max(1, int(breached.reset_at - time.time())))
+        if not own:
+            return response
+        shown = breached if breached in own else min(own, key=lambda limit: limit.remaining)
+        response.headers["X-RateLimit-Limit"] = str(shown.limit.amount)
+        response.headers["X-RateLimit-Remaining"] = str(shown.remaining)
+        response.headers["X-RateLimit-Reset"] = str(shown.reset_at)
     except Exception:  # the storage is down; RATELIMIT_SWALLOW_ERRORS lets the answer go
         log.warning("rate-limit headers left out: the limiter's storage did not answer")
-        return response
-    if response.status_code == 429:
-        response.headers["Retry-After"] = str(max(1, int(reset_at - time.time())))
-    if not own_bucket:
-        return response
-    response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
-    response.headers["X-RateLimit-Remaining"] = str(remaining)
-    response.headers["X-RateLimit-Reset"] = str(reset_at)
     return response

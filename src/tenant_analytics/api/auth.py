@@ -5,8 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 from flask_jwt_extended import current_user, jwt_required
 
-from ..auth import access_token_for, authenticate, refresh_token_for
-from ..errors import ApiError
+from ..auth import access_token_for, authenticate, challenge, refresh_token_for
 from ..extensions import db
 from ..ratelimits import login_attempts
 from ..schemas import Login
@@ -22,7 +21,9 @@ def login():
     body = parse_body(Login)
     user = authenticate(db.session, body.email, body.password)
     if user is None:
-        raise ApiError(401, "Invalid email or password.", code="invalid_credentials")
+        return challenge(
+            "Invalid email or password.", code="invalid_credentials", token_refused=False
+        )
     return {"access_token": access_token_for(user), "refresh_token": refresh_token_for(user)}
 
 
