@@ -11,8 +11,8 @@ from typing import Any
 from limits import parse as parse_rate_limit
 
 DEV_SECRET_DEFAULT = "dev-only-insecure-secret-do-not-use-in-production"
-# The keys that sign tokens and hash visitors. Flask's SECRET_KEY is not among them:
-# nothing uses it (no cookie sessions), so it is left unset unless given.
+# The keys that sign tokens and hash visitors. Flask's SECRET_KEY is not among them
+# and not read: nothing uses it (no cookie sessions, see NoCookieSessions).
 SECRET_SETTINGS = ("JWT_SECRET_KEY", "VISITOR_HASH_KEY")
 # HMAC-SHA256 keys shorter than its 32-byte output weaken it (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
@@ -112,7 +112,6 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "APP_ENV": _app_env(env),
         "SQLALCHEMY_DATABASE_URI": database_url or None,
-        "SECRET_KEY": env.get("SECRET_KEY") or None,
         "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY", DEV_SECRET_DEFAULT),
         "VISITOR_HASH_KEY": env.get("VISITOR_HASH_KEY", DEV_SECRET_DEFAULT),
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
