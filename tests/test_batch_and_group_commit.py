@@ -16,11 +16,11 @@ from tenant_analytics import postgres_writer
 from tenant_analytics.config import normalize_database_url
 from tenant_analytics.extensions import db
 from tenant_analytics.group_commit import CommitUncertain, GroupCommitter, _Pending
-from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantBusy, TenantInfo
+from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantBusy
 from tenant_analytics.models import Event, Tenant, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
-from tenant_analytics.rollups import NEW_SESSION, rebuild_rollups
+from tenant_analytics.rollups import NEW_SESSION, TenantInfo, rebuild_rollups
 
 
 def count_events(tenant_id: int) -> int:

@@ -35,14 +35,13 @@ from .ingestion import (
     IngestJob,
     IngestResult,
     TenantBusy,
-    TenantInfo,
     rows_to_write,
     tenants_of,
     write_jobs,
 )
 from .logs import get_logger
 from .partitions import month_of, partitions_known
-from .rollups import aggregate
+from .rollups import TenantInfo, aggregate
 from .storage import current_tenants
 
 log = get_logger(__name__)

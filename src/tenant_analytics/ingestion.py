@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, scoped_session
 from .models import EVENT_COLUMNS, utcnow
 from .postgres_writer import limit_lock_waits, lock_timed_out, zone_changed
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
-from .rollups import TenantRef
+from .rollups import TenantInfo, TenantRef
 from .storage import claim_keys, current_tenants, insert_events
 
 EMPTY_ROW: dict[str, Any] = dict.fromkeys(EVENT_COLUMNS)
@@ -62,21 +62,6 @@ class TenantBusy(CommitTimeout):
 class IngestResult:
     stored: int
     duplicates: int
-
-
-@dataclass(frozen=True)
-class TenantInfo:
-    """A plain copy of a tenant's write-path fields, safe to hand to another thread."""
-
-    id: int
-    timezone: str
-    currency: str
-
-    @classmethod
-    def of(cls, tenant: TenantRef) -> TenantInfo:
-        if isinstance(tenant, TenantInfo):
-            return tenant
-        return cls(tenant.id, tenant.timezone, tenant.currency)
 
 
 @dataclass(eq=False)

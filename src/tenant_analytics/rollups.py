@@ -110,6 +110,21 @@ class TenantRef(TenantFields, Protocol):
     def id(self) -> int: ...
 
 
+@dataclass(frozen=True)
+class TenantInfo:
+    """A plain copy of a tenant's write-path fields, safe to hand to another thread."""
+
+    id: int
+    timezone: str
+    currency: str
+
+    @classmethod
+    def of(cls, tenant: TenantRef) -> TenantInfo:
+        if isinstance(tenant, TenantInfo):
+            return tenant
+        return cls(tenant.id, tenant.timezone, tenant.currency)
+
+
 # pg_advisory_xact_lock(ROLLUP_LOCK, tenant_id) serializes one tenant's rollup updates.
 ROLLUP_LOCK = 7_411
 
@@ -466,8 +481,13 @@ REBUILD_WORK_MEM = "256MB"
 
 
 def rebuild_rollups(session: Session, tenant: TenantRef, *, chunk: int = 5000) -> None:
-    """Recompute a tenant's rollups from its raw events (after a bulk load or a zone change)."""
-    from .models import Event
+    """Recompute a tenant's rollups from its raw events (after a bulk load or a zone change).
+
+    Only ``tenant``'s id is taken from the caller: its zone and currency are read once
+    the rebuild holds the tenant's rollups, since a zone change may have committed
+    while it waited (a rebuild in a stale zone would leave every day shifted).
+    """
+    from .models import Event, Tenant
 
     if session.get_bind().dialect.name == "postgresql":
         # Writers of this tenant's events wait until the rebuild commits.
@@ -475,7 +495,11 @@ def rebuild_rollups(session: Session, tenant: TenantRef, *, chunk: int = 5000) -
             text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
             {"lock": ROLLUP_LOCK, "tenant": tenant.id},
         )
-    clear_rollups(session, tenant.id)
+    clear_rollups(session, tenant.id)  # on SQLite, takes the database's write lock
+    zone, currency = session.execute(
+        select(Tenant.timezone, Tenant.currency).where(Tenant.id == tenant.id)
+    ).one()
+    tenant = TenantInfo(tenant.id, zone, currency)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(
             text("SELECT set_config('work_mem', :work_mem, true)"),

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from .errors import ApiError
 from .extensions import db
-from .ingestion import TenantInfo
 from .models import Tenant, User, is_row_id
+from .rollups import TenantInfo
 
 TENANT_NOT_FOUND = "Tenant not found"
 
