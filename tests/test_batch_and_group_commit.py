@@ -20,7 +20,7 @@ from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantBu
 from tenant_analytics.models import Event, Tenant, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
-from tenant_analytics.rollups import NEW_SESSION, TenantInfo, rebuild_rollups
+from tenant_analytics.rollups import NEW_SESSION, ROLLUP_LOCK, TenantInfo, rebuild_rollups
 
 
 def count_events(tenant_id: int) -> int:
@@ -525,6 +525,45 @@ def test_a_tenant_being_rebuilt_fails_alone_and_promptly(
     assert [type(outcome) for outcome in outcomes[::2]] == [TenantBusy] * 3
     assert outcomes[1::2] == [1, 1]
     assert [count_events(t.id) for t in (busy, other, third)] == [0, 2, 1]
+
+
+def test_a_tenant_found_locked_holds_up_no_later_batch(
+    app, make_tenant, add_events, is_postgres, monkeypatch
+):
+    """Once a tenant is found locked, its jobs are refused without going to the database
+    until pg_locks says the lock is gone: each batch would otherwise wait out the lock
+    timeout, every other tenant's events with it, for the whole rebuild."""
+    if not is_postgres:
+        pytest.skip("the rollup lock is PostgreSQL's")
+    committer = app.extensions["group_commit"]
+    committer.lock_timeout, committer.busy_recheck = 0.3, 60.0
+    busy, other = make_tenant(), make_tenant()
+    add_events(other, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    busy_info, other_info = TenantInfo.of(busy), TenantInfo.of(other)
+    written: list[set[int]] = []
+    real_write = GroupCommitter._write
+
+    def recording_write(self, jobs):
+        written.append({job.tenant.id for job in jobs})
+        return real_write(self, jobs)
+
+    monkeypatch.setattr(GroupCommitter, "_write", recording_write)
+    lock = (ROLLUP_LOCK, busy.id)
+    with db.engine.connect() as holder:  # a rebuild's lock, held as long as this block
+        holder.exec_driver_sql("SELECT pg_advisory_lock(%s, %s)", lock)
+        batches = [
+            [pageview_job(busy_info, f"/{n}"), pageview_job(other_info, f"/o{n}")] for n in range(3)
+        ]
+        first = commit_as_one_batch(committer, batches[0])  # finds the lock (one wait)
+        del written[:]
+        second = commit_as_one_batch(committer, batches[1])
+        assert written == [{other.id}]  # the busy tenant's job never reached the database
+        assert [type(first[0]), type(second[0])] == [TenantBusy, TenantBusy]
+        assert first[1] == second[1] == 1
+        holder.exec_driver_sql("SELECT pg_advisory_unlock(%s, %s)", lock)
+    committer.busy_recheck = 0.0  # due now: pg_locks says the rebuild is over
+    assert commit_as_one_batch(committer, batches[2]) == [1, 1]
+    assert [count_events(busy.id), count_events(other.id)] == [1, 4]
 
 
 @pytest.mark.parametrize("group_commit", [True, False])

@@ -19,6 +19,7 @@ import queue
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,9 @@ from .storage import current_tenants
 log = get_logger(__name__)
 
 SWITCH_INTERVAL = 0.0005  # seconds
+# How long a tenant found with its rollups locked (being rebuilt) has its events refused
+# at once, before the committer looks in pg_locks again.
+BUSY_RECHECK_SECONDS = 0.5
 _CLAIMS = threading.Lock()  # guards _Pending.state
 
 
@@ -115,6 +119,9 @@ class GroupCommitter:
         # PostgreSQL: the longest a batch waits for a lock. A tenant's rollup lock is held
         # for milliseconds by a batch, but by a rebuild for its whole transaction.
         self.lock_timeout = lock_timeout
+        self.busy_recheck = BUSY_RECHECK_SECONDS
+        # Tenants found locked -> when they were; only the committer's thread uses it.
+        self._busy: dict[int, float] = {}
         # None in the queue asks the committer to stop (``close``).
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -222,6 +229,9 @@ class GroupCommitter:
     def _commit(
         self, batch: Sequence[_Pending], *, look_for_locked: bool = True, recount: bool = True
     ) -> None:
+        batch = self._without_busy_tenants(batch)
+        if not batch:
+            return
         try:
             results = self._write([p.job for p in batch])
         except Exception as error:
@@ -259,6 +269,7 @@ class GroupCommitter:
         locked = self._locked_tenants({pending.job.tenant.id for pending in batch})
         if locked:
             log.warning("rollups of tenants %s locked: their events refused", sorted(locked))
+        self._busy.update(dict.fromkeys(locked, time.monotonic()))
         for pending in batch:
             if pending.job.tenant.id in locked:
                 pending.settle(None, TenantBusy("the tenant's rollups are locked"))
@@ -266,6 +277,34 @@ class GroupCommitter:
         if rest:
             # With nothing found locked (the wait was for another lock) once more, no more.
             self._commit(rest, look_for_locked=bool(locked))
+
+    def _without_busy_tenants(self, batch: Sequence[_Pending]) -> list[_Pending]:
+        """Refuse at once the jobs of tenants found locked a moment ago.
+
+        A rebuild holds a tenant's rollups for up to a minute; were its jobs written with
+        every batch, each batch would wait out the lock timeout first, and every other
+        tenant's events with it. Once ``busy_recheck`` has passed, pg_locks tells (one
+        cheap query) whether the tenant is still locked.
+        """
+        if not self._busy:
+            return list(batch)
+        now = time.monotonic()
+        known_busy = {pending.job.tenant.id for pending in batch} & self._busy.keys()
+        due = {t for t in known_busy if now - self._busy[t] >= self.busy_recheck}
+        if due:
+            still = self._locked_tenants(due)
+            for tenant_id in due:
+                if tenant_id in still:
+                    self._busy[tenant_id] = now
+                else:
+                    del self._busy[tenant_id]
+        kept = []
+        for pending in batch:
+            if pending.job.tenant.id in self._busy:
+                pending.settle(None, TenantBusy("the tenant's rollups are locked"))
+            else:
+                kept.append(pending)
+        return kept
 
     def _in_current_zones(self, batch: Sequence[_Pending], recount: bool) -> None:
         """A tenant's time zone changed in another process since this one cached it: write
