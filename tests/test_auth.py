@@ -122,6 +122,18 @@ def test_owner_endpoints_need_a_valid_token(client, make_tenant, headers):
     assert ('error="invalid_token"' in challenge) == ("Bearer" in headers.get("Authorization", ""))
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(client, make_tenant, make_user, scheme):
+    from tenant_analytics.auth import access_token_for
+
+    tenant = make_tenant()
+    token = access_token_for(make_user(tenant))
+    response = client.get(
+        f"/api/analytics/{tenant.id}", headers={"Authorization": f"{scheme} {token}"}
+    )
+    assert response.status_code == 200, response.get_json()
+
+
 def test_token_of_a_deleted_user_is_401(client, make_tenant, make_user, auth_headers):
     from tenant_analytics.extensions import db
 

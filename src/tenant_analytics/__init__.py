@@ -82,12 +82,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         )
 
     from .api import register_blueprints
-    from .auth import register_jwt_callbacks
+    from .auth import canonical_bearer_scheme, register_jwt_callbacks
     from .cli import register_commands
     from .errors import register_error_handlers
     from .ratelimits import rate_limit_headers
 
     register_error_handlers(app)
+    app.before_request(canonical_bearer_scheme)
     app.after_request(rate_limit_headers)
     register_jwt_callbacks(jwt)
     register_blueprints(app)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Any
 
-from flask import Response, current_app
+from flask import Response, current_app, request
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -17,6 +18,8 @@ from .extensions import db
 from .models import Tenant, User, is_row_id
 
 STAMP = "stamp"  # the claim holding credential_stamp(user)
+# A scheme name is case-insensitive (RFC 9110 11.1); flask-jwt-extended matches "Bearer" only.
+_BEARER_SCHEME = re.compile(r"(^|,)(\s*)bearer(?=\s)", re.IGNORECASE)
 # Compared against when the email is unknown, so both paths cost one hash check.
 _UNUSED_HASH = generate_password_hash("timing-equalizer")
 
@@ -65,6 +68,14 @@ def access_token_for(user: User) -> str:
 
 def refresh_token_for(user: User) -> str:
     return create_refresh_token(str(user.id), additional_claims={STAMP: credential_stamp(user)})
+
+
+def canonical_bearer_scheme() -> None:
+    """Spell the Authorization scheme "Bearer" however the client cased it (before a
+    request's handler reads the header)."""
+    value = request.environ.get("HTTP_AUTHORIZATION")
+    if value and "Bearer" not in value:
+        request.environ["HTTP_AUTHORIZATION"] = _BEARER_SCHEME.sub(r"\1\2Bearer", value)
 
 
 def challenge(message: str, *, code: str, token_refused: bool = True) -> tuple[Response, int]:
