@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -438,6 +439,73 @@ def test_a_batch_that_may_have_committed_is_not_written_again(
     assert response.status_code == 503
     assert response.get_json()["error"] == "unavailable"
     assert count_events(tenant.id) == 4
+
+
+@contextmanager
+def commit_replies_lost(database_url: str):
+    """Within: every COMMIT of the app's engine takes effect on the server, whose session
+    then ends before the client hears back, as when the reply is lost on the network."""
+    admin = create_engine(normalize_database_url(database_url), isolation_level="AUTOCOMMIT")
+
+    def commit_then_cut_off(connection) -> None:
+        raw = connection.connection.dbapi_connection
+        with raw.cursor() as cursor:
+            cursor.execute("COMMIT")
+            cursor.execute("SELECT pg_backend_pid()")
+            (pid,) = cursor.fetchone()
+        with admin.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    event.listen(db.engine, "commit", commit_then_cut_off)
+    try:
+        yield
+    finally:
+        event.remove(db.engine, "commit", commit_then_cut_off)
+        admin.dispose()
+
+
+def keyed_pageview_job(tenant: TenantInfo, key: str) -> IngestJob:
+    """A job the committer writes in an ordinary transaction (its key is claimed first)."""
+    client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
+    return IngestJob(tenant, [NewEvent("pageview", dedupe_key=key)], client, "key")
+
+
+def test_a_transaction_whose_commit_reply_was_lost_is_not_written_again(
+    app, make_tenant, is_postgres, database_url
+):
+    """The ordinary transaction's COMMIT reached the server, the reply did not: its jobs
+    fail as uncertain rather than each being written again (twice in all)."""
+    if not is_postgres:
+        pytest.skip("a lost reply needs a server")
+    tenant = make_tenant()
+    info = TenantInfo.of(tenant)
+    committer = app.extensions["group_commit"]
+    # Its connection made and set up first (not a COMMIT to lose).
+    assert commit_as_one_batch(committer, [keyed_pageview_job(info, "k0")]) == [1]
+    jobs = [keyed_pageview_job(info, "k1"), pageview_job(info, "/unkeyed")]
+    with commit_replies_lost(database_url):
+        outcomes = commit_as_one_batch(committer, jobs)
+    assert [type(outcome) for outcome in outcomes] == [CommitUncertain] * 2
+    assert count_events(tenant.id) == 3
+
+
+def test_a_write_alone_whose_commit_reply_was_lost_is_a_503_saying_it_may_be_stored(
+    make_app, make_tenant, is_postgres, database_url
+):
+    """Without group commit the same lost reply must not read as "nothing stored,
+    retry": the event is there."""
+    if not is_postgres:
+        pytest.skip("a lost reply needs a server")
+    app = make_app(GROUP_COMMIT=False)
+    with app.app_context():
+        tenant_id = make_tenant().id
+        with commit_replies_lost(database_url):
+            response = app.test_client().post(
+                "/api/analytics/track", json={"tenant_id": tenant_id, "event_type": "pageview"}
+            )
+        assert response.status_code == 503
+        assert "may have been stored" in response.get_json()["message"]
+        assert count_events(tenant_id) == 1
 
 
 def test_writes_resume_once_the_database_takes_connections_again(

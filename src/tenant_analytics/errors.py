@@ -16,8 +16,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .group_commit import CommitUncertain
-from .ingestion import CommitTimeout
+from .ingestion import CommitTimeout, CommitUncertain
 from .logs import get_logger
 
 log = get_logger(__name__)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import queue
-import sqlite3
 import sys
 import threading
 import time
@@ -33,9 +32,12 @@ from . import postgres_writer
 from .extensions import db
 from .ingestion import (
     CommitTimeout,
+    CommitUncertain,
     IngestJob,
     IngestResult,
     TenantBusy,
+    commit_or_uncertain,
+    reported_by_live_database,
     rows_to_write,
     tenants_of,
     write_jobs,
@@ -52,11 +54,6 @@ SWITCH_INTERVAL = 0.0005  # seconds
 # at once, before the committer looks in pg_locks again.
 BUSY_RECHECK_SECONDS = 0.5
 _CLAIMS = threading.Lock()  # guards _Pending.state
-
-
-class CommitUncertain(Exception):
-    """The batch failed where its COMMIT may already have reached the server: the events
-    may or may not be stored, so they are not written again."""
 
 
 @dataclass(eq=False)
@@ -93,13 +90,13 @@ def _rolled_back(error: Exception) -> bool:
     its first error), so COMMIT never took effect. A lost connection may have come
     after the server committed.
     """
-    if not isinstance(error, DBAPIError) or error.statement is None:
-        return True
-    if error.connection_invalidated:
+    if isinstance(error, CommitUncertain):
         return False
-    if isinstance(error.orig, sqlite3.Error):  # a file on this host: no reply to lose
+    if not isinstance(error, DBAPIError):
         return True
-    return getattr(error.orig, "pgcode", None) is not None
+    if error.statement is None and not error.connection_invalidated:
+        return True  # raised before a statement was sent: connecting, say
+    return reported_by_live_database(error)
 
 
 class GroupCommitter:
@@ -350,7 +347,7 @@ class GroupCommitter:
         session = Session(bind=self._connection)
         try:
             results = write_jobs(session, jobs)
-            session.commit()
+            commit_or_uncertain(session)
             return results
         except BaseException:
             session.rollback()

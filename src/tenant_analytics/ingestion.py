@@ -7,6 +7,7 @@ through the group committer or in a transaction of its own).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -56,6 +57,33 @@ class CommitTimeout(TimeoutError):
 
 class TenantBusy(CommitTimeout):
     """The tenant's rollups stayed locked (a rebuild) past the lock timeout: nothing was written."""
+
+
+class CommitUncertain(Exception):
+    """A write failed where its COMMIT may already have reached the server: the events
+    may or may not be stored, so they are not written again."""
+
+
+def reported_by_live_database(error: BaseException) -> bool:
+    """True when the database itself reported ``error`` on a connection still there: the
+    transaction aborted, nothing of it was committed. A lost connection may have lost
+    the reply to a COMMIT the server carried out."""
+    if not isinstance(error, DBAPIError) or error.connection_invalidated:
+        return False
+    if isinstance(error.orig, sqlite3.Error):  # a file on this host: no reply to lose
+        return True
+    return getattr(error.orig, "pgcode", None) is not None
+
+
+def commit_or_uncertain(session: Session | scoped_session[Session]) -> None:
+    """``session.commit()``; a failure that may have followed the server's commit (the
+    connection lost meanwhile) is raised as CommitUncertain."""
+    try:
+        session.commit()
+    except Exception as error:
+        if reported_by_live_database(error):
+            raise
+        raise CommitUncertain("the commit's outcome is unknown") from error
 
 
 @dataclass(frozen=True)
@@ -191,11 +219,11 @@ def _write_alone(
     try:
         limit_lock_waits(session.connection(), lock_timeout)
         (result,) = write_jobs(session, [job])
-        session.commit()
+        commit_or_uncertain(session)
         return result
-    except DBAPIError as error:
+    except Exception as error:
         session.rollback()
-        if lock_timed_out(error):
+        if isinstance(error, DBAPIError) and lock_timed_out(error):
             raise TenantBusy("waited too long for a database lock") from error
         raise
 
