@@ -122,6 +122,16 @@ def test_owner_endpoints_need_a_valid_token(client, make_tenant, headers):
     assert ('error="invalid_token"' in challenge) == ("Bearer" in headers.get("Authorization", ""))
 
 
+def test_a_password_is_checked_as_typed_spaces_and_all(client, make_tenant, make_user):
+    user = make_user(make_tenant(), password="  spaced pass  ")
+    login = "/api/auth/login"
+    for wrong in ("spaced pass", " spaced pass "):
+        response = client.post(login, json={"email": user.email, "password": wrong})
+        assert response.status_code == 401
+    response = client.post(login, json={"email": user.email, "password": "  spaced pass  "})
+    assert response.status_code == 200, response.get_json()
+
+
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
 def test_the_bearer_scheme_is_case_insensitive(client, make_tenant, make_user, scheme):
     from tenant_analytics.auth import access_token_for

@@ -23,7 +23,7 @@ from .models import TENANT_SLUG_LENGTH, Tenant, User, utcnow
 from .partitions import create_ahead, purge_before
 from .products import create_product
 from .rollups import rebuild_rollups
-from .schemas import ProductCreate, TenantUpdate, iana_zone
+from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 
 tenant_cli = AppGroup("tenant", help="Manage tenants.")
@@ -91,8 +91,8 @@ def valid_email(_ctx: Any, _param: Any, value: str) -> str:
 
 
 def valid_password(_ctx: Any, _param: Any, value: str | None) -> str | None:
-    if value is not None and len(value) < MIN_PASSWORD_LENGTH:
-        raise click.BadParameter(f"at least {MIN_PASSWORD_LENGTH} characters")
+    if value is not None and not MIN_PASSWORD_LENGTH <= len(value) <= PASSWORD_MAX:
+        raise click.BadParameter(f"{MIN_PASSWORD_LENGTH} to {PASSWORD_MAX} characters")
     return value
 
 

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StringConstraints,
     ValidationInfo,
     field_validator,
 )
@@ -167,11 +168,17 @@ class EventBatch(Body):
     events: Annotated[list[Any], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
 
 
+PASSWORD_MAX = 1024
+
+
 class Login(Body):
     """``POST /api/auth/login``."""
 
     email: Annotated[Text, Field(min_length=3, max_length=254)]
-    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    # Checked as typed: a password may begin or end with spaces.
+    password: Annotated[
+        str, StringConstraints(strip_whitespace=False), Field(min_length=1, max_length=PASSWORD_MAX)
+    ]
 
 
 ProductId = Annotated[int, Field(strict=True, gt=0, le=MAX_ROW_ID)]
