@@ -832,3 +832,38 @@ def test_a_job_submitted_while_the_committer_closes_waits_for_a_new_one(
     assert most[0] == 1
     with app.app_context():
         assert count_events(tenant.id) == 3
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_a_prepare_cut_short_by_a_lock_leaves_the_connection_usable(
+    make_app, make_tenant, is_postgres, database_url, group_commit
+):
+    """The write statements are prepared once per connection, in one string. A lock wait
+    running out half-way (here daily_revenue's, as CREATE INDEX holds it) leaves those
+    before it prepared, which no rollback undoes: the next attempt must still work."""
+    if not is_postgres:
+        pytest.skip("prepared statements are PostgreSQL's")
+    app = make_app(
+        GROUP_COMMIT=group_commit,
+        WRITE_LOCK_TIMEOUT_SECONDS=0.2,
+        # Without group commit, one pooled connection, so the next request gets it again;
+        # the committer keeps its two for good, and a request needs one besides.
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 3 if group_commit else 1, "max_overflow": 0},
+    )
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    keyed = {"tenant_id": tenant_id, "event_type": "pageview", "idempotency_key": "k1"}
+    other = create_engine(normalize_database_url(database_url), poolclass=NullPool)
+    try:
+        with other.connect() as connection:
+            connection.exec_driver_sql("LOCK TABLE daily_revenue IN SHARE MODE")
+            assert client.post("/api/analytics/track", json=keyed).status_code == 503
+            connection.rollback()
+    finally:
+        other.dispose()
+    for body in ({**keyed, "idempotency_key": "k2"}, {**keyed, "idempotency_key": None}):
+        response = client.post("/api/analytics/track", json=body)
+        assert response.status_code == 201, response.get_json()
+    with app.app_context():
+        assert count_events(tenant_id) == 2

@@ -192,7 +192,9 @@ def _prepared(script: str) -> list[_Statement]:
 
 
 STATEMENTS = _prepared(WRITE_BATCH)
-PREPARE_BATCH = ";\n".join(statement.prepare for statement in STATEMENTS)
+# A PREPARE is not undone by a rollback: after one that failed half-way (a lock wait ran
+# out) those before it stay, and would collide with the next attempt. DEALLOCATE first.
+PREPARE_BATCH = ";\n".join(["DEALLOCATE ALL", *(statement.prepare for statement in STATEMENTS)])
 
 
 def _executes(params: Mapping[str, Any]) -> str:
