@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+import threading
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from tenant_analytics.extensions import db
 from tenant_analytics.models import Event
-from tenant_analytics.partitions import create_ahead, purge_before
+from tenant_analytics.partitions import create_ahead, ensure_partitions, purge_before
 from tenant_analytics.queries import landing, landing_rollups
 from tenant_analytics.rollups import ROLLUP_MODELS, TenantInfo, rebuild_rollups
 
@@ -137,6 +139,37 @@ def partitions():
             )
         )
     )
+
+
+def test_two_writers_making_the_same_months_partition_both_go_on(app, is_postgres):
+    """The second waits for the first's transaction, then finds the partition made:
+    not an error on its name, which would have failed its events."""
+    if not is_postgres:
+        pytest.skip("declarative partitioning is PostgreSQL's")
+    month = date(2033, 7, 1)
+    first, second = Session(db.engine), Session(db.engine)
+    outcome: dict[str, object] = {}
+
+    def make_it_too() -> None:
+        try:
+            outcome["created"] = ensure_partitions(second.connection(), [month])
+            second.commit()
+        except Exception as error:
+            outcome["error"] = error
+
+    try:
+        assert ensure_partitions(first.connection(), [month]) == ["events_y2033m07"]
+        racer = threading.Thread(target=make_it_too)
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive()  # waiting for the first transaction
+        first.commit()
+        racer.join(10)
+    finally:
+        first.close()
+        second.close()
+    assert outcome == {"created": []}
+    assert "events_y2033m07" in partitions()
 
 
 def test_partitions_on_demand_ahead_and_purge(app, is_postgres, make_tenant, add_events):

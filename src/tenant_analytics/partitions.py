@@ -15,6 +15,9 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from .models import Event
 
+# pg_advisory_xact_lock(PARTITION_LOCK, month number) serializes the making of one
+# month's partition (ROLLUP_LOCK, in rollups.py, is 7_411).
+PARTITION_LOCK = 7_412
 PARTITION_NAME = re.compile(r"^events_y(\d{4})m(\d{2})$")
 
 LIST_PARTITIONS = text("""
@@ -54,6 +57,14 @@ def ensure_partitions(connection: Connection, months: Iterable[date]) -> list[st
     for month in sorted(set(months)):
         name = partition_name(month)
         if name in existing:
+            continue
+        # Another transaction may be making it: IF NOT EXISTS looks before it waits, and
+        # would then fail on the name. So wait first, and look again.
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:lock, :month)"),
+            {"lock": PARTITION_LOCK, "month": month.year * 12 + month.month},
+        )
+        if connection.scalar(text("SELECT to_regclass(:name)"), {"name": name}) is not None:
             continue
         connection.execute(
             text(
