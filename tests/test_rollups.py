@@ -51,6 +51,17 @@ def test_rollups_match_the_hand_computed_week(app, week):  # noqa: F811
     assert fast[0].visitors_week == 4 and fast[0].avg_time_on_page == 18
 
 
+def test_the_mean_time_on_page_is_of_exact_decimals_in_both(app, make_tenant, add_events):
+    """1.661 + 4.495 + 1.344 is 7.5 exactly (a mean of 2.5, to even: 2); as floats it
+    is 7.500000000000001, whose mean rounds to 3."""
+    tenant = make_tenant()
+    seconds = ["1.661", "4.495", "1.344"]
+    at = NOW - timedelta(hours=1)
+    add_events(tenant, [("time_on_page", at, "10.0.0.1", {"seconds": float(s)}) for s in seconds])
+    raw, fast = both(tenant, ZoneInfo("UTC"), NOW)
+    assert raw[0].avg_time_on_page == fast[0].avg_time_on_page == 2
+
+
 def random_events(rng, count, now):
     events = []
     for _ in range(count):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Float, cast, func, select
+from sqlalchemy import Numeric, cast, func, select
 from sqlalchemy.orm import Session
 
 from ..catalogue import EVENT_KINDS, Kind, types_of
@@ -93,15 +94,19 @@ def count_by_kind(
 def average_time_on_page(
     session: Session, *, tenant_id: int, start: datetime, end: datetime
 ) -> int:
-    """Mean ``metadata.seconds`` of time-on-page events in [start, end), whole seconds."""
-    seconds = cast(Event.metadata_["seconds"].as_float(), Float)
-    mean = session.scalar(
-        select(func.avg(seconds)).where(
+    """Mean ``metadata.seconds`` of time-on-page events in [start, end), whole seconds.
+
+    Summed as exact decimals, as the rollups keep it (a float sum of 1.661, 4.495 and
+    1.344 is 7.500000000000001, whose mean rounds up where the exact 2.5 rounds to 2).
+    """
+    seconds = func.coalesce(cast(Event.metadata_["seconds"].as_string(), Numeric), 0)
+    total, count = session.execute(
+        select(func.sum(seconds), func.count()).where(
             *in_window(tenant_id, start, end),
             Event.event_type.in_(types_of(Kind.TIME_ON_PAGE)),
         )
-    )
-    return round(mean) if mean is not None else 0
+    ).one()
+    return round(Decimal(total) / count) if count else 0
 
 
 def revenue_by_currency(
