@@ -264,6 +264,25 @@ def test_demo_runs_once_and_logs_in(runner, client):
     assert tracked.status_code == 202, tracked.get_json()
 
 
+def test_demo_never_gives_its_known_login_to_a_tenant_it_did_not_make(runner, make_tenant, client):
+    make_tenant(slug="demo-bakery", name="A Real Bakery")
+    result = runner.invoke(args=["demo"])
+    assert result.exit_code == 1 and "did not make" in result.output
+    assert db.session.scalar(select(func.count()).select_from(User)) == 0
+    login = client.post(
+        "/api/auth/login", json={"email": "owner@demo.example", "password": "demo-password"}
+    )
+    assert login.status_code == 401
+
+
+def test_demo_is_refused_in_production(make_app):
+    app = make_app(APP_ENV="production", JWT_SECRET_KEY="j" * 32, VISITOR_HASH_KEY="v" * 32)
+    with app.app_context():
+        result = app.test_cli_runner().invoke(args=["demo"])
+        assert result.exit_code == 1 and "production" in result.output
+        assert db.session.scalar(select(func.count()).select_from(Tenant)) == 0
+
+
 def test_demo_purchases_are_stored_as_track_stores_them(runner, client):
     assert runner.invoke(args=["demo"]).exit_code == 0
     tenant = db.session.scalar(select(Tenant).where(Tenant.slug == "demo-bakery"))

@@ -248,9 +248,14 @@ def rebuild_rollups_command(tenant_id: int) -> None:
 )
 def demo_command(base_url: str) -> None:
     """Create (once) a demo tenant, owner and products with a week of events."""
-    from .demo import load_demo
+    from .demo import DemoUnavailable, load_demo
 
-    echo = load_demo(db.session, base_url.rstrip("/"))
+    if current_app.config["APP_ENV"] == "production":  # a login everyone knows
+        raise click.ClickException("the demo is not loaded in production (APP_ENV=production)")
+    try:
+        echo = load_demo(db.session, base_url.rstrip("/"))
+    except DemoUnavailable as error:
+        raise click.ClickException(f"the demo is not loaded: {error}") from None
     click.echo(echo)
 
 

@@ -108,13 +108,20 @@ def _demo_store_events(tenant: Tenant, rng: random.Random) -> list[dict]:
     return rows
 
 
+class DemoUnavailable(Exception):
+    """The demo's slug or email is taken by something the demo did not make."""
+
+
 def load_demo(session: Session, base_url: str = "http://127.0.0.1:5000") -> str:
     """Create the demo tenant, owner, products and events unless present; return how to log in.
 
     ``base_url`` is where the server will answer, for the printed curl lines.
     """
     tenant = session.scalar(select(Tenant).where(Tenant.slug == DEMO_SLUG))
+    owner = session.scalar(select(User).where(User.email == DEMO_EMAIL))
     if tenant is None:
+        if owner is not None:
+            raise DemoUnavailable(f"a user {DEMO_EMAIL} exists that the demo did not make")
         tenant = Tenant(name="Panadería La Demo", slug=DEMO_SLUG, timezone="America/Tegucigalpa")
         session.add(tenant)
         session.flush()
@@ -122,9 +129,13 @@ def load_demo(session: Session, base_url: str = "http://127.0.0.1:5000") -> str:
             create_product(session, tenant.id, name=name, slug=slug, price=Decimal(price))
         rng = random.Random(7)
         insert_events(session, _demo_events(tenant, rng) + _demo_store_events(tenant, rng))
-        session.commit()
-    if session.scalar(select(User).where(User.email == DEMO_EMAIL)) is None:
+        # In the tenant's transaction: the known login only ever owns the demo's own tenant.
         create_user(session, DEMO_EMAIL, DEMO_PASSWORD, tenants=[tenant], is_admin=False)
+    elif owner is None or tenant not in owner.tenants:
+        raise DemoUnavailable(
+            f"a tenant {DEMO_SLUG!r} exists that the demo did not make; "
+            "its known login is not given to it"
+        )
     return (
         f"Demo tenant {tenant.slug!r} has id {tenant.id}.\n"
         f"Log in as {DEMO_EMAIL} / {DEMO_PASSWORD}:\n"
