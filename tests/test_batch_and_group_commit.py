@@ -91,6 +91,24 @@ def test_batch_deduplicates_by_key_inside_the_batch(client, make_tenant):
     assert (body["stored"], body["duplicates"]) == (1, 2)
 
 
+def test_repeats_of_a_session_in_one_batch_are_stored_and_the_batch_resent_is_not(
+    client, make_tenant, monkeypatch
+):
+    """Without a client key, a batch's items all arrive in the same second: the derived
+    key (session, type, product, second) alone would take three page views of one
+    session for one. The same batch sent again within the window stores nothing new."""
+    tenant = make_tenant()
+    arrived = utcnow()  # both sends in the same second, whatever the clock does
+    monkeypatch.setattr("tenant_analytics.event_builders.utcnow", lambda: arrived)
+    views = [{"event_type": "page_view", "session_id": "s1"}] * 3
+    batch = {"tenant_id": tenant.id, "events": views}
+    body = client.post("/api/analytics/batch", json=batch).get_json()
+    assert (body["stored"], body["duplicates"]) == (3, 0)
+    again = client.post("/api/analytics/batch", json=batch).get_json()
+    assert (again["stored"], again["duplicates"]) == (0, 3)
+    assert count_events(tenant.id) == 3
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [

@@ -64,13 +64,22 @@ def conversion_event(beacon: ConversionBeacon, tenant: TenantRef) -> NewEvent | 
     )
 
 
-def track_event(body: TrackedEvent, tenant: TenantRef, *, dedupe_window: timedelta) -> NewEvent:
-    """The event for a ``POST /api/analytics/track`` body.
+def track_event(
+    body: TrackedEvent,
+    tenant: TenantRef,
+    *,
+    dedupe_window: timedelta,
+    batch_index: int | None = None,
+) -> NewEvent:
+    """The event for a ``POST /api/analytics/track`` body, or a batch's item ``batch_index``.
 
     A missing session_id gets a fresh UUID. The idempotency key is the client's
     or, when the client sent a session_id, derived from session, type, product
     and the second it arrived, as the store documents specify; without a
-    session_id that derived key would be unique anyway, so none is kept.
+    session_id that derived key would be unique anyway, so none is kept. A batch
+    item's derived key has its place in the batch too: a batch's items all arrive
+    in one second, and two page views of one session in it are two page views
+    (the same batch sent again still repeats every key).
     """
     now = utcnow()
     columns = {name: getattr(body, name) for name in STORE_COLUMNS}
@@ -88,6 +97,7 @@ def track_event(body: TrackedEvent, tenant: TenantRef, *, dedupe_window: timedel
             body.event_type,
             body.product_slug or "",
             f"{now:%Y-%m-%dT%H:%M:%S}",
+            *(() if batch_index is None else (f"batch item {batch_index}",)),
         )
         key = hashlib.sha256("|".join(parts).encode()).hexdigest()
     return NewEvent(
@@ -110,5 +120,5 @@ def batch_events(
         except ValidationError as exc:
             rejected.append({"index": index, "errors": validation_errors(exc)})
             continue
-        events.append(track_event(body, tenant, dedupe_window=dedupe_window))
+        events.append(track_event(body, tenant, dedupe_window=dedupe_window, batch_index=index))
     return events, rejected
