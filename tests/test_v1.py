@@ -7,7 +7,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tenant_analytics.extensions import db
 from tenant_analytics.group_commit import GroupCommitter
@@ -150,6 +150,20 @@ def test_conversion_recorded_once_per_transaction(client, make_tenant):
         Decimal("150.00"),
         "HNL",
     )
+
+
+def test_an_integer_transaction_id_is_a_sale_and_its_text_the_same_sale(client, make_tenant):
+    make_tenant(slug="tienda-num")
+    first = client.post(
+        "/api/v1/analytics/conversion",
+        json={"tenant_slug": "tienda-num", "transaction_id": 12345, "value": 10},
+    )
+    assert first.get_json() == {"status": "ok", "transaction_id": 12345}
+    client.post(
+        "/api/v1/analytics/conversion",
+        json={"tenant_slug": "tienda-num", "transaction_id": "12345", "value": 10},
+    )
+    assert db.session.scalar(select(func.count()).select_from(Event)) == 1
 
 
 def test_same_transaction_id_at_two_tenants_is_two_sales(client, make_tenant):

@@ -236,6 +236,14 @@ class ConversionBeacon(Body):
     # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
     timestamp: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = None
 
+    @field_validator("transaction_id", mode="before")
+    @classmethod
+    def _order_number_as_text(cls, value: Any) -> Any:
+        """A shop's order number is often a JSON integer: it is the same sale as its text."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
 
 def echoed_transaction_id(raw: object) -> str | int | None:
     """A beacon's ``transaction_id`` as sent, when JSON can carry it back as it is."""

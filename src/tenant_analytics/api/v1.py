@@ -66,7 +66,7 @@ def conversion():
         db.session.rollback()
         log.warning("conversion beacon skipped", exc_info=True)
         return {"status": "skipped", "transaction_id": transaction_id}
-    return {"status": "ok", "transaction_id": body.transaction_id}
+    return {"status": "ok", "transaction_id": transaction_id}  # as sent, as "skipped" does
 
 
 @bp.post("/interactions")
