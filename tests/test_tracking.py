@@ -285,3 +285,14 @@ def test_unknown_routes_and_methods_are_json(client, method, path, status):
     assert response.status_code == status
     body = response.get_json()
     assert body["success"] is False and body["message"]
+
+
+def test_a_trailing_slash_is_the_same_route_and_a_double_one_no_redirect(client, make_tenant):
+    """The store documents post to "/api/analytics/track/". A merged "//" used to answer
+    a 308 whose Location was built from the request's Host header."""
+    tenant = make_tenant()
+    body = {"tenant_id": tenant.id, "event_type": "page_view"}
+    assert client.post("/api/analytics/track/", json=body).status_code == 201
+    doubled = client.post("/api//analytics/track", json=body, headers={"Host": "elsewhere.example"})
+    assert doubled.status_code == 404 and "Location" not in doubled.headers
+    assert doubled.get_json()["error"] == "not_found"

@@ -31,6 +31,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: environment settings, then ``config`` overrides on top."""
     # The SQLite quick start keeps its file in ./instance of the directory it runs from.
     app = Flask(__name__, instance_path=os.path.abspath("instance"))
+    # "/api/analytics/track/" (as the store documents write it) is the same route, not a
+    # redirect; "//" is no route, not a redirect built from the request's Host header.
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
