@@ -296,3 +296,37 @@ def test_a_trailing_slash_is_the_same_route_and_a_double_one_no_redirect(client,
     doubled = client.post("/api//analytics/track", json=body, headers={"Host": "elsewhere.example"})
     assert doubled.status_code == 404 and "Location" not in doubled.headers
     assert doubled.get_json()["error"] == "not_found"
+
+
+def as_wsgi_gives_it(text: str) -> str:
+    """A header's UTF-8 bytes as a WSGI server hands them to the app: read as Latin-1."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+def test_headers_in_utf8_are_stored_as_sent(client, make_tenant):
+    tenant = make_tenant()
+    response = client.post(
+        "/api/analytics/track",
+        json={"tenant_id": tenant.id, "event_type": "pageview"},
+        headers={
+            "User-Agent": as_wsgi_gives_it("Navegador Café/1.0"),
+            "Referer": as_wsgi_gives_it("https://ejemplo.hn/panadería"),
+        },
+    )
+    assert response.status_code == 201
+    (event,) = stored(tenant.id)
+    assert (event.user_agent, event.referrer) == (
+        "Navegador Café/1.0",
+        "https://ejemplo.hn/panadería",
+    )
+
+
+def test_header_bytes_that_are_not_utf8_are_kept_as_latin1(client, make_tenant):
+    tenant = make_tenant()
+    client.post(
+        "/api/analytics/track",
+        json={"tenant_id": tenant.id, "event_type": "pageview"},
+        headers={"User-Agent": "Caf\xe9 1.0"},  # the byte 0xE9 alone: not UTF-8
+    )
+    (event,) = stored(tenant.id)
+    assert event.user_agent == "Caf\xe9 1.0"

@@ -51,9 +51,21 @@ def client_info() -> ClientInfo:
     """Who sent the request; ``remote_addr`` is the proxy-corrected address when configured."""
     return ClientInfo(
         ip=request.remote_addr,
-        user_agent=request.headers.get("User-Agent"),
-        referrer=request.headers.get("Referer"),
+        user_agent=_header_text("User-Agent"),
+        referrer=_header_text("Referer"),
     )
+
+
+def _header_text(name: str) -> str | None:
+    """A header as its sender wrote it: WSGI hands its bytes over as Latin-1, which turns
+    UTF-8 ("café") into mojibake ("cafÃ©"); bytes that are no UTF-8 stay Latin-1."""
+    value = request.headers.get(name)
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def ingest_from_request(tenant: TenantRef, events: Sequence[NewEvent]) -> IngestResult:
