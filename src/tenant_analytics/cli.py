@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import click
@@ -13,7 +14,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .auth import create_user, set_password
 from .errors import validation_errors
@@ -21,6 +22,7 @@ from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
 from .models import TENANT_SLUG_LENGTH, Tenant, User, utcnow
 from .partitions import create_ahead, purge_before
+from .postgres_writer import limit_lock_waits, lock_timed_out
 from .products import create_product
 from .rollups import rebuild_rollups
 from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
@@ -207,6 +209,34 @@ def create_partitions_command(ahead: int) -> None:
     echo_json({"created": created})
 
 
+PURGE_LOCK_WAIT = 0.5  # seconds: every write to events waits behind a DROP's lock request
+PURGE_ATTEMPTS = 60
+
+
+def _purge_when_events_free(cutoff: datetime) -> tuple[list[str], int | None]:
+    """``purge_before`` in a transaction that waits briefly for its lock on events, tried
+    again while a long query or a rollup rebuild reads the table: a DROP queued behind
+    it would hold up every write to events (all tenants') for as long as it waited."""
+    for attempt in range(PURGE_ATTEMPTS):
+        try:
+            connection = db.session.connection()
+            limit_lock_waits(connection, PURGE_LOCK_WAIT)
+            purged = purge_before(connection, cutoff)
+            # Dropping a partition locks the whole events table: let writers go at once.
+            db.session.commit()
+            return purged
+        except OperationalError as error:
+            db.session.rollback()
+            if not lock_timed_out(error):
+                raise
+            if attempt == 0:
+                click.echo("events is in use (a long query or a rebuild); waiting", err=True)
+            time.sleep(1)
+    raise click.ClickException(
+        f"events stayed in use through {PURGE_ATTEMPTS} tries; nothing was dropped, try again"
+    )
+
+
 @events_cli.command("purge")
 @click.option("--older-than", "days", type=click.IntRange(min=MIN_RETENTION_DAYS), required=True)
 def purge_command(days: int) -> None:
@@ -214,9 +244,7 @@ def purge_command(days: int) -> None:
     idempotency keys last seen before then."""
     now = utcnow()
     cutoff = now - timedelta(days=days)
-    dropped, rows_deleted = purge_before(db.session.connection(), cutoff)
-    # Dropping a partition locks the whole events table: let writers and reports go at once.
-    db.session.commit()
+    dropped, rows_deleted = _purge_when_events_free(cutoff)
     # A key still inside its window blocks repeats, however long the window was set.
     window = timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"])
     keys = delete_dedupe_keys(
