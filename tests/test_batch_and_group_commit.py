@@ -885,3 +885,35 @@ def test_a_prepare_cut_short_by_a_lock_leaves_the_connection_usable(
         assert response.status_code == 201, response.get_json()
     with app.app_context():
         assert count_events(tenant_id) == 2
+
+
+@pytest.mark.parametrize("keyed", [False, True])  # the autocommit connection, or the other
+def test_a_connection_closed_while_idle_is_replaced_before_the_next_batch(
+    app, make_tenant, is_postgres, database_url, monkeypatch, keyed
+):
+    """A server that closed the committer's idle connections (a restart, a proxy's idle
+    timeout) must cost no event: nothing was sent on them, so nothing may be uncertain."""
+    if not is_postgres:
+        pytest.skip("a server that closes connections is PostgreSQL's here")
+    monkeypatch.setattr("tenant_analytics.group_commit.IDLE_CHECK_SECONDS", 0.2)
+    tenant = make_tenant()
+    info = TenantInfo.of(tenant)
+    committer = app.extensions["group_commit"]
+    assert committer.submit(keyed_pageview_job(info, "first")).stored == 1
+    assert committer.submit(pageview_job(info, "/first")).stored == 1
+    db.session.remove()
+    admin = create_engine(normalize_database_url(database_url), poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        admin.dispose()
+    time.sleep(0.4)
+    job = keyed_pageview_job(info, "after") if keyed else pageview_job(info, "/after")
+    assert committer.submit(job).stored == 1
+    assert count_events(tenant.id) == 3

@@ -53,6 +53,8 @@ SWITCH_INTERVAL = 0.0005  # seconds
 # How long a tenant found with its rollups locked (being rebuilt) has its events refused
 # at once, before the committer looks in pg_locks again.
 BUSY_RECHECK_SECONDS = 0.5
+# After a pause this long the committer checks the connections it kept are still open.
+IDLE_CHECK_SECONDS = 1.0
 _CLAIMS = threading.Lock()  # guards _Pending.state
 
 
@@ -126,6 +128,7 @@ class GroupCommitter:
         self._thread: threading.Thread | None = None
         self._connection: Connection | None = None
         self._autocommit: Connection | None = None
+        self._idle_since = time.monotonic()
 
     def submit(self, job: IngestJob) -> IngestResult:
         """Queue ``job`` and block until its batch has committed (or failed)."""
@@ -197,7 +200,10 @@ class GroupCommitter:
                 while True:
                     batch, stop = self._next_batch(jobs)
                     if batch:
+                        if time.monotonic() - self._idle_since > IDLE_CHECK_SECONDS:
+                            self._drop_closed_connections()
                         self._commit(batch)
+                        self._idle_since = time.monotonic()
                     if stop:
                         return
             finally:
@@ -205,6 +211,22 @@ class GroupCommitter:
                     if connection is not None:
                         connection.close()
                 self._connection = self._autocommit = None
+
+    def _drop_closed_connections(self) -> None:
+        """Check the connections kept between batches with a round trip, and drop those the
+        server closed while idle (a restart, idle_session_timeout, a proxy's timeout): the
+        batch would fail on them as may-have-been-stored, though nothing of it was sent."""
+        for name in ("_connection", "_autocommit"):
+            connection: Connection | None = getattr(self, name)
+            if connection is None or connection.closed:
+                continue
+            try:
+                connection.exec_driver_sql("SELECT 1")
+                connection.rollback()  # (the autocommit one has nothing to end)
+            except DBAPIError:
+                connection.invalidate()
+                connection.close()
+                setattr(self, name, None)
 
     def _next_batch(self, jobs: queue.SimpleQueue[_Pending | None]) -> tuple[list[_Pending], bool]:
         """Every job queued now (at least one, unless asked to stop), skipping those their
@@ -341,9 +363,14 @@ class GroupCommitter:
                 self._commit_at_once(rows, tenants_of(jobs))
                 return [IngestResult(stored=len(job.events), duplicates=0) for job in jobs]
         if self._connection is None or self._connection.closed:
-            self._connection = db.engine.connect()
+            connection = db.engine.connect()
             if postgres:  # once per connection, not a round trip per batch
-                postgres_writer.set_lock_timeout_for_good(self._connection, self.lock_timeout)
+                try:
+                    postgres_writer.set_lock_timeout_for_good(connection, self.lock_timeout)
+                except BaseException:
+                    connection.close()  # not kept half set up: the next batch connects anew
+                    raise
+            self._connection = connection
         session = Session(bind=self._connection)
         try:
             results = write_jobs(session, jobs)
