@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DailyEventCount, Product, Tenant, utcnow
 from tenant_analytics.queries.store import dashboard_stats
-from tenant_analytics.rollups import rebuild_rollups
+from tenant_analytics.rollups import ROLLUP_LOCK, rebuild_rollups
 
 from .test_rollups import rollup_snapshot
 
@@ -209,6 +211,43 @@ def test_new_timezone_recounts_the_dashboards_days(client, owner, store_events):
         db.session, tenant_id=tenant.id, zone=ZoneInfo("UTC"), now=utcnow(), use_rollups=False
     )
     assert after == raw["sales_by_day"]
+
+
+def test_a_zone_change_while_a_rebuild_runs_is_a_409_not_a_wait(client, owner, is_postgres):
+    """Each zone change rebuilds the rollups in its request: queued behind a running one,
+    every PATCH would hold a pooled connection (and the tenant's row) for its length."""
+    if not is_postgres:
+        pytest.skip("the rollup lock is PostgreSQL's")
+    tenant, headers = owner
+    rebuild = Session(db.engine)
+    try:
+        rebuild.execute(
+            text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
+            {"lock": ROLLUP_LOCK, "tenant": tenant.id},
+        )
+        url = f"/api/tenants/{tenant.id}"
+        answers: list = []
+        patch = threading.Thread(
+            target=lambda: answers.append(
+                client.patch(url, headers=headers, json={"timezone": "Asia/Tokyo"})
+            )
+        )
+        patch.start()
+        patch.join(10)
+        assert answers, "the PATCH waited for the running rebuild"
+        (refused,) = answers
+        assert refused.status_code == 409
+        assert refused.get_json()["error"] == "rebuild_in_progress"
+        renamed = client.patch(url, headers=headers, json={"name": "Still Renamable"})
+        assert renamed.status_code == 200  # no new zone, no rebuild, no wait
+    finally:
+        rebuild.rollback()
+        rebuild.close()
+        patch.join(10)
+    db.session.expire_all()
+    assert db.session.get(Tenant, tenant.id).timezone != "Asia/Tokyo"
+    changed = client.patch(url, headers=headers, json={"timezone": "Asia/Tokyo"})
+    assert changed.status_code == 200 and changed.get_json()["tenant"]["timezone"] == "Asia/Tokyo"
 
 
 @pytest.mark.parametrize("group_commit", [True, False])

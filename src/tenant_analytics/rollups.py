@@ -480,6 +480,20 @@ REBUILD_SQL = (
 REBUILD_WORK_MEM = "256MB"
 
 
+def lock_rollups_if_free(session: Session, tenant_id: int) -> bool:
+    """Take the tenant's rollup lock for the rest of the transaction, unless another
+    transaction holds it (a rebuild under way): then False at once. (PostgreSQL's; on
+    SQLite a rebuild takes the database's write lock, and this is True.)"""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(
+        session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:lock, :tenant)"),
+            {"lock": ROLLUP_LOCK, "tenant": tenant_id},
+        )
+    )
+
+
 def rebuild_rollups(session: Session, tenant: TenantRef, *, chunk: int = 5000) -> None:
     """Recompute a tenant's rollups from its raw events (after a bulk load or a zone change).
 

@@ -14,7 +14,7 @@ from ..errors import ApiError
 from ..extensions import db
 from ..models import Product, Tenant
 from ..products import create_product, list_products, product_of_tenant
-from ..rollups import rebuild_rollups
+from ..rollups import lock_rollups_if_free, rebuild_rollups
 from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
 from ..tenancy import active_tenants, owned_tenant_or_404, readable_tenants
 from .requests import parse_body
@@ -70,10 +70,21 @@ def get_tenant(tenant_id: int):
 def update_tenant(tenant_id: int):
     """Change name, timezone (IANA), currency, active or the RFM VIP threshold."""
     tenant = owned_tenant_or_404(tenant_id)
-    zone = tenant.timezone
-    for name, value in parse_body(TenantUpdate).model_dump(exclude_unset=True).items():
+    changes = parse_body(TenantUpdate).model_dump(exclude_unset=True)
+    # The rollups' days are local days: a new zone counts them again, in this request.
+    rebuild = changes.get("timezone", tenant.timezone) != tenant.timezone
+    # Before the tenant's row is written (a waiting PATCH would hold it, and a connection):
+    # one rebuild at a time, and the others told so rather than queued behind it.
+    if rebuild and not lock_rollups_if_free(db.session, tenant.id):
+        raise ApiError(
+            409,
+            "The tenant's rollups are being rebuilt (a time zone change or a rebuild "
+            "command); send the change again once it is done.",
+            code="rebuild_in_progress",
+        )
+    for name, value in changes.items():
         setattr(tenant, name, value)
-    if tenant.timezone != zone:  # the rollups' days are local days: count them again
+    if rebuild:
         rebuild_rollups(db.session, tenant)
     db.session.commit()
     active_tenants().forget()
