@@ -80,6 +80,22 @@ def test_error_message_is_kept_but_cut(client, make_tenant):
     assert len(event.error_message) == 1000
 
 
+def test_whole_quantity_written_with_a_decimal_point_is_that_quantity(client, make_tenant):
+    tenant = make_tenant()
+    response = track(
+        client,
+        tenant_id=tenant.id,
+        event_type="purchase",
+        price="10.50",
+        metadata={"quantity": 2.0, "note": "from a Python client"},
+    )
+    assert response.status_code == 201
+    (event,) = events_of(tenant.id)
+    assert (event.quantity, event.revenue) == (2, Decimal("21.00"))
+    assert event.metadata_ == {"quantity": 2, "note": "from a Python client"}
+    assert type(event.metadata_["quantity"]) is int
+
+
 @pytest.mark.parametrize(
     ("extra", "field"),
     [

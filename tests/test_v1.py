@@ -369,6 +369,14 @@ def test_interaction_silently_accepts_unknown_tenants(make_app, make_tenant, whi
         assert events_of(tenant_id) == []
 
 
+@pytest.mark.parametrize("tenant_id", [0, -1, 2**63, 10**30])
+def test_interaction_naming_an_impossible_tenant_id_is_silently_accepted(client, tenant_id):
+    # The contract: an invalid tenant id is a 202 like an unknown one, never a 422.
+    response = client.post("/api/v1/interactions", json={"tenant_id": tenant_id, "type": "view"})
+    assert response.status_code == 202
+    assert response.get_json() == {"status": "accepted"}
+
+
 def test_interaction_headers_do_not_tell_which_tenants_exist(client, make_tenant):
     known = make_tenant().id
     answers = [
@@ -412,6 +420,8 @@ def test_interaction_with_the_database_away_is_202(app, make_app):
         {"tenant_id": 1},
         {"tenant_id": 1, "type": "call"},
         {"tenant_id": "1", "type": "view"},
+        {"tenant_id": 1.0, "type": "view"},
+        {"tenant_id": True, "type": "view"},
     ],
 )
 def test_interaction_validation_errors(client, body):

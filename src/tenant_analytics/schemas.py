@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StringConstraints,
     ValidationInfo,
     field_validator,
@@ -128,6 +129,10 @@ class TrackedEvent(Body):
         cls, metadata: dict[str, Any] | None, info: ValidationInfo
     ) -> dict[str, Any] | None:
         quantity = (metadata or {}).get("quantity")
+        if isinstance(quantity, float) and quantity.is_integer():
+            # 2.0 is the number 2 in JSON (a Python client sends it so): taken as 2.
+            quantity = int(quantity)
+            metadata = {**(metadata or {}), "quantity": quantity}
         if quantity is not None and (
             isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 < quantity <= 10**6
         ):
@@ -211,7 +216,8 @@ class V1TrackEvent(Body):
 class Interaction(Body):
     """``POST /api/v1/interactions``."""
 
-    tenant_id: TenantId
+    # Any integer: one that can name no tenant (0, -1, 2**63) is an unknown tenant, a 202.
+    tenant_id: StrictInt
     type: Literal[V1_INTERACTION_TYPES]  # type: ignore[valid-type]
     product_id: ProductId | None = None
     metadata: Metadata | None = None
