@@ -35,6 +35,7 @@ STORE_COLUMNS = (
     "product_name",
     "quantity",
     "revenue",
+    "currency",
     "source",
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL")

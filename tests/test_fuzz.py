@@ -1346,9 +1346,11 @@ def from_raw_events(tenant_id: int) -> dict[str, Any]:
             "data": asdict(landing.landing_summary(db.session, **at, currency=tenant.currency)),
         },
         "/today": {"success": True, **asdict(landing.today_summary(db.session, **at))},
-        "/dashboard-stats": store.dashboard_stats(db.session, **at, use_rollups=False),
+        "/dashboard-stats": store.dashboard_stats(
+            db.session, **at, currency=tenant.currency, use_rollups=False
+        ),
         "/dashboard-stats?mode=unique": store.dashboard_stats(
-            db.session, **at, mode="unique", use_rollups=False
+            db.session, **at, mode="unique", currency=tenant.currency, use_rollups=False
         ),
         "/funnel": store.conversion_funnel(
             db.session,

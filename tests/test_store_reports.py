@@ -6,6 +6,7 @@ are checked for shape, validation and authorization with real time.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -57,6 +58,8 @@ DASHBOARD_FIELDS = {
     "whatsapp_sessions",
     "whatsapp_purchases",
     "whatsapp_sessions_list",
+    "currency",
+    "revenue_by_currency",
 }
 ENDPOINTS = ["dashboard-stats", "funnel", "rfm", "alerts"]
 
@@ -493,6 +496,7 @@ def test_dashboard_of_empty_tenant_is_all_zeros(app, make_tenant):
         for key in ("top_products", "top_viewed_products", "product_performance"):
             assert figures[key] == []
         assert figures["traffic_sources"] == figures["whatsapp_sessions_list"] == []
+        assert (figures["currency"], figures["revenue_by_currency"]) == ("HNL", {"HNL": 0.0})
         assert [d["count"] for d in figures["sales_by_day"]] == [0] * 7
         for timeline in ("events_timeline", "errors_timeline"):
             assert [d["date"] for d in figures[timeline]] == WEEK
@@ -750,6 +754,37 @@ def test_rfm_segments(app, customers):
     assert labels == {"VIP": "VIP", "Loyal": "Leal", "At Risk": "En riesgo", "Lost": "Perdido"}
 
 
+def test_rfm_monetary_is_in_the_tenants_currency(app, make_tenant, store_events):
+    """The VIP threshold is in the tenant's currency: dollars are not counted as lempiras."""
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    lempiras = {"revenue": Decimal("700"), "currency": "HNL"}
+    dollars = {"revenue": Decimal("500"), "currency": "USD"}
+    store_events(
+        tenant,
+        [
+            ev("purchase", days_ago(2), "s", user_id="tourist", **lempiras),
+            ev("purchase", days_ago(1), "s", user_id="tourist", **dollars),
+            ev("purchase", days_ago(2), "s", user_id="local", **lempiras),
+            ev("purchase", days_ago(1), "s", user_id="local", revenue=Decimal("400")),
+        ],
+    )
+    report = rfm_segments(
+        db.session,
+        tenant_id=tenant.id,
+        zone=TEGUCIGALPA,
+        now=NOW,
+        vip_threshold=Decimal("1000"),
+        currency="HNL",
+    )
+    assert report["currency"] == "HNL"
+    rows = {row["visitor_id"]: row for row in report["rfm"]}
+    assert (rows["local"]["monetary"], rows["local"]["segment"]) == (1100.0, "VIP")
+    # Two purchases, but 700 lempiras: under the threshold, and listed after "local".
+    assert (rows["tourist"]["frequency"], rows["tourist"]["monetary"]) == (2, 700.0)
+    assert rows["tourist"]["segment"] == "Loyal"
+    assert list(rows) == ["local", "tourist"]
+
+
 def test_rfm_order_is_biggest_spender_first(app, customers):
     order = list(rfm(customers))
     # 250000, 150001, 150001 (tie: by id), 100000, 20, then six customers with 10 by id
@@ -952,6 +987,54 @@ def test_dashboard_endpoint(client, owner, store_events):
         assert (body["mode"], body["total_sales"], body["total_revenue"]) == (mode, 1, 12.5)
         assert len(body["sales_by_day"]) == len(body["events_timeline"]) == 7
         assert body["sales_by_day"][-1] == {"date": utcnow().date().isoformat(), "count": 1}
+
+
+def test_dashboard_never_adds_up_two_currencies(client, owner):
+    """A bakery selling in lempiras whose tourists pay some orders in dollars (the
+    conversion beacon names its currency): 130 HNL and 50 USD are not 180 of anything."""
+    tenant, headers = owner
+    sales = [
+        ("/api/analytics/track", {"tenant_id": tenant.id, "event_type": "purchase", "price": 100}),
+        ("/api/analytics/track", {"tenant_id": tenant.id, "event_type": "purchase"}),  # no price
+        (
+            "/api/v1/analytics/conversion",
+            {"tenant_slug": tenant.slug, "transaction_id": "t1", "value": 30, "currency": "HNL"},
+        ),
+        (
+            "/api/v1/analytics/conversion",
+            {"tenant_slug": tenant.slug, "transaction_id": "t2", "value": 50, "currency": "usd"},
+        ),
+    ]
+    for url, body in sales:
+        assert client.post(url, json=body).status_code in (200, 201)
+    url = f"/api/analytics/{tenant.id}/dashboard-stats"
+    for query in ("", "?mode=unique"):
+        body = client.get(url + query, headers=headers).get_json()
+        assert body["total_sales"] == 4  # every sale, whatever it was paid in
+        assert (body["currency"], body["total_revenue"]) == ("HNL", 130.0)
+        assert body["average_order_value"] == 43.33  # 130 / the 3 sales in HNL
+        assert body["revenue_by_currency"] == {"HNL": 130.0, "USD": 50.0}
+        raw = dashboard_stats(
+            db.session,
+            tenant_id=tenant.id,
+            zone=ZoneInfo("UTC"),
+            now=utcnow(),
+            mode=body["mode"],
+            currency="HNL",
+            use_rollups=False,
+        )
+        assert body == json.loads(json.dumps(raw))
+
+    # The owner switches to dollars: the dollar sales are the total, lempiras listed beside.
+    assert client.patch(f"/api/tenants/{tenant.id}", headers=headers, json={"currency": "USD"})
+    body = client.get(url, headers=headers).get_json()
+    # The sale without a price has no currency: it is one of the tenant's, now dollars.
+    assert (body["currency"], body["total_revenue"], body["average_order_value"]) == (
+        "USD",
+        50.0,
+        25.0,
+    )
+    assert body["revenue_by_currency"] == {"HNL": 130.0, "USD": 50.0}
 
 
 @pytest.mark.parametrize("mode", ["bogus", "", "TOTAL", "unique "])

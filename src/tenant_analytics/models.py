@@ -37,6 +37,7 @@ PRODUCT_NAME = String(200).with_variant(String(200, collation="C"), "postgresql"
 # would raise ("integer out of range") instead of finding nothing.
 MAX_ROW_ID = 2**31 - 1
 TENANT_SLUG_LENGTH = 80
+DEFAULT_CURRENCY = "HNL"  # a new tenant's, until its owner sets one
 
 
 def is_row_id(value: int) -> bool:
@@ -95,7 +96,9 @@ class Tenant(db.Model):
     name: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
-    currency: Mapped[str] = mapped_column(String(3), default="HNL", server_default="HNL")
+    currency: Mapped[str] = mapped_column(
+        String(3), default=DEFAULT_CURRENCY, server_default=DEFAULT_CURRENCY
+    )
     # RFM "VIP" needs this much spent in 90 days, in the tenant's currency.
     vip_monetary_threshold: Mapped[Decimal] = mapped_column(
         Numeric(14, 2), default=Decimal(100000), server_default="100000"

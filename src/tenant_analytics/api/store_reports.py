@@ -72,6 +72,7 @@ def dashboard_stats(tenant_id: int):
         zone=tenant_zone(tenant.timezone),
         now=utcnow(),
         mode=mode,
+        currency=tenant.currency,
     )
 
 
@@ -106,6 +107,7 @@ def rfm(tenant_id: int):
         zone=tenant_zone(tenant.timezone),
         now=utcnow(),
         vip_threshold=tenant.vip_monetary_threshold,
+        currency=tenant.currency,
     )
 
 

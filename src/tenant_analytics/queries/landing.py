@@ -11,7 +11,7 @@ from sqlalchemy import Numeric, cast, func, select
 from sqlalchemy.orm import Session
 
 from ..catalogue import EVENT_KINDS, Kind, types_of
-from ..models import Event
+from ..models import DEFAULT_CURRENCY, Event
 from ..timewindows import Day, last_days
 from .common import day_index, in_window
 
@@ -127,7 +127,12 @@ def revenue_by_currency(
 
 
 def landing_summary(
-    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime, currency: str = "HNL"
+    session: Session,
+    *,
+    tenant_id: int,
+    zone: ZoneInfo,
+    now: datetime,
+    currency: str = DEFAULT_CURRENCY,
 ) -> LandingSummary:
     """The landing dashboard: visitors today/this week and 7-day counters, in local days."""
     days = last_days(zone, now, 7)

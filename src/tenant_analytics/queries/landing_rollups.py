@@ -13,7 +13,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..catalogue import EVENT_KINDS, Kind
-from ..models import DailyEventCount, DailyRevenue, DailyVisitorCount, LastSeenCount
+from ..models import (
+    DEFAULT_CURRENCY,
+    DailyEventCount,
+    DailyRevenue,
+    DailyVisitorCount,
+    LastSeenCount,
+)
 from ..timewindows import last_days
 from .landing import REVENUE_KINDS, DayVisitors, LandingSummary, TodaySummary
 
@@ -84,7 +90,12 @@ def _revenue(session: Session, *, tenant_id: int, first: date, last: date) -> di
 
 
 def landing_summary(
-    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime, currency: str = "HNL"
+    session: Session,
+    *,
+    tenant_id: int,
+    zone: ZoneInfo,
+    now: datetime,
+    currency: str = DEFAULT_CURRENCY,
 ) -> LandingSummary:
     """The landing dashboard over the last 7 local days, from rollups.
 

@@ -70,7 +70,7 @@ from ..catalogue import (
     WHATSAPP_CART_CLICK,
     WHATSAPP_PURCHASE,
 )
-from ..models import Event
+from ..models import DEFAULT_CURRENCY, Event
 from ..rollups import ALL_SESSIONS, DIRECT_SOURCE, source_scope, type_scope
 from ..timewindows import Day, days_overlapping, last_days, local_day
 from . import store_rollups
@@ -430,28 +430,42 @@ def product_sessions(
 
 @dataclass(frozen=True)
 class ProductSales:
-    """Purchase events in a window: units per product and the revenue of them all."""
+    """Purchase events in a window: units per product, and orders and revenue per currency."""
 
     units: dict[str, int]  # slug -> units (a purchase without quantity is one unit)
-    revenue: Decimal  # NULL revenue counts as 0
+    orders: Counter[str]  # currency -> purchases (one without a currency: the tenant's)
+    revenue: dict[str, Decimal]  # currency -> revenue; NULL revenue counts as 0
 
 
 def product_sales(
-    conn: Database, *, tenant_id: int, start: datetime, end: datetime
+    conn: Database, *, tenant_id: int, start: datetime, end: datetime, currency: str
 ) -> ProductSales:
-    """Units sold per product and total revenue of the purchases in [start, end)."""
+    """Units sold per product, and orders and revenue per currency, in [start, end).
+
+    A purchase stored without a currency is in ``currency``, the tenant's.
+    """
+    paid_in = func.coalesce(Event.currency, currency)
     rows = conn.execute(
         select(
             Event.product_slug,
+            paid_in,
             func.sum(func.coalesce(Event.quantity, 1)),
+            func.count(),
             func.sum(Event.revenue),
         )
         .where(*in_window(tenant_id, start, end), _is(PURCHASE))
-        .group_by(Event.product_slug)
+        .group_by(Event.product_slug, paid_in)
     ).all()
-    units = {slug: count for slug, count, _ in rows if slug is not None}
-    revenue = sum((amount for _, _, amount in rows if amount is not None), Decimal(0))
-    return ProductSales(units, revenue)
+    units: Counter[str] = Counter()
+    orders: Counter[str] = Counter()
+    revenue: dict[str, Decimal] = {}
+    for slug, code, sold, purchases, amount in rows:
+        if slug is not None:
+            units[slug] += sold
+        orders[code] += purchases
+        if amount is not None:
+            revenue[code] = revenue.get(code, Decimal(0)) + amount
+    return ProductSales(dict(units), orders, revenue)
 
 
 def abandonment(conn: Database, *, tenant_id: int, start: datetime, end: datetime) -> Abandonment:
@@ -651,8 +665,10 @@ def recent_whatsapp_sessions(
 class DashboardStats(TypedDict):
     mode: Mode
     total_sales: int
-    total_revenue: float
-    average_order_value: float
+    total_revenue: float  # in ``currency``, the tenant's
+    average_order_value: float  # of the sales in ``currency``
+    currency: str
+    revenue_by_currency: dict[str, float]  # every currency paid in, the tenant's too
     top_products: list[SlugCount]
     top_viewed_products: list[SlugCount]
     sales_by_day: list[DayCount]
@@ -724,6 +740,7 @@ def dashboard_stats(
     zone: ZoneInfo,
     now: datetime,
     mode: Mode = "total",
+    currency: str = DEFAULT_CURRENCY,
     use_rollups: bool = True,
 ) -> DashboardStats:
     """Every store KPI over the 7 local days ending today (retention: 90 days).
@@ -731,6 +748,9 @@ def dashboard_stats(
     ``mode`` switches the funnel counts (event_counts and the conversion rates,
     events_timeline, top_viewed_products, product_performance) from events to
     distinct sessions. Sales, revenue, the payment steps and errors stay event totals.
+    Money is never summed across currencies: ``total_revenue`` and
+    ``average_order_value`` are of the sales in ``currency`` (the tenant's), and
+    ``revenue_by_currency`` lists each currency paid in.
     ``use_rollups=False`` counts everything from the raw events (the reference).
     """
     _report_settings(session)
@@ -765,7 +785,8 @@ def dashboard_stats(
         )
     steps = {step: sessions[step] if unique else events.total(step) for step in COUNTED_STEPS}
     sales = events.total(PURCHASE)
-    sold = product_sales(session, **window)
+    sold = product_sales(session, **window, currency=currency)
+    revenue = sold.revenue.get(currency, Decimal(0))
     started, paid, completed = (events.total(step) for step in PAYMENT_STEPS)
     abandoned = abandonment(session, **window)
     retention = retention_metrics(session, tenant_id=tenant_id, zone=zone, now=now)
@@ -780,8 +801,15 @@ def dashboard_stats(
     return DashboardStats(
         mode=mode,
         total_sales=sales,
-        total_revenue=_money(sold.revenue),
-        average_order_value=_money(sold.revenue / sales) if sales else 0.0,
+        total_revenue=_money(revenue),
+        average_order_value=_money(revenue / sold.orders[currency])
+        if sold.orders[currency]
+        else 0.0,
+        currency=currency,
+        revenue_by_currency={
+            code: _money(amount)
+            for code, amount in sorted((sold.revenue | {currency: revenue}).items())
+        },
         top_products=[
             SlugCount(slug=slug, count=count) for slug, count in _ranked(sold.units, TOP_PRODUCTS)
         ],
@@ -921,6 +949,7 @@ class RfmReport(TypedDict):
     rfm: list[RfmCustomer]
     start_date: str
     end_date: str
+    currency: str  # of every monetary figure
 
 
 def rfm_segment(recency: int, frequency: int, monetary: Decimal, vip_threshold: Decimal) -> str:
@@ -935,16 +964,25 @@ def rfm_segment(recency: int, frequency: int, monetary: Decimal, vip_threshold: 
 
 
 def rfm_segments(
-    session: Session, *, tenant_id: int, zone: ZoneInfo, now: datetime, vip_threshold: Decimal
+    session: Session,
+    *,
+    tenant_id: int,
+    zone: ZoneInfo,
+    now: datetime,
+    vip_threshold: Decimal,
+    currency: str = DEFAULT_CURRENCY,
 ) -> RfmReport:
     """Recency, frequency and monetary value of each signed-in buyer over 90 local days.
 
     Recency is whole local days from the last purchase to today; frequency the
-    purchase events; monetary their revenue. Biggest spenders first.
+    purchase events; monetary their revenue in ``currency`` (the tenant's, that of
+    the VIP threshold; a purchase in another currency is not added in). Biggest
+    spenders first.
     """
     days = last_days(zone, now, RFM_DAYS)
     today = days[-1].date
-    monetary = func.coalesce(func.sum(Event.revenue), 0).label("monetary")
+    in_currency = func.coalesce(Event.currency, currency) == currency
+    monetary = func.coalesce(func.sum(case((in_currency, Event.revenue))), 0).label("monetary")
     rows = session.execute(
         select(Event.user_id, func.max(Event.created_at), func.count(), monetary)
         .where(
@@ -970,7 +1008,7 @@ def rfm_segments(
             )
         )
     start_date, end_date = _local_bounds(days)
-    return RfmReport(rfm=customers, start_date=start_date, end_date=end_date)
+    return RfmReport(rfm=customers, start_date=start_date, end_date=end_date, currency=currency)
 
 
 # -- smart alerts -------------------------------------------------------------------
