@@ -73,6 +73,25 @@ def test_missing_session_gets_a_uuid(client, make_tenant):
     assert uuid.UUID(first.session_id) != uuid.UUID(second.session_id)
 
 
+def test_landing_events_are_not_store_sessions(client, make_tenant, make_user, auth_headers):
+    """The landing snippet sends no session: its taps are not each a store visit."""
+    tenant = make_tenant()
+    for event_type in ("pageview", "click_whatsapp", "qr_scan", "product_click"):
+        assert track(client, tenant_id=tenant.id, event_type=event_type).status_code == 201
+    assert track(client, tenant_id=tenant.id, event_type="page_view").status_code == 201
+    stored = {event.event_type: event.session_id for event in events_of(tenant.id)}
+    assert [t for t, session in stored.items() if session is not None] == ["page_view"]
+
+    headers = auth_headers(make_user(tenant))
+    url = f"/api/analytics/{tenant.id}/dashboard-stats"
+    for query in ("", "?mode=unique"):
+        stats = client.get(url + query, headers=headers).get_json()
+        assert stats["session_stats"]["unique_sessions"] == 1  # the store's page view
+        assert stats["traffic_sources"] == [{"source": "direct", "sessions": 1}]
+    landing = client.get(f"/api/analytics/{tenant.id}", headers=headers).get_json()["data"]
+    assert (landing["whatsapp_clicks"], landing["qr_scans"]) == (1, 1)  # still counted
+
+
 def test_error_message_is_kept_but_cut(client, make_tenant):
     tenant = make_tenant()
     track(client, tenant_id=tenant.id, event_type="payment_error", error_message="x" * 5000)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .catalogue import PURCHASE
+from .catalogue import PURCHASE, STORE_TYPES
 from .errors import validation_errors
 from .ingestion import NewEvent, TenantRef
 from .models import utcnow
@@ -73,7 +73,9 @@ def track_event(
 ) -> NewEvent:
     """The event for a ``POST /api/analytics/track`` body, or a batch's item ``batch_index``.
 
-    A missing session_id gets a fresh UUID. The idempotency key is the client's
+    A store event without a session_id gets a fresh UUID, as the store documents
+    say; a landing-page event keeps none (the snippet has no sessions, and one
+    made up per event would count each tap as a store visit). The idempotency key is the client's
     or, when the client sent a session_id, derived from session, type, product
     and the second it arrived, as the store documents specify; without a
     session_id that derived key would be unique anyway, so none is kept. A batch
@@ -85,8 +87,9 @@ def track_event(
     columns = {name: getattr(body, name) for name in STORE_COLUMNS}
     quantity = body.quantity()
     columns["quantity"] = quantity
-    columns["session_id"] = body.session_id or new_session_id()
-    columns[NEW_SESSION] = body.session_id is None
+    generated = body.session_id is None and body.event_type in STORE_TYPES
+    columns["session_id"] = new_session_id() if generated else body.session_id
+    columns[NEW_SESSION] = generated
     if body.event_type == PURCHASE and body.price is not None:
         columns["revenue"] = body.price * (quantity or 1)
         columns["currency"] = tenant.currency
