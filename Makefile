@@ -14,7 +14,7 @@ else
 WORKERS ?= 1
 endif
 
-.PHONY: install run serve test lint format bench clean
+.PHONY: install run serve test browser lint format bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,19 @@ serve: install
 		--log-level error --no-control-socket --bind $(HOST):$(PORT) wsgi:app
 
 ## test: the suite (PostgreSQL with TEST_DATABASE_URL, else SQLite; Redis with TEST_REDIS_URL)
-test: install
+test: install browser
 	$(BIN)/pytest
+
+# Debian's Chromium and its driver, for tests/test_browser.py. Where they cannot be
+# installed the browser tests skip; CI (REQUIRE_BROWSER=1) fails them instead.
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		echo "== installing $(BROWSER_PACKAGES) for the browser tests"; \
+		$$sudo apt-get install -y $(BROWSER_PACKAGES) \
+		|| { $$sudo apt-get update && $$sudo apt-get install -y $(BROWSER_PACKAGES); } \
+		|| echo "== could not install Chromium: the browser tests will be skipped"; }
 
 lint: install
 	$(BIN)/ruff check .

@@ -25,6 +25,14 @@ from .extensions import cors, db, jwt, limiter, migrate
 PUBLIC_ROUTES = r"/api/(analytics/track|analytics/batch|v1/.*)"
 # What an owner's dashboard calls, from DASHBOARD_ORIGINS only (bearer tokens, no cookies).
 OWNER_ROUTES = r"/api/(auth/.*|tenants(/.*)?|analytics/\d+(/.*)?)"
+# A script on another origin reads only the headers named here: a throttled snippet
+# or dashboard must see how long to wait.
+RATE_LIMIT_HEADERS = [
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+]
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -131,7 +139,12 @@ def _cors_resources(dashboard_origins: list[str]) -> dict[str, dict[str, Any]]:
     """Any page may post events; only the configured dashboards may call the owner API."""
     # A snippet's JSON post is preflighted: let browsers reuse the answer (Chrome keeps it
     # two hours at most) rather than send an OPTIONS before every event.
-    public = {"origins": "*", "methods": ["POST"], "max_age": 7200}
+    public = {
+        "origins": "*",
+        "methods": ["POST"],
+        "max_age": 7200,
+        "expose_headers": RATE_LIMIT_HEADERS,
+    }
     resources: dict[str, dict[str, Any]] = {PUBLIC_ROUTES: public}
     if dashboard_origins:
         resources[OWNER_ROUTES] = {
@@ -139,5 +152,6 @@ def _cors_resources(dashboard_origins: list[str]) -> dict[str, dict[str, Any]]:
             "methods": ["GET", "POST", "PATCH", "DELETE"],
             "allow_headers": ["Authorization", "Content-Type"],
             "max_age": 600,
+            "expose_headers": RATE_LIMIT_HEADERS,
         }
     return resources

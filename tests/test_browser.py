@@ -1,0 +1,219 @@
+"""The snippet and the dashboard as a browser sees them: Debian's headless Chromium.
+
+A landing page served from one origin posts to the API on another, as a tenant's
+page does. Only a browser enforces CORS, so only a browser proves the snippet can
+post (preflight included), read the answer, back off on a 429 and send a beacon,
+and that the owner API answers the configured dashboard origins only.
+
+Without Chromium these tests skip, unless REQUIRE_BROWSER=1 (as CI sets) fails them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tenant_analytics.extensions import db
+from tenant_analytics.models import Event
+
+from .conftest import REDIS_URL, TEST_HASH_KEY
+from .servers import gunicorn
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+if os.environ.get("REQUIRE_BROWSER") == "1":
+    assert CHROMIUM and CHROMEDRIVER, "REQUIRE_BROWSER=1 but chromium/chromedriver is missing"
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+
+PASSWORD = "s3cret-pass"  # conftest's make_user
+TRACK_LIMIT = 3  # events per tenant per minute on this server
+
+# Runs in the page: one fetch, and what a script there may read of the answer.
+FETCH = """
+const [url, init, done] = arguments;
+fetch(url, init).then(
+  async (answer) => done({
+    status: answer.status,
+    body: await answer.text(),
+    retryAfter: answer.headers.get("Retry-After"),
+  }),
+  (error) => done({error: String(error)}),
+);
+"""
+
+
+class QuietPage(SimpleHTTPRequestHandler):
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def page_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A tenant's landing page: an empty HTML page on its own origin."""
+    root = tmp_path_factory.mktemp("landing")
+    (root / "index.html").write_text("<!doctype html><title>Panadería</title><h1>Pan</h1>")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietPage, directory=root))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def api_port(migrated: str, page_port: int, tmp_path_factory: pytest.TempPathFactory):
+    """The app under gunicorn; its dashboard origin is the page as http://localhost:<port>."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": migrated,
+        "RATELIMIT_STORAGE_URI": REDIS_URL or "memory://",
+        "RATELIMIT_KEY_PREFIX": f"browser-{uuid.uuid4().hex}",
+        "TRACK_RATE_LIMIT": f"{TRACK_LIMIT} per minute",
+        "TENANT_CACHE_SECONDS": "0",  # the suite empties its tables between tests
+        "DASHBOARD_ORIGINS": f"http://localhost:{page_port}",
+        "VISITOR_HASH_KEY": TEST_HASH_KEY,
+    }
+    settings = ["--worker-class", "gevent", "--workers", "1"]
+    log = Path(tmp_path_factory.mktemp("gunicorn")) / "gunicorn.log"
+    with gunicorn(settings, env, log) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(20)
+    yield driver
+    driver.quit()
+
+
+class Page:
+    """The landing page open in Chromium; runs the snippet's calls to the API in it."""
+
+    def __init__(self, driver: Any, api: str) -> None:
+        self.driver, self.api = driver, api
+
+    def fetch(self, path: str, init: dict[str, Any]) -> dict[str, Any]:
+        return self.driver.execute_async_script(FETCH, self.api + path, init)
+
+    def send_beacon(self, path: str, body: dict[str, Any]) -> bool:
+        script = "return navigator.sendBeacon(arguments[0], JSON.stringify(arguments[1]));"
+        return self.driver.execute_script(script, self.api + path, body)
+
+
+@pytest.fixture
+def open_page(browser, page_port: int, api_port: int, app):
+    """Open the landing page at ``host`` (its origin); the API is on 127.0.0.1:api_port."""
+
+    def _open(host: str = "127.0.0.1") -> Page:
+        browser.get(f"http://{host}:{page_port}/")
+        return Page(browser, f"http://127.0.0.1:{api_port}")
+
+    return _open
+
+
+def json_post(body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "method": "POST",
+        "headers": {"Content-Type": "application/json", **(headers or {})},
+        "body": json.dumps(body),
+    }
+
+
+def bearer_get(token: str) -> dict[str, Any]:
+    return {"method": "GET", "headers": {"Authorization": f"Bearer {token}"}}
+
+
+def stored_events(tenant_id: int) -> list[Event]:
+    db.session.remove()
+    return list(db.session.scalars(select(Event).where(Event.tenant_id == tenant_id)))
+
+
+def test_snippet_posts_an_event_from_another_origin(open_page, make_tenant, page_port):
+    tenant = make_tenant()
+    page = open_page()
+    # application/json is not a "simple" type: Chromium sends a preflight OPTIONS first.
+    answer = page.fetch(
+        "/api/analytics/track", json_post({"tenant_id": tenant.id, "event_type": "click_whatsapp"})
+    )
+    assert answer.get("error") is None, answer
+    assert (answer["status"], json.loads(answer["body"])) == (
+        201,
+        {"success": True, "status": "ok"},
+    )
+    (event,) = stored_events(tenant.id)
+    assert event.event_type == "click_whatsapp"
+    assert "HeadlessChrome" in event.user_agent
+    assert event.referrer == f"http://127.0.0.1:{page_port}/"  # the page, as Chromium sends it
+    assert event.visitor_hash  # hashed; the address itself is stored nowhere
+
+
+def test_snippet_can_read_retry_after_when_throttled(open_page, make_tenant):
+    tenant = make_tenant()
+    page = open_page()
+    body = json_post({"tenant_id": tenant.id, "event_type": "pageview"})
+    answers = [page.fetch("/api/analytics/track", body) for _ in range(TRACK_LIMIT + 1)]
+    assert [answer.get("status") for answer in answers] == [201] * TRACK_LIMIT + [429]
+    # The snippet can wait as told: Retry-After must be exposed to a cross-origin script.
+    assert int(answers[-1]["retryAfter"] or 0) >= 1, answers[-1]
+    assert json.loads(answers[-1]["body"])["success"] is False
+    assert len(stored_events(tenant.id)) == TRACK_LIMIT
+
+
+def test_send_beacon_records_a_sale(open_page, make_tenant):
+    tenant = make_tenant()
+    page = open_page()
+    beacon = {"tenant_slug": tenant.slug, "transaction_id": "txn-42", "value": 150.5}
+    # sendBeacon posts text/plain, a "simple" request: no preflight, no answer to read.
+    assert page.send_beacon("/api/v1/analytics/conversion", beacon) is True
+    deadline = time.monotonic() + 10
+    while not (events := stored_events(tenant.id)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (event,) = events
+    assert (event.event_type, event.revenue, event.currency) == (
+        "purchase",
+        Decimal("150.50"),
+        "HNL",
+    )
+
+
+def test_owner_api_answers_the_dashboard_origin_only(open_page, make_tenant, make_user):
+    tenant = make_tenant()
+    user = make_user(tenant)
+    login = json_post({"email": user.email, "password": PASSWORD})
+
+    dashboard = open_page("localhost")  # the DASHBOARD_ORIGINS origin
+    answer = dashboard.fetch("/api/auth/login", login)
+    assert answer.get("status") == 200, answer
+    token = json.loads(answer["body"])["access_token"]
+    listed = dashboard.fetch("/api/tenants", bearer_get(token))
+    assert listed.get("status") == 200, listed
+    assert [t["id"] for t in json.loads(listed["body"])["tenants"]] == [tenant.id]
+
+    # Any other origin: the browser keeps the answer from the script, token or not.
+    landing = open_page("127.0.0.1")
+    assert "TypeError" in landing.fetch("/api/tenants", bearer_get(token)).get("error", "")
+    assert "TypeError" in landing.fetch("/api/auth/login", login).get("error", "")
