@@ -33,7 +33,7 @@ def test_tenant_create_prints_json(runner):
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert set(data) == {"id", "public_id", "slug", "name", "active", "timezone"}
+    assert set(data) == {"id", "public_id", "slug", "name", "active", "timezone", "landing_url"}
     assert (data["slug"], data["active"], data["timezone"]) == (
         "bakery",
         True,

@@ -125,6 +125,9 @@ def logged() -> Iterator[LoggedTracebacks]:
     logger.removeHandler(handler)
 
 
+LANDING_URL = "https://panaderia.example/menu"
+
+
 @dataclass
 class World:
     """The tenants and products the placeholders of a payload stand for."""
@@ -142,7 +145,7 @@ class World:
 
 @pytest.fixture
 def world(app, client, make_tenant, make_user, auth_headers) -> World:
-    tenant = make_tenant(timezone="America/Tegucigalpa")
+    tenant = make_tenant(timezone="America/Tegucigalpa", landing_url=LANDING_URL)
     other = make_tenant()
     inactive = make_tenant(active=False)
     product = create_product(db.session, tenant.id, name="Pan dulce", slug="pan-dulce", price=12)
@@ -257,7 +260,8 @@ def describe(method: str, path: str, body: Any, headers: dict[str, str] | None) 
 
 def check(response, request: str, logged: LoggedTracebacks) -> Any:
     """No 5xx, no logged traceback, strict JSON, the error shape on 4xx; the parsed body."""
-    text = response.get_data(as_text=True)
+    image = response.mimetype.startswith("image/")  # a QR code
+    text = f"<{len(response.data)} bytes>" if image else response.get_data(as_text=True)
     where = f"\n  request:  {request}\n  response: {response.status} {text[:2000]}"
     trace = "\n".join(logged.failures)
     logged.failures.clear()
@@ -267,6 +271,8 @@ def check(response, request: str, logged: LoggedTracebacks) -> Any:
         response.request.method == "OPTIONS" and response.status_code < 300
     ):
         return None  # no body, or an empty CORS preflight answer
+    if 300 <= response.status_code < 400 or image:
+        return None  # a QR scan's redirect (its Location is what counts), a QR code
     try:
         body = strict_json(response)
     except (AssertionError, ValueError) as exc:
@@ -1103,7 +1109,7 @@ def test_oversized_bodies_answer_in_shape(api, world, endpoint, size):
 )
 def test_any_method_on_any_path_answers_in_shape(api, world, data, method):
     """Unknown routes, wrong methods and odd path segments: 404/405 in the error shape."""
-    known = [*INGESTION, "/api/tenants", "/api/auth/login", "/api/auth/refresh", "/"]
+    known = [*INGESTION, "/api/tenants", "/api/auth/login", "/api/auth/refresh", "/", "/q"]
     path = data.draw(
         st.one_of(
             st.sampled_from(known),
@@ -1120,7 +1126,7 @@ def test_any_method_on_any_path_answers_in_shape(api, world, data, method):
             st.builds(
                 "/api/tenants/{}{}{}".format,
                 st.one_of(st.integers(), HUGE_INTS, st.just(world.tenant_id)),
-                st.sampled_from(["", "/products", "/products/"]),
+                st.sampled_from(["", "/products", "/products/", "/qr"]),
                 st.one_of(st.just(""), st.integers(), HUGE_INTS, st.just(world.product_id)),
             ),
         ),
@@ -1181,6 +1187,9 @@ PARAMS: dict[str, st.SearchStrategy[Any]] = {
     "mode": st.sampled_from(["total", "unique", "TOTAL", "", "unique "]),
 }
 REPORT_PARAMS = {"/funnel": ["start", "end", "source"], "/dashboard-stats": ["mode"]}
+QUERY_PARAMS = {**REPORT_PARAMS, "/qr": ["c", "format"]}
+PARAMS["c"] = st.sampled_from(["mesa-3", "", "m" * 64, "m" * 65, "mesa 3", "<b>", "\x00", "é"])
+PARAMS["format"] = st.sampled_from(["svg", "png", "PNG", "", "gif", "svg "])
 ANY_PARAM_VALUE = st.one_of(ODD_TEXT, ANY_TEXT, st.binary(max_size=10))
 
 
@@ -1188,7 +1197,7 @@ ANY_PARAM_VALUE = st.one_of(ODD_TEXT, ANY_TEXT, st.binary(max_size=10))
 def queries(draw: st.DrawFn, report: str) -> str:
     """A query string: the report's parameters (near-valid or anything), repeated or not, and
     parameters it does not know."""
-    own = REPORT_PARAMS.get(report, [])
+    own = QUERY_PARAMS.get(report, [])
     names = weighted(st.sampled_from(own), ANY_TEXT) if own else ANY_TEXT
     pairs = []
     for name in draw(st.lists(names, max_size=4)):
@@ -1232,6 +1241,26 @@ def test_reports_survive_arbitrary_query_strings(api, world, data, report, zone)
     assert response.status_code in (200, 422), (path, response.status, body)
 
 
+@fuzz(40)
+@given(
+    data=st.data(),
+    slug=st.one_of(st.sampled_from(["<slug>", "<inactive_slug>", "a\x00b", "..", "é"]), ANY_TEXT),
+    user_agent=st.sampled_from(["Mozilla/5.0 (Linux; Android 13) Mobile", "WhatsApp/2.23", ""]),
+)
+def test_qr_scans_and_codes_survive_arbitrary_queries(api, world, data, slug, user_agent):
+    """A scan with any slug and query leads to the landing page or is a 404, never anything
+    else; the owner's code is an image, or a 422 for a bad format or campaign."""
+    query = data.draw(queries("/qr"), label="query")
+    path = f"/q/{encoded(resolve(slug, world))}?{query}"
+    response, _ = api.send("GET", path, headers={"User-Agent": user_agent})
+    assert response.status_code in (302, 404), (path, response.status)
+    if response.status_code == 302:
+        assert response.headers["Location"] == LANDING_URL
+    path = f"/api/tenants/{world.tenant_id}/qr?{query}"
+    response, _ = api.send("GET", path, headers=world.headers)
+    assert response.status_code in (200, 422), (path, response.status)
+
+
 TENANT_BASE = st.just(
     {
         "name": "Panadería Nueva",
@@ -1239,6 +1268,7 @@ TENANT_BASE = st.just(
         "currency": "eur",
         "active": True,
         "vip_monetary_threshold": 650,
+        "landing_url": "https://pan.example/menú",
     }
 )
 PRODUCT_BASE = st.just({"name": "Pan de yema", "slug": "<new_key>", "price": 12.5, "active": True})

@@ -139,6 +139,7 @@ def test_same_slug_in_two_tenants_is_fine(client, make_tenant, make_user, auth_h
     [
         ("get", "/api/tenants/{t}"),
         ("patch", "/api/tenants/{t}"),
+        ("get", "/api/tenants/{t}/qr"),
         ("get", "/api/tenants/{t}/products"),
         ("post", "/api/tenants/{t}/products"),
         ("patch", "/api/tenants/{t}/products/{p}"),

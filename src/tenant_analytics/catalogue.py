@@ -70,13 +70,14 @@ EVENT_KINDS: dict[str, Kind] = {
 }
 
 TIME_ON_PAGE = "time_on_page"  # the landing type whose metadata carries seconds
+QR_SCAN = "qr_scan"  # also what the QR redirect (GET /q/<slug>) records
 LANDING_TYPES = (
     "pageview",
     "click_whatsapp",
     "click_call",
     "click_toggle_currency",
     TIME_ON_PAGE,
-    "qr_scan",
+    QR_SCAN,
     "product_click",
 )
 # The store's types, named where code refers to one of them.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -20,7 +19,7 @@ from .auth import create_user, set_password
 from .errors import validation_errors
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
-from .models import TENANT_SLUG_LENGTH, Tenant, User, utcnow
+from .models import TENANT_SLUG_LENGTH, Tenant, User, is_tenant_slug, utcnow
 from .partitions import create_ahead, purge_before
 from .postgres_writer import limit_lock_waits, lock_timed_out
 from .products import create_product
@@ -51,16 +50,14 @@ def validated(schema: type[Schema], **options: Any) -> Schema:
         return schema.model_validate({k: v for k, v in options.items() if v is not None})
     except ValidationError as exc:
         field, messages = next(iter(validation_errors(exc).items()))
-        raise click.BadParameter("; ".join(messages), param_hint=f"'--{field}'") from None
+        raise click.BadParameter(
+            "; ".join(messages), param_hint=f"'--{field.replace('_', '-')}'"
+        ) from None
 
 
 def fail(message: str) -> None:
     click.echo(f"Error: {message}", err=True)
     raise SystemExit(1)
-
-
-# A tenant's slug names it in conversion beacons and URLs: "panaderia-rosa".
-TENANT_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 def valid_timezone(_ctx: Any, _param: Any, value: str) -> str:
@@ -71,7 +68,7 @@ def valid_timezone(_ctx: Any, _param: Any, value: str) -> str:
 
 
 def valid_slug(_ctx: Any, _param: Any, value: str) -> str:
-    if len(value) > TENANT_SLUG_LENGTH or not TENANT_SLUG.fullmatch(value):
+    if not is_tenant_slug(value):
         raise click.BadParameter(
             "lower-case letters, digits and single hyphens, "
             f"at most {TENANT_SLUG_LENGTH} characters"
@@ -115,10 +112,19 @@ def password_or_prompt(password: str | None, prompt: str = "Password") -> str:
 @click.option("--slug", required=True, callback=valid_slug)
 @click.option("--inactive", is_flag=True, help="Create the tenant switched off.")
 @click.option("--timezone", default="UTC", callback=valid_timezone, show_default=True)
-def create_tenant(name: str, slug: str, inactive: bool, timezone: str) -> None:
+@click.option("--landing-url", help="The landing page its QR codes lead to (http or https).")
+def create_tenant(
+    name: str, slug: str, inactive: bool, timezone: str, landing_url: str | None
+) -> None:
     """Create a tenant and print it as one line of JSON."""
-    name = validated(TenantUpdate, name=name).name
-    tenant = Tenant(name=name, slug=slug, active=not inactive, timezone=timezone)
+    settings = validated(TenantUpdate, name=name, landing_url=landing_url)
+    tenant = Tenant(
+        name=settings.name,
+        slug=slug,
+        active=not inactive,
+        timezone=timezone,
+        landing_url=settings.landing_url,
+    )
     db.session.add(tenant)
     try:
         db.session.commit()

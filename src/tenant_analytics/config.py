@@ -128,6 +128,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "INTERACTION_MIN_SECONDS": _int(env, "INTERACTION_MIN_MS", 15) / 1000,
         "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
         "DASHBOARD_ORIGINS": _origins(env, "DASHBOARD_ORIGINS"),
+        # The address QR codes hold (https://stats.example.com); else the request's own.
+        "PUBLIC_URL": env.get("PUBLIC_URL") or None,
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int(env, "JWT_ACCESS_MINUTES", 60, 1)),
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int(env, "JWT_REFRESH_DAYS", 30, 1)),
     }

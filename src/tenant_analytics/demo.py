@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .auth import create_user
-from .catalogue import FUNNEL_STEPS, PURCHASE, TIME_ON_PAGE
+from .catalogue import FUNNEL_STEPS, PURCHASE, QR_SCAN, TIME_ON_PAGE
 from .event_builders import track_event
 from .ingestion import ClientInfo, NewEvent, enrich
 from .models import Tenant, User, utcnow
@@ -21,6 +21,7 @@ from .storage import insert_events
 DEMO_SLUG = "demo-bakery"
 DEMO_EMAIL = "owner@demo.example"
 DEMO_PASSWORD = "demo-password"
+DEMO_LANDING_URL = "https://demo-bakery.example/"  # its QR codes' target (a reserved name)
 DEMO_HASH_KEY = "demo-data"  # demo visitors are synthetic; their hashes need no secret
 NO_WINDOW = timedelta(0)  # demo rows skip the idempotency keys a live request claims
 
@@ -59,7 +60,7 @@ def _demo_events(tenant: Tenant, rng: random.Random) -> list[dict]:
             if rng.random() < 0.2:
                 visit.append(NewEvent("click_toggle_currency", {"to": "USD"}))
             if rng.random() < 0.15:
-                visit.insert(0, NewEvent("qr_scan", {"qr": "counter"}))
+                visit.insert(0, NewEvent(QR_SCAN, {"campaign": "mostrador"}))
             if rng.random() < 0.4:
                 visit.append(NewEvent("product_click", {"product_id": rng.randint(1, 6)}))
             for offset, event in enumerate(visit):
@@ -122,7 +123,12 @@ def load_demo(session: Session, base_url: str = "http://127.0.0.1:5000") -> str:
     if tenant is None:
         if owner is not None:
             raise DemoUnavailable(f"a user {DEMO_EMAIL} exists that the demo did not make")
-        tenant = Tenant(name="Panadería La Demo", slug=DEMO_SLUG, timezone="America/Tegucigalpa")
+        tenant = Tenant(
+            name="Panadería La Demo",
+            slug=DEMO_SLUG,
+            timezone="America/Tegucigalpa",
+            landing_url=DEMO_LANDING_URL,
+        )
         session.add(tenant)
         session.flush()
         for slug, name, price in PRODUCTS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -38,11 +39,21 @@ PRODUCT_NAME = String(200).with_variant(String(200, collation="C"), "postgresql"
 MAX_ROW_ID = 2**31 - 1
 TENANT_SLUG_LENGTH = 80
 DEFAULT_CURRENCY = "HNL"  # a new tenant's, until its owner sets one
+LANDING_URL_LENGTH = 2048
 
 
 def is_row_id(value: int) -> bool:
     """True if ``value`` could be the id of a row (a positive 32-bit integer)."""
     return 0 < value <= MAX_ROW_ID
+
+
+# A tenant's slug names it in conversion beacons and URLs: "panaderia-rosa".
+TENANT_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def is_tenant_slug(value: str) -> bool:
+    """True if ``value`` could be a tenant's slug (lower-case letters, digits, single hyphens)."""
+    return len(value) <= TENANT_SLUG_LENGTH and TENANT_SLUG.fullmatch(value) is not None
 
 
 def utcnow() -> datetime:
@@ -103,6 +114,8 @@ class Tenant(db.Model):
     vip_monetary_threshold: Mapped[Decimal] = mapped_column(
         Numeric(14, 2), default=Decimal(100000), server_default="100000"
     )
+    # Where the tenant's QR codes lead (GET /q/<slug>); no QR redirect without one.
+    landing_url: Mapped[str | None] = mapped_column(String(LANDING_URL_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     owners: Mapped[list[User]] = relationship(secondary=tenant_owners, back_populates="tenants")
@@ -115,6 +128,7 @@ class Tenant(db.Model):
             "name": self.name,
             "active": self.active,
             "timezone": self.timezone,
+            "landing_url": self.landing_url,
         }
 
 

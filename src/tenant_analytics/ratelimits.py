@@ -195,6 +195,23 @@ conversion_group = unless_disabled(
 )
 
 
+def qr_scan_counted() -> bool:
+    """Whether this QR scan may be recorded: API_RATE_LIMIT per client address, in a scope
+    of its own. A scan over it still redirects (a customer is never stopped at the door);
+    it is only not counted, as a scripted flood would only inflate the tenant's scans."""
+    if not current_app.config.get("RATELIMIT_ENABLED", True):
+        return True
+    key = (current_app.config["RATELIMIT_KEY_PREFIX"], "qr", client_ip_key())
+    try:
+        return all(
+            limiter.limiter.hit(item, *key)
+            for item in parse_many(current_app.config["API_RATE_LIMIT"])
+        )
+    except Exception:  # the limiter's storage is away: count, as the other endpoints do
+        log.warning("QR scan counted unlimited: the limiter's storage did not answer")
+        return True
+
+
 def rate_limit_headers(response: Response) -> Response:
     """X-RateLimit-* on every answer of a client's own bucket, Retry-After only on a 429.
 

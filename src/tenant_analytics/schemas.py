@@ -11,6 +11,7 @@ from zoneinfo import available_timezones
 
 from pydantic import (
     AfterValidator,
+    AnyUrl,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -18,6 +19,9 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StringConstraints,
+    TypeAdapter,
+    UrlConstraints,
+    ValidationError,
     ValidationInfo,
     field_validator,
 )
@@ -31,7 +35,7 @@ from .catalogue import (
     V1_INTERACTION_TYPES,
     V1_TRACK_TYPES,
 )
-from .models import MAX_ROW_ID, TENANT_SLUG_LENGTH
+from .models import LANDING_URL_LENGTH, MAX_ROW_ID, TENANT_SLUG_LENGTH
 
 TenantId = Annotated[int, Field(strict=True, gt=0, le=MAX_ROW_ID)]
 MAX_METADATA_DEPTH = 8
@@ -285,11 +289,41 @@ class ProductUpdate(OwnerSettings):
     active: StrictBool = None  # type: ignore[assignment]
 
 
+_HTTP_URL = TypeAdapter(
+    Annotated[
+        AnyUrl,
+        UrlConstraints(
+            max_length=LANDING_URL_LENGTH, allowed_schemes=["http", "https"], host_required=True
+        ),
+    ]
+)
+
+
+def _landing_url(value: str) -> str:
+    """An http(s) URL as stored and redirected to; no credentials in it (a QR code's users
+    see only where it leads, and ``https://bank.example@evil.example`` is a known disguise)."""
+    try:
+        url = _HTTP_URL.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"]) from None
+    if url.username is not None or url.password is not None:
+        raise ValueError("may not contain a user name or password")
+    text = str(url)  # normalised: lower-case host, non-ASCII percent-encoded
+    if len(text) > LANDING_URL_LENGTH:
+        raise ValueError(f"may not exceed {LANDING_URL_LENGTH} characters once encoded")
+    return text
+
+
+LandingUrl = Annotated[str, AfterValidator(_landing_url)]
+
+
 class TenantUpdate(OwnerSettings):
-    """``PATCH /api/tenants/<id>``: only the fields sent change; none may be null."""
+    """``PATCH /api/tenants/<id>``: only the fields sent change; none may be null, except
+    ``landing_url`` (null takes the QR redirect away)."""
 
     name: Annotated[Text, Field(min_length=1, max_length=200)] = None  # type: ignore[assignment]
     timezone: TimeZoneName = None  # type: ignore[assignment]
     currency: Currency = None  # type: ignore[assignment]
     active: StrictBool = None  # type: ignore[assignment]
     vip_monetary_threshold: Money = None  # type: ignore[assignment]
+    landing_url: LandingUrl | None = None

@@ -4,7 +4,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import auth, dashboards, store_reports, tenants, tracking, v1
+    from . import auth, dashboards, qr, store_reports, tenants, tracking, v1
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(tracking.bp)
@@ -12,3 +12,4 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(store_reports.bp)
     app.register_blueprint(tenants.bp)
     app.register_blueprint(v1.bp)
+    app.register_blueprint(qr.bp)

@@ -1,0 +1,111 @@
+"""QR codes: the tracked redirect a printed code leads to, and the code itself for owners."""
+
+from __future__ import annotations
+
+import io
+import re
+from functools import cache
+
+import segno
+from crawlerdetect import CrawlerDetect
+from flask import Blueprint, current_app, redirect, request, send_file, url_for
+from flask_jwt_extended import jwt_required
+
+from ..catalogue import QR_SCAN
+from ..errors import ApiError, error_response
+from ..extensions import db
+from ..ingestion import NewEvent
+from ..logs import get_logger
+from ..models import is_tenant_slug
+from ..ratelimits import qr_scan_counted
+from ..tenancy import owned_tenant_or_404, public_tenant_by_slug
+from .requests import ingest_from_request
+
+bp = Blueprint("qr", __name__)
+log = get_logger(__name__)
+
+# ?c= names where a code hangs ("mesa-3", "flyer-nov"): short, so the code stays scannable.
+CAMPAIGN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+IMAGE_TYPES = {"svg": "image/svg+xml", "png": "image/png"}
+NO_SUCH_CODE = "No such QR code"
+
+
+@cache
+def _crawlers() -> CrawlerDetect:
+    return CrawlerDetect()  # compiles its patterns once per process
+
+
+def is_crawler(user_agent: str | None) -> bool:
+    """Link previews (WhatsApp, Facebook, Telegram) and bots fetch a shared link too."""
+    return bool(user_agent) and _crawlers().isCrawler(user_agent)
+
+
+def _campaign_arg() -> str | None:
+    campaign = request.args.get("c")
+    return campaign if campaign and CAMPAIGN.fullmatch(campaign) else None
+
+
+@bp.get("/q/<slug>")
+def scan(slug: str):
+    """Count a scan of the tenant's QR code and send the visitor on to its landing page.
+
+    Not counted, but still redirected: a scan over the address's limit, a crawler, or
+    one the database could not take (the customer is never stopped at the door).
+    """
+    tenant = public_tenant_by_slug(db.session, slug) if is_tenant_slug(slug) else None
+    if tenant is None or not tenant.landing_url:
+        return error_response(404, NO_SUCH_CODE, code="not_found")
+    if not is_crawler(request.headers.get("User-Agent")) and qr_scan_counted():
+        campaign = _campaign_arg()
+        try:
+            ingest_from_request(
+                tenant, [NewEvent(QR_SCAN, {"campaign": campaign} if campaign else None)]
+            )
+        except Exception:
+            db.session.rollback()
+            log.warning("QR scan not recorded", exc_info=True)
+    response = redirect(tenant.landing_url, 302)
+    response.headers["Cache-Control"] = "no-store"  # every scan comes back here
+    return response
+
+
+@bp.get("/api/tenants/<int:tenant_id>/qr")
+@jwt_required()
+def qr_code(tenant_id: int):
+    """The tenant's QR code as SVG (default) or PNG: ``?format=png&c=mesa-3``."""
+    tenant = owned_tenant_or_404(tenant_id)
+    if not tenant.landing_url:
+        raise ApiError(
+            409,
+            "Set the tenant's landing_url first: the code leads there.",
+            code="no_landing_url",
+        )
+    kind = request.args.get("format", "svg")
+    if kind not in IMAGE_TYPES:
+        raise ApiError(
+            422,
+            "format must be 'svg' or 'png'.",
+            code="validation_error",
+            errors={"format": ["format must be 'svg' or 'png'."]},
+        )
+    campaign = request.args.get("c")
+    if campaign is not None and not CAMPAIGN.fullmatch(campaign):
+        message = "c must be 1 to 64 letters, digits, '.', '_' or '-'."
+        raise ApiError(422, message, code="validation_error", errors={"c": [message]})
+    target = _scan_url(tenant.slug, campaign)
+    image = io.BytesIO()
+    segno.make_qr(target, error="m").save(
+        image, kind=kind, scale=10 if kind == "png" else 4, border=4
+    )
+    image.seek(0)
+    name = f"qr-{tenant.slug}{'-' + campaign if campaign else ''}.{kind}"
+    response = send_file(image, mimetype=IMAGE_TYPES[kind], download_name=name)
+    response.headers["X-QR-Target"] = target
+    return response
+
+
+def _scan_url(slug: str, campaign: str | None) -> str:
+    """The address the code holds: PUBLIC_URL's, else the one this request came in on."""
+    path = url_for("qr.scan", slug=slug, c=campaign)
+    base = current_app.config["PUBLIC_URL"] or request.host_url
+    return base.rstrip("/") + path

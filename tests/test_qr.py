@@ -1,0 +1,229 @@
+"""QR codes: the tracked redirect (GET /q/<slug>) and the owner's code image."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from tenant_analytics.extensions import db
+from tenant_analytics.group_commit import GroupCommitter
+from tenant_analytics.models import Event, Tenant
+
+LANDING = "https://panaderia.example/menu"
+PHONE = (
+    "Mozilla/5.0 (Linux; Android 13; SM-A135F) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36"
+)
+
+
+def scan(client, slug: str, user_agent: str = PHONE, **query: str):
+    return client.get(f"/q/{slug}", query_string=query, headers={"User-Agent": user_agent})
+
+
+def events_of(tenant_id: int) -> list[Event]:
+    db.session.expire_all()
+    return list(db.session.scalars(select(Event).where(Event.tenant_id == tenant_id)))
+
+
+@pytest.fixture
+def shop(make_tenant) -> Tenant:
+    return make_tenant(landing_url=LANDING)
+
+
+def test_scan_counts_and_leads_to_the_landing_page(client, shop, make_user, auth_headers):
+    response = scan(client, shop.slug, c="mesa-3")
+    assert response.status_code == 302
+    assert response.headers["Location"] == LANDING
+    assert response.headers["Cache-Control"] == "no-store"  # the next scan comes back here
+    (event,) = events_of(shop.id)
+    assert (event.event_type, event.metadata_) == ("qr_scan", {"campaign": "mesa-3"})
+    assert event.visitor_hash and event.user_agent == PHONE
+    # The owner's dashboards count it, from the rollups as from the raw events.
+    headers = auth_headers(make_user(shop))
+    assert (
+        client.get(f"/api/analytics/{shop.id}", headers=headers).get_json()["data"]["qr_scans"] == 1
+    )
+    assert (
+        client.get(f"/api/analytics/{shop.id}/today", headers=headers).get_json()["qr_scans"] == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "which", ["unknown", "inactive", "no landing page", "long slug", "NUL", "upper case"]
+)
+def test_scan_of_no_code_is_a_404(client, make_tenant, which):
+    slug = {
+        "unknown": "no-such-shop",
+        "inactive": make_tenant(active=False, landing_url=LANDING).slug,
+        "no landing page": make_tenant().slug,
+        "long slug": "s" * 500,
+        "NUL": "pan%00",  # no slug has one; PostgreSQL would refuse to compare it
+        "upper case": make_tenant(slug="pan", landing_url=LANDING).slug.upper(),
+    }[which]
+    response = scan(client, slug)
+    assert response.status_code == 404
+    assert response.get_json() == {
+        "success": False,
+        "error": "not_found",
+        "message": "No such QR code",
+    }
+    assert db.session.scalars(select(Event)).all() == []
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        "WhatsApp/2.23.20.0 A",  # the preview of a shared link
+        "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+        "TelegramBot (like TwitterBot)",
+        "Googlebot/2.1 (+http://www.google.com/bot.html)",
+    ],
+)
+def test_a_crawler_is_led_on_but_not_counted(client, shop, user_agent):
+    response = scan(client, shop.slug, user_agent)
+    assert (response.status_code, response.headers["Location"]) == (302, LANDING)
+    assert events_of(shop.id) == []
+
+
+def test_scans_over_the_address_limit_still_lead_on(make_app, make_tenant):
+    app = make_app(API_RATE_LIMIT="2 per minute")
+    client = app.test_client()
+    with app.app_context():
+        tenant = make_tenant(landing_url=LANDING)
+        answers = [scan(client, tenant.slug) for _ in range(4)]
+        assert [(a.status_code, a.headers["Location"]) for a in answers] == [(302, LANDING)] * 4
+        assert len(events_of(tenant.id)) == 2  # the flood is not counted
+
+
+def test_a_scan_the_database_cannot_take_still_leads_on(client, shop, monkeypatch):
+    def broken_write(*_args, **_kwargs):
+        raise RuntimeError("disk on fire")
+
+    # Both ways to the database: through the committer, and written in the request.
+    monkeypatch.setattr(GroupCommitter, "_write", broken_write)
+    monkeypatch.setattr("tenant_analytics.ingestion.write_jobs", broken_write)
+    response = scan(client, shop.slug)
+    assert (response.status_code, response.headers["Location"]) == (302, LANDING)
+    monkeypatch.undo()
+    assert events_of(shop.id) == []
+
+
+@pytest.mark.parametrize("campaign", ["", "<script>", "m" * 65, "mesa 3", "mesa\x00"])
+def test_an_unusable_campaign_is_left_out(client, shop, campaign):
+    assert scan(client, shop.slug, c=campaign).status_code == 302
+    (event,) = events_of(shop.id)
+    assert event.metadata_ is None
+
+
+# -- the owner's code -----------------------------------------------------------------
+
+
+@pytest.fixture
+def owner(shop, make_user, auth_headers):
+    return shop, auth_headers(make_user(shop))
+
+
+def test_owner_gets_the_code_as_svg_or_png(client, owner):
+    tenant, headers = owner
+    svg = client.get(f"/api/tenants/{tenant.id}/qr", headers=headers)
+    assert svg.status_code == 200
+    assert svg.mimetype == "image/svg+xml"
+    assert b"<svg" in svg.data
+    assert svg.headers["X-QR-Target"] == f"http://localhost/q/{tenant.slug}"
+
+    png = client.get(f"/api/tenants/{tenant.id}/qr?format=png&c=mesa-3", headers=headers)
+    assert png.status_code == 200
+    assert png.mimetype == "image/png"
+    assert png.data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert png.headers["X-QR-Target"] == f"http://localhost/q/{tenant.slug}?c=mesa-3"
+    assert f"qr-{tenant.slug}-mesa-3.png" in png.headers["Content-Disposition"]
+    # The code leads where the redirect counts it.
+    target = png.headers["X-QR-Target"].removeprefix("http://localhost")
+    assert client.get(target, headers={"User-Agent": PHONE}).headers["Location"] == LANDING
+
+
+def test_code_holds_the_public_url_when_set(make_app, make_tenant, make_user, auth_headers):
+    app = make_app(PUBLIC_URL="https://stats.example.com/")
+    with app.app_context():
+        tenant = make_tenant(landing_url=LANDING)
+        headers = auth_headers(make_user(tenant))
+        response = app.test_client().get(f"/api/tenants/{tenant.id}/qr", headers=headers)
+        assert response.headers["X-QR-Target"] == f"https://stats.example.com/q/{tenant.slug}"
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "code"),
+    [
+        ("?format=gif", 422, "validation_error"),
+        ("?c=mesa%203", 422, "validation_error"),
+        ("?c=" + "m" * 65, 422, "validation_error"),
+    ],
+)
+def test_code_request_validation(client, owner, query, status, code):
+    tenant, headers = owner
+    response = client.get(f"/api/tenants/{tenant.id}/qr{query}", headers=headers)
+    assert response.status_code == status
+    assert response.get_json()["error"] == code
+
+
+def test_no_code_without_a_landing_page(client, make_tenant, make_user, auth_headers):
+    tenant = make_tenant()
+    response = client.get(f"/api/tenants/{tenant.id}/qr", headers=auth_headers(make_user(tenant)))
+    assert response.status_code == 409
+    assert response.get_json()["error"] == "no_landing_url"
+
+
+def test_another_tenants_code_is_a_404(client, shop, make_tenant, make_user, auth_headers):
+    headers = auth_headers(make_user(make_tenant()))
+    assert client.get(f"/api/tenants/{shop.id}/qr", headers=headers).status_code == 404
+    assert client.get(f"/api/tenants/{shop.id}/qr").status_code == 401
+
+
+# -- setting the landing page ---------------------------------------------------------
+
+
+def test_owner_sets_and_clears_the_landing_url(client, make_tenant, make_user, auth_headers):
+    tenant = make_tenant()
+    headers = auth_headers(make_user(tenant))
+    url = f"/api/tenants/{tenant.id}"
+    set_to = client.patch(url, headers=headers, json={"landing_url": "https://Pan.example/menú"})
+    assert set_to.status_code == 200
+    assert set_to.get_json()["tenant"]["landing_url"] == "https://pan.example/men%C3%BA"
+    assert scan(client, tenant.slug).headers["Location"] == "https://pan.example/men%C3%BA"
+    cleared = client.patch(url, headers=headers, json={"landing_url": None})
+    assert cleared.get_json()["tenant"]["landing_url"] is None
+    assert scan(client, tenant.slug).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "landing_url",
+    [
+        "javascript:alert(1)",
+        "ftp://pan.example/",
+        "//pan.example/",
+        "https://",
+        "https://bank.example@evil.example/",  # credentials hide where a code leads
+        "https://pan.example/" + "a" * 2048,
+        42,
+    ],
+)
+def test_landing_url_validation(client, make_tenant, make_user, auth_headers, landing_url):
+    tenant = make_tenant()
+    response = client.patch(
+        f"/api/tenants/{tenant.id}",
+        headers=auth_headers(make_user(tenant)),
+        json={"landing_url": landing_url},
+    )
+    assert response.status_code == 422
+    assert "landing_url" in response.get_json()["errors"]
+    db.session.expire_all()
+    assert db.session.get(Tenant, tenant.id).landing_url is None
+
+
+def test_cli_sets_the_landing_url(runner):
+    args = ["tenant", "create", "--name", "Pan", "--slug", "pan"]
+    created = runner.invoke(args=[*args, "--landing-url", "https://pan.example/"])
+    assert created.exit_code == 0, created.output
+    assert '"landing_url": "https://pan.example/"' in created.output
+    refused = runner.invoke(args=[*args[:-1], "pan-2", "--landing-url", "javascript:alert(1)"])
+    assert refused.exit_code == 2 and "--landing-url" in refused.output
