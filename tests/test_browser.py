@@ -10,36 +10,23 @@ Without Chromium these tests skip, unless REQUIRE_BROWSER=1 (as CI sets) fails t
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import shutil
-import threading
-import time
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from tenant_analytics.extensions import db
-from tenant_analytics.models import Event
-
-from .conftest import REDIS_URL, TEST_HASH_KEY
-from .servers import gunicorn
-
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-if os.environ.get("REQUIRE_BROWSER") == "1":
-    assert CHROMIUM and CHROMEDRIVER, "REQUIRE_BROWSER=1 but chromium/chromedriver is missing"
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+from .browsers import (
+    api_server,
+    chromium,
+    events_when,
+    landing_pages,
+    needs_chromium,
+    stored_events,
 )
+
+pytestmark = needs_chromium
 
 PASSWORD = "s3cret-pass"  # conftest's make_user
 TRACK_LIMIT = 3  # events per tenant per minute on this server
@@ -58,56 +45,31 @@ fetch(url, init).then(
 """
 
 
-class QuietPage(SimpleHTTPRequestHandler):
-    def log_message(self, *_args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def page_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A tenant's landing page: an empty HTML page on its own origin."""
     root = tmp_path_factory.mktemp("landing")
     (root / "index.html").write_text("<!doctype html><title>Panadería</title><h1>Pan</h1>")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietPage, directory=root))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with landing_pages(root) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
 def api_port(migrated: str, page_port: int, tmp_path_factory: pytest.TempPathFactory):
     """The app under gunicorn; its dashboard origin is the page as http://localhost:<port>."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": migrated,
-        "RATELIMIT_STORAGE_URI": REDIS_URL or "memory://",
-        "RATELIMIT_KEY_PREFIX": f"browser-{uuid.uuid4().hex}",
-        "TRACK_RATE_LIMIT": f"{TRACK_LIMIT} per minute",
-        "TENANT_CACHE_SECONDS": "0",  # the suite empties its tables between tests
-        "DASHBOARD_ORIGINS": f"http://localhost:{page_port}",
-        "VISITOR_HASH_KEY": TEST_HASH_KEY,
-    }
-    settings = ["--worker-class", "gevent", "--workers", "1"]
-    log = Path(tmp_path_factory.mktemp("gunicorn")) / "gunicorn.log"
-    with gunicorn(settings, env, log) as port:
+    with api_server(
+        migrated,
+        tmp_path_factory.mktemp("gunicorn"),
+        TRACK_RATE_LIMIT=f"{TRACK_LIMIT} per minute",
+        DASHBOARD_ORIGINS=f"http://localhost:{page_port}",
+    ) as port:
         yield port
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(20)
-    yield driver
-    driver.quit()
+    with chromium() as driver:
+        yield driver
 
 
 class Page:
@@ -125,8 +87,10 @@ class Page:
 
 
 @pytest.fixture
-def open_page(browser, page_port: int, api_port: int, app):
+def open_page(api_port: int, page_port: int, browser, app):
     """Open the landing page at ``host`` (its origin); the API is on 127.0.0.1:api_port."""
+    # The API first: the browser, set up after it, quits before it, and gunicorn need not
+    # wait out the browser's keep-alive connections to stop.
 
     def _open(host: str = "127.0.0.1") -> Page:
         browser.get(f"http://{host}:{page_port}/")
@@ -145,11 +109,6 @@ def json_post(body: dict[str, Any], headers: dict[str, str] | None = None) -> di
 
 def bearer_get(token: str) -> dict[str, Any]:
     return {"method": "GET", "headers": {"Authorization": f"Bearer {token}"}}
-
-
-def stored_events(tenant_id: int) -> list[Event]:
-    db.session.remove()
-    return list(db.session.scalars(select(Event).where(Event.tenant_id == tenant_id)))
 
 
 def test_snippet_posts_an_event_from_another_origin(open_page, make_tenant, page_port):
@@ -189,10 +148,7 @@ def test_send_beacon_records_a_sale(open_page, make_tenant):
     beacon = {"tenant_slug": tenant.slug, "transaction_id": "txn-42", "value": 150.5}
     # sendBeacon posts text/plain, a "simple" request: no preflight, no answer to read.
     assert page.send_beacon("/api/v1/analytics/conversion", beacon) is True
-    deadline = time.monotonic() + 10
-    while not (events := stored_events(tenant.id)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    (event,) = events
+    (event,) = events_when(tenant.id, bool)
     assert (event.event_type, event.revenue, event.currency) == (
         "purchase",
         Decimal("150.50"),

@@ -264,6 +264,25 @@ def test_demo_runs_once_and_logs_in(runner, client):
     assert tracked.status_code == 202, tracked.get_json()
 
 
+def test_demo_landing_page_carries_the_snippet_and_its_qr_code_leads_there(runner, client):
+    assert client.get("/demo/").status_code == 404  # no demo loaded yet
+    result = runner.invoke(args=["demo", "--url", "http://127.0.0.1:5055"])
+    assert "http://127.0.0.1:5055/demo/" in result.output
+    tenant = db.session.scalar(select(Tenant).where(Tenant.slug == "demo-bakery"))
+    page = client.get("/demo/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert f'src="/static/ta.js" data-tenant="{tenant.id}"' in html
+    assert "Torta de chocolate" in html and 'data-ta-event="product_click"' in html
+    scan = client.get("/q/demo-bakery", headers={"User-Agent": "Mozilla/5.0 (Android) Mobile"})
+    assert scan.headers["Location"] == "http://127.0.0.1:5055/demo/"
+
+
+def test_no_demo_page_in_production(make_app):
+    app = make_app(APP_ENV="production", JWT_SECRET_KEY="j" * 32, VISITOR_HASH_KEY="v" * 32)
+    assert app.test_client().get("/demo/").status_code == 404
+
+
 def test_demo_never_gives_its_known_login_to_a_tenant_it_did_not_make(runner, make_tenant, client):
     make_tenant(slug="demo-bakery", name="A Real Bakery")
     result = runner.invoke(args=["demo"])

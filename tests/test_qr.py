@@ -130,6 +130,7 @@ def test_owner_gets_the_code_as_svg_or_png(client, owner):
     assert svg.mimetype == "image/svg+xml"
     assert b"<svg" in svg.data
     assert svg.headers["X-QR-Target"] == f"http://localhost/q/{tenant.slug}"
+    assert svg.cache_control.max_age in (None, 0)  # not the static files' hour
 
     png = client.get(f"/api/tenants/{tenant.id}/qr?format=png&c=mesa-3", headers=headers)
     assert png.status_code == 200

@@ -52,6 +52,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         RATELIMIT_STRATEGY="moving-window",
         RATELIMIT_SWALLOW_ERRORS=True,  # a Redis outage must not turn events away
         JWT_ERROR_MESSAGE_KEY="message",
+        # static/ta.js loads on every page view of every tenant: an hour in the browser's
+        # cache rather than a revalidation each time (a new snippet is live within the hour).
+        SEND_FILE_MAX_AGE_DEFAULT=3600,
     )
     app.config.update(from_environment())
     if config:
@@ -145,7 +148,9 @@ def _cors_resources(dashboard_origins: list[str]) -> dict[str, dict[str, Any]]:
         "max_age": 7200,
         "expose_headers": RATE_LIMIT_HEADERS,
     }
-    resources: dict[str, dict[str, Any]] = {PUBLIC_ROUTES: public}
+    # The snippet may be loaded with crossorigin (subresource integrity, error details).
+    snippet = {"origins": "*", "methods": ["GET"], "max_age": 7200}
+    resources: dict[str, dict[str, Any]] = {PUBLIC_ROUTES: public, r"/static/.*": snippet}
     if dashboard_origins:
         resources[OWNER_ROUTES] = {
             "origins": dashboard_origins,

@@ -21,7 +21,6 @@ from .storage import insert_events
 DEMO_SLUG = "demo-bakery"
 DEMO_EMAIL = "owner@demo.example"
 DEMO_PASSWORD = "demo-password"
-DEMO_LANDING_URL = "https://demo-bakery.example/"  # its QR codes' target (a reserved name)
 DEMO_HASH_KEY = "demo-data"  # demo visitors are synthetic; their hashes need no secret
 NO_WINDOW = timedelta(0)  # demo rows skip the idempotency keys a live request claims
 
@@ -127,7 +126,7 @@ def load_demo(session: Session, base_url: str = "http://127.0.0.1:5000") -> str:
             name="Panadería La Demo",
             slug=DEMO_SLUG,
             timezone="America/Tegucigalpa",
-            landing_url=DEMO_LANDING_URL,
+            landing_url=f"{base_url}/demo/",  # api/demo_site.py, the snippet on it
         )
         session.add(tenant)
         session.flush()
@@ -149,5 +148,7 @@ def load_demo(session: Session, base_url: str = "http://127.0.0.1:5000") -> str:
         "-H 'Content-Type: application/json' "
         f'-d \'{{"email": "{DEMO_EMAIL}", "password": "{DEMO_PASSWORD}"}}\' '
         "| python3 -c 'import sys, json; print(json.load(sys.stdin)[\"access_token\"])')\n"
-        f'  curl -s -H "Authorization: Bearer $TOKEN" {base_url}/api/analytics/{tenant.id}'
+        f'  curl -s -H "Authorization: Bearer $TOKEN" {base_url}/api/analytics/{tenant.id}\n'
+        f"Its landing page, with the snippet on it: {base_url}/demo/ "
+        f"(its QR code leads there: {base_url}/q/{tenant.slug})"
     )

@@ -99,7 +99,8 @@ def qr_code(tenant_id: int):
     )
     image.seek(0)
     name = f"qr-{tenant.slug}{'-' + campaign if campaign else ''}.{kind}"
-    response = send_file(image, mimetype=IMAGE_TYPES[kind], download_name=name)
+    # Not the static files' hour in any cache: the code follows the tenant's slug.
+    response = send_file(image, mimetype=IMAGE_TYPES[kind], download_name=name, max_age=0)
     response.headers["X-QR-Target"] = target
     return response
 

@@ -1,0 +1,344 @@
+"""The JavaScript snippet (static/ta.js) on a landing page in headless Chromium.
+
+The page is on one origin and includes the snippet from the API's, as a tenant's
+page does; what the snippet sends is checked where it lands, in the database. Only a
+real browser shows that a beacon survives the page navigating away to WhatsApp, that
+the capture-phase listener sees taps a page's handler stops, and that time on page
+counts visible time only.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from tenant_analytics.demo import DEMO_SLUG, load_demo
+from tenant_analytics.extensions import db
+from tenant_analytics.models import Tenant
+
+from .browsers import (
+    api_server,
+    chromium,
+    events_when,
+    landing_pages,
+    needs_chromium,
+    stored_events,
+)
+
+pytestmark = needs_chromium
+
+# Collects the page's uncaught errors: the snippet must never throw into it.
+PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>Panadería</title>
+<script>
+  window.pageErrors = [];
+  addEventListener("error", (event) => pageErrors.push(String(event.message)));
+  addEventListener("unhandledrejection", (event) => pageErrors.push(String(event.reason)));
+</script>
+{head}
+<body>{body}</body>
+"""
+
+
+@pytest.fixture(scope="module")
+def pages_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("landing")
+
+
+@pytest.fixture(scope="module")
+def page_port(pages_root: Path) -> Iterator[int]:
+    with landing_pages(pages_root) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def api_port(migrated: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    # A limit no test reaches: a page sends several events per tenant.
+    with api_server(
+        migrated, tmp_path_factory.mktemp("gunicorn"), TRACK_RATE_LIMIT="1000 per minute"
+    ) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as driver:
+        yield driver
+
+
+def test_the_snippet_is_served_as_javascript(client):
+    """A page embeds it from the API's own origin; behind a proxy that adds
+    X-Content-Type-Options: nosniff, a browser runs it only if typed as JavaScript."""
+    with client.get("/static/ta.js", headers={"Origin": "https://pan.example"}) as answer:
+        assert answer.status_code == 200
+        assert answer.mimetype in ("text/javascript", "application/javascript")
+        assert b"window.tenantAnalytics" in answer.data
+        # Every page view loads it: cached an hour, not revalidated each time; and
+        # loadable with crossorigin (subresource integrity).
+        assert answer.cache_control.max_age == 3600
+        assert answer.headers["Access-Control-Allow-Origin"] in ("*", "https://pan.example")
+
+
+class Landing:
+    """Writes a page into the landing origin and opens it in Chromium."""
+
+    def __init__(self, driver: Any, root: Path, page_port: int, api_port: int) -> None:
+        self.driver, self.root = driver, root
+        self.origin = f"http://127.0.0.1:{page_port}"
+        self.script = f"http://127.0.0.1:{api_port}/static/ta.js"
+        self.tracked: set[int] = set()  # tenants whose snippet may still send
+
+    def snippet(self, tenant: int | str | None) -> str:
+        """The tag a tenant pastes; ``tenant`` is its data-tenant (None: no attribute)."""
+        if isinstance(tenant, int):
+            self.tracked.add(tenant)
+        attribute = "" if tenant is None else f' data-tenant="{tenant}"'
+        return f'<script src="{self.script}"{attribute} defer></script>'
+
+    def write(self, body: str, head: str = "") -> str:
+        name = f"{uuid.uuid4().hex}.html"
+        (self.root / name).write_text(PAGE.format(head=head, body=body), encoding="utf-8")
+        return f"{self.origin}/{name}"
+
+    def open(
+        self, tenant: int | str | None, body: str = "<h1>Pan dulce</h1>", before: str = ""
+    ) -> str:
+        """Open a page that includes the snippet for ``tenant``; ``before`` runs first."""
+        url = self.write(body, head=before + self.snippet(tenant))
+        self.driver.get(url)
+        return url
+
+    def errors(self) -> list[str]:
+        return self.driver.execute_script("return window.pageErrors")
+
+    def click(self, element_id: str) -> None:
+        self.driver.find_element("id", element_id).click()
+
+
+@pytest.fixture
+def landing(
+    api_port: int, page_port: int, pages_root: Path, browser, app: Flask
+) -> Iterator[Landing]:
+    # The API before the browser: Chromium quits first, and gunicorn stops at once.
+    page = Landing(browser, pages_root, page_port, api_port)
+    yield page
+    # Leaving the page sends its time_on_page. Waited for here, before the tables are
+    # emptied: on SQLite the next test's tenant may get the same id, and a late beacon
+    # would be counted as its event.
+    browser.get("about:blank")
+    for tenant_id in page.tracked:
+        events_when(tenant_id, lambda events: any_of(events, "time_on_page"), timeout=5)
+
+
+def any_of(events: list[Any], event_type: str) -> bool:
+    return any(event.event_type == event_type for event in events)
+
+
+def types(events: list[Any]) -> Counter[str]:
+    return Counter(event.event_type for event in events)
+
+
+def test_loading_the_page_records_one_pageview(landing, make_tenant, page_port):
+    tenant = make_tenant()
+    landing.open(tenant.id)
+    events_when(tenant.id, bool)
+    time.sleep(0.5)  # a second pageview (on load as well as on run) would be here by now
+    (event,) = stored_events(tenant.id)
+    assert (event.event_type, event.metadata_) == ("pageview", None)
+    assert "HeadlessChrome" in event.user_agent
+    # Chromium's default policy sends another origin the page's origin only.
+    assert event.referrer == f"http://127.0.0.1:{page_port}/"
+    assert landing.errors() == []
+
+
+def test_a_whatsapp_tap_is_recorded_although_the_page_navigates_away(landing, make_tenant):
+    tenant = make_tenant()
+    landing.open(
+        tenant.id,
+        '<a id="wa" href="https://wa.me/50499998888" data-ta-location="hero">Escríbenos</a>',
+    )
+    landing.click("wa")
+    # The page is gone: Chromium shows its error page (the tests' browser resolves no
+    # outside host, see browsers.chromium).
+    deadline = time.monotonic() + 10
+    while not landing.driver.current_url.startswith("https://wa.me/"):
+        assert time.monotonic() < deadline, landing.driver.current_url
+        time.sleep(0.1)
+    events = events_when(tenant.id, lambda events: any_of(events, "click_whatsapp"))
+    (tap,) = [event for event in events if event.event_type == "click_whatsapp"]
+    assert tap.metadata_ == {"button_location": "hero"}
+
+
+TAPS = """
+<section data-ta-location="pricing">
+  <button id="toggle" data-ta-event="click_toggle_currency">USD</button>
+</section>
+<div data-ta-event="product_click" data-ta-product-id="7">
+  <span id="product">Conchas</span>
+  <a id="order" href="HTTPS://api.whatsapp.com/send?phone=50499998888">Pedir</a>
+</div>
+<a id="call" href="tel:+50422223333" data-ta-location="footer">Llamar</a>
+<button id="other" data-ta-event="pageview">Not a tap type</button>
+<a id="plain" href="#menu">Menú</a>
+<script>
+  // The page's own handlers: the currency toggle stops the event where it starts, and
+  // the order button stays on the page (preventDefault, as a chat widget would).
+  document.getElementById("toggle").addEventListener("click", (event) => {
+    event.stopPropagation();
+    event.preventDefault();
+    event.target.textContent = "HNL";
+  });
+  document.getElementById("order").addEventListener("click", (event) => event.preventDefault());
+</script>
+"""
+
+
+def test_taps_are_recorded_by_type(landing, make_tenant):
+    tenant = make_tenant()
+    landing.open(tenant.id, TAPS)
+    for element_id in ("other", "plain", "toggle", "product", "order", "call"):
+        landing.click(element_id)
+    events = events_when(tenant.id, lambda events: len(events) >= 5)
+    assert landing.errors() == []
+    taps = sorted(
+        (event.event_type, event.metadata_) for event in events if event.event_type != "pageview"
+    )
+    assert taps == [
+        ("click_call", {"button_location": "footer"}),
+        ("click_toggle_currency", {"button_location": "pricing"}),
+        ("click_whatsapp", None),  # the order link inside the product card: the nearer wins
+        ("product_click", {"product_id": 7}),
+    ]
+    assert types(events)["pageview"] == 1  # data-ta-event="pageview" is no tap
+
+
+def test_time_on_page_is_the_visible_time(landing, make_tenant):
+    tenant = make_tenant()
+    landing.open(tenant.id)
+    events_when(tenant.id, bool)  # the pageview: the snippet runs
+    time.sleep(1.5)
+    landing.driver.get(landing.write("<h1>Otra página</h1>"))  # no snippet here
+    events = events_when(tenant.id, lambda events: any_of(events, "time_on_page"))
+    (stay,) = [event for event in events if event.event_type == "time_on_page"]
+    assert 1.0 <= stay.metadata_["seconds"] <= 30, stay.metadata_
+
+
+def test_a_hidden_tab_sends_its_time_and_counts_only_the_time_after(landing, make_tenant):
+    tenant = make_tenant()
+    landing.open(tenant.id)
+    driver = landing.driver
+    first = driver.current_window_handle
+    time.sleep(1.5)
+    driver.switch_to.new_window("tab")  # the landing page's tab is hidden now
+    events_when(tenant.id, lambda events: any_of(events, "time_on_page"))
+    time.sleep(2)  # hidden: not time on the page
+    driver.close()
+    driver.switch_to.window(first)
+    time.sleep(0.5)
+    driver.get("about:blank")
+    events = events_when(tenant.id, lambda events: types(events)["time_on_page"] == 2)
+    stays = [event.metadata_["seconds"] for event in events if event.event_type == "time_on_page"]
+    assert len(stays) == 2, stays
+    assert 1.3 <= stays[0] <= 3, stays
+    assert 0.3 <= stays[1] <= 1.4, stays  # not the first 1.5 s again, nor the hidden 2 s
+
+
+def test_the_js_api_and_a_second_copy_of_the_snippet(landing, make_tenant):
+    tenant = make_tenant()
+    # Pasted twice (a theme and a plugin both add it): the page is viewed once.
+    landing.open(tenant.id, body=landing.snippet(tenant.id))
+    landing.driver.execute_script('window.tenantAnalytics.track("click_call", {"x": 1});')
+    events = events_when(tenant.id, lambda events: any_of(events, "click_call"))
+    assert sorted((event.event_type, event.metadata_) for event in events) == [
+        ("click_call", {"x": 1}),
+        ("pageview", None),
+    ]
+    assert landing.errors() == []
+
+
+def test_without_a_valid_tenant_the_snippet_does_nothing(landing, make_tenant):
+    tenant = make_tenant()
+    # "12abc" is tenant 12 to parseInt: only digits name a tenant.
+    for bad in (None, "", "0", "-1", f"{tenant.id}abc", f"{tenant.id}.5"):
+        landing.open(bad, body='<a id="call" href="tel:+50422223333">Llamar</a>')
+        assert landing.driver.execute_script("return typeof window.tenantAnalytics") == "undefined"
+        landing.click("call")
+        assert landing.errors() == []
+    # A valid page last: its pageview arrives after anything the others sent.
+    landing.open(tenant.id)
+    events_when(tenant.id, bool)
+    time.sleep(0.3)
+    assert [event.event_type for event in stored_events()] == ["pageview"]
+
+
+@pytest.mark.parametrize(
+    "no_beacon",
+    ["delete Navigator.prototype.sendBeacon;", "Navigator.prototype.sendBeacon = () => false;"],
+    ids=["missing", "refused"],
+)
+def test_without_send_beacon_a_keepalive_fetch_sends(landing, make_tenant, no_beacon):
+    tenant = make_tenant()
+    landing.open(tenant.id, before=f"<script>{no_beacon}</script>")
+    (event,) = events_when(tenant.id, bool)
+    assert event.event_type == "pageview"
+    assert landing.errors() == []
+
+
+PHONE = (
+    "Mozilla/5.0 (Linux; Android 13; SM-A135F) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36"
+)
+
+
+def test_a_qr_scan_lands_on_the_page_and_both_are_counted(landing, make_tenant, api_port):
+    """The whole loop a printed code starts: the tracked redirect counts the scan, the
+    phone lands on the tenant's page, and the snippet there counts the page view."""
+    tenant = make_tenant()
+    tenant.landing_url = landing.write("<h1>Menú</h1>", head=landing.snippet(tenant.id))
+    db.session.commit()
+    driver = landing.driver
+    # HeadlessChrome is a crawler to the redirect (not counted); a phone's browser is not.
+    own_agent = driver.execute_script("return navigator.userAgent")
+    driver.execute_cdp_cmd("Network.setUserAgentOverride", {"userAgent": PHONE})
+    try:
+        driver.get(f"http://127.0.0.1:{api_port}/q/{tenant.slug}?c=mesa-3")
+        assert driver.current_url == tenant.landing_url
+        events = events_when(tenant.id, lambda events: len(events) >= 2)
+    finally:
+        driver.execute_cdp_cmd("Network.setUserAgentOverride", {"userAgent": own_agent})
+    assert [(event.event_type, event.metadata_) for event in events] == [
+        ("qr_scan", {"campaign": "mesa-3"}),
+        ("pageview", None),
+    ]
+    assert {event.user_agent for event in events} == {PHONE}
+
+
+def test_the_demo_page_sends_what_is_tapped_on_it(landing, api_port):
+    """`make run`'s page to tap around in: served by the app (outside production) with the
+    snippet for the demo bakery, its taps reach the dashboards' events."""
+    load_demo(db.session, f"http://127.0.0.1:{api_port}")
+    db.session.commit()
+    tenant = db.session.scalar(select(Tenant).where(Tenant.slug == DEMO_SLUG))
+    before = len(stored_events(tenant.id))
+    landing.tracked.add(tenant.id)
+    landing.driver.get(f"http://127.0.0.1:{api_port}/demo/")
+    landing.click("currency")
+    assert landing.driver.find_element("id", "currency").text == "Ver en HNL"
+    landing.driver.find_element("css selector", ".product").click()
+    landing.click("whatsapp")
+    events = events_when(tenant.id, lambda events: any_of(events[before:], "click_whatsapp"))
+    new = {event.event_type: event.metadata_ for event in events[before:]}
+    assert new["pageview"] is None
+    assert new["click_toggle_currency"] is None
+    assert new["product_click"]["button_location"] == "catalogo"
+    assert isinstance(new["product_click"]["product_id"], int)
+    assert new["click_whatsapp"] == {"button_location": "contacto"}
