@@ -85,6 +85,12 @@ def test_a_crawler_is_led_on_but_not_counted(client, shop, user_agent):
     assert events_of(shop.id) == []
 
 
+def test_a_head_request_is_led_on_but_not_counted(client, shop):
+    response = client.head(f"/q/{shop.slug}", headers={"User-Agent": PHONE})
+    assert (response.status_code, response.headers["Location"]) == (302, LANDING)
+    assert events_of(shop.id) == []
+
+
 def test_scans_over_the_address_limit_still_lead_on(make_app, make_tenant):
     app = make_app(API_RATE_LIMIT="2 per minute")
     client = app.test_client()

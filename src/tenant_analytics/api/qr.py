@@ -49,13 +49,15 @@ def _campaign_arg() -> str | None:
 def scan(slug: str):
     """Count a scan of the tenant's QR code and send the visitor on to its landing page.
 
-    Not counted, but still redirected: a scan over the address's limit, a crawler, or
-    one the database could not take (the customer is never stopped at the door).
+    Not counted, but still redirected: a HEAD (a link checker, not a person), a crawler,
+    a scan over the address's limit, or one the database could not take (the customer
+    is never stopped at the door).
     """
     tenant = public_tenant_by_slug(db.session, slug) if is_tenant_slug(slug) else None
     if tenant is None or not tenant.landing_url:
         return error_response(404, NO_SUCH_CODE, code="not_found")
-    if not is_crawler(request.headers.get("User-Agent")) and qr_scan_counted():
+    person = request.method == "GET" and not is_crawler(request.headers.get("User-Agent"))
+    if person and qr_scan_counted():
         campaign = _campaign_arg()
         try:
             ingest_from_request(
