@@ -85,6 +85,33 @@ def test_a_crawler_is_led_on_but_not_counted(client, shop, user_agent):
     assert events_of(shop.id) == []
 
 
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        "a" * 8000,  # crawlerdetect alone took seconds over these
+        "1" * 8000,
+        "a-" * 4000,
+        "a" * 65,
+        PHONE + " " + "x" * 512,
+    ],
+)
+def test_a_user_agent_no_browser_sends_is_led_on_at_once_uncounted(client, shop, user_agent):
+    # Not handed to crawlerdetect (seconds of one worker's time): not counted either.
+    response = scan(client, shop.slug, user_agent)
+    assert (response.status_code, response.headers["Location"]) == (302, LANDING)
+    assert events_of(shop.id) == []
+
+
+def test_a_long_but_real_in_app_browser_is_counted(client, shop):
+    facebook = (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) Mobile/15E148 [FBAN/FBIOS;FBDV/iPhone14,5;FBMD/iPhone;"
+        "FBSN/iOS;FBSV/17.1;FBSS/3;FBID/phone;FBLC/en_US;FBOP/5;FBRV/537577562;IABMV/1]"
+    )
+    assert scan(client, shop.slug, facebook).status_code == 302
+    assert [event.event_type for event in events_of(shop.id)] == ["qr_scan"]
+
+
 def test_a_head_request_is_led_on_but_not_counted(client, shop):
     response = client.head(f"/q/{shop.slug}", headers={"User-Agent": PHONE})
     assert (response.status_code, response.headers["Location"]) == (302, LANDING)
