@@ -89,6 +89,13 @@ def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
         {"DASHBOARD_ORIGINS": "https://dash.example.com/"},  # an origin has no path
         {"DASHBOARD_ORIGINS": "https://*.example.com"},  # flask-cors: a pattern, too wide
         {"DASHBOARD_ORIGINS": "https://dash.example.com$|.*"},
+        # What printed QR codes hold: an address a phone can open, and a header can carry.
+        {"PUBLIC_URL": "stats.example.com"},
+        {"PUBLIC_URL": "javascript:alert(1)//"},
+        {"PUBLIC_URL": "https://stats.example.com/\nX-Evil: 1"},
+        {"PUBLIC_URL": "https://統計.example"},  # punycode, as a header must be ASCII
+        {"PUBLIC_URL": "https://user:pw@stats.example.com"},
+        {"PUBLIC_URL": "https://stats.example.com/?c=1"},
     ],
 )
 def test_bad_settings_are_refused(env):
@@ -106,6 +113,10 @@ def test_settings_are_read_from_the_environment():
     assert config["DASHBOARD_ORIGINS"] == ["https://dash.example.com", "http://localhost:3000"]
     assert config["WRITE_LOCK_TIMEOUT_SECONDS"] == 0.5
     assert from_environment({})["DASHBOARD_ORIGINS"] == []
+    assert from_environment({"PUBLIC_URL": " https://stats.example.com/ "})["PUBLIC_URL"] == (
+        "https://stats.example.com"
+    )
+    assert from_environment({})["PUBLIC_URL"] is None
 
 
 def test_postgres_url_spelling_is_normalized():

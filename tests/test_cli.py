@@ -274,8 +274,13 @@ def test_demo_landing_page_carries_the_snippet_and_its_qr_code_leads_there(runne
     html = page.get_data(as_text=True)
     assert f'src="/static/ta.js" data-tenant="{tenant.id}"' in html
     assert "Torta de chocolate" in html and 'data-ta-event="product_click"' in html
-    scan = client.get("/q/demo-bakery", headers={"User-Agent": "Mozilla/5.0 (Android) Mobile"})
+    phone = {"User-Agent": "Mozilla/5.0 (Android) Mobile"}
+    scan = client.get("/q/demo-bakery", headers=phone)
     assert scan.headers["Location"] == "http://127.0.0.1:5055/demo/"
+    # Served elsewhere next time (make run PORT=8080): the code leads to that page.
+    assert runner.invoke(args=["demo", "--url", "http://127.0.0.1:8080"]).exit_code == 0
+    scan = client.get("/q/demo-bakery", headers=phone)
+    assert scan.headers["Location"] == "http://127.0.0.1:8080/demo/"
 
 
 def test_no_demo_page_in_production(make_app):

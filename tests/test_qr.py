@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from tenant_analytics.auth import access_token_for
 from tenant_analytics.extensions import db
 from tenant_analytics.group_commit import GroupCommitter
 from tenant_analytics.models import Event, Tenant
@@ -198,6 +199,20 @@ def test_code_request_validation(client, owner, query, status, code):
     response = client.get(f"/api/tenants/{tenant.id}/qr{query}", headers=headers)
     assert response.status_code == status
     assert response.get_json()["error"] == code
+
+
+def test_no_code_in_production_until_the_public_url_is_set(make_app, make_tenant, make_user):
+    """Behind a proxy the request's own address may be an internal one (10.0.0.5:8000)."""
+    secrets = {"JWT_SECRET_KEY": "j" * 32, "VISITOR_HASH_KEY": "v" * 32}
+    for public_url, status in ((None, 409), ("https://stats.example.com", 200)):
+        app = make_app(APP_ENV="production", PUBLIC_URL=public_url, **secrets)
+        with app.app_context():
+            tenant = make_tenant(landing_url=LANDING)
+            headers = {"Authorization": f"Bearer {access_token_for(make_user(tenant))}"}
+            response = app.test_client().get(f"/api/tenants/{tenant.id}/qr", headers=headers)
+            assert response.status_code == status
+            if status == 409:
+                assert response.get_json()["error"] == "public_url_unset"
 
 
 def test_no_code_without_a_landing_page(client, make_tenant, make_user, auth_headers):

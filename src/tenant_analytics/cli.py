@@ -290,6 +290,7 @@ def demo_command(base_url: str) -> None:
         echo = load_demo(db.session, base_url.rstrip("/"))
     except DemoUnavailable as error:
         raise click.ClickException(f"the demo is not loaded: {error}") from None
+    db.session.commit()
     click.echo(echo)
 
 

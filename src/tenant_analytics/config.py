@@ -67,6 +67,22 @@ def _origins(env: Mapping[str, str], name: str) -> list[str]:
     return origins
 
 
+# What printed QR codes hold: a scheme, an ASCII host (punycode for others), maybe a port
+# and a path; no credentials, query or fragment, nothing a header could not carry.
+_PUBLIC_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
+
+
+def _public_url(env: Mapping[str, str]) -> str | None:
+    value = (env.get("PUBLIC_URL") or "").strip()
+    if not value:
+        return None
+    if not _PUBLIC_URL.fullmatch(value):
+        raise ConfigError(
+            f"PUBLIC_URL must be an address like https://stats.example.com, got {value!r}"
+        )
+    return value.rstrip("/")
+
+
 APP_ENVIRONMENTS = ("development", "production")
 
 
@@ -129,7 +145,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
         "DASHBOARD_ORIGINS": _origins(env, "DASHBOARD_ORIGINS"),
         # The address QR codes hold (https://stats.example.com); else the request's own.
-        "PUBLIC_URL": env.get("PUBLIC_URL") or None,
+        "PUBLIC_URL": _public_url(env),
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int(env, "JWT_ACCESS_MINUTES", 60, 1)),
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int(env, "JWT_REFRESH_DAYS", 30, 1)),
     }

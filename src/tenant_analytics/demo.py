@@ -115,7 +115,8 @@ class DemoUnavailable(Exception):
 def load_demo(session: Session, base_url: str = "http://127.0.0.1:5000") -> str:
     """Create the demo tenant, owner, products and events unless present; return how to log in.
 
-    ``base_url`` is where the server will answer, for the printed curl lines.
+    ``base_url`` is where the server will answer, for the printed curl lines and the
+    demo page its QR code leads to. The caller commits.
     """
     tenant = session.scalar(select(Tenant).where(Tenant.slug == DEMO_SLUG))
     owner = session.scalar(select(User).where(User.email == DEMO_EMAIL))
@@ -141,6 +142,8 @@ def load_demo(session: Session, base_url: str = "http://127.0.0.1:5000") -> str:
             f"a tenant {DEMO_SLUG!r} exists that the demo did not make; "
             "its known login is not given to it"
         )
+    else:  # served elsewhere this time (make run PORT=8080): its QR code follows
+        tenant.landing_url = f"{base_url}/demo/"
     return (
         f"Demo tenant {tenant.slug!r} has id {tenant.id}.\n"
         f"Log in as {DEMO_EMAIL} / {DEMO_PASSWORD}:\n"

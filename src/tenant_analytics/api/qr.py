@@ -94,6 +94,14 @@ def qr_code(tenant_id: int):
             "Set the tenant's landing_url first: the code leads there.",
             code="no_landing_url",
         )
+    if current_app.config["APP_ENV"] == "production" and not current_app.config["PUBLIC_URL"]:
+        # Behind a proxy the request's own address may be an internal one: a printed code
+        # cannot be corrected later.
+        raise ApiError(
+            409,
+            "Set PUBLIC_URL to the service's public address before printing QR codes.",
+            code="public_url_unset",
+        )
     kind = request.args.get("format", "svg")
     if kind not in IMAGE_TYPES:
         raise ApiError(
