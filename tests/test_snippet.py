@@ -265,6 +265,15 @@ def test_the_js_api_and_a_second_copy_of_the_snippet(landing, make_tenant):
     assert landing.errors() == []
 
 
+def test_an_element_named_like_the_api_does_not_silence_the_snippet(landing, make_tenant):
+    """id="tenantAnalytics" makes window.tenantAnalytics that element: not a first copy."""
+    tenant = make_tenant()
+    landing.open(tenant.id, before='<div id="tenantAnalytics"></div>')
+    (event,) = events_when(tenant.id, bool)
+    assert event.event_type == "pageview"
+    assert landing.errors() == []
+
+
 def test_without_a_valid_tenant_the_snippet_does_nothing(landing, make_tenant):
     tenant = make_tenant()
     # "12abc" is tenant 12 to parseInt: only digits name a tenant.

@@ -12,8 +12,9 @@
     return value > 0 ? value : 0;
   }
 
-  // Included twice: the first copy already counts this page.
-  if (window.tenantAnalytics) return;
+  // Included twice: the first copy already counts this page. (Checked by its API, as an
+  // element with id="tenantAnalytics" is window.tenantAnalytics too.)
+  if (window.tenantAnalytics && typeof window.tenantAnalytics.track === "function") return;
   const script = document.currentScript;
   const tenantId = positiveInteger(script && script.getAttribute("data-tenant"));
   if (!tenantId) return;
