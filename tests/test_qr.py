@@ -269,6 +269,34 @@ def test_landing_url_validation(client, make_tenant, make_user, auth_headers, la
     assert db.session.get(Tenant, tenant.id).landing_url is None
 
 
+@pytest.mark.parametrize(
+    ("public_url", "landing_url", "refused"),
+    [
+        (None, "http://localhost/q/another-shop", True),
+        (None, "http://LOCALHOST/q/another-shop?c=1", True),
+        (None, "http://localhost/demo/", False),
+        (None, "https://stats.example.com/q/x", False),
+        ("https://stats.example.com", "https://stats.example.com/q/x", True),
+        ("https://stats.example.com/a", "https://stats.example.com/a/q/x", True),
+        ("https://stats.example.com/a", "https://stats.example.com/q/x", False),
+    ],
+)
+def test_a_landing_url_may_not_loop_back_to_a_qr_redirect(
+    make_app, make_tenant, make_user, auth_headers, public_url, landing_url, refused
+):
+    app = make_app(PUBLIC_URL=public_url)
+    with app.app_context():
+        tenant = make_tenant()
+        response = app.test_client().patch(
+            f"/api/tenants/{tenant.id}",
+            headers=auth_headers(make_user(tenant)),
+            json={"landing_url": landing_url},
+        )
+        assert response.status_code == (422 if refused else 200), response.get_json()
+        if refused:
+            assert "landing_url" in response.get_json()["errors"]
+
+
 def test_cli_sets_the_landing_url(runner):
     args = ["tenant", "create", "--name", "Pan", "--slug", "pan"]
     created = runner.invoke(args=[*args, "--landing-url", "https://pan.example/"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 from functools import cache
+from urllib.parse import urlsplit
 
 import segno
 from crawlerdetect import CrawlerDetect
@@ -125,6 +126,16 @@ def qr_code(tenant_id: int):
     response = send_file(image, mimetype=IMAGE_TYPES[kind], download_name=name, max_age=0)
     response.headers["X-QR-Target"] = target
     return response
+
+
+def is_own_qr_redirect(url: str) -> bool:
+    """Whether ``url`` is one of this service's QR redirects: as a landing page it would
+    send each scan round again (and count it again)."""
+    base = current_app.config["PUBLIC_URL"] or request.host_url
+    ours = {urlsplit(request.host_url).netloc.lower(), urlsplit(base).netloc.lower()}
+    prefix = urlsplit(base).path.rstrip("/") + "/q/"
+    target = urlsplit(url)
+    return target.netloc.lower() in ours and target.path.startswith(prefix)
 
 
 def _scan_url(slug: str, campaign: str | None) -> str:

@@ -10,13 +10,14 @@ from flask import Blueprint
 from flask_jwt_extended import current_user, jwt_required
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import ApiError
+from ..errors import ApiError, invalid_body
 from ..extensions import db
 from ..models import Product, Tenant
 from ..products import create_product, list_products, product_of_tenant
 from ..rollups import lock_rollups_if_free, rebuild_rollups
 from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
 from ..tenancy import active_tenants, owned_tenant_or_404, readable_tenants
+from .qr import is_own_qr_redirect
 from .requests import parse_body
 
 bp = Blueprint("tenants", __name__, url_prefix="/api/tenants")
@@ -68,9 +69,12 @@ def get_tenant(tenant_id: int):
 @bp.patch("/<int:tenant_id>")
 @jwt_required()
 def update_tenant(tenant_id: int):
-    """Change name, timezone (IANA), currency, active or the RFM VIP threshold."""
+    """Change name, timezone (IANA), currency, active, the RFM VIP threshold or the
+    landing page its QR codes lead to."""
     tenant = owned_tenant_or_404(tenant_id)
     changes = parse_body(TenantUpdate).model_dump(exclude_unset=True)
+    if changes.get("landing_url") and is_own_qr_redirect(changes["landing_url"]):
+        raise invalid_body({"landing_url": ["may not be a QR redirect of this service (a loop)"]})
     # The rollups' days are local days: a new zone counts them again, in this request.
     rebuild = changes.get("timezone", tenant.timezone) != tenant.timezone
     # Before the tenant's row is written (a waiting PATCH would hold it, and a connection):
