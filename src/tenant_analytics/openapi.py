@@ -1,0 +1,265 @@
+"""The OpenAPI 3.1 document, built from the app's own routes and request schemas.
+
+Paths and methods come from the URL map, summaries from the views' docstrings and
+request bodies from the pydantic models the views validate with; what a route cannot
+tell (its body model, its answers, whether it needs a token) is in OPERATIONS, one
+entry per endpoint. A route without an entry fails the build, so the document cannot
+silently fall behind the API.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from . import schemas
+
+REF = "#/components/schemas/{model}"
+UNDOCUMENTED = {"static", "demo_site.landing_page", "openapi.document"}
+ERRORS = {
+    400: "Not HTTP the app can read",
+    401: "No valid token (WWW-Authenticate says why)",
+    404: "No such resource, or another tenant's",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Body too large",
+    422: "Invalid body or parameters; errors names each field",
+    429: "Rate limited; Retry-After says how long",
+    503: "The database or the limiter is away for a moment; Retry-After",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What the route itself cannot tell of an endpoint."""
+
+    answers: dict[int, str]
+    body: type[BaseModel] | None = None
+    owner: bool = False  # needs an owner's (or admin's) bearer token
+    refresh: bool = False  # needs a refresh token
+    query: dict[str, str] = field(default_factory=dict)  # name -> description
+    produces: str = "application/json"
+
+
+OWNER_READ = {200: "The figures", 401: ERRORS[401], 404: ERRORS[404]}
+OPERATIONS: dict[str, Operation] = {
+    "tracking.track": Operation(
+        {
+            201: "Stored",
+            200: "A repeat of an idempotency key: duplicate_ignored",
+            404: "Unknown or inactive tenant",
+            413: ERRORS[413],
+            422: ERRORS[422],
+            429: ERRORS[429],
+            503: ERRORS[503],
+        },
+        body=schemas.TrackEvent,
+    ),
+    "tracking.batch": Operation(
+        {
+            201: "The valid events stored; rejected lists the others and why",
+            404: "Unknown or inactive tenant",
+            413: "Over 500 KiB, or more events than the rate limit ever admits",
+            422: "No valid event, or not a batch",
+            429: ERRORS[429],
+            503: ERRORS[503],
+        },
+        body=schemas.EventBatch,
+    ),
+    "v1.track": Operation(
+        {202: "Accepted", 404: "Unknown or inactive tenant", 422: ERRORS[422], 429: ERRORS[429]},
+        body=schemas.V1TrackEvent,
+    ),
+    "v1.conversion": Operation(
+        {200: "ok when recorded (once per transaction_id), else skipped; never an error"},
+        body=schemas.ConversionBeacon,
+    ),
+    "v1.interactions": Operation(
+        {201: "Recorded", 202: "Unknown tenant or not recorded", 422: ERRORS[422]},
+        body=schemas.Interaction,
+    ),
+    "qr.scan": Operation(
+        {302: "To the tenant's landing_url; the scan counted", 404: "No such QR code"},
+        query={"c": "Which code was scanned: 1 to 64 letters, digits, '.', '_' or '-'"},
+        produces="text/html",
+    ),
+    "qr.qr_code": Operation(
+        {
+            200: "The code (X-QR-Target: the address it holds)",
+            401: ERRORS[401],
+            404: ERRORS[404],
+            409: "No landing_url yet, or PUBLIC_URL unset in production",
+            422: ERRORS[422],
+        },
+        owner=True,
+        query={"format": "svg (default) or png", "c": "The campaign the code names"},
+        produces="image/svg+xml",
+    ),
+    "auth.login": Operation(
+        {
+            200: "access_token and refresh_token",
+            401: "Invalid email or password",
+            422: ERRORS[422],
+            429: ERRORS[429],
+            503: ERRORS[503],
+        },
+        body=schemas.Login,
+    ),
+    "auth.refresh": Operation({200: "A new access_token", 401: ERRORS[401]}, refresh=True),
+    "dashboards.landing_dashboard": Operation(OWNER_READ, owner=True),
+    "dashboards.today": Operation(OWNER_READ, owner=True),
+    "store_reports.dashboard_stats": Operation(
+        {**OWNER_READ, 422: ERRORS[422]}, owner=True, query={"mode": "total (default) or unique"}
+    ),
+    "store_reports.funnel": Operation(
+        {**OWNER_READ, 422: ERRORS[422]},
+        owner=True,
+        query={
+            "start": "First local day, YYYY-MM-DD (default: 30 days before end)",
+            "end": "Last local day, YYYY-MM-DD (default: today)",
+            "source": "Only sessions from this traffic source",
+        },
+    ),
+    "store_reports.rfm": Operation(OWNER_READ, owner=True),
+    "store_reports.alerts": Operation(OWNER_READ, owner=True),
+    "tenants.list_tenants": Operation({200: "The caller's tenants", 401: ERRORS[401]}, owner=True),
+    "tenants.get_tenant": Operation(OWNER_READ, owner=True),
+    "tenants.update_tenant": Operation(
+        {
+            200: "The tenant as changed",
+            401: ERRORS[401],
+            404: ERRORS[404],
+            409: "A rebuild of its rollups is running",
+            422: ERRORS[422],
+        },
+        body=schemas.TenantUpdate,
+        owner=True,
+    ),
+    "tenants.get_products": Operation(OWNER_READ, owner=True),
+    "tenants.add_product": Operation(
+        {201: "Created", 401: ERRORS[401], 404: ERRORS[404], 409: "Slug taken", 422: ERRORS[422]},
+        body=schemas.ProductCreate,
+        owner=True,
+    ),
+    "tenants.update_product": Operation(
+        {200: "Changed", 401: ERRORS[401], 404: ERRORS[404], 409: "Slug taken", 422: ERRORS[422]},
+        body=schemas.ProductUpdate,
+        owner=True,
+    ),
+    "tenants.delete_product": Operation(
+        {200: "Deactivated", 401: ERRORS[401], 404: ERRORS[404]}, owner=True
+    ),
+}
+CONVERTER = re.compile(r"<(?:(\w+):)?(\w+)>")
+
+
+def _path_and_parameters(rule: str) -> tuple[str, list[dict[str, Any]]]:
+    parameters = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer"} if converter == "int" else {"type": "string"},
+        }
+        for converter, name in CONVERTER.findall(rule)
+    ]
+    return CONVERTER.sub(r"{\2}", rule), parameters
+
+
+def _answer(status: int, description: str, operation: Operation) -> dict[str, Any]:
+    if status >= 400:
+        media = {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}
+        return {"description": description, "content": media}
+    if status < 300 and operation.produces != "text/html":
+        return {"description": description, "content": {operation.produces: {}}}
+    return {"description": description}
+
+
+def _without_null_defaults(schema: Any) -> Any:
+    """The schema without ``"default": null`` where null is no valid value: the settings
+    models (``TenantUpdate``) use None for "not sent", which JSON cannot say."""
+    if isinstance(schema, dict):
+        cleaned = {key: _without_null_defaults(value) for key, value in schema.items()}
+        nullable = {"type": "null"} in cleaned.get("anyOf", []) or cleaned.get("type") == "null"
+        if cleaned.get("default", ...) is None and not nullable:
+            del cleaned["default"]
+        return cleaned
+    if isinstance(schema, list):
+        return [_without_null_defaults(item) for item in schema]
+    return schema
+
+
+def build_document(app: Flask) -> dict[str, Any]:
+    """The OpenAPI document of ``app``'s routes (KeyError for an undocumented one)."""
+    models = sorted({op.body for op in OPERATIONS.values() if op.body}, key=lambda m: m.__name__)
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in models], ref_template=REF
+    )
+    components: dict[str, Any] = {
+        "schemas": {**_without_null_defaults(definitions.get("$defs", {})), "Error": ERROR_SCHEMA},
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+    }
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
+        if rule.endpoint in UNDOCUMENTED:
+            continue
+        operation = OPERATIONS[rule.endpoint]
+        path, parameters = _path_and_parameters(rule.rule)
+        view = app.view_functions[rule.endpoint]
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            entry: dict[str, Any] = {
+                "operationId": rule.endpoint.replace(".", "_"),
+                "summary": (view.__doc__ or "").strip().split("\n")[0],
+                "tags": [rule.endpoint.split(".")[0]],
+                "parameters": parameters
+                + [
+                    {"name": name, "in": "query", "required": False, "description": text}
+                    | {"schema": {"type": "string"}}
+                    for name, text in operation.query.items()
+                ],
+                "responses": {
+                    str(status): _answer(status, text, operation)
+                    for status, text in sorted(operation.answers.items())
+                },
+            }
+            if operation.body is not None:
+                schema = {"$ref": REF.format(model=operation.body.__name__)}
+                entry["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": schema}},
+                }
+            if operation.owner or operation.refresh:
+                entry["security"] = [{"bearer": []}]
+            paths.setdefault(path, {})[method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tenant-analytics",
+            "version": "1",
+            "description": "Multi-tenant, privacy-first analytics for small businesses. "
+            "Every error has one shape (Error).",
+        },
+        "paths": paths,
+        "components": components,
+    }
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["success", "error", "message"],
+    "properties": {
+        "success": {"const": False},
+        "error": {"type": "string", "description": "A code: validation_error, not_found, …"},
+        "message": {"type": "string"},
+        "errors": {
+            "type": "object",
+            "description": "Validation failures: each field's messages",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+}

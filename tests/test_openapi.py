@@ -1,0 +1,67 @@
+"""The OpenAPI document: valid, complete, and built from the schemas the API validates with."""
+
+from __future__ import annotations
+
+import pytest
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+
+from tenant_analytics.openapi import UNDOCUMENTED, build_document
+
+
+@pytest.fixture
+def document(client):
+    response = client.get("/api/openapi.json")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def test_the_document_is_valid_openapi(document):
+    validate(document)  # raises on any violation of OpenAPI 3.1
+    assert document["openapi"] == "3.1.0"
+
+
+def test_every_route_and_method_is_documented(app, document):
+    documented = {
+        (path, method.upper()) for path, item in document["paths"].items() for method in item
+    }
+    served = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in UNDOCUMENTED:
+            continue
+        path = rule.rule.replace("<int:", "{").replace("<", "{").replace(">", "}")
+        served |= {(path, method) for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert documented == served
+
+
+def test_an_undocumented_route_fails_the_build(make_app):
+    app = make_app()
+    app.add_url_rule("/api/new-thing", "new_thing", lambda: "")
+    with pytest.raises(KeyError, match="new_thing"):
+        build_document(app)
+
+
+def test_owner_endpoints_ask_for_a_token_and_tracking_does_not(document):
+    paths = document["paths"]
+    assert paths["/api/tenants/{tenant_id}"]["patch"]["security"] == [{"bearer": []}]
+    assert paths["/api/analytics/{tenant_id}/rfm"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in paths["/api/analytics/track"]["post"]
+    assert "security" not in paths["/q/{slug}"]["get"]
+
+
+def test_body_schemas_are_what_the_api_accepts(client, make_tenant, document):
+    schemas = document["components"]["schemas"]
+    track = Draft202012Validator(schemas["TrackEvent"])
+    tenant = make_tenant()
+    good = {"tenant_id": tenant.id, "event_type": "click_whatsapp", "metadata": {"b": "hero"}}
+    bad = {"tenant_id": tenant.id, "event_type": "click_everything"}
+    assert track.is_valid(good) and not track.is_valid(bad)
+    assert client.post("/api/analytics/track", json=good).status_code == 201
+    assert client.post("/api/analytics/track", json=bad).status_code == 422
+    body = document["paths"]["/api/analytics/track"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TrackEvent"
+    }
+    # The one error shape every 4xx has.
+    error = Draft202012Validator(schemas["Error"])
+    assert error.is_valid(client.post("/api/analytics/track", json=bad).get_json())
