@@ -818,6 +818,47 @@ def test_rfm_of_empty_tenant(app, make_tenant):
     assert rfm(make_tenant()) == {}
 
 
+def rfm_report(tenant: Tenant, **page: Any) -> dict[str, Any]:
+    return dict(
+        rfm_segments(
+            db.session,
+            tenant_id=tenant.id,
+            zone=TEGUCIGALPA,
+            now=NOW,
+            vip_threshold=Decimal("100000"),
+            **page,
+        )
+    )
+
+
+def test_rfm_pages_cover_every_customer_once(app, customers):
+    everyone = list(rfm(customers))
+    paged, sizes, offset = [], [], 0
+    while offset is not None:
+        report = rfm_report(customers, offset=offset, limit=4)
+        assert report["total"] == 11 and report["limit"] == 4
+        paged += [row["visitor_id"] for row in report["rfm"]]
+        sizes.append(len(report["rfm"]))
+        offset = report["next_offset"]
+    assert sizes == [4, 4, 3]
+    assert paged == everyone
+    past_the_end = rfm_report(customers, offset=50, limit=4)
+    assert (past_the_end["rfm"], past_the_end["next_offset"]) == ([], None)
+
+
+def test_rfm_counts_every_segment_and_lists_one(app, customers):
+    counts = {"VIP": 2, "Loyal": 5, "At Risk": 2, "Lost": 2}
+    report = rfm_report(customers, segment="At Risk")
+    assert report["segments"] == counts
+    assert [row["visitor_id"] for row in report["rfm"]] == ["risk31", "risk60"]
+    assert (report["total"], report["next_offset"]) == (2, None)
+    counts_only = rfm_report(customers, limit=0)
+    assert (counts_only["rfm"], counts_only["segments"]) == ([], counts)
+    assert (counts_only["total"], counts_only["next_offset"]) == (11, 0)
+    empty = rfm_report(customers, segment="VIP", offset=2)
+    assert (empty["rfm"], empty["total"], empty["segments"]["VIP"]) == ([], 2, 2)
+
+
 # -- alerts ---------------------------------------------------------------------------
 
 
@@ -1135,6 +1176,43 @@ def test_rfm_endpoint_uses_the_tenant_threshold(
     ]
     assert body["end_date"] == f"{utcnow().date()}T23:59:59"
     assert body["start_date"] == f"{utcnow().date() - timedelta(days=89)}T00:00:00"
+
+
+def test_rfm_endpoint_pages_and_filters(client, owner, store_events):
+    tenant, headers = owner
+    recent = utcnow() - timedelta(seconds=2)
+    store_events(tenant, [buy(f"c{i}", recent, str(10 + i)) for i in range(5)])
+    url = f"/api/analytics/{tenant.id}/rfm"
+
+    body = client.get(url, query_string={"limit": 2, "offset": 1}, headers=headers).get_json()
+    assert [row["visitor_id"] for row in body["rfm"]] == ["c3", "c2"]  # biggest first
+    assert (body["total"], body["offset"], body["limit"], body["next_offset"]) == (5, 1, 2, 3)
+    assert body["segments"] == {"VIP": 0, "Loyal": 5, "At Risk": 0, "Lost": 0}
+    for name in ("loyal", "Leal", " LEAL "):
+        body = client.get(url, query_string={"segment": name}, headers=headers).get_json()
+        assert body["total"] == 5, name
+    body = client.get(url, query_string={"segment": "en riesgo"}, headers=headers).get_json()
+    assert (body["rfm"], body["total"]) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"limit": "\uff11"}, "limit"),  # a full-width 1: isdigit() alone would take it
+        ({"offset": "9" * 5000}, "offset"),  # int() refuses over 4300 digits: once a 500
+        ({"offset": "1.5"}, "offset"),
+        ({"segment": "gold"}, "segment"),
+    ],
+)
+def test_rfm_endpoint_rejects_bad_arguments(client, owner, query, field):
+    tenant, headers = owner
+    response = client.get(f"/api/analytics/{tenant.id}/rfm", query_string=query, headers=headers)
+    assert response.status_code == 422
+    body = response.get_json()
+    assert body["error"] == "validation_error" and list(body["errors"]) == [field]
 
 
 def test_alerts_endpoint(client, owner, store_events):

@@ -125,7 +125,15 @@ OPERATIONS: dict[str, Operation] = {
             "source": "Only sessions from this traffic source",
         },
     ),
-    "store_reports.rfm": Operation(OWNER_READ, owner=True),
+    "store_reports.rfm": Operation(
+        {**OWNER_READ, 422: ERRORS[422]},
+        owner=True,
+        query={
+            "segment": "Only this segment: VIP, Loyal, At Risk or Lost (or the Spanish label)",
+            "limit": "Customers per page, 0 to 1000 (default 1000)",
+            "offset": "Customers to skip (default 0); next_offset gives the next page",
+        },
+    ),
     "store_reports.alerts": Operation(OWNER_READ, owner=True),
     "tenants.list_tenants": Operation({200: "The caller's tenants", 401: ERRORS[401]}, owner=True),
     "tenants.get_tenant": Operation(OWNER_READ, owner=True),

@@ -22,6 +22,7 @@ ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # Far enough from date.min/max that a local day's UTC bounds never overflow.
 EARLIEST_DATE, LATEST_DATE = date(1970, 1, 1), date(9999, 12, 30)
 SOURCE_MAX = 100  # events.source
+OFFSET_MAX = 10**9  # past any customer list
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -58,6 +59,37 @@ def _date_arg(name: str) -> date | None:
             name, f"{name} must be a date as YYYY-MM-DD from {EARLIEST_DATE} to {LATEST_DATE}."
         )
     return day
+
+
+def _count_arg(name: str, default: int, most: int) -> int:
+    """``?<name>=`` as a whole number from 0 to ``most``; 422 otherwise."""
+    value = request.args.get(name)
+    if value is None:
+        return default
+    digits = value.isascii() and value.isdigit() and len(value) <= len(str(most))
+    if not digits or int(value) > most:
+        raise _invalid(name, f"{name} must be a whole number from 0 to {most}.")
+    return int(value)
+
+
+# English and Spanish names, any case: ?segment=vip, ?segment=En%20riesgo
+SEGMENT_NAMES = {
+    name.casefold(): segment
+    for segment, label in store.SEGMENT_LABELS.items()
+    for name in (segment, label)
+}
+
+
+def _segment_arg() -> str | None:
+    """``?segment=``: an RFM segment to list alone; 422 when it names none."""
+    value = request.args.get("segment")
+    if value is None:
+        return None
+    segment = SEGMENT_NAMES.get(value.strip().casefold())
+    if segment is None:
+        names = ", ".join(store.SEGMENT_LABELS)
+        raise _invalid("segment", f"segment must be one of {names} (or the Spanish label).")
+    return segment
 
 
 @bp.get("/api/analytics/<int:tenant_id>/dashboard-stats")
@@ -99,8 +131,12 @@ def funnel(tenant_id: int):
 @bp.get("/api/analytics/<int:tenant_id>/rfm")
 @jwt_required()
 def rfm(tenant_id: int):
-    """Recency, frequency, monetary and segment of each signed-in buyer over 90 days."""
+    """Recency, frequency, monetary and segment of each signed-in buyer over 90 days,
+    a page at a time (``?limit=`` up to 1000, ``?offset=``), of one ``?segment=`` if named."""
     tenant = owned_tenant_or_404(tenant_id)
+    segment = _segment_arg()
+    limit = _count_arg("limit", store.RFM_PAGE_MAX, store.RFM_PAGE_MAX)
+    offset = _count_arg("offset", 0, OFFSET_MAX)
     return store.rfm_segments(
         db.session,
         tenant_id=tenant.id,
@@ -108,6 +144,9 @@ def rfm(tenant_id: int):
         now=utcnow(),
         vip_threshold=tenant.vip_monetary_threshold,
         currency=tenant.currency,
+        segment=segment,
+        offset=offset,
+        limit=limit,
     )
 
 

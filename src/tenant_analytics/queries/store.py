@@ -934,6 +934,7 @@ VIP_MAX_RECENCY = 7
 VIP_MIN_FREQUENCY = 2
 LOYAL_MAX_RECENCY = 30
 AT_RISK_MAX_RECENCY = 60
+RFM_PAGE_MAX = 1000  # customers per answer; ``offset`` pages through the rest
 
 
 class RfmCustomer(TypedDict):
@@ -946,10 +947,15 @@ class RfmCustomer(TypedDict):
 
 
 class RfmReport(TypedDict):
-    rfm: list[RfmCustomer]
+    rfm: list[RfmCustomer]  # one page of them
     start_date: str
     end_date: str
     currency: str  # of every monetary figure
+    segments: dict[str, int]  # customers in each segment, all of them
+    total: int  # customers listed over all pages (of ``segment`` when one is asked)
+    offset: int
+    limit: int
+    next_offset: int | None  # None on the last page
 
 
 def rfm_segment(recency: int, frequency: int, monetary: Decimal, vip_threshold: Decimal) -> str:
@@ -971,13 +977,17 @@ def rfm_segments(
     now: datetime,
     vip_threshold: Decimal,
     currency: str = DEFAULT_CURRENCY,
+    segment: str | None = None,
+    offset: int = 0,
+    limit: int = RFM_PAGE_MAX,
 ) -> RfmReport:
     """Recency, frequency and monetary value of each signed-in buyer over 90 local days.
 
     Recency is whole local days from the last purchase to today; frequency the
     purchase events; monetary their revenue in ``currency`` (the tenant's, that of
     the VIP threshold; a purchase in another currency is not added in). Biggest
-    spenders first.
+    spenders first (then by id, so pages do not overlap); only those of ``segment``
+    when one is named, ``limit`` of them from ``offset``.
     """
     days = last_days(zone, now, RFM_DAYS)
     today = days[-1].date
@@ -994,21 +1004,36 @@ def rfm_segments(
         .order_by(desc(monetary), Event.user_id)
     ).all()
     customers = []
+    segments = dict.fromkeys(SEGMENT_LABELS, 0)
     for user_id, last_purchase, frequency, spent in rows:
         recency = (today - last_purchase.astimezone(zone).date()).days
-        segment = rfm_segment(recency, frequency, Decimal(spent), vip_threshold)
+        customer_segment = rfm_segment(recency, frequency, Decimal(spent), vip_threshold)
+        segments[customer_segment] += 1
+        if segment is not None and customer_segment != segment:
+            continue
         customers.append(
             RfmCustomer(
                 visitor_id=user_id,
                 recency=recency,
                 frequency=frequency,
                 monetary=_money(Decimal(spent)),
-                segment=segment,
-                segmento=SEGMENT_LABELS[segment],
+                segment=customer_segment,
+                segmento=SEGMENT_LABELS[customer_segment],
             )
         )
     start_date, end_date = _local_bounds(days)
-    return RfmReport(rfm=customers, start_date=start_date, end_date=end_date, currency=currency)
+    end = offset + limit
+    return RfmReport(
+        rfm=customers[offset:end],
+        start_date=start_date,
+        end_date=end_date,
+        currency=currency,
+        segments=segments,
+        total=len(customers),
+        offset=offset,
+        limit=limit,
+        next_offset=end if end < len(customers) else None,
+    )
 
 
 # -- smart alerts -------------------------------------------------------------------
