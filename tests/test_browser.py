@@ -49,7 +49,9 @@ fetch(url, init).then(
 def page_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A tenant's landing page: an empty HTML page on its own origin."""
     root = tmp_path_factory.mktemp("landing")
-    (root / "index.html").write_text("<!doctype html><title>Panadería</title><h1>Pan</h1>")
+    (root / "index.html").write_text(
+        '<!doctype html><meta charset="utf-8"><title>Panadería</title><h1>Pan</h1>'
+    )
     with landing_pages(root) as port:
         yield port
 
@@ -60,8 +62,20 @@ def api_port(migrated: str, page_port: int, tmp_path_factory: pytest.TempPathFac
     with api_server(
         migrated,
         tmp_path_factory.mktemp("gunicorn"),
-        TRACK_RATE_LIMIT=f"{TRACK_LIMIT} per minute",
         DASHBOARD_ORIGINS=f"http://localhost:{page_port}",
+    ) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def throttled_api_port(migrated: str, tmp_path_factory: pytest.TempPathFactory):
+    """The app with a tight tracking limit, for one test: the suite resets a Redis
+    limiter between tests but cannot reach this process's memory:// one, and SQLite
+    gives the next test's tenant the same id, so a shared server would still count."""
+    with api_server(
+        migrated,
+        tmp_path_factory.mktemp("gunicorn"),
+        TRACK_RATE_LIMIT=f"{TRACK_LIMIT} per minute",
     ) as port:
         yield port
 
@@ -88,13 +102,13 @@ class Page:
 
 @pytest.fixture
 def open_page(api_port: int, page_port: int, browser, app):
-    """Open the landing page at ``host`` (its origin); the API is on 127.0.0.1:api_port."""
+    """Open the landing page at ``host`` (its origin); the API is on 127.0.0.1:``api``."""
     # The API first: the browser, set up after it, quits before it, and gunicorn need not
     # wait out the browser's keep-alive connections to stop.
 
-    def _open(host: str = "127.0.0.1") -> Page:
+    def _open(host: str = "127.0.0.1", api: int = api_port) -> Page:
         browser.get(f"http://{host}:{page_port}/")
-        return Page(browser, f"http://127.0.0.1:{api_port}")
+        return Page(browser, f"http://127.0.0.1:{api}")
 
     return _open
 
@@ -130,9 +144,9 @@ def test_snippet_posts_an_event_from_another_origin(open_page, make_tenant, page
     assert event.visitor_hash  # hashed; the address itself is stored nowhere
 
 
-def test_snippet_can_read_retry_after_when_throttled(open_page, make_tenant):
+def test_snippet_can_read_retry_after_when_throttled(open_page, throttled_api_port, make_tenant):
     tenant = make_tenant()
-    page = open_page()
+    page = open_page(api=throttled_api_port)
     body = json_post({"tenant_id": tenant.id, "event_type": "pageview"})
     answers = [page.fetch("/api/analytics/track", body) for _ in range(TRACK_LIMIT + 1)]
     assert [answer.get("status") for answer in answers] == [201] * TRACK_LIMIT + [429]
@@ -173,3 +187,39 @@ def test_owner_api_answers_the_dashboard_origin_only(open_page, make_tenant, mak
     landing = open_page("127.0.0.1")
     assert "TypeError" in landing.fetch("/api/tenants", bearer_get(token)).get("error", "")
     assert "TypeError" in landing.fetch("/api/auth/login", login).get("error", "")
+
+
+PHONE = (
+    "Mozilla/5.0 (Linux; Android 13; SM-A135F) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36"
+)
+
+
+@pytest.fixture
+def phone(browser) -> Iterator[Any]:
+    """Chromium as a phone: HeadlessChrome is a bot to the QR redirect, and not counted."""
+    browser.execute_cdp_cmd("Network.setUserAgentOverride", {"userAgent": PHONE})
+    try:
+        yield browser
+    finally:
+        browser.execute_cdp_cmd("Network.setUserAgentOverride", {"userAgent": ""})  # no override
+        assert "HeadlessChrome" in browser.execute_script("return navigator.userAgent")
+
+
+def test_qr_scan_takes_a_phone_to_the_landing_page(api_port, page_port, phone, make_tenant):
+    landing = f"http://localhost:{page_port}/"
+    shop, retired = make_tenant(landing_url=landing), make_tenant()
+    retired_slug, retired_id = retired.slug, retired.id  # stored_events ends the session
+    phone.get(f"http://127.0.0.1:{api_port}/q/{shop.slug}?c=mesa-3")
+    assert (phone.current_url, phone.title) == (landing, "Panadería")
+    (scan,) = stored_events(shop.id)  # committed before the redirect was sent
+    assert (scan.event_type, scan.metadata_, scan.user_agent) == (
+        "qr_scan",
+        {"campaign": "mesa-3"},
+        PHONE,
+    )
+    # A code whose tenant has no landing page: a page the customer can read, not JSON.
+    phone.get(f"http://127.0.0.1:{api_port}/q/{retired_slug}")
+    heading = phone.find_element("tag name", "h1").text
+    assert heading == "Este código QR ya no lleva a ninguna página"
+    assert stored_events(retired_id) == []

@@ -71,6 +71,31 @@ def test_scan_of_no_code_is_a_404(client, make_tenant, which):
     assert db.session.scalars(select(Event)).all() == []
 
 
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+@pytest.mark.parametrize(
+    "accept, html",
+    [
+        (BROWSER_ACCEPT, True),  # a phone's browser, straight from the camera
+        ("*/*", False),  # curl
+        ("application/json", False),
+        ("application/json, text/html;q=0.5", False),
+        (None, False),
+    ],
+)
+def test_no_such_code_is_a_page_for_a_browser(client, make_tenant, accept, html):
+    tenant = make_tenant()  # no landing page: its printed codes lead nowhere
+    headers = {"User-Agent": PHONE, **({"Accept": accept} if accept else {})}
+    response = client.get(f"/q/{tenant.slug}", headers=headers)
+    assert response.status_code == 404
+    if html:
+        assert response.mimetype == "text/html"
+        assert "Este código QR ya no lleva a ninguna página" in response.get_data(as_text=True)
+    else:
+        assert response.get_json()["error"] == "not_found"
+
+
 @pytest.mark.parametrize(
     "user_agent",
     [

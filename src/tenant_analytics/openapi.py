@@ -84,7 +84,10 @@ OPERATIONS: dict[str, Operation] = {
         body=schemas.Interaction,
     ),
     "qr.scan": Operation(
-        {302: "To the tenant's landing_url; the scan counted", 404: "No such QR code"},
+        {
+            302: "To the tenant's landing_url; the scan counted",
+            404: "No such QR code: a page for a browser (Accept: text/html), else JSON",
+        },
         query={"c": "Which code was scanned: 1 to 64 letters, digits, '.', '_' or '-'"},
         produces="text/html",
     ),

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import segno
 from crawlerdetect import CrawlerDetect
-from flask import Blueprint, current_app, redirect, request, send_file, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, send_file, url_for
 from flask_jwt_extended import jwt_required
 
 from ..catalogue import QR_SCAN
@@ -52,6 +52,13 @@ def is_crawler(user_agent: str | None) -> bool:
     return _crawlers().isCrawler(user_agent)
 
 
+def _no_such_code():
+    """A 404 a person with a phone can read; JSON, as everywhere, for any other client."""
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+        return render_template("qr_not_found.html"), 404
+    return error_response(404, NO_SUCH_CODE, code="not_found")
+
+
 def _campaign_arg() -> str | None:
     campaign = request.args.get("c")
     return campaign if campaign and CAMPAIGN.fullmatch(campaign) else None
@@ -67,7 +74,7 @@ def scan(slug: str):
     """
     tenant = public_tenant_by_slug(db.session, slug) if is_tenant_slug(slug) else None
     if tenant is None or not tenant.landing_url:
-        return error_response(404, NO_SUCH_CODE, code="not_found")
+        return _no_such_code()
     # The address's limit first: it also bounds the crawler check each address can ask for.
     counted = request.method == "GET" and qr_scan_counted()
     if counted and not is_crawler(request.headers.get("User-Agent")):
