@@ -304,6 +304,18 @@ def test_landing_url_validation(client, make_tenant, make_user, auth_headers, la
         ("https://stats.example.com", "https://stats.example.com/q/x", True),
         ("https://stats.example.com/a", "https://stats.example.com/a/q/x", True),
         ("https://stats.example.com/a", "https://stats.example.com/q/x", False),
+        # Spelled as the server reads them: gunicorn decodes the path, werkzeug merges //
+        (None, "http://localhost/%71/another-shop", True),
+        (None, "http://localhost/q%2Fanother-shop", True),
+        (None, "http://localhost//q/another-shop", True),
+        (None, "http://localhost/q/another-shop/", True),  # werkzeug routes it to /q/<slug>
+        ("https://stats.example.com", "https://stats.example.com/%71/x", True),
+        ("https://stats.example.com", "https://STATS.example.com:8443/q/x", True),
+        # Loopback in any spelling is this machine, and never a business's page
+        ("https://stats.example.com", "http://127.0.0.1:5077/q/x", True),
+        ("https://stats.example.com", "http://[::1]:5077/q/x", True),
+        ("https://stats.example.com", "http://app.localhost/q/x", True),
+        ("https://stats.example.com", "http://127.0.0.1:5077/demo/", False),
     ],
 )
 def test_a_landing_url_may_not_loop_back_to_a_qr_redirect(
@@ -329,3 +341,21 @@ def test_cli_sets_the_landing_url(runner):
     assert '"landing_url": "https://pan.example/"' in created.output
     refused = runner.invoke(args=[*args[:-1], "pan-2", "--landing-url", "javascript:alert(1)"])
     assert refused.exit_code == 2 and "--landing-url" in refused.output
+
+
+@pytest.mark.parametrize(
+    "landing_url",
+    [
+        "http://127.0.0.1:5000/q/pan-2",
+        "http://localhost:5000/%71/pan",
+        "https://stats.example.com//q/x",
+    ],
+)
+def test_cli_refuses_a_landing_url_that_loops(make_app, landing_url):
+    app = make_app(PUBLIC_URL="https://stats.example.com")
+    args = ["tenant", "create", "--name", "Pan", "--slug", "pan-2", "--landing-url", landing_url]
+    refused = app.test_cli_runner().invoke(args=args)
+    assert refused.exit_code == 2, refused.output
+    assert "'--landing-url': may not be a QR redirect" in refused.output
+    with app.app_context():
+        assert db.session.scalars(select(Tenant)).all() == []

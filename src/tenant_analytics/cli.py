@@ -19,6 +19,7 @@ from .auth import create_user, set_password
 from .errors import validation_errors
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
+from .landing_urls import is_own_qr_redirect
 from .models import TENANT_SLUG_LENGTH, Tenant, User, is_tenant_slug, utcnow
 from .partitions import create_ahead, purge_before
 from .postgres_writer import limit_lock_waits, lock_timed_out
@@ -118,6 +119,11 @@ def create_tenant(
 ) -> None:
     """Create a tenant and print it as one line of JSON."""
     settings = validated(TenantUpdate, name=name, landing_url=landing_url)
+    own = [current_app.config["PUBLIC_URL"]] if current_app.config["PUBLIC_URL"] else []
+    if settings.landing_url and is_own_qr_redirect(settings.landing_url, own, current_app.url_map):
+        raise click.BadParameter(
+            "may not be a QR redirect of this service (a loop)", param_hint="'--landing-url'"
+        )
     tenant = Tenant(
         name=settings.name,
         slug=slug,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import re
 from functools import cache
-from urllib.parse import urlsplit
 
 import segno
 from crawlerdetect import CrawlerDetect
 from flask import Blueprint, current_app, redirect, render_template, request, send_file, url_for
 from flask_jwt_extended import jwt_required
 
+from .. import landing_urls
 from ..catalogue import QR_SCAN
 from ..errors import ApiError, error_response
 from ..extensions import db
@@ -136,13 +136,10 @@ def qr_code(tenant_id: int):
 
 
 def is_own_qr_redirect(url: str) -> bool:
-    """Whether ``url`` is one of this service's QR redirects: as a landing page it would
-    send each scan round again (and count it again)."""
-    base = current_app.config["PUBLIC_URL"] or request.host_url
-    ours = {urlsplit(request.host_url).netloc.lower(), urlsplit(base).netloc.lower()}
-    prefix = urlsplit(base).path.rstrip("/") + "/q/"
-    target = urlsplit(url)
-    return target.netloc.lower() in ours and target.path.startswith(prefix)
+    """Whether ``url`` leads back into one of this service's QR redirects (see
+    ``landing_urls``), judged by PUBLIC_URL and the address this request came in on."""
+    bases = [current_app.config["PUBLIC_URL"] or request.host_url, request.host_url]
+    return landing_urls.is_own_qr_redirect(url, bases, current_app.url_map)
 
 
 def _scan_url(slug: str, campaign: str | None) -> str:

@@ -1,0 +1,65 @@
+"""Where a tenant's QR codes may lead: anywhere but back into one of this service's own
+QR redirects, which would send every scan round again and count it each time."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, RequestRedirect
+
+QR_SCAN_ENDPOINT = "qr.scan"
+
+
+def is_loopback(host: str | None) -> bool:
+    """localhost in any of its spellings: to a phone, its own self, never a business."""
+    host = (host or "").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _endpoint(url_map: Map, host: str, path: str) -> str | None:
+    """The endpoint this app would serve ``path`` with, after its own redirects
+    (``//q/x`` merged to ``/q/x``); None when it serves none."""
+    adapter = url_map.bind(host or "localhost")
+    for _ in range(3):
+        try:
+            endpoint, _args = adapter.match(path, method="GET")
+        except RequestRedirect as moved:
+            path = unquote(urlsplit(moved.new_url).path)
+            continue
+        except HTTPException:
+            return None
+        return str(endpoint)
+    return None
+
+
+def is_own_qr_redirect(url: str, own_bases: Iterable[str], url_map: Map) -> bool:
+    """Whether ``url`` reaches a QR redirect of this service.
+
+    ``own_bases`` are the addresses the service answers on (its ``PUBLIC_URL``, the
+    one a request came in on); a loopback host counts as one of them whatever its
+    port. The path is read as the server reads it: percent-decoded (``/%71/x`` is
+    ``/q/x``) and routed by the app's own URL map, slashes merged as it merges them.
+    """
+    target = urlsplit(url)
+    host = (target.hostname or "").lower()
+    path = unquote(target.path) or "/"
+    prefixes = {""} if is_loopback(host) else set()
+    for base in own_bases:
+        ours = urlsplit(base)
+        if host == (ours.hostname or "").lower():
+            prefixes.add(ours.path.rstrip("/"))
+    for prefix in prefixes:
+        if prefix and not (path == prefix or path.startswith(prefix + "/")):
+            continue
+        if _endpoint(url_map, host, path[len(prefix) :] or "/") == QR_SCAN_ENDPOINT:
+            return True
+    return False
