@@ -103,12 +103,23 @@ def test_no_such_code_is_a_page_for_a_browser(client, make_tenant, accept, html)
         "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
         "TelegramBot (like TwitterBot)",
         "Googlebot/2.1 (+http://www.google.com/bot.html)",
+        "",  # no browser sends none: a script
+        "   ",
     ],
 )
 def test_a_crawler_is_led_on_but_not_counted(client, shop, user_agent):
     response = scan(client, shop.slug, user_agent)
     assert (response.status_code, response.headers["Location"]) == (302, LANDING)
     assert events_of(shop.id) == []
+
+
+def test_a_scan_without_user_agent_is_led_on_but_not_counted(client, shop):
+    response = client.get(f"/q/{shop.slug}")  # the test client sends a User-Agent...
+    assert events_of(shop.id) != []  # ...of its own (Werkzeug/…), which counts
+    environ = {"HTTP_USER_AGENT": None}
+    response = client.get(f"/q/{shop.slug}", environ_overrides=environ)
+    assert (response.status_code, response.headers["Location"]) == (302, LANDING)
+    assert len(events_of(shop.id)) == 1
 
 
 @pytest.mark.parametrize(

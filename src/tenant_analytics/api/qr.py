@@ -44,9 +44,10 @@ LONG_WORD = re.compile(r"[A-Za-z0-9_-]{65}")
 
 
 def is_crawler(user_agent: str | None) -> bool:
-    """Link previews (WhatsApp, Facebook, Telegram) and bots fetch a shared link too."""
-    if not user_agent:
-        return False
+    """Link previews (WhatsApp, Facebook, Telegram) and bots fetch a shared link too;
+    every phone's browser names itself, so a request that names nothing is a script."""
+    if not user_agent or not user_agent.strip():
+        return True
     if len(user_agent) > USER_AGENT_MAX or LONG_WORD.search(user_agent):
         return True
     return _crawlers().isCrawler(user_agent)
