@@ -65,3 +65,34 @@ def test_body_schemas_are_what_the_api_accepts(client, make_tenant, document):
     # The one error shape every 4xx has.
     error = Draft202012Validator(schemas["Error"])
     assert error.is_valid(client.post("/api/analytics/track", json=bad).get_json())
+
+
+def test_summaries_are_whole_first_paragraphs(document):
+    patch = document["paths"]["/api/tenants/{tenant_id}"]["patch"]
+    assert patch["summary"] == (
+        "Change name, timezone (IANA), currency, active, the RFM VIP threshold or the "
+        "landing page its QR codes lead to."
+    )
+
+
+def test_answers_every_endpoint_can_give_are_listed(document):
+    paths = document["paths"]
+    for path, method in [
+        ("/api/tenants/{tenant_id}", "patch"),
+        ("/api/v1/interactions", "post"),
+        ("/api/v1/analytics/track", "post"),
+    ]:
+        assert {"413", "415", "503"} <= set(paths[path][method]["responses"]), path
+    assert "429" in paths["/api/v1/interactions"]["post"]["responses"]
+    assert "503" in paths["/api/analytics/{tenant_id}"]["get"]["responses"]
+    # The beacon answers 200 to everything, as it says.
+    assert set(paths["/api/v1/analytics/conversion"]["post"]["responses"]) == {"200"}
+
+
+def test_an_integer_transaction_id_is_in_the_beacons_schema(client, make_tenant, document):
+    beacon = Draft202012Validator(document["components"]["schemas"]["ConversionBeacon"])
+    sent = {"tenant_slug": make_tenant().slug, "transaction_id": 12345, "value": 10}
+    assert beacon.is_valid(sent)
+    assert not beacon.is_valid({**sent, "transaction_id": ""})
+    answer = client.post("/api/v1/analytics/conversion", json=sent).get_json()
+    assert answer == {"status": "ok", "transaction_id": 12345}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -242,6 +243,45 @@ def preflight(client, path, origin, method="POST", headers=None):
     if headers:
         request_headers["Access-Control-Request-Headers"] = headers
     return client.options(path, headers=request_headers)
+
+
+@pytest.mark.parametrize(
+    "path, coding",
+    [
+        ("/api/analytics/track", "gzip"),
+        ("/api/analytics/batch", "gzip"),
+        ("/api/analytics/track", "br"),  # a plain body that claims br was stored as sent
+        ("/api/v1/interactions", "deflate, gzip"),
+    ],
+)
+def test_a_compressed_body_is_415_not_read_as_json(client, make_tenant, path, coding):
+    tenant = make_tenant()
+    event = {"tenant_id": tenant.id, "event_type": "pageview", "type": "view"}
+    body = {"tenant_id": tenant.id, "events": [event]} if path.endswith("batch") else event
+    raw = json.dumps(body).encode()
+    response = client.post(
+        path,
+        data=gzip.compress(raw) if "gzip" in coding else raw,
+        headers={"Content-Type": "application/json", "Content-Encoding": coding},
+    )
+    assert response.status_code == 415
+    assert response.headers["Accept-Encoding"] == "identity"
+    assert response.get_json()["error"] == "unsupported_content_encoding"
+    assert db.session.scalars(select(Event)).all() == []
+    plain = client.post(
+        path, data=raw, headers={"Content-Type": "application/json", "Content-Encoding": "identity"}
+    )
+    assert plain.status_code in (201, 202)
+
+
+def test_the_conversion_beacon_skips_a_compressed_body_with_200(client, make_tenant):
+    beacon = json.dumps({"tenant_slug": make_tenant().slug, "transaction_id": "t1", "value": 5})
+    response = client.post(
+        "/api/v1/analytics/conversion",
+        data=gzip.compress(beacon.encode()),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert (response.status_code, response.get_json()["status"]) == (200, "skipped")
 
 
 def test_cors_allows_any_origin_on_tracking(client):

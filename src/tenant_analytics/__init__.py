@@ -97,6 +97,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         )
 
     from .api import register_blueprints
+    from .api.requests import refuse_encoded_bodies
     from .auth import canonical_bearer_scheme, register_jwt_callbacks
     from .cli import register_commands
     from .errors import register_error_handlers
@@ -104,6 +105,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     register_error_handlers(app)
     app.before_request(canonical_bearer_scheme)
+    app.before_request(refuse_encoded_bodies)
     app.after_request(rate_limit_headers)
     register_jwt_callbacks(jwt)
     register_blueprints(app)

@@ -9,6 +9,7 @@ silently fall behind the API.
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from . import schemas
+from .api.requests import NEVER_REFUSED
 
 REF = "#/components/schemas/{model}"
 UNDOCUMENTED = {"static", "demo_site.landing_page", "openapi.document"}
@@ -28,6 +30,7 @@ ERRORS = {
     405: "Method not allowed",
     409: "Conflict",
     413: "Body too large",
+    415: "A compressed body (Content-Encoding): send it as it is",
     422: "Invalid body or parameters; errors names each field",
     429: "Rate limited; Retry-After says how long",
     503: "The database or the limiter is away for a moment; Retry-After",
@@ -80,7 +83,12 @@ OPERATIONS: dict[str, Operation] = {
         body=schemas.ConversionBeacon,
     ),
     "v1.interactions": Operation(
-        {201: "Recorded", 202: "Unknown tenant or not recorded", 422: ERRORS[422]},
+        {
+            201: "Recorded",
+            202: "Unknown tenant or not recorded",
+            422: ERRORS[422],
+            429: ERRORS[429],
+        },
         body=schemas.Interaction,
     ),
     "qr.scan": Operation(
@@ -182,6 +190,23 @@ def _path_and_parameters(rule: str) -> tuple[str, list[dict[str, Any]]]:
     return CONVERTER.sub(r"{\2}", rule), parameters
 
 
+def _summary(docstring: str | None) -> str:
+    """The docstring's first paragraph, on one line."""
+    first = inspect.cleandoc(docstring or "").split("\n\n")[0]
+    return " ".join(first.split())
+
+
+def _answers(endpoint: str, operation: Operation) -> dict[int, str]:
+    """The operation's own answers and those every endpoint of its kind can give: a body
+    too large or compressed, and the database away (the beacon answers 200 to all)."""
+    if endpoint in NEVER_REFUSED:
+        return operation.answers
+    common = {503: ERRORS[503]}
+    if operation.body is not None:
+        common |= {413: ERRORS[413], 415: ERRORS[415]}
+    return common | operation.answers
+
+
 def _answer(status: int, description: str, operation: Operation) -> dict[str, Any]:
     if status >= 400:
         media = {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}
@@ -225,7 +250,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             entry: dict[str, Any] = {
                 "operationId": rule.endpoint.replace(".", "_"),
-                "summary": (view.__doc__ or "").strip().split("\n")[0],
+                "summary": _summary(view.__doc__),
                 "tags": [rule.endpoint.split(".")[0]],
                 "parameters": parameters
                 + [
@@ -235,7 +260,7 @@ def build_document(app: Flask) -> dict[str, Any]:
                 ],
                 "responses": {
                     str(status): _answer(status, text, operation)
-                    for status, text in sorted(operation.answers.items())
+                    for status, text in sorted(_answers(rule.endpoint, operation).items())
                 },
             }
             if operation.body is not None:

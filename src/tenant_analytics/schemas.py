@@ -23,6 +23,7 @@ from pydantic import (
     UrlConstraints,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic_extra_types.currency_code import ISO4217
@@ -239,7 +240,19 @@ class ConversionBeacon(Body):
     """``POST /api/v1/analytics/conversion``: anything unusable is skipped, never an error."""
 
     tenant_slug: Annotated[Text, Field(min_length=1, max_length=TENANT_SLUG_LENGTH)]
-    transaction_id: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
+    # An integer order number is taken as its text (below): the schema says both.
+    transaction_id: Annotated[
+        Annotated[Text, Field(min_length=1, max_length=128)] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": 128},
+                    {"type": "integer"},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = None
     value: RoundedMoney = Decimal(0)
     currency: Currency | None = None
     event: Literal[V1_TRACK_TYPES] = PURCHASE  # type: ignore[valid-type]

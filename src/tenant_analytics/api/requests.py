@@ -7,16 +7,37 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from flask import current_app, request
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..config import BODY_MAX_BYTES
-from ..errors import invalid_body, validation_errors
+from ..errors import error_response, invalid_body, validation_errors
 from ..extensions import db
 from ..ingestion import ClientInfo, IngestResult, NewEvent, TenantRef, ingest
 from ..tenancy import active_tenants, request_body
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+
+# The conversion beacon answers 200 whatever it is sent (see v1.conversion).
+NEVER_REFUSED = {"v1.conversion"}
+
+
+def refuse_encoded_bodies() -> ResponseReturnValue | None:
+    """415 for a body in a content coding (gzip, br) this service does not decode: read
+    as it stands it would be refused as bad JSON, or, were it valid, taken as sent."""
+    if request.method in ("GET", "HEAD", "OPTIONS") or request.endpoint in NEVER_REFUSED:
+        return None
+    if request.headers.get("Content-Encoding", "").strip().lower() in ("", "identity"):
+        return None
+    response, status = error_response(
+        415,
+        "Send the body uncompressed: no Content-Encoding is accepted.",
+        code="unsupported_content_encoding",
+    )
+    response.headers["Accept-Encoding"] = "identity"  # RFC 7694
+    return response, status
 
 
 def parse_body(schema: type[SchemaT], *, max_bytes: int = BODY_MAX_BYTES) -> SchemaT:
