@@ -172,6 +172,66 @@ def test_user_set_password_signs_in_with_the_new_one_and_ends_old_tokens(
     assert missing.exit_code == 1 and "nobody@example.com" in missing.output
 
 
+def json_lines(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def test_tenant_and_user_list_print_one_line_each(runner, make_tenant, make_user):
+    first, second = make_tenant(slug="uno"), make_tenant(slug="dos", active=False)
+    owner = make_user(first, second)
+    admin = make_user(admin=True)
+    tenants = runner.invoke(args=["tenant", "list"])
+    assert tenants.exit_code == 0, tenants.output
+    assert [(t["id"], t["slug"], t["active"]) for t in json_lines(tenants.output)] == [
+        (first.id, "uno", True),
+        (second.id, "dos", False),
+    ]
+    users = json_lines(runner.invoke(args=["user", "list"]).output)
+    assert [(u["email"], u["tenants"], u["is_admin"]) for u in users] == [
+        (owner.email, sorted([first.id, second.id]), False),
+        (admin.email, [], True),
+    ]
+
+
+def test_user_grant_and_revoke_change_what_the_token_reads(
+    runner, client, make_tenant, make_user, auth_headers
+):
+    mine, other = make_tenant(), make_tenant()
+    user = make_user(mine)
+    email, headers, other_id = user.email, auth_headers(user), other.id
+    assert client.get(f"/api/analytics/{other_id}", headers=headers).status_code == 404
+    granted = runner.invoke(args=["user", "grant", "--email", email, "--tenant", str(other_id)])
+    assert granted.exit_code == 0, granted.output
+    assert json.loads(granted.output)["tenants"] == sorted([mine.id, other_id])
+    assert client.get(f"/api/analytics/{other_id}", headers=headers).status_code == 200
+    again = runner.invoke(args=["user", "grant", "--email", email, "--tenant", str(other_id)])
+    assert json.loads(again.output)["tenants"] == sorted([mine.id, other_id])  # no twice
+    revoked = runner.invoke(args=["user", "revoke", "--email", email, "--tenant", str(other_id)])
+    assert json.loads(revoked.output)["tenants"] == [mine.id]
+    assert client.get(f"/api/analytics/{other_id}", headers=headers).status_code == 404
+    assert client.get(f"/api/analytics/{mine.id}", headers=headers).status_code == 200
+    unknown = runner.invoke(args=["user", "grant", "--email", email, "--tenant", "999999"])
+    assert unknown.exit_code == 1 and "no tenant with id 999999" in unknown.output
+
+
+def test_user_delete_ends_its_tokens_and_keeps_its_tenants(
+    runner, client, make_tenant, make_user, auth_headers
+):
+    tenant = make_tenant()
+    user = make_user(tenant)
+    email, headers, tenant_id = user.email, auth_headers(user), tenant.id
+    assert client.get(f"/api/analytics/{tenant_id}", headers=headers).status_code == 200
+    deleted = runner.invoke(args=["user", "delete", "--email", email])
+    assert deleted.exit_code == 0, deleted.output
+    assert json.loads(deleted.output)["deleted"] is True
+    assert client.get(f"/api/analytics/{tenant_id}", headers=headers).status_code == 401
+    db.session.expire_all()
+    assert db.session.get(Tenant, tenant_id) is not None
+    assert db.session.scalar(select(User).where(User.email == email)) is None
+    again = runner.invoke(args=["user", "delete", "--email", email])
+    assert again.exit_code == 1 and email in again.output
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [

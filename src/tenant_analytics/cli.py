@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from email_validator import EmailNotValidError, validate_email
@@ -56,9 +56,24 @@ def validated(schema: type[Schema], **options: Any) -> Schema:
         ) from None
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
     raise SystemExit(1)
+
+
+def user_by_email(email: str) -> User:
+    user = db.session.scalar(select(User).where(User.email == email))
+    if user is None:
+        fail(f"no user with email {email!r}")
+    return user
+
+
+def tenants_by_id(tenant_ids: tuple[int, ...]) -> list[Tenant]:
+    tenants = list(db.session.scalars(select(Tenant).where(Tenant.id.in_(tenant_ids))))
+    missing = sorted(set(tenant_ids) - {t.id for t in tenants})
+    if missing:
+        fail(f"no tenant with id {', '.join(map(str, missing))}")
+    return tenants
 
 
 def valid_timezone(_ctx: Any, _param: Any, value: str) -> str:
@@ -140,6 +155,13 @@ def create_tenant(
     echo_json(tenant.to_dict())
 
 
+@tenant_cli.command("list")
+def list_tenants() -> None:
+    """Every tenant, one line of JSON each, by id."""
+    for tenant in db.session.scalars(select(Tenant).order_by(Tenant.id)):
+        echo_json(tenant.to_dict())
+
+
 @user_cli.command("create")
 @click.option("--email", required=True, callback=valid_email)
 @click.option(
@@ -153,10 +175,7 @@ def create_user_command(
     email: str, password: str | None, tenant_ids: tuple[int, ...], admin: bool
 ) -> None:
     """Create a user owning the given tenants and print it as one line of JSON."""
-    tenants = list(db.session.scalars(select(Tenant).where(Tenant.id.in_(tenant_ids))))
-    missing = sorted(set(tenant_ids) - {t.id for t in tenants})
-    if missing:
-        fail(f"no tenant with id {', '.join(map(str, missing))}")
+    tenants = tenants_by_id(tenant_ids)
     if db.session.scalar(select(User).where(User.email == email)):
         fail(f"a user with email {email!r} already exists")
     password = password_or_prompt(password)
@@ -173,12 +192,53 @@ def create_user_command(
 )
 def set_password_command(email: str, password: str | None) -> None:
     """Change a user's password, which also ends every token issued to it before."""
-    user = db.session.scalar(select(User).where(User.email == email))
-    if user is None:
-        fail(f"no user with email {email!r}")
+    user = user_by_email(email)
     set_password(user, password_or_prompt(password, "New password"))
     db.session.commit()
     echo_json(user.to_dict())
+
+
+@user_cli.command("list")
+def list_users() -> None:
+    """Every user, one line of JSON each, by id."""
+    for user in db.session.scalars(select(User).order_by(User.id)):
+        echo_json(user.to_dict())
+
+
+@user_cli.command("grant")
+@click.option("--email", required=True, callback=valid_email)
+@click.option("--tenant", "tenant_ids", type=int, multiple=True, required=True)
+def grant_tenants(email: str, tenant_ids: tuple[int, ...]) -> None:
+    """Let the user own these tenants too; print the user."""
+    user = user_by_email(email)
+    for tenant in tenants_by_id(tenant_ids):
+        if tenant not in user.tenants:
+            user.tenants.append(tenant)
+    db.session.commit()
+    echo_json(user.to_dict())
+
+
+@user_cli.command("revoke")
+@click.option("--email", required=True, callback=valid_email)
+@click.option("--tenant", "tenant_ids", type=int, multiple=True, required=True)
+def revoke_tenants(email: str, tenant_ids: tuple[int, ...]) -> None:
+    """Take these tenants from the user, from its very next request; print the user."""
+    user = user_by_email(email)
+    revoked = set(tenant_ids)
+    user.tenants = [tenant for tenant in user.tenants if tenant.id not in revoked]
+    db.session.commit()
+    echo_json(user.to_dict())
+
+
+@user_cli.command("delete")
+@click.option("--email", required=True, callback=valid_email)
+def delete_user(email: str) -> None:
+    """Delete the user: every token issued to it stops working (401). Its tenants and
+    their data stay."""
+    user = user_by_email(email)
+    echo_json({**user.to_dict(), "deleted": True})
+    db.session.delete(user)
+    db.session.commit()
 
 
 @product_cli.command("create")
