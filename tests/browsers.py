@@ -26,7 +26,7 @@ from sqlalchemy import select
 from tenant_analytics.extensions import db
 from tenant_analytics.models import Event
 
-from .conftest import REDIS_URL, TEST_HASH_KEY
+from .conftest import REDIS_URL, TEST_HASH_KEY, TEST_JWT_KEY
 from .servers import gunicorn
 
 CHROMIUM = shutil.which("chromium")
@@ -67,6 +67,7 @@ def api_server(database_url: str, log_dir: Path, **settings: str) -> Iterator[in
         "RATELIMIT_KEY_PREFIX": f"browser-{uuid.uuid4().hex}",
         "TENANT_CACHE_SECONDS": "0",  # the suite empties its tables between tests
         "VISITOR_HASH_KEY": TEST_HASH_KEY,
+        "JWT_SECRET_KEY": TEST_JWT_KEY,
         **settings,
     }
     workers = ["--worker-class", "gevent", "--workers", "1"]

@@ -27,6 +27,7 @@ from tenant_analytics.models import Tenant, User, utcnow
 from tenant_analytics.storage import insert_events
 
 TEST_HASH_KEY = "test-visitor-hash-key-0123456789abcdef"
+TEST_JWT_KEY = "test-jwt-key-0123456789abcdef-0123456789"  # not instance/dev-secrets.json
 # The store columns a test event may set (``store_events``).
 STORE_COLUMNS = (
     "session_id",
@@ -79,6 +80,7 @@ def app_config(database_url: str, **overrides: Any) -> dict[str, Any]:
         "TESTING": True,
         "SQLALCHEMY_DATABASE_URI": database_url,
         "VISITOR_HASH_KEY": TEST_HASH_KEY,
+        "JWT_SECRET_KEY": TEST_JWT_KEY,
         "RATELIMIT_STORAGE_URI": REDIS_URL or "memory://",
         # The limiter keeps the first prefix it sees; counters are reset after each test.
         "RATELIMIT_KEY_PREFIX": RATE_LIMIT_PREFIX,

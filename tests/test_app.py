@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_production_refuses_development_secrets(monkeypatch):
     monkeypatch.setenv("SECRET_KEY", "x" * 40)
     monkeypatch.delenv("JWT_SECRET_KEY", raising=False)
     monkeypatch.delenv("VISITOR_HASH_KEY", raising=False)
-    with pytest.raises(ConfigError, match="JWT_SECRET_KEY, VISITOR_HASH_KEY"):
+    with pytest.raises(ConfigError, match="without secrets: JWT_SECRET_KEY, VISITOR_HASH_KEY"):
         create_app()
 
 
@@ -52,7 +53,7 @@ def test_production_refuses_development_secrets(monkeypatch):
 def test_production_is_recognised_however_spelt(monkeypatch, spelling):
     monkeypatch.setenv("APP_ENV", spelling)
     monkeypatch.delenv("JWT_SECRET_KEY", raising=False)
-    with pytest.raises(ConfigError, match="development secrets"):
+    with pytest.raises(ConfigError, match="without secrets"):
         create_app()
 
 
@@ -62,6 +63,30 @@ def test_production_refuses_short_secrets(monkeypatch):
     monkeypatch.setenv("VISITOR_HASH_KEY", "v" * 32)
     with pytest.raises(ConfigError, match=r"under 32 bytes: JWT_SECRET_KEY$"):
         create_app()
+
+
+def test_development_without_secrets_makes_random_ones_once_per_instance(monkeypatch, tmp_path):
+    for name in ("APP_ENV", "FLASK_ENV", "JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "one").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    first, again = create_app(), create_app()
+    keys = {name: first.config[name] for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY")}
+    # A worker started next, or the CLI, signs and hashes with the same keys...
+    assert keys == {name: again.config[name] for name in keys}
+    assert keys["JWT_SECRET_KEY"] != keys["VISITOR_HASH_KEY"]
+    assert all(len(key) >= 32 for key in keys.values())
+    kept = tmp_path / "one" / "instance" / "dev-secrets.json"
+    assert json.loads(kept.read_text()) == keys
+    assert kept.stat().st_mode & 0o777 == 0o600  # readable by its owner only
+    # ...and another checkout has its own: no key is written in the code.
+    (tmp_path / "two").mkdir()
+    monkeypatch.chdir(tmp_path / "two")
+    elsewhere = create_app()
+    assert all(elsewhere.config[name] != key for name, key in keys.items())
+    # A key that is set is used as it is.
+    monkeypatch.setenv("JWT_SECRET_KEY", "j" * 40)
+    assert create_app().config["JWT_SECRET_KEY"] == "j" * 40
 
 
 def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):

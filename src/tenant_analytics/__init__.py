@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .config import (
     MAX_CONTENT_LENGTH,
     check_production_secrets,
+    fill_development_secrets,
     from_environment,
     normalize_database_url,
 )
@@ -72,6 +73,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
         app.config["SQLALCHEMY_DATABASE_URI"]
     )
+    fill_development_secrets(app.config, app.instance_path)
     check_production_secrets(app.config)
     cooperate_with_gevent()
 

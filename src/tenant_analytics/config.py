@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from limits import parse as parse_rate_limit
 
-DEV_SECRET_DEFAULT = "dev-only-insecure-secret-do-not-use-in-production"
 # The keys that sign tokens and hash visitors. Flask's SECRET_KEY is not among them
 # and not read: nothing uses it (no cookie sessions, see NoCookieSessions).
 SECRET_SETTINGS = ("JWT_SECRET_KEY", "VISITOR_HASH_KEY")
+# Outside production, keys left unset are made at random once and kept here, in the
+# instance folder: a default written in the code would let anyone who reads it sign
+# an admin's token on a server started without APP_ENV.
+DEV_SECRETS_FILE = "dev-secrets.json"
 # HMAC-SHA256 keys shorter than its 32-byte output weaken it (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
 
@@ -128,8 +133,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "APP_ENV": _app_env(env),
         "SQLALCHEMY_DATABASE_URI": database_url or None,
-        "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY", DEV_SECRET_DEFAULT),
-        "VISITOR_HASH_KEY": env.get("VISITOR_HASH_KEY", DEV_SECRET_DEFAULT),
+        "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY") or None,
+        "VISITOR_HASH_KEY": env.get("VISITOR_HASH_KEY") or None,
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
         "RATELIMIT_KEY_PREFIX": env.get("RATELIMIT_KEY_PREFIX", "tenant-analytics"),
         "RATELIMIT_ENABLED": _flag(env, "RATELIMIT_ENABLED", True),
@@ -151,15 +156,40 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     }
 
 
+def development_secrets(instance_path: str) -> dict[str, str]:
+    """The instance folder's own random keys, made by the first process to ask."""
+    path = os.path.join(instance_path, DEV_SECRETS_FILE)
+    if not os.path.exists(path):
+        os.makedirs(instance_path, exist_ok=True)
+        made = {name: secrets.token_urlsafe(48) for name in SECRET_SETTINGS}
+        draft = f"{path}.{os.getpid()}"
+        with open(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+            json.dump(made, file)
+        try:
+            os.link(draft, path)  # never replaces: two workers starting at once agree
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    with open(path) as file:
+        return json.load(file)
+
+
+def fill_development_secrets(config: dict[str, Any], instance_path: str) -> None:
+    """Outside production, give each unset secret the instance folder's random key."""
+    missing = [name for name in SECRET_SETTINGS if not config.get(name)]
+    if missing and config.get("APP_ENV") != "production":
+        made = development_secrets(instance_path)
+        config.update({name: made[name] for name in missing})
+
+
 def check_production_secrets(config: Mapping[str, Any]) -> None:
-    """Refuse to run in production while a secret is its development default or short."""
+    """Refuse to run in production without secrets of its own, or with short ones."""
     if config.get("APP_ENV") != "production":
         return
-    weak = [name for name in SECRET_SETTINGS if config.get(name) in (None, "", DEV_SECRET_DEFAULT)]
-    if weak:
-        raise ConfigError(
-            "refusing to start in production with development secrets: " + ", ".join(weak)
-        )
+    unset = [name for name in SECRET_SETTINGS if not config.get(name)]
+    if unset:
+        raise ConfigError("refusing to start in production without secrets: " + ", ".join(unset))
     short = [name for name in SECRET_SETTINGS if len(config[name].encode()) < MIN_SECRET_BYTES]
     if short:
         raise ConfigError(
