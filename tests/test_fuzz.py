@@ -49,6 +49,7 @@ from tenant_analytics.catalogue import (
 )
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.models import Event, Tenant, User, utcnow
+from tenant_analytics.privacy import referrer_origin
 from tenant_analytics.products import create_product
 from tenant_analytics.queries import landing, store
 from tenant_analytics.rollups import rebuild_rollups
@@ -844,7 +845,7 @@ class Ingestion:
             if "User-Agent" in headers:  # the test client sends its own otherwise
                 user_agent = headers["User-Agent"]
                 assert row.user_agent == (user_agent[:512] if user_agent else None), where
-            referrer = headers.get("Referer")
+            referrer = referrer_origin(headers.get("Referer"))
             assert row.referrer == (referrer[:1024] if referrer else None), where
             moment = found.get("created_at")
             if moment is None or moment > started:  # now (a beacon's moment: its own)

@@ -351,3 +351,155 @@ def test_the_demo_page_sends_what_is_tapped_on_it(landing, api_port):
     assert new["product_click"]["button_location"] == "catalogo"
     assert isinstance(new["product_click"]["product_id"], int)
     assert new["click_whatsapp"] == {"button_location": "contacto"}
+
+
+STAY = "<script>document.addEventListener('click', (event) => event.preventDefault());</script>"
+
+
+def taps_of(tenant_id: int, count: int) -> list[tuple[str, Any]]:
+    """The tenant's events other than page views, once ``count`` of them are in."""
+    events = events_when(
+        tenant_id, lambda events: sum(e.event_type != "pageview" for e in events) >= count
+    )
+    time.sleep(0.3)  # one more would be here by now
+    events = stored_events(tenant_id)
+    return [(e.event_type, e.metadata_) for e in events if e.event_type != "pageview"]
+
+
+def test_calls_queued_by_a_stub_before_the_snippet_runs_are_sent(landing, make_tenant):
+    tenant = make_tenant()
+    stub = (
+        "<script>window.tenantAnalytics = window.tenantAnalytics ||"
+        " {q: [], track: function () { this.q.push(arguments); }};"
+        ' tenantAnalytics.track("click_call", {"from": "inline"});</script>'
+    )
+    landing.open(tenant.id, before=stub)  # the snippet is deferred: it runs after
+    assert taps_of(tenant.id, 1) == [("click_call", {"from": "inline"})]
+    assert types(stored_events(tenant.id))["pageview"] == 1  # the stub is no first copy
+    landing.driver.execute_script('tenantAnalytics.track("click_whatsapp");')
+    assert taps_of(tenant.id, 2)[-1] == ("click_whatsapp", None)
+    assert landing.errors() == []
+
+
+def test_one_tap_on_a_label_counts_once(landing, make_tenant):
+    tenant = make_tenant()
+    body = (
+        '<label id="switch" data-ta-event="click_toggle_currency">'
+        '<input type="checkbox" id="box"> HNL</label>'
+        '<div data-ta-event="product_click" data-ta-product-id="3">'
+        '<input type="radio" id="size" name="s"><label for="size" id="size-label">M</label></div>'
+    )
+    landing.open(tenant.id, body)
+    landing.click("switch")
+    landing.click("size-label")
+    assert taps_of(tenant.id, 2) == [
+        ("click_toggle_currency", None),
+        ("product_click", {"product_id": 3}),
+    ]
+    assert landing.driver.find_element("id", "box").is_selected()  # the page still works
+
+
+WHATSAPP_LINKS = """
+<a id="l1" href="http://wa.me/50411">1</a>
+<a id="l2" href="//wa.me/50422">2</a>
+<a id="l3" href="https://www.wa.me/50433">3</a>
+<a id="l4" href="https://web.whatsapp.com/send?phone=50444">4</a>
+<a id="l5" href="https://www.whatsapp.com/send?phone=50455">5</a>
+<a id="l6" href="https://chat.whatsapp.com/AbCdEf">6</a>
+<a id="l7" href="https://wa.me/50477" data-ta-event="">7</a>
+<a id="l8" href="tel:+50488"><span id="l8-icon" data-ta-event="phone_icon">8</span></a>
+<a id="n1" href="https://whatsapp.com/blog">not a chat</a>
+<a id="n2" href="https://shop.example/wa.me/1">not WhatsApp</a>
+"""
+
+
+def test_every_form_of_whatsapp_link_is_a_tap(landing, make_tenant):
+    tenant = make_tenant()
+    landing.open(tenant.id, WHATSAPP_LINKS, before=STAY)
+    for element_id in ("n1", "n2", "l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8-icon"):
+        landing.click(element_id)
+    # A data-ta-event that is empty or no tap type leaves the link what it is.
+    assert Counter(event_type for event_type, _ in taps_of(tenant.id, 8)) == {
+        "click_whatsapp": 7,
+        "click_call": 1,
+    }
+
+
+def test_taps_inside_an_open_shadow_root_and_middle_clicks_count(landing, make_tenant):
+    tenant = make_tenant()
+    widget = (
+        "<chat-widget></chat-widget><script>"
+        "const root = document.querySelector('chat-widget').attachShadow({mode: 'open'});"
+        'root.innerHTML = \'<a href="https://wa.me/50499" data-ta-location="widget">'
+        "<b>Chat</b></a>';"
+        "root.querySelector('a').addEventListener('click', (e) => e.preventDefault());"
+        "</script><a id='call' href='tel:+50411'>Llamar</a>"
+    )
+    landing.open(tenant.id, widget)
+    landing.driver.execute_script(
+        "document.querySelector('chat-widget').shadowRoot.querySelector('b').click();"
+    )
+    for button in (1, 2):  # the middle button opens a new tab; the right one a menu
+        landing.driver.execute_script(
+            "document.getElementById('call').dispatchEvent(new MouseEvent('auxclick',"
+            " {button: arguments[0], bubbles: true, composed: true}));",
+            button,
+        )
+    assert taps_of(tenant.id, 2) == [
+        ("click_whatsapp", {"button_location": "widget"}),
+        ("click_call", None),
+    ]
+
+
+def test_a_prerendered_page_counts_its_view_when_shown(landing, make_tenant):
+    tenant = make_tenant()
+    # Chromium prerenders only from speculation rules; its document says so as here.
+    prerendering = (
+        "<script>window.shown = false; Object.defineProperty(document, 'prerendering',"
+        " {get: () => !window.shown});</script>"
+    )
+    landing.open(tenant.id, before=prerendering)
+    landing.driver.execute_script("return 1")  # the deferred snippet has run
+    time.sleep(0.5)
+    assert stored_events(tenant.id) == []  # nobody has seen it yet
+    landing.driver.execute_script(
+        "window.shown = true; document.dispatchEvent(new Event('prerenderingchange'));"
+    )
+    (event,) = events_when(tenant.id, bool)
+    assert event.event_type == "pageview"
+
+
+def test_a_page_back_from_the_back_forward_cache_is_viewed_again(landing, make_tenant):
+    tenant = make_tenant()
+    landing.open(tenant.id)
+    events_when(tenant.id, bool)
+    landing.driver.execute_script(
+        "dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}));"
+        "dispatchEvent(new PageTransitionEvent('pageshow', {persisted: false}));"
+    )
+    events = events_when(tenant.id, lambda events: types(events)["pageview"] == 2)
+    time.sleep(0.3)
+    assert types(stored_events(tenant.id))["pageview"] == 2, events
+
+
+def test_the_snippet_as_a_module_script(landing, make_tenant):
+    """A module has no document.currentScript: the tag is found by its data-tenant."""
+    tenant = make_tenant()
+    landing.tracked.add(tenant.id)
+    tag = f'<script type="module" src="{landing.script}" data-tenant="{tenant.id}"></script>'
+    landing.driver.get(landing.write("<h1>Pan</h1>", head=tag))
+    (event,) = events_when(tenant.id, bool)
+    assert event.event_type == "pageview"
+
+
+def test_a_page_that_sends_its_whole_address_as_referrer_has_only_its_origin_kept(
+    landing, make_tenant, page_port
+):
+    tenant = make_tenant()
+    url = landing.write(
+        "<h1>Gracias</h1>",
+        head='<meta name="referrer" content="unsafe-url">' + landing.snippet(tenant.id),
+    )
+    landing.driver.get(url + "?email=ana%40example.com")
+    (event,) = events_when(tenant.id, bool)
+    assert event.referrer == f"http://127.0.0.1:{page_port}/"

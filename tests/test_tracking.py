@@ -35,7 +35,7 @@ def test_stores_event_with_enrichment(client, make_tenant):
     assert event.event_type == "click_whatsapp"
     assert event.metadata_ == {"button_location": "hero"}
     assert event.user_agent == "Mozilla/5.0 test"
-    assert event.referrer == "https://ig.example/p/1"
+    assert event.referrer == "https://ig.example/"  # where from, not which page
     assert len(event.visitor_hash) == 45
     assert event.created_at.tzinfo is not None
 
@@ -53,11 +53,36 @@ def test_long_headers_are_truncated(client, make_tenant):
     client.post(
         "/api/analytics/track",
         json={"tenant_id": tenant.id, "event_type": "pageview"},
-        headers={"User-Agent": "u" * 5000, "Referer": "https://x.example/" + "r" * 5000},
+        headers={"User-Agent": "u" * 5000, "Referer": "https://" + "r" * 5000 + ".example/"},
     )
     (event,) = stored(tenant.id)
     assert len(event.user_agent) == 512
     assert len(event.referrer) == 1024
+
+
+@pytest.mark.parametrize(
+    "sent, kept",
+    [
+        # Referrer-Policy: unsafe-url sends the whole page, query and all
+        ("https://shop.example/gracias?email=ana%40example.com&t=1", "https://shop.example/"),
+        ("http://127.0.0.1:5079/p.html#top", "http://127.0.0.1:5079/"),
+        ("https://user:pw@Shop.Example:8443/x", "https://shop.example:8443/"),
+        ("http://[2001:db8::1]:8080/a", "http://[2001:db8::1]:8080/"),
+        ("android-app://com.google.android.gm/", "android-app://com.google.android.gm/"),
+        ("not a url", None),
+        ("http://[::1/", None),
+        ("https://shop.example:99999/", None),
+    ],
+)
+def test_only_the_referrers_origin_is_stored(client, make_tenant, sent, kept):
+    tenant = make_tenant()
+    client.post(
+        "/api/analytics/track",
+        json={"tenant_id": tenant.id, "event_type": "pageview"},
+        headers={"Referer": sent},
+    )
+    (event,) = stored(tenant.id)
+    assert event.referrer == kept
 
 
 def test_beacon_with_text_plain_body_is_accepted(client, make_tenant):
@@ -350,14 +375,14 @@ def test_headers_in_utf8_are_stored_as_sent(client, make_tenant):
         json={"tenant_id": tenant.id, "event_type": "pageview"},
         headers={
             "User-Agent": as_wsgi_gives_it("Navegador Café/1.0"),
-            "Referer": as_wsgi_gives_it("https://ejemplo.hn/panadería"),
+            "Referer": as_wsgi_gives_it("https://panadería.hn/menú"),
         },
     )
     assert response.status_code == 201
     (event,) = stored(tenant.id)
     assert (event.user_agent, event.referrer) == (
         "Navegador Café/1.0",
-        "https://ejemplo.hn/panadería",
+        "https://panadería.hn/",
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from urllib.parse import urlsplit
 
 VISITOR_HASH_LENGTH = 45
 RATE_LIMIT_KEY_LENGTH = 32
@@ -58,3 +59,25 @@ def truncate(value: str | None, limit: int) -> str | None:
     if not value:
         return None
     return value[:limit]
+
+
+def referrer_origin(referrer: str | None) -> str | None:
+    """Where the visitor came from, without the page: the Referer's scheme and host.
+
+    A page that sets ``Referrer-Policy: unsafe-url`` sends its whole address, whose
+    path and query may say who the visitor is (``?email=…``, a reset token): only
+    ``https://host[:port]/`` is kept, whatever the policy. None when it names no host.
+    """
+    if not referrer:
+        return None
+    try:
+        parts = urlsplit(referrer.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:  # an unclosed IPv6 bracket, a port out of range
+        return None
+    if not parts.scheme or not host:
+        return None
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    return f"{parts.scheme.lower()}://{netloc}/"

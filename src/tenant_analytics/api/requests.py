@@ -15,6 +15,7 @@ from ..config import BODY_MAX_BYTES
 from ..errors import error_response, invalid_body, validation_errors
 from ..extensions import db
 from ..ingestion import ClientInfo, IngestResult, NewEvent, TenantRef, ingest
+from ..privacy import referrer_origin
 from ..tenancy import active_tenants, request_body
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
@@ -73,7 +74,7 @@ def client_info() -> ClientInfo:
     return ClientInfo(
         ip=request.remote_addr,
         user_agent=_header_text("User-Agent"),
-        referrer=_header_text("Referer"),
+        referrer=referrer_origin(_header_text("Referer")),
     )
 
 

@@ -12,10 +12,15 @@
     return value > 0 ? value : 0;
   }
 
-  // Included twice: the first copy already counts this page. (Checked by its API, as an
-  // element with id="tenantAnalytics" is window.tenantAnalytics too.)
-  if (window.tenantAnalytics && typeof window.tenantAnalytics.track === "function") return;
-  const script = document.currentScript;
+  // Included twice: the first copy already counts this page. (Known by its mark: an
+  // element with id="tenantAnalytics" is window.tenantAnalytics too, and a page's stub
+  // that queues calls until the snippet runs has a track() of its own.)
+  const before = window.tenantAnalytics;
+  if (before && before.snippet === "tenant-analytics") return;
+  const queued = before && Array.isArray(before.q) ? before.q.slice(0, 100) : [];
+  // currentScript is null in a module or a callback: then the tag that names a tenant.
+  const script =
+    document.currentScript || document.querySelector('script[data-tenant][src*="/ta.js"]');
   const tenantId = positiveInteger(script && script.getAttribute("data-tenant"));
   if (!tenantId) return;
   let url;
@@ -27,7 +32,8 @@
   }
 
   const CLICK_TYPES = ["click_whatsapp", "click_call", "click_toggle_currency", "product_click"];
-  const WHATSAPP = /^(https:\/\/(wa\.me|api\.whatsapp\.com)\/|whatsapp:\/\/)/i;
+  // Chat links in every form WhatsApp gives out (www. or not, http or https).
+  const WHATSAPP_HOSTS = ["wa.me", "api.whatsapp.com", "web.whatsapp.com", "chat.whatsapp.com"];
 
   function send(type, metadata) {
     let body;
@@ -62,50 +68,86 @@
     }
   }
 
-  // Capture phase: a page's own handler that stops propagation cannot hide the tap.
-  document.addEventListener(
-    "click",
-    function (event) {
-      try {
-        const target = event.target;
-        if (!target || !target.closest) return;
-        const link = target.closest("a[href]");
-        const tagged = target.closest("[data-ta-event]");
-        const linkType = link && !link.hasAttribute("data-ta-event") && typeOfLink(link);
-        const metadata = {};
-        let type, element;
-        // A WhatsApp or phone link inside a tagged element (an order button on a
-        // product card) is the tap the visitor made: the nearer element wins.
-        if (linkType && !(tagged && link.contains(tagged))) {
-          type = linkType;
-          element = link;
-        } else if (tagged) {
-          type = tagged.getAttribute("data-ta-event");
-          element = tagged;
-          if (CLICK_TYPES.indexOf(type) < 0) return;
-          const productId = positiveInteger(tagged.getAttribute("data-ta-product-id"));
-          if (type === "product_click" && productId) metadata.product_id = productId;
-        } else {
-          return;
-        }
-        // On the element or around it (a section): where on the page the tap was.
-        const located = element.closest("[data-ta-location]");
-        const location = located && located.getAttribute("data-ta-location").trim().slice(0, 100);
-        if (location) metadata.button_location = location;
-        send(type, metadata);
-      } catch (e) {
-        // never break the page's own click handling
-      }
-    },
-    true
-  );
+  // The tap's element and its ancestors, nearest first, through open shadow roots (a
+  // chat widget's button).
+  function pathOf(event) {
+    if (event.composedPath) return event.composedPath();
+    const path = [];
+    for (let node = event.target; node; node = node.parentNode) path.push(node);
+    return path;
+  }
+
+  function isElement(node) {
+    return node && node.nodeType === 1;
+  }
 
   function typeOfLink(link) {
     const href = (link.getAttribute("href") || "").trim();
-    if (WHATSAPP.test(href)) return "click_whatsapp";
+    if (/^whatsapp:/i.test(href)) return "click_whatsapp";
     if (/^tel:/i.test(href)) return "click_call";
+    let parsed;
+    try {
+      parsed = new URL(href, document.baseURI);
+    } catch (e) {
+      return null;
+    }
+    if (parsed.protocol !== "https:" && parsed.protocol !== "http:") return null;
+    const host = parsed.hostname.toLowerCase().replace(/^www\./, "");
+    if (WHATSAPP_HOSTS.indexOf(host) >= 0) return "click_whatsapp";
+    if (host === "whatsapp.com" && /^\/send/i.test(parsed.pathname)) return "click_whatsapp";
     return null;
   }
+
+  // A tap on a <label> is followed, in the same task, by the browser's click on its
+  // control: one tap, counted once.
+  let justCounted = null;
+
+  function onTap(event) {
+    try {
+      if (event.type === "auxclick" && event.button !== 1) return; // middle button only
+      let link = null;
+      let tagged = null;
+      let linkType = null;
+      const path = pathOf(event);
+      for (let i = 0; i < path.length && !tagged; i++) {
+        const node = path[i];
+        if (!isElement(node)) continue;
+        // A type not for taps (or none) leaves the element to what else it is.
+        if (CLICK_TYPES.indexOf(node.getAttribute("data-ta-event")) >= 0) tagged = node;
+        else if (!link && node.hasAttribute("href") && typeOfLink(node)) {
+          link = node;
+          linkType = typeOfLink(node);
+        }
+      }
+      // The nearer wins: a WhatsApp link inside a tagged product card is the tap made.
+      const element = link || tagged;
+      if (!element || element === justCounted) return;
+      const type = link ? linkType : tagged.getAttribute("data-ta-event");
+      const metadata = {};
+      const productId = positiveInteger(element.getAttribute("data-ta-product-id"));
+      if (type === "product_click" && productId) metadata.product_id = productId;
+      // On the element or around it (a section): where on the page the tap was.
+      for (let i = path.indexOf(element); i < path.length; i++) {
+        const node = path[i];
+        if (!isElement(node) || !node.hasAttribute("data-ta-location")) continue;
+        const location = node.getAttribute("data-ta-location").trim().slice(0, 100);
+        if (location) metadata.button_location = location;
+        break;
+      }
+      justCounted = element;
+      setTimeout(function () {
+        justCounted = null;
+      }, 0);
+      send(type, metadata);
+    } catch (e) {
+      // never break the page's own click handling
+    }
+  }
+
+  // Capture phase on window, the first to see a tap: a page's handler that stops it
+  // on the element or the document cannot hide it.
+  window.addEventListener("click", onTap, true);
+  window.addEventListener("auxclick", onTap, true); // a middle click opens a new tab
 
   // Time on page: only while the page is visible, a background tab is not a visit.
   let visibleMs = 0;
@@ -132,14 +174,29 @@
     else flush();
   });
   window.addEventListener("pagehide", flush);
-  window.addEventListener("pageshow", resume); // back from the back/forward cache
+  window.addEventListener("pageshow", function (event) {
+    resume();
+    if (event.persisted) send("pageview"); // back from the back/forward cache: seen again
+  });
   resume();
 
   window.tenantAnalytics = {
+    snippet: "tenant-analytics",
     // Any event type; the server validates it.
     track: function (type, metadata) {
       send(type, metadata);
     },
   };
-  send("pageview");
+  // A page prerendered in case the visitor comes is not seen until it is shown.
+  if (document.prerendering) {
+    document.addEventListener("prerenderingchange", function () {
+      send("pageview");
+    });
+  } else {
+    send("pageview");
+  }
+  // Calls the page's stub queued before the snippet ran, as they were made.
+  queued.forEach(function (args) {
+    if (args) send(args[0], args[1]);
+  });
 })();
