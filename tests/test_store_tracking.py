@@ -92,6 +92,33 @@ def test_landing_events_are_not_store_sessions(client, make_tenant, make_user, a
     assert (landing["whatsapp_clicks"], landing["qr_scans"]) == (1, 1)  # still counted
 
 
+def test_an_empty_source_is_direct(client, make_tenant, make_user, auth_headers):
+    tenant = make_tenant()
+    for number, source in enumerate(["", "   ", None, "direct", "instagram"]):
+        body = {"tenant_id": tenant.id, "event_type": "page_view", "session_id": f"s{number}"}
+        assert (
+            track(client, **body, **({} if source is None else {"source": source})).status_code
+            == 201
+        )
+    assert sorted(str(event.source) for event in events_of(tenant.id)) == [
+        "None",
+        "None",
+        "None",
+        "direct",
+        "instagram",
+    ]
+    headers = auth_headers(make_user(tenant))
+    stats = client.get(f"/api/analytics/{tenant.id}/dashboard-stats", headers=headers).get_json()
+    assert stats["traffic_sources"] == [
+        {"source": "direct", "sessions": 4},
+        {"source": "instagram", "sessions": 1},
+    ]
+    funnel = client.get(
+        f"/api/analytics/{tenant.id}/funnel?source=direct", headers=headers
+    ).get_json()
+    assert funnel["funnel"][0] == {"step": "page_view", "count": 4}
+
+
 def test_error_message_is_kept_but_cut(client, make_tenant):
     tenant = make_tenant()
     track(client, tenant_id=tenant.id, event_type="payment_error", error_message="x" * 5000)

@@ -120,7 +120,10 @@ class TrackedEvent(Body):
     product_slug: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
     product_name: Annotated[Text, Field(max_length=200)] | None = None
     price: Money | None = None
-    source: Annotated[Text, Field(max_length=100)] | None = None
+    # An empty source is no source: "direct", as a missing one (reports group by it).
+    source: Annotated[Text, Field(max_length=100), AfterValidator(lambda v: v or None)] | None = (
+        None
+    )
     error_message: Annotated[Text, _cut_to(1000)] | None = None
     idempotency_key: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
 
