@@ -27,7 +27,11 @@ from tenant_analytics.models import Tenant, User, utcnow
 from tenant_analytics.storage import insert_events
 
 TEST_HASH_KEY = "test-visitor-hash-key-0123456789abcdef"
-TEST_JWT_KEY = "test-jwt-key-0123456789abcdef-0123456789"  # not instance/dev-secrets.json
+TEST_JWT_KEY = "test-jwt-key-0123456789abcdef-0123456789"
+# Every app the suite makes, and every server it starts, has keys: none writes the
+# checkout's instance/dev-secrets.json (the tests of that file remove these).
+os.environ.setdefault("JWT_SECRET_KEY", TEST_JWT_KEY)
+os.environ.setdefault("VISITOR_HASH_KEY", TEST_HASH_KEY)
 # The store columns a test event may set (``store_events``).
 STORE_COLUMNS = (
     "session_id",

@@ -22,6 +22,9 @@ from tenant_analytics.extensions import db
 from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
 from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
 from tenant_analytics.partitions import ensure_partitions, is_partition, month_of
+from tenant_analytics.queries import store
+from tenant_analytics.rollups import rebuild_rollups
+from tenant_analytics.timewindows import tenant_zone
 
 from .servers import ROOT
 
@@ -45,7 +48,7 @@ def test_production_refuses_development_secrets(monkeypatch):
     monkeypatch.setenv("SECRET_KEY", "x" * 40)
     monkeypatch.delenv("JWT_SECRET_KEY", raising=False)
     monkeypatch.delenv("VISITOR_HASH_KEY", raising=False)
-    with pytest.raises(ConfigError, match="without secrets: JWT_SECRET_KEY, VISITOR_HASH_KEY"):
+    with pytest.raises(ConfigError, match=r"\): JWT_SECRET_KEY, VISITOR_HASH_KEY"):
         create_app()
 
 
@@ -55,6 +58,25 @@ def test_production_is_recognised_however_spelt(monkeypatch, spelling):
     monkeypatch.delenv("JWT_SECRET_KEY", raising=False)
     with pytest.raises(ConfigError, match="without secrets"):
         create_app()
+
+
+def test_production_refuses_a_key_that_was_once_published(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("JWT_SECRET_KEY", "dev-only-insecure-secret-do-not-use-in-production")
+    monkeypatch.setenv("VISITOR_HASH_KEY", "v" * 32)
+    with pytest.raises(ConfigError, match=r"published\): JWT_SECRET_KEY$"):
+        create_app()
+
+
+def test_a_damaged_development_keys_file_is_named(monkeypatch, tmp_path):
+    for name in ("APP_ENV", "FLASK_ENV", "JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "instance").mkdir()
+    (tmp_path / "instance" / "dev-secrets.json").write_text('{"JWT_SECRET_KEY": "x"')
+    with pytest.raises(ConfigError, match=r"dev-secrets\.json is damaged"):
+        create_app()
+    assert [p.name for p in (tmp_path / "instance").iterdir()] == ["dev-secrets.json"]
 
 
 def test_production_refuses_short_secrets(monkeypatch):
@@ -307,6 +329,46 @@ def test_upgrading_a_populated_database_rebuilds_the_rollups_0005_adds(scratch_d
         db.session.remove()
         db.engine.dispose()
     assert views == [("pan", 3)]
+
+
+def test_upgrading_makes_stored_empty_sources_direct(scratch_database_url):
+    """0010: events stored with source '' before the API took it for none count as direct."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": scratch_database_url, "GROUP_COMMIT": False})
+    now = utcnow()
+    with app.app_context():
+        upgrade(revision="0009")
+        with db.engine.begin() as connection:
+            ensure_partitions_if_any(connection, now)
+            connection.execute(
+                text(
+                    "INSERT INTO tenants (id, public_id, slug, name, active, timezone,"
+                    " currency, created_at)"
+                    " VALUES (7, :uuid, 'old-shop', 'Old shop', true, 'UTC', 'HNL', :now)"
+                ),
+                {"uuid": uuid.uuid4().hex, "now": now},
+            )
+            for number, source in enumerate(["", None, "instagram"], start=1):
+                connection.execute(
+                    text(
+                        "INSERT INTO events (tenant_id, id, created_at, event_type, session_id,"
+                        " source) VALUES (7, :id, :at, 'page_view', :session, :source)"
+                    ),
+                    {"id": number, "at": now, "session": f"s{number}", "source": source},
+                )
+        rebuild_rollups(db.session, db.session.get(Tenant, 7))  # as 0009's app kept them
+        db.session.commit()
+        upgrade()
+        sources = sorted(str(s) for s in db.session.scalars(select(Event.source)))
+        stats = store.dashboard_stats(
+            db.session, tenant_id=7, zone=tenant_zone("UTC"), now=now, mode="total"
+        )
+        db.session.remove()
+        db.engine.dispose()
+    assert sources == ["None", "None", "instagram"]
+    assert stats["traffic_sources"] == [
+        {"source": "direct", "sessions": 2},
+        {"source": "instagram", "sessions": 1},
+    ]
 
 
 def ensure_partitions_if_any(connection, now):

@@ -89,6 +89,8 @@ def test_no_such_code_is_a_page_for_a_browser(client, make_tenant, accept, html)
     headers = {"User-Agent": PHONE, **({"Accept": accept} if accept else {})}
     response = client.get(f"/q/{tenant.slug}", headers=headers)
     assert response.status_code == 404
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "Accept" in response.vary  # a cache keeps the page and the JSON apart
     if html:
         assert response.mimetype == "text/html"
         assert "Este código QR ya no lleva a ninguna página" in response.get_data(as_text=True)
@@ -322,6 +324,8 @@ def test_landing_url_validation(client, make_tenant, make_user, auth_headers, la
         (None, "http://localhost/q/another-shop/", True),  # werkzeug routes it to /q/<slug>
         ("https://stats.example.com", "https://stats.example.com/%71/x", True),
         ("https://stats.example.com", "https://STATS.example.com:8443/q/x", True),
+        ("https://stats.example.com", "https://stats.example.com./q/x", True),  # root's dot
+        ("https://stats.example.com.", "https://stats.example.com/q/x", True),
         # Loopback in any spelling is this machine, and never a business's page
         ("https://stats.example.com", "http://127.0.0.1:5077/q/x", True),
         ("https://stats.example.com", "http://[::1]:5077/q/x", True),

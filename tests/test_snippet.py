@@ -388,14 +388,21 @@ def test_one_tap_on_a_label_counts_once(landing, make_tenant):
         '<input type="checkbox" id="box"> HNL</label>'
         '<div data-ta-event="product_click" data-ta-product-id="3">'
         '<input type="radio" id="size" name="s"><label for="size" id="size-label">M</label></div>'
+        # Both tagged: the label's tap, and the browser's click on the box it names
+        '<label id="both" for="gift" data-ta-event="product_click" data-ta-product-id="4">'
+        'Regalo</label><input type="checkbox" id="gift" data-ta-event="product_click"'
+        ' data-ta-product-id="5">'
     )
     landing.open(tenant.id, body)
     landing.click("switch")
     landing.click("size-label")
-    assert taps_of(tenant.id, 2) == [
+    landing.click("both")
+    assert taps_of(tenant.id, 3) == [
         ("click_toggle_currency", None),
         ("product_click", {"product_id": 3}),
+        ("product_click", {"product_id": 4}),
     ]
+    assert landing.driver.find_element("id", "gift").is_selected()
     assert landing.driver.find_element("id", "box").is_selected()  # the page still works
 
 
@@ -434,15 +441,25 @@ def test_taps_inside_an_open_shadow_root_and_middle_clicks_count(landing, make_t
         "<b>Chat</b></a>';"
         "root.querySelector('a').addEventListener('click', (e) => e.preventDefault());"
         "</script><a id='call' href='tel:+50411'>Llamar</a>"
+        "<button id='toggle' data-ta-event='click_toggle_currency'>USD</button>"
     )
     landing.open(tenant.id, widget)
     landing.driver.execute_script(
         "document.querySelector('chat-widget').shadowRoot.querySelector('b').click();"
     )
-    for button in (1, 2):  # the middle button opens a new tab; the right one a menu
+    # The middle button opens a link in a new tab; on a button it does nothing, and the
+    # right one opens a menu (some browsers send these as clicks).
+    for element_id, kind, button in [
+        ("call", "auxclick", 1),
+        ("call", "auxclick", 2),
+        ("toggle", "auxclick", 1),
+        ("call", "click", 2),
+    ]:
         landing.driver.execute_script(
-            "document.getElementById('call').dispatchEvent(new MouseEvent('auxclick',"
-            " {button: arguments[0], bubbles: true, composed: true}));",
+            "document.getElementById(arguments[0]).dispatchEvent(new MouseEvent(arguments[1],"
+            " {button: arguments[2], bubbles: true, composed: true}));",
+            element_id,
+            kind,
             button,
         )
     assert taps_of(tenant.id, 2) == [
@@ -467,6 +484,23 @@ def test_a_prerendered_page_counts_its_view_when_shown(landing, make_tenant):
     )
     (event,) = events_when(tenant.id, bool)
     assert event.event_type == "pageview"
+
+
+def test_a_prerendered_page_sends_its_queued_calls_only_when_shown(landing, make_tenant):
+    tenant = make_tenant()
+    before = (
+        "<script>window.shown = false; Object.defineProperty(document, 'prerendering',"
+        " {get: () => !window.shown});"
+        " window.tenantAnalytics = {q: [['click_call']], track: function () {}};</script>"
+    )
+    landing.open(tenant.id, before=before)
+    time.sleep(0.5)
+    assert stored_events(tenant.id) == []
+    landing.driver.execute_script(
+        "window.shown = true; document.dispatchEvent(new Event('prerenderingchange'));"
+    )
+    events = events_when(tenant.id, lambda events: len(events) == 2)
+    assert [event.event_type for event in events] == ["pageview", "click_call"]
 
 
 def test_a_page_back_from_the_back_forward_cache_is_viewed_again(landing, make_tenant):

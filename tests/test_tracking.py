@@ -299,6 +299,16 @@ def test_a_compressed_body_is_415_not_read_as_json(client, make_tenant, path, co
     assert plain.status_code in (201, 202)
 
 
+def test_content_encoding_without_a_body_or_a_route_is_not_a_415(client):
+    gzipped = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    assert (
+        client.post("/api/no-such-thing", data=gzip.compress(b"{}"), headers=gzipped).status_code
+        == 404
+    )
+    assert client.get("/api/openapi.json", headers=gzipped).status_code == 200
+    assert client.post("/api/auth/refresh", headers=gzipped).status_code == 401  # no token
+
+
 def test_the_conversion_beacon_skips_a_compressed_body_with_200(client, make_tenant):
     beacon = json.dumps({"tenant_slug": make_tenant().slug, "transaction_id": "t1", "value": 5})
     response = client.post(

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -19,6 +20,9 @@ SECRET_SETTINGS = ("JWT_SECRET_KEY", "VISITOR_HASH_KEY")
 # instance folder: a default written in the code would let anyone who reads it sign
 # an admin's token on a server started without APP_ENV.
 DEV_SECRETS_FILE = "dev-secrets.json"
+# Keys that were once published (an early version's development default): known to
+# anyone, so refused in production like no key at all.
+PUBLISHED_SECRETS = frozenset({"dev-only-insecure-secret-do-not-use-in-production"})
 # HMAC-SHA256 keys shorter than its 32-byte output weaken it (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
 
@@ -162,17 +166,23 @@ def development_secrets(instance_path: str) -> dict[str, str]:
     if not os.path.exists(path):
         os.makedirs(instance_path, exist_ok=True)
         made = {name: secrets.token_urlsafe(48) for name in SECRET_SETTINGS}
-        draft = f"{path}.{os.getpid()}"
-        with open(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
-            json.dump(made, file)
+        handle, draft = tempfile.mkstemp(dir=instance_path, prefix=".dev-secrets-")  # 0600
         try:
-            os.link(draft, path)  # never replaces: two workers starting at once agree
+            with os.fdopen(handle, "w") as file:
+                json.dump(made, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.link(draft, path)  # whole or not at all, and never replaced: workers agree
         except FileExistsError:
             pass
         finally:
             os.unlink(draft)
-    with open(path) as file:
-        return json.load(file)
+    try:
+        with open(path) as file:
+            kept = json.load(file)
+        return {name: str(kept[name]) for name in SECRET_SETTINGS}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is damaged: delete it (new keys end old tokens)") from exc
 
 
 def fill_development_secrets(config: dict[str, Any], instance_path: str) -> None:
@@ -187,9 +197,16 @@ def check_production_secrets(config: Mapping[str, Any]) -> None:
     """Refuse to run in production without secrets of its own, or with short ones."""
     if config.get("APP_ENV") != "production":
         return
-    unset = [name for name in SECRET_SETTINGS if not config.get(name)]
+    unset = [
+        name
+        for name in SECRET_SETTINGS
+        if not config.get(name) or config[name] in PUBLISHED_SECRETS
+    ]
     if unset:
-        raise ConfigError("refusing to start in production without secrets: " + ", ".join(unset))
+        raise ConfigError(
+            "refusing to start in production without secrets (unset or published): "
+            + ", ".join(unset)
+        )
     short = [name for name in SECRET_SETTINGS if len(config[name].encode()) < MIN_SECRET_BYTES]
     if short:
         raise ConfigError(

@@ -13,9 +13,14 @@ from werkzeug.routing import Map, RequestRedirect
 QR_SCAN_ENDPOINT = "qr.scan"
 
 
+def _host(host: str | None) -> str:
+    """A host name as DNS reads it: any case, with or without the root's final dot."""
+    return (host or "").lower().rstrip(".")
+
+
 def is_loopback(host: str | None) -> bool:
     """localhost in any of its spellings: to a phone, its own self, never a business."""
-    host = (host or "").lower().rstrip(".")
+    host = _host(host)
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -50,12 +55,12 @@ def is_own_qr_redirect(url: str, own_bases: Iterable[str], url_map: Map) -> bool
     ``/q/x``) and routed by the app's own URL map, slashes merged as it merges them.
     """
     target = urlsplit(url)
-    host = (target.hostname or "").lower()
+    host = _host(target.hostname)
     path = unquote(target.path) or "/"
     prefixes = {""} if is_loopback(host) else set()
     for base in own_bases:
         ours = urlsplit(base)
-        if host == (ours.hostname or "").lower():
+        if host == _host(ours.hostname):
             prefixes.add(ours.path.rstrip("/"))
     for prefix in prefixes:
         if prefix and not (path == prefix or path.startswith(prefix + "/")):

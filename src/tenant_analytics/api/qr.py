@@ -56,8 +56,13 @@ def is_crawler(user_agent: str | None) -> bool:
 def _no_such_code():
     """A 404 a person with a phone can read; JSON, as everywhere, for any other client."""
     if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
-        return render_template("qr_not_found.html"), 404
-    return error_response(404, NO_SUCH_CODE, code="not_found")
+        response, status = current_app.make_response(render_template("qr_not_found.html")), 404
+    else:
+        response, status = error_response(404, NO_SUCH_CODE, code="not_found")
+    # Not kept by a cache: the code may lead somewhere tomorrow; one answer per Accept.
+    response.headers["Cache-Control"] = "no-store"
+    response.vary.add("Accept")
+    return response, status
 
 
 def _campaign_arg() -> str | None:

@@ -28,8 +28,10 @@ NEVER_REFUSED = {"v1.conversion"}
 def refuse_encoded_bodies() -> ResponseReturnValue | None:
     """415 for a body in a content coding (gzip, br) this service does not decode: read
     as it stands it would be refused as bad JSON, or, were it valid, taken as sent."""
-    if request.method in ("GET", "HEAD", "OPTIONS") or request.endpoint in NEVER_REFUSED:
-        return None
+    if request.endpoint is None or request.endpoint in NEVER_REFUSED:
+        return None  # no route: its 404 or 405 says more
+    if not request.content_length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
+        return None  # no body to decode
     if request.headers.get("Content-Encoding", "").strip().lower() in ("", "identity"):
         return None
     response, status = error_response(

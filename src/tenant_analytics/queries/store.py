@@ -1032,7 +1032,7 @@ def rfm_segments(
         total=len(customers),
         offset=offset,
         limit=limit,
-        next_offset=end if end < len(customers) else None,
+        next_offset=end if limit and end < len(customers) else None,
     )
 
 

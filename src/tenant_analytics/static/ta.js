@@ -99,12 +99,15 @@
   }
 
   // A tap on a <label> is followed, in the same task, by the browser's click on its
-  // control: one tap, counted once.
+  // control: one tap, counted once (whichever of the two is tagged).
   let justCounted = null;
+  let followingClick = null;
 
   function onTap(event) {
     try {
-      if (event.type === "auxclick" && event.button !== 1) return; // middle button only
+      // The main button's click; a middle click only on a link (it opens a new tab).
+      const middle = event.type === "auxclick";
+      if (middle ? event.button !== 1 : event.button) return;
       let link = null;
       let tagged = null;
       let linkType = null;
@@ -121,7 +124,8 @@
       }
       // The nearer wins: a WhatsApp link inside a tagged product card is the tap made.
       const element = link || tagged;
-      if (!element || element === justCounted) return;
+      if (!element || (middle && !link)) return;
+      if (element === justCounted || event.target === followingClick) return;
       const type = link ? linkType : tagged.getAttribute("data-ta-event");
       const metadata = {};
       const productId = positiveInteger(element.getAttribute("data-ta-product-id"));
@@ -135,8 +139,16 @@
         break;
       }
       justCounted = element;
+      followingClick = null;
+      for (let i = 0; i < path.length; i++) {
+        if (isElement(path[i]) && path[i].tagName === "LABEL") {
+          followingClick = path[i].control || null;
+          break;
+        }
+      }
       setTimeout(function () {
         justCounted = null;
+        followingClick = null;
       }, 0);
       send(type, metadata);
     } catch (e) {
@@ -187,16 +199,17 @@
       send(type, metadata);
     },
   };
+  function viewed() {
+    send("pageview");
+    // Then the calls the page's stub queued before the snippet ran, as they were made.
+    queued.forEach(function (args) {
+      if (args) send(args[0], args[1]);
+    });
+  }
   // A page prerendered in case the visitor comes is not seen until it is shown.
   if (document.prerendering) {
-    document.addEventListener("prerenderingchange", function () {
-      send("pageview");
-    });
+    document.addEventListener("prerenderingchange", viewed);
   } else {
-    send("pageview");
+    viewed();
   }
-  // Calls the page's stub queued before the snippet ran, as they were made.
-  queued.forEach(function (args) {
-    if (args) send(args[0], args[1]);
-  });
 })();

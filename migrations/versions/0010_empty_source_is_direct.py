@@ -1,0 +1,44 @@
+"""events.source: an empty source is no source ("direct"), as the API now stores it
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-01 10:10:00.000000
+
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+# revision identifiers, used by Alembic.
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    bind = op.get_bind()
+    # Plain SQL: the Tenant model may have columns this revision lacks.
+    tenants = bind.execute(
+        sa.text(
+            "SELECT id, timezone, currency FROM tenants WHERE id IN"
+            " (SELECT DISTINCT tenant_id FROM events WHERE source = '')"
+        )
+    ).all()
+    if not tenants:
+        return
+    bind.execute(sa.text("UPDATE events SET source = NULL WHERE source = ''"))
+    # Their rollups counted '' as a source of its own: counted again, as "direct".
+    from sqlalchemy.orm import Session
+
+    from tenant_analytics.ingestion import TenantInfo
+    from tenant_analytics.rollups import rebuild_rollups
+
+    session = Session(bind=bind)
+    for tenant_id, timezone, currency in tenants:
+        rebuild_rollups(session, TenantInfo(tenant_id, timezone, currency))
+    session.flush()
+
+
+def downgrade():
+    pass  # '' and NULL meant the same; nothing to restore
