@@ -357,13 +357,15 @@ STAY = "<script>document.addEventListener('click', (event) => event.preventDefau
 
 
 def taps_of(tenant_id: int, count: int) -> list[tuple[str, Any]]:
-    """The tenant's events other than page views, once ``count`` of them are in."""
+    """The tenant's events other than page views, once ``count`` of them are in, sorted:
+    beacons sent one after another may arrive in either order."""
     events = events_when(
         tenant_id, lambda events: sum(e.event_type != "pageview" for e in events) >= count
     )
     time.sleep(0.3)  # one more would be here by now
     events = stored_events(tenant_id)
-    return [(e.event_type, e.metadata_) for e in events if e.event_type != "pageview"]
+    taps = [(e.event_type, e.metadata_) for e in events if e.event_type != "pageview"]
+    return sorted(taps, key=repr)
 
 
 def test_calls_queued_by_a_stub_before_the_snippet_runs_are_sent(landing, make_tenant):
@@ -377,7 +379,7 @@ def test_calls_queued_by_a_stub_before_the_snippet_runs_are_sent(landing, make_t
     assert taps_of(tenant.id, 1) == [("click_call", {"from": "inline"})]
     assert types(stored_events(tenant.id))["pageview"] == 1  # the stub is no first copy
     landing.driver.execute_script('tenantAnalytics.track("click_whatsapp");')
-    assert taps_of(tenant.id, 2)[-1] == ("click_whatsapp", None)
+    assert ("click_whatsapp", None) in taps_of(tenant.id, 2)
     assert landing.errors() == []
 
 
@@ -463,8 +465,8 @@ def test_taps_inside_an_open_shadow_root_and_middle_clicks_count(landing, make_t
             button,
         )
     assert taps_of(tenant.id, 2) == [
-        ("click_whatsapp", {"button_location": "widget"}),
         ("click_call", None),
+        ("click_whatsapp", {"button_location": "widget"}),
     ]
 
 
@@ -500,7 +502,7 @@ def test_a_prerendered_page_sends_its_queued_calls_only_when_shown(landing, make
         "window.shown = true; document.dispatchEvent(new Event('prerenderingchange'));"
     )
     events = events_when(tenant.id, lambda events: len(events) == 2)
-    assert [event.event_type for event in events] == ["pageview", "click_call"]
+    assert types(events) == {"pageview": 1, "click_call": 1}  # two beacons: either first
 
 
 def test_a_page_back_from_the_back_forward_cache_is_viewed_again(landing, make_tenant):
