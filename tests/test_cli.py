@@ -193,6 +193,24 @@ def test_tenant_and_user_list_print_one_line_each(runner, make_tenant, make_user
     ]
 
 
+def test_tenant_deactivate_and_activate(runner, client, make_tenant, make_user, auth_headers):
+    tenant = make_tenant()
+    tenant_id, headers = tenant.id, auth_headers(make_user(tenant))
+    event = {"tenant_id": tenant_id, "event_type": "pageview"}
+    assert client.post("/api/analytics/track", json=event).status_code == 201
+    off = runner.invoke(args=["tenant", "deactivate", "--id", str(tenant_id)])
+    assert off.exit_code == 0 and json.loads(off.output)["active"] is False
+    assert client.post("/api/analytics/track", json=event).status_code == 404
+    # Its owner still reads what it has.
+    data = client.get(f"/api/analytics/{tenant_id}", headers=headers).get_json()["data"]
+    assert data["visitors_today"] == 1
+    on = runner.invoke(args=["tenant", "activate", "--id", str(tenant_id)])
+    assert on.exit_code == 0 and json.loads(on.output)["active"] is True
+    assert client.post("/api/analytics/track", json=event).status_code == 201
+    missing = runner.invoke(args=["tenant", "deactivate", "--id", "999999"])
+    assert missing.exit_code == 1 and "no tenant with id 999999" in missing.output
+
+
 def test_user_grant_and_revoke_change_what_the_token_reads(
     runner, client, make_tenant, make_user, auth_headers
 ):

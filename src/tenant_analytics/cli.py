@@ -27,6 +27,7 @@ from .products import create_product
 from .rollups import rebuild_rollups
 from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
+from .tenancy import active_tenants
 
 tenant_cli = AppGroup("tenant", help="Manage tenants.")
 user_cli = AppGroup("user", help="Manage owner and admin users.")
@@ -160,6 +161,30 @@ def list_tenants() -> None:
     """Every tenant, one line of JSON each, by id."""
     for tenant in db.session.scalars(select(Tenant).order_by(Tenant.id)):
         echo_json(tenant.to_dict())
+
+
+def _switch_tenant(tenant_id: int, active: bool) -> None:
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None:
+        fail(f"no tenant with id {tenant_id}")
+    tenant.active = active
+    db.session.commit()
+    active_tenants().forget()  # this process; servers within TENANT_CACHE_SECONDS
+    echo_json(tenant.to_dict())
+
+
+@tenant_cli.command("deactivate")
+@click.option("--id", "tenant_id", type=int, required=True)
+def deactivate_tenant(tenant_id: int) -> None:
+    """Stop taking the tenant's events and QR scans (its data and dashboards stay)."""
+    _switch_tenant(tenant_id, False)
+
+
+@tenant_cli.command("activate")
+@click.option("--id", "tenant_id", type=int, required=True)
+def activate_tenant(tenant_id: int) -> None:
+    """Take the tenant's events and QR scans again."""
+    _switch_tenant(tenant_id, True)
 
 
 @user_cli.command("create")
