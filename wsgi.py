@@ -1,10 +1,16 @@
 """WSGI entry point: ``gunicorn wsgi:app``."""
 
 import gc
+import sys
 
 from tenant_analytics import create_app
+from tenant_analytics.config import ConfigError
 
-app = create_app()
+try:
+    app = create_app()
+except ConfigError as error:
+    # What to fix, on one line, rather than a traceback from every worker.
+    sys.exit(f"tenant-analytics: {error}")
 
 # What the process built so far (modules, models, schemas: over 100,000 objects) lives
 # as long as it does. Frozen, it is left out of the collector's full passes, which

@@ -87,7 +87,9 @@ def test_production_refuses_short_secrets(monkeypatch):
         create_app()
 
 
-def test_development_without_secrets_makes_random_ones_once_per_instance(monkeypatch, tmp_path):
+def test_development_without_secrets_makes_random_ones_once_per_instance(
+    monkeypatch, tmp_path, caplog
+):
     for name in ("APP_ENV", "FLASK_ENV", "JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "one").mkdir()
@@ -101,6 +103,8 @@ def test_development_without_secrets_makes_random_ones_once_per_instance(monkeyp
     kept = tmp_path / "one" / "instance" / "dev-secrets.json"
     assert json.loads(kept.read_text()) == keys
     assert kept.stat().st_mode & 0o777 == 0o600  # readable by its owner only
+    told = f"APP_ENV is not production: JWT_SECRET_KEY, VISITOR_HASH_KEY from {kept}"
+    assert told in caplog.text
     # ...and another checkout has its own: no key is written in the code.
     (tmp_path / "two").mkdir()
     monkeypatch.chdir(tmp_path / "two")
@@ -111,8 +115,26 @@ def test_development_without_secrets_makes_random_ones_once_per_instance(monkeyp
     assert create_app().config["JWT_SECRET_KEY"] == "j" * 40
 
 
+def test_production_needs_a_shared_rate_limit_storage(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
+        monkeypatch.setenv(name, name.lower() * 4)
+    monkeypatch.delenv("RATELIMIT_STORAGE_URI", raising=False)
+    with pytest.raises(ConfigError, match="without RATELIMIT_STORAGE_URI"):
+        create_app()
+    monkeypatch.setenv("RATELIMIT_ENABLED", "false")  # nothing to count (the benchmark)
+    assert create_app().config["RATELIMIT_STORAGE_URI"] == "memory://"
+    monkeypatch.delenv("RATELIMIT_ENABLED")
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", "memory://")  # asked for: one worker
+    assert create_app().config["RATELIMIT_STORAGE_URI"] == "memory://"
+    monkeypatch.delenv("APP_ENV")
+    monkeypatch.delenv("RATELIMIT_STORAGE_URI")
+    assert create_app().config["RATELIMIT_STORAGE_URI"] == "memory://"  # development
+
+
 def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
     monkeypatch.setenv("FLASK_ENV", "production")
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", "memory://")
     monkeypatch.delenv("SECRET_KEY", raising=False)  # nothing uses it
     for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
         monkeypatch.setenv(name, name.lower() * 4)
@@ -143,6 +165,8 @@ def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
         {"PUBLIC_URL": "https://統計.example"},  # punycode, as a header must be ASCII
         {"PUBLIC_URL": "https://user:pw@stats.example.com"},
         {"PUBLIC_URL": "https://stats.example.com/?c=1"},
+        {"PUBLIC_URL": "http://127.0.0.1:99999"},  # no such port: a code nobody can open
+        {"PUBLIC_URL": "http://127.0.0.1:0"},
     ],
 )
 def test_bad_settings_are_refused(env):
@@ -181,7 +205,7 @@ def test_factory_does_not_connect():
     assert "tracking" in app.blueprints
 
 
-def test_an_unreachable_database_answers_503_with_retry_after(app, make_app):
+def test_an_unreachable_database_answers_503_with_retry_after(app, make_app, caplog):
     # (``app`` first: the fixtures' teardown empties the tables through the first app made.)
     unreachable = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
     response = unreachable.test_client().post(
@@ -191,6 +215,23 @@ def test_an_unreachable_database_answers_503_with_retry_after(app, make_app):
     assert response.headers["Retry-After"] == "1"
     assert response.get_json()["error"] == "unavailable"  # as every other 503 of the API
     assert "127.0.0.1" not in response.get_data(as_text=True)
+    # The operator's log says why: a typo in DATABASE_URL is not an outage.
+    reasons = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+    assert any('connection to server at "127.0.0.1", port 1 failed' in r for r in reasons)
+
+
+def test_a_database_without_tables_says_to_migrate(app, make_app, scratch_database_url, caplog):
+    unmigrated = make_app(SQLALCHEMY_DATABASE_URI=scratch_database_url)
+    client = unmigrated.test_client()
+    for _ in range(2):
+        response = client.post(
+            "/api/analytics/track", json={"tenant_id": 1, "event_type": "pageview"}
+        )
+        assert response.status_code == 503, response.get_json()
+    assert "run `flask --app tenant_analytics db upgrade`" in caplog.text
+    assert "InFailedSqlTransaction" not in caplog.text  # the real error, not its echo
+    with unmigrated.app_context():
+        db.engine.dispose()
 
 
 def test_an_exhausted_connection_pool_answers_503_not_500(make_app, migrated):
@@ -217,6 +258,24 @@ def test_the_wsgi_entry_point_freezes_what_startup_built(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) > 10_000
+
+
+def test_a_setting_the_server_cannot_start_with_is_one_line(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": "sqlite://",
+        "APP_ENV": "production",
+        "JWT_SECRET_KEY": "short",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "tenant-analytics: refusing to start in production with secrets under 32 bytes:"
+        " JWT_SECRET_KEY"
+    ]
 
 
 @contextmanager

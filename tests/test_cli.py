@@ -228,8 +228,9 @@ def test_user_grant_and_revoke_change_what_the_token_reads(
     assert json.loads(revoked.output)["tenants"] == [mine.id]
     assert client.get(f"/api/analytics/{other_id}", headers=headers).status_code == 404
     assert client.get(f"/api/analytics/{mine.id}", headers=headers).status_code == 200
-    unknown = runner.invoke(args=["user", "grant", "--email", email, "--tenant", "999999"])
-    assert unknown.exit_code == 1 and "no tenant with id 999999" in unknown.output
+    for command in ("grant", "revoke"):
+        unknown = runner.invoke(args=["user", command, "--email", email, "--tenant", "999999"])
+        assert unknown.exit_code == 1 and "no tenant with id 999999" in unknown.output
 
 
 def test_user_delete_ends_its_tokens_and_keeps_its_tenants(

@@ -55,6 +55,29 @@ def test_known_ip_leaves_no_trace(make_app, make_tenant, caplog):
     assert KNOWN_IP not in caplog.text
 
 
+def test_a_port_the_proxy_appends_is_not_part_of_the_visitor(make_app, make_tenant):
+    app = make_app(TRUSTED_PROXY_COUNT=1)
+    client = app.test_client()
+    with app.app_context():
+        tenant = make_tenant()
+        for forwarded in (
+            "203.0.113.9",
+            "203.0.113.9:4444",
+            "203.0.113.9:5555",
+            "2001:db8::1",
+            "[2001:db8::1]:443",
+        ):
+            client.post(
+                "/api/analytics/track",
+                json={"tenant_id": tenant.id, "event_type": "pageview"},
+                headers={"X-Forwarded-For": forwarded, "User-Agent": "UA"},
+            )
+        hashes = list(db.session.scalars(select(Event.visitor_hash).order_by(Event.id)))
+        ipv4 = visitor_hash(TEST_HASH_KEY, tenant.id, "203.0.113.9", "UA")
+        ipv6 = visitor_hash(TEST_HASH_KEY, tenant.id, "2001:db8::1", "UA")
+    assert hashes == [ipv4, ipv4, ipv4, ipv6, ipv6]
+
+
 def test_visitor_hash_is_keyed_hmac():
     plain = hashlib.sha256(f"1{KNOWN_IP}UA".encode()).hexdigest()[:45]
     keyed = visitor_hash("key-a", 1, KNOWN_IP, "UA")

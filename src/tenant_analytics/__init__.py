@@ -15,13 +15,14 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import (
     MAX_CONTENT_LENGTH,
-    check_production_secrets,
+    check_production_settings,
     fill_development_secrets,
     from_environment,
     normalize_database_url,
 )
 from .cooperative import cooperate_with_gevent
 from .extensions import cors, db, jwt, limiter, migrate
+from .privacy import ClientPortStripped
 
 PUBLIC_ROUTES = r"/api/(analytics/track|analytics/batch|v1/.*)"
 # What an owner's dashboard calls, from DASHBOARD_ORIGINS only (bearer tokens, no cookies).
@@ -74,12 +75,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"]
     )
     fill_development_secrets(app.config, app.instance_path)
-    check_production_secrets(app.config)
+    check_production_settings(app.config)
     cooperate_with_gevent()
 
     proxies = app.config["TRUSTED_PROXY_COUNT"]
     if proxies > 0:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            ClientPortStripped(app.wsgi_app), x_for=proxies, x_proto=proxies
+        )
 
     # A JSON API with bearer tokens keeps no cookie session; skip its signing work per request.
     app.session_interface = NoCookieSessions()

@@ -249,7 +249,7 @@ def grant_tenants(email: str, tenant_ids: tuple[int, ...]) -> None:
 def revoke_tenants(email: str, tenant_ids: tuple[int, ...]) -> None:
     """Take these tenants from the user, from its very next request; print the user."""
     user = user_by_email(email)
-    revoked = set(tenant_ids)
+    revoked = {tenant.id for tenant in tenants_by_id(tenant_ids)}
     user.tenants = [tenant for tenant in user.tenants if tenant.id not in revoked]
     db.session.commit()
     echo_json(user.to_dict())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -10,6 +11,7 @@ import tempfile
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from limits import parse as parse_rate_limit
 
@@ -85,7 +87,11 @@ def _public_url(env: Mapping[str, str]) -> str | None:
     value = (env.get("PUBLIC_URL") or "").strip()
     if not value:
         return None
-    if not _PUBLIC_URL.fullmatch(value):
+    try:
+        valid = _PUBLIC_URL.fullmatch(value) and urlsplit(value).port != 0
+    except ValueError:  # a port over 65535
+        valid = False
+    if not valid:
         raise ConfigError(
             f"PUBLIC_URL must be an address like https://stats.example.com, got {value!r}"
         )
@@ -139,7 +145,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SQLALCHEMY_DATABASE_URI": database_url or None,
         "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY") or None,
         "VISITOR_HASH_KEY": env.get("VISITOR_HASH_KEY") or None,
-        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
+        # Unset: memory:// outside production (see check_production_settings).
+        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or None,
         "RATELIMIT_KEY_PREFIX": env.get("RATELIMIT_KEY_PREFIX", "tenant-analytics"),
         "RATELIMIT_ENABLED": _flag(env, "RATELIMIT_ENABLED", True),
         "TRACK_RATE_LIMIT": _rate_limit(env, "TRACK_RATE_LIMIT", "100 per minute"),
@@ -191,11 +198,19 @@ def fill_development_secrets(config: dict[str, Any], instance_path: str) -> None
     if missing and config.get("APP_ENV") != "production":
         made = development_secrets(instance_path)
         config.update({name: made[name] for name in missing})
+        # At startup: a server meant for production may have been started without APP_ENV.
+        logging.getLogger(__name__).warning(
+            "APP_ENV is not production: %s from %s",
+            ", ".join(missing),
+            os.path.join(instance_path, DEV_SECRETS_FILE),
+        )
 
 
-def check_production_secrets(config: Mapping[str, Any]) -> None:
-    """Refuse to run in production without secrets of its own, or with short ones."""
+def check_production_settings(config: dict[str, Any]) -> None:
+    """Refuse to run in production without secrets of its own, or with short ones, or
+    with rate limits counted per process unless asked for (memory://, one worker)."""
     if config.get("APP_ENV") != "production":
+        config["RATELIMIT_STORAGE_URI"] = config.get("RATELIMIT_STORAGE_URI") or "memory://"
         return
     unset = [
         name
@@ -213,3 +228,11 @@ def check_production_secrets(config: Mapping[str, Any]) -> None:
             f"refusing to start in production with secrets under {MIN_SECRET_BYTES} bytes: "
             + ", ".join(short)
         )
+    if not config.get("RATELIMIT_STORAGE_URI"):
+        if config.get("RATELIMIT_ENABLED", True):
+            raise ConfigError(
+                "refusing to start in production without RATELIMIT_STORAGE_URI: set it to"
+                " redis://… (memory:// counts per process: each worker would allow the"
+                " whole limit; set it explicitly for a single worker)"
+            )
+        config["RATELIMIT_STORAGE_URI"] = "memory://"

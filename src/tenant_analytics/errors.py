@@ -105,6 +105,17 @@ def invalid_body(errors: dict[str, list[str]]) -> ApiError:
     return ApiError(422, "The request body is invalid.", code="validation_error", errors=errors)
 
 
+def is_missing_table(exc: SQLAlchemyError) -> bool:
+    """A table the code reads is not there: the migrations have not been run."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "pgcode", None) == "42P01" or "no such table" in str(orig or "")
+
+
+def _not_migrated() -> tuple[Response, int]:
+    log.error("the database lacks a table: run `flask --app tenant_analytics db upgrade`")
+    return _unavailable("The service is not ready; retry shortly.")
+
+
 def register_error_handlers(app: Flask) -> None:
     """Route every exception through the one JSON shape."""
 
@@ -158,7 +169,12 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database_unavailable(exc: OperationalError):
-        log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else "")
+        if is_missing_table(exc):  # SQLite's "no such table" is an OperationalError
+            return _not_migrated()
+        # The driver's first line (a refused port, an unknown database): a typo in
+        # DATABASE_URL must not look like an outage. Parameters are never in it.
+        reason = (str(exc.orig or exc).strip().splitlines() or [""])[0][:300]
+        log.error("database unavailable: %s: %s", type(exc.orig).__name__, reason)
         return _unavailable("The service is temporarily unavailable; retry shortly.")
 
     @app.errorhandler(PoolTimeout)
@@ -169,6 +185,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):
+        if is_missing_table(exc):
+            return _not_migrated()
         log.exception("database error")
         return error_response(500, "Internal server error.")
 

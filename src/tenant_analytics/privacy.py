@@ -10,12 +10,37 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from typing import Any
 from urllib.parse import urlsplit
 
 VISITOR_HASH_LENGTH = 45
 RATE_LIMIT_KEY_LENGTH = 32
 USER_AGENT_MAX = 512
 REFERRER_MAX = 1024
+
+
+def without_port(address: str) -> str:
+    """The client address alone where a proxy appended its port ("203.0.113.9:4444",
+    "[2001:db8::1]:443", as Azure's does): one visitor's connections stay one visitor."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host if not rest or rest.startswith(":") else address
+    if address.count(":") == 1:  # IPv4 with a port; a bare IPv6 address has several
+        return address.partition(":")[0]
+    return address
+
+
+class ClientPortStripped:
+    """WSGI middleware, under ProxyFix: REMOTE_ADDR without a port the proxy added."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        address = environ.get("REMOTE_ADDR")
+        if address:
+            environ["REMOTE_ADDR"] = without_port(address)
+        return self.app(environ, start_response)
 
 
 def limited_client(address: str | None) -> str:

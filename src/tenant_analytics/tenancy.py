@@ -9,6 +9,7 @@ from typing import Any
 from flask import current_app, request
 from flask_jwt_extended import current_user
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .errors import ApiError
@@ -110,7 +111,13 @@ class ActiveTenants:
         hit = self._entries.get(key)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        tenant = resolve_public_tenant(db.session, key)
+        try:
+            tenant = resolve_public_tenant(db.session, key)
+        except SQLAlchemyError:
+            # The limiter asks first and swallows errors: a transaction left aborted
+            # would hide the real error behind InFailedSqlTransaction in the view.
+            db.session.rollback()
+            raise
         if tenant is None:
             self._entries.pop(key, None)
             return None
