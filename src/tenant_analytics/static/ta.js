@@ -116,10 +116,11 @@
         const node = path[i];
         if (!isElement(node)) continue;
         // A type not for taps (or none) leaves the element to what else it is.
-        if (CLICK_TYPES.indexOf(node.getAttribute("data-ta-event")) >= 0) tagged = node;
-        else if (!link && node.hasAttribute("href") && typeOfLink(node)) {
-          link = node;
+        if (CLICK_TYPES.indexOf(node.getAttribute("data-ta-event")) >= 0) {
+          tagged = node;
+        } else if (!link && node.hasAttribute("href")) {
           linkType = typeOfLink(node);
+          if (linkType) link = node;
         }
       }
       // The nearer wins: a WhatsApp link inside a tagged product card is the tap made.
