@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -14,7 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from tenant_analytics import postgres_writer
-from tenant_analytics.config import normalize_database_url
+from tenant_analytics.config import MAX_CONTENT_LENGTH, normalize_database_url
 from tenant_analytics.extensions import db
 from tenant_analytics.group_commit import CommitUncertain, GroupCommitter, _Pending
 from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantBusy
@@ -22,6 +25,9 @@ from tenant_analytics.models import Event, Tenant, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
 from tenant_analytics.rollups import NEW_SESSION, ROLLUP_LOCK, TenantInfo, rebuild_rollups
+
+from .conftest import TEST_HASH_KEY, TEST_JWT_KEY
+from .servers import gunicorn
 
 
 def count_events(tenant_id: int) -> int:
@@ -151,6 +157,44 @@ def test_a_body_too_large_is_413_saying_the_limit(client, make_tenant, path, ite
     response = client.post(path, json=body)
     assert response.status_code == 413
     assert response.get_json()["message"] == message
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_cut(migrated, make_tenant, tmp_path):
+    """Sent without Content-Length (chunked), through gunicorn: Werkzeug stops reading at
+    MAX_CONTENT_LENGTH and once handed the app what it had read, so an oversized batch
+    was stored cut. One byte over is a 413; exactly the limit is taken."""
+    tenant_id = make_tenant().id
+    env = {
+        **os.environ,
+        "DATABASE_URL": migrated,
+        "RATELIMIT_ENABLED": "false",
+        "TENANT_CACHE_SECONDS": "0",
+        "VISITOR_HASH_KEY": TEST_HASH_KEY,
+        "JWT_SECRET_KEY": TEST_JWT_KEY,
+    }
+    batch = json.dumps({"tenant_id": tenant_id, "events": [{"event_type": "pageview"}]})
+
+    def post_chunked(port: int, size: int) -> int:
+        body = batch.encode().ljust(size)  # JSON, then spaces up to ``size`` bytes
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            chunks = (body[i : i + 65_536] for i in range(0, len(body), 65_536))
+            connection.request(
+                "POST",
+                "/api/analytics/batch",
+                body=chunks,
+                headers={"Content-Type": "application/json"},
+                encode_chunked=True,
+            )
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    with gunicorn(["--workers", "1"], env, tmp_path / "gunicorn.log") as port:
+        assert post_chunked(port, MAX_CONTENT_LENGTH + 1) == 413
+        assert count_events(tenant_id) == 0
+        assert post_chunked(port, MAX_CONTENT_LENGTH) == 201
+        assert count_events(tenant_id) == 1
 
 
 def test_each_batch_event_counts_against_the_tenant_limit(make_app, make_tenant):

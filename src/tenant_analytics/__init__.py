@@ -102,12 +102,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         )
 
     from .api import register_blueprints
-    from .api.requests import refuse_encoded_bodies
+    from .api.requests import WholeBodyRequest, refuse_encoded_bodies
     from .auth import canonical_bearer_scheme, register_jwt_callbacks
     from .cli import register_commands
     from .errors import register_error_handlers
     from .ratelimits import rate_limit_headers
 
+    app.request_class = WholeBodyRequest
     register_error_handlers(app)
     app.before_request(canonical_bearer_scheme)
     app.before_request(refuse_encoded_bodies)

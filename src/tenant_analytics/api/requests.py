@@ -6,10 +6,11 @@ import json
 from collections.abc import Sequence
 from typing import TypeVar
 
-from flask import current_app, request
+from flask import Request, current_app, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream
 
 from ..config import BODY_MAX_BYTES
 from ..errors import error_response, invalid_body, validation_errors
@@ -19,6 +20,33 @@ from ..privacy import referrer_origin
 from ..tenancy import active_tenants, request_body
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+
+class WholeBodyRequest(Request):
+    """Flask's request, except that a body sent without Content-Length (chunked) and
+    longer than MAX_CONTENT_LENGTH is a 413.
+
+    Werkzeug stops reading such a body at the limit and hands over what it read: a
+    batch sent chunked lost its tail without a word, or came back "not valid JSON".
+    """
+
+    _over_limit = False
+
+    def get_data(  # type: ignore[override]
+        self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
+    ) -> bytes | str:
+        data = super().get_data(cache=cache, as_text=as_text, parse_form_data=parse_form_data)
+        if self._over_limit or self._stopped_at_the_limit():
+            self._over_limit = True  # the byte that told is gone: say so again on a re-read
+            raise RequestEntityTooLarge()
+        return data
+
+    def _stopped_at_the_limit(self) -> bool:
+        stream = self.stream
+        if self.content_length is not None or not isinstance(stream, LimitedStream):
+            return False  # a Content-Length over the limit is refused before any read
+        # The server ends a chunked body (wsgi.input_terminated): one byte more is too many.
+        return stream.is_exhausted and bool(self.environ["wsgi.input"].read(1))
 
 
 # The conversion beacon answers 200 whatever it is sent (see v1.conversion).
