@@ -142,6 +142,17 @@ def test_whole_quantity_written_with_a_decimal_point_is_that_quantity(client, ma
     assert type(event.metadata_["quantity"]) is int
 
 
+@pytest.mark.parametrize("quantity", ["2 kg", 0, 10**7])
+def test_a_landing_events_quantity_is_its_own_metadata(client, make_tenant, quantity):
+    """metadata.quantity is a store field; a landing page's metadata may use the word."""
+    tenant = make_tenant()
+    metadata = {"product_id": 7, "quantity": quantity}
+    response = track(client, tenant_id=tenant.id, event_type="product_click", metadata=metadata)
+    assert response.status_code == 201, response.get_json()
+    (event,) = events_of(tenant.id)
+    assert (event.metadata_, event.quantity, event.revenue) == (metadata, None, None)
+
+
 @pytest.mark.parametrize(
     ("extra", "field"),
     [

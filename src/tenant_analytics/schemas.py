@@ -31,6 +31,7 @@ from pydantic_extra_types.currency_code import ISO4217
 from .catalogue import (
     MAX_TIME_ON_PAGE_SECONDS,
     PURCHASE,
+    STORE_TYPES,
     TIME_ON_PAGE,
     TRACK_TYPES,
     V1_INTERACTION_TYPES,
@@ -128,7 +129,9 @@ class TrackedEvent(Body):
     idempotency_key: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
 
     def quantity(self) -> int | None:
-        """``metadata.quantity`` (validated as a positive integer)."""
+        """A store event's ``metadata.quantity`` (validated as a positive integer)."""
+        if self.event_type not in STORE_TYPES:
+            return None
         return (self.metadata or {}).get("quantity")
 
     @field_validator("metadata")
@@ -136,7 +139,9 @@ class TrackedEvent(Body):
     def _check_quantity_and_seconds(
         cls, metadata: dict[str, Any] | None, info: ValidationInfo
     ) -> dict[str, Any] | None:
-        quantity = (metadata or {}).get("quantity")
+        # A store field: a landing page's metadata is its own ("quantity": "2 kg").
+        is_store_event = info.data.get("event_type") in STORE_TYPES
+        quantity = (metadata or {}).get("quantity") if is_store_event else None
         if isinstance(quantity, float) and quantity.is_integer():
             # 2.0 is the number 2 in JSON (a Python client sends it so): taken as 2.
             quantity = int(quantity)
@@ -160,6 +165,8 @@ class TrackedEvent(Body):
     def _check_revenue(cls, price: Decimal | None, info: ValidationInfo) -> Decimal | None:
         """A purchase's revenue is price x quantity; it must fit where it is stored."""
         quantity = (info.data.get("metadata") or {}).get("quantity")
+        if info.data.get("event_type") not in STORE_TYPES:
+            quantity = None
         if price is not None and isinstance(quantity, int) and price * quantity > MAX_MONEY:
             raise ValueError(f"price x metadata.quantity may not exceed {MAX_MONEY}")
         return price
