@@ -199,6 +199,16 @@ def test_conversion_defaults_and_explicit_fields(client, make_tenant):
     assert explicit.created_at == at
 
 
+def test_conversion_with_null_value_and_event_is_a_sale_of_the_defaults(client, make_tenant):
+    """A shop template's empty variable renders as null: the sale is kept, not skipped."""
+    tenant = make_tenant(slug="tienda")
+    body = {"tenant_slug": "tienda", "transaction_id": "t-null", "value": None, "event": None}
+    response = client.post("/api/v1/analytics/conversion", json=body)
+    assert response.get_json() == {"status": "ok", "transaction_id": "t-null"}
+    (event,) = events_of(tenant.id)
+    assert (event.event_type, event.revenue) == ("purchase", 0)
+
+
 def test_conversion_value_computed_in_javascript_is_rounded_to_the_cent(client, make_tenant):
     tenant = make_tenant(slug="tienda")
     response = client.post(

@@ -269,6 +269,13 @@ class ConversionBeacon(Body):
     # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
     timestamp: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = None
 
+    @field_validator("value", "event", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """``null`` (a shop template's empty variable) is the field left out: the sale is
+        still a sale, of the documented default, rather than skipped."""
+        return cls.model_fields[info.field_name].default if value is None else value
+
     @field_validator("transaction_id", mode="before")
     @classmethod
     def _order_number_as_text(cls, value: Any) -> Any:
