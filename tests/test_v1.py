@@ -352,6 +352,24 @@ def test_interaction_recorded(client, make_tenant, product_of):
     )
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/api/v1/analytics/track", {"type": "call"}, 202),
+        ("/api/v1/interactions", {"type": "call_click"}, 201),
+    ],
+)
+def test_v1_metadata_as_phps_empty_array_is_no_metadata(client, make_tenant, path, body, status):
+    """PHP's json_encode writes an empty map as []: the v1 clients' "no metadata"."""
+    tenant = make_tenant()
+    ref = str(tenant.id) if path.endswith("track") else tenant.id
+    for metadata in ([], {}):
+        response = client.post(path, json={**body, "tenant_id": ref, "metadata": metadata})
+        assert response.status_code == status, response.get_json()
+    as_array, as_object = events_of(tenant.id)
+    assert as_array.metadata_ == as_object.metadata_
+
+
 def test_interaction_never_links_another_tenants_product(client, make_tenant, product_of):
     mine, theirs = make_tenant(), make_tenant()
     foreign = product_of(theirs)

@@ -14,6 +14,7 @@ from pydantic import (
     AnyUrl,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -78,6 +79,8 @@ def _storable_text(value: str) -> str:
 
 
 Metadata = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+# The v1 contract's clients are PHP's: json_encode([]) writes an empty map as [].
+PhpMetadata = Annotated[Metadata, BeforeValidator(lambda value: {} if value == [] else value)]
 Currency = ISO4217  # a code of ISO 4217 in any case, upper-cased
 MAX_MONEY = Decimal("999999999999.99")  # events.price and events.revenue: numeric(14, 2)
 CENT = Decimal("0.01")
@@ -225,7 +228,7 @@ class V1TrackEvent(Body):
     tenant_id: Annotated[str, Field(strict=True, min_length=1, max_length=64)]
     type: Literal[V1_TRACK_TYPES]  # type: ignore[valid-type]
     product_id: ProductId | None = None
-    metadata: Metadata | None = None
+    metadata: PhpMetadata | None = None
 
 
 class Interaction(Body):
@@ -235,7 +238,7 @@ class Interaction(Body):
     tenant_id: StrictInt
     type: Literal[V1_INTERACTION_TYPES]  # type: ignore[valid-type]
     product_id: ProductId | None = None
-    metadata: Metadata | None = None
+    metadata: PhpMetadata | None = None
 
 
 def _in_utc(moment: datetime) -> datetime:
