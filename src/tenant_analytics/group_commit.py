@@ -55,6 +55,8 @@ SWITCH_INTERVAL = 0.0005  # seconds
 BUSY_RECHECK_SECONDS = 0.5
 # After a pause this long the committer checks the connections it kept are still open.
 IDLE_CHECK_SECONDS = 1.0
+# A request still waiting this long checks that the committer is there to answer it.
+RESTART_CHECK_SECONDS = 1.0
 _CLAIMS = threading.Lock()  # guards _Pending.state
 
 
@@ -66,6 +68,7 @@ class _Pending:
     # Held until the job is settled: cheaper to make than a threading.Event.
     settled: threading.Lock = field(default_factory=threading.Lock)
     state: str = "queued"  # then "claimed" by the committer or "withdrawn" by the waiter
+    done: bool = False  # settled (only the committer's thread settles a claimed job)
 
     def __post_init__(self) -> None:
         self.settled.acquire()
@@ -79,7 +82,7 @@ class _Pending:
             return True
 
     def settle(self, result: IngestResult | None, error: BaseException | None = None) -> None:
-        self.result, self.error = result, error
+        self.result, self.error, self.done = result, error, True
         self.settled.release()
 
 
@@ -135,7 +138,7 @@ class GroupCommitter:
         self._ensure_thread()
         pending = _Pending(job)
         self._queue.put(pending)
-        if not pending.settled.acquire(timeout=self.timeout):
+        if not self._wait_for(pending):
             if pending.move("withdrawn"):
                 raise CommitTimeout("the database did not take the events in time")
             pending.settled.acquire()  # already being written: wait for that outcome
@@ -144,22 +147,40 @@ class GroupCommitter:
         assert pending.result is not None
         return pending.result
 
+    def _wait_for(self, pending: _Pending) -> bool:
+        """Whether ``pending`` was settled within ``timeout``. Every second of waiting, a
+        committer that ended meanwhile (see ``_commit_settling``) is replaced: a job it
+        left in the queue is then written, not left to time out."""
+        deadline = time.monotonic() + self.timeout
+        while not pending.settled.acquire(timeout=min(RESTART_CHECK_SECONDS, self.timeout)):
+            if time.monotonic() >= deadline:
+                return False
+            self._ensure_thread()
+        return True
+
     def _ensure_thread(self) -> None:
-        if self._owner_pid == os.getpid():
+        if self._owner_pid == os.getpid() and self._thread is not None and self._thread.is_alive():
             return
         with self._lock:
-            if self._owner_pid != os.getpid():
-                if self._thread is not None and self._thread.is_alive():
+            alive = self._thread is not None and self._thread.is_alive()
+            if self._owner_pid == os.getpid():
+                if alive:
+                    return
+                # Ended by what no batch may raise (see _commit_settling): the jobs queued
+                # since stay in the queue, for the new committer.
+                log.error("the group committer had stopped; starting it again")
+            else:
+                if alive:
                     self._thread.join()  # a closed committer finishing its batch: never two
                 self._queue = queue.SimpleQueue()  # after a fork or close(): afresh
-                # Request threads are CPU-bound; after each database round trip the
-                # committer must win the GIL back in well under the default 5 ms.
-                sys.setswitchinterval(SWITCH_INTERVAL)
-                self._thread = threading.Thread(
-                    target=self._run, args=(self._queue,), name="group-commit", daemon=True
-                )
-                self._thread.start()
-                self._owner_pid = os.getpid()
+            # Request threads are CPU-bound; after each database round trip the
+            # committer must win the GIL back in well under the default 5 ms.
+            sys.setswitchinterval(SWITCH_INTERVAL)
+            self._thread = threading.Thread(
+                target=self._run, args=(self._queue,), name="group-commit", daemon=True
+            )
+            self._thread.start()
+            self._owner_pid = os.getpid()
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, stop the committer and close its connections.
@@ -200,9 +221,7 @@ class GroupCommitter:
                 while True:
                     batch, stop = self._next_batch(jobs)
                     if batch:
-                        if time.monotonic() - self._idle_since > IDLE_CHECK_SECONDS:
-                            self._drop_closed_connections()
-                        self._commit(batch)
+                        self._commit_settling(batch)
                         self._idle_since = time.monotonic()
                     if stop:
                         return
@@ -212,21 +231,55 @@ class GroupCommitter:
                         connection.close()
                 self._connection = self._autocommit = None
 
+    def _commit_settling(self, batch: Sequence[_Pending]) -> None:
+        """``_commit`` the batch; whatever escapes it (no error should) settles the jobs it
+        left waiting as may-have-been-stored, and the next batch starts on new connections.
+        The committer outlives any one batch: its waiters would wait for good otherwise."""
+        try:
+            if time.monotonic() - self._idle_since > IDLE_CHECK_SECONDS:
+                self._drop_closed_connections()
+            self._commit(batch)
+        except BaseException as error:
+            log.exception("group commit failed unexpectedly")
+            for pending in batch:
+                if not pending.done:
+                    uncertain = CommitUncertain("the batch may or may not have been committed")
+                    uncertain.__cause__ = error
+                    pending.settle(None, uncertain)
+            for name in ("_connection", "_autocommit"):
+                self._discard(name)
+            if not isinstance(error, Exception):
+                raise  # the thread is being stopped (GreenletExit, SystemExit)
+
     def _drop_closed_connections(self) -> None:
         """Check the connections kept between batches with a round trip, and drop those the
         server closed while idle (a restart, idle_session_timeout, a proxy's timeout): the
         batch would fail on them as may-have-been-stored, though nothing of it was sent."""
         for name in ("_connection", "_autocommit"):
             connection: Connection | None = getattr(self, name)
-            if connection is None or connection.closed:
+            if connection is None:
+                continue
+            if connection.closed or connection.invalidated:  # an error's, not yet replaced
+                self._discard(name)
                 continue
             try:
                 connection.exec_driver_sql("SELECT 1")
                 connection.rollback()  # (the autocommit one has nothing to end)
-            except DBAPIError:
+            except Exception:
+                self._discard(name)
+
+    def _discard(self, name: str) -> None:
+        """Close the kept connection ``name`` for good (its server session ends with it)."""
+        connection: Connection | None = getattr(self, name)
+        setattr(self, name, None)
+        if connection is None:
+            return
+        try:
+            if not connection.invalidated:
                 connection.invalidate()
-                connection.close()
-                setattr(self, name, None)
+            connection.close()
+        except Exception:
+            log.warning("a connection of the group committer did not close", exc_info=True)
 
     def _next_batch(self, jobs: queue.SimpleQueue[_Pending | None]) -> tuple[list[_Pending], bool]:
         """Every job queued now (at least one, unless asked to stop), skipping those their
@@ -403,5 +456,13 @@ class GroupCommitter:
             self._autocommit.close()
             self._autocommit = None  # closed is not invalidated: never hand it out again
         if self._autocommit is None:
-            self._autocommit = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            connection = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                # For every statement, the PREPAREs too: they lock the tables they name.
+                if connection.dialect.name == "postgresql":
+                    postgres_writer.set_lock_timeout_for_good(connection, self.lock_timeout)
+            except BaseException:
+                connection.close()
+                raise
+            self._autocommit = connection
         return self._autocommit
