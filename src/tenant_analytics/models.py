@@ -211,7 +211,10 @@ class Event(db.Model):
 
 
 # The columns a write fills (the id comes from the database, or storage.py on SQLite).
-EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in Event.__table__.columns if c.name != "id")
+# Plain str: "metadata" is a quoted_name, a str subclass orjson refuses as a key.
+EVENT_COLUMNS: tuple[str, ...] = tuple(
+    str(c.name) for c in Event.__table__.columns if c.name != "id"
+)
 
 
 class Product(db.Model):
