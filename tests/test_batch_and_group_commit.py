@@ -9,6 +9,7 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, event, func, make_url, select, text
@@ -19,7 +20,12 @@ from sqlalchemy.pool import NullPool
 from tenant_analytics import postgres_writer
 from tenant_analytics.config import MAX_CONTENT_LENGTH, normalize_database_url
 from tenant_analytics.extensions import db
-from tenant_analytics.group_commit import CommitUncertain, GroupCommitter, _Pending
+from tenant_analytics.group_commit import (
+    CommitTimeout,
+    CommitUncertain,
+    GroupCommitter,
+    _Pending,
+)
 from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantBusy
 from tenant_analytics.models import Event, Tenant, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS
@@ -503,6 +509,111 @@ def test_a_batch_that_may_have_committed_is_not_written_again(
     assert count_events(tenant.id) == 4
 
 
+def submit_within(committer: GroupCommitter, job: IngestJob, seconds: float = 10) -> object:
+    """``committer.submit(job)``'s result or error; a hang fails the test, not the suite."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(committer.submit(job))
+        except Exception as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"submit did not return within {seconds} s"
+    return outcome[0]
+
+
+def test_a_committer_cut_off_mid_batch_writes_the_batches_after_a_pause(
+    app, make_tenant, add_events, is_postgres, monkeypatch
+):
+    """The connection lost during a batch stays invalidated until the next batch; the idle
+    check after a pause once met it there, raised, and ended the committer: every later
+    request waited its 30 s and answered 503, until the worker was restarted."""
+    if not is_postgres:
+        pytest.skip("a batch's BEGIN to COMMIT in one round trip is PostgreSQL's")
+    monkeypatch.setattr("tenant_analytics.group_commit.IDLE_CHECK_SECONDS", 0.2)
+    tenant = make_tenant()
+    add_events(tenant, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    info = TenantInfo.of(tenant)
+    committer = app.extensions["group_commit"]
+    real_executes = postgres_writer._executes
+    monkeypatch.setattr(
+        postgres_writer,
+        "_executes",
+        lambda params: real_executes(params) + ";\nSELECT pg_terminate_backend(pg_backend_pid())",
+    )
+    assert isinstance(submit_within(committer, pageview_job(info, "/cut-off")), CommitUncertain)
+    monkeypatch.setattr(postgres_writer, "_executes", real_executes)
+    time.sleep(0.4)
+    outcome = submit_within(committer, pageview_job(info, "/after-a-pause"))
+    assert getattr(outcome, "stored", outcome) == 1
+    assert count_events(tenant.id) == 2  # the first row, and the one after the pause
+
+
+# SystemExit ends the committer's thread, as it should: pytest reports that as a warning.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("escape", [RuntimeError, SystemExit])
+def test_the_committer_outlives_what_escapes_a_batch(app, make_tenant, monkeypatch, escape):
+    """An error no batch should raise settles that batch's waiters (503, may be stored)
+    instead of leaving them to wait for good; the next job is written, by a new committer
+    if the old one was stopped."""
+    tenant = make_tenant()
+    info = TenantInfo.of(tenant)
+    committer = app.extensions["group_commit"]
+    assert submit_within(committer, pageview_job(info, "/first")).stored == 1  # type: ignore
+
+    def broken(batch):
+        raise escape("not an error a batch can raise")
+
+    monkeypatch.setattr(committer, "_without_busy_tenants", broken)
+    assert isinstance(submit_within(committer, pageview_job(info, "/lost")), CommitUncertain)
+    monkeypatch.undo()
+    outcome = submit_within(committer, pageview_job(info, "/next"))
+    assert getattr(outcome, "stored", outcome) == 1
+    assert count_events(tenant.id) == 2
+
+
+def test_a_table_lock_holds_a_new_connections_prepare_no_longer_than_the_timeout(
+    app, make_tenant, add_events, is_postgres, database_url
+):
+    """The write statements are prepared on a new connection before its first batch; the
+    PREPARE locks the tables it names and once waited out any lock on them (an ALTER, a
+    non-concurrent index build) however long it lasted, holding up every tenant."""
+    if not is_postgres:
+        pytest.skip("prepared statements are PostgreSQL's")
+    tenant = make_tenant()
+    add_events(tenant, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    info = TenantInfo.of(tenant)
+    committer = app.extensions["group_commit"]
+    committer.lock_timeout = 0.2
+    other = create_engine(normalize_database_url(database_url), poolclass=NullPool)
+    locked = threading.Event()
+
+    def hold_the_table_for(seconds: float) -> None:
+        with other.connect() as connection:
+            connection.exec_driver_sql("LOCK TABLE events IN SHARE MODE")
+            locked.set()
+            connection.exec_driver_sql(f"SELECT pg_sleep({seconds})")
+            connection.rollback()
+
+    holder = threading.Thread(target=hold_the_table_for, args=(4,))
+    holder.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        outcome = submit_within(committer, pageview_job(info, "/while-locked"))
+        waited = time.monotonic() - started
+    finally:
+        holder.join()
+        other.dispose()
+    assert isinstance(outcome, CommitTimeout), outcome
+    assert waited < 3  # the lock timeout's, twice over and more, not the lock's 4 s
+    assert submit_within(committer, pageview_job(info, "/after")).stored == 1  # type: ignore
+
+
 @contextmanager
 def commit_replies_lost(database_url: str):
     """Within: every COMMIT of the app's engine takes effect on the server, whose session
@@ -792,6 +903,29 @@ def test_metadata_numbers_beyond_64_bits_are_stored_exactly(client, make_tenant)
         select(Event.metadata_).where(Event.tenant_id == tenant_id).order_by(Event.id)
     ).all()
     assert stored == sent
+
+
+def test_a_batch_goes_to_postgresql_as_orjson_writes_it(
+    client, make_tenant, add_events, is_postgres, monkeypatch
+):
+    """The fast JSON writer, not the standard library's: a column name orjson refuses as a
+    key (SQLAlchemy's quoted_name for "metadata") once sent every batch the slow way."""
+    if not is_postgres:
+        pytest.skip("the one-round-trip batch is PostgreSQL's")
+    tenant = make_tenant()
+    add_events(tenant, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    slow_way: list[object] = []
+    real_dumps = postgres_writer.json.dumps
+
+    def standard_library(value, **options):
+        slow_way.append(value)
+        return real_dumps(value, **options)
+
+    monkeypatch.setattr(postgres_writer, "json", SimpleNamespace(dumps=standard_library))
+    body = {"tenant_id": tenant.id, "event_type": "pageview", "metadata": {"path": "/"}}
+    assert client.post("/api/analytics/track", json=body).status_code == 201
+    assert count_events(tenant.id) == 2
+    assert slow_way == []
 
 
 def test_only_a_lost_connection_leaves_a_batch_in_doubt(app, is_postgres, database_url):
