@@ -481,6 +481,25 @@ def test_reports_are_the_same_with_passes_in_turn(app, shop, monkeypatch):
     assert funnel_counts(shop, date(2026, 3, 2), TODAY) == funnel
 
 
+def test_a_checkout_bought_by_a_purchase_that_names_its_customer(make_tenant, store_events):
+    """RFM needs user_id on purchases, so a shop may send it there only: the session that
+    checked out anonymously and then bought as a user did not abandon its checkout."""
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    store_events(
+        tenant,
+        [
+            ev("begin_checkout", local(3, 10), "anon-then-ana"),
+            ev("purchase", local(3, 10, 5), "anon-then-ana", user_id="ana"),
+            ev("begin_checkout", local(4, 9), "ben-1", user_id="ben"),
+            ev("purchase", local(5, 9), "ben-2", user_id="ben"),  # the user, elsewhere
+            ev("begin_checkout", local(4, 11), "leaves"),
+            ev("purchase", local(4, 12), "someone-else"),
+        ],
+    )
+    # identifiers: anon-then-ana (bought in its session), ben (bought), leaves (did not)
+    assert stats(tenant)["abandonment_rate"] == 33.3
+
+
 def test_dashboard_of_empty_tenant_is_all_zeros(app, make_tenant):
     tenant = make_tenant(timezone="America/Tegucigalpa")
     for mode in ("total", "unique"):

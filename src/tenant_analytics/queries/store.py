@@ -469,26 +469,24 @@ def product_sales(
 
 
 def abandonment(conn: Database, *, tenant_id: int, start: datetime, end: datetime) -> Abandonment:
-    """Identifiers with a begin_checkout in [start, end), and those with no purchase there."""
+    """Identifiers with a begin_checkout in [start, end), and those with no purchase there.
+
+    A checkout is bought by a purchase of its identifier or of its session: a shop that
+    names its customer (``user_id``) on the purchase only, as RFM asks, has checked out
+    as a session and bought as a user, which is one identifier that did buy.
+    """
+    purchases = (*in_window(tenant_id, start, end), _is(PURCHASE))
+    bought = IDENTIFIER.in_(select(IDENTIFIER).where(*purchases)) | Event.session_id.in_(
+        select(Event.session_id).where(*purchases, Event.session_id.is_not(None))
+    )
     identifiers = (
-        select(
-            func.max(_flag(_is(BEGIN_CHECKOUT))).label("checked_out"),
-            func.max(_flag(_is(PURCHASE))).label("bought"),
-        )
-        .where(
-            *in_window(tenant_id, start, end),
-            Event.event_type.in_((BEGIN_CHECKOUT, PURCHASE)),
-            IDENTIFIER.is_not(None),
-        )
+        select(func.max(_flag(bought)).label("bought"))
+        .where(*in_window(tenant_id, start, end), _is(BEGIN_CHECKOUT), IDENTIFIER.is_not(None))
         .group_by(IDENTIFIER)
         .subquery()
     )
-    checked_out = identifiers.c.checked_out == 1
     checkouts, abandoned = conn.execute(
-        select(
-            func.count(case((checked_out, 1))),
-            func.count(case((checked_out & (identifiers.c.bought == 0), 1))),
-        )
+        select(func.count(), func.count(case((identifiers.c.bought == 0, 1))))
     ).one()
     return Abandonment(checkouts, abandoned)
 
