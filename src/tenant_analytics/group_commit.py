@@ -68,7 +68,7 @@ class _Pending:
     # Held until the job is settled: cheaper to make than a threading.Event.
     settled: threading.Lock = field(default_factory=threading.Lock)
     state: str = "queued"  # then "claimed" by the committer or "withdrawn" by the waiter
-    done: bool = False  # settled (only the committer's thread settles a claimed job)
+    done: bool = False  # settled, by whoever claimed it
 
     def __post_init__(self) -> None:
         self.settled.acquire()
@@ -149,38 +149,55 @@ class GroupCommitter:
 
     def _wait_for(self, pending: _Pending) -> bool:
         """Whether ``pending`` was settled within ``timeout``. Every second of waiting, a
-        committer that ended meanwhile (see ``_commit_settling``) is replaced: a job it
-        left in the queue is then written, not left to time out."""
+        committer that ended meanwhile (see ``_commit_settling``) is started again: a job
+        it left in the queue is then written, not left to time out."""
         deadline = time.monotonic() + self.timeout
-        while not pending.settled.acquire(timeout=min(RESTART_CHECK_SECONDS, self.timeout)):
-            if time.monotonic() >= deadline:
+        wait = min(RESTART_CHECK_SECONDS, self.timeout)
+        while not pending.settled.acquire(timeout=wait):
+            wait = min(RESTART_CHECK_SECONDS, deadline - time.monotonic())
+            if wait <= 0:
                 return False
-            self._ensure_thread()
+            self._restart_if_stopped()
         return True
 
     def _ensure_thread(self) -> None:
-        if self._owner_pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+        thread = self._thread
+        if self._owner_pid == os.getpid() and thread is not None and thread.is_alive():
             return
         with self._lock:
-            alive = self._thread is not None and self._thread.is_alive()
+            thread = self._thread
+            alive = thread is not None and thread.is_alive()
             if self._owner_pid == os.getpid():
-                if alive:
-                    return
-                # Ended by what no batch may raise (see _commit_settling): the jobs queued
-                # since stay in the queue, for the new committer.
-                log.error("the group committer had stopped; starting it again")
-            else:
-                if alive:
-                    self._thread.join()  # a closed committer finishing its batch: never two
-                self._queue = queue.SimpleQueue()  # after a fork or close(): afresh
-            # Request threads are CPU-bound; after each database round trip the
-            # committer must win the GIL back in well under the default 5 ms.
-            sys.setswitchinterval(SWITCH_INTERVAL)
-            self._thread = threading.Thread(
-                target=self._run, args=(self._queue,), name="group-commit", daemon=True
-            )
-            self._thread.start()
-            self._owner_pid = os.getpid()
+                if not alive:
+                    self._start_again()
+                return
+            if thread is not None and alive:
+                thread.join()  # a closed committer finishing its batch: never two
+            self._queue = queue.SimpleQueue()  # after a fork or close(): afresh
+            self._start(self._queue)
+
+    def _restart_if_stopped(self) -> None:
+        """Start the committer of this process again if it ended (not after ``close``)."""
+        with self._lock:
+            thread = self._thread
+            if self._owner_pid == os.getpid() and thread is not None and not thread.is_alive():
+                self._start_again()
+
+    def _start_again(self) -> None:
+        # Ended by what no batch may raise (see _commit_settling): the jobs queued since
+        # stay in the queue, for the new committer.
+        log.error("the group committer had stopped; starting it again")
+        self._start(self._queue)
+
+    def _start(self, jobs: queue.SimpleQueue[_Pending | None]) -> None:
+        # Request threads are CPU-bound; after each database round trip the
+        # committer must win the GIL back in well under the default 5 ms.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        self._thread = threading.Thread(
+            target=self._run, args=(jobs,), name="group-commit", daemon=True
+        )
+        self._thread.start()
+        self._owner_pid = os.getpid()
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, stop the committer and close its connections.
@@ -226,10 +243,10 @@ class GroupCommitter:
                     if stop:
                         return
             finally:
-                for connection in (self._connection, self._autocommit):
-                    if connection is not None:
-                        connection.close()
-                self._connection = self._autocommit = None
+                # Closed for good, not returned to the pool: they carry this committer's
+                # settings (lock_timeout) and prepared statements.
+                for name in ("_connection", "_autocommit"):
+                    self._discard(name)
 
     def _commit_settling(self, batch: Sequence[_Pending]) -> None:
         """``_commit`` the batch; whatever escapes it (no error should) settles the jobs it
@@ -275,7 +292,7 @@ class GroupCommitter:
         if connection is None:
             return
         try:
-            if not connection.invalidated:
+            if not connection.closed and not connection.invalidated:
                 connection.invalidate()
             connection.close()
         except Exception:
