@@ -9,7 +9,7 @@ from typing import TypeVar
 from flask import Request, current_app, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
 
 from ..config import BODY_MAX_BYTES
@@ -30,23 +30,35 @@ class WholeBodyRequest(Request):
     batch sent chunked lost its tail without a word, or came back "not valid JSON".
     """
 
-    _over_limit = False
+    _over_limit: bool | None = None  # None until a read reached the limit and looked past it
 
     def get_data(  # type: ignore[override]
         self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
     ) -> bytes | str:
         data = super().get_data(cache=cache, as_text=as_text, parse_form_data=parse_form_data)
-        if self._over_limit or self._stopped_at_the_limit():
-            self._over_limit = True  # the byte that told is gone: say so again on a re-read
+        if self._over_limit is None and self._read_to_the_limit():
+            self._over_limit = self._more_to_read()
+        if self._over_limit:
             raise RequestEntityTooLarge()
         return data
 
-    def _stopped_at_the_limit(self) -> bool:
+    def _read_to_the_limit(self) -> bool:
         stream = self.stream
-        if self.content_length is not None or not isinstance(stream, LimitedStream):
-            return False  # a Content-Length over the limit is refused before any read
-        # The server ends a chunked body (wsgi.input_terminated): one byte more is too many.
-        return stream.is_exhausted and bool(self.environ["wsgi.input"].read(1))
+        # A Content-Length over the limit is refused before any read; one within it is read
+        # to its end, which is no limit.
+        return (
+            self.content_length is None
+            and isinstance(stream, LimitedStream)
+            and stream.is_exhausted
+        )
+
+    def _more_to_read(self) -> bool:
+        """Whether the body goes on past the limit: the server ends a chunked body
+        (wsgi.input_terminated), so one byte more is too many."""
+        try:
+            return bool(self.environ["wsgi.input"].read(1))
+        except (OSError, ValueError):  # a chunk the server could not read: cut short
+            raise ClientDisconnected() from None
 
 
 # The conversion beacon answers 200 whatever it is sent (see v1.conversion).
