@@ -476,11 +476,18 @@ def abandonment(conn: Database, *, tenant_id: int, start: datetime, end: datetim
     as a session and bought as a user, which is one identifier that did buy.
     """
     purchases = (*in_window(tenant_id, start, end), _is(PURCHASE))
-    bought = IDENTIFIER.in_(select(IDENTIFIER).where(*purchases)) | Event.session_id.in_(
-        select(Event.session_id).where(*purchases, Event.session_id.is_not(None))
-    )
+    # Joined, not IN (...): a hash join spills to disk where a hashed IN list that outgrew
+    # its memory would be searched again for every checkout.
+    buyers = select(IDENTIFIER.label("identifier")).where(*purchases).distinct().subquery()
+    buying_sessions = (
+        select(Event.session_id).where(*purchases, Event.session_id.is_not(None)).distinct()
+    ).subquery()
+    bought = buyers.c.identifier.is_not(None) | buying_sessions.c.session_id.is_not(None)
     identifiers = (
         select(func.max(_flag(bought)).label("bought"))
+        .select_from(Event)
+        .outerjoin(buyers, buyers.c.identifier == IDENTIFIER)
+        .outerjoin(buying_sessions, buying_sessions.c.session_id == Event.session_id)
         .where(*in_window(tenant_id, start, end), _is(BEGIN_CHECKOUT), IDENTIFIER.is_not(None))
         .group_by(IDENTIFIER)
         .subquery()
