@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import threading
@@ -201,6 +202,39 @@ def test_a_chunked_body_over_the_limit_is_413_not_cut(migrated, make_tenant, tmp
         assert count_events(tenant_id) == 0
         assert post_chunked(port, MAX_CONTENT_LENGTH) == 201
         assert count_events(tenant_id) == 1
+
+
+class _CutAfter(io.RawIOBase):
+    """A chunked body as the server hands it over: ``data``, then a broken chunk."""
+
+    def __init__(self, data: bytes) -> None:
+        self.rest = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self.rest:
+            raise OSError("Invalid chunk size")
+        size = min(len(buffer), len(self.rest))
+        buffer[:size], self.rest = self.rest[:size], self.rest[size:]
+        return size
+
+
+def test_a_chunked_body_broken_past_the_limit_is_a_400(client, make_tenant):
+    """Looking one byte past the limit met a broken chunk: the client's fault, not a 500."""
+    body = json.dumps({"tenant_id": make_tenant().id, "events": [{"event_type": "pageview"}]})
+    response = client.post(
+        "/api/analytics/batch",
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={
+            "wsgi.input": _CutAfter(body.encode().ljust(MAX_CONTENT_LENGTH)),
+            "wsgi.input_terminated": True,
+        },
+    )
+    assert response.status_code == 400
+    assert response.get_json()["success"] is False
 
 
 def test_each_batch_event_counts_against_the_tenant_limit(make_app, make_tenant):
@@ -547,9 +581,11 @@ def test_a_committer_cut_off_mid_batch_writes_the_batches_after_a_pause(
     )
     assert isinstance(submit_within(committer, pageview_job(info, "/cut-off")), CommitUncertain)
     monkeypatch.setattr(postgres_writer, "_executes", real_executes)
+    thread = committer._thread
     time.sleep(0.4)
     outcome = submit_within(committer, pageview_job(info, "/after-a-pause"))
     assert getattr(outcome, "stored", outcome) == 1
+    assert committer._thread is thread  # the same committer: nothing escaped its batch
     assert count_events(tenant.id) == 2  # the first row, and the one after the pause
 
 
