@@ -147,6 +147,7 @@ def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
     "env",
     [
         {"TRACK_RATE_LIMIT": "lots"},
+        {"TRACK_ADDRESS_RATE_LIMIT": "a few"},
         # Not development: a typo must not start production with the development secrets.
         {"APP_ENV": "prod"},
         {"APP_ENV": "staging", "FLASK_ENV": "production"},

@@ -121,6 +121,48 @@ def test_limit_follows_the_tenant_not_the_address(make_app, make_tenant):
     assert statuses == [201, 201, 201, 429]
 
 
+def from_address(client, path: str, body: dict, address: str):
+    return client.post(path, json=body, headers={"X-Forwarded-For": address})
+
+
+def test_an_address_share_keeps_one_sender_from_spending_the_tenants_bucket(make_app, make_tenant):
+    """TRACK_ADDRESS_RATE_LIMIT: a single sender is refused once it has spent its share,
+    and what it was refused costs the tenant's bucket nothing, so other visitors still
+    get through; a batch counts its items against both."""
+    app = make_app(
+        TRACK_RATE_LIMIT="10 per minute",
+        TRACK_ADDRESS_RATE_LIMIT="4 per minute",
+        TRUSTED_PROXY_COUNT=1,
+    )
+    client = app.test_client()
+    with app.app_context():
+        tenant_id, other_id = make_tenant().id, make_tenant().id
+    event = {"tenant_id": tenant_id, "event_type": "pageview"}
+    batch = {"tenant_id": tenant_id, "events": [{"event_type": "pageview"}] * 3}
+    flood = "198.51.100.1"
+    statuses = [from_address(client, "/api/analytics/track", event, flood) for _ in range(6)]
+    assert [response.status_code for response in statuses] == [201] * 4 + [429] * 2
+    refused = statuses[-1]
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "per client address" in refused.get_json()["message"]
+    # The same address may still post to another tenant: its share is per tenant.
+    assert (
+        from_address(
+            client, "/api/analytics/track", {**event, "tenant_id": other_id}, flood
+        ).status_code
+        == 201
+    )
+    # 4 of the tenant's 10 spent: two other addresses get 3 + 3 in batches, then it is full.
+    for address in ("198.51.100.2", "198.51.100.3"):
+        assert from_address(client, "/api/analytics/batch", batch, address).status_code == 201
+    assert from_address(client, "/api/analytics/track", event, "198.51.100.4").status_code == 429
+    # A batch larger than the share itself could never pass: 413, saying the smaller limit.
+    five = {**batch, "events": [{"event_type": "pageview"}] * 5}
+    too_large = from_address(client, "/api/analytics/batch", five, "198.51.100.5")
+    assert too_large.status_code == 413
+    assert too_large.get_json()["max_events"] == 4
+
+
 @pytest.mark.skipif(not REDIS_URL, reason="needs TEST_REDIS_URL (a real Redis)")
 def test_two_gunicorn_processes_share_one_limit(migrated, make_tenant, tmp_path):
     tenant_id = make_tenant().id

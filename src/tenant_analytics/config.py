@@ -125,6 +125,12 @@ def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+def _optional_rate_limit(env: Mapping[str, str], name: str) -> str | None:
+    """The limit ``name`` sets, checked as ``_rate_limit`` does; None when unset or empty."""
+    value = env.get(name)
+    return _rate_limit(env, name, value) if value else None
+
+
 def normalize_database_url(url: str) -> str:
     """Pin plain PostgreSQL URLs (and the ``postgres://`` spelling) to psycopg2.
 
@@ -150,6 +156,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "RATELIMIT_KEY_PREFIX": env.get("RATELIMIT_KEY_PREFIX", "tenant-analytics"),
         "RATELIMIT_ENABLED": _flag(env, "RATELIMIT_ENABLED", True),
         "TRACK_RATE_LIMIT": _rate_limit(env, "TRACK_RATE_LIMIT", "100 per minute"),
+        # Off unless set: what one client address may post to one tenant (see ratelimits).
+        "TRACK_ADDRESS_RATE_LIMIT": _optional_rate_limit(env, "TRACK_ADDRESS_RATE_LIMIT"),
         "LOGIN_RATE_LIMIT": _rate_limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),
         "LOGIN_ADDRESS_RATE_LIMIT": _rate_limit(env, "LOGIN_ADDRESS_RATE_LIMIT", "30 per minute"),
         "API_RATE_LIMIT": _rate_limit(env, "API_RATE_LIMIT", "60 per minute"),

@@ -71,10 +71,69 @@ def login_address_key() -> str:
     return f"login-address:{client_ip_key()}"
 
 
+def _one_event() -> int:
+    return 1
+
+
+def address_share(cost: Callable[[], int]) -> Callable[[View], View]:
+    """TRACK_ADDRESS_RATE_LIMIT, when set: what one client address may post to one tenant,
+    ``cost`` units a request, counted before the tenant's bucket and apart from it.
+
+    A limit per tenant alone lets a single sender spend a tenant's whole allowance and
+    have its visitors' events refused; a request this limit refuses (429) costs the
+    tenant's bucket nothing. Off by default: a server that sends a tenant's events in
+    batches from one address would need a share as large as the tenant's bucket.
+    """
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def check(*args: Any, **kwargs: Any) -> Any:
+            limit = current_app.config.get("TRACK_ADDRESS_RATE_LIMIT")
+            retry_after = _address_share_spent(limit, cost()) if limit else None
+            if retry_after is None:
+                return view(*args, **kwargs)
+            response, status = error_response(
+                429,
+                f"Rate limit exceeded: {limit} per client address for this tenant",
+                code="rate_limited",
+            )
+            response.headers["Retry-After"] = str(retry_after)
+            return response, status
+
+        return check  # type: ignore[return-value]
+
+    return decorate
+
+
+def _address_share_spent(limit: str, cost: int) -> int | None:
+    """Seconds until this address may post to the requested tenant again, or None when
+    ``cost`` more units fit in its share (and are counted)."""
+    tenant = requested_tenant()
+    key = (
+        current_app.config["RATELIMIT_KEY_PREFIX"],
+        "tenant-address",
+        f"{tenant.id if tenant is not None else '-'}:{client_ip_key()}",
+    )
+    strategy = limiter.limiter
+    try:
+        items = parse_many(limit)
+        if all(strategy.hit(item, *key, cost=cost) for item in items):
+            return None
+        reset = max(strategy.get_window_stats(item, *key).reset_time for item in items)
+        return max(1, int(reset - time.time()))
+    except Exception:  # the limiter's storage is away: no share, as the tenant bucket does
+        log.warning("address share not counted: the limiter's storage did not answer")
+        return None
+
+
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
 per_tenant = unless_disabled(
-    limiter.shared_limit(
-        lambda: current_app.config["TRACK_RATE_LIMIT"], scope=TENANT_SCOPE, key_func=tenant_key
+    lambda view: address_share(_one_event)(
+        limiter.shared_limit(
+            lambda: current_app.config["TRACK_RATE_LIMIT"],
+            scope=TENANT_SCOPE,
+            key_func=tenant_key,
+        )(view)
     )
 )
 
@@ -97,6 +156,10 @@ def largest_admissible(limit: str) -> int:
     return min(item.amount for item in parse_many(limit))
 
 
+# The limits a batch's every item counts against (the second only when set).
+BATCH_LIMITS = ("TRACK_RATE_LIMIT", "TRACK_ADDRESS_RATE_LIMIT")
+
+
 def refuse_batches_over_the_limit(view: View) -> View:
     """A batch with more items than the whole limit admits can never pass: a 413, free.
 
@@ -106,7 +169,10 @@ def refuse_batches_over_the_limit(view: View) -> View:
     @wraps(view)
     def check(*args: Any, **kwargs: Any) -> Any:
         items = batch_items()
-        limit = current_app.config["TRACK_RATE_LIMIT"]
+        limit = min(
+            filter(None, (current_app.config.get(name) for name in BATCH_LIMITS)),
+            key=largest_admissible,
+        )
         admissible = largest_admissible(limit)
         if items is not None and admissible < items <= MAX_BATCH_EVENTS:
             raise ApiError(
@@ -122,14 +188,15 @@ def refuse_batches_over_the_limit(view: View) -> View:
 
 
 def _per_tenant_events(view: View) -> View:
-    """The per-tenant bucket charged per item, after refusing batches it could never admit."""
+    """The per-tenant bucket charged per item, after the address's share and after refusing
+    batches that neither could ever admit."""
     limited = limiter.shared_limit(
         lambda: current_app.config["TRACK_RATE_LIMIT"],
         scope=TENANT_SCOPE,
         key_func=tenant_key,
         cost=batch_cost,
     )(view)
-    return refuse_batches_over_the_limit(limited)
+    return refuse_batches_over_the_limit(address_share(batch_cost)(limited))
 
 
 per_tenant_events = unless_disabled(_per_tenant_events)
