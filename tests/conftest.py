@@ -109,6 +109,9 @@ def make_app(migrated: str) -> Iterator[Any]:
         with apps[0].app_context():
             _empty_tables()
         limiter.reset()
+        # One limiter per process, which outlives its apps: a test's unreachable storage
+        # must not leave the next tests counting in its in-memory fallback.
+        limiter._storage_dead = False
 
 
 def _release_connections(app: Flask) -> None:

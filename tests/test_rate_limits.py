@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 
@@ -186,9 +187,25 @@ def test_two_gunicorn_processes_share_one_limit(migrated, make_tenant, tmp_path)
     assert statuses.count(429) == 6
 
 
+def test_a_storage_outage_counts_in_memory_and_says_so_once(make_app, make_tenant, caplog):
+    """With the limiter's Redis away, events still flow and each process counts its limits in
+    memory: not switched off, and not a logged traceback for every request."""
+    app = make_app(RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0", TRACK_RATE_LIMIT="3 per minute")
+    with app.app_context():
+        tenant_id = make_tenant().id
+    client = app.test_client()
+    with caplog.at_level(logging.INFO):
+        statuses = [track(client, tenant_id).status_code for _ in range(5)]
+    assert statuses == [201, 201, 201, 429, 429]
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 1, [r.getMessage() for r in problems]
+    assert "in-memory" in problems[0].getMessage()
+    make_app()  # the limiter (one per process) counts in a working storage again
+
+
 def test_sign_in_waits_while_the_limit_cannot_be_counted(make_app, make_tenant, make_user):
-    """With the limiter's storage down, events still flow (RATELIMIT_SWALLOW_ERRORS), but
-    sign-in answers 503 instead of taking unlimited password guesses."""
+    """With the limiter's storage down, events still flow (counted in memory), but sign-in
+    answers 503 instead of taking password guesses no other process sees."""
     app = make_app(RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0", LOGIN_RATE_LIMIT="3 per minute")
     with app.app_context():
         tenant_id = make_tenant().id

@@ -53,6 +53,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # Exact "N per minute" over any minute; a refused hit (a whole batch) costs nothing.
         RATELIMIT_STRATEGY="moving-window",
         RATELIMIT_SWALLOW_ERRORS=True,  # a Redis outage must not turn events away
+        # Nor switch the limits off, with a logged traceback per request: each process
+        # counts in memory meanwhile (warned once) and goes back to Redis when it answers.
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         JWT_ERROR_MESSAGE_KEY="message",
         # static/ta.js loads on every page view of every tenant: an hour in the browser's
         # cache rather than a revalidation each time (a new snippet is live within the hour).
