@@ -3,14 +3,19 @@
 import gc
 import sys
 
+from gunicorn.arbiter import Arbiter
+
 from tenant_analytics import create_app
 from tenant_analytics.config import ConfigError
 
 try:
     app = create_app()
 except ConfigError as error:
-    # What to fix, on one line, rather than a traceback from every worker.
-    sys.exit(f"tenant-analytics: {error}")
+    # What to fix, on one line, rather than a traceback from every worker. With gunicorn's
+    # "app failed to load" status its master stops, instead of respawning workers that
+    # fail the same way, forever, while holding the port.
+    print(f"tenant-analytics: {error}", file=sys.stderr)
+    sys.exit(Arbiter.APP_LOAD_ERROR)
 
 # What the process built so far (modules, models, schemas: over 100,000 objects) lives
 # as long as it does. Frozen, it is left out of the collector's full passes, which

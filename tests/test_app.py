@@ -14,6 +14,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import upgrade
+from gunicorn.arbiter import Arbiter
 from sqlalchemy import create_engine, func, make_url, select, text
 
 from tenant_analytics import create_app
@@ -26,7 +27,7 @@ from tenant_analytics.queries import store
 from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.timewindows import tenant_zone
 
-from .servers import ROOT
+from .servers import GUNICORN, ROOT, free_port
 
 
 def include_name(name, type_, parent_names):
@@ -115,8 +116,28 @@ def test_development_without_secrets_makes_random_ones_once_per_instance(
     assert create_app().config["JWT_SECRET_KEY"] == "j" * 40
 
 
+def test_production_needs_a_database_named(monkeypatch, tmp_path):
+    """Not a SQLite file of its own in whatever directory each host starts in."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", "memory://")
+    for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
+        monkeypatch.setenv(name, name.lower() * 4)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="without DATABASE_URL"):
+        create_app()
+    assert not (tmp_path / "instance").exists()
+    monkeypatch.setenv("DATABASE_URL", "postgres://app@db.internal/analytics")
+    uri = create_app().config["SQLALCHEMY_DATABASE_URI"]
+    assert uri == "postgresql+psycopg2://app@db.internal/analytics"
+    monkeypatch.setenv("APP_ENV", "development")
+    monkeypatch.delenv("DATABASE_URL")
+    assert create_app().config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")  # quick start
+
+
 def test_production_needs_a_shared_rate_limit_storage(monkeypatch):
     monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
     for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
         monkeypatch.setenv(name, name.lower() * 4)
     monkeypatch.delenv("RATELIMIT_STORAGE_URI", raising=False)
@@ -135,6 +156,7 @@ def test_production_needs_a_shared_rate_limit_storage(monkeypatch):
 def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
     monkeypatch.setenv("FLASK_ENV", "production")
     monkeypatch.setenv("RATELIMIT_STORAGE_URI", "memory://")
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
     monkeypatch.delenv("SECRET_KEY", raising=False)  # nothing uses it
     for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
         monkeypatch.setenv(name, name.lower() * 4)
@@ -272,11 +294,37 @@ def test_a_setting_the_server_cannot_start_with_is_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", "import wsgi"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
-    assert result.returncode == 1
+    assert result.returncode == Arbiter.APP_LOAD_ERROR
     assert result.stderr.splitlines() == [
         "tenant-analytics: refusing to start in production with secrets under 32 bytes:"
         " JWT_SECRET_KEY"
     ]
+
+
+def test_gunicorn_stops_when_its_workers_cannot_start_with_a_setting(tmp_path):
+    """Not a master that respawns failing workers for ever, holding the port, answering
+    nothing, and seen as running by whatever supervises it."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": "sqlite://",
+        "APP_ENV": "production",
+        "JWT_SECRET_KEY": "short",
+    }
+    command = [GUNICORN, "--workers", "2", "--bind", f"127.0.0.1:{free_port()}"]
+    server = subprocess.Popen(
+        [*command, "--no-control-socket", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, log = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == Arbiter.APP_LOAD_ERROR
+    assert "tenant-analytics: refusing to start in production with secrets under 32" in log
 
 
 @contextmanager

@@ -70,6 +70,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "hide_parameters": True,
         **app.config["SQLALCHEMY_ENGINE_OPTIONS"],
     }
+    fill_development_secrets(app.config, app.instance_path)
+    check_production_settings(app.config)
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         os.makedirs(app.instance_path, exist_ok=True)
         path = os.path.join(app.instance_path, "tenant_analytics.db")
@@ -77,8 +79,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
         app.config["SQLALCHEMY_DATABASE_URI"]
     )
-    fill_development_secrets(app.config, app.instance_path)
-    check_production_settings(app.config)
     cooperate_with_gevent()
 
     proxies = app.config["TRUSTED_PROXY_COUNT"]

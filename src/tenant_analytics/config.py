@@ -215,8 +215,9 @@ def fill_development_secrets(config: dict[str, Any], instance_path: str) -> None
 
 
 def check_production_settings(config: dict[str, Any]) -> None:
-    """Refuse to run in production without secrets of its own, or with short ones, or
-    with rate limits counted per process unless asked for (memory://, one worker)."""
+    """Refuse to run in production without a database named, without secrets of its
+    own or with short ones, or with rate limits counted per process unless asked for
+    (memory://, one worker)."""
     if config.get("APP_ENV") != "production":
         config["RATELIMIT_STORAGE_URI"] = config.get("RATELIMIT_STORAGE_URI") or "memory://"
         return
@@ -244,3 +245,9 @@ def check_production_settings(config: dict[str, Any]) -> None:
                 " whole limit; set it explicitly for a single worker)"
             )
         config["RATELIMIT_STORAGE_URI"] = "memory://"
+    if not config.get("SQLALCHEMY_DATABASE_URI"):
+        raise ConfigError(
+            "refusing to start in production without DATABASE_URL: set it to"
+            " postgresql://… (unset, each host and each working directory would keep"
+            " events of its own in a SQLite file under ./instance)"
+        )
