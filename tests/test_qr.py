@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tenant_analytics.auth import access_token_for
 from tenant_analytics.extensions import db
@@ -178,6 +178,37 @@ def test_a_scan_the_database_cannot_take_still_leads_on(client, shop, monkeypatc
     assert (response.status_code, response.headers["Location"]) == (302, LANDING)
     monkeypatch.undo()
     assert events_of(shop.id) == []
+
+
+def test_while_the_database_is_away_a_code_leads_where_it_led(make_app, make_tenant):
+    """A customer at the door with a printed code is not shown an error page: the
+    scan goes on, uncounted, to the landing page this process last led the code to."""
+    pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS=pool, GROUP_COMMIT=False)
+    client = app.test_client()
+    with app.app_context():
+        tenant_id, slug = (tenant := make_tenant(landing_url=LANDING)).id, tenant.slug
+        unscanned = make_tenant(landing_url="https://otra.example/").slug
+        assert scan(client, slug).status_code == 302
+        db.session.close()
+        with db.engine.connect():  # the pool's only connection, held: no query gets one
+            answer = scan(client, slug)
+            browser = client.get(
+                f"/q/{unscanned}", headers={"User-Agent": PHONE, "Accept": "text/html"}
+            )
+            script = scan(client, unscanned)
+        assert (answer.status_code, answer.headers["Location"]) == (302, LANDING)
+        assert answer.headers["Cache-Control"] == "no-store"
+        # A code this process never led anywhere: a page that tries again by itself.
+        assert (browser.status_code, browser.headers["Retry-After"]) == (503, "5")
+        assert browser.mimetype == "text/html" and 'http-equiv="refresh"' in browser.text
+        assert browser.headers["Cache-Control"] == "no-store"
+        assert (script.status_code, script.get_json()["error"]) == (503, "unavailable")
+        assert len(events_of(tenant_id)) == 1  # the scan while away is not counted
+        # Back, the database's answer wins again: a code taken down is a 404 at once.
+        db.session.execute(update(Tenant).where(Tenant.id == tenant.id).values(landing_url=None))
+        db.session.commit()
+        assert scan(client, slug).status_code == 404
 
 
 @pytest.mark.parametrize("campaign", ["", "<script>", "m" * 65, "mesa 3", "mesa\x00"])

@@ -10,6 +10,7 @@ import segno
 from crawlerdetect import CrawlerDetect
 from flask import Blueprint, current_app, redirect, render_template, request, send_file, url_for
 from flask_jwt_extended import jwt_required
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import landing_urls
 from ..catalogue import QR_SCAN
@@ -29,6 +30,7 @@ log = get_logger(__name__)
 CAMPAIGN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 IMAGE_TYPES = {"svg": "image/svg+xml", "png": "image/png"}
 NO_SUCH_CODE = "No such QR code"
+RETRY_SECONDS = 5  # the page that says "a moment" reloads itself after as long
 
 
 @cache
@@ -76,11 +78,25 @@ def scan(slug: str):
 
     Not counted, but still redirected: a HEAD (a link checker, not a person), a crawler,
     a scan over the address's limit, or one the database could not take (the customer
-    is never stopped at the door).
+    is never stopped at the door). While the database is away, a code goes to the page
+    this process last led it to.
     """
-    tenant = public_tenant_by_slug(db.session, slug) if is_tenant_slug(slug) else None
-    if tenant is None or not tenant.landing_url:
+    if not is_tenant_slug(slug):
         return _no_such_code()
+    destinations = _known_destinations()
+    try:
+        tenant = public_tenant_by_slug(db.session, slug)
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        if slug not in destinations:
+            return _unavailable(exc)
+        # A printed code in a customer's hand: on to where it led a moment ago, uncounted.
+        log.warning("QR scan led on uncounted: the database did not answer (%s)", _name(exc))
+        return _led_on(destinations[slug])
+    if tenant is None or not tenant.landing_url:
+        destinations.pop(slug, None)
+        return _no_such_code()
+    destinations[slug] = tenant.landing_url
     # The address's limit first: it also bounds the crawler check each address can ask for.
     counted = request.method == "GET" and qr_scan_counted()
     if counted and not is_crawler(request.headers.get("User-Agent")):
@@ -92,8 +108,35 @@ def scan(slug: str):
         except Exception:
             db.session.rollback()
             log.warning("QR scan not recorded", exc_info=True)
-    response = redirect(tenant.landing_url, 302)
+    return _led_on(tenant.landing_url)
+
+
+def _led_on(landing_url: str):
+    response = redirect(landing_url, 302)
     response.headers["Cache-Control"] = "no-store"  # every scan comes back here
+    return response
+
+
+def _known_destinations() -> dict[str, str]:
+    """Each scanned slug's landing page as this process last read it (one per tenant)."""
+    return current_app.extensions.setdefault("qr_destinations", {})
+
+
+def _name(exc: SQLAlchemyError) -> str:
+    return type(getattr(exc, "orig", None) or exc).__name__
+
+
+def _unavailable(exc: SQLAlchemyError):
+    """The database away and the code's destination unknown here: a page that retries
+    itself for a phone; the JSON API's 503 for any other client."""
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) != "text/html":
+        raise exc
+    log.warning("QR scan not led on: the database did not answer (%s)", _name(exc))
+    page = render_template("qr_unavailable.html", retry_seconds=RETRY_SECONDS)
+    response = current_app.make_response((page, 503))
+    response.headers["Retry-After"] = str(RETRY_SECONDS)
+    response.headers["Cache-Control"] = "no-store"
+    response.vary.add("Accept")
     return response
 
 
