@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 
 import pytest
@@ -201,6 +202,40 @@ def test_a_storage_outage_counts_in_memory_and_says_so_once(make_app, make_tenan
     assert len(problems) == 1, [r.getMessage() for r in problems]
     assert "in-memory" in problems[0].getMessage()
     make_app()  # the limiter (one per process) counts in a working storage again
+
+
+def test_a_served_app_logs_a_storage_outage_with_time_level_and_source(
+    migrated, make_tenant, tmp_path
+):
+    """Under gunicorn, which sets up only its own loggers, the outage is told at start-up
+    and again when a request first falls back to memory, each line dated and sourced."""
+    tenant_id = make_tenant().id
+    env = {
+        **os.environ,
+        "DATABASE_URL": migrated,
+        "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:1/0",
+        "VISITOR_HASH_KEY": TEST_HASH_KEY,
+    }
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(["--workers", "1"], env, log) as port:
+        body = {"tenant_id": tenant_id, "event_type": "pageview"}
+        assert [post(port, "/api/analytics/track", body) for _ in range(3)] == [201] * 3
+    stamp = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] \[WARNING\] "
+    lines = log.read_text().splitlines()
+    told = [
+        line
+        for line in lines
+        if re.fullmatch(
+            stamp + r"tenant_analytics\.ratelimits: "
+            r"RATELIMIT_STORAGE_URI does not answer.*",
+            line,
+        )
+    ]
+    fallback = [
+        line for line in lines if re.fullmatch(stamp + r"flask-limiter: .*in-memory.*", line)
+    ]
+    assert len(told) == 1, lines
+    assert len(fallback) == 1, lines
 
 
 def test_sign_in_waits_while_the_limit_cannot_be_counted(make_app, make_tenant, make_user):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import lru_cache, wraps
 from typing import Any, TypeVar
 
-from flask import Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from flask_limiter import RequestLimit
 from limits import parse_many
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -200,6 +200,17 @@ def _per_tenant_events(view: View) -> View:
 
 
 per_tenant_events = unless_disabled(_per_tenant_events)
+
+
+def warn_if_storage_unreachable(app: Flask) -> None:
+    """At start-up, say at once when the limiter's Redis does not answer (down, or a typo
+    in RATELIMIT_STORAGE_URI), not at the first refused sign-in."""
+    with app.app_context():
+        if app.config["RATELIMIT_ENABLED"] and not limiter.storage.check():
+            log.warning(
+                "RATELIMIT_STORAGE_URI does not answer: until it does, each process counts"
+                " the limits in memory and sign-in answers 503"
+            )
 
 
 def counted_or_503(limited: View) -> View:
