@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -417,7 +418,7 @@ def test_interaction_headers_do_not_tell_which_tenants_exist(client, make_tenant
         assert not any(name.startswith("X-RateLimit") for name, _value in answer.headers)
 
 
-def test_interaction_processing_error_is_202(client, make_tenant, monkeypatch):
+def test_interaction_processing_error_is_202(client, make_tenant, monkeypatch, caplog):
     tenant = make_tenant()
 
     def broken_write(*_args, **_kwargs):
@@ -429,16 +430,27 @@ def test_interaction_processing_error_is_202(client, make_tenant, monkeypatch):
     response = client.post("/api/v1/interactions", json={"tenant_id": tenant.id, "type": "view"})
     assert response.status_code == 202
     assert response.get_json() == {"status": "accepted"}
+    # Not an outage but a fault: logged with its traceback.
+    (record,) = [r for r in caplog.records if r.getMessage() == "interaction not recorded"]
+    assert record.exc_info and "disk on fire" in str(record.exc_info[1])
 
 
-def test_interaction_with_the_database_away_is_202(app, make_app):
+def test_interaction_and_beacon_with_the_database_away_say_why_in_one_line(app, make_app, caplog):
     # (``app`` first: the fixtures' teardown empties the tables through the first app made.)
     unreachable = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
-    response = unreachable.test_client().post(
-        "/api/v1/interactions", json={"tenant_id": 1, "type": "view"}
-    )
+    client = unreachable.test_client()
+    with caplog.at_level(logging.WARNING):
+        response = client.post("/api/v1/interactions", json={"tenant_id": 1, "type": "view"})
+        beacon = client.post("/api/v1/analytics/conversion", json={"tenant_slug": "x", "value": 1})
     assert response.status_code == 202  # a processing error, by the contract
     assert response.get_json() == {"status": "accepted"}
+    assert beacon.get_json() == {"status": "skipped", "transaction_id": None}
+    told = [(r.getMessage(), r.exc_info) for r in caplog.records if r.name.endswith(".v1")]
+    # One line each, naming the cause; not a traceback per request through an outage.
+    assert [(message.split(": ")[:3], exc_info) for message, exc_info in told] == [
+        (["interaction not recorded", "database unavailable", "OperationalError"], None),
+        (["conversion beacon skipped", "database unavailable", "OperationalError"], None),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
@@ -116,6 +117,38 @@ def _not_migrated() -> tuple[Response, int]:
     return _unavailable("The service is not ready; retry shortly.")
 
 
+def _driver_first_line(exc: OperationalError) -> str:
+    """The driver's first line (a refused port, an unknown database): a typo in
+    DATABASE_URL must not look like an outage. Parameters are never in it."""
+    return (str(exc.orig or exc).strip().splitlines() or [""])[0][:300]
+
+
+def outage_reason(exc: BaseException) -> str | None:
+    """One line saying why the database could not take a write, when ``exc`` is an
+    outage (away, out of connections, a commit unconfirmed); None for anything else, a
+    fault worth its traceback."""
+    if isinstance(exc, OperationalError) and not is_missing_table(exc):
+        return f"database unavailable: {type(exc.orig).__name__}: {_driver_first_line(exc)}"
+    if isinstance(exc, PoolTimeout):
+        return "no database connection free in time"
+    if isinstance(exc, CommitTimeout):
+        return "the commit was not confirmed in time"
+    if isinstance(exc, CommitUncertain):
+        cause = exc.__cause__
+        return f"commit outcome unknown: {type(cause).__name__ if cause else ''}"
+    return None
+
+
+def log_not_recorded(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log an event the answer says was not recorded: in an outage one line per request,
+    not a traceback of seventy; anything else with its traceback."""
+    reason = outage_reason(exc)
+    if reason is None:
+        logger.warning("%s", what, exc_info=exc)
+    else:
+        logger.warning("%s: %s", what, reason)
+
+
 def register_error_handlers(app: Flask) -> None:
     """Route every exception through the one JSON shape."""
 
@@ -171,10 +204,7 @@ def register_error_handlers(app: Flask) -> None:
     def _database_unavailable(exc: OperationalError):
         if is_missing_table(exc):  # SQLite's "no such table" is an OperationalError
             return _not_migrated()
-        # The driver's first line (a refused port, an unknown database): a typo in
-        # DATABASE_URL must not look like an outage. Parameters are never in it.
-        reason = (str(exc.orig or exc).strip().splitlines() or [""])[0][:300]
-        log.error("database unavailable: %s: %s", type(exc.orig).__name__, reason)
+        log.error("database unavailable: %s: %s", type(exc.orig).__name__, _driver_first_line(exc))
         return _unavailable("The service is temporarily unavailable; retry shortly.")
 
     @app.errorhandler(PoolTimeout)

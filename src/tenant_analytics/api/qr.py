@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import landing_urls
 from ..catalogue import QR_SCAN
-from ..errors import ApiError, error_response
+from ..errors import ApiError, error_response, log_not_recorded
 from ..extensions import db
 from ..ingestion import NewEvent
 from ..logs import get_logger
@@ -105,9 +105,9 @@ def scan(slug: str):
             ingest_from_request(
                 tenant, [NewEvent(QR_SCAN, {"campaign": campaign} if campaign else None)]
             )
-        except Exception:
+        except Exception as exc:
             db.session.rollback()
-            log.warning("QR scan not recorded", exc_info=True)
+            log_not_recorded(log, "QR scan not recorded", exc)
     return _led_on(tenant.landing_url)
 
 

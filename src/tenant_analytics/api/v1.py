@@ -8,7 +8,7 @@ from flask import Blueprint, current_app
 from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..errors import error_response, invalid_body
+from ..errors import error_response, invalid_body, log_not_recorded
 from ..event_builders import conversion_event
 from ..extensions import db
 from ..ingestion import NewEvent
@@ -62,9 +62,9 @@ def conversion():
         if event is None:
             return {"status": "skipped", "transaction_id": transaction_id}
         ingest_from_request(tenant, [event])
-    except Exception:  # a beacon must never fail the page
+    except Exception as exc:  # a beacon must never fail the page
         db.session.rollback()
-        log.warning("conversion beacon skipped", exc_info=True)
+        log_not_recorded(log, "conversion beacon skipped", exc)
         return {"status": "skipped", "transaction_id": transaction_id}
     return {"status": "ok", "transaction_id": transaction_id}  # as sent, as "skipped" does
 
@@ -77,9 +77,9 @@ def interactions():
     body = parse_body(Interaction)
     try:
         recorded = _record_interaction(body)
-    except Exception:  # the contract's "processing error": 202, like an unknown tenant
+    except Exception as exc:  # the contract's "processing error": 202, like an unknown tenant
         db.session.rollback()
-        log.exception("interaction not recorded")
+        log_not_recorded(log, "interaction not recorded", exc)
         recorded = False
     # Both answers wait for the same floor, so timing does not tell whether a tenant exists.
     floor = current_app.config["INTERACTION_MIN_SECONDS"]
