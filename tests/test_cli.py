@@ -386,6 +386,18 @@ def test_demo_is_refused_in_production(make_app):
         assert db.session.scalar(select(func.count()).select_from(Tenant)) == 0
 
 
+def test_a_production_server_refuses_the_demo_login(runner, client, make_app, caplog):
+    """`flask demo` run on the production database without APP_ENV (from a shell, a cron)
+    must not leave a sign-in whose password the README publishes."""
+    assert runner.invoke(args=["demo"]).exit_code == 0
+    demo_login = {"email": "Owner@Demo.example", "password": "demo-password"}
+    assert client.post("/api/auth/login", json=demo_login).status_code == 200  # development
+    production = make_app(APP_ENV="production", JWT_SECRET_KEY="j" * 32, VISITOR_HASH_KEY="v" * 32)
+    refused = production.test_client().post("/api/auth/login", json=demo_login)
+    assert (refused.status_code, refused.get_json()["error"]) == (401, "invalid_credentials")
+    assert "demo's owner refused in production" in caplog.text
+
+
 def test_demo_purchases_are_stored_as_track_stores_them(runner, client):
     assert runner.invoke(args=["demo"]).exit_code == 0
     tenant = db.session.scalar(select(Tenant).where(Tenant.slug == "demo-bakery"))

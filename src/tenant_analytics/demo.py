@@ -112,6 +112,11 @@ class DemoUnavailable(Exception):
     """The demo's slug or email is taken by something the demo did not make."""
 
 
+def is_demo_owner(user: User) -> bool:
+    """The demo's owner, whose password the README publishes."""
+    return user.email.casefold() == DEMO_EMAIL
+
+
 def load_demo(session: Session, base_url: str = "http://127.0.0.1:5000") -> str:
     """Create the demo tenant, owner, products and events unless present; return how to log in.
 
