@@ -216,7 +216,8 @@ def test_new_timezone_recounts_the_dashboards_days(client, owner, store_events):
 
 def test_a_zone_change_while_a_rebuild_runs_is_a_409_not_a_wait(client, owner, is_postgres):
     """Each zone change rebuilds the rollups in its request: queued behind a running one,
-    every PATCH would hold a pooled connection (and the tenant's row) for its length."""
+    every PATCH would hold a pooled connection (and the tenant's row) for its length.
+    It waits WRITE_LOCK_TIMEOUT_MS at most, as a write would."""
     if not is_postgres:
         pytest.skip("the rollup lock is PostgreSQL's")
     tenant, headers = owner
@@ -249,6 +250,29 @@ def test_a_zone_change_while_a_rebuild_runs_is_a_409_not_a_wait(client, owner, i
     assert db.session.get(Tenant, tenant.id).timezone != "Asia/Tokyo"
     changed = client.patch(url, headers=headers, json={"timezone": "Asia/Tokyo"})
     assert changed.status_code == 200 and changed.get_json()["tenant"]["timezone"] == "Asia/Tokyo"
+
+
+def test_a_zone_change_waits_out_a_write_holding_the_rollup_lock(client, owner, is_postgres):
+    """Every write holds the tenant's rollup lock for the moment of its commit: a busy
+    tenant's zone change waits that moment out, not told that a rebuild is running."""
+    if not is_postgres:
+        pytest.skip("the rollup lock is PostgreSQL's")
+    tenant, headers = owner
+    writer = Session(db.engine)
+    writer.execute(
+        text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
+        {"lock": ROLLUP_LOCK, "tenant": tenant.id},
+    )
+    commit = threading.Timer(0.3, writer.commit)  # a write's transaction, a little long
+    commit.start()
+    try:
+        url = f"/api/tenants/{tenant.id}"
+        changed = client.patch(url, headers=headers, json={"timezone": "Asia/Tokyo"})
+    finally:
+        commit.join(10)
+        writer.close()
+    assert changed.status_code == 200, changed.get_json()
+    assert changed.get_json()["tenant"]["timezone"] == "Asia/Tokyo"
 
 
 @pytest.mark.parametrize("group_commit", [True, False])

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import case, delete, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from .catalogue import STORE_TYPES, Kind, types_of
@@ -480,18 +481,31 @@ REBUILD_SQL = (
 REBUILD_WORK_MEM = "256MB"
 
 
-def lock_rollups_if_free(session: Session, tenant_id: int) -> bool:
-    """Take the tenant's rollup lock for the rest of the transaction, unless another
-    transaction holds it (a rebuild under way): then False at once. (PostgreSQL's; on
+def lock_rollups_within(session: Session, tenant_id: int, seconds: float) -> bool:
+    """Take the tenant's rollup lock for the rest of the transaction, waiting at most
+    ``seconds``: each write holds it for the milliseconds of its commit, a rebuild for
+    as long as the rebuild takes. False when it is still held then. (PostgreSQL's; on
     SQLite a rebuild takes the database's write lock, and this is True.)"""
     if session.get_bind().dialect.name != "postgresql":
         return True
-    return bool(
-        session.scalar(
-            text("SELECT pg_try_advisory_xact_lock(:lock, :tenant)"),
-            {"lock": ROLLUP_LOCK, "tenant": tenant_id},
-        )
+    from .postgres_writer import lock_timed_out  # which builds on this module
+
+    lock = {"lock": ROLLUP_LOCK, "tenant": tenant_id}
+    wait = f"{max(1, round(seconds * 1000))}ms"
+    previous = session.scalar(text("SELECT current_setting('lock_timeout')"))
+    try:
+        with session.begin_nested():  # a wait that runs out leaves the transaction usable
+            session.execute(text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": wait})
+            session.execute(text("SELECT pg_advisory_xact_lock(:lock, :tenant)"), lock)
+    except OperationalError as exc:
+        if lock_timed_out(exc):
+            return False
+        raise
+    # The rebuild that follows waits for its locks as the transaction would have.
+    session.execute(
+        text("SELECT set_config('lock_timeout', :previous, true)"), {"previous": previous}
     )
+    return True
 
 
 def rebuild_rollups(session: Session, tenant: TenantRef, *, chunk: int = 5000) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 from flask_jwt_extended import current_user, jwt_required
 from sqlalchemy.exc import IntegrityError
 
@@ -14,7 +14,7 @@ from ..errors import ApiError, invalid_body
 from ..extensions import db
 from ..models import Product, Tenant
 from ..products import create_product, list_products, product_of_tenant
-from ..rollups import lock_rollups_if_free, rebuild_rollups
+from ..rollups import lock_rollups_within, rebuild_rollups
 from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
 from ..tenancy import active_tenants, owned_tenant_or_404, readable_tenants
 from .qr import is_own_qr_redirect
@@ -78,8 +78,10 @@ def update_tenant(tenant_id: int):
     # The rollups' days are local days: a new zone counts them again, in this request.
     rebuild = changes.get("timezone", tenant.timezone) != tenant.timezone
     # Before the tenant's row is written (a waiting PATCH would hold it, and a connection):
-    # one rebuild at a time, and the others told so rather than queued behind it.
-    if rebuild and not lock_rollups_if_free(db.session, tenant.id):
+    # one rebuild at a time, and the others told so rather than queued behind it for its
+    # length; a write's moment with the lock is waited out, as writes wait for each other.
+    wait = current_app.config["WRITE_LOCK_TIMEOUT_SECONDS"]
+    if rebuild and not lock_rollups_within(db.session, tenant.id, wait):
         raise ApiError(
             409,
             "The tenant's rollups are being rebuilt (a time zone change or a rebuild "
