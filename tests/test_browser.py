@@ -39,6 +39,8 @@ fetch(url, init).then(
     status: answer.status,
     body: await answer.text(),
     retryAfter: answer.headers.get("Retry-After"),
+    qrTarget: answer.headers.get("X-QR-Target"),
+    download: answer.headers.get("Content-Disposition"),
   }),
   (error) => done({error: String(error)}),
 );
@@ -170,8 +172,8 @@ def test_send_beacon_records_a_sale(open_page, make_tenant):
     )
 
 
-def test_owner_api_answers_the_dashboard_origin_only(open_page, make_tenant, make_user):
-    tenant = make_tenant()
+def test_owner_api_answers_the_dashboard_origin_only(open_page, api_port, make_tenant, make_user):
+    tenant = make_tenant(landing_url="https://panaderia.example/")
     user = make_user(tenant)
     login = json_post({"email": user.email, "password": PASSWORD})
 
@@ -182,6 +184,11 @@ def test_owner_api_answers_the_dashboard_origin_only(open_page, make_tenant, mak
     listed = dashboard.fetch("/api/tenants", bearer_get(token))
     assert listed.get("status") == 200, listed
     assert [t["id"] for t in json.loads(listed["body"])["tenants"]] == [tenant.id]
+    # The QR code's answer: the dashboard may read where the code leads and its file name.
+    code = dashboard.fetch(f"/api/tenants/{tenant.id}/qr", bearer_get(token))
+    assert code.get("status") == 200, code
+    assert code["qrTarget"] == f"http://127.0.0.1:{api_port}/q/{tenant.slug}"
+    assert code["download"] == f"inline; filename=qr-{tenant.slug}.svg"
 
     # Any other origin: the browser keeps the answer from the script, token or not.
     landing = open_page("127.0.0.1")

@@ -168,6 +168,7 @@ def _cors_resources(dashboard_origins: list[str]) -> dict[str, dict[str, Any]]:
             "methods": ["GET", "POST", "PATCH", "DELETE"],
             "allow_headers": ["Authorization", "Content-Type"],
             "max_age": 600,
-            "expose_headers": RATE_LIMIT_HEADERS,
+            # The QR code's: where it leads, and the file name to save it under.
+            "expose_headers": [*RATE_LIMIT_HEADERS, "X-QR-Target", "Content-Disposition"],
         }
     return resources
