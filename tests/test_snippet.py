@@ -70,6 +70,14 @@ def api_port(migrated: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
+def api_under_a_path(migrated: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app served under /stats (gunicorn's SCRIPT_NAME), as behind a proxy that gives
+    it a path of a shared host; yields the address the snippet is loaded from."""
+    with api_server(migrated, tmp_path_factory.mktemp("gunicorn"), SCRIPT_NAME="/stats") as port:
+        yield f"http://127.0.0.1:{port}/stats/static/ta.js"
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with chromium() as driver:
         yield driver
@@ -297,6 +305,17 @@ def test_without_a_valid_tenant_the_snippet_does_nothing(landing, make_tenant):
 def test_without_send_beacon_a_keepalive_fetch_sends(landing, make_tenant, no_beacon):
     tenant = make_tenant()
     landing.open(tenant.id, before=f"<script>{no_beacon}</script>")
+    (event,) = events_when(tenant.id, bool)
+    assert event.event_type == "pageview"
+    assert landing.errors() == []
+
+
+def test_served_under_a_path_the_snippet_posts_under_it(api_under_a_path, landing, make_tenant):
+    """Loaded from https://host/stats/static/ta.js, the snippet posts to /stats/api/…, where
+    the API is, not to the host's own /api/… (lost, and the error swallowed)."""
+    tenant = make_tenant()
+    landing.script = api_under_a_path
+    landing.open(tenant.id)
     (event,) = events_when(tenant.id, bool)
     assert event.event_type == "pageview"
     assert landing.errors() == []

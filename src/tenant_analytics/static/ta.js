@@ -25,8 +25,8 @@
   if (!tenantId) return;
   let url;
   try {
-    // The API is wherever this file was loaded from.
-    url = new URL("/api/analytics/track", script.src).href;
+    // The API is wherever this file (its static/ta.js) was loaded from, under a path too.
+    url = new URL("../api/analytics/track", script.src).href;
   } catch (e) {
     return;
   }
