@@ -482,3 +482,21 @@ def test_upgrading_makes_stored_empty_sources_direct(scratch_database_url):
 def ensure_partitions_if_any(connection, now):
     if connection.dialect.name == "postgresql":
         ensure_partitions(connection, [month_of(now)])
+
+
+def test_health_says_whether_the_database_and_the_limiter_answer(app, make_app):
+    healthy = app.test_client().get("/api/health")
+    assert (healthy.status_code, healthy.headers["Cache-Control"]) == (200, "no-store")
+    assert healthy.get_json() == {"status": "ok", "database": "ok", "rate_limit_storage": "ok"}
+    # Redis away: still serving (events are counted in memory meanwhile), and said so.
+    no_redis = make_app(RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0").test_client()
+    answer = no_redis.get("/api/health")
+    assert (answer.status_code, answer.get_json()["rate_limit_storage"]) == (200, "unavailable")
+    make_app()  # the limiter (one per process) counts in a working storage again
+    # The database away, or never migrated: out of the load balancer's rotation.
+    for database in ("postgresql://nobody@127.0.0.1:1/none", "sqlite://"):
+        down = make_app(SQLALCHEMY_DATABASE_URI=database).test_client().get("/api/health")
+        assert down.status_code == 503, database
+        body = down.get_json()
+        assert (body["error"], body["database"]) == ("unavailable", "unavailable")
+        assert body["message"] == "The database does not answer."  # nothing of the driver's

@@ -95,9 +95,16 @@ OPERATIONS: dict[str, Operation] = {
         {
             302: "To the tenant's landing_url; the scan counted",
             404: "No such QR code: a page for a browser (Accept: text/html), else JSON",
+            503: "The database away, and the code's destination unknown to this process",
         },
         query={"c": "Which code was scanned: 1 to 64 letters, digits, '.', '_' or '-'"},
         produces="text/html",
+    ),
+    "health.health": Operation(
+        {
+            200: "The database answers; rate_limit_storage says whether Redis does",
+            503: "The database does not answer (or is not migrated)",
+        }
     ),
     "qr.qr_code": Operation(
         {

@@ -4,7 +4,18 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import auth, dashboards, demo_site, openapi, qr, store_reports, tenants, tracking, v1
+    from . import (
+        auth,
+        dashboards,
+        demo_site,
+        health,
+        openapi,
+        qr,
+        store_reports,
+        tenants,
+        tracking,
+        v1,
+    )
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(tracking.bp)
@@ -14,5 +25,6 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(v1.bp)
     app.register_blueprint(qr.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(health.bp)
     if app.config["APP_ENV"] != "production":  # the quick start's page; no demo in production
         app.register_blueprint(demo_site.bp)

@@ -1,0 +1,43 @@
+"""Health check for load balancers and supervisors (public, not rate limited)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import error_response
+from ..extensions import db, limiter
+from ..models import Tenant
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/api/health")
+def health():
+    """Whether this process can serve: 200 while its database answers (migrated), else 503.
+
+    The rate-limit storage is reported but not required: events flow without it.
+    """
+    database = _database_answers()
+    limits = not current_app.config["RATELIMIT_ENABLED"] or limiter.storage.check()
+    parts = {
+        "database": "ok" if database else "unavailable",
+        "rate_limit_storage": "ok" if limits else "unavailable",
+    }
+    if database:
+        response, status = jsonify(status="ok", **parts), 200
+    else:  # the one error shape, with what was checked
+        message = "The database does not answer."
+        response, status = error_response(503, message, code="unavailable", extra=parts)
+    response.headers["Cache-Control"] = "no-store"
+    return response, status
+
+
+def _database_answers() -> bool:
+    try:
+        db.session.execute(select(Tenant.id).limit(1))  # a table: migrated as well as up
+    except SQLAlchemyError:
+        db.session.rollback()
+        return False
+    return True
