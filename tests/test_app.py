@@ -135,7 +135,7 @@ def test_production_needs_a_database_named(monkeypatch, tmp_path):
     assert create_app().config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")  # quick start
 
 
-def test_production_needs_a_shared_rate_limit_storage(monkeypatch):
+def test_production_needs_a_shared_rate_limit_storage(monkeypatch, caplog):
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("DATABASE_URL", "sqlite://")
     for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
@@ -144,10 +144,18 @@ def test_production_needs_a_shared_rate_limit_storage(monkeypatch):
     with pytest.raises(ConfigError, match="without RATELIMIT_STORAGE_URI"):
         create_app()
     monkeypatch.setenv("RATELIMIT_ENABLED", "false")  # nothing to count (the benchmark)
+    caplog.clear()
     assert create_app().config["RATELIMIT_STORAGE_URI"] == "memory://"
+    assert "RATELIMIT_ENABLED is false: no limit on events, sign-in guesses" in caplog.text
     monkeypatch.delenv("RATELIMIT_ENABLED")
     monkeypatch.setenv("RATELIMIT_STORAGE_URI", "memory://")  # asked for: one worker
+    caplog.clear()
     assert create_app().config["RATELIMIT_STORAGE_URI"] == "memory://"
+    assert "RATELIMIT_STORAGE_URI is memory://: run one worker" in caplog.text
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/0")
+    caplog.clear()
+    create_app()
+    assert "RATELIMIT" not in caplog.text
     monkeypatch.delenv("APP_ENV")
     monkeypatch.delenv("RATELIMIT_STORAGE_URI")
     assert create_app().config["RATELIMIT_STORAGE_URI"] == "memory://"  # development

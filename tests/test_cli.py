@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,6 +19,8 @@ from tenant_analytics.auth import authenticate
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DedupeKey, Event, Tenant, User, utcnow
 from tenant_analytics.storage import claim_keys
+
+from .servers import ROOT
 
 
 def test_tenant_create_prints_json(runner):
@@ -569,3 +574,17 @@ def test_purge_behind_a_long_read_of_events_does_not_hold_up_writers(
             purge.join(10)
         assert outcome and outcome[0].exit_code == 0, outcome
         assert json.loads(outcome[0].stdout)["dropped"], outcome[0].output
+
+
+def test_a_setting_the_command_line_cannot_run_with_is_one_line(tmp_path):
+    """As gunicorn's workers say it: what to fix, not a traceback through Flask's CLI."""
+    env = {**os.environ, "APP_ENV": "production", "PYTHONPATH": str(ROOT / "src")}
+    for secret in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
+        env.pop(secret, None)
+    flask = [sys.executable, "-m", "flask", "--app", "tenant_analytics", "tenant", "list"]
+    result = subprocess.run(flask, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: refusing to start in production without secrets (unset or published):"
+        " JWT_SECRET_KEY, VISITOR_HASH_KEY"
+    ]

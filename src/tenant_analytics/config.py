@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 from limits import parse as parse_rate_limit
 
 # The keys that sign tokens and hash visitors. Flask's SECRET_KEY is not among them
@@ -35,8 +36,9 @@ BATCH_MAX_BYTES = 500 * 1024
 MAX_CONTENT_LENGTH = BATCH_MAX_BYTES
 
 
-class ConfigError(RuntimeError):
-    """Raised when the environment holds a setting the app cannot run with."""
+class ConfigError(click.ClickException):
+    """Raised when the environment holds a setting the app cannot run with; the command
+    line (``flask --app tenant_analytics …``) prints it as one line and exits 1."""
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -245,6 +247,11 @@ def check_production_settings(config: dict[str, Any]) -> None:
                 " whole limit; set it explicitly for a single worker)"
             )
         config["RATELIMIT_STORAGE_URI"] = "memory://"
+    log = logging.getLogger(__name__)
+    if not config.get("RATELIMIT_ENABLED", True):
+        log.warning("RATELIMIT_ENABLED is false: no limit on events, sign-in guesses or scans")
+    elif config["RATELIMIT_STORAGE_URI"].startswith("memory://"):
+        log.warning("RATELIMIT_STORAGE_URI is memory://: run one worker, or each allows it all")
     if not config.get("SQLALCHEMY_DATABASE_URI"):
         raise ConfigError(
             "refusing to start in production without DATABASE_URL: set it to"
