@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select, update
@@ -18,9 +19,12 @@ from sqlalchemy.orm import Session
 from tenant_analytics.auth import authenticate
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DedupeKey, Event, Tenant, User, utcnow
+from tenant_analytics.queries import store
+from tenant_analytics.rollups import ROLLUP_MODELS
 from tenant_analytics.storage import claim_keys
 
 from .servers import ROOT
+from .test_store_reports import ev
 
 
 def test_tenant_create_prints_json(runner):
@@ -464,6 +468,51 @@ def test_events_commands(runner, make_tenant, add_events, is_postgres):
     assert db.session.scalar(select(func.sum(DailyVisitorCount.visitors))) == 1
     missing = runner.invoke(args=["events", "rebuild-rollups", "--tenant", "9999"])
     assert missing.exit_code == 1
+
+
+def test_purge_takes_the_days_it_emptied_out_of_the_rollups(
+    runner, make_tenant, store_events, add_events
+):
+    """The reports read rollups and fall back to the raw events: after a purge both must
+    say the same of its months, and no visitor hash outlives its events there."""
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    zone = ZoneInfo(tenant.timezone)
+    now = utcnow()
+    old = now - timedelta(days=120)
+    store_events(
+        tenant,
+        [
+            ev("page_view", old, "left"),
+            ev("product_view", old, "left"),
+            ev("page_view", old, "came-back"),
+            ev("page_view", now, "came-back"),
+        ],
+    )
+    add_events(tenant, [("pageview", old, "10.0.0.1", None), ("pageview", now, "10.0.0.2", None)])
+
+    def funnels(first, last):
+        window = {"tenant_id": tenant.id, "zone": zone, "start": first, "end": last}
+        return [
+            store.conversion_funnel(db.session, **window, use_rollups=rollups)
+            for rollups in (True, False)
+        ]
+
+    old_day, today = old.astimezone(zone).date(), now.astimezone(zone).date()
+    before = funnels(old_day - timedelta(days=1), old_day + timedelta(days=1))
+    assert before[0] == before[1] and before[0]["funnel"][1]["count"] == 1  # "left"
+    purged = runner.invoke(args=["events", "purge", "--older-than", "90"])
+    assert purged.exit_code == 0, purged.output
+    assert json.loads(purged.output)["rollup_rows_deleted"] > 0
+    db.session.expire_all()
+    rolled_up, raw = funnels(old_day - timedelta(days=1), old_day + timedelta(days=1))
+    assert rolled_up == raw and all(step["count"] == 0 for step in raw["funnel"])
+    recent, recent_raw = funnels(today - timedelta(days=6), today)
+    assert recent == recent_raw and recent["funnel"][0]["count"] == 1  # "came-back", kept
+    # Nothing of the purged days is left in any rollup, per-visitor rows included.
+    for model in ROLLUP_MODELS:
+        day = model.last_day if hasattr(model, "last_day") else model.day
+        oldest = db.session.scalar(select(func.min(day)))
+        assert oldest is None or oldest >= today - timedelta(days=6), model
 
 
 @pytest.mark.parametrize(

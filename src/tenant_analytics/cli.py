@@ -24,7 +24,7 @@ from .models import TENANT_SLUG_LENGTH, Tenant, User, is_tenant_slug, utcnow
 from .partitions import create_ahead, purge_before
 from .postgres_writer import limit_lock_waits, lock_timed_out
 from .products import create_product
-from .rollups import rebuild_rollups
+from .rollups import forget_days_before, rebuild_rollups
 from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
@@ -337,8 +337,8 @@ def _purge_when_events_free(cutoff: datetime) -> tuple[list[str], int | None]:
 @events_cli.command("purge")
 @click.option("--older-than", "days", type=click.IntRange(min=MIN_RETENTION_DAYS), required=True)
 def purge_command(days: int) -> None:
-    """Drop whole monthly partitions older than DAYS (SQLite: delete the rows), and the
-    idempotency keys last seen before then."""
+    """Drop whole monthly partitions older than DAYS (SQLite: delete the rows), the
+    idempotency keys last seen before then, and the rollups of the days emptied."""
     now = utcnow()
     cutoff = now - timedelta(days=days)
     dropped, rows_deleted = _purge_when_events_free(cutoff)
@@ -347,8 +347,21 @@ def purge_command(days: int) -> None:
     keys = delete_dedupe_keys(
         db.session, prefix=IDEMPOTENCY_PREFIX, seen_before=min(cutoff, now - window)
     )
+    # Every event before `gone` was purged: whole months on PostgreSQL, rows on SQLite.
+    gone = cutoff.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if rows_deleted is not None:
+        gone = cutoff
+    # A local day ends before `gone` in every zone (UTC-12 to +14) if it is two days before.
+    rollup_rows = forget_days_before(db.session, gone.date() - timedelta(days=1))
     counted = {} if rows_deleted is None else {"events_deleted": rows_deleted}
-    echo_json({"dropped": dropped, **counted, "dedupe_keys_deleted": keys})
+    echo_json(
+        {
+            "dropped": dropped,
+            **counted,
+            "dedupe_keys_deleted": keys,
+            "rollup_rows_deleted": rollup_rows,
+        }
+    )
 
 
 @events_cli.command("rebuild-rollups")

@@ -380,6 +380,35 @@ def _move_last_seen(
     )
 
 
+def forget_days_before(session: Session, day: date) -> int:
+    """Delete every tenant's rollups of the local days before ``day`` (a purge emptied
+    them), visitors and sessions last seen then included; return how many rows.
+
+    One transaction per tenant, under its rollup lock: its writers move a returning
+    visitor's last-seen day within these same rows.
+    """
+    from .models import Tenant
+
+    tenants = session.scalars(select(Tenant.id).order_by(Tenant.id)).all()
+    session.commit()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    deleted = 0
+    for tenant_id in tenants:
+        if postgres:
+            session.execute(
+                text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
+                {"lock": ROLLUP_LOCK, "tenant": tenant_id},
+            )
+        for model in ROLLUP_MODELS:
+            column = model.last_day if model in (VisitorLastSeen, SessionLastSeen) else model.day
+            result = session.execute(
+                delete(model).where(model.tenant_id == tenant_id, column < day)
+            )
+            deleted += result.rowcount
+        session.commit()
+    return deleted
+
+
 def clear_rollups(session: Session, tenant_id: int) -> None:
     for model in ROLLUP_MODELS:
         session.execute(delete(model).where(model.tenant_id == tenant_id))
