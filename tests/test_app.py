@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -508,3 +510,23 @@ def test_health_says_whether_the_database_and_the_limiter_answer(app, make_app):
         body = down.get_json()
         assert (body["error"], body["database"]) == ("unavailable", "unavailable")
         assert body["message"] == "The database does not answer."  # nothing of the driver's
+
+
+def test_health_answers_within_a_second_or_two_when_redis_hangs(make_app):
+    """A Redis that accepts connections and never answers (a full server, a black hole)
+    must not hold the load balancer's probe, or a request, for redis-py's default."""
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)
+        port = black_hole.getsockname()[1]
+        app = make_app(RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{port}/0")
+        started = time.monotonic()
+        answer = app.test_client().get("/api/health")
+        waited = time.monotonic() - started
+    make_app()  # the limiter (one per process) counts in a working storage again
+    assert answer.status_code == 200
+    assert (answer.get_json()["database"], answer.get_json()["rate_limit_storage"]) == (
+        "ok",
+        "unavailable",
+    )
+    assert waited < 3.5  # the one-second timeouts, not redis-py's five (or forever)

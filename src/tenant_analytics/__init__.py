@@ -56,6 +56,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # Nor switch the limits off, with a logged traceback per request: each process
         # counts in memory meanwhile (warned once) and goes back to Redis when it answers.
         RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        # A Redis that hangs rather than refuses: a second, then memory, not a request held
+        # for redis-py's own default (none at all before redis 8).
+        RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1},
         JWT_ERROR_MESSAGE_KEY="message",
         # static/ta.js loads on every page view of every tenant: an hour in the browser's
         # cache rather than a revalidation each time (a new snippet is live within the hour).

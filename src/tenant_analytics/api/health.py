@@ -20,6 +20,7 @@ def health():
     The rate-limit storage is reported but not required: events flow without it.
     """
     database = _database_answers()
+    db.session.close()  # the connection back to the pool before Redis is asked
     limits = not current_app.config["RATELIMIT_ENABLED"] or limiter.storage.check()
     parts = {
         "database": "ok" if database else "unavailable",
