@@ -8,7 +8,7 @@ from gunicorn.arbiter import Arbiter
 
 from tenant_analytics import create_app
 from tenant_analytics.config import ConfigError
-from tenant_analytics.ratelimits import warn_if_storage_unreachable
+from tenant_analytics.ratelimits import warn_about_limits
 
 # gunicorn sets up its own loggers only: the app's warnings and its libraries' (the
 # database or Redis away) would print bare, with no time, level or source, or not at all.
@@ -27,7 +27,7 @@ except ConfigError as error:
     # fail the same way, forever, while holding the port.
     print(f"tenant-analytics: {error}", file=sys.stderr)
     sys.exit(Arbiter.APP_LOAD_ERROR)
-warn_if_storage_unreachable(app)
+warn_about_limits(app)
 
 # What the process built so far (modules, models, schemas: over 100,000 objects) lives
 # as long as it does. Frozen, it is left out of the collector's full passes, which

@@ -247,11 +247,6 @@ def check_production_settings(config: dict[str, Any]) -> None:
                 " whole limit; set it explicitly for a single worker)"
             )
         config["RATELIMIT_STORAGE_URI"] = "memory://"
-    log = logging.getLogger(__name__)
-    if not config.get("RATELIMIT_ENABLED", True):
-        log.warning("RATELIMIT_ENABLED is false: no limit on events, sign-in guesses or scans")
-    elif config["RATELIMIT_STORAGE_URI"].startswith("memory://"):
-        log.warning("RATELIMIT_STORAGE_URI is memory://: run one worker, or each allows it all")
     if not config.get("SQLALCHEMY_DATABASE_URI"):
         raise ConfigError(
             "refusing to start in production without DATABASE_URL: set it to"

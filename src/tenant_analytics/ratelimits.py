@@ -202,11 +202,20 @@ def _per_tenant_events(view: View) -> View:
 per_tenant_events = unless_disabled(_per_tenant_events)
 
 
-def warn_if_storage_unreachable(app: Flask) -> None:
-    """At start-up, say at once when the limiter's Redis does not answer (down, or a typo
-    in RATELIMIT_STORAGE_URI), not at the first refused sign-in."""
+def warn_about_limits(app: Flask) -> None:
+    """At a server's start (not each command's): limits that production runs without,
+    or counts per process, and a limiter Redis that does not answer (down, or a typo in
+    RATELIMIT_STORAGE_URI), said at once rather than at the first refused sign-in."""
+    config = app.config
+    production = config["APP_ENV"] == "production"
+    if not config["RATELIMIT_ENABLED"]:
+        if production:
+            log.warning("RATELIMIT_ENABLED is false: no limit on events, sign-in or scans")
+        return
+    if production and config["RATELIMIT_STORAGE_URI"].startswith("memory://"):
+        log.warning("RATELIMIT_STORAGE_URI is memory://: run one worker, or each allows it all")
     with app.app_context():
-        if app.config["RATELIMIT_ENABLED"] and not limiter.storage.check():
+        if not limiter.storage.check():
             log.warning(
                 "RATELIMIT_STORAGE_URI does not answer: until it does, each process counts"
                 " the limits in memory and sign-in answers 503"
