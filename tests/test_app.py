@@ -18,9 +18,11 @@ from alembic.migration import MigrationContext
 from flask_migrate import upgrade
 from gunicorn.arbiter import Arbiter
 from sqlalchemy import create_engine, func, make_url, select, text
+from sqlalchemy.exc import OperationalError
 
 from tenant_analytics import create_app
 from tenant_analytics.config import ConfigError, from_environment, normalize_database_url
+from tenant_analytics.errors import is_outage
 from tenant_analytics.extensions import db
 from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
 from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
@@ -532,3 +534,18 @@ def test_health_answers_within_a_second_or_two_when_redis_hangs(make_app):
         "unavailable",
     )
     assert waited < 3.5  # the one-second timeouts, not redis-py's five (or forever)
+
+
+def test_an_outage_is_told_from_a_fault(app, make_app, is_postgres):
+    """An outage is logged in one line; a fault (a deadlock, a statement timeout) keeps its
+    traceback, although the driver raises both as OperationalError."""
+    away = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
+    with away.app_context(), pytest.raises(OperationalError) as refused:
+        db.session.execute(text("SELECT 1"))
+    assert is_outage(refused.value)
+    if is_postgres:
+        with app.app_context(), pytest.raises(OperationalError) as cancelled:
+            db.session.execute(text("SET LOCAL statement_timeout = '10ms'"))
+            db.session.execute(text("SELECT pg_sleep(1)"))
+        db.session.rollback()
+        assert not is_outage(cancelled.value)

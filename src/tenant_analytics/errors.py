@@ -123,11 +123,28 @@ def _driver_first_line(exc: OperationalError) -> str:
     return (str(exc.orig or exc).strip().splitlines() or [""])[0][:300]
 
 
+# PostgreSQL's SQLSTATE classes of a server away or full: connection exceptions, too
+# many connections (53300 and its class), shut down or starting (57P01-57P03). A
+# deadlock or a statement timeout is an OperationalError too, but a fault to trace.
+_OUTAGE_STATES = ("08", "53", "57P01", "57P02", "57P03")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or used at all (SQLite's
+    and the driver's own connection errors carry no SQLSTATE), or no connection was free."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, OperationalError) or is_missing_table(exc):
+        return False
+    state = getattr(exc.orig, "pgcode", None)
+    return state is None or state.startswith(_OUTAGE_STATES)
+
+
 def outage_reason(exc: BaseException) -> str | None:
     """One line saying why the database could not take a write, when ``exc`` is an
     outage (away, out of connections, a commit unconfirmed); None for anything else, a
     fault worth its traceback."""
-    if isinstance(exc, OperationalError) and not is_missing_table(exc):
+    if isinstance(exc, OperationalError) and is_outage(exc):
         return f"database unavailable: {type(exc.orig).__name__}: {_driver_first_line(exc)}"
     if isinstance(exc, PoolTimeout):
         return "no database connection free in time"

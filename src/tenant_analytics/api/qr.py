@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from functools import cache
 
 import segno
@@ -14,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import landing_urls
 from ..catalogue import QR_SCAN
-from ..errors import ApiError, error_response, log_not_recorded
+from ..errors import ApiError, error_response, is_outage, log_not_recorded
 from ..extensions import db
 from ..ingestion import NewEvent
 from ..logs import get_logger
@@ -31,6 +32,9 @@ CAMPAIGN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 IMAGE_TYPES = {"svg": "image/svg+xml", "png": "image/png"}
 NO_SUCH_CODE = "No such QR code"
 RETRY_SECONDS = 5  # the page that says "a moment" reloads itself after as long
+# How long a code's last destination may be followed while the database is away: a
+# code taken down (a tenant deactivated) in the meantime is only seen in the database.
+REMEMBERED_SECONDS = 3600
 
 
 @cache
@@ -79,7 +83,7 @@ def scan(slug: str):
     Not counted, but still redirected: a HEAD (a link checker, not a person), a crawler,
     a scan over the address's limit, or one the database could not take (the customer
     is never stopped at the door). While the database is away, a code goes to the page
-    this process last led it to.
+    this process led it to within the last hour.
     """
     if not is_tenant_slug(slug):
         return _no_such_code()
@@ -88,15 +92,18 @@ def scan(slug: str):
         tenant = public_tenant_by_slug(db.session, slug)
     except SQLAlchemyError as exc:
         db.session.rollback()
-        if slug not in destinations:
+        if not is_outage(exc):
+            raise
+        led, seen = destinations.get(slug, (None, 0.0))
+        if led is None or time.monotonic() - seen > REMEMBERED_SECONDS:
             return _unavailable(exc)
         # A printed code in a customer's hand: on to where it led a moment ago, uncounted.
         log.warning("QR scan led on uncounted: the database did not answer (%s)", _name(exc))
-        return _led_on(destinations[slug])
+        return _led_on(led)
     if tenant is None or not tenant.landing_url:
         destinations.pop(slug, None)
         return _no_such_code()
-    destinations[slug] = tenant.landing_url
+    destinations[slug] = (tenant.landing_url, time.monotonic())
     # The address's limit first: it also bounds the crawler check each address can ask for.
     counted = request.method == "GET" and qr_scan_counted()
     if counted and not is_crawler(request.headers.get("User-Agent")):
@@ -117,8 +124,9 @@ def _led_on(landing_url: str):
     return response
 
 
-def _known_destinations() -> dict[str, str]:
-    """Each scanned slug's landing page as this process last read it (one per tenant)."""
+def _known_destinations() -> dict[str, tuple[str, float]]:
+    """Each scanned slug's landing page as this process last read it, and when (one per
+    tenant with a code)."""
     return current_app.extensions.setdefault("qr_destinations", {})
 
 
