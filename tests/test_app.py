@@ -315,7 +315,8 @@ def test_a_setting_the_server_cannot_start_with_is_one_line(tmp_path):
     ]
 
 
-def test_gunicorn_stops_when_its_workers_cannot_start_with_a_setting(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_gunicorn_stops_when_its_workers_cannot_start_with_a_setting(tmp_path, workers):
     """Not a master that respawns failing workers for ever, holding the port, answering
     nothing, and seen as running by whatever supervises it."""
     env = {
@@ -324,7 +325,7 @@ def test_gunicorn_stops_when_its_workers_cannot_start_with_a_setting(tmp_path):
         "APP_ENV": "production",
         "JWT_SECRET_KEY": "short",
     }
-    command = [GUNICORN, "--workers", "2", "--bind", f"127.0.0.1:{free_port()}"]
+    command = [GUNICORN, "--workers", str(workers), "--bind", f"127.0.0.1:{free_port()}"]
     server = subprocess.Popen(
         [*command, "--no-control-socket", "wsgi:app"],
         cwd=ROOT,
@@ -337,7 +338,8 @@ def test_gunicorn_stops_when_its_workers_cannot_start_with_a_setting(tmp_path):
         _, log = server.communicate(timeout=60)
     finally:
         server.kill()
-    assert server.returncode == Arbiter.APP_LOAD_ERROR
+    # Two workers failing at the same moment can make gunicorn's halt fail in turn (1).
+    assert server.returncode in ({Arbiter.APP_LOAD_ERROR} if workers == 1 else {1, 4})
     assert "tenant-analytics: refusing to start in production with secrets under 32" in log
 
 
