@@ -74,7 +74,7 @@ def api_under_a_path(migrated: str, tmp_path_factory: pytest.TempPathFactory) ->
     """The app served under /stats (gunicorn's SCRIPT_NAME), as behind a proxy that gives
     it a path of a shared host; yields the address the snippet is loaded from."""
     with api_server(migrated, tmp_path_factory.mktemp("gunicorn"), SCRIPT_NAME="/stats") as port:
-        yield f"http://127.0.0.1:{port}/stats/static/ta.js"
+        yield f"http://127.0.0.1:{port}/stats/static/ta.js?v=3"  # a version, as sites pin
 
 
 @pytest.fixture(scope="module")

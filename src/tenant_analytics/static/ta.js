@@ -25,8 +25,11 @@
   if (!tenantId) return;
   let url;
   try {
-    // The API is wherever this file (its static/ta.js) was loaded from, under a path too.
-    url = new URL("../api/analytics/track", script.src).href;
+    // The API is where this file was loaded from: under the path before its static/ta.js
+    // (an API served at /stats), else at the host's root (a copy served elsewhere).
+    const src = new URL(script.src);
+    const served = src.pathname.match(/^(.*)\/static\/ta\.js$/);
+    url = src.origin + (served ? served[1] : "") + "/api/analytics/track";
   } catch (e) {
     return;
   }
