@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from tenant_analytics.auth import authenticate
+from tenant_analytics.auth import access_token_for, authenticate, refresh_token_for
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DedupeKey, Event, Tenant, User, utcnow
 from tenant_analytics.queries import store
@@ -405,6 +405,15 @@ def test_a_production_server_refuses_the_demo_login(runner, client, make_app, ca
     refused = production.test_client().post("/api/auth/login", json=demo_login)
     assert (refused.status_code, refused.get_json()["error"]) == (401, "invalid_credentials")
     assert "demo's owner refused in production" in caplog.text
+    # Nor a token signed with the production key (`flask demo` run with its environment
+    # but APP_ENV): an access token reads nothing, a refresh token mints nothing.
+    with production.app_context():
+        owner = db.session.scalar(select(User).where(User.email == "owner@demo.example"))
+        access, refresh = access_token_for(owner), refresh_token_for(owner)
+    served = production.test_client()
+    read = served.get("/api/tenants", headers={"Authorization": f"Bearer {access}"})
+    renewed = served.post("/api/auth/refresh", headers={"Authorization": f"Bearer {refresh}"})
+    assert (read.status_code, renewed.status_code) == (401, 401)
 
 
 def test_demo_purchases_are_stored_as_track_stores_them(runner, client):

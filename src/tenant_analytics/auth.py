@@ -15,7 +15,10 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .errors import error_response
 from .extensions import db
+from .logs import get_logger
 from .models import Tenant, User, is_row_id
+
+log = get_logger(__name__)
 
 STAMP = "stamp"  # the claim holding credential_stamp(user)
 # A scheme name is case-insensitive (RFC 9110 11.1); flask-jwt-extended matches "Bearer" only.
@@ -88,6 +91,17 @@ def challenge(message: str, *, code: str, token_refused: bool = True) -> tuple[R
     return response, status
 
 
+def may_sign_in(user: User) -> bool:
+    """False for the demo's owner on a production server: its password is in the README,
+    and `flask demo` may have been run on that database without APP_ENV by mistake."""
+    from .demo import is_demo_owner  # which builds on this module
+
+    if current_app.config["APP_ENV"] == "production" and is_demo_owner(user):
+        log.warning("the demo's owner refused in production: `user delete` it")
+        return False
+    return True
+
+
 def register_jwt_callbacks(jwt: JWTManager) -> None:
     """Load the user behind a token; send every JWT error through the JSON error shape."""
 
@@ -100,7 +114,9 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
         stamp = payload.get(STAMP)
         if user is None or not isinstance(stamp, str):
             return None
-        return user if hmac.compare_digest(stamp, credential_stamp(user)) else None
+        if not hmac.compare_digest(stamp, credential_stamp(user)):
+            return None
+        return user if may_sign_in(user) else None
 
     @jwt.user_lookup_error_loader
     def _unknown_user(_header, _payload):

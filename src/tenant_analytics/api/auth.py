@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint
 from flask_jwt_extended import current_user, jwt_required
 
-from ..auth import access_token_for, authenticate, challenge, refresh_token_for
-from ..demo import is_demo_owner
+from ..auth import access_token_for, authenticate, challenge, may_sign_in, refresh_token_for
 from ..extensions import db
-from ..logs import get_logger
 from ..ratelimits import login_attempts
 from ..schemas import Login
 from .requests import parse_body
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
-log = get_logger(__name__)
 
 
 @bp.post("/login")
@@ -23,11 +20,7 @@ def login():
     """Exchange email and password for an access and a refresh token."""
     body = parse_body(Login)
     user = authenticate(db.session, body.email, body.password)
-    if user is not None and is_demo_owner(user) and current_app.config["APP_ENV"] == "production":
-        # Its password is in the README: `flask demo` was run on this database by mistake.
-        log.warning("sign-in as the demo's owner refused in production: `user delete` it")
-        user = None
-    if user is None:
+    if user is None or not may_sign_in(user):
         return challenge(
             "Invalid email or password.", code="invalid_credentials", token_refused=False
         )
