@@ -20,7 +20,7 @@ from tenant_analytics.auth import access_token_for, authenticate, refresh_token_
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DedupeKey, Event, Tenant, User, utcnow
 from tenant_analytics.queries import store
-from tenant_analytics.rollups import ROLLUP_MODELS
+from tenant_analytics.rollups import FORGET_BATCH, ROLLUP_MODELS
 from tenant_analytics.storage import claim_keys
 
 from .servers import ROOT
@@ -479,11 +479,14 @@ def test_events_commands(runner, make_tenant, add_events, is_postgres):
     assert missing.exit_code == 1
 
 
+@pytest.mark.parametrize("batch", [FORGET_BATCH, 1])
 def test_purge_takes_the_days_it_emptied_out_of_the_rollups(
-    runner, make_tenant, store_events, add_events
+    runner, make_tenant, store_events, add_events, monkeypatch, batch
 ):
     """The reports read rollups and fall back to the raw events: after a purge both must
-    say the same of its months, and no visitor hash outlives its events there."""
+    say the same of its months, and no visitor hash outlives its events there. (Deleted
+    in batches, each a short hold of the tenant's rollup lock.)"""
+    monkeypatch.setattr("tenant_analytics.rollups.FORGET_BATCH", batch)
     tenant = make_tenant(timezone="America/Tegucigalpa")
     zone = ZoneInfo(tenant.timezone)
     now = utcnow()
@@ -509,9 +512,15 @@ def test_purge_takes_the_days_it_emptied_out_of_the_rollups(
     old_day, today = old.astimezone(zone).date(), now.astimezone(zone).date()
     before = funnels(old_day - timedelta(days=1), old_day + timedelta(days=1))
     assert before[0] == before[1] and before[0]["funnel"][1]["count"] == 1  # "left"
+
+    def rollup_rows() -> int:
+        return sum(db.session.scalar(select(func.count()).select_from(m)) for m in ROLLUP_MODELS)
+
+    kept_before = rollup_rows()
     purged = runner.invoke(args=["events", "purge", "--older-than", "90"])
     assert purged.exit_code == 0, purged.output
-    assert json.loads(purged.output)["rollup_rows_deleted"] > 0
+    deleted = json.loads(purged.output)["rollup_rows_deleted"]
+    assert deleted == kept_before - rollup_rows() and deleted > 1  # with batch 1: several
     db.session.expire_all()
     rolled_up, raw = funnels(old_day - timedelta(days=1), old_day + timedelta(days=1))
     assert rolled_up == raw and all(step["count"] == 0 for step in raw["funnel"])

@@ -17,7 +17,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import case, delete, select, text, tuple_
+from sqlalchemy import Date, bindparam, case, delete, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -380,32 +380,59 @@ def _move_last_seen(
     )
 
 
+# Rows a purge deletes per transaction: the tenant's writers wait for its rollup lock
+# no longer than one such batch takes.
+FORGET_BATCH = 5000
+# A visitor's (session's) last-seen row before the count it is in: a writer that finds
+# the row moves the visitor out of that count, so the count must still be there.
+LAST_SEEN_FIRST = (
+    VisitorLastSeen,
+    SessionLastSeen,
+    *(model for model in ROLLUP_MODELS if model not in (VisitorLastSeen, SessionLastSeen)),
+)
+
+
 def forget_days_before(session: Session, day: date) -> int:
     """Delete every tenant's rollups of the local days before ``day`` (a purge emptied
     them), visitors and sessions last seen then included; return how many rows.
 
-    One transaction per tenant, under its rollup lock: its writers move a returning
-    visitor's last-seen day within these same rows.
+    In batches of FORGET_BATCH rows, each its own transaction under the tenant's rollup
+    lock: its writers move a returning visitor's last-seen day within these same rows,
+    and wait for the lock at most WRITE_LOCK_TIMEOUT_MS.
     """
     from .models import Tenant
 
     tenants = session.scalars(select(Tenant.id).order_by(Tenant.id)).all()
     session.commit()
     postgres = session.get_bind().dialect.name == "postgresql"
+    # Rows by their physical address: a TID scan on PostgreSQL, rowids on SQLite.
+    rows = "ctid = ANY(ARRAY({}))" if postgres else "rowid IN ({})"
     deleted = 0
     for tenant_id in tenants:
-        if postgres:
-            session.execute(
-                text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
-                {"lock": ROLLUP_LOCK, "tenant": tenant_id},
+        for model in LAST_SEEN_FIRST:
+            column = "last_day" if model in (VisitorLastSeen, SessionLastSeen) else "day"
+            table = model.__tablename__
+            row = "ctid" if postgres else "rowid"
+            chosen = (
+                f"SELECT {row} FROM {table}"
+                f" WHERE tenant_id = :tenant AND {column} < :day LIMIT :batch"
             )
-        for model in ROLLUP_MODELS:
-            column = model.last_day if model in (VisitorLastSeen, SessionLastSeen) else model.day
-            result = session.execute(
-                delete(model).where(model.tenant_id == tenant_id, column < day)
+            batch = text(f"DELETE FROM {table} WHERE {rows.format(chosen)}").bindparams(
+                bindparam("day", type_=Date)
             )
-            deleted += result.rowcount
-        session.commit()
+            while True:
+                if postgres:
+                    session.execute(
+                        text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
+                        {"lock": ROLLUP_LOCK, "tenant": tenant_id},
+                    )
+                result = session.execute(
+                    batch, {"tenant": tenant_id, "day": day, "batch": FORGET_BATCH}
+                )
+                session.commit()
+                deleted += result.rowcount
+                if result.rowcount < FORGET_BATCH:
+                    break
     return deleted
 
 
