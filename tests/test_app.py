@@ -244,7 +244,8 @@ def test_factory_does_not_connect():
 
 def test_an_unreachable_database_answers_503_with_retry_after(app, make_app, caplog):
     # (``app`` first: the fixtures' teardown empties the tables through the first app made.)
-    unreachable = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
+    url = "postgresql://nobody:hunter2@127.0.0.1:1/none"
+    unreachable = make_app(SQLALCHEMY_DATABASE_URI=url)
     response = unreachable.test_client().post(
         "/api/analytics/track", json={"tenant_id": 1, "event_type": "pageview"}
     )
@@ -255,6 +256,10 @@ def test_an_unreachable_database_answers_503_with_retry_after(app, make_app, cap
     # The operator's log says why: a typo in DATABASE_URL is not an outage.
     reasons = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
     assert any('connection to server at "127.0.0.1", port 1 failed' in r for r in reasons)
+    # Where it looked, in the app's own words too (under gevent the driver says only
+    # "Connection refused"), and never the password.
+    assert any(r.startswith("database unavailable at 127.0.0.1:1/none: ") for r in reasons)
+    assert "hunter2" not in caplog.text
 
 
 def test_a_database_without_tables_says_to_migrate(app, make_app, scratch_database_url, caplog):

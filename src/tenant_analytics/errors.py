@@ -117,6 +117,17 @@ def _not_migrated() -> tuple[Response, int]:
     return _unavailable("The service is not ready; retry shortly.")
 
 
+def _database_address() -> str:
+    """Where DATABASE_URL points, without its password: under gevent the driver's own
+    words are only "Connection refused", naming no host."""
+    from .extensions import db
+
+    url = db.engine.url
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+
+
 def _driver_first_line(exc: OperationalError) -> str:
     """The driver's first line (a refused port, an unknown database): a typo in
     DATABASE_URL must not look like an outage. Parameters are never in it."""
@@ -145,7 +156,8 @@ def outage_reason(exc: BaseException) -> str | None:
     outage (away, out of connections, a commit unconfirmed); None for anything else, a
     fault worth its traceback."""
     if isinstance(exc, OperationalError) and is_outage(exc):
-        return f"database unavailable: {type(exc.orig).__name__}: {_driver_first_line(exc)}"
+        reason = f"{type(exc.orig).__name__}: {_driver_first_line(exc)}"
+        return f"database unavailable at {_database_address()}: {reason}"
     if isinstance(exc, PoolTimeout):
         return "no database connection free in time"
     if isinstance(exc, CommitTimeout):
@@ -221,7 +233,12 @@ def register_error_handlers(app: Flask) -> None:
     def _database_unavailable(exc: OperationalError):
         if is_missing_table(exc):  # SQLite's "no such table" is an OperationalError
             return _not_migrated()
-        log.error("database unavailable: %s: %s", type(exc.orig).__name__, _driver_first_line(exc))
+        log.error(
+            "database unavailable at %s: %s: %s",
+            _database_address(),
+            type(exc.orig).__name__,
+            _driver_first_line(exc),
+        )
         return _unavailable("The service is temporarily unavailable; retry shortly.")
 
     @app.errorhandler(PoolTimeout)
