@@ -8,8 +8,10 @@ import re
 import uuid
 
 import pytest
+from sqlalchemy import func, select
 
-from tenant_analytics.extensions import limiter
+from tenant_analytics.extensions import db, limiter
+from tenant_analytics.models import Event
 
 from .conftest import REDIS_URL, TEST_HASH_KEY
 from .servers import gunicorn, post
@@ -236,6 +238,37 @@ def test_a_served_app_logs_a_storage_outage_with_time_level_and_source(
     ]
     assert len(told) == 1, lines
     assert len(fallback) == 1, lines
+
+
+def test_the_address_share_and_qr_scans_count_in_memory_through_an_outage(
+    make_app, make_tenant, caplog
+):
+    """The limits this app counts itself (an address's share of a tenant, QR scans) fall
+    back to memory with flask-limiter's own: still limited, and said once, not a warning
+    per request with nothing counted."""
+    app = make_app(
+        RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0",
+        TRACK_ADDRESS_RATE_LIMIT="2 per minute",
+        API_RATE_LIMIT="2 per minute",
+    )
+    with app.app_context():
+        tenant = make_tenant(landing_url="https://pan.example/")
+        tenant_id, slug = tenant.id, tenant.slug
+    client = app.test_client()
+    phone = {"User-Agent": "Mozilla/5.0 (Linux; Android 14) Mobile"}
+    with caplog.at_level(logging.WARNING):
+        posts = [track(client, tenant_id).status_code for _ in range(3)]
+        scans = [client.get(f"/q/{slug}", headers=phone).status_code for _ in range(4)]
+    assert posts == [201, 201, 429]
+    assert scans == [302] * 4  # led on, always
+    with app.app_context():
+        counted = db.session.scalar(
+            select(func.count()).select_from(Event).where(Event.event_type == "qr_scan")
+        )
+    assert counted == 2  # the scans over the limit are not counted
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    make_app()  # the limiter (one per process) counts in a working storage again
 
 
 def test_sign_in_waits_while_the_limit_cannot_be_counted(make_app, make_tenant, make_user):

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from flask import Flask, Response, current_app, jsonify, request
 from flask_limiter import RequestLimit
 from limits import parse_many
+from limits.strategies import RateLimiter
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import ApiError, error_response
@@ -105,6 +106,20 @@ def address_share(cost: Callable[[], int]) -> Callable[[View], View]:
     return decorate
 
 
+def _counted(hit: Callable[[RateLimiter], Any]) -> Any:
+    """``hit(strategy)`` with the limiter's counting strategy. When its storage does not
+    answer, it is marked dead as flask-limiter marks it on its own limits (one warning
+    for all), and counted in the process's memory until flask-limiter finds it back."""
+    try:
+        return hit(limiter.limiter)
+    except Exception:
+        if limiter._storage_dead or limiter._fallback_limiter is None:
+            raise
+        log.warning("the limiter's storage did not answer: counting in memory meanwhile")
+        limiter._storage_dead = True  # flask-limiter's own switch
+        return hit(limiter.limiter)
+
+
 def _address_share_spent(limit: str, cost: int) -> int | None:
     """Seconds until this address may post to the requested tenant again, or None when
     ``cost`` more units fit in its share (and are counted)."""
@@ -114,14 +129,17 @@ def _address_share_spent(limit: str, cost: int) -> int | None:
         "tenant-address",
         f"{tenant.id if tenant is not None else '-'}:{client_ip_key()}",
     )
-    strategy = limiter.limiter
-    try:
-        items = parse_many(limit)
+    items = parse_many(limit)
+
+    def spent(strategy: RateLimiter) -> int | None:
         if all(strategy.hit(item, *key, cost=cost) for item in items):
             return None
         reset = max(strategy.get_window_stats(item, *key).reset_time for item in items)
         return max(1, int(reset - time.time()))
-    except Exception:  # the limiter's storage is away: no share, as the tenant bucket does
+
+    try:
+        return _counted(spent)
+    except Exception:  # no storage and no fallback: no share, as the tenant bucket does
         log.warning("address share not counted: the limiter's storage did not answer")
         return None
 
@@ -289,12 +307,10 @@ def qr_scan_counted() -> bool:
     if not current_app.config.get("RATELIMIT_ENABLED", True):
         return True
     key = (current_app.config["RATELIMIT_KEY_PREFIX"], "qr", client_ip_key())
+    items = parse_many(current_app.config["API_RATE_LIMIT"])
     try:
-        return all(
-            limiter.limiter.hit(item, *key)
-            for item in parse_many(current_app.config["API_RATE_LIMIT"])
-        )
-    except Exception:  # the limiter's storage is away: count, as the other endpoints do
+        return _counted(lambda strategy: all(strategy.hit(item, *key) for item in items))
+    except Exception:  # no storage and no fallback: count, as the other endpoints do
         log.warning("QR scan counted unlimited: the limiter's storage did not answer")
         return True
 
