@@ -271,6 +271,19 @@ def test_the_address_share_and_qr_scans_count_in_memory_through_an_outage(
     make_app()  # the limiter (one per process) counts in a working storage again
 
 
+def test_a_database_outage_is_not_taken_for_a_limiter_outage(app, make_app, caplog):
+    """The tenant bucket's key reads the tenant from the database: with the database away
+    each event is a 503 logged in one line, and the limits stay in their storage."""
+    # (``app`` first: the fixtures' teardown empties the tables through the first app made.)
+    away = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
+    client = away.test_client()
+    with caplog.at_level(logging.WARNING):
+        assert [track(client, 1).status_code for _ in range(3)] == [503] * 3
+    assert not limiter._storage_dead  # not counting in memory for a database outage
+    assert [r.name for r in caplog.records] == ["tenant_analytics.errors"] * 3
+    assert not any(r.exc_info for r in caplog.records)
+
+
 def test_sign_in_waits_while_the_limit_cannot_be_counted(make_app, make_tenant, make_user):
     """With the limiter's storage down, events still flow (counted in memory), but sign-in
     answers 503 instead of taking password guesses no other process sees."""

@@ -11,6 +11,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from flask_limiter import RequestLimit
 from limits import parse_many
 from limits.strategies import RateLimiter
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import ApiError, error_response
@@ -52,7 +53,13 @@ TENANT_SCOPE = "tenant"
 
 def tenant_key() -> str:
     """One bucket per active tenant; requests naming no known tenant share their address's."""
-    tenant = requested_tenant()
+    try:
+        tenant = requested_tenant()
+    except SQLAlchemyError:
+        # The database away (the view answers 503): counted as naming no known tenant,
+        # not raised into flask-limiter, which would take it for its own storage failing
+        # (a traceback per request, and every limit moved to memory).
+        tenant = None
     if tenant is not None:
         return f"tenant:{tenant.id}"
     return f"ip:{client_ip_key()}"
