@@ -96,3 +96,32 @@ def test_an_integer_transaction_id_is_in_the_beacons_schema(client, make_tenant,
     assert not beacon.is_valid({**sent, "transaction_id": ""})
     answer = client.post("/api/v1/analytics/conversion", json=sent).get_json()
     assert answer == {"status": "ok", "transaction_id": 12345}
+
+
+def test_every_kind_of_answer_a_client_gets_is_in_the_document(
+    client, make_tenant, make_user, auth_headers, document
+):
+    """What schemathesis found undocumented: the code as PNG, the scan's pages for a
+    browser, and a compressed body refused on a route that takes none."""
+    paths = document["paths"]
+    tenant = make_tenant(landing_url="https://pan.example/")
+    headers = auth_headers(make_user(tenant))
+    served = [
+        (
+            "/api/tenants/{tenant_id}/qr",
+            "get",
+            "200",
+            client.get(f"/api/tenants/{tenant.id}/qr?format=png", headers=headers),
+        ),
+        ("/q/{slug}", "get", "404", client.get("/q/nope", headers={"Accept": "text/html"})),
+        (
+            "/api/tenants",
+            "get",
+            "415",
+            client.get("/api/tenants", headers={**headers, "Content-Encoding": "gzip"}, data=b"xx"),
+        ),
+    ]
+    for path, method, status, answer in served:
+        assert answer.status_code == int(status), path
+        documented = paths[path][method]["responses"][status]["content"]
+        assert answer.mimetype in documented, (path, answer.mimetype, documented)

@@ -46,7 +46,8 @@ class Operation:
     owner: bool = False  # needs an owner's (or admin's) bearer token
     refresh: bool = False  # needs a refresh token
     query: dict[str, str] = field(default_factory=dict)  # name -> description
-    produces: str = "application/json"
+    produces: tuple[str, ...] = ("application/json",)  # what a 2xx answers in
+    pages: frozenset[int] = frozenset()  # error statuses a browser gets as an HTML page
 
 
 OWNER_READ = {200: "The figures", 401: ERRORS[401], 404: ERRORS[404]}
@@ -98,7 +99,7 @@ OPERATIONS: dict[str, Operation] = {
             503: "The database away, and the code's destination unknown to this process",
         },
         query={"c": "Which code was scanned: 1 to 64 letters, digits, '.', '_' or '-'"},
-        produces="text/html",
+        pages=frozenset({404, 503}),
     ),
     "health.health": Operation(
         {
@@ -116,7 +117,7 @@ OPERATIONS: dict[str, Operation] = {
         },
         owner=True,
         query={"format": "svg (default) or png", "c": "The campaign the code names"},
-        produces="image/svg+xml",
+        produces=("image/svg+xml", "image/png"),
     ),
     "auth.login": Operation(
         {
@@ -204,22 +205,27 @@ def _summary(docstring: str | None) -> str:
 
 
 def _answers(endpoint: str, operation: Operation) -> dict[int, str]:
-    """The operation's own answers and those every endpoint of its kind can give: a body
-    too large or compressed, and the database away (the beacon answers 200 to all)."""
+    """The operation's own answers and those every endpoint of its kind can give: a
+    compressed body (refused on every route, body or not), a body too large, and the
+    database away (the beacon answers 200 to all)."""
     if endpoint in NEVER_REFUSED:
         return operation.answers
-    common = {503: ERRORS[503]}
+    common = {415: ERRORS[415], 503: ERRORS[503]}
     if operation.body is not None:
-        common |= {413: ERRORS[413], 415: ERRORS[415]}
+        common |= {413: ERRORS[413]}
     return common | operation.answers
 
 
 def _answer(status: int, description: str, operation: Operation) -> dict[str, Any]:
     if status >= 400:
-        media = {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}
+        media: dict[str, Any] = {
+            "application/json": {"schema": {"$ref": REF.format(model="Error")}}
+        }
+        if status in operation.pages:
+            media["text/html"] = {}
         return {"description": description, "content": media}
-    if status < 300 and operation.produces != "text/html":
-        return {"description": description, "content": {operation.produces: {}}}
+    if status < 300:
+        return {"description": description, "content": {kind: {} for kind in operation.produces}}
     return {"description": description}
 
 
