@@ -19,7 +19,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from . import schemas
+from .api import qr, store_reports
 from .api.requests import NEVER_REFUSED
+from .queries import store
 
 REF = "#/components/schemas/{model}"
 UNDOCUMENTED = {"static", "demo_site.landing_page", "openapi.document"}
@@ -45,12 +47,15 @@ class Operation:
     body: type[BaseModel] | None = None
     owner: bool = False  # needs an owner's (or admin's) bearer token
     refresh: bool = False  # needs a refresh token
-    query: dict[str, str] = field(default_factory=dict)  # name -> description
+    # name -> description, or (description, the JSON Schema the handler holds it to)
+    query: dict[str, str | tuple[str, dict[str, Any]]] = field(default_factory=dict)
     produces: tuple[str, ...] = ("application/json",)  # what a 2xx answers in
     pages: frozenset[int] = frozenset()  # error statuses a browser gets as an HTML page
 
 
 OWNER_READ = {200: "The figures", 401: ERRORS[401], 404: ERRORS[404]}
+CAMPAIGN = {"type": "string", "pattern": f"^{qr.CAMPAIGN.pattern}$"}
+LOCAL_DAY = {"type": "string", "format": "date"}
 OPERATIONS: dict[str, Operation] = {
     "tracking.track": Operation(
         {
@@ -98,7 +103,7 @@ OPERATIONS: dict[str, Operation] = {
             404: "No such QR code: a page for a browser (Accept: text/html), else JSON",
             503: "The database away, and the code's destination unknown to this process",
         },
-        query={"c": "Which code was scanned: 1 to 64 letters, digits, '.', '_' or '-'"},
+        query={"c": ("Which code was scanned: 1 to 64 letters, digits, '.', '_' or '-'", CAMPAIGN)},
         pages=frozenset({404, 503}),
     ),
     "health.health": Operation(
@@ -116,7 +121,10 @@ OPERATIONS: dict[str, Operation] = {
             422: ERRORS[422],
         },
         owner=True,
-        query={"format": "svg (default) or png", "c": "The campaign the code names"},
+        query={
+            "format": ("svg (default) or png", {"enum": list(qr.IMAGE_TYPES)}),
+            "c": ("The campaign the code names", CAMPAIGN),
+        },
         produces=("image/svg+xml", "image/png"),
     ),
     "auth.login": Operation(
@@ -133,15 +141,20 @@ OPERATIONS: dict[str, Operation] = {
     "dashboards.landing_dashboard": Operation(OWNER_READ, owner=True),
     "dashboards.today": Operation(OWNER_READ, owner=True),
     "store_reports.dashboard_stats": Operation(
-        {**OWNER_READ, 422: ERRORS[422]}, owner=True, query={"mode": "total (default) or unique"}
+        {**OWNER_READ, 422: ERRORS[422]},
+        owner=True,
+        query={"mode": ("total (default) or unique", {"enum": list(store.MODES)})},
     ),
     "store_reports.funnel": Operation(
         {**OWNER_READ, 422: ERRORS[422]},
         owner=True,
         query={
-            "start": "First local day, YYYY-MM-DD (default: 30 days before end)",
-            "end": "Last local day, YYYY-MM-DD (default: today)",
-            "source": "Only sessions from this traffic source",
+            "start": ("First local day, YYYY-MM-DD (default: 30 days before end)", LOCAL_DAY),
+            "end": ("Last local day, YYYY-MM-DD (default: today)", LOCAL_DAY),
+            "source": (
+                "Only sessions from this traffic source",
+                {"type": "string", "maxLength": store_reports.SOURCE_MAX},
+            ),
         },
     ),
     "store_reports.rfm": Operation(
@@ -149,8 +162,14 @@ OPERATIONS: dict[str, Operation] = {
         owner=True,
         query={
             "segment": "Only this segment: VIP, Loyal, At Risk or Lost (or the Spanish label)",
-            "limit": "Customers per page, 0 to 1000 (default 1000)",
-            "offset": "Customers to skip (default 0); next_offset gives the next page",
+            "limit": (
+                "Customers per page, 0 to 1000 (default 1000)",
+                {"type": "integer", "minimum": 0, "maximum": store.RFM_PAGE_MAX},
+            ),
+            "offset": (
+                "Customers to skip (default 0); next_offset gives the next page",
+                {"type": "integer", "minimum": 0, "maximum": store_reports.OFFSET_MAX},
+            ),
         },
     ),
     "store_reports.alerts": Operation(OWNER_READ, owner=True),
@@ -196,6 +215,11 @@ def _path_and_parameters(rule: str) -> tuple[str, list[dict[str, Any]]]:
         for converter, name in CONVERTER.findall(rule)
     ]
     return CONVERTER.sub(r"{\2}", rule), parameters
+
+
+def _query_parameter(name: str, about: str | tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    text, schema = (about, {"type": "string"}) if isinstance(about, str) else about
+    return {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
 
 
 def _summary(docstring: str | None) -> str:
@@ -266,11 +290,7 @@ def build_document(app: Flask) -> dict[str, Any]:
                 "summary": _summary(view.__doc__),
                 "tags": [rule.endpoint.split(".")[0]],
                 "parameters": parameters
-                + [
-                    {"name": name, "in": "query", "required": False, "description": text}
-                    | {"schema": {"type": "string"}}
-                    for name, text in operation.query.items()
-                ],
+                + [_query_parameter(name, about) for name, about in operation.query.items()],
                 "responses": {
                     str(status): _answer(status, text, operation)
                     for status, text in sorted(_answers(rule.endpoint, operation).items())
