@@ -55,7 +55,24 @@ class Operation:
 
 OWNER_READ = {200: "The figures", 401: ERRORS[401], 404: ERRORS[404]}
 CAMPAIGN = {"type": "string", "pattern": f"^{qr.CAMPAIGN.pattern}$"}
-LOCAL_DAY = {"type": "string", "format": "date"}
+# store_reports' dates: 1970-01-01 to 9999-12-30, as the handler takes them.
+LOCAL_DAY = {
+    "type": "string",
+    "format": "date",
+    "pattern": "^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}$",
+    "not": {"const": "9999-12-31"},
+}
+
+
+def _any_case(name: str) -> str:
+    """A pattern matching ``name`` in any case (ECMA-262 patterns have no flags)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in name)
+
+
+SEGMENT = {
+    "type": "string",
+    "pattern": rf"^\s*({'|'.join(_any_case(name) for name in store_reports.SEGMENT_NAMES)})\s*$",
+}
 OPERATIONS: dict[str, Operation] = {
     "tracking.track": Operation(
         {
@@ -153,7 +170,11 @@ OPERATIONS: dict[str, Operation] = {
             "end": ("Last local day, YYYY-MM-DD (default: today)", LOCAL_DAY),
             "source": (
                 "Only sessions from this traffic source",
-                {"type": "string", "maxLength": store_reports.SOURCE_MAX},
+                {
+                    "type": "string",
+                    "maxLength": store_reports.SOURCE_MAX,
+                    "pattern": "^[^\u0000]*$",
+                },
             ),
         },
     ),
@@ -161,7 +182,10 @@ OPERATIONS: dict[str, Operation] = {
         {**OWNER_READ, 422: ERRORS[422]},
         owner=True,
         query={
-            "segment": "Only this segment: VIP, Loyal, At Risk or Lost (or the Spanish label)",
+            "segment": (
+                "Only this segment: VIP, Loyal, At Risk or Lost (or the Spanish label), any case",
+                SEGMENT,
+            ),
             "limit": (
                 "Customers per page, 0 to 1000 (default 1000)",
                 {"type": "integer", "minimum": 0, "maximum": store.RFM_PAGE_MAX},
