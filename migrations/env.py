@@ -99,10 +99,29 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
-        context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
+        on_sqlite = connection.dialect.name == "sqlite"
+        if on_sqlite:
+            # Batch mode rebuilds a table by copying it and dropping the original: with
+            # foreign keys on, dropping tenants would delete every row that references it
+            # (ON DELETE CASCADE). The pragma does nothing inside a transaction.
+            set_sqlite_foreign_keys(connection, "OFF")
+        try:
+            context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
-        with context.begin_transaction():
-            context.run_migrations()
+            with context.begin_transaction():
+                context.run_migrations()
+                if on_sqlite and (
+                    broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                ):
+                    raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+        finally:
+            if on_sqlite:
+                set_sqlite_foreign_keys(connection, "ON")
+
+
+def set_sqlite_foreign_keys(connection, setting):
+    connection.exec_driver_sql(f"PRAGMA foreign_keys={setting}")
+    connection.commit()
 
 
 if context.is_offline_mode():

@@ -177,4 +177,33 @@ def downgrade():
     op.drop_table("daily_visitor_counts")
     op.drop_table("daily_revenue")
     op.drop_table("daily_event_counts")
-    # The partitioned events table stays: its rows cannot go back without a full copy.
+    if op.get_bind().dialect.name == "postgresql":
+        unpartition_events()
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Table '_alembic_tmp_events'", sa.exc.SAWarning)
+            with op.batch_alter_table("events", recreate="always") as batch_op:
+                batch_op.create_primary_key("pk_events", ["tenant_id", "id"])
+
+
+def unpartition_events():
+    """Copy ``events`` back into one plain table keyed (tenant_id, id), as 0002 left it.
+
+    A full copy, under an exclusive lock for its length; upgrading again partitions it anew.
+    """
+    op.execute("ALTER TABLE events RENAME TO events_partitioned")
+    op.execute("ALTER INDEX events_pkey RENAME TO events_partitioned_pkey")
+    op.execute("ALTER INDEX ix_events_tenant_created RENAME TO ix_events_partitioned_1")
+    op.execute("ALTER INDEX ix_events_tenant_type_created RENAME TO ix_events_partitioned_2")
+    columns = EVENT_COLUMNS.replace(
+        "PRIMARY KEY (tenant_id, id, created_at)", "PRIMARY KEY (tenant_id, id)"
+    )
+    op.execute(f"CREATE TABLE events ({columns})")
+    names = ", ".join(EVENT_COLUMN_NAMES)
+    op.execute(f"INSERT INTO events ({names}) SELECT {names} FROM events_partitioned")
+    op.execute("CREATE INDEX ix_events_tenant_created ON events (tenant_id, created_at)")
+    op.execute(
+        "CREATE INDEX ix_events_tenant_type_created ON events (tenant_id, event_type, created_at)"
+    )
+    op.execute("ALTER SEQUENCE events_id_seq OWNED BY events.id")
+    op.execute("DROP TABLE events_partitioned")  # and its partitions

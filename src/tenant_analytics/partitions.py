@@ -20,12 +20,12 @@ from .models import Event
 PARTITION_LOCK = 7_412
 PARTITION_NAME = re.compile(r"^events_y(\d{4})m(\d{2})$")
 
+# The events table the search path finds, not any schema's table of that name.
 LIST_PARTITIONS = text("""
     SELECT child.relname
     FROM pg_inherits
-    JOIN pg_class parent ON parent.oid = pg_inherits.inhparent
     JOIN pg_class child ON child.oid = pg_inherits.inhrelid
-    WHERE parent.relname = 'events'
+    WHERE pg_inherits.inhparent = to_regclass('events')
 """)
 
 

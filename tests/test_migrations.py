@@ -1,0 +1,207 @@
+"""Migrations walked down and up again on a database of their own, with data in it.
+
+An operator rolling a deploy back runs ``flask db downgrade``; rolling forward again
+must work and give back the same events and the same dashboard numbers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from flask import Flask
+from flask_migrate import downgrade, upgrade
+from sqlalchemy import create_engine, inspect, select, text
+
+from tenant_analytics import create_app
+from tenant_analytics.config import normalize_database_url
+from tenant_analytics.demo import load_demo
+from tenant_analytics.extensions import db
+from tenant_analytics.models import Event, Tenant
+from tenant_analytics.partitions import ensure_partitions, partition_name
+from tenant_analytics.rollups import ROLLUP_MODELS
+
+from .conftest import app_config
+from .test_app import include_name
+
+# Columns every revision from 0002 on has: what a downgrade to 0002 must keep.
+EVENT_COLUMNS = ("tenant_id", "id", "created_at", "event_type", "visitor_hash", "session_id")
+EVENT_COLUMNS += ("product_slug", "product_name", "price", "quantity", "source", "revenue")
+
+
+@pytest.fixture
+def scratch_url(database_url: str, tmp_path) -> Iterator[Callable[[], str]]:
+    """Databases no other test uses: schemas of their own on PostgreSQL, files on SQLite."""
+    schemas: list[str] = []
+
+    def _make() -> str:
+        if not database_url.startswith("postgresql"):
+            return f"sqlite:///{tmp_path / f'migrations-{uuid.uuid4().hex}.db'}"
+        schemas.append(f"ta_migrations_{uuid.uuid4().hex[:12]}")
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schemas[-1]}"))
+        separator = "&" if "?" in database_url else "?"
+        return f"{database_url}{separator}options=-csearch_path%3D{schemas[-1]}"
+
+    engine = create_engine(normalize_database_url(database_url))
+    yield _make
+    with engine.begin() as conn:
+        for schema in schemas:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
+
+
+@contextmanager
+def app_on(url: str) -> Iterator[Flask]:
+    app = create_app(app_config(url, RATELIMIT_ENABLED=False))
+    with app.app_context():
+        yield app
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def scratch_app(scratch_url: Callable[[], str]) -> Iterator[Flask]:
+    with app_on(scratch_url()) as app:
+        yield app
+
+
+def revisions_newest_first(app: Flask) -> list[Any]:
+    config = app.extensions["migrate"].migrate.get_config()
+    return list(ScriptDirectory.from_config(config).walk_revisions())
+
+
+def schema_fingerprint() -> dict[str, Any]:
+    """Tables with their columns, keys, indexes and foreign keys, as the database has them."""
+    inspector = inspect(db.engine)
+    tables = [name for name in inspector.get_table_names() if include_name(name, "table", {})]
+    return {
+        table: (
+            [
+                (column["name"], str(column["type"]), column["nullable"], column["default"])
+                for column in inspector.get_columns(table)
+            ],
+            inspector.get_pk_constraint(table)["constrained_columns"],
+            sorted(
+                (index["name"], index["column_names"], bool(index["unique"]))
+                for index in inspector.get_indexes(table)
+            ),
+            sorted(
+                (key["constrained_columns"], key["referred_table"], key["referred_columns"])
+                for key in inspector.get_foreign_keys(table)
+            ),
+        )
+        for table in sorted(tables)
+    }
+
+
+def event_rows() -> list[tuple]:
+    columns = [Event.__table__.c[name] for name in EVENT_COLUMNS]
+    with db.engine.connect() as conn:
+        return conn.execute(select(*columns).order_by(Event.tenant_id, Event.id)).all()
+
+
+def rollup_rows() -> dict[str, list[tuple]]:
+    with db.engine.connect() as conn:
+        return {
+            model.__tablename__: conn.execute(
+                select(model.__table__).order_by(*model.__table__.primary_key.columns)
+            ).all()
+            for model in ROLLUP_MODELS
+        }
+
+
+def schema_differences() -> list[Any]:
+    with db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"include_name": include_name})
+        return compare_metadata(context, db.metadata)
+
+
+def test_each_downgrade_gives_its_revisions_schema_and_keeps_the_events(
+    scratch_url: Callable[[], str],
+) -> None:
+    with app_on(scratch_url()) as app:
+        revisions = revisions_newest_first(app)
+        schemas = {}
+        for revision in reversed(revisions):
+            upgrade(revision=revision.revision)
+            schemas[revision.revision] = schema_fingerprint()
+
+    with app_on(scratch_url()) as app:
+        upgrade()
+        load_demo(db.session, "http://127.0.0.1:5000")
+        db.session.commit()
+        events, rollups = event_rows(), rollup_rows()
+        assert len(events) > 100 and all(rollups.values())
+
+        for revision in revisions:
+            if revision.down_revision == "0001":
+                break  # 0002 added the store columns: below it, they are gone
+            downgrade(revision=revision.down_revision)
+            assert schema_fingerprint() == schemas[revision.down_revision], revision.down_revision
+            assert event_rows() == events, f"downgrade to {revision.down_revision}"
+        db.session.remove()
+
+        upgrade()
+        assert event_rows() == events
+        assert rollup_rows() == rollups  # 0005 counted the events again
+        assert schema_differences() == []
+
+        # The id sequence and the monthly partitions still serve new events.
+        tenant = db.session.scalars(select(Tenant)).one()
+        answer = app.test_client().post(
+            "/api/analytics/track",
+            json={"tenant_id": tenant.id, "event_type": "page_view"},
+            headers={"User-Agent": "Mozilla/5.0 (Linux; Android 14) Mobile"},
+        )
+        assert answer.status_code in (200, 201), answer.get_json()
+        assert len(event_rows()) == len(events) + 1
+        assert max(row.id for row in event_rows()) > max(row.id for row in events)
+
+
+def test_downgrade_to_nothing_and_upgrade_again_gives_the_models_schema(
+    scratch_app: Flask,
+) -> None:
+    upgrade()
+    load_demo(db.session, "http://127.0.0.1:5000")
+    db.session.commit()
+    db.session.remove()
+
+    downgrade(revision="base")
+    assert set(inspect(db.engine).get_table_names()) == {"alembic_version"}
+
+    upgrade()
+    assert schema_differences() == []
+    load_demo(db.session, "http://127.0.0.1:5000")  # a new database's first tenant
+    db.session.commit()
+    assert event_rows()
+
+
+def test_partitions_are_those_of_the_events_table_on_the_search_path(
+    migrated: str, scratch_url: Callable[[], str]
+) -> None:
+    if not migrated.startswith("postgresql"):
+        pytest.skip("declarative partitioning is PostgreSQL's")
+    month = date(2031, 5, 1)
+    with app_on(migrated), db.engine.begin() as conn:  # the suite's schema
+        created_elsewhere = ensure_partitions(conn, [month])
+    try:
+        with app_on(scratch_url()):
+            upgrade()
+            with db.engine.begin() as conn:
+                assert ensure_partitions(conn, [month]) == [partition_name(month)]
+                scratch_partition = conn.scalar(
+                    text("SELECT to_regclass(:name)::text"), {"name": partition_name(month)}
+                )
+                assert scratch_partition == partition_name(month)
+    finally:
+        if created_elsewhere:
+            with app_on(migrated), db.engine.begin() as conn:
+                conn.execute(text(f"DROP TABLE {partition_name(month)}"))
