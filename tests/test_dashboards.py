@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import event
 
 from tenant_analytics.extensions import db
 from tenant_analytics.models import utcnow
@@ -127,6 +128,30 @@ def test_owner_of_another_tenant_gets_404(client, make_tenant, make_user, auth_h
     huge = client.get(path.format(id=2**40), headers=headers)
     assert forbidden.status_code == missing.status_code == huge.status_code == 404
     assert forbidden.get_json() == missing.get_json()  # no hint that the tenant exists
+
+
+@pytest.mark.parametrize("path", ["/api/tenants/{id}", "/api/analytics/{id}/dashboard-stats"])
+def test_another_tenants_id_costs_the_same_queries_as_a_free_one(
+    client, make_tenant, make_user, auth_headers, path
+):
+    mine, theirs = make_tenant(), make_tenant()
+    headers = auth_headers(make_user(mine))
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    def queries_for(tenant_id: int) -> list[str]:
+        statements.clear()
+        assert client.get(path.format(id=tenant_id), headers=headers).status_code == 404
+        return list(statements)
+
+    queries_for(987_654)  # anything a first request loads once
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        assert queries_for(theirs.id) == queries_for(987_654)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
 
 
 def test_admin_reads_any_tenant(client, make_tenant, make_user, auth_headers):
