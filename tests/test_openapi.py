@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 from openapi_spec_validator import validate
+from sqlalchemy import select
 
+from tenant_analytics import openapi
+from tenant_analytics.demo import DEMO_EMAIL, DEMO_PASSWORD, DEMO_SLUG, load_demo
+from tenant_analytics.extensions import db
+from tenant_analytics.models import Tenant
 from tenant_analytics.openapi import UNDOCUMENTED, build_document
 
 
@@ -160,3 +168,170 @@ def test_query_parameters_are_documented_as_the_handlers_hold_them(
     answer = client.get(url, query_string={name: value}, headers=auth_headers(make_user(tenant)))
     documented = Draft202012Validator(schema, format_checker=FormatChecker())
     assert documented.is_valid(sent) == (answer.status_code != 422), answer.json
+
+
+def _closed(schema: Any) -> Any:
+    """``schema`` with every object of named properties admitting no others, so an
+    answer's field the document does not name fails validation."""
+    if isinstance(schema, dict):
+        closed = {key: _closed(value) for key, value in schema.items()}
+        if "properties" in closed and "additionalProperties" not in closed:
+            closed["additionalProperties"] = False
+        return closed
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    return schema
+
+
+def test_every_json_answer_has_the_shape_the_document_gives(make_app):
+    app = make_app(INTERACTION_MIN_SECONDS=0)
+    client = app.test_client()
+    document = client.get("/api/openapi.json").get_json()
+    components = _closed(document["components"])
+    with app.app_context():
+        load_demo(db.session, "http://127.0.0.1:5000")
+        db.session.commit()
+        tenant = db.session.scalars(select(Tenant).where(Tenant.slug == DEMO_SLUG)).one()
+        tenant_id = tenant.id
+    tokens = client.post(
+        "/api/auth/login", json={"email": DEMO_EMAIL, "password": DEMO_PASSWORD}
+    ).get_json()
+    owner = {"Authorization": f"Bearer {tokens['access_token']}"}
+    phone = {"User-Agent": "Mozilla/5.0 (Linux; Android 14) Mobile"}
+    event = {"tenant_id": tenant_id, "event_type": "page_view", "idempotency_key": "k-1"}
+    calls = [  # (documented path, method, what the client sends, the status it gets)
+        (
+            "/api/auth/login",
+            "post",
+            {"json": {"email": DEMO_EMAIL, "password": DEMO_PASSWORD}},
+            200,
+        ),
+        (
+            "/api/auth/refresh",
+            "post",
+            {"headers": {"Authorization": f"Bearer {tokens['refresh_token']}"}},
+            200,
+        ),
+        ("/api/analytics/track", "post", {"json": event, "headers": phone}, 201),
+        ("/api/analytics/track", "post", {"json": event, "headers": phone}, 200),
+        (
+            "/api/analytics/batch",
+            "post",
+            {
+                "json": {
+                    "tenant_id": tenant_id,
+                    "events": [{"event_type": "pageview"}, {"event_type": "nope"}],
+                },
+                "headers": phone,
+            },
+            201,
+        ),
+        (
+            "/api/v1/analytics/track",
+            "post",
+            {"json": {"tenant_id": str(tenant_id), "type": "whatsapp_click"}, "headers": phone},
+            202,
+        ),
+        (
+            "/api/v1/analytics/conversion",
+            "post",
+            {"json": {"tenant_slug": DEMO_SLUG, "transaction_id": 7, "amount": 12.5}},
+            200,
+        ),
+        ("/api/v1/analytics/conversion", "post", {"json": {"transaction_id": "t-8"}}, 200),
+        (
+            "/api/v1/interactions",
+            "post",
+            {"json": {"tenant_id": tenant_id, "type": "whatsapp_click"}, "headers": phone},
+            201,
+        ),
+        (
+            "/api/v1/interactions",
+            "post",
+            {"json": {"tenant_id": 987_654, "type": "view"}, "headers": phone},
+            202,
+        ),
+        ("/api/health", "get", {}, 200),
+        ("/api/analytics/{tenant_id}", "get", {"headers": owner}, 200),
+        ("/api/analytics/{tenant_id}/today", "get", {"headers": owner}, 200),
+        ("/api/analytics/{tenant_id}/dashboard-stats", "get", {"headers": owner}, 200),
+        (
+            "/api/analytics/{tenant_id}/dashboard-stats",
+            "get",
+            {"headers": owner, "query_string": {"mode": "unique"}},
+            200,
+        ),
+        ("/api/analytics/{tenant_id}/funnel", "get", {"headers": owner}, 200),
+        (
+            "/api/analytics/{tenant_id}/rfm",
+            "get",
+            {"headers": owner, "query_string": {"limit": 3}},
+            200,
+        ),
+        (
+            "/api/analytics/{tenant_id}/rfm",
+            "get",
+            {"headers": owner, "query_string": {"segment": "Lost"}},
+            200,
+        ),
+        ("/api/analytics/{tenant_id}/alerts", "get", {"headers": owner}, 200),
+        ("/api/tenants", "get", {"headers": owner}, 200),
+        ("/api/tenants/{tenant_id}", "get", {"headers": owner}, 200),
+        (
+            "/api/tenants/{tenant_id}",
+            "patch",
+            {"headers": owner, "json": {"landing_url": None}},
+            200,
+        ),
+        ("/api/tenants/{tenant_id}/products", "get", {"headers": owner}, 200),
+        (
+            "/api/tenants/{tenant_id}/products",
+            "post",
+            {"headers": owner, "json": {"name": "Pan"}},
+            201,
+        ),
+        (
+            "/api/tenants/{tenant_id}/products/{product_id}",
+            "patch",
+            {"headers": owner, "json": {"price": 9}},
+            200,
+        ),
+        ("/api/tenants/{tenant_id}/products/{product_id}", "delete", {"headers": owner}, 200),
+    ]
+    checked = set()
+    product_id = None  # the one the calls create
+    for path, method, request, status in calls:
+        url = path.replace("{tenant_id}", str(tenant_id))
+        url = url.replace("{product_id}", str(product_id))
+        answer = client.open(url, method=method.upper(), **request)
+        assert answer.status_code == status, (path, method, answer.get_json())
+        if path.endswith("/products") and method == "post":
+            product_id = answer.get_json()["product"]["id"]
+        media = document["paths"][path][method]["responses"][str(status)]["content"]
+        shape = Draft202012Validator(
+            {**media["application/json"]["schema"], "components": components},
+            format_checker=FormatChecker(),
+        )
+        errors = [f"{e.json_path}: {e.message}" for e in shape.iter_errors(answer.get_json())]
+        assert errors == [], (path, method, status)
+        checked.add((path, method))
+    # Every operation answering JSON on success was called above.
+    answering_json = {
+        (path, method)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if any(
+            "application/json" in answer.get("content", {})
+            for status, answer in operation["responses"].items()
+            if status.startswith("2")
+        )
+    }
+    assert checked == answering_json
+
+
+def test_a_json_answer_without_its_shape_fails_the_build(make_app, monkeypatch):
+    app = make_app()
+    today = openapi.OPERATIONS["dashboards.today"]
+    monkeypatch.setitem(openapi.OPERATIONS, "dashboards.today", replace(today, returns=None))
+    with pytest.raises(ValueError, match=r"dashboards\.today: the shape of its JSON answer"):
+        build_document(app)

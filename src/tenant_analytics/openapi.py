@@ -1,10 +1,12 @@
 """The OpenAPI 3.1 document, built from the app's own routes and request schemas.
 
-Paths and methods come from the URL map, summaries from the views' docstrings and
-request bodies from the pydantic models the views validate with; what a route cannot
-tell (its body model, its answers, whether it needs a token) is in OPERATIONS, one
-entry per endpoint. A route without an entry fails the build, so the document cannot
-silently fall behind the API.
+Paths and methods come from the URL map, summaries from the views' docstrings,
+request bodies from the pydantic models the views validate with, and the answers'
+shapes from the types of what the views return (queries' TypedDicts, ``responses``);
+what a route cannot tell (its body model, its answers and their shape, whether it
+needs a token) is in OPERATIONS, one entry per endpoint. A route without an entry, or
+a JSON answer without a shape, fails the build, so the document cannot silently fall
+behind the API.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel, TypeAdapter
 
-from . import schemas
+from . import responses, schemas
 from .api import qr, store_reports
 from .api.requests import NEVER_REFUSED
 from .queries import store
@@ -44,6 +45,7 @@ class Operation:
     """What the route itself cannot tell of an endpoint."""
 
     answers: dict[int, str]
+    returns: Any = None  # the type of a 2xx JSON answer's body
     body: type[BaseModel] | None = None
     owner: bool = False  # needs an owner's (or admin's) bearer token
     refresh: bool = False  # needs a refresh token
@@ -54,6 +56,7 @@ class Operation:
 
 
 OWNER_READ = {200: "The figures", 401: ERRORS[401], 404: ERRORS[404]}
+OWNER_GET = {**OWNER_READ, 200: "Found"}
 CAMPAIGN = {"type": "string", "pattern": f"^{qr.CAMPAIGN.pattern}$"}
 # store_reports' dates: 1970-01-01 to 9999-12-30, as the handler takes them.
 LOCAL_DAY = {
@@ -84,6 +87,7 @@ OPERATIONS: dict[str, Operation] = {
             429: ERRORS[429],
             503: ERRORS[503],
         },
+        returns=responses.Tracked,
         body=schemas.TrackEvent,
     ),
     "tracking.batch": Operation(
@@ -95,14 +99,17 @@ OPERATIONS: dict[str, Operation] = {
             429: ERRORS[429],
             503: ERRORS[503],
         },
+        returns=responses.BatchStored,
         body=schemas.EventBatch,
     ),
     "v1.track": Operation(
         {202: "Accepted", 404: "Unknown or inactive tenant", 422: ERRORS[422], 429: ERRORS[429]},
+        returns=responses.V1Accepted,
         body=schemas.V1TrackEvent,
     ),
     "v1.conversion": Operation(
         {200: "ok when recorded (once per transaction_id), else skipped; never an error"},
+        returns=responses.ConversionAnswer,
         body=schemas.ConversionBeacon,
     ),
     "v1.interactions": Operation(
@@ -112,6 +119,7 @@ OPERATIONS: dict[str, Operation] = {
             422: ERRORS[422],
             429: ERRORS[429],
         },
+        returns=responses.InteractionAnswer,
         body=schemas.Interaction,
     ),
     "qr.scan": Operation(
@@ -127,7 +135,8 @@ OPERATIONS: dict[str, Operation] = {
         {
             200: "The database answers; rate_limit_storage says whether Redis does",
             503: "The database does not answer (or is not migrated)",
-        }
+        },
+        returns=responses.Health,
     ),
     "qr.qr_code": Operation(
         {
@@ -152,18 +161,27 @@ OPERATIONS: dict[str, Operation] = {
             429: ERRORS[429],
             503: ERRORS[503],
         },
+        returns=responses.Tokens,
         body=schemas.Login,
     ),
-    "auth.refresh": Operation({200: "A new access_token", 401: ERRORS[401]}, refresh=True),
-    "dashboards.landing_dashboard": Operation(OWNER_READ, owner=True),
-    "dashboards.today": Operation(OWNER_READ, owner=True),
+    "auth.refresh": Operation(
+        {200: "A new access_token", 401: ERRORS[401]},
+        returns=responses.AccessToken,
+        refresh=True,
+    ),
+    "dashboards.landing_dashboard": Operation(
+        OWNER_READ, returns=responses.LandingDashboard, owner=True
+    ),
+    "dashboards.today": Operation(OWNER_READ, returns=responses.Today, owner=True),
     "store_reports.dashboard_stats": Operation(
         {**OWNER_READ, 422: ERRORS[422]},
+        returns=store.DashboardStats,
         owner=True,
         query={"mode": ("total (default) or unique", {"enum": list(store.MODES)})},
     ),
     "store_reports.funnel": Operation(
         {**OWNER_READ, 422: ERRORS[422]},
+        returns=store.Funnel,
         owner=True,
         query={
             "start": ("First local day, YYYY-MM-DD (default: 30 days before end)", LOCAL_DAY),
@@ -180,6 +198,7 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "store_reports.rfm": Operation(
         {**OWNER_READ, 422: ERRORS[422]},
+        returns=store.RfmReport,
         owner=True,
         query={
             "segment": (
@@ -196,9 +215,11 @@ OPERATIONS: dict[str, Operation] = {
             ),
         },
     ),
-    "store_reports.alerts": Operation(OWNER_READ, owner=True),
-    "tenants.list_tenants": Operation({200: "The caller's tenants", 401: ERRORS[401]}, owner=True),
-    "tenants.get_tenant": Operation(OWNER_READ, owner=True),
+    "store_reports.alerts": Operation(OWNER_READ, returns=responses.Alerts, owner=True),
+    "tenants.list_tenants": Operation(
+        {200: "The caller's tenants", 401: ERRORS[401]}, returns=responses.TenantList, owner=True
+    ),
+    "tenants.get_tenant": Operation(OWNER_GET, returns=responses.OneTenant, owner=True),
     "tenants.update_tenant": Operation(
         {
             200: "The tenant as changed",
@@ -207,25 +228,57 @@ OPERATIONS: dict[str, Operation] = {
             409: "A rebuild of its rollups is running",
             422: ERRORS[422],
         },
+        returns=responses.OneTenant,
         body=schemas.TenantUpdate,
         owner=True,
     ),
-    "tenants.get_products": Operation(OWNER_READ, owner=True),
+    "tenants.get_products": Operation(OWNER_GET, returns=responses.ProductList, owner=True),
     "tenants.add_product": Operation(
         {201: "Created", 401: ERRORS[401], 404: ERRORS[404], 409: "Slug taken", 422: ERRORS[422]},
+        returns=responses.OneProduct,
         body=schemas.ProductCreate,
         owner=True,
     ),
     "tenants.update_product": Operation(
         {200: "Changed", 401: ERRORS[401], 404: ERRORS[404], 409: "Slug taken", 422: ERRORS[422]},
+        returns=responses.OneProduct,
         body=schemas.ProductUpdate,
         owner=True,
     ),
     "tenants.delete_product": Operation(
-        {200: "Deactivated", 401: ERRORS[401], 404: ERRORS[404]}, owner=True
+        {200: "Deactivated", 401: ERRORS[401], 404: ERRORS[404]},
+        returns=responses.OneProduct,
+        owner=True,
     ),
 }
 CONVERTER = re.compile(r"<(?:(\w+):)?(\w+)>")
+
+
+def _schemas() -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
+    """Each answer type's schema (a $ref) and the definitions, request bodies' included.
+
+    Raises ValueError for an operation answering JSON without saying its shape.
+    """
+    for endpoint, operation in OPERATIONS.items():
+        answers_json = "application/json" in operation.produces
+        if (
+            answers_json
+            and operation.returns is None
+            and any(200 <= s < 300 for s in operation.answers)
+        ):
+            raise ValueError(f"{endpoint}: the shape of its JSON answer (returns=) is missing")
+    bodies = {op.body for op in OPERATIONS.values() if op.body}
+    answers = {op.returns for op in OPERATIONS.values() if op.returns is not None}
+    keys = [(body, "validation", TypeAdapter(body)) for body in sorted(bodies, key=_name)]
+    keys += [
+        (answer, "serialization", TypeAdapter(answer)) for answer in sorted(answers, key=_name)
+    ]
+    schemas_by_key, definitions = TypeAdapter.json_schemas(keys, ref_template=REF)
+    return {key: schema for (key, _mode), schema in schemas_by_key.items()}, definitions
+
+
+def _name(kind: Any) -> str:
+    return kind.__name__
 
 
 def _path_and_parameters(rule: str) -> tuple[str, list[dict[str, Any]]]:
@@ -264,7 +317,9 @@ def _answers(endpoint: str, operation: Operation) -> dict[int, str]:
     return common | operation.answers
 
 
-def _answer(status: int, description: str, operation: Operation) -> dict[str, Any]:
+def _answer(
+    status: int, description: str, operation: Operation, shape: dict[str, Any] | None
+) -> dict[str, Any]:
     if status >= 400:
         media: dict[str, Any] = {
             "application/json": {"schema": {"$ref": REF.format(model="Error")}}
@@ -273,17 +328,20 @@ def _answer(status: int, description: str, operation: Operation) -> dict[str, An
             media["text/html"] = {}
         return {"description": description, "content": media}
     if status < 300:
-        return {"description": description, "content": {kind: {} for kind in operation.produces}}
+        media = {kind: {} for kind in operation.produces}
+        if shape is not None:
+            media["application/json"] = {"schema": shape}
+        return {"description": description, "content": media}
     return {"description": description}
 
 
 def _without_null_defaults(schema: Any) -> Any:
-    """The schema without ``"default": null`` where null is no valid value: the settings
-    models (``TenantUpdate``) use None for "not sent", which JSON cannot say."""
+    """The schema without ``"default": null``: the request models use None for "not
+    sent", which is no value a client should send for it (in a PATCH, a null
+    ``landing_url`` takes the QR redirect away; leaving it out keeps it)."""
     if isinstance(schema, dict):
         cleaned = {key: _without_null_defaults(value) for key, value in schema.items()}
-        nullable = {"type": "null"} in cleaned.get("anyOf", []) or cleaned.get("type") == "null"
-        if cleaned.get("default", ...) is None and not nullable:
+        if "default" in cleaned and cleaned["default"] is None:
             del cleaned["default"]
         return cleaned
     if isinstance(schema, list):
@@ -293,10 +351,7 @@ def _without_null_defaults(schema: Any) -> Any:
 
 def build_document(app: Flask) -> dict[str, Any]:
     """The OpenAPI document of ``app``'s routes (KeyError for an undocumented one)."""
-    models = sorted({op.body for op in OPERATIONS.values() if op.body}, key=lambda m: m.__name__)
-    _, definitions = models_json_schema(
-        [(model, "validation") for model in models], ref_template=REF
-    )
+    shapes, definitions = _schemas()
     components: dict[str, Any] = {
         "schemas": {**_without_null_defaults(definitions.get("$defs", {})), "Error": ERROR_SCHEMA},
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -316,7 +371,7 @@ def build_document(app: Flask) -> dict[str, Any]:
                 "parameters": parameters
                 + [_query_parameter(name, about) for name, about in operation.query.items()],
                 "responses": {
-                    str(status): _answer(status, text, operation)
+                    str(status): _answer(status, text, operation, shapes.get(operation.returns))
                     for status, text in sorted(_answers(rule.endpoint, operation).items())
                 },
             }

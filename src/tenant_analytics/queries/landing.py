@@ -21,12 +21,20 @@ REVENUE_KINDS = (Kind.CONVERSION, Kind.PURCHASE)
 
 @dataclass
 class DayVisitors:
+    """A local day (YYYY-MM-DD in the tenant's time zone) and its distinct visitors."""
+
     date: str
     visitors: int
 
 
 @dataclass
 class LandingSummary:
+    """The landing page's figures: today and the 7 local days ending today (the week).
+
+    Taps, scans, conversions and ``revenue`` (per currency paid in) cover the week;
+    ``avg_time_on_page`` is in whole seconds.
+    """
+
     visitors_today: int
     visitors_week: int
     whatsapp_clicks: int

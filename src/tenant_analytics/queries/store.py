@@ -36,7 +36,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Literal, NotRequired, TypedDict, TypeVar
+from typing import (
+    Any,
+    Literal,
+    NotRequired,  # pydantic reads these on Python 3.11
+    TypeVar,
+    cast,
+)
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
@@ -53,6 +59,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.orm import Session
+from typing_extensions import TypedDict
 
 from ..catalogue import (
     ADD_TO_CART,
@@ -239,16 +246,23 @@ def _local_bounds(days: list[Day]) -> tuple[str, str]:
 
 
 class SlugCount(TypedDict):
+    """A product (by slug) and its count: units sold, or views (events or sessions)."""
+
     slug: str
     count: int
 
 
 class DayCount(TypedDict):
+    """A local day (YYYY-MM-DD in the tenant's time zone) and its count of sales."""
+
     date: str
     count: int
 
 
 class ProductPerformance(TypedDict):
+    """One product's week. ``conversion_rate`` is purchases over views in percent; in
+    mode=total purchases are units bought, so it can pass 100."""
+
     slug: str
     name: str
     views: int
@@ -256,6 +270,56 @@ class ProductPerformance(TypedDict):
     purchases: int
     conversion_rate: float
     purchases_units: NotRequired[int]  # mode=unique only
+
+
+class StepCounts(TypedDict):
+    """Events (mode=total) or distinct sessions (mode=unique) at each step of the week."""
+
+    product_view: int
+    add_to_cart: int
+    begin_checkout: int
+    purchase: int
+
+
+class ConversionRates(TypedDict):
+    """Percent, one decimal: each step's count over the step before's, 0 when that is 0.
+
+    Counts of events in mode=total, so a rate can pass 100 (two purchases after one
+    checkout); of sessions in mode=unique.
+    """
+
+    visit_to_cart: float
+    cart_to_checkout: float
+    checkout_to_purchase: float
+
+
+class ErrorCounts(TypedDict):
+    payment_error: int
+    checkout_error: int
+    payment_confirmation_error: int
+
+
+class EventsDay(TypedDict):
+    """One local day (YYYY-MM-DD in the tenant's time zone) of the store's steps."""
+
+    date: str
+    product_view: int
+    add_to_cart: int
+    begin_checkout: int
+    purchase: int
+    checkout_started: int
+    payment_info_entered: int
+    order_completed: int
+
+
+class ErrorsDay(TypedDict):
+    """One local day (YYYY-MM-DD in the tenant's time zone) of error events."""
+
+    date: str
+    payment_error: int
+    checkout_error: int
+    payment_confirmation_error: int
+    address_error: int
 
 
 class SessionStats(TypedDict):
@@ -668,6 +732,12 @@ def recent_whatsapp_sessions(
 
 
 class DashboardStats(TypedDict):
+    """The store's week: the 7 local days ending today in the tenant's time zone.
+
+    Money in ``currency`` (the tenant's) but for ``revenue_by_currency``; rates in
+    percent; ``retention_metrics`` over 90 days.
+    """
+
     mode: Mode
     total_sales: int
     total_revenue: float  # in ``currency``, the tenant's
@@ -677,18 +747,18 @@ class DashboardStats(TypedDict):
     top_products: list[SlugCount]
     top_viewed_products: list[SlugCount]
     sales_by_day: list[DayCount]
-    events_timeline: list[dict[str, Any]]
+    events_timeline: list[EventsDay]
     abandonment_rate: float
-    event_counts: dict[str, int]
-    conversion_rates: dict[str, float]
+    event_counts: StepCounts
+    conversion_rates: ConversionRates
     checkout_started_count: int
     payment_info_entered_count: int
     order_completed_count: int
     conversion_checkout_to_payment: float
     conversion_payment_to_order: float
-    error_counts: dict[str, int]
+    error_counts: ErrorCounts
     product_performance: list[ProductPerformance]
-    errors_timeline: list[dict[str, Any]]
+    errors_timeline: list[ErrorsDay]
     session_stats: SessionStats
     retention_metrics: RetentionMetrics
     traffic_sources: list[SourceSessions]
@@ -825,22 +895,22 @@ def dashboard_stats(
             DayCount(date=day.date.isoformat(), count=counts[PURCHASE])
             for day, counts in zip(days, events.per_day, strict=True)
         ],
-        events_timeline=_timeline(days, per_day, TIMELINE_TYPES),
+        events_timeline=cast(list[EventsDay], _timeline(days, per_day, TIMELINE_TYPES)),
         abandonment_rate=abandoned.rate,
-        event_counts=steps,
-        conversion_rates={
-            "visit_to_cart": _percent(steps[ADD_TO_CART], steps[PRODUCT_VIEW]),
-            "cart_to_checkout": _percent(steps[BEGIN_CHECKOUT], steps[ADD_TO_CART]),
-            "checkout_to_purchase": _percent(steps[PURCHASE], steps[BEGIN_CHECKOUT]),
-        },
+        event_counts=cast(StepCounts, steps),
+        conversion_rates=ConversionRates(
+            visit_to_cart=_percent(steps[ADD_TO_CART], steps[PRODUCT_VIEW]),
+            cart_to_checkout=_percent(steps[BEGIN_CHECKOUT], steps[ADD_TO_CART]),
+            checkout_to_purchase=_percent(steps[PURCHASE], steps[BEGIN_CHECKOUT]),
+        ),
         checkout_started_count=started,
         payment_info_entered_count=paid,
         order_completed_count=completed,
         conversion_checkout_to_payment=_percent(paid, started),
         conversion_payment_to_order=_percent(completed, paid),
-        error_counts={error: events.total(error) for error in COUNTED_ERRORS},
+        error_counts=cast(ErrorCounts, {error: events.total(error) for error in COUNTED_ERRORS}),
         product_performance=_product_performance(events, by_product, sold),
-        errors_timeline=_timeline(days, events.per_day, TIMELINE_ERRORS),
+        errors_timeline=cast(list[ErrorsDay], _timeline(days, events.per_day, TIMELINE_ERRORS)),
         session_stats=SessionStats(
             unique_sessions=unique_sessions,
             avg_events_per_session=per_session,
@@ -863,6 +933,9 @@ class FunnelStep(TypedDict):
 
 
 class Funnel(TypedDict):
+    """Distinct sessions at each step. ``start_date`` and ``end_date`` are the window's
+    first and last moments in the tenant's time zone (hence no UTC offset)."""
+
     funnel: list[FunnelStep]
     start_date: str
     end_date: str
@@ -952,6 +1025,9 @@ class RfmCustomer(TypedDict):
 
 
 class RfmReport(TypedDict):
+    """One page of customers (by ``user_id``) over 90 days of purchases, biggest spenders
+    first. ``start_date`` and ``end_date`` are local to the tenant, as the funnel's."""
+
     rfm: list[RfmCustomer]  # one page of them
     start_date: str
     end_date: str
@@ -1056,6 +1132,8 @@ STUCK_EVENTS_ABOVE = 15
 
 
 class Alert(TypedDict):
+    """``timestamp``: when the alerts were computed (UTC, ISO 8601)."""
+
     type: str
     message: str
     severity: str  # critical, warning or info
