@@ -335,3 +335,19 @@ def test_a_json_answer_without_its_shape_fails_the_build(make_app, monkeypatch):
     monkeypatch.setitem(openapi.OPERATIONS, "dashboards.today", replace(today, returns=None))
     with pytest.raises(ValueError, match=r"dashboards\.today: the shape of its JSON answer"):
         build_document(app)
+
+
+def test_no_schema_says_a_left_out_field_is_null(document):
+    """A generator filling defaults would send null: in a PATCH that clears landing_url."""
+
+    def defaults(node: Any) -> list[Any]:
+        if isinstance(node, dict):
+            own = [node["default"]] if "default" in node else []
+            return own + [d for value in node.values() for d in defaults(value)]
+        if isinstance(node, list):
+            return [d for item in node for d in defaults(item)]
+        return []
+
+    assert None not in defaults(document["components"]["schemas"])
+    landing_url = document["components"]["schemas"]["TenantUpdate"]["properties"]["landing_url"]
+    assert {"type": "null"} in landing_url["anyOf"]  # null is still a value one may send
