@@ -75,7 +75,8 @@ def test_today_summary_in_local_day(app, week):
         summary.whatsapp_clicks,
         summary.qr_scans,
         summary.products_viewed,
-    ) == (2, 1, 1, 2)
+        summary.call_clicks,  # the call on 6 March is not today's
+    ) == (2, 1, 1, 2, 0)
 
 
 def test_utc_days_would_differ(app, week):
@@ -106,16 +107,25 @@ def test_dashboard_endpoint_shape(client, make_tenant, make_user, auth_headers, 
 
 def test_today_endpoint_shape(client, make_tenant, make_user, auth_headers, add_events):
     tenant = make_tenant()
-    add_events(tenant, [("qr_scan", utcnow() - timedelta(minutes=1), "10.1.1.1", None)])
+    a_minute_ago = utcnow() - timedelta(minutes=1)
+    add_events(
+        tenant,
+        [
+            ("qr_scan", a_minute_ago, "10.1.1.1", None),
+            ("click_call", a_minute_ago, "10.1.1.1", None),
+            ("click_call", a_minute_ago, "10.1.1.2", None),
+        ],
+    )
     response = client.get(
         f"/api/analytics/{tenant.id}/today", headers=auth_headers(make_user(tenant))
     )
     assert response.get_json() == {
         "success": True,
-        "visitors_today": 1,
+        "visitors_today": 2,
         "whatsapp_clicks": 0,
         "qr_scans": 1,
         "products_viewed": 0,
+        "call_clicks": 2,
     }
 
 

@@ -86,6 +86,7 @@ class Today(TypedDict):
     whatsapp_clicks: int
     qr_scans: int
     products_viewed: int
+    call_clicks: int
 
 
 class Alerts(TypedDict):

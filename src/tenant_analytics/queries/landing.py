@@ -50,10 +50,13 @@ class LandingSummary:
 
 @dataclass
 class TodaySummary:
+    """Today, the local day: the document's four figures and call taps (our own)."""
+
     visitors_today: int
     whatsapp_clicks: int
     qr_scans: int
     products_viewed: int
+    call_clicks: int
 
 
 def count_visitors_by_day(session: Session, *, tenant_id: int, days: list[Day]) -> list[int]:
@@ -180,4 +183,5 @@ def today_summary(
         whatsapp_clicks=counts[Kind.WHATSAPP_TAP],
         qr_scans=counts[Kind.QR_SCAN],
         products_viewed=counts[Kind.PRODUCT_CLICK],
+        call_clicks=counts[Kind.CALL],
     )

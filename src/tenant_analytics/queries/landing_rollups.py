@@ -135,4 +135,5 @@ def today_summary(
         whatsapp_clicks=counts[Kind.WHATSAPP_TAP],
         qr_scans=counts[Kind.QR_SCAN],
         products_viewed=counts[Kind.PRODUCT_CLICK],
+        call_clicks=counts[Kind.CALL],
     )
