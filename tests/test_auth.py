@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from flask_jwt_extended import decode_token
 
 
 def login(client, email, password):
@@ -25,13 +28,28 @@ def test_login_returns_tokens_that_open_the_dashboard(client, make_tenant, make_
         "/api/auth/refresh", headers={"Authorization": f"Bearer {tokens['refresh_token']}"}
     )
     assert refreshed.status_code == 200
-    assert set(refreshed.get_json()) == {"access_token"}
+    assert set(refreshed.get_json()) == {"access_token", "token_type", "expires_in"}
 
     with_access = client.post(
         "/api/auth/refresh", headers={"Authorization": f"Bearer {tokens['access_token']}"}
     )
     assert with_access.status_code == 401
     assert with_access.get_json()["success"] is False
+
+
+def test_tokens_say_their_type_and_how_long_the_access_token_lasts(make_app, make_user):
+    app = make_app(JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=15))
+    client = app.test_client()
+    email = make_user(password="right-password").email
+    tokens = login(client, email, "right-password").get_json()
+    assert (tokens["token_type"], tokens["expires_in"]) == ("Bearer", 900)
+    with app.app_context():
+        access = decode_token(tokens["access_token"])
+    assert access["exp"] - access["iat"] == 900
+    refreshed = client.post(
+        "/api/auth/refresh", headers={"Authorization": f"Bearer {tokens['refresh_token']}"}
+    ).get_json()
+    assert (refreshed["token_type"], refreshed["expires_in"]) == ("Bearer", 900)
 
 
 @pytest.mark.parametrize("which", ["password", "email"])

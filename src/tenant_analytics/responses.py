@@ -60,15 +60,18 @@ class Health(TypedDict):
     rate_limit_storage: Literal["ok", "unavailable"]
 
 
-class Tokens(TypedDict):
-    """Bearer tokens (JWT): the access token for the API, the refresh token for a new one."""
-
-    access_token: str
-    refresh_token: str
-
-
 class AccessToken(TypedDict):
+    """A bearer token (JWT) for the API, good for ``expires_in`` seconds."""
+
     access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+
+
+class Tokens(AccessToken):
+    """With the refresh token, which asks ``POST /api/auth/refresh`` for a new access token."""
+
+    refresh_token: str
 
 
 class LandingDashboard(TypedDict):

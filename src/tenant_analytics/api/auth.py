@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 from flask_jwt_extended import current_user, jwt_required
 
 from ..auth import access_token_for, authenticate, challenge, may_sign_in, refresh_token_for
@@ -24,11 +24,21 @@ def login():
         return challenge(
             "Invalid email or password.", code="invalid_credentials", token_refused=False
         )
-    return {"access_token": access_token_for(user), "refresh_token": refresh_token_for(user)}
+    return {**_access(user), "refresh_token": refresh_token_for(user)}
 
 
 @bp.post("/refresh")
 @jwt_required(refresh=True)
 def refresh():
     """A new access token for a valid refresh token."""
-    return {"access_token": access_token_for(current_user)}
+    return _access(current_user)
+
+
+def _access(user) -> dict[str, str | int]:
+    """The access token, its scheme and how many seconds it lasts (as OAuth 2 answers)."""
+    lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
+    return {
+        "access_token": access_token_for(user),
+        "token_type": "Bearer",
+        "expires_in": int(lifetime.total_seconds()),
+    }
