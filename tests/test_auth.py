@@ -52,6 +52,21 @@ def test_tokens_say_their_type_and_how_long_the_access_token_lasts(make_app, mak
     assert (refreshed["token_type"], refreshed["expires_in"]) == ("Bearer", 900)
 
 
+def test_tokens_and_owner_answers_are_not_for_caches(client, make_tenant, make_user):
+    tenant = make_tenant()
+    email = make_user(tenant, password="right-password").email
+    signed_in = login(client, email, "right-password")
+    owner = {"Authorization": f"Bearer {signed_in.get_json()['access_token']}"}
+    answers = [
+        signed_in,
+        client.get(f"/api/analytics/{tenant.id}", headers=owner),
+        client.get(f"/api/tenants/{tenant.id}", headers=owner),
+        client.get("/api/tenants/987654", headers=owner),  # a 404 too
+    ]
+    assert [a.headers.get("Cache-Control") for a in answers] == ["no-store"] * 4
+    assert "Cache-Control" not in client.post("/api/analytics/track", json={}).headers
+
+
 @pytest.mark.parametrize("which", ["password", "email"])
 def test_wrong_credentials_are_401(client, make_user, which):
     user = make_user(password="right-password")

@@ -109,7 +109,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     from .api import register_blueprints
     from .api.requests import WholeBodyRequest, refuse_encoded_bodies
-    from .auth import canonical_bearer_scheme, register_jwt_callbacks
+    from .auth import canonical_bearer_scheme, register_jwt_callbacks, uncached_private_answers
     from .cli import register_commands
     from .errors import register_error_handlers
     from .ratelimits import rate_limit_headers
@@ -119,6 +119,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(canonical_bearer_scheme)
     app.before_request(refuse_encoded_bodies)
     app.after_request(rate_limit_headers)
+    app.after_request(uncached_private_answers)
     register_jwt_callbacks(jwt)
     register_blueprints(app)
     register_commands(app)

@@ -81,6 +81,15 @@ def canonical_bearer_scheme() -> None:
         request.environ["HTTP_AUTHORIZATION"] = _BEARER_SCHEME.sub(r"\1\2Bearer", value)
 
 
+def uncached_private_answers(response: Response) -> Response:
+    """Answers to a token, and the tokens themselves, are no cache's to keep (a shared
+    browser, a proxy); RFC 6749 asks it of token answers."""
+    private = "Authorization" in request.headers or request.blueprint == "auth"
+    if private and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def challenge(message: str, *, code: str, token_refused: bool = True) -> tuple[Response, int]:
     """A 401 with the challenge HTTP asks of one (RFC 6750): without a token (or at
     sign-in) it names only the scheme; a token that was sent and refused is
