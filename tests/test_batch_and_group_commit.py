@@ -20,6 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from tenant_analytics import postgres_writer
 from tenant_analytics.config import MAX_CONTENT_LENGTH, normalize_database_url
+from tenant_analytics.errors import outage_reason
 from tenant_analytics.extensions import db
 from tenant_analytics.group_commit import (
     CommitTimeout,
@@ -402,7 +403,9 @@ def test_waiting_requests_do_not_starve_the_committer_of_connections(make_app, m
     assert run_concurrently(app, [body] * 12) == [201] * 12
 
 
-def test_a_job_that_waits_too_long_is_withdrawn_unwritten(make_app, make_tenant, monkeypatch):
+def test_a_job_that_waits_too_long_is_withdrawn_unwritten(
+    make_app, make_tenant, monkeypatch, caplog
+):
     app = make_app()
     app.extensions["group_commit"].timeout = 0.3
     with app.app_context():
@@ -431,9 +434,45 @@ def test_a_job_that_waits_too_long_is_withdrawn_unwritten(make_app, make_tenant,
     send("second")  # queued behind the slow batch, gives up after 0.3 s
     first.join()
     assert statuses == {"first": 201, "second": 503}
+    assert "events not stored, the client is told to send them again" in caplog.text
     time.sleep(0.7)  # let the committer reach the withdrawn job
     with app.app_context():
         assert count_events(tenant_id) == 1  # the withdrawn event was never written
+
+
+def test_a_write_the_database_never_finishes_answers_503_in_time(
+    make_app, make_tenant, monkeypatch, caplog
+):
+    """A database that stops answering mid-write (frozen, packets dropped) must not hold
+    the request for ever: after write_timeout it is told the events may be stored."""
+    app = make_app()
+    committer = app.extensions["group_commit"]
+    committer.timeout, committer.write_timeout = 0.2, 0.3
+    with app.app_context():
+        tenant_id = make_tenant().id
+    answering, real_write = threading.Event(), GroupCommitter._write
+
+    def stalled_write(committer, jobs):
+        answering.wait(10)
+        return real_write(committer, jobs)
+
+    monkeypatch.setattr(GroupCommitter, "_write", stalled_write)
+    body = {"tenant_id": tenant_id, "event_type": "pageview"}
+    started = time.monotonic()
+    response = app.test_client().post("/api/analytics/track", json=body)
+    waited = time.monotonic() - started
+    answering.set()
+    assert response.status_code == 503
+    assert "may have been stored" in response.get_json()["message"]
+    assert waited < 5  # not the ten seconds the write stalled for
+    assert "commit outcome unknown: the database had not finished the write" in caplog.text
+    for _ in range(50):  # the write goes on once the database answers: it was stored
+        with app.app_context():
+            if count_events(tenant_id) == 1:
+                break
+        time.sleep(0.1)
+    with app.app_context():
+        assert count_events(tenant_id) == 1
 
 
 def test_a_batch_the_database_rejects_fails_only_its_bad_job(make_app, make_tenant):
@@ -1131,3 +1170,14 @@ def test_a_connection_closed_while_idle_is_replaced_before_the_next_batch(
     job = keyed_pageview_job(info, "after") if keyed else pageview_job(info, "/after")
     assert committer.submit(job).stored == 1
     assert count_events(tenant.id) == 3
+
+
+def test_an_unknown_outcome_is_logged_by_the_error_under_the_committers():
+    batch = CommitUncertain("the batch may or may not have been committed")
+    batch.__cause__ = ConnectionResetError("reset by peer")
+    request = CommitUncertain("re-raised for a request")
+    request.__cause__ = batch
+    assert outage_reason(request) == "commit outcome unknown: ConnectionResetError"
+    assert outage_reason(CommitUncertain("no answer in 60 s")) == (
+        "commit outcome unknown: no answer in 60 s"
+    )

@@ -164,7 +164,9 @@ def outage_reason(exc: BaseException) -> str | None:
         return "the commit was not confirmed in time"
     if isinstance(exc, CommitUncertain):
         cause = exc.__cause__
-        return f"commit outcome unknown: {type(cause).__name__ if cause else ''}"
+        while isinstance(cause, CommitUncertain):  # the committer's, re-raised per request
+            exc, cause = cause, cause.__cause__
+        return f"commit outcome unknown: {type(cause).__name__ if cause else exc}"
     return None
 
 
@@ -218,15 +220,15 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CommitTimeout)
     def _commit_timeout(exc: CommitTimeout):
+        log.warning("events not stored, the client is told to send them again: %s", exc)
         return _unavailable("The events were not stored in time; send them again.")
 
     @app.errorhandler(CommitUncertain)
     def _commit_uncertain(exc: CommitUncertain):
-        cause = exc.__cause__
-        log.error("commit outcome unknown: %s", type(cause).__name__ if cause else "")
+        log.error("%s", outage_reason(exc))
         return _unavailable(
-            "The database connection failed while the events were being stored; "
-            "they may have been stored."
+            "The database did not confirm the write (its connection failed, or it "
+            "stopped answering); the events may have been stored."
         )
 
     @app.errorhandler(OperationalError)

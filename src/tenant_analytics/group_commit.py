@@ -114,10 +114,14 @@ class GroupCommitter:
         lock_timeout: float,
         max_events: int = 5000,
         timeout: float = 30.0,
+        write_timeout: float = 60.0,
     ) -> None:
         self.app = app
         self.max_events = max_events
-        self.timeout = timeout
+        self.timeout = timeout  # for a job to be taken into a batch
+        # then for its batch's write: a database that stopped answering (frozen, a
+        # network that drops packets) must not hold the request for ever
+        self.write_timeout = write_timeout
         # PostgreSQL: the longest a batch waits for a lock. A tenant's rollup lock is held
         # for milliseconds by a batch, but by a rebuild for its whole transaction.
         self.lock_timeout = lock_timeout
@@ -141,7 +145,11 @@ class GroupCommitter:
         if not self._wait_for(pending):
             if pending.move("withdrawn"):
                 raise CommitTimeout("the database did not take the events in time")
-            pending.settled.acquire()  # already being written: wait for that outcome
+            # Already being written: wait for that outcome, though not for ever.
+            if not pending.settled.acquire(timeout=self.write_timeout):
+                raise CommitUncertain(
+                    f"the database had not finished the write after {self.write_timeout:g} s"
+                )
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None
