@@ -8,10 +8,13 @@ import re
 import uuid
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import func, select
 
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.models import Event
+from tenant_analytics.ratelimits import StorageFailuresInOneLine
 
 from .conftest import REDIS_URL, TEST_HASH_KEY
 from .servers import gunicorn, post
@@ -299,3 +302,43 @@ def test_sign_in_waits_while_the_limit_cannot_be_counted(make_app, make_tenant, 
     assert answers[0].headers["Retry-After"] == "5"
     assert answers[0].get_json()["error"] == "unavailable"
     make_app()  # the limiter (one per process) counts in a working storage again
+
+
+def test_requests_caught_by_a_storage_failure_log_one_line_not_a_traceback_each(
+    app, caplog, monkeypatch
+):
+    """flask-limiter logs a traceback for every request that was waiting on a storage
+    that failed (all but the first, which falls back quietly)."""
+    limiter_log = logging.getLogger("flask-limiter")
+    (quiet,) = [f for f in limiter_log.filters if isinstance(f, StorageFailuresInOneLine)]
+    monkeypatch.setattr(quiet, "_last", float("-inf"))  # whatever earlier tests logged
+    monkeypatch.setattr(quiet, "_unsaid", 0)
+
+    def swallowed(error: Exception) -> None:  # as flask-limiter's _check_request_limit does
+        try:
+            raise error
+        except Exception:
+            limiter_log.exception("Failed to rate limit. Swallowing error")
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            swallowed(RedisConnectionError("Error while reading from 127.0.0.1:6379 : (104)"))
+        monkeypatch.setattr(StorageFailuresInOneLine, "QUIET_SECONDS", 0.0)
+        swallowed(RedisTimeoutError("Timeout reading from socket"))
+        swallowed(KeyError("a bug, not an outage"))
+    records = [r for r in caplog.records if r.name == "flask-limiter"]
+    lines = [(r.levelname, r.getMessage()) for r in records]
+    assert lines[:2] == [
+        (
+            "WARNING",
+            "a request in flight when the limiter's storage failed went unchecked: "
+            "ConnectionError: Error while reading from 127.0.0.1:6379 : (104)",
+        ),
+        (
+            "WARNING",
+            "a request in flight when the limiter's storage failed went unchecked"
+            " (and 4 more since): TimeoutError: Timeout reading from socket",
+        ),
+    ]
+    assert [r.exc_info is None for r in records] == [True, True, False]
+    assert lines[2] == ("ERROR", "Failed to rate limit. Swallowing error")  # a bug keeps it

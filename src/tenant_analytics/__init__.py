@@ -112,13 +112,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .auth import canonical_bearer_scheme, register_jwt_callbacks, uncached_private_answers
     from .cli import register_commands
     from .errors import register_error_handlers
-    from .ratelimits import rate_limit_headers
+    from .ratelimits import quiet_storage_failures, rate_limit_headers
 
     app.request_class = WholeBodyRequest
     register_error_handlers(app)
     app.before_request(canonical_bearer_scheme)
     app.before_request(refuse_encoded_bodies)
     app.after_request(rate_limit_headers)
+    quiet_storage_failures()
     app.after_request(uncached_private_answers)
     register_jwt_callbacks(jwt)
     register_blueprints(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import lru_cache, wraps
@@ -10,7 +11,9 @@ from typing import Any, TypeVar
 from flask import Flask, Response, current_app, jsonify, request
 from flask_limiter import RequestLimit
 from limits import parse_many
+from limits.errors import StorageError
 from limits.strategies import RateLimiter
+from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -111,6 +114,43 @@ def address_share(cost: Callable[[], int]) -> Callable[[View], View]:
         return check  # type: ignore[return-value]
 
     return decorate
+
+
+class StorageFailuresInOneLine(logging.Filter):
+    """flask-limiter falls back quietly for the first request its storage fails, then
+    logs a whole traceback for each other request that was already waiting on it (a
+    Redis that went away under load: dozens, ~70 lines each). One line a minute says
+    it instead; those requests went unchecked, the fallback counts the next ones."""
+
+    QUIET_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -self.QUIET_SECONDS
+        self._unsaid = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, RedisError | StorageError | OSError):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.QUIET_SECONDS:
+            self._unsaid += 1
+            return False
+        more = f" (and {self._unsaid} more since)" if self._unsaid else ""
+        self._last, self._unsaid = now, 0
+        record.msg = "a request in flight when the limiter's storage failed went unchecked%s: %s"
+        record.args = (more, f"{type(error).__name__}: {str(error).splitlines()[0]}")
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_storage_failures() -> None:
+    """Install ``StorageFailuresInOneLine`` on flask-limiter's logger (once)."""
+    logger = logging.getLogger("flask-limiter")
+    if not any(isinstance(f, StorageFailuresInOneLine) for f in logger.filters):
+        logger.addFilter(StorageFailuresInOneLine())
 
 
 def _counted(hit: Callable[[RateLimiter], Any]) -> Any:
