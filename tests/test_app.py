@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -541,6 +542,32 @@ def test_health_answers_within_a_second_or_two_when_redis_hangs(make_app):
         "unavailable",
     )
     assert waited < 3.5  # the one-second timeouts, not redis-py's five (or forever)
+
+
+@pytest.mark.parametrize("timeout_in", ["settings", "url"])
+def test_a_database_that_accepts_and_never_answers_is_a_503_in_time(make_app, timeout_in):
+    """libpq waits for ever for a server that never answers (a host gone from the
+    network): DATABASE_CONNECT_TIMEOUT, or the URL's own connect_timeout, bounds it."""
+    make_app()  # the first app, which empties the tables after the test, on the real one
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)
+        url = f"postgresql://nobody@127.0.0.1:{black_hole.getsockname()[1]}/none"
+        if timeout_in == "url":  # wins over the setting's ten seconds
+            app = make_app(SQLALCHEMY_DATABASE_URI=f"{url}?connect_timeout=1")
+        else:
+            app = make_app(SQLALCHEMY_DATABASE_URI=url, DATABASE_CONNECT_TIMEOUT=1)
+        answers: list[int] = []
+        started = time.monotonic()
+        asking = threading.Thread(
+            target=lambda: answers.append(app.test_client().get("/api/health").status_code),
+            daemon=True,  # left behind, should it hang
+        )
+        asking.start()
+        asking.join(8)
+        waited = time.monotonic() - started
+    assert answers == [503]
+    assert waited < 5  # libpq gives up after 1 s, at most twice for the pre-ping's retry
 
 
 def test_an_outage_is_told_from_a_fault(app, make_app, is_postgres):

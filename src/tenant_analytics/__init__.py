@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -82,6 +82,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
         app.config["SQLALCHEMY_DATABASE_URI"]
     )
+    _bound_connection_waits(app.config)
     cooperate_with_gevent()
 
     proxies = app.config["TRUSTED_PROXY_COUNT"]
@@ -135,6 +136,19 @@ class NoCookieSessions(SecureCookieSessionInterface):
 
     def save_session(self, app: Flask, session: Any, response: Any) -> None:
         return None
+
+
+def _bound_connection_waits(config: dict[str, Any]) -> None:
+    """Give libpq a connect timeout unless the URL names one (its keyword arguments would
+    override the URL's)."""
+    url = make_url(config["SQLALCHEMY_DATABASE_URI"])
+    if url.get_backend_name() != "postgresql" or "connect_timeout" in url.query:
+        return
+    options = config["SQLALCHEMY_ENGINE_OPTIONS"]
+    options["connect_args"] = {
+        "connect_timeout": config["DATABASE_CONNECT_TIMEOUT"],
+        **options.get("connect_args", {}),
+    }
 
 
 def _migrations_dir() -> str:

@@ -164,6 +164,9 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LOGIN_ADDRESS_RATE_LIMIT": _rate_limit(env, "LOGIN_ADDRESS_RATE_LIMIT", "30 per minute"),
         "API_RATE_LIMIT": _rate_limit(env, "API_RATE_LIMIT", "60 per minute"),
         "GROUP_COMMIT": _flag(env, "GROUP_COMMIT", True),
+        # PostgreSQL: libpq waits for ever for a server that does not answer (a host gone
+        # from the network); a DATABASE_URL's own ?connect_timeout= wins.
+        "DATABASE_CONNECT_TIMEOUT": _int(env, "DATABASE_CONNECT_TIMEOUT", 10, 1),
         "WRITE_LOCK_TIMEOUT_SECONDS": _int(env, "WRITE_LOCK_TIMEOUT_MS", 2000, 1) / 1000,
         "TENANT_CACHE_SECONDS": _int(env, "TENANT_CACHE_SECONDS", 10),
         "IDEMPOTENCY_WINDOW_SECONDS": _int(env, "IDEMPOTENCY_WINDOW_SECONDS", 5),
