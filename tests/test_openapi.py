@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
@@ -11,10 +11,12 @@ from openapi_spec_validator import validate
 from sqlalchemy import select
 
 from tenant_analytics import openapi
+from tenant_analytics.catalogue import FUNNEL_STEPS
 from tenant_analytics.demo import DEMO_EMAIL, DEMO_PASSWORD, DEMO_SLUG, load_demo
 from tenant_analytics.extensions import db
 from tenant_analytics.models import Tenant
 from tenant_analytics.openapi import UNDOCUMENTED, build_document
+from tenant_analytics.queries import store
 
 
 @pytest.fixture
@@ -351,3 +353,9 @@ def test_no_schema_says_a_left_out_field_is_null(document):
     assert None not in defaults(document["components"]["schemas"])
     landing_url = document["components"]["schemas"]["TenantUpdate"]["properties"]["landing_url"]
     assert {"type": "null"} in landing_url["anyOf"]  # null is still a value one may send
+
+
+def test_the_closed_sets_answers_hold_are_those_the_reports_use():
+    assert get_args(store.FunnelStepName) == FUNNEL_STEPS
+    assert get_args(store.Segment) == tuple(store.SEGMENT_LABELS)
+    assert get_args(store.Segmento) == tuple(store.SEGMENT_LABELS.values())

@@ -13,12 +13,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import TypeAdapter
 
 from tenant_analytics.catalogue import STORE_TYPES
 from tenant_analytics.extensions import db
 from tenant_analytics.models import Tenant, utcnow
 from tenant_analytics.queries import store as reports
 from tenant_analytics.queries.store import (
+    Alert,
     conversion_funnel,
     dashboard_stats,
     funnel_dates,
@@ -1004,6 +1006,7 @@ def test_alert_severities_and_messages(app, make_tenant, store_events):
         ("carts_abandoned", "warning"),
         ("stuck_sessions", "info"),
     ]
+    TypeAdapter(list[Alert]).validate_python(alerts)  # the types and severities it documents
     assert [a["message"] for a in alerts] == [
         "75.0% of checkouts in the last 24 hours ended without a purchase (3 of 4).",
         "tee: viewed in 12 sessions in the last 7 days and never bought.",

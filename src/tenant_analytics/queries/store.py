@@ -261,7 +261,8 @@ class DayCount(TypedDict):
 
 class ProductPerformance(TypedDict):
     """One product's week. ``conversion_rate`` is purchases over views in percent; in
-    mode=total purchases are units bought, so it can pass 100."""
+    mode=total purchases are units bought, so it can pass 100. In mode=unique views and
+    purchases are sessions, and ``purchases_units`` (only then) the units bought."""
 
     slug: str
     name: str
@@ -269,7 +270,7 @@ class ProductPerformance(TypedDict):
     add_to_cart: int
     purchases: int
     conversion_rate: float
-    purchases_units: NotRequired[int]  # mode=unique only
+    purchases_units: NotRequired[int]  # mode=unique only: units bought
 
 
 class StepCounts(TypedDict):
@@ -927,8 +928,11 @@ def dashboard_stats(
 # -- funnel -------------------------------------------------------------------------
 
 
+FunnelStepName = Literal["page_view", "product_view", "add_to_cart", "begin_checkout", "purchase"]
+
+
 class FunnelStep(TypedDict):
-    step: str
+    step: FunnelStepName  # catalogue.FUNNEL_STEPS, in that order
     count: int
 
 
@@ -1007,7 +1011,14 @@ def conversion_funnel(
 
 # -- RFM ----------------------------------------------------------------------------
 
-SEGMENT_LABELS = {"VIP": "VIP", "Loyal": "Leal", "At Risk": "En riesgo", "Lost": "Perdido"}
+Segment = Literal["VIP", "Loyal", "At Risk", "Lost"]
+Segmento = Literal["VIP", "Leal", "En riesgo", "Perdido"]
+SEGMENT_LABELS: dict[Segment, Segmento] = {
+    "VIP": "VIP",
+    "Loyal": "Leal",
+    "At Risk": "En riesgo",
+    "Lost": "Perdido",
+}
 VIP_MAX_RECENCY = 7
 VIP_MIN_FREQUENCY = 2
 LOYAL_MAX_RECENCY = 30
@@ -1016,12 +1027,15 @@ RFM_PAGE_MAX = 1000  # customers per answer; ``offset`` pages through the rest
 
 
 class RfmCustomer(TypedDict):
+    """A customer: ``visitor_id`` is the shop's ``user_id``; ``recency`` in days since the
+    last purchase, ``frequency`` purchases, ``monetary`` spent in the report's currency."""
+
     visitor_id: str
     recency: int
     frequency: int
     monetary: float
-    segment: str
-    segmento: str
+    segment: Segment
+    segmento: Segmento
 
 
 class RfmReport(TypedDict):
@@ -1039,7 +1053,7 @@ class RfmReport(TypedDict):
     next_offset: int | None  # None on the last page
 
 
-def rfm_segment(recency: int, frequency: int, monetary: Decimal, vip_threshold: Decimal) -> str:
+def rfm_segment(recency: int, frequency: int, monetary: Decimal, vip_threshold: Decimal) -> Segment:
     """The first segment whose rule holds: VIP, Loyal, At Risk, else Lost."""
     if recency <= VIP_MAX_RECENCY and frequency >= VIP_MIN_FREQUENCY and monetary >= vip_threshold:
         return "VIP"
@@ -1131,12 +1145,22 @@ STUCK_WINDOW = timedelta(hours=24)
 STUCK_EVENTS_ABOVE = 15
 
 
+AlertType = Literal[
+    "high_abandonment",
+    "popular_no_conversion",
+    "payment_errors",
+    "carts_abandoned",
+    "stuck_sessions",
+    "all_clear",
+]
+
+
 class Alert(TypedDict):
     """``timestamp``: when the alerts were computed (UTC, ISO 8601)."""
 
-    type: str
+    type: AlertType
     message: str
-    severity: str  # critical, warning or info
+    severity: Literal["critical", "warning", "info"]
     timestamp: str
 
 
