@@ -73,7 +73,7 @@ def test_body_schemas_are_what_the_api_accepts(client, make_tenant, document):
         "$ref": "#/components/schemas/TrackEvent"
     }
     # The one error shape every 4xx has.
-    error = Draft202012Validator(schemas["Error"])
+    error = Draft202012Validator(schemas["ApiError"])
     assert error.is_valid(client.post("/api/analytics/track", json=bad).get_json())
 
 
@@ -359,3 +359,27 @@ def test_the_closed_sets_answers_hold_are_those_the_reports_use():
     assert get_args(store.FunnelStepName) == FUNNEL_STEPS
     assert get_args(store.Segment) == tuple(store.SEGMENT_LABELS)
     assert get_args(store.Segmento) == tuple(store.SEGMENT_LABELS.values())
+
+
+def test_error_answers_name_no_field_the_error_schema_lacks(make_app, make_tenant):
+    app = make_app(TRACK_RATE_LIMIT="2 per minute")
+    client = app.test_client()
+    document = client.get("/api/openapi.json").get_json()
+    components = _closed(document["components"])
+    error = {"$ref": "#/components/schemas/ApiError"}
+    shape = Draft202012Validator({**error, "components": components})
+    tenant_id = make_tenant().id
+    nothing_valid = {"tenant_id": tenant_id, "events": [{"event_type": "nope"}]}
+    too_many = {"tenant_id": tenant_id, "events": [{"event_type": "pageview"}] * 3}
+    away = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
+    answers = {
+        "rejected": client.post("/api/analytics/batch", json=nothing_valid),
+        "max_events": client.post("/api/analytics/batch", json=too_many),
+        "database": away.test_client().get("/api/health"),
+        "errors": client.post("/api/analytics/track", json={"tenant_id": tenant_id}),
+    }
+    assert [answer.status_code for answer in answers.values()] == [422, 413, 503, 422]
+    for field, answer in answers.items():
+        body = answer.get_json()
+        assert field in body
+        assert [e.message for e in shape.iter_errors(body)] == [], field

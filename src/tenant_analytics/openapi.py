@@ -322,7 +322,7 @@ def _answer(
 ) -> dict[str, Any]:
     if status >= 400:
         media: dict[str, Any] = {
-            "application/json": {"schema": {"$ref": REF.format(model="Error")}}
+            "application/json": {"schema": {"$ref": REF.format(model="ApiError")}}
         }
         if status in operation.pages:
             media["text/html"] = {}
@@ -353,7 +353,10 @@ def build_document(app: Flask) -> dict[str, Any]:
     """The OpenAPI document of ``app``'s routes (KeyError for an undocumented one)."""
     shapes, definitions = _schemas()
     components: dict[str, Any] = {
-        "schemas": {**_without_null_defaults(definitions.get("$defs", {})), "Error": ERROR_SCHEMA},
+        "schemas": {
+            **_without_null_defaults(definitions.get("$defs", {})),
+            "ApiError": ERROR_SCHEMA,
+        },
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
     }
     paths: dict[str, dict[str, Any]] = {}
@@ -390,24 +393,40 @@ def build_document(app: Flask) -> dict[str, Any]:
             "title": "tenant-analytics",
             "version": "1",
             "description": "Multi-tenant, privacy-first analytics for small businesses. "
-            "Every error has one shape (Error).",
+            "Every error has one shape (ApiError).",
         },
         "paths": paths,
         "components": components,
     }
 
 
+# ApiError, not Error: generated clients would shadow JavaScript's own Error with it.
 ERROR_SCHEMA: dict[str, Any] = {
+    "title": "ApiError",
     "type": "object",
     "required": ["success", "error", "message"],
     "properties": {
-        "success": {"const": False},
+        "success": {"type": "boolean", "const": False},
         "error": {"type": "string", "description": "A code: validation_error, not_found, …"},
         "message": {"type": "string"},
         "errors": {
             "type": "object",
             "description": "Validation failures: each field's messages",
             "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+        "rejected": {
+            "type": "array",
+            "description": "POST /api/analytics/batch's 422: every item, and why",
+            "items": {"$ref": REF.format(model="BatchRejection")},
+        },
+        "max_events": {
+            "type": "integer",
+            "description": "POST /api/analytics/batch's 413: the most events one batch may hold",
+        },
+        "database": {"const": "unavailable", "description": "GET /api/health's 503"},
+        "rate_limit_storage": {
+            "enum": ["ok", "unavailable"],
+            "description": "GET /api/health's 503",
         },
     },
 }
