@@ -339,8 +339,9 @@ def test_a_json_answer_without_its_shape_fails_the_build(make_app, monkeypatch):
         build_document(app)
 
 
-def test_no_schema_says_a_left_out_field_is_null(document):
-    """A generator filling defaults would send null: in a PATCH that clears landing_url."""
+def test_no_schema_has_a_default_a_generator_would_act_on(document):
+    """A generator filling defaults would send them (a null landing_url in a PATCH clears
+    it), or make the field required."""
 
     def defaults(node: Any) -> list[Any]:
         if isinstance(node, dict):
@@ -350,7 +351,7 @@ def test_no_schema_says_a_left_out_field_is_null(document):
             return [d for item in node for d in defaults(item)]
         return []
 
-    assert None not in defaults(document["components"]["schemas"])
+    assert defaults(document["components"]["schemas"]) == []
     landing_url = document["components"]["schemas"]["TenantUpdate"]["properties"]["landing_url"]
     assert {"type": "null"} in landing_url["anyOf"]  # null is still a value one may send
 
@@ -383,3 +384,12 @@ def test_error_answers_name_no_field_the_error_schema_lacks(make_app, make_tenan
         body = answer.get_json()
         assert field in body
         assert [e.message for e in shape.iter_errors(body)] == [], field
+
+
+def test_defaults_are_said_in_words_not_left_for_generators_to_require(document):
+    """openapi-typescript makes a field with a ``default`` required in the request type."""
+    schemas = document["components"]["schemas"]
+    assert schemas["ProductCreate"]["properties"]["active"]["description"] == "Default: true."
+    value = schemas["ConversionBeacon"]["properties"]["value"]
+    assert value["description"] == "Default: 0."  # a number, as the field is
+    assert "ProductCreate" in schemas and "active" not in schemas["ProductCreate"]["required"]

@@ -12,6 +12,7 @@ behind the API.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,7 +149,7 @@ OPERATIONS: dict[str, Operation] = {
         },
         owner=True,
         query={
-            "format": ("svg (default) or png", {"enum": list(qr.IMAGE_TYPES)}),
+            "format": ("svg (default) or png", {"type": "string", "enum": list(qr.IMAGE_TYPES)}),
             "c": ("The campaign the code names", CAMPAIGN),
         },
         produces=("image/svg+xml", "image/png"),
@@ -177,7 +178,9 @@ OPERATIONS: dict[str, Operation] = {
         {**OWNER_READ, 422: ERRORS[422]},
         returns=store.DashboardStats,
         owner=True,
-        query={"mode": ("total (default) or unique", {"enum": list(store.MODES)})},
+        query={
+            "mode": ("total (default) or unique", {"type": "string", "enum": list(store.MODES)})
+        },
     ),
     "store_reports.funnel": Operation(
         {**OWNER_READ, 422: ERRORS[422]},
@@ -335,17 +338,21 @@ def _answer(
     return {"description": description}
 
 
-def _without_null_defaults(schema: Any) -> Any:
-    """The schema without ``"default": null``: the request models use None for "not
-    sent", which is no value a client should send for it (in a PATCH, a null
-    ``landing_url`` takes the QR redirect away; leaving it out keeps it)."""
+def _defaults_in_words(schema: Any) -> Any:
+    """The schema with each ``default`` said in its description instead: generators
+    (openapi-typescript) make a field with a default required in the request type, and
+    a ``"default": null`` invites sending the null (in a PATCH a null ``landing_url``
+    takes the QR redirect away; leaving it out keeps it)."""
     if isinstance(schema, dict):
-        cleaned = {key: _without_null_defaults(value) for key, value in schema.items()}
-        if "default" in cleaned and cleaned["default"] is None:
-            del cleaned["default"]
+        cleaned = {key: _defaults_in_words(value) for key, value in schema.items()}
+        if "default" in cleaned and not isinstance(cleaned["default"], dict):
+            default = cleaned.pop("default")
+            if default is not None:
+                said = f"Default: {json.dumps(default)}."
+                cleaned["description"] = " ".join(filter(None, [cleaned.get("description"), said]))
         return cleaned
     if isinstance(schema, list):
-        return [_without_null_defaults(item) for item in schema]
+        return [_defaults_in_words(item) for item in schema]
     return schema
 
 
@@ -354,7 +361,7 @@ def build_document(app: Flask) -> dict[str, Any]:
     shapes, definitions = _schemas()
     components: dict[str, Any] = {
         "schemas": {
-            **_without_null_defaults(definitions.get("$defs", {})),
+            **_defaults_in_words(definitions.get("$defs", {})),
             "ApiError": ERROR_SCHEMA,
         },
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},

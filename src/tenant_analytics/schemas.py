@@ -266,7 +266,8 @@ class ConversionBeacon(Body):
             }
         ),
     ] = None
-    value: RoundedMoney = Decimal(0)
+    # The schema's default is the number 0, not pydantic's "0" (its JSON for a Decimal).
+    value: RoundedMoney = Field(default=Decimal(0), json_schema_extra={"default": 0})
     currency: Currency | None = None
     event: Literal[V1_TRACK_TYPES] = PURCHASE  # type: ignore[valid-type]
     # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
