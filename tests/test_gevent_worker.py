@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -84,3 +85,34 @@ def test_gevent_worker_stores_every_event_and_shares_commits(
             {"t": tenant_id},
         )
         assert transactions < stored
+
+
+CONNECT_TO_BLACK_HOLE = """
+import sys, time
+from gevent import monkey
+monkey.patch_all()
+from tenant_analytics import create_app
+app = create_app({"SQLALCHEMY_DATABASE_URI": sys.argv[1], "DATABASE_CONNECT_TIMEOUT": 1})
+started = time.monotonic()
+status = app.test_client().get("/api/health").status_code
+print(status, round(time.monotonic() - started, 1))
+"""
+
+
+def test_under_gevent_a_database_that_never_answers_is_a_503_in_time():
+    """libpq ignores connect_timeout when it connects asynchronously, as it does under
+    gevent's wait callback: the app keeps the time there."""
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)
+        url = f"postgresql://nobody@127.0.0.1:{black_hole.getsockname()[1]}/none"
+        result = subprocess.run(
+            [sys.executable, "-c", CONNECT_TO_BLACK_HOLE, url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "VISITOR_HASH_KEY": TEST_HASH_KEY, "RATELIMIT_ENABLED": "false"},
+        )
+    status, waited = result.stdout.split()
+    assert status == "503", result.stderr
+    assert float(waited) < 5  # one second, twice at most (the pool's pre-ping retry)

@@ -10,6 +10,10 @@ too, or every query would stall the whole worker.
 from __future__ import annotations
 
 import sys
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 
 def gevent_patched() -> bool:
@@ -28,4 +32,28 @@ def cooperate_with_gevent() -> bool:
     from psycogreen.gevent import patch_psycopg
 
     patch_psycopg()
+    if not event.contains(Engine, "do_connect", _connect_in_time):
+        event.listen(Engine, "do_connect", _connect_in_time)
     return True
+
+
+def _connect_in_time(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+    """Connect to PostgreSQL within its ``connect_timeout``, which libpq ignores when it
+    connects asynchronously, as it does for a wait callback: gevent keeps the time."""
+    seconds = cparams.get("connect_timeout")
+    if dialect.name != "postgresql" or not seconds or not gevent_patched():
+        return None  # SQLAlchemy connects as it would have
+    import gevent
+    import psycopg2
+
+    timer = gevent.Timeout(float(seconds))
+    timer.start()
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except gevent.Timeout as timeout:
+        if timeout is not timer:
+            raise
+        # libpq's own words for it, as a connection error the app tells as an outage
+        raise psycopg2.OperationalError("timeout expired") from None
+    finally:
+        timer.close()
