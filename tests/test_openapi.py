@@ -393,3 +393,20 @@ def test_defaults_are_said_in_words_not_left_for_generators_to_require(document)
     value = schemas["ConversionBeacon"]["properties"]["value"]
     assert value["description"] == "Default: 0."  # a number, as the field is
     assert "ProductCreate" in schemas and "active" not in schemas["ProductCreate"]["required"]
+
+
+def test_a_batch_documents_its_items_shape(client, make_tenant, document):
+    """Items are validated one by one (a bad one is reported, not the whole batch refused);
+    the document still gives their shape: a tracked event without the tenant."""
+    schemas = document["components"]["schemas"]
+    items = schemas["EventBatch"]["properties"]["events"]["items"]
+    assert items == {"$ref": "#/components/schemas/TrackedEvent"}
+    assert "tenant_id" not in schemas["TrackedEvent"]["properties"]
+    item = Draft202012Validator({**items, "components": document["components"]})
+    good, bad = {"event_type": "product_view", "product_slug": "pan"}, {"event_type": "nope"}
+    assert item.is_valid(good) and not item.is_valid(bad)
+    answer = client.post(
+        "/api/analytics/batch", json={"tenant_id": make_tenant().id, "events": [good, bad]}
+    )
+    assert (answer.status_code, answer.get_json()["stored"]) == (201, 1)
+    assert [r["index"] for r in answer.get_json()["rejected"]] == [1]

@@ -270,7 +270,7 @@ def _schemas() -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
             and any(200 <= s < 300 for s in operation.answers)
         ):
             raise ValueError(f"{endpoint}: the shape of its JSON answer (returns=) is missing")
-    bodies = {op.body for op in OPERATIONS.values() if op.body}
+    bodies = {op.body for op in OPERATIONS.values() if op.body} | {schemas.TrackedEvent}
     answers = {op.returns for op in OPERATIONS.values() if op.returns is not None}
     keys = [(body, "validation", TypeAdapter(body)) for body in sorted(bodies, key=_name)]
     keys += [
