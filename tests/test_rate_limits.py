@@ -8,6 +8,7 @@ import re
 import uuid
 
 import pytest
+from limits.errors import StorageError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import func, select
@@ -325,20 +326,23 @@ def test_requests_caught_by_a_storage_failure_log_one_line_not_a_traceback_each(
             swallowed(RedisConnectionError("Error while reading from 127.0.0.1:6379 : (104)"))
         monkeypatch.setattr(StorageFailuresInOneLine, "QUIET_SECONDS", 0.0)
         swallowed(RedisTimeoutError("Timeout reading from socket"))
+        swallowed(StorageError(RedisConnectionError()))  # limits' wrapper: no text at all
         swallowed(KeyError("a bug, not an outage"))
     records = [r for r in caplog.records if r.name == "flask-limiter"]
     lines = [(r.levelname, r.getMessage()) for r in records]
-    assert lines[:2] == [
+    swallowing = "Failed to rate limit. Swallowing error"
+    assert lines[:3] == [
         (
             "WARNING",
-            "a request in flight when the limiter's storage failed went unchecked: "
-            "ConnectionError: Error while reading from 127.0.0.1:6379 : (104)",
+            f"{swallowing} (the limiter's storage failed: "
+            "ConnectionError Error while reading from 127.0.0.1:6379 : (104))",
         ),
         (
             "WARNING",
-            "a request in flight when the limiter's storage failed went unchecked"
-            " (and 4 more since): TimeoutError: Timeout reading from socket",
+            f"{swallowing} (the limiter's storage failed: "
+            "TimeoutError Timeout reading from socket; 4 more since, unsaid)",
         ),
+        ("WARNING", f"{swallowing} (the limiter's storage failed: StorageError)"),
     ]
-    assert [r.exc_info is None for r in records] == [True, True, False]
-    assert lines[2] == ("ERROR", "Failed to rate limit. Swallowing error")  # a bug keeps it
+    assert [r.exc_info is None for r in records] == [True, True, True, False]
+    assert lines[3] == ("ERROR", swallowing)  # a bug keeps its traceback

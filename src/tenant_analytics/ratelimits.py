@@ -130,6 +130,12 @@ class StorageFailuresInOneLine(logging.Filter):
         self._unsaid = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return self._said_in_one_line(record)
+        except Exception:  # a log filter that raises would fail the request it logs for
+            return True
+
+    def _said_in_one_line(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if not isinstance(error, RedisError | StorageError | OSError):
             return True
@@ -137,10 +143,12 @@ class StorageFailuresInOneLine(logging.Filter):
         if now - self._last < self.QUIET_SECONDS:
             self._unsaid += 1
             return False
-        more = f" (and {self._unsaid} more since)" if self._unsaid else ""
+        more = f"; {self._unsaid} more since, unsaid" if self._unsaid else ""
         self._last, self._unsaid = now, 0
-        record.msg = "a request in flight when the limiter's storage failed went unchecked%s: %s"
-        record.args = (more, f"{type(error).__name__}: {str(error).splitlines()[0]}")
+        cause = (str(error).splitlines() or [""])[0]
+        said = record.getMessage()
+        record.msg = "%s (the limiter's storage failed: %s%s)"
+        record.args = (said, f"{type(error).__name__} {cause}".strip(), more)
         record.exc_info, record.exc_text = None, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
