@@ -4,6 +4,8 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from tenant_analytics.partitions import include_in_migrations
+
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
@@ -43,16 +45,6 @@ def get_metadata():
     if hasattr(target_db, "metadatas"):
         return target_db.metadatas[None]
     return target_db.metadata
-
-
-def include_name(name, type_, parent_names):
-    from tenant_analytics.partitions import is_partition
-
-    if type_ == "table":
-        return not is_partition(name)
-    if type_ == "index":
-        return not is_partition(parent_names.get("table_name"))
-    return True
 
 
 def run_migrations_offline():
@@ -106,14 +98,15 @@ def run_migrations_online():
             # (ON DELETE CASCADE). The pragma does nothing inside a transaction.
             set_sqlite_foreign_keys(connection, "OFF")
         try:
-            context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
+            context.configure(
+                connection=connection,
+                target_metadata=get_metadata(),
+                include_name=include_in_migrations,
+                **conf_args,
+            )
 
             with context.begin_transaction():
                 context.run_migrations()
-                if on_sqlite and (
-                    broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all()
-                ):
-                    raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
         finally:
             if on_sqlite:
                 set_sqlite_foreign_keys(connection, "ON")
@@ -122,6 +115,10 @@ def run_migrations_online():
 def set_sqlite_foreign_keys(connection, setting):
     connection.exec_driver_sql(f"PRAGMA foreign_keys={setting}")
     connection.commit()
+    enforced = connection.exec_driver_sql("PRAGMA foreign_keys").scalar()
+    connection.commit()
+    if enforced != (setting == "ON"):  # before any migration runs, not after the harm
+        raise RuntimeError(f"SQLite did not switch its foreign keys {setting}")
 
 
 if context.is_offline_mode():

@@ -104,7 +104,7 @@ def make_app(migrated: str) -> Iterator[Any]:
 
     yield _make
     for made in apps:
-        _release_connections(made)
+        release_connections(made)
     if apps:
         with apps[0].app_context():
             _empty_tables()
@@ -114,7 +114,7 @@ def make_app(migrated: str) -> Iterator[Any]:
         limiter._storage_dead = False
 
 
-def _release_connections(app: Flask) -> None:
+def release_connections(app: Flask) -> None:
     """Stop the app's group committer and empty its pool: every test makes its own apps,
     and PostgreSQL's max_connections is shared by the whole suite."""
     if committer := app.extensions.get("group_commit"):

@@ -25,11 +25,14 @@ from tenant_analytics.config import normalize_database_url
 from tenant_analytics.demo import load_demo
 from tenant_analytics.extensions import db
 from tenant_analytics.models import Event, Tenant
-from tenant_analytics.partitions import ensure_partitions, partition_name
+from tenant_analytics.partitions import (
+    ensure_partitions,
+    include_in_migrations,
+    partition_name,
+)
 from tenant_analytics.rollups import ROLLUP_MODELS
 
-from .conftest import app_config
-from .test_app import include_name
+from .conftest import app_config, release_connections
 
 # Columns every revision from 0002 on has: what a downgrade to 0002 must keep.
 EVENT_COLUMNS = ("tenant_id", "id", "created_at", "event_type", "visitor_hash", "session_id")
@@ -61,10 +64,12 @@ def scratch_url(database_url: str, tmp_path) -> Iterator[Callable[[], str]]:
 @contextmanager
 def app_on(url: str) -> Iterator[Flask]:
     app = create_app(app_config(url, RATELIMIT_ENABLED=False))
-    with app.app_context():
-        yield app
-        db.session.remove()
-        db.engine.dispose()
+    try:
+        with app.app_context():
+            yield app
+            db.session.remove()
+    finally:
+        release_connections(app)  # its group committer and pool: other tests need them
 
 
 @pytest.fixture
@@ -81,7 +86,8 @@ def revisions_newest_first(app: Flask) -> list[Any]:
 def schema_fingerprint() -> dict[str, Any]:
     """Tables with their columns, keys, indexes and foreign keys, as the database has them."""
     inspector = inspect(db.engine)
-    tables = [name for name in inspector.get_table_names() if include_name(name, "table", {})]
+    names = inspector.get_table_names()
+    tables = [name for name in names if include_in_migrations(name, "table", {})]
     return {
         table: (
             [
@@ -120,7 +126,7 @@ def rollup_rows() -> dict[str, list[tuple]]:
 
 def schema_differences() -> list[Any]:
     with db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"include_name": include_name})
+        context = MigrationContext.configure(conn, opts={"include_name": include_in_migrations})
         return compare_metadata(context, db.metadata)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy import delete, event, text
 from sqlalchemy.engine import Connection, Engine
@@ -32,6 +33,16 @@ LIST_PARTITIONS = text("""
 def is_partition(name: str | None) -> bool:
     """True for a monthly partition's table name (Alembic ignores them)."""
     return bool(name and PARTITION_NAME.match(name))
+
+
+def include_in_migrations(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
+    """Alembic's ``include_name``: monthly partitions and their indexes are the app's, made
+    at run time, not the models' (autogenerate and schema comparisons leave them out)."""
+    if type_ == "table":
+        return not is_partition(name)
+    if type_ == "index":
+        return not is_partition(parent_names.get("table_name"))
+    return True
 
 
 def month_of(moment: datetime | date) -> date:
