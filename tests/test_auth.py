@@ -53,7 +53,7 @@ def test_tokens_say_their_type_and_how_long_the_access_token_lasts(make_app, mak
 
 
 def test_tokens_and_owner_answers_are_not_for_caches(client, make_tenant, make_user):
-    tenant = make_tenant()
+    tenant = make_tenant(landing_url="https://shop.example/")
     email = make_user(tenant, password="right-password").email
     signed_in = login(client, email, "right-password")
     owner = {"Authorization": f"Bearer {signed_in.get_json()['access_token']}"}
@@ -62,9 +62,23 @@ def test_tokens_and_owner_answers_are_not_for_caches(client, make_tenant, make_u
         client.get(f"/api/analytics/{tenant.id}", headers=owner),
         client.get(f"/api/tenants/{tenant.id}", headers=owner),
         client.get("/api/tenants/987654", headers=owner),  # a 404 too
+        client.get(f"/api/tenants/{tenant.id}/qr", headers=owner),  # send_file's no-cache
     ]
-    assert [a.headers.get("Cache-Control") for a in answers] == ["no-store"] * 4
+    assert [a.status_code for a in answers] == [200, 200, 200, 404, 200]
+    assert [a.headers.get("Cache-Control") for a in answers] == ["no-store"] * 5
     assert "Cache-Control" not in client.post("/api/analytics/track", json={}).headers
+
+
+@pytest.mark.parametrize(("setting", "expires_in"), [(900, 900), (False, None)])
+def test_expires_in_follows_the_lifetime_however_it_is_set(
+    make_app, make_user, setting, expires_in
+):
+    """flask-jwt-extended takes seconds, a timedelta or False (never expires)."""
+    client = make_app(JWT_ACCESS_TOKEN_EXPIRES=setting).test_client()
+    email = make_user(password="right-password").email
+    tokens = login(client, email, "right-password")
+    assert tokens.status_code == 200
+    assert tokens.get_json().get("expires_in") == expires_in
 
 
 @pytest.mark.parametrize("which", ["password", "email"])

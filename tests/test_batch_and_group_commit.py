@@ -447,7 +447,7 @@ def test_a_write_the_database_never_finishes_answers_503_in_time(
     the request for ever: after write_timeout it is told the events may be stored."""
     app = make_app()
     committer = app.extensions["group_commit"]
-    committer.timeout, committer.write_timeout = 0.2, 0.3
+    committer.timeout, committer.write_timeout = 2.0, 0.3  # taken long before 2 s
     with app.app_context():
         tenant_id = make_tenant().id
     answering, real_write = threading.Event(), GroupCommitter._write
@@ -1181,3 +1181,16 @@ def test_an_unknown_outcome_is_logged_by_the_error_under_the_committers():
     assert outage_reason(CommitUncertain("no answer in 60 s")) == (
         "commit outcome unknown: no answer in 60 s"
     )
+
+
+def test_a_locked_tenants_refusals_are_logged_by_the_batch_not_per_request(app, caplog):
+    """The committer says once per batch that a tenant's rollups are locked (a rebuild):
+    its requests' 503s add no line each; another timeout's do."""
+    with app.test_request_context("/api/analytics/track", method="POST"):
+        busy = app.handle_user_exception(TenantBusy("the tenant's rollups are locked"))
+        late = app.handle_user_exception(CommitTimeout("the database did not take them"))
+    assert busy.status_code == late.status_code == 503
+    said = [r.getMessage() for r in caplog.records if "events not stored" in r.getMessage()]
+    assert said == [
+        "events not stored, the client is told to send them again: the database did not take them"
+    ]

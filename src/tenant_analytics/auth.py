@@ -84,8 +84,8 @@ def canonical_bearer_scheme() -> None:
 def uncached_private_answers(response: Response) -> Response:
     """Answers to a token, and the tokens themselves, are no cache's to keep (a shared
     browser, a proxy); RFC 6749 asks it of token answers."""
-    private = "Authorization" in request.headers or request.blueprint == "auth"
-    if private and "Cache-Control" not in response.headers:
+    if "Authorization" in request.headers or request.blueprint == "auth":
+        # over what a view set: send_file's "no-cache" still lets a cache keep a copy
         response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .ingestion import CommitTimeout, CommitUncertain
+from .ingestion import CommitTimeout, CommitUncertain, TenantBusy
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -163,10 +163,10 @@ def outage_reason(exc: BaseException) -> str | None:
     if isinstance(exc, CommitTimeout):
         return "the commit was not confirmed in time"
     if isinstance(exc, CommitUncertain):
-        cause = exc.__cause__
+        innermost, cause = exc, exc.__cause__
         while isinstance(cause, CommitUncertain):  # the committer's, re-raised per request
-            exc, cause = cause, cause.__cause__
-        return f"commit outcome unknown: {type(cause).__name__ if cause else exc}"
+            innermost, cause = cause, cause.__cause__
+        return f"commit outcome unknown: {type(cause).__name__ if cause else innermost}"
     return None
 
 
@@ -220,7 +220,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CommitTimeout)
     def _commit_timeout(exc: CommitTimeout):
-        log.warning("events not stored, the client is told to send them again: %s", exc)
+        if not isinstance(exc, TenantBusy):  # those the committer logs once per batch
+            log.warning("events not stored, the client is told to send them again: %s", exc)
         return _unavailable("The events were not stored in time; send them again.")
 
     @app.errorhandler(CommitUncertain)

@@ -7,9 +7,9 @@ answers against the document built from these (tests/test_openapi.py).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NotRequired
 
-from typing_extensions import TypedDict  # pydantic reads these on Python 3.11
+from typing_extensions import TypedDict  # pydantic reads no typing.TypedDict on 3.11
 
 from .queries.landing import LandingSummary
 from .queries.store import Alert
@@ -61,11 +61,12 @@ class Health(TypedDict):
 
 
 class AccessToken(TypedDict):
-    """A bearer token (JWT) for the API, good for ``expires_in`` seconds."""
+    """A bearer token (JWT) for the API, good for ``expires_in`` seconds (left out when
+    the server's tokens never expire)."""
 
     access_token: str
     token_type: Literal["Bearer"]
-    expires_in: int
+    expires_in: NotRequired[int]
 
 
 class Tokens(AccessToken):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from flask import Blueprint, current_app
 from flask_jwt_extended import current_user, jwt_required
 
 from ..auth import access_token_for, authenticate, challenge, may_sign_in, refresh_token_for
 from ..extensions import db
+from ..models import User
 from ..ratelimits import login_attempts
 from ..schemas import Login
 from .requests import parse_body
@@ -34,11 +37,12 @@ def refresh():
     return _access(current_user)
 
 
-def _access(user) -> dict[str, str | int]:
-    """The access token, its scheme and how many seconds it lasts (as OAuth 2 answers)."""
+def _access(user: User) -> dict[str, str | int]:
+    """The access token, its scheme and how many seconds it lasts (as OAuth 2 answers;
+    nothing said of a token that never expires, ``JWT_ACCESS_TOKEN_EXPIRES=False``)."""
+    answer: dict[str, str | int] = {"access_token": access_token_for(user), "token_type": "Bearer"}
     lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
-    return {
-        "access_token": access_token_for(user),
-        "token_type": "Bearer",
-        "expires_in": int(lifetime.total_seconds()),
-    }
+    if lifetime is not False:  # flask-jwt-extended takes a timedelta or seconds
+        seconds = lifetime.total_seconds() if isinstance(lifetime, timedelta) else lifetime
+        answer["expires_in"] = int(seconds)
+    return answer

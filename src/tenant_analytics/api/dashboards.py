@@ -34,7 +34,7 @@ def landing_dashboard(tenant_id: int):
 @bp.get("/api/analytics/<int:tenant_id>/today")
 @jwt_required()
 def today(tenant_id: int):
-    """Today's visitors, WhatsApp taps, QR scans and product clicks (local day)."""
+    """Today's visitors, WhatsApp and call taps, QR scans and product clicks (local day)."""
     tenant = owned_tenant_or_404(tenant_id)
     summary = landing_rollups.today_summary(
         db.session, tenant_id=tenant.id, zone=tenant_zone(tenant.timezone), now=utcnow()

@@ -39,7 +39,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import (
     Any,
     Literal,
-    NotRequired,  # pydantic reads these on Python 3.11
+    NotRequired,
     TypeVar,
     cast,
 )
@@ -59,7 +59,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.orm import Session
-from typing_extensions import TypedDict
+from typing_extensions import TypedDict  # pydantic reads no typing.TypedDict on 3.11
 
 from ..catalogue import (
     ADD_TO_CART,
