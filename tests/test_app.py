@@ -586,3 +586,17 @@ def test_an_outage_is_told_from_a_fault(app, make_app, is_postgres):
             db.session.execute(text("SELECT pg_sleep(1)"))
         db.session.rollback()
         assert not is_outage(cancelled.value)
+
+
+def test_postgresql_connections_find_a_silent_server_out(app, is_postgres, make_app, database_url):
+    """Keepalive probes and tcp_user_timeout reach libpq (what it reports it uses), and a
+    DATABASE_URL's own setting wins."""
+    if not is_postgres:
+        pytest.skip("libpq's settings")
+    separator = "&" if "?" in database_url else "?"
+    own = make_app(SQLALCHEMY_DATABASE_URI=f"{database_url}{separator}keepalives_idle=7")
+    for flask_app, idle in ((app, "30"), (own, "7")):
+        with flask_app.app_context(), db.engine.connect() as connection:
+            used = connection.connection.dbapi_connection.get_dsn_parameters()
+        assert (used["keepalives_idle"], used["tcp_user_timeout"]) == (idle, "30000")
+        assert (used["keepalives_interval"], used["keepalives_count"]) == ("10", "3")

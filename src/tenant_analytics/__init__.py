@@ -138,15 +138,29 @@ class NoCookieSessions(SecureCookieSessionInterface):
         return None
 
 
+# A connection whose server went silent (a host off the network, packets dropped) is
+# found out in about 30 s, not the kernel's 15 minutes: keepalive probes while it is idle,
+# and tcp_user_timeout (ms) while data it sent goes unacknowledged (a waiting query has
+# none outstanding, so a slow query is not cut).
+SILENT_SERVER_SETTINGS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
 def _bound_connection_waits(config: dict[str, Any]) -> None:
-    """Give libpq a connect timeout unless the URL names one (its keyword arguments would
-    override the URL's)."""
+    """Give libpq a connect timeout and the settings above, each unless the URL names it
+    (keyword arguments would override the URL's)."""
     url = make_url(config["SQLALCHEMY_DATABASE_URI"])
-    if url.get_backend_name() != "postgresql" or "connect_timeout" in url.query:
+    if url.get_backend_name() != "postgresql":
         return
+    wanted = {"connect_timeout": config["DATABASE_CONNECT_TIMEOUT"], **SILENT_SERVER_SETTINGS}
     options = config["SQLALCHEMY_ENGINE_OPTIONS"]
     options["connect_args"] = {
-        "connect_timeout": config["DATABASE_CONNECT_TIMEOUT"],
+        **{name: value for name, value in wanted.items() if name not in url.query},
         **options.get("connect_args", {}),
     }
 
