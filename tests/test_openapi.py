@@ -410,3 +410,35 @@ def test_a_batch_documents_its_items_shape(client, make_tenant, document):
     )
     assert (answer.status_code, answer.get_json()["stored"]) == (201, 1)
     assert [r["index"] for r in answer.get_json()["rejected"]] == [1]
+
+
+def test_documented_headers_come_with_their_answers(make_app, make_tenant, make_user):
+    app = make_app(TRACK_RATE_LIMIT="1 per minute")
+    client = app.test_client()
+    document = client.get("/api/openapi.json").get_json()
+    tenant = make_tenant(landing_url="https://shop.example/")
+    email = make_user(tenant, password="s3cret-pass").email
+    token = client.post("/api/auth/login", json={"email": email, "password": "s3cret-pass"})
+    owner = {"Authorization": f"Bearer {token.get_json()['access_token']}"}
+    away = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none").test_client()
+    event = {"tenant_id": tenant.id, "event_type": "pageview"}
+    phone = {"User-Agent": "Mozilla/5.0 (Linux; Android 14) Mobile"}
+    client.post("/api/analytics/track", json=event)  # the minute's one
+    answers = [  # (documented path, method, the real answer)
+        ("/q/{slug}", "get", client.get(f"/q/{tenant.slug}", headers=phone)),
+        ("/api/analytics/{tenant_id}", "get", client.get(f"/api/analytics/{tenant.id}")),
+        ("/api/analytics/track", "post", client.post("/api/analytics/track", json=event)),
+        ("/api/analytics/track", "post", away.post("/api/analytics/track", json=event)),
+        ("/api/health", "get", away.get("/api/health")),
+        (
+            "/api/tenants/{tenant_id}/qr",
+            "get",
+            client.get(f"/api/tenants/{tenant.id}/qr", headers=owner),
+        ),
+    ]
+    assert [answer.status_code for _, _, answer in answers] == [302, 401, 429, 503, 503, 200]
+    for path, method, answer in answers:
+        documented = document["paths"][path][method]["responses"][str(answer.status_code)]
+        assert documented["headers"], (path, answer.status_code)
+        for name in documented["headers"]:
+            assert answer.headers.get(name), (path, answer.status_code, name)

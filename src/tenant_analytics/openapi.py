@@ -53,6 +53,8 @@ class Operation:
     # name -> description, or (description, the JSON Schema the handler holds it to)
     query: dict[str, str | tuple[str, dict[str, Any]]] = field(default_factory=dict)
     produces: tuple[str, ...] = ("application/json",)  # what a 2xx answers in
+    # headers a 2xx carries: name -> (description, schema)
+    headers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     pages: frozenset[int] = frozenset()  # error statuses a browser gets as an HTML page
 
 
@@ -153,6 +155,10 @@ OPERATIONS: dict[str, Operation] = {
             "c": ("The campaign the code names", CAMPAIGN),
         },
         produces=("image/svg+xml", "image/png"),
+        headers={
+            "X-QR-Target": ("The address the code holds", {"type": "string"}),
+            "Content-Disposition": ("attachment, with a file name", {"type": "string"}),
+        },
     ),
     "auth.login": Operation(
         {
@@ -320,22 +326,39 @@ def _answers(endpoint: str, operation: Operation) -> dict[int, str]:
     return common | operation.answers
 
 
+# Headers every answer of a status carries, whatever the route.
+SECONDS = {"type": "integer", "minimum": 0}
+STATUS_HEADERS: dict[int, dict[str, tuple[str, dict[str, Any]]]] = {
+    302: {"Location": ("Where the scan is led", {"type": "string"})},
+    401: {"WWW-Authenticate": ("The bearer challenge (RFC 6750)", {"type": "string"})},
+    429: {"Retry-After": ("Seconds to wait", SECONDS)},
+    503: {"Retry-After": ("Seconds to wait", SECONDS)},
+}
+
+
 def _answer(
     status: int, description: str, operation: Operation, shape: dict[str, Any] | None
 ) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description}
+    headers = STATUS_HEADERS.get(status, operation.headers if status < 300 else {})
+    if headers:
+        answer["headers"] = {
+            name: {"description": text, "schema": schema}
+            for name, (text, schema) in headers.items()
+        }
     if status >= 400:
         media: dict[str, Any] = {
             "application/json": {"schema": {"$ref": REF.format(model="ApiError")}}
         }
         if status in operation.pages:
             media["text/html"] = {}
-        return {"description": description, "content": media}
-    if status < 300:
+        answer["content"] = media
+    elif status < 300:
         media = {kind: {} for kind in operation.produces}
         if shape is not None:
             media["application/json"] = {"schema": shape}
-        return {"description": description, "content": media}
-    return {"description": description}
+        answer["content"] = media
+    return answer
 
 
 def _defaults_in_words(schema: Any) -> Any:

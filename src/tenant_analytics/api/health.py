@@ -31,6 +31,7 @@ def health():
     else:  # the one error shape, with what was checked
         message = "The database does not answer."
         response, status = error_response(503, message, code="unavailable", extra=parts)
+        response.headers["Retry-After"] = "1"  # as every 503 says
     response.headers["Cache-Control"] = "no-store"
     return response, status
 
