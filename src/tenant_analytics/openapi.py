@@ -196,7 +196,8 @@ OPERATIONS: dict[str, Operation] = {
             "start": ("First local day, YYYY-MM-DD (default: 30 days before end)", LOCAL_DAY),
             "end": ("Last local day, YYYY-MM-DD (default: today)", LOCAL_DAY),
             "source": (
-                "Only sessions from this traffic source",
+                "Only events sent with this traffic source: a session counts at a step "
+                "when that step's event carries it",
                 {
                     "type": "string",
                     "maxLength": store_reports.SOURCE_MAX,
