@@ -97,6 +97,21 @@ def test_user_create_with_several_tenants(runner, make_tenant):
     assert again.exit_code == 1
 
 
+def test_user_create_without_a_tenant_says_how_to_grant_one(runner):
+    alone = runner.invoke(
+        args=["user", "create", "--email", "a@example.com", "--password", "pw-123456"]
+    )
+    admin = runner.invoke(
+        args=["user", "create", "--email", "b@example.com", "--password", "pw-123456", "--admin"]
+    )
+    assert (alone.exit_code, admin.exit_code) == (0, 0)
+    assert json.loads(alone.stdout)["tenants"] == []
+    assert alone.stderr.strip() == (
+        "note: a@example.com owns no tenant yet: `user grant --email a@example.com --tenant ID`"
+    )
+    assert admin.stderr == ""  # an admin reads every tenant
+
+
 def test_user_create_unknown_tenant_fails(runner):
     result = runner.invoke(
         args=[
@@ -138,7 +153,7 @@ def test_user_create_asks_for_the_password_twice_when_left_out(runner):
     )
     assert result.exit_code == 0, result.output
     assert "pass-word-1" not in result.output  # hidden input: not echoed
-    created = json.loads(result.output.splitlines()[-1])
+    created = json.loads(result.stdout.splitlines()[-1])
     assert created["email"] == "owner@example.com"
     user = db.session.get(User, created["id"])
     assert authenticate(db.session, "owner@example.com", "pass-word-1") == user

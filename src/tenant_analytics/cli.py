@@ -206,6 +206,11 @@ def create_user_command(
     password = password_or_prompt(password)
     user = create_user(db.session, email, password, tenants=tenants, is_admin=admin)
     echo_json(user.to_dict())
+    if not tenants and not admin:  # signs in, then every dashboard answers 404
+        click.echo(
+            f"note: {email} owns no tenant yet: `user grant --email {email} --tenant ID`",
+            err=True,
+        )
 
 
 @user_cli.command("set-password")
