@@ -56,6 +56,7 @@ class Operation:
     # headers a 2xx carries: name -> (description, schema)
     headers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     pages: frozenset[int] = frozenset()  # error statuses a browser gets as an HTML page
+    unavailable: bool = True  # may answer 503 (the database away); False: handled inside
 
 
 OWNER_READ = {200: "The figures", 401: ERRORS[401], 404: ERRORS[404]}
@@ -124,6 +125,7 @@ OPERATIONS: dict[str, Operation] = {
         },
         returns=responses.InteractionAnswer,
         body=schemas.Interaction,
+        unavailable=False,  # the contract's "processing error" is a 202
     ),
     "qr.scan": Operation(
         {
@@ -157,7 +159,7 @@ OPERATIONS: dict[str, Operation] = {
         produces=("image/svg+xml", "image/png"),
         headers={
             "X-QR-Target": ("The address the code holds", {"type": "string"}),
-            "Content-Disposition": ("attachment, with a file name", {"type": "string"}),
+            "Content-Disposition": ("inline, with a file name to save it as", {"type": "string"}),
         },
     ),
     "auth.login": Operation(
@@ -193,7 +195,7 @@ OPERATIONS: dict[str, Operation] = {
         returns=store.Funnel,
         owner=True,
         query={
-            "start": ("First local day, YYYY-MM-DD (default: 30 days before end)", LOCAL_DAY),
+            "start": ("First local day, YYYY-MM-DD (default: 29 days before end)", LOCAL_DAY),
             "end": ("Last local day, YYYY-MM-DD (default: today)", LOCAL_DAY),
             "source": (
                 "Only events sent with this traffic source: a session counts at a step "
@@ -321,7 +323,9 @@ def _answers(endpoint: str, operation: Operation) -> dict[int, str]:
     database away (the beacon answers 200 to all)."""
     if endpoint in NEVER_REFUSED:
         return operation.answers
-    common = {415: ERRORS[415], 503: ERRORS[503]}
+    common = {415: ERRORS[415]}
+    if operation.unavailable:
+        common |= {503: ERRORS[503]}
     if operation.body is not None:
         common |= {413: ERRORS[413]}
     return common | operation.answers
