@@ -11,7 +11,7 @@ import pytest
 from limits.errors import StorageError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.models import Event
@@ -281,8 +281,12 @@ def test_a_database_outage_is_not_taken_for_a_limiter_outage(app, make_app, capl
     # (``app`` first: the fixtures' teardown empties the tables through the first app made.)
     away = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
     client = away.test_client()
+    attempts: list[object] = []
+    with away.app_context():
+        event.listen(db.engine, "do_connect", lambda *args: attempts.append(args))
     with caplog.at_level(logging.WARNING):
         assert [track(client, 1).status_code for _ in range(3)] == [503] * 3
+    assert len(attempts) == 3  # one each: the view does not try again what the key's failed
     assert not limiter._storage_dead  # not counting in memory for a database outage
     assert [r.name for r in caplog.records] == ["tenant_analytics.errors"] * 3
     assert not any(r.exc_info for r in caplog.records)
