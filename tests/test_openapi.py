@@ -443,3 +443,12 @@ def test_documented_headers_come_with_their_answers(make_app, make_tenant, make_
         assert documented["headers"], (path, answer.status_code)
         for name in documented["headers"]:
             assert answer.headers.get(name), (path, answer.status_code, name)
+
+
+def test_operation_ids_are_the_views_names_and_unique(document):
+    """What client generators name their methods after: ``dashboard_stats``, not
+    ``store_reports_dashboard_stats``; blueprint and view only where views share a name."""
+    ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+    assert {"dashboard_stats", "health", "qr_code", "login"} <= set(ids)
+    assert {"tracking_track", "v1_track"} <= set(ids)  # two views named track

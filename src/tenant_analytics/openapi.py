@@ -14,6 +14,8 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -384,6 +386,17 @@ def _defaults_in_words(schema: Any) -> Any:
     return schema
 
 
+def _operation_ids(endpoints: Iterable[str]) -> dict[str, str]:
+    """The view's own name (``dashboard_stats``), which client generators turn into a
+    method name; blueprint and view (``v1_track``) where two views share a name."""
+    views = Counter(endpoint.split(".")[-1] for endpoint in endpoints)
+    return {
+        endpoint: view if views[view] == 1 else endpoint.replace(".", "_")
+        for endpoint in endpoints
+        for view in [endpoint.split(".")[-1]]
+    }
+
+
 def build_document(app: Flask) -> dict[str, Any]:
     """The OpenAPI document of ``app``'s routes (KeyError for an undocumented one)."""
     shapes, definitions = _schemas()
@@ -395,6 +408,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
     }
     paths: dict[str, dict[str, Any]] = {}
+    operation_ids = _operation_ids(OPERATIONS)
     for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
         if rule.endpoint in UNDOCUMENTED:
             continue
@@ -403,7 +417,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         view = app.view_functions[rule.endpoint]
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             entry: dict[str, Any] = {
-                "operationId": rule.endpoint.replace(".", "_"),
+                "operationId": operation_ids[rule.endpoint],
                 "summary": _summary(view.__doc__),
                 "tags": [rule.endpoint.split(".")[0]],
                 "parameters": parameters
