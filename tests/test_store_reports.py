@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 from tenant_analytics.catalogue import STORE_TYPES
 from tenant_analytics.extensions import db
 from tenant_analytics.models import Tenant, utcnow
+from tenant_analytics.products import create_product
 from tenant_analytics.queries import store as reports
 from tenant_analytics.queries.store import (
     Alert,
@@ -983,6 +984,18 @@ def test_alert_rules(app, make_tenant, store_events, case, zone):
         assert alert["timestamp"] == "2026-03-08T15:00:00+00:00"
     quiet_alerts = smart_alerts(db.session, tenant_id=quiet.id, zone=zone, now=NOW)
     assert [alert["type"] for alert in quiet_alerts] == ["all_clear"]
+
+
+def test_a_popular_product_is_named_as_in_the_catalogue(app, make_tenant, store_events):
+    tenant, elsewhere = make_tenant(), make_tenant()
+    create_product(db.session, elsewhere.id, name="Not this one", slug="tee")
+    create_product(db.session, tenant.id, name="Camiseta", slug="tee")
+    db.session.commit()
+    store_events(tenant, viewers(12))
+    alerts = smart_alerts(db.session, tenant_id=tenant.id, zone=ZoneInfo("UTC"), now=NOW)
+    assert [a["message"] for a in alerts if a["type"] == "popular_no_conversion"] == [
+        "Camiseta (tee): viewed in 12 sessions in the last 7 days and never bought."
+    ]
 
 
 def test_alert_severities_and_messages(app, make_tenant, store_events):

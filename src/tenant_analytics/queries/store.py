@@ -77,7 +77,7 @@ from ..catalogue import (
     WHATSAPP_CART_CLICK,
     WHATSAPP_PURCHASE,
 )
-from ..models import DEFAULT_CURRENCY, Event
+from ..models import DEFAULT_CURRENCY, Event, Product
 from ..rollups import ALL_SESSIONS, DIRECT_SOURCE, source_scope, type_scope
 from ..timewindows import Day, days_overlapping, last_days, local_day
 from . import store_rollups
@@ -1263,14 +1263,33 @@ def _popular_no_conversion(
     products = unconverted_popular_products(
         session, tenant_id=tenant_id, zone=zone, start=now - POPULAR_WINDOW, end=now
     )
+    names = catalogue_names(session, tenant_id=tenant_id, slugs=[slug for slug, _ in products])
     return [
         (
             "popular_no_conversion",
             "warning",
-            f"{slug}: viewed in {views} sessions in the last 7 days and never bought.",
+            f"{_named(slug, names)}: viewed in {views} sessions in the last 7 days "
+            "and never bought.",
         )
         for slug, views in products
     ]
+
+
+def catalogue_names(conn: Database, *, tenant_id: int, slugs: list[str]) -> dict[str, str]:
+    """The names the owner gave these product slugs in the catalogue (those it has)."""
+    if not slugs:
+        return {}
+    rows = conn.execute(
+        select(Product.slug, Product.name).where(
+            Product.tenant_id == tenant_id, Product.slug.in_(slugs)
+        )
+    )
+    return {slug: name for slug, name in rows}
+
+
+def _named(slug: str, names: dict[str, str]) -> str:
+    """The catalogue name with the slug ("Pan dulce (pan-dulce)"), else the slug alone."""
+    return f"{names[slug]} ({slug})" if slug in names else slug
 
 
 def _payment_errors(
