@@ -272,3 +272,123 @@ def test_token_naming_no_possible_user_is_401(client, make_tenant, subject):
     )
     assert response.status_code == 401  # not a 500 from an id the database cannot hold
     assert response.get_json()["success"] is False
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize("with_token", ["access_token", "refresh_token"])
+def test_logout_ends_the_sign_ins_tokens_and_no_other(client, make_tenant, make_user, with_token):
+    tenant = make_tenant()
+    email = make_user(tenant, password="right-password").email
+    phone = login(client, email, "right-password").get_json()
+    laptop = login(client, email, "right-password").get_json()
+    refreshed = client.post("/api/auth/refresh", headers=_bearer(phone["refresh_token"]))
+    phone_later = refreshed.get_json()["access_token"]
+
+    out = client.post("/api/auth/logout", headers=_bearer(phone[with_token]))
+    assert (out.status_code, out.data) == (204, b"")
+    assert out.headers["Cache-Control"] == "no-store"
+
+    dashboard = f"/api/analytics/{tenant.id}"
+    for token in (phone["access_token"], phone_later):
+        refused = client.get(dashboard, headers=_bearer(token))
+        assert refused.status_code == 401
+        assert refused.get_json()["error"] == "token_revoked"
+        assert 'error="invalid_token"' in refused.headers["WWW-Authenticate"]
+    again = client.post("/api/auth/refresh", headers=_bearer(phone["refresh_token"]))
+    assert (again.status_code, again.get_json()["error"]) == (401, "token_revoked")
+    assert client.post("/api/auth/logout", headers=_bearer(phone[with_token])).status_code == 401
+
+    assert client.get(dashboard, headers=_bearer(laptop["access_token"])).status_code == 200
+    other = client.post("/api/auth/refresh", headers=_bearer(laptop["refresh_token"]))
+    assert other.status_code == 200
+    # Signing in again after logging out works.
+    back = login(client, email, "right-password").get_json()["access_token"]
+    assert client.get(dashboard, headers=_bearer(back)).status_code == 200
+
+
+def test_logout_needs_a_token(client):
+    answer = client.post("/api/auth/logout")
+    assert (answer.status_code, answer.get_json()["error"]) == (401, "unauthorized")
+
+
+def test_a_token_issued_before_sign_ins_were_named_is_logged_out_by_itself(
+    client, make_tenant, make_user
+):
+    """Tokens from before the upgrade carry no sign-in: each is a sign-in of its own."""
+    from flask_jwt_extended import create_access_token
+
+    from tenant_analytics.auth import STAMP, credential_stamp
+
+    tenant = make_tenant()
+    user = make_user(tenant)
+    old, other = (
+        create_access_token(str(user.id), additional_claims={STAMP: credential_stamp(user)})
+        for _ in range(2)
+    )
+    dashboard = f"/api/analytics/{tenant.id}"
+    assert client.get(dashboard, headers=_bearer(old)).status_code == 200
+    assert client.post("/api/auth/logout", headers=_bearer(old)).status_code == 204
+    assert client.get(dashboard, headers=_bearer(old)).status_code == 401
+    assert client.get(dashboard, headers=_bearer(other)).status_code == 200
+
+
+def test_sign_outs_are_kept_until_their_tokens_expire_then_forgotten(
+    make_app, make_tenant, make_user
+):
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from tenant_analytics.extensions import db
+    from tenant_analytics.models import SignOut
+
+    app = make_app(
+        JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=15), JWT_REFRESH_TOKEN_EXPIRES=timedelta(days=2)
+    )
+    client = app.test_client()
+    email = make_user(make_tenant(), password="right-password").email
+    first = login(client, email, "right-password").get_json()
+    before = datetime.now(UTC)
+    assert (
+        client.post("/api/auth/logout", headers=_bearer(first["access_token"])).status_code == 204
+    )
+    with app.app_context():
+        (kept,) = db.session.scalars(select(SignOut)).all()
+        lasts = kept.expires_at - before
+        assert timedelta(days=2, minutes=15) <= lasts < timedelta(days=2, minutes=16)
+        kept.expires_at = before - timedelta(seconds=1)  # its tokens have all expired
+        db.session.commit()
+    second = login(client, email, "right-password").get_json()
+    assert (
+        client.post("/api/auth/logout", headers=_bearer(second["refresh_token"])).status_code == 204
+    )
+    with app.app_context():
+        signed_out = db.session.scalars(select(SignOut.sign_in)).all()
+    assert signed_out == [decode_sign_in(app, second["refresh_token"])]
+
+
+def test_with_tokens_that_never_expire_a_sign_out_is_kept_for_good(make_app, make_user):
+    from sqlalchemy import select
+
+    from tenant_analytics.extensions import db
+    from tenant_analytics.models import SignOut
+
+    app = make_app(JWT_REFRESH_TOKEN_EXPIRES=False)
+    client = app.test_client()
+    email = make_user(password="right-password").email
+    tokens = login(client, email, "right-password").get_json()
+    assert (
+        client.post("/api/auth/logout", headers=_bearer(tokens["access_token"])).status_code == 204
+    )
+    with app.app_context():
+        assert db.session.scalars(select(SignOut.expires_at)).all() == [None]
+
+
+def decode_sign_in(app, token: str) -> str:
+    from tenant_analytics.auth import SIGN_IN
+
+    with app.app_context():
+        return decode_token(token)[SIGN_IN]

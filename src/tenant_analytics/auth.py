@@ -5,22 +5,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Response, current_app, request
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .errors import error_response
 from .extensions import db
 from .logs import get_logger
-from .models import Tenant, User, is_row_id
+from .models import SignOut, Tenant, User, is_row_id, utcnow
+from .storage import dialect_insert
 
 log = get_logger(__name__)
 
 STAMP = "stamp"  # the claim holding credential_stamp(user)
+SIGN_IN = "sid"  # the claim naming the sign-in a token belongs to (logout ends it)
 # A scheme name is case-insensitive (RFC 9110 11.1); flask-jwt-extended matches "Bearer" only.
 _BEARER_SCHEME = re.compile(r"(^|,)(\s*)bearer(?=\s)", re.IGNORECASE)
 # Compared against when the email is unknown, so both paths cost one hash check.
@@ -65,12 +69,53 @@ def credential_stamp(user: User) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 
-def access_token_for(user: User) -> str:
-    return create_access_token(str(user.id), additional_claims={STAMP: credential_stamp(user)})
+def new_sign_in() -> str:
+    return uuid.uuid4().hex
 
 
-def refresh_token_for(user: User) -> str:
-    return create_refresh_token(str(user.id), additional_claims={STAMP: credential_stamp(user)})
+def access_token_for(user: User, sign_in: str | None = None) -> str:
+    """An access token of ``sign_in`` (a sign-in of its own when None)."""
+    return create_access_token(str(user.id), additional_claims=_claims(user, sign_in))
+
+
+def refresh_token_for(user: User, sign_in: str | None = None) -> str:
+    return create_refresh_token(str(user.id), additional_claims=_claims(user, sign_in))
+
+
+def _claims(user: User, sign_in: str | None) -> dict[str, str]:
+    return {STAMP: credential_stamp(user), SIGN_IN: sign_in or new_sign_in()}
+
+
+def sign_in_of(payload: dict[str, Any]) -> str | None:
+    """The sign-in a decoded token belongs to; a token issued before sign-ins were
+    named is a sign-in of its own (its jti)."""
+    sign_in = payload.get(SIGN_IN, payload.get("jti"))
+    return sign_in if isinstance(sign_in, str) else None
+
+
+def sign_out(session: Session, sign_in: str) -> None:
+    """Refuse every token of ``sign_in`` from now on; forget the sign-outs whose tokens
+    have all expired. The caller commits."""
+    now = utcnow()
+    session.execute(delete(SignOut).where(SignOut.expires_at < now))
+    insert = dialect_insert(session)(SignOut).values(sign_in=sign_in, expires_at=_last_expiry(now))
+    session.execute(insert.on_conflict_do_nothing(index_elements=[SignOut.sign_in]))
+
+
+def is_signed_out(session: Session, sign_in: str) -> bool:
+    return session.get(SignOut, sign_in) is not None
+
+
+def _last_expiry(now: datetime) -> datetime | None:
+    """The latest a token of a sign-in ending ``now`` can expire: a refresh token issued
+    at the sign-in, or an access token it issued just before it expired."""
+    total = timedelta()
+    for setting in ("JWT_REFRESH_TOKEN_EXPIRES", "JWT_ACCESS_TOKEN_EXPIRES"):
+        lifetime = current_app.config[setting]
+        if lifetime is False:
+            return None
+        total += lifetime if isinstance(lifetime, timedelta) else timedelta(seconds=lifetime)
+    return now + total
 
 
 def canonical_bearer_scheme() -> None:
@@ -127,6 +172,11 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
             return None
         return user if may_sign_in(user) else None
 
+    @jwt.token_in_blocklist_loader
+    def _signed_out(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+        sign_in = sign_in_of(payload)
+        return sign_in is None or is_signed_out(db.session, sign_in)
+
     @jwt.user_lookup_error_loader
     def _unknown_user(_header, _payload):
         return challenge(
@@ -150,7 +200,9 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
 
     @jwt.revoked_token_loader
     def _revoked(_header, _payload):
-        return challenge("The token has been revoked.", code="token_revoked")
+        return challenge(
+            "The token's sign-in has ended (logout); sign in again.", code="token_revoked"
+        )
 
     @jwt.needs_fresh_token_loader
     def _needs_fresh(_header, _payload):

@@ -154,6 +154,17 @@ class User(db.Model):
         }
 
 
+class SignOut(db.Model):
+    """A sign-in ended by its owner (POST /api/auth/logout): the tokens it issued are
+    refused until they would have expired anyway."""
+
+    __tablename__ = "sign_outs"
+
+    sign_in: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # When the last token of the sign-in expires; NULL when tokens never expire.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
 class Event(db.Model):
     """One tracked event. Append-only; ``tenant_id`` leads the primary key.
 

@@ -180,6 +180,11 @@ OPERATIONS: dict[str, Operation] = {
         returns=responses.AccessToken,
         refresh=True,
     ),
+    "auth.logout": Operation(
+        {204: "Signed out: the sign-in's tokens are refused from now on", 401: ERRORS[401]},
+        produces=(),
+        owner=True,
+    ),
     "dashboards.landing_dashboard": Operation(
         OWNER_READ, returns=responses.LandingDashboard, owner=True
     ),
@@ -364,7 +369,8 @@ def _answer(
         media = {kind: {} for kind in operation.produces}
         if shape is not None:
             media["application/json"] = {"schema": shape}
-        answer["content"] = media
+        if media:  # a 204 has none
+            answer["content"] = media
     return answer
 
 

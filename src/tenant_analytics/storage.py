@@ -91,7 +91,7 @@ def claim_keys(
     if not keys:
         return []
     table = DedupeKey.__table__
-    upsert = _dialect_insert(session)(table).values(
+    upsert = dialect_insert(session)(table).values(
         [{"tenant_id": tenant_id, "key": key, "seen_at": now} for key in keys]
     )
     conflict = [table.c.tenant_id, table.c.key]
@@ -130,7 +130,8 @@ def delete_dedupe_keys(session: Session, *, prefix: str, seen_before: datetime) 
     return deleted
 
 
-def _dialect_insert(session: Session):
+def dialect_insert(session: Session):
+    """The backend's INSERT, which has ON CONFLICT."""
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert
     return sqlite.insert

@@ -5,9 +5,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import Blueprint, current_app
-from flask_jwt_extended import current_user, jwt_required
+from flask_jwt_extended import current_user, get_jwt, jwt_required
 
-from ..auth import access_token_for, authenticate, challenge, may_sign_in, refresh_token_for
+from ..auth import (
+    access_token_for,
+    authenticate,
+    challenge,
+    may_sign_in,
+    new_sign_in,
+    refresh_token_for,
+    sign_in_of,
+    sign_out,
+)
 from ..extensions import db
 from ..models import User
 from ..ratelimits import login_attempts
@@ -27,20 +36,39 @@ def login():
         return challenge(
             "Invalid email or password.", code="invalid_credentials", token_refused=False
         )
-    return {**_access(user), "refresh_token": refresh_token_for(user)}
+    sign_in = new_sign_in()
+    return {**_access(user, sign_in), "refresh_token": refresh_token_for(user, sign_in)}
 
 
 @bp.post("/refresh")
 @jwt_required(refresh=True)
 def refresh():
     """A new access token for a valid refresh token."""
-    return _access(current_user)
+    return _access(current_user, sign_in_of(get_jwt()))
 
 
-def _access(user: User) -> dict[str, str | int]:
+@bp.post("/logout")
+@jwt_required(verify_type=False)
+def logout():
+    """End this sign-in: its access and refresh tokens are refused from now on.
+
+    Either token of the sign-in will do. Other sign-ins (another device) keep theirs;
+    a new password ends them all.
+    """
+    sign_in = sign_in_of(get_jwt())
+    assert sign_in is not None  # the blocklist check refused a token without one
+    sign_out(db.session, sign_in)
+    db.session.commit()
+    return "", 204
+
+
+def _access(user: User, sign_in: str | None) -> dict[str, str | int]:
     """The access token, its scheme and how many seconds it lasts (as OAuth 2 answers;
     nothing said of a token that never expires, ``JWT_ACCESS_TOKEN_EXPIRES=False``)."""
-    answer: dict[str, str | int] = {"access_token": access_token_for(user), "token_type": "Bearer"}
+    answer: dict[str, str | int] = {
+        "access_token": access_token_for(user, sign_in),
+        "token_type": "Bearer",
+    }
     lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
     if lifetime is not False:  # flask-jwt-extended takes a timedelta or seconds
         seconds = lifetime.total_seconds() if isinstance(lifetime, timedelta) else lifetime
