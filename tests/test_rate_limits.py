@@ -350,3 +350,33 @@ def test_requests_caught_by_a_storage_failure_log_one_line_not_a_traceback_each(
     ]
     assert [r.exc_info is None for r in records] == [True, True, True, False]
     assert lines[3] == ("ERROR", swallowing)  # a bug keeps its traceback
+
+
+def test_a_body_too_large_leaves_every_limit_in_its_storage(
+    make_app, make_tenant, make_user, caplog
+):
+    """The limits' keys read the body: one too large is the view's 413, not a failure of
+    the limiter's storage (which would count every limit in memory for a moment)."""
+    app = make_app(LOGIN_RATE_LIMIT="3 per minute")
+    with app.app_context():
+        tenant_id = make_tenant().id
+        email = make_user(password="right-password").email
+    client = app.test_client()
+    too_large = b"x" * (app.config["MAX_CONTENT_LENGTH"] + 1)
+    guess = {"email": email, "password": "wrong-guess"}
+    statuses = []
+    with caplog.at_level(logging.WARNING):
+        for round in range(4):
+            # (an oversized sign-in is an attempt too, counted without an email: 3 fit)
+            for path in ("/api/analytics/track", "/api/auth/login")[: 2 if round < 3 else 1]:
+                refused = client.post(path, data=too_large, content_type="application/json")
+                assert (refused.status_code, refused.get_json()["error"]) == (
+                    413,
+                    "request_entity_too_large",
+                )
+                assert not limiter._storage_dead
+            statuses.append(client.post("/api/auth/login", json=guess).status_code)
+    assert statuses == [401, 401, 401, 429]
+    assert track(client, tenant_id).status_code == 201
+    assert not any(r.exc_info for r in caplog.records)
+    assert not any("storage" in r.getMessage() for r in caplog.records)

@@ -11,6 +11,7 @@ from flask_jwt_extended import current_user
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .errors import ApiError
 from .extensions import db
@@ -91,6 +92,11 @@ def request_body() -> dict[str, Any] | None:
     try:
         body = request.get_json(force=True, silent=True)
     except RecursionError:  # "[[[[..." a few thousand deep: not a body we take
+        return None
+    except (RequestEntityTooLarge, ClientDisconnected):
+        # The view answers it (413, 400). Raised into a rate limit's key function, it
+        # would be taken for the limiter's storage failing: every limit of the process
+        # counted in memory for a moment, sign-in's included.
         return None
     return body if isinstance(body, dict) else None
 
