@@ -24,13 +24,13 @@ from tenant_analytics import create_app
 from tenant_analytics.config import normalize_database_url
 from tenant_analytics.demo import load_demo
 from tenant_analytics.extensions import db
-from tenant_analytics.models import Event, Tenant
+from tenant_analytics.models import DailyEventCount, Event, Tenant
 from tenant_analytics.partitions import (
     ensure_partitions,
     include_in_migrations,
     partition_name,
 )
-from tenant_analytics.rollups import ROLLUP_MODELS
+from tenant_analytics.rollups import ROLLUP_MODELS, TenantInfo, rebuild_rollups
 
 from .conftest import app_config, release_connections
 
@@ -211,3 +211,24 @@ def test_partitions_are_those_of_the_events_table_on_the_search_path(
         if created_elsewhere:
             with app_on(migrated), db.engine.begin() as conn:
                 conn.execute(text(f"DROP TABLE {partition_name(month)}"))
+
+
+def test_0012_counts_again_the_rollups_of_tenants_in_cet_eet_met_and_wet(
+    scratch_app: Flask, is_postgres: bool
+) -> None:
+    """Their rebuilds counted without summer time on PostgreSQL: 0012 rebuilds them."""
+    if not is_postgres:
+        pytest.skip("SQLite's rebuild counted days in Python")
+    upgrade(revision="0011")
+    load_demo(db.session, "http://127.0.0.1:5000")
+    tenant = db.session.scalars(select(Tenant)).one()
+    tenant.timezone = "CET"
+    db.session.flush()
+    rebuild_rollups(db.session, TenantInfo(tenant.id, tenant.timezone, tenant.currency))
+    db.session.commit()
+    right = rollup_rows()
+    with db.engine.begin() as conn:  # as a rebuild without summer time could have left them
+        conn.execute(DailyEventCount.__table__.update().values(events=0))
+    assert rollup_rows() != right
+    upgrade(revision="0012")
+    assert rollup_rows() == right

@@ -201,3 +201,68 @@ def test_partitions_on_demand_ahead_and_purge(app, is_postgres, make_tenant, add
     assert rows_deleted is None  # a dropped partition's rows are not counted
     assert "events_y2031m05" not in partitions()
     assert db.session.scalar(select(Event.id).where(Event.tenant_id == tenant.id)) is None
+
+
+# Around local midnight in summer and in winter, and a day on each side of both changes.
+ZONE_PROBES = [
+    datetime(2026, 7, 15, 21, 30, tzinfo=UTC),
+    datetime(2026, 7, 15, 22, 30, tzinfo=UTC),
+    datetime(2026, 7, 15, 23, 30, tzinfo=UTC),
+    datetime(2026, 1, 15, 22, 30, tzinfo=UTC),
+    datetime(2026, 1, 15, 23, 30, tzinfo=UTC),
+    datetime(2026, 3, 29, 0, 30, tzinfo=UTC),
+    datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+    datetime(2026, 10, 4, 12, 30, tzinfo=UTC),
+]
+
+
+def test_postgres_counts_the_days_of_every_zone_a_tenant_may_have_as_we_do(app, is_postgres):
+    """The rebuild counts days in SQL, the writes in Python: PostgreSQL reads CET, EET,
+    MET and WET as fixed-offset abbreviations (no summer time) unless told otherwise."""
+    if not is_postgres:
+        pytest.skip("AT TIME ZONE is PostgreSQL's")
+    from tenant_analytics.schemas import iana_zone_names
+    from tenant_analytics.timewindows import postgres_zone
+
+    names = sorted(iana_zone_names())
+    rows = db.session.execute(
+        text(
+            "SELECT n, (t AT TIME ZONE z)::date FROM unnest(CAST(:names AS text[]),"
+            " CAST(:zones AS text[])) AS zone(n, z), unnest(CAST(:probes AS timestamptz[])) t"
+        ),
+        {
+            "names": names,
+            "zones": [postgres_zone(ZoneInfo(name)) for name in names],
+            "probes": ZONE_PROBES,
+        },
+    ).all()
+    ours = {
+        (name, probe.astimezone(ZoneInfo(name)).date()) for name in names for probe in ZONE_PROBES
+    }
+    assert set(rows) == ours
+    assert len(rows) == len(names) * len(ZONE_PROBES) > 3000
+
+
+@pytest.mark.parametrize("zone_name", ["CET", "EET", "MET", "WET", "Europe/Madrid"])
+def test_a_rebuild_keeps_summer_time_where_the_writes_do(app, make_tenant, add_events, zone_name):
+    from tenant_analytics.models import DailyEventCount
+
+    tenant = make_tenant(timezone=zone_name)
+    summer = datetime(2026, 7, 16, 0, 0, tzinfo=ZoneInfo(zone_name))  # local midnight
+    around = [summer + timedelta(minutes=m) for m in (-30, 0, 30, 90)]
+    add_events(tenant, [("pageview", at, f"10.0.0.{n}", None) for n, at in enumerate(around)])
+    add_events(tenant, random_events(random.Random(zone_name), 200, summer - timedelta(seconds=1)))
+    incremental = rollup_snapshot(tenant.id)
+    rebuild_rollups(db.session, tenant)
+    db.session.commit()
+    assert rollup_snapshot(tenant.id) == incremental
+    pageviews = dict(
+        db.session.execute(
+            select(DailyEventCount.day, DailyEventCount.events).where(
+                DailyEventCount.tenant_id == tenant.id,
+                DailyEventCount.event_type == "pageview",
+                DailyEventCount.day >= date(2026, 7, 16),
+            )
+        ).all()
+    )
+    assert pageviews == {date(2026, 7, 16): 3}  # random_events are all before summer

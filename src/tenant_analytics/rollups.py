@@ -34,7 +34,7 @@ from .models import (
     SessionLastSeenCount,
     VisitorLastSeen,
 )
-from .timewindows import tenant_zone
+from .timewindows import postgres_zone, tenant_zone
 
 TIME_TYPES = frozenset(types_of(Kind.TIME_ON_PAGE))
 REVENUE_TYPES = frozenset(types_of(Kind.CONVERSION, Kind.PURCHASE))
@@ -591,7 +591,7 @@ def rebuild_rollups(session: Session, tenant: TenantRef, *, chunk: int = 5000) -
         )
         params = {
             "tenant": tenant.id,
-            "zone": tenant_zone(tenant.timezone).key,
+            "zone": postgres_zone(tenant_zone(tenant.timezone)),
             "currency": tenant.currency,
             "time_types": sorted(TIME_TYPES),
             "revenue_types": sorted(REVENUE_TYPES),

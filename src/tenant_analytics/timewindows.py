@@ -24,6 +24,22 @@ def tenant_zone(name: str | None) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+# Zones that PostgreSQL's AT TIME ZONE reads as abbreviations first, of a fixed offset,
+# where the IANA database gives them summer time: names it keeps them by (the IANA
+# database's own links since 2024b). UTC, GMT, EST and the like mean the same in both.
+_POSTGRES_ABBREVIATIONS = {
+    "CET": "Europe/Brussels",
+    "MET": "Europe/Brussels",
+    "EET": "Europe/Athens",
+    "WET": "Europe/Lisbon",
+}
+
+
+def postgres_zone(zone: ZoneInfo) -> str:
+    """The name under which PostgreSQL's AT TIME ZONE counts ``zone``'s days as we do."""
+    return _POSTGRES_ABBREVIATIONS.get(zone.key, zone.key)
+
+
 def local_day(day: date, zone: ZoneInfo) -> Day:
     """``day`` in ``zone`` as UTC bounds (DST-aware: a day may be 23 or 25 hours)."""
     start = datetime.combine(day, time.min, tzinfo=zone).astimezone(UTC)
