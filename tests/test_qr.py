@@ -329,6 +329,11 @@ def test_owner_sets_and_clears_the_landing_url(client, make_tenant, make_user, a
         "https://bank.example@evil.example/",  # credentials hide where a code leads
         "https://pan.example/" + "a" * 2048,
         42,
+        # hosts a Location header cannot carry (IDNA has no form for them)
+        "http://a..b/",
+        "http://.../",
+        "http://.a/",
+        "http://" + "a" * 64 + ".example/",
     ],
 )
 def test_landing_url_validation(client, make_tenant, make_user, auth_headers, landing_url):
@@ -366,6 +371,7 @@ def test_landing_url_validation(client, make_tenant, make_user, auth_headers, la
         # Loopback in any spelling is this machine, and never a business's page
         ("https://stats.example.com", "http://127.0.0.1:5077/q/x", True),
         ("https://stats.example.com", "http://[::1]:5077/q/x", True),
+        ("https://stats.example.com", "http://[::ffff:127.0.0.1]:5077/q/x", True),
         ("https://stats.example.com", "http://app.localhost/q/x", True),
         ("https://stats.example.com", "http://127.0.0.1:5077/demo/", False),
     ],
@@ -384,6 +390,18 @@ def test_a_landing_url_may_not_loop_back_to_a_qr_redirect(
         assert response.status_code == (422 if refused else 200), response.get_json()
         if refused:
             assert "landing_url" in response.get_json()["errors"]
+
+
+def test_a_stored_landing_url_no_header_can_carry_is_no_code_not_a_500(client, make_tenant):
+    """Stored before such hosts were refused: the scan is a 404 page, not a bare 500."""
+    tenant = make_tenant(landing_url="https://pan.example/")
+    db.session.execute(
+        Tenant.__table__.update().where(Tenant.id == tenant.id).values(landing_url="http://a..b/")
+    )
+    db.session.commit()
+    answer = scan(client, tenant.slug)
+    assert answer.status_code == 404
+    assert "Location" not in answer.headers
 
 
 def test_cli_sets_the_landing_url(runner):

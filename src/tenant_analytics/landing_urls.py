@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
+from werkzeug.urls import iri_to_uri
 
 QR_SCAN_ENDPOINT = "qr.scan"
 
@@ -24,10 +25,22 @@ def is_loopback(host: str | None) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1
     return address.is_loopback or address.is_unspecified
+
+
+def can_lead_to(url: str) -> bool:
+    """Whether a redirect's Location header can carry ``url``: werkzeug writes its host
+    in IDNA, which has no form for an empty or over-long label (``http://a..b/``)."""
+    try:
+        iri_to_uri(url)
+    except UnicodeError:
+        return False
+    return True
 
 
 def _endpoint(url_map: Map, host: str, path: str) -> str | None:

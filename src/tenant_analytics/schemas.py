@@ -38,6 +38,7 @@ from .catalogue import (
     V1_INTERACTION_TYPES,
     V1_TRACK_TYPES,
 )
+from .landing_urls import can_lead_to
 from .models import LANDING_URL_LENGTH, MAX_ROW_ID, TENANT_SLUG_LENGTH
 
 TenantId = Annotated[int, Field(strict=True, gt=0, le=MAX_ROW_ID)]
@@ -351,6 +352,8 @@ def _landing_url(value: str) -> str:
     text = str(url)  # normalised: lower-case host, non-ASCII percent-encoded
     if len(text) > LANDING_URL_LENGTH:
         raise ValueError(f"may not exceed {LANDING_URL_LENGTH} characters once encoded")
+    if not can_lead_to(text):
+        raise ValueError("has a host name no browser can look up (an empty or over-long part)")
     return text
 
 

@@ -100,7 +100,8 @@ def scan(slug: str):
         # A printed code in a customer's hand: on to where it led a moment ago, uncounted.
         log.warning("QR scan led on uncounted: the database did not answer (%s)", _name(exc))
         return _led_on(led)
-    if tenant is None or not tenant.landing_url:
+    # (a landing_url stored before it was checked can have no Location header)
+    if tenant is None or not tenant.landing_url or not landing_urls.can_lead_to(tenant.landing_url):
         destinations.pop(slug, None)
         return _no_such_code()
     destinations[slug] = (tenant.landing_url, time.monotonic())
