@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -558,3 +559,60 @@ def test_a_page_that_sends_its_whole_address_as_referrer_has_only_its_origin_kep
     landing.driver.get(url + "?email=ana%40example.com")
     (event,) = events_when(tenant.id, bool)
     assert event.referrer == f"http://127.0.0.1:{page_port}/"
+
+
+def test_track_sends_an_events_own_fields_as_such_and_the_rest_as_metadata(landing, make_tenant):
+    """A sale sent from a thank-you page: its price and product are the event's fields
+    (revenue, reports), not metadata the store never reads; a repeat of its key is one."""
+    tenant = make_tenant()
+    landing.open(tenant.id)
+    sale = (
+        '{"price": "150.50", "product_slug": "pan", "quantity": 2, "note": "x",'
+        ' "idempotency_key": "order-1"}'
+    )
+    landing.driver.execute_script(
+        f'tenantAnalytics.track("purchase", {sale}); tenantAnalytics.track("purchase", {sale});'
+    )
+    time.sleep(0.5)  # the repeat would be here by now
+    events = events_when(tenant.id, lambda events: any_of(events, "purchase"))
+    (purchase,) = [event for event in events if event.event_type == "purchase"]
+    assert (purchase.price, purchase.revenue, purchase.quantity) == (
+        Decimal("150.50"),
+        Decimal("301.00"),
+        2,
+    )
+    assert purchase.product_slug == "pan"
+    assert purchase.metadata_ == {"quantity": 2, "note": "x"}
+    assert landing.errors() == []
+
+
+def test_a_reference_to_the_stub_kept_by_the_page_sends_once_the_snippet_runs(landing, make_tenant):
+    tenant = make_tenant()
+    stub = (
+        "<script>window.tenantAnalytics = window.tenantAnalytics ||"
+        " {q: [], track: function () { this.q.push(arguments); }};"
+        " window.kept = window.tenantAnalytics;</script>"
+    )
+    landing.open(tenant.id, before=stub)
+    events_when(tenant.id, bool)  # the snippet has run
+    landing.driver.execute_script('kept.track("click_call", {"from": "kept"});')
+    assert taps_of(tenant.id, 1) == [("click_call", {"from": "kept"})]
+    assert landing.driver.execute_script("return kept === window.tenantAnalytics")
+
+
+def test_a_tagged_whatsapp_link_is_both_taps_and_a_cards_product_id_is_found(landing, make_tenant):
+    tenant = make_tenant()
+    body = (
+        '<a id="order" href="https://wa.me/50499998888" data-ta-event="product_click"'
+        ' data-ta-product-id="7" data-ta-location="catalogo"><span id="name">Conchas</span></a>'
+        '<div data-ta-product-id="9"><button id="see" data-ta-event="product_click">Ver</button>'
+        "</div>"
+    )
+    landing.open(tenant.id, body, before=STAY)
+    landing.click("name")
+    landing.click("see")
+    assert taps_of(tenant.id, 3) == [
+        ("click_whatsapp", {"button_location": "catalogo"}),
+        ("product_click", {"button_location": "catalogo", "product_id": 7}),
+        ("product_click", {"product_id": 9}),
+    ]

@@ -1,5 +1,5 @@
 /* tenant-analytics snippet. Embed it with:
- *   <script src="https://API-HOST/static/ta.js" data-tenant="1" defer></script>
+ *   <script src="https://API-HOST/static/ta.js" data-tenant="1" async></script>
  * It sets no cookie, uses no storage and makes up no identifier: each event is one
  * request on its own (the server stores a keyed hash of its address, never the address).
  */
@@ -17,7 +17,9 @@
   // that queues calls until the snippet runs has a track() of its own.)
   const before = window.tenantAnalytics;
   if (before && before.snippet === "tenant-analytics") return;
-  const queued = before && Array.isArray(before.q) ? before.q.slice(0, 100) : [];
+  // The page's stub becomes the API itself: code that kept a reference to it still sends.
+  const stub = before && Array.isArray(before.q) ? before : null;
+  const queued = stub ? stub.q.slice(0, 100) : [];
   // currentScript is null in a module or a callback: then the tag that names a tenant.
   const script =
     document.currentScript || document.querySelector('script[data-tenant][src*="/ta.js"]');
@@ -38,13 +40,35 @@
   // Chat links in every form WhatsApp gives out (www. or not, http or https).
   const WHATSAPP_HOSTS = ["wa.me", "api.whatsapp.com", "web.whatsapp.com", "chat.whatsapp.com"];
 
-  function send(type, metadata) {
+  // An event's own fields (the store's); anything else track() is given is metadata.
+  const FIELDS = [
+    "price",
+    "product_slug",
+    "product_name",
+    "session_id",
+    "user_id",
+    "source",
+    "error_message",
+    "idempotency_key",
+  ];
+
+  function send(type, data) {
     let body;
     try {
       const event = { tenant_id: tenantId, event_type: String(type) };
-      if (metadata && typeof metadata === "object" && Object.keys(metadata).length) {
-        event.metadata = metadata;
+      const metadata = {};
+      let hasMetadata = false;
+      if (data && typeof data === "object") {
+        Object.keys(data).forEach(function (name) {
+          if (FIELDS.indexOf(name) >= 0) {
+            event[name] = data[name];
+          } else {
+            metadata[name] = data[name];
+            hasMetadata = true;
+          }
+        });
       }
+      if (hasMetadata) event.metadata = metadata;
       body = JSON.stringify(event);
     } catch (e) {
       return; // metadata JSON cannot carry (a cycle, a BigInt)
@@ -84,6 +108,16 @@
     return node && node.nodeType === 1;
   }
 
+  // The attribute's value on path[from] or its nearest ancestor that has it.
+  function nearest(path, from, attribute) {
+    for (let i = from; i < path.length; i++) {
+      if (isElement(path[i]) && path[i].hasAttribute(attribute)) {
+        return path[i].getAttribute(attribute);
+      }
+    }
+    return null;
+  }
+
   function typeOfLink(link) {
     const href = (link.getAttribute("href") || "").trim();
     if (/^whatsapp:/i.test(href)) return "click_whatsapp";
@@ -114,6 +148,7 @@
       let link = null;
       let tagged = null;
       let linkType = null;
+      let taggedLinkType = null;
       const path = pathOf(event);
       for (let i = 0; i < path.length && !tagged; i++) {
         const node = path[i];
@@ -121,6 +156,8 @@
         // A type not for taps (or none) leaves the element to what else it is.
         if (CLICK_TYPES.indexOf(node.getAttribute("data-ta-event")) >= 0) {
           tagged = node;
+          // A tagged WhatsApp or phone link is that tap too (a product's "order" link).
+          if (node.hasAttribute("href")) taggedLinkType = typeOfLink(node);
         } else if (!link && node.hasAttribute("href")) {
           linkType = typeOfLink(node);
           if (linkType) link = node;
@@ -131,17 +168,13 @@
       if (!element || (middle && !link)) return;
       if (element === justCounted || event.target === followingClick) return;
       const type = link ? linkType : tagged.getAttribute("data-ta-event");
+      const at = path.indexOf(element);
       const metadata = {};
-      const productId = positiveInteger(element.getAttribute("data-ta-product-id"));
+      // On the element or around it (a product card, a section).
+      const productId = positiveInteger(nearest(path, at, "data-ta-product-id"));
       if (type === "product_click" && productId) metadata.product_id = productId;
-      // On the element or around it (a section): where on the page the tap was.
-      for (let i = path.indexOf(element); i < path.length; i++) {
-        const node = path[i];
-        if (!isElement(node) || !node.hasAttribute("data-ta-location")) continue;
-        const location = node.getAttribute("data-ta-location").trim().slice(0, 100);
-        if (location) metadata.button_location = location;
-        break;
-      }
+      const location = (nearest(path, at, "data-ta-location") || "").trim().slice(0, 100);
+      if (location) metadata.button_location = location;
       justCounted = element;
       followingClick = null;
       for (let i = 0; i < path.length; i++) {
@@ -155,6 +188,9 @@
         followingClick = null;
       }, 0);
       send(type, metadata);
+      if (!link && taggedLinkType && taggedLinkType !== type) {
+        send(taggedLinkType, location ? { button_location: location } : null);
+      }
     } catch (e) {
       // never break the page's own click handling
     }
@@ -196,13 +232,14 @@
   });
   resume();
 
-  window.tenantAnalytics = {
-    snippet: "tenant-analytics",
-    // Any event type; the server validates it.
-    track: function (type, metadata) {
-      send(type, metadata);
-    },
+  const api = stub || {};
+  api.snippet = "tenant-analytics";
+  api.q = [];
+  // Any event type; the server validates it.
+  api.track = function (type, data) {
+    send(type, data);
   };
+  window.tenantAnalytics = api;
   function viewed() {
     send("pageview");
     // Then the calls the page's stub queued before the snippet ran, as they were made.
