@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,8 +18,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tenant_analytics.auth import access_token_for, authenticate, refresh_token_for
+from tenant_analytics.event_builders import transaction_key
 from tenant_analytics.extensions import db
-from tenant_analytics.models import DedupeKey, Event, Tenant, User, utcnow
+from tenant_analytics.models import DEFAULT_CURRENCY, DedupeKey, Event, Tenant, User, utcnow
 from tenant_analytics.queries import store
 from tenant_analytics.rollups import FORGET_BATCH, ROLLUP_MODELS
 from tenant_analytics.storage import claim_keys
@@ -548,12 +550,15 @@ def test_purge_takes_the_days_it_emptied_out_of_the_rollups(
         assert oldest is None or oldest >= today - timedelta(days=6), model
 
 
+SALE_KEY = transaction_key("old", Decimal(10), DEFAULT_CURRENCY)
+
+
 @pytest.mark.parametrize(
     ("window_seconds", "kept"),
     [
-        (5, {"idem:recent", "txn:old"}),
+        (5, {"idem:recent", SALE_KEY}),
         # A window longer than the retention still holds the key it covers.
-        (120 * 86400, {"idem:old", "idem:recent", "txn:old"}),
+        (120 * 86400, {"idem:old", "idem:recent", SALE_KEY}),
     ],
 )
 def test_purge_deletes_idempotency_keys_seen_before_the_cutoff(
@@ -566,7 +571,7 @@ def test_purge_deletes_idempotency_keys_seen_before_the_cutoff(
     with app.app_context():
         tenant = make_tenant()
         now = utcnow()
-        for key, days_ago in [("idem:old", 100), ("idem:recent", 10), ("txn:old", 100)]:
+        for key, days_ago in [("idem:old", 100), ("idem:recent", 10), (SALE_KEY, 100)]:
             claim_keys(
                 db.session, tenant.id, [key], now=now - timedelta(days=days_ago), window=None
             )

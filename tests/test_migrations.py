@@ -24,7 +24,7 @@ from tenant_analytics import create_app
 from tenant_analytics.config import normalize_database_url
 from tenant_analytics.demo import load_demo
 from tenant_analytics.extensions import db
-from tenant_analytics.models import DailyEventCount, Event, Tenant
+from tenant_analytics.models import DailyEventCount, DedupeKey, Event, Tenant, utcnow
 from tenant_analytics.partitions import (
     ensure_partitions,
     include_in_migrations,
@@ -232,3 +232,33 @@ def test_0012_counts_again_the_rollups_of_tenants_in_cet_eet_met_and_wet(
     assert rollup_rows() != right
     upgrade(revision="0012")
     assert rollup_rows() == right
+
+
+def test_0013_gives_the_sales_recorded_before_their_key_with_the_amount(
+    scratch_app: Flask,
+) -> None:
+    """A beacon replayed after the upgrade finds its sale: still recorded once."""
+    upgrade(revision="0012")
+    load_demo(db.session, "http://127.0.0.1:5000")
+    db.session.commit()
+    tenant = db.session.scalars(select(Tenant)).one()
+    beacon = {"tenant_slug": tenant.slug, "transaction_id": "A-7", "value": "99.5"}
+    with db.engine.begin() as conn:  # the sale as 0012's server recorded it
+        conn.execute(
+            text(
+                "INSERT INTO events (tenant_id, id, created_at, event_type, metadata, revenue,"
+                " currency) VALUES (:tenant, 999999, :now, 'purchase', :metadata, 99.50, 'HNL')"
+            ),
+            {"tenant": tenant.id, "now": utcnow(), "metadata": '{"transaction_id": "A-7"}'},
+        )
+        conn.execute(
+            text("INSERT INTO dedupe_keys VALUES (:tenant, 'txn:A-7', :now)"),
+            {"tenant": tenant.id, "now": utcnow()},
+        )
+    events = len(event_rows())
+    upgrade()
+    answer = scratch_app.test_client().post("/api/v1/analytics/conversion", json=beacon)
+    assert answer.get_json()["status"] == "ok"
+    assert len(event_rows()) == events  # not again
+    keys = set(db.session.scalars(select(DedupeKey.key).where(DedupeKey.key.like("txn:%"))))
+    assert keys == {"txn:A-7", "txn:A-7:99.50:HNL"}

@@ -153,6 +153,24 @@ def test_conversion_recorded_once_per_transaction(client, make_tenant):
     )
 
 
+def test_a_beacon_forged_ahead_of_a_sale_does_not_hide_it(client, make_tenant):
+    """The beacon is public and order numbers are easy to guess: a forged beacon of
+    another amount claims nothing of the real sale, whose own repeats stay one sale."""
+    tenant = make_tenant(slug="tienda-b")
+    sale = {"tenant_slug": "tienda-b", "transaction_id": 1001}
+    forged = [{**sale, "value": 0}, {**sale, "value": 500, "currency": "USD"}]
+    real = [{**sale, "value": 500}, {**sale, "value": "500.00", "currency": "HNL"}]
+    for body in forged + real:
+        answer = client.post("/api/v1/analytics/conversion", json=body)
+        assert answer.get_json() == {"status": "ok", "transaction_id": 1001}
+    sales = sorted((event.revenue, event.currency) for event in events_of(tenant.id))
+    assert sales == [
+        (Decimal("0.00"), "HNL"),
+        (Decimal("500.00"), "HNL"),
+        (Decimal("500.00"), "USD"),
+    ]
+
+
 def test_an_integer_transaction_id_is_a_sale_and_its_text_the_same_sale(client, make_tenant):
     make_tenant(slug="tienda-num")
     first = client.post(

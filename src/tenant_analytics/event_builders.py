@@ -8,6 +8,7 @@ import random
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -53,15 +54,26 @@ def conversion_event(beacon: ConversionBeacon, tenant: TenantRef) -> NewEvent | 
     if beacon.timestamp is not None and not (now - MAX_AGE <= beacon.timestamp <= now + MAX_FUTURE):
         return None
     metadata = {"transaction_id": beacon.transaction_id} if beacon.transaction_id else None
+    currency = beacon.currency or tenant.currency
     return NewEvent(
         beacon.event,
         metadata,
         # A clock a little ahead is stored as now, never on a day that has not begun.
         created_at=min(beacon.timestamp, now) if beacon.timestamp is not None else None,
-        extra={"revenue": beacon.value, "currency": beacon.currency or tenant.currency},
-        # Remembered forever: a retried beacon must never double the revenue.
-        dedupe_key=f"txn:{beacon.transaction_id}" if beacon.transaction_id else None,
+        extra={"revenue": beacon.value, "currency": currency},
+        dedupe_key=(
+            transaction_key(beacon.transaction_id, beacon.value, currency)
+            if beacon.transaction_id
+            else None
+        ),
     )
+
+
+def transaction_key(transaction_id: str, value: Decimal, currency: str) -> str:
+    """A sale's dedupe key, remembered forever: a retried beacon must never double the
+    revenue. With its amount: anyone may send a beacon, and one forged ahead of a real
+    sale (order numbers are easy to guess) must not hide a sale of another amount."""
+    return f"txn:{transaction_id}:{value:.2f}:{currency}"
 
 
 def track_event(
