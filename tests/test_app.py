@@ -97,6 +97,14 @@ def test_production_refuses_short_secrets(monkeypatch):
         create_app()
 
 
+def test_production_refuses_one_key_for_both_secrets(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
+        monkeypatch.setenv(name, "k" * 40)
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY equal to VISITOR_HASH_KEY"):
+        create_app()
+
+
 def test_development_without_secrets_makes_random_ones_once_per_instance(
     monkeypatch, tmp_path, caplog
 ):

@@ -70,6 +70,8 @@ def test_long_headers_are_truncated(client, make_tenant):
         ("http://[2001:db8::1]:8080/a", "http://[2001:db8::1]:8080/"),
         ("android-app://com.google.android.gm/", "android-app://com.google.android.gm/"),
         ("not a url", None),
+        ("javascript://%0aalert(1)/", None),
+        ("data://x.example/", None),
         ("http://[::1/", None),
         ("https://shop.example:99999/", None),
     ],

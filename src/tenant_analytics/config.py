@@ -242,6 +242,12 @@ def check_production_settings(config: dict[str, Any]) -> None:
             f"refusing to start in production with secrets under {MIN_SECRET_BYTES} bytes: "
             + ", ".join(short)
         )
+    if config["JWT_SECRET_KEY"] == config["VISITOR_HASH_KEY"]:
+        # One leaked (a hash key is shared with analysts more readily) would be both.
+        raise ConfigError(
+            "refusing to start in production with JWT_SECRET_KEY equal to VISITOR_HASH_KEY:"
+            " give each its own"
+        )
     if not config.get("RATELIMIT_STORAGE_URI"):
         if config.get("RATELIMIT_ENABLED", True):
             raise ConfigError(

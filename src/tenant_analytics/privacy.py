@@ -86,12 +86,17 @@ def truncate(value: str | None, limit: int) -> str | None:
     return value[:limit]
 
 
+# Web pages, and the apps Android and iOS name as referrers (a link tapped in Gmail).
+REFERRER_SCHEMES = ("http", "https", "android-app", "ios-app")
+
+
 def referrer_origin(referrer: str | None) -> str | None:
     """Where the visitor came from, without the page: the Referer's scheme and host.
 
     A page that sets ``Referrer-Policy: unsafe-url`` sends its whole address, whose
     path and query may say who the visitor is (``?email=…``, a reset token): only
-    ``https://host[:port]/`` is kept, whatever the policy. None when it names no host.
+    ``https://host[:port]/`` is kept, whatever the policy. None when it names no host,
+    or neither a web page nor an app (``javascript://…``: a report may show it as a link).
     """
     if not referrer:
         return None
@@ -100,7 +105,7 @@ def referrer_origin(referrer: str | None) -> str | None:
         host, port = parts.hostname, parts.port
     except ValueError:  # an unclosed IPv6 bracket, a port out of range
         return None
-    if not parts.scheme or not host:
+    if parts.scheme.lower() not in REFERRER_SCHEMES or not host:
         return None
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
