@@ -44,10 +44,12 @@ def test_tenant_create_prints_json(runner):
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert set(data) == {"id", "public_id", "slug", "name", "active", "timezone", "landing_url"}
-    assert (data["slug"], data["active"], data["timezone"]) == (
+    fields = {"id", "public_id", "slug", "name", "active", "suspended", "timezone", "landing_url"}
+    assert set(data) == fields
+    assert (data["slug"], data["active"], data["suspended"], data["timezone"]) == (
         "bakery",
         True,
+        False,
         "America/Tegucigalpa",
     )
     uuid.UUID(data["public_id"])

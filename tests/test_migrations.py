@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, inspect, select, text
 
 from tenant_analytics import create_app
 from tenant_analytics.config import normalize_database_url
-from tenant_analytics.demo import load_demo
+from tenant_analytics.demo import DEMO_SLUG, load_demo
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DailyEventCount, DedupeKey, Event, Tenant, utcnow
 from tenant_analytics.partitions import (
@@ -219,12 +219,10 @@ def test_0012_counts_again_the_rollups_of_tenants_in_cet_eet_met_and_wet(
     """Their rebuilds counted without summer time on PostgreSQL: 0012 rebuilds them."""
     if not is_postgres:
         pytest.skip("SQLite's rebuild counted days in Python")
-    upgrade(revision="0011")
-    load_demo(db.session, "http://127.0.0.1:5000")
-    tenant = db.session.scalars(select(Tenant)).one()
-    tenant.timezone = "CET"
-    db.session.flush()
-    rebuild_rollups(db.session, TenantInfo(tenant.id, tenant.timezone, tenant.currency))
+    tenant_id = demo_then_downgrade_to("0011")
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE tenants SET timezone = 'CET'"))  # a winter week: same days
+    rebuild_rollups(db.session, TenantInfo(tenant_id, "CET", "HNL"))
     db.session.commit()
     right = rollup_rows()
     with db.engine.begin() as conn:  # as a rebuild without summer time could have left them
@@ -234,26 +232,35 @@ def test_0012_counts_again_the_rollups_of_tenants_in_cet_eet_met_and_wet(
     assert rollup_rows() == right
 
 
+def demo_then_downgrade_to(revision: str) -> int:
+    """The demo's tenant id, its data loaded at head and the schema taken down to
+    ``revision`` (the models are head's: they cannot load the demo below it)."""
+    upgrade()
+    load_demo(db.session, "http://127.0.0.1:5000")
+    db.session.commit()
+    tenant_id = db.session.scalars(select(Tenant.id)).one()
+    db.session.remove()
+    downgrade(revision=revision)
+    return tenant_id
+
+
 def test_0013_gives_the_sales_recorded_before_their_key_with_the_amount(
     scratch_app: Flask,
 ) -> None:
     """A beacon replayed after the upgrade finds its sale: still recorded once."""
-    upgrade(revision="0012")
-    load_demo(db.session, "http://127.0.0.1:5000")
-    db.session.commit()
-    tenant = db.session.scalars(select(Tenant)).one()
-    beacon = {"tenant_slug": tenant.slug, "transaction_id": "A-7", "value": "99.5"}
+    tenant_id = demo_then_downgrade_to("0012")
+    beacon = {"tenant_slug": DEMO_SLUG, "transaction_id": "A-7", "value": "99.5"}
     with db.engine.begin() as conn:  # the sale as 0012's server recorded it
         conn.execute(
             text(
                 "INSERT INTO events (tenant_id, id, created_at, event_type, metadata, revenue,"
                 " currency) VALUES (:tenant, 999999, :now, 'purchase', :metadata, 99.50, 'HNL')"
             ),
-            {"tenant": tenant.id, "now": utcnow(), "metadata": '{"transaction_id": "A-7"}'},
+            {"tenant": tenant_id, "now": utcnow(), "metadata": '{"transaction_id": "A-7"}'},
         )
         conn.execute(
             text("INSERT INTO dedupe_keys VALUES (:tenant, 'txn:A-7', :now)"),
-            {"tenant": tenant.id, "now": utcnow()},
+            {"tenant": tenant_id, "now": utcnow()},
         )
     events = len(event_rows())
     upgrade()

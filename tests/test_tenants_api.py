@@ -317,3 +317,41 @@ def test_events_a_stale_worker_writes_after_a_zone_change_count_in_the_new_zone(
     # Written, a generated session is counted with no row of its own (rollups.NEW_SESSION).
     del rebuilt["session_last_seen"], written["session_last_seen"]
     assert rebuilt == written
+
+
+def _switch(client, tenant, headers, active):
+    return client.patch(f"/api/tenants/{tenant.id}", headers=headers, json={"active": active})
+
+
+def test_an_owner_switches_its_tenant_off_and_on_again(client, owner):
+    tenant, headers = owner
+    off = _switch(client, tenant, headers, False).get_json()["tenant"]
+    assert (off["active"], off["suspended"]) == (False, False)
+    on = _switch(client, tenant, headers, True).get_json()["tenant"]
+    assert (on["active"], on["suspended"]) == (True, False)
+
+
+def test_an_owner_cannot_switch_on_a_tenant_the_operator_switched_off(client, runner, owner):
+    tenant, headers = owner
+    off = runner.invoke(args=["tenant", "deactivate", "--id", str(tenant.id)])
+    assert json.loads(off.output)["suspended"] is True
+    refused = _switch(client, tenant, headers, True)
+    assert (refused.status_code, refused.get_json()["error"]) == (403, "tenant_suspended")
+    db.session.expire_all()
+    assert db.session.get(Tenant, tenant.id).active is False
+    # Other changes, and switching it off, are still the owner's.
+    renamed = client.patch(f"/api/tenants/{tenant.id}", headers=headers, json={"name": "Pan"})
+    assert renamed.status_code == 200
+    assert _switch(client, tenant, headers, False).status_code == 200
+    runner.invoke(args=["tenant", "activate", "--id", str(tenant.id)])
+    assert _switch(client, tenant, headers, False).status_code == 200
+    assert _switch(client, tenant, headers, True).get_json()["tenant"]["active"] is True
+
+
+def test_an_admins_switch_is_an_operators(client, make_user, auth_headers, owner):
+    tenant, headers = owner
+    admin = auth_headers(make_user(admin=True))
+    assert _switch(client, tenant, admin, False).get_json()["tenant"]["suspended"] is True
+    assert _switch(client, tenant, headers, True).status_code == 403
+    on = _switch(client, tenant, admin, True).get_json()["tenant"]
+    assert (on["active"], on["suspended"]) == (True, False)

@@ -168,6 +168,7 @@ def _switch_tenant(tenant_id: int, active: bool) -> None:
     if tenant is None:
         fail(f"no tenant with id {tenant_id}")
     tenant.active = active
+    tenant.suspended = not active  # the operator's word: owners cannot undo it
     db.session.commit()
     active_tenants().forget()  # this process; servers within TENANT_CACHE_SECONDS
     echo_json(tenant.to_dict())

@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -106,6 +107,8 @@ class Tenant(db.Model):
     slug: Mapped[str] = mapped_column(String(TENANT_SLUG_LENGTH), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Switched off by an operator (the CLI, an admin): its owners cannot switch it on.
+    suspended: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     currency: Mapped[str] = mapped_column(
         String(3), default=DEFAULT_CURRENCY, server_default=DEFAULT_CURRENCY
@@ -127,6 +130,7 @@ class Tenant(db.Model):
             "slug": self.slug,
             "name": self.name,
             "active": self.active,
+            "suspended": self.suspended,
             "timezone": self.timezone,
             "landing_url": self.landing_url,
         }

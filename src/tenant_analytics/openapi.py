@@ -243,6 +243,7 @@ OPERATIONS: dict[str, Operation] = {
         {
             200: "The tenant as changed",
             401: ERRORS[401],
+            403: "An owner switching on a tenant an operator switched off",
             404: ERRORS[404],
             409: "A rebuild of its rollups is running",
             422: ERRORS[422],

@@ -107,6 +107,7 @@ class TenantView(TypedDict):
     slug: str
     name: str
     active: bool
+    suspended: bool  # switched off by an operator: only an operator switches it on
     timezone: str
     landing_url: str | None
     currency: str

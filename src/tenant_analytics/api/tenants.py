@@ -73,6 +73,14 @@ def update_tenant(tenant_id: int):
     landing page its QR codes lead to."""
     tenant = owned_tenant_or_404(tenant_id)
     changes = parse_body(TenantUpdate).model_dump(exclude_unset=True)
+    if changes.get("active") and tenant.suspended and not current_user.is_admin:
+        # An owner may switch its tenant off and on; not on after an operator switched
+        # it off (the CLI, an admin: a tenant stopped for abuse).
+        raise ApiError(
+            403,
+            "An operator switched this tenant off; only an operator can switch it on.",
+            code="tenant_suspended",
+        )
     if changes.get("landing_url") and is_own_qr_redirect(changes["landing_url"]):
         raise invalid_body({"landing_url": ["may not be a QR redirect of this service (a loop)"]})
     # The rollups' days are local days: a new zone counts them again, in this request.
@@ -90,6 +98,8 @@ def update_tenant(tenant_id: int):
         )
     for name, value in changes.items():
         setattr(tenant, name, value)
+    if "active" in changes and current_user.is_admin:
+        tenant.suspended = not changes["active"]  # an operator's word, as the CLI's
     if rebuild:
         rebuild_rollups(db.session, tenant)
     db.session.commit()
