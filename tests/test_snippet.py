@@ -616,3 +616,31 @@ def test_a_tagged_whatsapp_link_is_both_taps_and_a_cards_product_id_is_found(lan
         ("product_click", {"button_location": "catalogo", "product_id": 7}),
         ("product_click", {"product_id": 9}),
     ]
+
+
+def test_with_data_spa_a_single_page_apps_new_path_is_a_page_view(landing, make_tenant):
+    tenant, plain = make_tenant().id, make_tenant().id
+    spa = landing.snippet(tenant).replace("<script ", "<script data-spa ")
+    landing.driver.get(landing.write("<h1>Inicio</h1>", head=spa))
+    events_when(tenant, bool)
+    time.sleep(1.1)  # time on the first route
+    landing.driver.execute_script(
+        'history.pushState({}, "", "/menu");'  # a new route: a view
+        'history.pushState({}, "", "/menu#pan");'  # the same page
+        'history.pushState({}, "", "/menu?c=1");'  # the same page
+        'history.replaceState({}, "", "/menu/");'  # a redirect: the same page
+    )
+    landing.driver.back()  # popstate to /menu: a new path again
+    events_when(tenant, lambda events: types(events)["pageview"] >= 3)
+    time.sleep(0.5)  # another would be here by now
+    events = stored_events(tenant)
+    assert types(events)["pageview"] == 3, types(events)
+    stays = [e.metadata_["seconds"] for e in events if e.event_type == "time_on_page"]
+    assert stays and stays[0] >= 1, stays  # the first route's time, sent as it was left
+    assert landing.errors() == []
+    # Without the attribute, route changes are not page views (the README's default).
+    landing.open(plain)
+    events_when(plain, bool)
+    landing.driver.execute_script('history.pushState({}, "", "/otra");')
+    time.sleep(0.5)
+    assert types(stored_events(plain))["pageview"] == 1

@@ -232,6 +232,38 @@
   });
   resume();
 
+  // data-spa on the tag: a single-page app's move to a new path is a page view, and the
+  // time on the route it left is sent. A redirect (replaceState), a hash or a query
+  // string changed on the same path are the same page.
+  if (script.hasAttribute("data-spa") && window.history) {
+    let path = location.pathname;
+    const routed = function () {
+      if (location.pathname === path) return;
+      path = location.pathname;
+      flush();
+      resume();
+      send("pageview");
+    };
+    const wrap = function (name, after) {
+      const original = history[name];
+      if (typeof original !== "function") return;
+      history[name] = function () {
+        const result = original.apply(this, arguments);
+        try {
+          after();
+        } catch (e) {
+          // the app's navigation goes on whatever happens here
+        }
+        return result;
+      };
+    };
+    wrap("pushState", routed);
+    wrap("replaceState", function () {
+      path = location.pathname;
+    });
+    window.addEventListener("popstate", routed);
+  }
+
   const api = stub || {};
   api.snippet = "tenant-analytics";
   api.q = [];
