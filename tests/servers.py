@@ -23,17 +23,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until_up(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+def _wait_until_up(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    """Until the app answers, not only the port: gunicorn listens before its workers have
+    loaded the app, which takes seconds on a busy machine (a test's first request with a
+    short timeout of its own would wait them out)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited: {log.read_text()[-2000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5):
                 return
-        except OSError:
+        except urllib.error.HTTPError:
+            return  # an answer all the same (503: the database or Redis away on purpose)
+        except (OSError, urllib.error.URLError):
             time.sleep(0.2)
-    raise RuntimeError("gunicorn did not start")
+    raise RuntimeError(f"gunicorn did not answer in {timeout:.0f} s: {log.read_text()[-2000:]}")
 
 
 @contextmanager
