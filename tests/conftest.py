@@ -19,7 +19,7 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
 from tenant_analytics import create_app
-from tenant_analytics.auth import access_token_for, create_user
+from tenant_analytics.auth import access_token_for, create_user, new_sign_in
 from tenant_analytics.config import normalize_database_url
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.ingestion import ClientInfo, NewEvent, enrich
@@ -172,7 +172,7 @@ def make_user(app: Flask):
 @pytest.fixture
 def auth_headers(app: Flask):
     def _headers(user: User) -> dict[str, str]:
-        return {"Authorization": f"Bearer {access_token_for(user)}"}
+        return {"Authorization": f"Bearer {access_token_for(user, new_sign_in())}"}
 
     return _headers
 

@@ -184,7 +184,7 @@ def test_the_bearer_scheme_is_case_insensitive(client, make_tenant, make_user, s
     from tenant_analytics.auth import access_token_for
 
     tenant = make_tenant()
-    token = access_token_for(make_user(tenant))
+    token = access_token_for(make_user(tenant), "a-sign-in")
     response = client.get(
         f"/api/analytics/{tenant.id}", headers={"Authorization": f"{scheme} {token}"}
     )
@@ -314,25 +314,25 @@ def test_logout_needs_a_token(client):
     assert (answer.status_code, answer.get_json()["error"]) == (401, "unauthorized")
 
 
-def test_a_token_issued_before_sign_ins_were_named_is_logged_out_by_itself(
-    client, make_tenant, make_user
-):
-    """Tokens from before the upgrade carry no sign-in: each is a sign-in of its own."""
-    from flask_jwt_extended import create_access_token
+def test_tokens_issued_before_sign_ins_were_named_are_refused(client, make_tenant, make_user):
+    """Such a token could not be logged out with the rest of its sign-in (its refresh
+    token would go on): after the upgrade its holder signs in again, once."""
+    from flask_jwt_extended import create_access_token, create_refresh_token
 
     from tenant_analytics.auth import STAMP, credential_stamp
 
     tenant = make_tenant()
-    user = make_user(tenant)
-    old, other = (
-        create_access_token(str(user.id), additional_claims={STAMP: credential_stamp(user)})
-        for _ in range(2)
-    )
+    user = make_user(tenant, password="right-password")
+    claims = {STAMP: credential_stamp(user)}
+    old_access = create_access_token(str(user.id), additional_claims=claims)
+    old_refresh = create_refresh_token(str(user.id), additional_claims=claims)
     dashboard = f"/api/analytics/{tenant.id}"
-    assert client.get(dashboard, headers=_bearer(old)).status_code == 200
-    assert client.post("/api/auth/logout", headers=_bearer(old)).status_code == 204
-    assert client.get(dashboard, headers=_bearer(old)).status_code == 401
-    assert client.get(dashboard, headers=_bearer(other)).status_code == 200
+    refused = client.get(dashboard, headers=_bearer(old_access))
+    assert (refused.status_code, refused.get_json()["error"]) == (401, "token_revoked")
+    assert "sign in again" in refused.get_json()["message"]
+    assert client.post("/api/auth/refresh", headers=_bearer(old_refresh)).status_code == 401
+    again = login(client, user.email, "right-password").get_json()["access_token"]
+    assert client.get(dashboard, headers=_bearer(again)).status_code == 200
 
 
 def test_sign_outs_are_kept_until_their_tokens_expire_then_forgotten(
@@ -392,3 +392,32 @@ def decode_sign_in(app, token: str) -> str:
 
     with app.app_context():
         return decode_token(token)[SIGN_IN]
+
+
+def test_a_sign_out_outlives_a_refresh_token_issued_under_a_longer_lifetime(make_app, make_user):
+    """JWT_REFRESH_DAYS lowered after a sign-in: its refresh token still runs to its own
+    expiry, and the sign-out is kept as long."""
+    from datetime import UTC, datetime
+
+    from flask_jwt_extended import create_refresh_token
+    from sqlalchemy import select
+
+    from tenant_analytics.auth import SIGN_IN, STAMP, credential_stamp
+    from tenant_analytics.extensions import db
+    from tenant_analytics.models import SignOut
+
+    app = make_app(
+        JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=15), JWT_REFRESH_TOKEN_EXPIRES=timedelta(days=2)
+    )
+    user = make_user()
+    before = datetime.now(UTC).replace(microsecond=0)  # whole seconds, as a token's exp
+    with app.app_context():
+        claims = {STAMP: credential_stamp(user), SIGN_IN: "issued-under-30-days"}
+        token = create_refresh_token(
+            str(user.id), additional_claims=claims, expires_delta=timedelta(days=30)
+        )
+    answer = app.test_client().post("/api/auth/logout", headers=_bearer(token))
+    assert answer.status_code == 204
+    with app.app_context():
+        kept = db.session.scalars(select(SignOut.expires_at)).one()
+    assert timedelta(days=30, minutes=15) <= kept - before < timedelta(days=30, minutes=16)

@@ -428,7 +428,7 @@ def test_a_production_server_refuses_the_demo_login(runner, client, make_app, ca
     # but APP_ENV): an access token reads nothing, a refresh token mints nothing.
     with production.app_context():
         owner = db.session.scalar(select(User).where(User.email == "owner@demo.example"))
-        access, refresh = access_token_for(owner), refresh_token_for(owner)
+        access, refresh = access_token_for(owner, "cli"), refresh_token_for(owner, "cli")
     served = production.test_client()
     read = served.get("/api/tenants", headers={"Authorization": f"Bearer {access}"})
     renewed = served.post("/api/auth/refresh", headers={"Authorization": f"Bearer {refresh}"})

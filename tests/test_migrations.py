@@ -6,10 +6,11 @@ must work and give back the same events and the same dashboard numbers.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from tenant_analytics.models import DailyEventCount, DedupeKey, Event, Tenant, u
 from tenant_analytics.partitions import (
     ensure_partitions,
     include_in_migrations,
+    month_of,
     partition_name,
 )
 from tenant_analytics.rollups import ROLLUP_MODELS, TenantInfo, rebuild_rollups
@@ -220,13 +222,27 @@ def test_0012_counts_again_the_rollups_of_tenants_in_cet_eet_met_and_wet(
     if not is_postgres:
         pytest.skip("SQLite's rebuild counted days in Python")
     tenant_id = demo_then_downgrade_to("0011")
+    summer_night = datetime(2026, 7, 15, 22, 30, tzinfo=UTC)  # 00:30 on 16 July in CET
     with db.engine.begin() as conn:
-        conn.execute(text("UPDATE tenants SET timezone = 'CET'"))  # a winter week: same days
+        conn.execute(text("UPDATE tenants SET timezone = 'CET'"))
+        ensure_partitions(conn, [month_of(summer_night)])
+        conn.execute(
+            text(
+                "INSERT INTO events (tenant_id, id, created_at, event_type)"
+                " VALUES (:tenant, 999999, :at, 'click_whatsapp')"
+            ),
+            {"tenant": tenant_id, "at": summer_night},
+        )
     rebuild_rollups(db.session, TenantInfo(tenant_id, "CET", "HNL"))
     db.session.commit()
     right = rollup_rows()
-    with db.engine.begin() as conn:  # as a rebuild without summer time could have left them
-        conn.execute(DailyEventCount.__table__.update().values(events=0))
+    counted = DailyEventCount.__table__.c
+    summer = counted.day.between(date(2026, 7, 1), date(2026, 7, 31))
+    with db.engine.begin() as conn:  # as a rebuild without summer time left them
+        assert conn.execute(select(counted.day).where(summer)).scalars().all() == [
+            date(2026, 7, 16)
+        ]
+        conn.execute(DailyEventCount.__table__.update().where(summer).values(day=date(2026, 7, 15)))
     assert rollup_rows() != right
     upgrade(revision="0012")
     assert rollup_rows() == right
@@ -247,25 +263,49 @@ def demo_then_downgrade_to(revision: str) -> int:
 def test_0013_gives_the_sales_recorded_before_their_key_with_the_amount(
     scratch_app: Flask,
 ) -> None:
-    """A beacon replayed after the upgrade finds its sale: still recorded once."""
+    """A beacon replayed after the upgrade finds its sale (still recorded once), and one
+    recorded after it is found by the older code after a downgrade."""
     tenant_id = demo_then_downgrade_to("0012")
-    beacon = {"tenant_slug": DEMO_SLUG, "transaction_id": "A-7", "value": "99.5"}
-    with db.engine.begin() as conn:  # the sale as 0012's server recorded it
-        conn.execute(
-            text(
-                "INSERT INTO events (tenant_id, id, created_at, event_type, metadata, revenue,"
-                " currency) VALUES (:tenant, 999999, :now, 'purchase', :metadata, 99.50, 'HNL')"
-            ),
-            {"tenant": tenant_id, "now": utcnow(), "metadata": '{"transaction_id": "A-7"}'},
-        )
-        conn.execute(
-            text("INSERT INTO dedupe_keys VALUES (:tenant, 'txn:A-7', :now)"),
-            {"tenant": tenant_id, "now": utcnow()},
-        )
+    client = scratch_app.test_client()
+    sales = [("A-7", "99.50", '{"transaction_id": "A-7"}'), ("B:8", "123456789012.30", None)]
+    with db.engine.begin() as conn:  # the sales as 0012's server recorded them
+        for n, (transaction, value, _) in enumerate(sales):
+            conn.execute(
+                text(
+                    "INSERT INTO events (tenant_id, id, created_at, event_type, metadata,"
+                    " revenue, currency) VALUES (:tenant, :id, :now, 'purchase', :metadata,"
+                    " :value, 'HNL')"
+                ),
+                {
+                    "tenant": tenant_id,
+                    "id": 999_990 + n,
+                    "now": utcnow(),
+                    "metadata": json.dumps({"transaction_id": transaction}),
+                    "value": value,
+                },
+            )
+            conn.execute(
+                text("INSERT INTO dedupe_keys VALUES (:tenant, :key, :now)"),
+                {"tenant": tenant_id, "key": f"txn:{transaction}", "now": utcnow()},
+            )
     events = len(event_rows())
     upgrade()
-    answer = scratch_app.test_client().post("/api/v1/analytics/conversion", json=beacon)
-    assert answer.get_json()["status"] == "ok"
+    for transaction, value, _ in sales:
+        beacon = {"tenant_slug": DEMO_SLUG, "transaction_id": transaction, "value": value}
+        assert client.post("/api/v1/analytics/conversion", json=beacon).status_code == 200
     assert len(event_rows()) == events  # not again
     keys = set(db.session.scalars(select(DedupeKey.key).where(DedupeKey.key.like("txn:%"))))
-    assert keys == {"txn:A-7", "txn:A-7:99.50:HNL"}
+    assert keys == {
+        "txn:A-7",
+        "txn:B:8",
+        "txn:A-7:99.50:HNL",
+        "txn:B:8:123456789012.30:HNL",
+    }
+    # A sale recorded now, then the code rolled back: its replay is still one sale.
+    new_sale = {"tenant_slug": DEMO_SLUG, "transaction_id": "C-9", "value": 5}
+    client.post("/api/v1/analytics/conversion", json=new_sale)
+    db.session.remove()
+    downgrade(revision="0012")
+    with db.engine.connect() as conn:
+        old_form = conn.scalars(text("SELECT key FROM dedupe_keys WHERE key = 'txn:C-9'")).all()
+    assert old_form == ["txn:C-9"]

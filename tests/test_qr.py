@@ -283,7 +283,9 @@ def test_no_code_in_production_until_the_public_url_is_set(make_app, make_tenant
         app = make_app(APP_ENV="production", PUBLIC_URL=public_url, **secrets)
         with app.app_context():
             tenant = make_tenant(landing_url=LANDING)
-            headers = {"Authorization": f"Bearer {access_token_for(make_user(tenant))}"}
+            headers = {
+                "Authorization": f"Bearer {access_token_for(make_user(tenant), 'a-sign-in')}"
+            }
             response = app.test_client().get(f"/api/tenants/{tenant.id}/qr", headers=headers)
             assert response.status_code == status
             if status == 409:

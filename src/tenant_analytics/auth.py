@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import re
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Response, current_app, request
@@ -73,49 +73,52 @@ def new_sign_in() -> str:
     return uuid.uuid4().hex
 
 
-def access_token_for(user: User, sign_in: str | None = None) -> str:
-    """An access token of ``sign_in`` (a sign-in of its own when None)."""
+def access_token_for(user: User, sign_in: str) -> str:
+    """An access token of ``sign_in`` (new_sign_in() at a login, the refresh token's)."""
     return create_access_token(str(user.id), additional_claims=_claims(user, sign_in))
 
 
-def refresh_token_for(user: User, sign_in: str | None = None) -> str:
+def refresh_token_for(user: User, sign_in: str) -> str:
     return create_refresh_token(str(user.id), additional_claims=_claims(user, sign_in))
 
 
-def _claims(user: User, sign_in: str | None) -> dict[str, str]:
-    return {STAMP: credential_stamp(user), SIGN_IN: sign_in or new_sign_in()}
+def _claims(user: User, sign_in: str) -> dict[str, str]:
+    return {STAMP: credential_stamp(user), SIGN_IN: sign_in}
 
 
-def sign_in_of(payload: dict[str, Any]) -> str | None:
-    """The sign-in a decoded token belongs to; a token issued before sign-ins were
-    named is a sign-in of its own (its jti)."""
-    sign_in = payload.get(SIGN_IN, payload.get("jti"))
-    return sign_in if isinstance(sign_in, str) else None
-
-
-def sign_out(session: Session, sign_in: str) -> None:
-    """Refuse every token of ``sign_in`` from now on; forget the sign-outs whose tokens
-    have all expired. The caller commits."""
+def sign_out(session: Session, token: dict[str, Any]) -> None:
+    """Refuse every token of the decoded ``token``'s sign-in from now on; forget the
+    sign-outs whose tokens have all expired. The caller commits."""
     now = utcnow()
     session.execute(delete(SignOut).where(SignOut.expires_at < now))
-    insert = dialect_insert(session)(SignOut).values(sign_in=sign_in, expires_at=_last_expiry(now))
+    insert = dialect_insert(session)(SignOut).values(
+        sign_in=token[SIGN_IN], expires_at=_last_expiry(now, token)
+    )
     session.execute(insert.on_conflict_do_nothing(index_elements=[SignOut.sign_in]))
 
 
-def is_signed_out(session: Session, sign_in: str) -> bool:
-    return session.get(SignOut, sign_in) is not None
+def is_signed_out(session: Session, token: dict[str, Any]) -> bool:
+    """Whether the decoded ``token``'s sign-in has ended. A token without one (issued
+    before sign-ins were named) has: it could not be logged out with the others."""
+    sign_in = token.get(SIGN_IN)
+    return not isinstance(sign_in, str) or session.get(SignOut, sign_in) is not None
 
 
-def _last_expiry(now: datetime) -> datetime | None:
-    """The latest a token of a sign-in ending ``now`` can expire: a refresh token issued
-    at the sign-in, or an access token it issued just before it expired."""
-    total = timedelta()
+def _last_expiry(now: datetime, token: dict[str, Any]) -> datetime | None:
+    """The latest a token of the sign-in can expire: its refresh token (issued at the
+    sign-in), or an access token that issued just before it expired. From the lifetimes
+    set now, and from the token logged out with (issued under longer ones, perhaps)."""
+    lifetimes = []
     for setting in ("JWT_REFRESH_TOKEN_EXPIRES", "JWT_ACCESS_TOKEN_EXPIRES"):
         lifetime = current_app.config[setting]
-        if lifetime is False:
+        if lifetime is False or "exp" not in token:
             return None
-        total += lifetime if isinstance(lifetime, timedelta) else timedelta(seconds=lifetime)
-    return now + total
+        lifetimes.append(
+            lifetime if isinstance(lifetime, timedelta) else timedelta(seconds=lifetime)
+        )
+    refresh, access = lifetimes
+    expires = datetime.fromtimestamp(token["exp"], UTC)
+    return max(now + refresh, expires) + access
 
 
 def canonical_bearer_scheme() -> None:
@@ -174,8 +177,7 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
 
     @jwt.token_in_blocklist_loader
     def _signed_out(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
-        sign_in = sign_in_of(payload)
-        return sign_in is None or is_signed_out(db.session, sign_in)
+        return is_signed_out(db.session, payload)
 
     @jwt.user_lookup_error_loader
     def _unknown_user(_header, _payload):
@@ -201,7 +203,8 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
     @jwt.revoked_token_loader
     def _revoked(_header, _payload):
         return challenge(
-            "The token's sign-in has ended (logout); sign in again.", code="token_revoked"
+            "The token's sign-in has ended (a logout, or the server's upgrade); sign in again.",
+            code="token_revoked",
         )
 
     @jwt.needs_fresh_token_loader
