@@ -160,6 +160,7 @@ def test_a_beacon_forged_ahead_of_a_sale_does_not_hide_it(client, make_tenant):
     sale = {"tenant_slug": "tienda-b", "transaction_id": 1001}
     forged = [{**sale, "value": 0}, {**sale, "value": 500, "currency": "USD"}]
     real = [{**sale, "value": 500}, {**sale, "value": "500.00", "currency": "HNL"}]
+    real += [{**sale, "value": 0}, {**sale, "value": -0.0}]  # the forged one's repeats
     for body in forged + real:
         answer = client.post("/api/v1/analytics/conversion", json=body)
         assert answer.get_json() == {"status": "ok", "transaction_id": 1001}

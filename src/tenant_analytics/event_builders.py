@@ -73,7 +73,7 @@ def transaction_key(transaction_id: str, value: Decimal, currency: str) -> str:
     """A sale's dedupe key, remembered forever: a retried beacon must never double the
     revenue. With its amount: anyone may send a beacon, and one forged ahead of a real
     sale (order numbers are easy to guess) must not hide a sale of another amount."""
-    return f"txn:{transaction_id}:{value:.2f}:{currency}"
+    return f"txn:{transaction_id}:{abs(value):.2f}:{currency}"  # abs: -0 is the sale of 0
 
 
 def track_event(

@@ -38,7 +38,7 @@ def can_lead_to(url: str) -> bool:
     in IDNA, which has no form for an empty or over-long label (``http://a..b/``)."""
     try:
         iri_to_uri(url)
-    except UnicodeError:
+    except ValueError:  # UnicodeError among them; a port werkzeug cannot read
         return False
     return True
 

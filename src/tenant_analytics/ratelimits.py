@@ -15,7 +15,6 @@ from limits.errors import StorageError
 from limits.strategies import RateLimiter
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import ApiError, error_response
 from .extensions import client_ip_key, limiter
@@ -331,10 +330,7 @@ login_attempts = unless_disabled(_login_limits)
 
 def _skip_beacon(_limit: RequestLimit) -> Response:
     """A throttled conversion beacon is skipped, never an error the page could see."""
-    try:
-        body = request_body() or {}
-    except RequestEntityTooLarge:  # over every limit, and throttled too: still a 200
-        body = {}
+    body = request_body() or {}  # none for a body over every limit: still a 200
     transaction_id = echoed_transaction_id(body.get("transaction_id"))
     return jsonify({"status": "skipped", "transaction_id": transaction_id})
 

@@ -352,11 +352,12 @@ def _landing_url(value: str) -> str:
     text = str(url)  # normalised: lower-case host, non-ASCII percent-encoded
     if len(text) > LANDING_URL_LENGTH:
         raise ValueError(f"may not exceed {LANDING_URL_LENGTH} characters once encoded")
-    if not can_lead_to(text):
+    if not can_lead_to(text) or len(url.host or "") > MAX_HOST_NAME:
         raise ValueError("has a host name no browser can look up (an empty or over-long part)")
     return text
 
 
+MAX_HOST_NAME = 253  # DNS's limit, dots included
 LandingUrl = Annotated[str, AfterValidator(_landing_url)]
 
 

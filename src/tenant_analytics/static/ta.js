@@ -40,7 +40,7 @@
   // Chat links in every form WhatsApp gives out (www. or not, http or https).
   const WHATSAPP_HOSTS = ["wa.me", "api.whatsapp.com", "web.whatsapp.com", "chat.whatsapp.com"];
 
-  // An event's own fields (the store's); anything else track() is given is metadata.
+  // An event's own fields (the store's), which track() takes as its third argument.
   const FIELDS = [
     "price",
     "product_slug",
@@ -52,23 +52,21 @@
     "idempotency_key",
   ];
 
-  function send(type, data) {
+  function send(type, metadata, fields) {
     let body;
     try {
       const event = { tenant_id: tenantId, event_type: String(type) };
-      const metadata = {};
-      let hasMetadata = false;
-      if (data && typeof data === "object") {
-        Object.keys(data).forEach(function (name) {
-          if (FIELDS.indexOf(name) >= 0) {
-            event[name] = data[name];
-          } else {
-            metadata[name] = data[name];
-            hasMetadata = true;
-          }
-        });
+      if (metadata && typeof metadata === "object" && Object.keys(metadata).length) {
+        event.metadata = metadata;
       }
-      if (hasMetadata) event.metadata = metadata;
+      if (fields && typeof fields === "object") {
+        FIELDS.forEach(function (name) {
+          if (fields[name] !== undefined) event[name] = fields[name];
+        });
+        // A total computed in JavaScript carries float noise (35.400000000000006),
+        // which the API refuses as more than two decimals: the cents are meant.
+        if (typeof event.price === "number") event.price = Math.round(event.price * 100) / 100;
+      }
       body = JSON.stringify(event);
     } catch (e) {
       return; // metadata JSON cannot carry (a cycle, a BigInt)
@@ -165,7 +163,7 @@
       }
       // The nearer wins: a WhatsApp link inside a tagged product card is the tap made.
       const element = link || tagged;
-      if (!element || (middle && !link)) return;
+      if (!element || (middle && !link && !taggedLinkType)) return;
       if (element === justCounted || event.target === followingClick) return;
       const type = link ? linkType : tagged.getAttribute("data-ta-event");
       const at = path.indexOf(element);
@@ -268,15 +266,15 @@
   api.snippet = "tenant-analytics";
   api.q = [];
   // Any event type; the server validates it.
-  api.track = function (type, data) {
-    send(type, data);
+  api.track = function (type, metadata, fields) {
+    send(type, metadata, fields);
   };
   window.tenantAnalytics = api;
   function viewed() {
     send("pageview");
     // Then the calls the page's stub queued before the snippet ran, as they were made.
     queued.forEach(function (args) {
-      if (args) send(args[0], args[1]);
+      if (args) send(args[0], args[1], args[2]);
     });
   }
   // A page prerendered in case the visitor comes is not seen until it is shown.
