@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from selenium.webdriver.support.select import Select
 from sqlalchemy import select
 
 from tenant_analytics.demo import DEMO_SLUG, load_demo
@@ -437,21 +438,74 @@ WHATSAPP_LINKS = """
 <a id="l6" href="https://chat.whatsapp.com/AbCdEf">6</a>
 <a id="l7" href="https://wa.me/50477" data-ta-event="">7</a>
 <a id="l8" href="tel:+50488"><span id="l8-icon" data-ta-event="phone_icon">8</span></a>
+<a id="l9" href="https://wa.link/pan123">9</a>
+<a id="l10" href="intent://send/50410#Intent;scheme=whatsapp;package=com.whatsapp;end">10</a>
+<a id="l11" href="intent://send?phone=50411#Intent;package=com.whatsapp.w4b;end">11</a>
 <a id="n1" href="https://whatsapp.com/blog">not a chat</a>
 <a id="n2" href="https://shop.example/wa.me/1">not WhatsApp</a>
+<a id="n3" href="intent://scan/#Intent;scheme=zxing;package=com.google.zxing.client.android;end">
+not WhatsApp</a>
 """
 
 
 def test_every_form_of_whatsapp_link_is_a_tap(landing, make_tenant):
     tenant = make_tenant()
     landing.open(tenant.id, WHATSAPP_LINKS, before=STAY)
-    for element_id in ("n1", "n2", "l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8-icon"):
+    links = ("l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8-icon", "l9", "l10", "l11")
+    for element_id in ("n1", "n2", "n3", *links):
         landing.click(element_id)
     # A data-ta-event that is empty or no tap type leaves the link what it is.
-    assert Counter(event_type for event_type, _ in taps_of(tenant.id, 8)) == {
-        "click_whatsapp": 7,
+    assert Counter(event_type for event_type, _ in taps_of(tenant.id, 11)) == {
+        "click_whatsapp": 10,
         "click_call": 1,
     }
+
+
+def test_taps_repeated_within_a_second_count_once(landing, make_tenant):
+    tenant = make_tenant()
+    body = (
+        '<a id="wa" href="https://wa.me/50499">Chat</a>'
+        '<button id="toggle" data-ta-event="click_toggle_currency">USD</button>'
+    )
+    landing.open(tenant.id, body, before=STAY)
+    # Taps 50 ms apart, each in a task of its own as a person's are, timed in the page:
+    # well within the second however slow the machine.
+    landing.driver.execute_async_script(
+        "const done = arguments[0];"
+        "const ids = ['wa', 'wa', 'wa', 'toggle', 'wa'];"  # the last follows another tap
+        "const next = () => ids.length ? (document.getElementById(ids.shift()).click(),"
+        " setTimeout(next, 50)) : done();"
+        "next();"
+    )
+    taps_of(tenant.id, 3)
+    time.sleep(1.1)
+    landing.click("wa")
+    assert Counter(event_type for event_type, _ in taps_of(tenant.id, 4)) == {
+        "click_whatsapp": 3,
+        "click_toggle_currency": 1,
+    }
+
+
+def test_a_tagged_select_counts_the_choice_not_the_clicks_on_it(landing, make_tenant):
+    tenant = make_tenant()
+    body = (
+        '<section data-ta-location="precios"><select id="currency"'
+        ' data-ta-event="click_toggle_currency"><option value="USD">USD</option>'
+        '<option value="HNL">HNL</option></select></section>'
+        '<div data-ta-event="product_click" data-ta-product-id="4">'
+        '<select id="size"><option>S</option><option>M</option></select></div>'
+        '<select id="plain"><option>a</option><option>b</option></select>'
+    )
+    landing.open(tenant.id, body)
+    landing.click("currency")  # opens the list: no choice yet
+    landing.click("size")
+    for element_id, text in (("currency", "HNL"), ("size", "M"), ("plain", "b")):
+        Select(landing.driver.find_element("id", element_id)).select_by_visible_text(text)
+    assert taps_of(tenant.id, 2) == [
+        ("click_toggle_currency", {"button_location": "precios"}),
+        ("product_click", {"product_id": 4}),
+    ]
+    assert landing.errors() == []
 
 
 def test_taps_inside_an_open_shadow_root_and_middle_clicks_count(landing, make_tenant):

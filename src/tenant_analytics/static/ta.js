@@ -37,8 +37,18 @@
   }
 
   const CLICK_TYPES = ["click_whatsapp", "click_call", "click_toggle_currency", "product_click"];
-  // Chat links in every form WhatsApp gives out (www. or not, http or https).
-  const WHATSAPP_HOSTS = ["wa.me", "api.whatsapp.com", "web.whatsapp.com", "chat.whatsapp.com"];
+  // Chat links in every form WhatsApp gives out (www. or not, http or https), and
+  // wa.link, the short links many shops print.
+  const WHATSAPP_HOSTS = [
+    "wa.me",
+    "wa.link",
+    "api.whatsapp.com",
+    "web.whatsapp.com",
+    "chat.whatsapp.com",
+  ];
+  // Taps on one element this close together are one tap made impatiently (a chat link
+  // that is slow to open), not a second lead.
+  const REPEAT_MS = 1000;
 
   // An event's own fields (the store's), which track() takes as its third argument.
   const FIELDS = [
@@ -116,10 +126,25 @@
     return null;
   }
 
+  // What a tap on path[at] says of itself, from the element or around it (a product
+  // card, a section).
+  function tapMetadata(type, path, at) {
+    const metadata = {};
+    const productId = positiveInteger(nearest(path, at, "data-ta-product-id"));
+    if (type === "product_click" && productId) metadata.product_id = productId;
+    const location = (nearest(path, at, "data-ta-location") || "").trim().slice(0, 100);
+    if (location) metadata.button_location = location;
+    return metadata;
+  }
+
   function typeOfLink(link) {
     const href = (link.getAttribute("href") || "").trim();
     if (/^whatsapp:/i.test(href)) return "click_whatsapp";
     if (/^tel:/i.test(href)) return "click_call";
+    // Android's intent links name the app they open.
+    if (/^intent:/i.test(href)) {
+      return /;(scheme=whatsapp|package=com\.whatsapp(\.w4b)?);/i.test(href) ? "click_whatsapp" : null;
+    }
     let parsed;
     try {
       parsed = new URL(href, document.baseURI);
@@ -137,6 +162,24 @@
   // control: one tap, counted once (whichever of the two is tagged).
   let justCounted = null;
   let followingClick = null;
+  let lastTap = { element: null, at: 0 };
+
+  // Whether this tap on ``element`` repeats the one just before it; remembers it if not.
+  function isRepeat(element) {
+    const now = Date.now();
+    const repeat = element === lastTap.element && now - lastTap.at < REPEAT_MS;
+    lastTap = { element: element, at: now };
+    return repeat;
+  }
+
+  // A choice in a tagged <select> (a currency picker) is counted when it changes, not
+  // on the clicks that open the list and pick from it.
+  function isChoosing(path, upTo) {
+    for (let i = 0; i <= upTo && i < path.length; i++) {
+      if (isElement(path[i]) && /^(SELECT|OPTION)$/.test(path[i].tagName)) return true;
+    }
+    return false;
+  }
 
   function onTap(event) {
     try {
@@ -165,14 +208,11 @@
       const element = link || tagged;
       if (!element || (middle && !link && !taggedLinkType)) return;
       if (element === justCounted || event.target === followingClick) return;
+      if (!link && isChoosing(path, path.indexOf(tagged))) return;
+      if (isRepeat(element)) return;
       const type = link ? linkType : tagged.getAttribute("data-ta-event");
-      const at = path.indexOf(element);
-      const metadata = {};
-      // On the element or around it (a product card, a section).
-      const productId = positiveInteger(nearest(path, at, "data-ta-product-id"));
-      if (type === "product_click" && productId) metadata.product_id = productId;
-      const location = (nearest(path, at, "data-ta-location") || "").trim().slice(0, 100);
-      if (location) metadata.button_location = location;
+      const metadata = tapMetadata(type, path, path.indexOf(element));
+      const location = metadata.button_location;
       justCounted = element;
       followingClick = null;
       for (let i = 0; i < path.length; i++) {
@@ -194,10 +234,26 @@
     }
   }
 
+  function onChoice(event) {
+    try {
+      const path = pathOf(event);
+      if (!isElement(path[0]) || path[0].tagName !== "SELECT") return;
+      for (let i = 0; i < path.length; i++) {
+        const type = isElement(path[i]) && path[i].getAttribute("data-ta-event");
+        if (CLICK_TYPES.indexOf(type) < 0) continue;
+        send(type, tapMetadata(type, path, i));
+        return;
+      }
+    } catch (e) {
+      // never break the page's own form handling
+    }
+  }
+
   // Capture phase on window, the first to see a tap: a page's handler that stops it
   // on the element or the document cannot hide it.
   window.addEventListener("click", onTap, true);
   window.addEventListener("auxclick", onTap, true); // a middle click opens a new tab
+  window.addEventListener("change", onChoice, true);
 
   // Time on page: only while the page is visible, a background tab is not a visit.
   let visibleMs = 0;
