@@ -9,7 +9,8 @@ import sys
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -20,7 +21,18 @@ from sqlalchemy.orm import Session
 from tenant_analytics.auth import access_token_for, authenticate, refresh_token_for
 from tenant_analytics.event_builders import transaction_key
 from tenant_analytics.extensions import db
-from tenant_analytics.models import DEFAULT_CURRENCY, DedupeKey, Event, Tenant, User, utcnow
+from tenant_analytics.models import (
+    DEFAULT_CURRENCY,
+    DailyEventCount,
+    DailyVisitor,
+    DedupeKey,
+    Event,
+    LastSeenCount,
+    Tenant,
+    User,
+    VisitorLastSeen,
+    utcnow,
+)
 from tenant_analytics.queries import store
 from tenant_analytics.rollups import FORGET_BATCH, ROLLUP_MODELS
 from tenant_analytics.storage import claim_keys
@@ -550,6 +562,49 @@ def test_purge_takes_the_days_it_emptied_out_of_the_rollups(
         day = model.last_day if hasattr(model, "last_day") else model.day
         oldest = db.session.scalar(select(func.min(day)))
         assert oldest is None or oldest >= today - timedelta(days=6), model
+
+
+def test_purge_forgets_the_visitors_of_the_day_it_cut_through(
+    runner, make_tenant, add_events, is_postgres, monkeypatch
+):
+    """The local day at the cutoff lost its first hours: its visitor and session rows go
+    (a hash seen only then would outlive its event), its counts stay until a rebuild."""
+    now = datetime.combine((utcnow() - timedelta(days=90)).date(), dt_time(12), UTC)
+    now += timedelta(days=90)  # the cutoff at noon UTC, 6:00 in Honduras
+    monkeypatch.setattr("tenant_analytics.cli.utcnow", lambda: now)
+    cutoff = now - timedelta(days=90)
+    # Purge's first instant kept: the cutoff's month on PostgreSQL, the cutoff on SQLite.
+    gone = cutoff.replace(day=1, hour=0) if is_postgres else cutoff
+    honduras, utc = make_tenant(timezone="America/Tegucigalpa"), make_tenant(timezone="UTC")
+    for tenant in (honduras, utc):
+        add_events(
+            tenant,
+            [
+                ("pageview", gone - timedelta(hours=1), "10.0.0.1", None),  # purged
+                ("pageview", gone + timedelta(hours=1), "10.0.0.2", None),  # kept
+            ],
+        )
+
+    def day_rows(tenant: Tenant, model) -> int:
+        day = gone.astimezone(ZoneInfo(tenant.timezone)).date()
+        column = model.last_day if hasattr(model, "last_day") else model.day
+        counted = select(func.count()).where(model.tenant_id == tenant.id, column == day)
+        return db.session.scalar(counted.select_from(model))
+
+    assert day_rows(honduras, DailyVisitor) == 2  # 18:00 and 20:00 or 5:00 and 7:00: one day
+    purged = runner.invoke(args=["events", "purge", "--older-than", "90"])
+    assert purged.exit_code == 0, purged.output
+    db.session.expire_all()
+    for model in (DailyVisitor, VisitorLastSeen, LastSeenCount):
+        assert day_rows(honduras, model) == 0, model
+    page_views = select(DailyEventCount.events).where(DailyEventCount.tenant_id == honduras.id)
+    assert db.session.scalars(page_views).all() == [2]  # the day's count stays
+    # In UTC a PostgreSQL purge ends at midnight: the day after is whole, and kept.
+    assert day_rows(utc, DailyVisitor) == (1 if is_postgres else 0)
+    assert day_rows(utc, VisitorLastSeen) == (1 if is_postgres else 0)
+    rebuilt = runner.invoke(args=["events", "rebuild-rollups", "--tenant", str(honduras.id)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert day_rows(honduras, DailyVisitor) == 1  # the visitor whose event is kept
 
 
 SALE_KEY = transaction_key("old", Decimal(10), DEFAULT_CURRENCY)

@@ -24,7 +24,7 @@ from .models import TENANT_SLUG_LENGTH, Tenant, User, is_tenant_slug, utcnow
 from .partitions import create_ahead, purge_before
 from .postgres_writer import limit_lock_waits, lock_timed_out
 from .products import create_product
-from .rollups import forget_days_before, rebuild_rollups
+from .rollups import forget_purged_days, rebuild_rollups
 from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
@@ -357,8 +357,7 @@ def purge_command(days: int) -> None:
     gone = cutoff.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     if rows_deleted is not None:
         gone = cutoff
-    # A local day ends before `gone` in every zone (UTC-12 to +14) if it is two days before.
-    rollup_rows = forget_days_before(db.session, gone.date() - timedelta(days=1))
+    rollup_rows = forget_purged_days(db.session, gone)
     counted = {} if rows_deleted is None else {"events_deleted": rows_deleted}
     echo_json(
         {

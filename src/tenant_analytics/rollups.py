@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -392,9 +392,22 @@ LAST_SEEN_FIRST = (
 )
 
 
-def forget_days_before(session: Session, day: date) -> int:
-    """Delete every tenant's rollups of the local days before ``day`` (a purge emptied
-    them), visitors and sessions last seen then included; return how many rows.
+# Rows that name a visitor or a session, and the last-seen counts that must count exactly
+# those rows: a purge forgets them of the local day at its cutoff too, part of which it
+# dropped, so that no hash or session id outlives the events it came from.
+NAMING_VISITORS = (
+    VisitorLastSeen,
+    SessionLastSeen,
+    DailyVisitor,
+    LastSeenCount,
+    SessionLastSeenCount,
+)
+
+
+def forget_purged_days(session: Session, gone: datetime) -> int:
+    """Delete each tenant's rollups of the local days that ended by ``gone`` (every event
+    before it was purged), and the visitor and session rows of the day it falls in;
+    return how many rows. That day's counts stay until a rebuild recounts them.
 
     In batches of FORGET_BATCH rows, each its own transaction under the tenant's rollup
     lock: its writers move a returning visitor's last-seen day within these same rows,
@@ -402,14 +415,19 @@ def forget_days_before(session: Session, day: date) -> int:
     """
     from .models import Tenant
 
-    tenants = session.scalars(select(Tenant.id).order_by(Tenant.id)).all()
+    tenants = session.execute(select(Tenant.id, Tenant.timezone).order_by(Tenant.id)).all()
     session.commit()
     postgres = session.get_bind().dialect.name == "postgresql"
     # Rows by their physical address: a TID scan on PostgreSQL, rowids on SQLite.
     rows = "ctid = ANY(ARRAY({}))" if postgres else "rowid IN ({})"
     deleted = 0
-    for tenant_id in tenants:
+    for tenant_id, zone_name in tenants:
+        local = gone.astimezone(tenant_zone(zone_name))
+        partly_purged = local.time() != time.min
         for model in LAST_SEEN_FIRST:
+            day = local.date()
+            if partly_purged and model in NAMING_VISITORS:
+                day += timedelta(days=1)
             column = "last_day" if model in (VisitorLastSeen, SessionLastSeen) else "day"
             table = model.__tablename__
             row = "ctid" if postgres else "rowid"
