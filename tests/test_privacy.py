@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import hmac
 import logging
+import os
+import time
 import traceback
 
 import pytest
@@ -173,6 +176,7 @@ def test_a_logged_database_error_quotes_no_row_values(make_app, make_tenant, cap
         pytest.skip("SQLite's messages name columns and constraints, never values")
     app = make_app()
     client = app.test_client()
+    server_log = PostgresLog()
     with app.app_context():
         tenant_id = make_tenant().id
         with db.engine.begin() as conn:  # a constraint the write breaks, quoting the row
@@ -197,6 +201,48 @@ def test_a_logged_database_error_quotes_no_row_values(make_app, make_tenant, cap
     assert "no_notes" in caplog.text  # the constraint's name tells what broke
     assert "m-5d2b" not in caplog.text and "agent-4e8f" not in caplog.text
     assert "m-5d2b" not in response.get_data(as_text=True)
+    # Nor does PostgreSQL's own log, where this machine lets the tests read it.
+    logged = server_log.written_since()
+    if logged is not None:
+        assert "no_notes" in logged  # the error itself is logged
+        assert "m-5d2b" not in logged and "agent-4e8f" not in logged
+
+
+def test_sessions_keep_values_out_of_the_server_log(app, is_postgres):
+    """The settings behind the server log check above, which a superuser's sessions set
+    themselves (the README has an administrator set them for any other role)."""
+    if not is_postgres:
+        pytest.skip("SQLite has no server log")
+    with db.engine.connect() as conn:
+        settings = conn.execute(
+            text(
+                "SELECT current_setting('log_min_error_statement'),"
+                " current_setting('log_error_verbosity')"
+            )
+        ).one()
+    assert tuple(settings) == ("panic", "terse")
+
+
+class PostgresLog:
+    """What the local PostgreSQL server writes to its log file (Debian's place for it),
+    from now on; nothing where that file is not there or not readable."""
+
+    def __init__(self) -> None:
+        readable = [
+            p for p in glob.glob("/var/log/postgresql/postgresql-*.log") if os.access(p, os.R_OK)
+        ]
+        self.sizes = {path: os.path.getsize(path) for path in readable}
+
+    def written_since(self) -> str | None:
+        if not self.sizes:
+            return None
+        time.sleep(0.2)  # the server's write of the error
+        written = []
+        for path, size in self.sizes.items():
+            with open(path, "rb") as log:
+                log.seek(size)
+                written.append(log.read().decode("utf-8", "replace"))
+        return "".join(written)
 
 
 def test_other_errors_are_logged_as_python_formats_them():

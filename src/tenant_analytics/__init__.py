@@ -182,6 +182,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+# PostgreSQL's own log takes a failed statement's text (log_min_error_statement is
+# "error" by default) and its error's DETAIL ("Failing row contains …"), and the write
+# path's statements carry their rows' values: user agents, metadata, customers' ids.
+# Only a superuser may change either for its own session; for a role that is not one an
+# administrator sets them once (see the README).
+HIDE_VALUES_FROM_SERVER_LOG = (
+    "SELECT set_config('log_min_error_statement', 'panic', false),"
+    " set_config('log_error_verbosity', 'terse', false)"
+    " WHERE current_setting('is_superuser') = 'on'"
+)
+
+
+@event.listens_for(Engine, "connect")
+def _values_out_of_server_log(dbapi_connection: Any, _record: Any) -> None:
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cursor = dbapi_connection.cursor()
+    cursor.execute(HIDE_VALUES_FROM_SERVER_LOG)
+    cursor.close()
+    dbapi_connection.commit()  # a session setting: kept, whatever becomes of the transaction
+
+
 def _cors_resources(dashboard_origins: list[str]) -> dict[str, dict[str, Any]]:
     """Any page may post events; only the configured dashboards may call the owner API."""
     # A snippet's JSON post is preflighted: let browsers reuse the answer (Chrome keeps it
