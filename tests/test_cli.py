@@ -251,6 +251,80 @@ def test_tenant_deactivate_and_activate(runner, client, make_tenant, make_user, 
     assert missing.exit_code == 1 and "no tenant with id 999999" in missing.output
 
 
+def tenant_rows(tenant_id: int) -> dict[str, int]:
+    """Rows of the tenant in every table that has a ``tenant_id`` column (tenants: its own)."""
+    counts = {}
+    for table in db.metadata.sorted_tables:
+        column = table.c.id if table.name == "tenants" else table.c.get("tenant_id")
+        if column is not None:
+            counted = select(func.count()).select_from(table).where(column == tenant_id)
+            counts[table.name] = db.session.scalar(counted)
+    return counts
+
+
+def test_tenant_delete_removes_everything_of_the_tenant_only(
+    app, runner, client, make_tenant, make_user, add_events, store_events
+):
+    gone, kept = make_tenant(), make_tenant()
+    owner = make_user(gone, kept)
+    now = utcnow()
+    for tenant in (gone, kept):
+        add_events(
+            tenant, [("pageview", now, "10.0.0.1", None), ("click_call", now, "10.0.0.2", None)]
+        )
+        sale = {"revenue": Decimal("10.00"), "product_slug": "pan"}
+        store_events(tenant, [ev("purchase", now, "s1", **sale)])
+        runner.invoke(args=["product", "create", "--tenant", str(tenant.id), "--name", "Pan"])
+        claim_keys(db.session, tenant.id, ["idem:a"], now=now, window=None)
+        db.session.commit()
+    gone_id, kept_id, email = gone.id, kept.id, owner.email
+    kept_before = tenant_rows(kept_id)
+    assert all(tenant_rows(gone_id).values())  # every table has something of it
+    asked = runner.invoke(args=["tenant", "delete", "--id", str(gone_id)], input="n\n")
+    assert asked.exit_code == 1 and "Aborted" in asked.output
+    assert tenant_rows(gone_id)["events"] == 3
+
+    app.config["TENANT_CACHE_SECONDS"] = 1  # as the servers have it: waited out first
+    deleted = runner.invoke(args=["tenant", "delete", "--id", str(gone_id), "--yes"])
+    assert deleted.exit_code == 0, deleted.output
+    report = json.loads(deleted.stdout)
+    assert report == {"id": gone_id, "deleted": True, "events_deleted": 3, "owners": [email]}
+    assert "waiting 1 s" in deleted.stderr
+    db.session.expire_all()
+    assert set(tenant_rows(gone_id).values()) == {0}
+    assert tenant_rows(kept_id) == kept_before
+    assert db.session.scalar(select(User).where(User.email == email)).tenants == [kept]
+    event = {"tenant_id": gone_id, "event_type": "pageview"}
+    assert client.post("/api/analytics/track", json=event).status_code == 404
+    missing = runner.invoke(args=["tenant", "delete", "--id", str(gone_id), "--yes"])
+    assert missing.exit_code == 1 and f"no tenant with id {gone_id}" in missing.output
+
+
+def test_tenant_export_prints_the_tenant_its_products_and_events(
+    runner, make_tenant, add_events, store_events
+):
+    mine, other = make_tenant(), make_tenant()
+    now = utcnow()
+    add_events(mine, [("pageview", now - timedelta(hours=1), "10.0.0.1", {"note": "ñ"})])
+    store_events(mine, [ev("purchase", now, "s1", revenue=Decimal("12.50"), user_id="c-7")])
+    add_events(other, [("pageview", now, "10.0.0.1", None)])
+    runner.invoke(args=["product", "create", "--tenant", str(mine.id), "--name", "Pan"])
+    exported = runner.invoke(args=["tenant", "export", "--id", str(mine.id)])
+    assert exported.exit_code == 0, exported.output
+    lines = [json.loads(line) for line in exported.output.splitlines()]
+    assert lines[0] == {"tenant": mine.to_dict()}
+    assert [line["product"]["name"] for line in lines if "product" in line] == ["Pan"]
+    events = [line["event"] for line in lines if "event" in line]
+    assert len(lines) == 1 + 1 + len(events)
+    assert [e["event_type"] for e in events] == ["pageview", "purchase"]  # oldest first
+    assert {e["tenant_id"] for e in events} == {mine.id}
+    assert events[0]["metadata"] == {"note": "ñ"} and events[0]["visitor_hash"]
+    assert events[1]["revenue"] == "12.50" and events[1]["user_id"] == "c-7"
+    assert datetime.fromisoformat(events[1]["created_at"]) == now
+    missing = runner.invoke(args=["tenant", "export", "--id", "999999"])
+    assert missing.exit_code == 1 and "no tenant with id 999999" in missing.output
+
+
 def test_user_grant_and_revoke_change_what_the_token_reads(
     runner, client, make_tenant, make_user, auth_headers
 ):

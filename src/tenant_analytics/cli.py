@@ -12,7 +12,7 @@ from email_validator import EmailNotValidError, validate_email
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .auth import create_user, set_password
@@ -20,7 +20,7 @@ from .errors import validation_errors
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
 from .landing_urls import is_own_qr_redirect
-from .models import TENANT_SLUG_LENGTH, Tenant, User, is_tenant_slug, utcnow
+from .models import TENANT_SLUG_LENGTH, Event, Product, Tenant, User, is_tenant_slug, utcnow
 from .partitions import create_ahead, purge_before
 from .postgres_writer import limit_lock_waits, lock_timed_out
 from .products import create_product
@@ -186,6 +186,68 @@ def deactivate_tenant(tenant_id: int) -> None:
 def activate_tenant(tenant_id: int) -> None:
     """Take the tenant's events and QR scans again."""
     _switch_tenant(tenant_id, True)
+
+
+@tenant_cli.command("export")
+@click.option("--id", "tenant_id", type=int, required=True)
+def export_tenant(tenant_id: int) -> None:
+    """Print the tenant, its products and every event of it, one JSON object a line
+    ({"tenant": …}, then {"product": …} each, then {"event": …} each, oldest first)."""
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None:
+        fail(f"no tenant with id {tenant_id}")
+    echo_json({"tenant": tenant.to_dict()})
+    for product in db.session.scalars(
+        select(Product).where(Product.tenant_id == tenant_id).order_by(Product.id)
+    ):
+        echo_json({"product": product.to_dict()})
+    events = (
+        select(Event.__table__)
+        .where(Event.tenant_id == tenant_id)
+        .order_by(Event.created_at, Event.id)
+        .execution_options(yield_per=EXPORT_CHUNK)  # a server-side cursor, not a list
+    )
+    for row in db.session.execute(events):
+        click.echo(json.dumps({"event": dict(row._mapping)}, default=_exported))
+
+
+EXPORT_CHUNK = 2000
+
+
+def _exported(value: Any) -> str:
+    """Times in ISO 8601 (UTC), amounts as their exact decimal text."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+@tenant_cli.command("delete")
+@click.option("--id", "tenant_id", type=int, required=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete_tenant(tenant_id: int, yes: bool) -> None:
+    """Delete the tenant and everything of it for good: events, rollups, products,
+    dedupe keys. Its owners' accounts stay (`user delete` removes one)."""
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None:
+        fail(f"no tenant with id {tenant_id}")
+    if not yes:
+        click.confirm(
+            f"Delete tenant {tenant_id} ({tenant.slug}) and all its data, for good?", abort=True
+        )
+    # The servers stop taking its events first: one naming a tenant that is gone would
+    # fail its batch.
+    owners = [owner.email for owner in tenant.owners]
+    tenant.active, tenant.suspended = False, True
+    db.session.commit()
+    active_tenants().forget()
+    cached = current_app.config["TENANT_CACHE_SECONDS"]
+    if cached > 0:
+        click.echo(f"switched off; waiting {cached} s for the servers to see it", err=True)
+        time.sleep(cached + 1)
+    events = db.session.scalar(
+        select(func.count()).select_from(Event).where(Event.tenant_id == tenant_id)
+    )
+    db.session.execute(delete(Tenant).where(Tenant.id == tenant_id))  # the rest cascades
+    db.session.commit()
+    echo_json({"id": tenant_id, "deleted": True, "events_deleted": events, "owners": owners})
 
 
 @user_cli.command("create")
