@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from tenant_analytics.ratelimits import warn_about_limits
 from tenant_analytics.rollups import TenantInfo, rebuild_rollups
 from tenant_analytics.timewindows import tenant_zone
 
+from .conftest import TEST_JWT_KEY
 from .servers import GUNICORN, ROOT, free_port
 
 
@@ -100,9 +102,47 @@ def test_production_refuses_short_secrets(monkeypatch):
 def test_production_refuses_one_key_for_both_secrets(monkeypatch):
     monkeypatch.setenv("APP_ENV", "production")
     for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
-        monkeypatch.setenv(name, "k" * 40)
+        monkeypatch.setenv(name, TEST_JWT_KEY)
     with pytest.raises(ConfigError, match="JWT_SECRET_KEY equal to VISITOR_HASH_KEY"):
         create_app()
+
+
+@pytest.mark.parametrize("weak", ["a" * 32, "changeme-changeme-changeme-changeme"])
+def test_production_refuses_secrets_no_one_drew_at_random(monkeypatch, weak):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("JWT_SECRET_KEY", TEST_JWT_KEY)
+    monkeypatch.setenv("VISITOR_HASH_KEY", weak)
+    with pytest.raises(ConfigError, match=r"\(not random\): VISITOR_HASH_KEY$"):
+        create_app()
+    monkeypatch.setenv("VISITOR_HASH_KEY", secrets.token_hex(16))  # 32 hex digits will do
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", "memory://")
+    assert create_app().config["APP_ENV"] == "production"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        (
+            "DATABASE_URL",
+            "postgresq://app:hunter2@db/analytics",
+            "no database is called 'postgresq'",
+        ),
+        ("DATABASE_URL", "postgresql://app:hunter2@db:54x32/analytics", "is not a database URL"),
+        ("DATABASE_URL", "hunter2", "is not a database URL"),
+        ("RATELIMIT_STORAGE_URI", "redis//:hunter2@cache:6379/0", "is not a storage like"),
+        ("RATELIMIT_STORAGE_URI", "redsi://:hunter2@cache:6379/0", "is not a storage like"),
+    ],
+)
+def test_a_storage_url_that_names_nothing_usable_is_refused_without_its_password(
+    monkeypatch, setting, value, said
+):
+    """A typo, said as one, in one line: not a traceback, and not the password in it."""
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    monkeypatch.setenv(setting, value)
+    with pytest.raises(ConfigError, match=said) as refused:
+        create_app()
+    assert setting in str(refused.value) and "hunter2" not in str(refused.value)
 
 
 def test_development_without_secrets_makes_random_ones_once_per_instance(
@@ -139,7 +179,7 @@ def test_production_needs_a_database_named(monkeypatch, tmp_path):
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("RATELIMIT_STORAGE_URI", "memory://")
     for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
-        monkeypatch.setenv(name, name.lower() * 4)
+        monkeypatch.setenv(name, secrets.token_urlsafe(32))
     monkeypatch.delenv("DATABASE_URL", raising=False)
     with pytest.raises(ConfigError, match="without DATABASE_URL"):
         create_app()
@@ -156,7 +196,7 @@ def test_production_needs_a_shared_rate_limit_storage(monkeypatch, caplog):
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("DATABASE_URL", "sqlite://")
     for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
-        monkeypatch.setenv(name, name.lower() * 4)
+        monkeypatch.setenv(name, secrets.token_urlsafe(32))
     monkeypatch.delenv("RATELIMIT_STORAGE_URI", raising=False)
     with pytest.raises(ConfigError, match="without RATELIMIT_STORAGE_URI"):
         create_app()
@@ -185,7 +225,7 @@ def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "sqlite://")
     monkeypatch.delenv("SECRET_KEY", raising=False)  # nothing uses it
     for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
-        monkeypatch.setenv(name, name.lower() * 4)
+        monkeypatch.setenv(name, secrets.token_urlsafe(32))
     app = create_app()
     assert app.config["APP_ENV"] == "production"
     assert app.config["SECRET_KEY"] is None
@@ -274,6 +314,22 @@ def test_an_unreachable_database_answers_503_with_retry_after(app, make_app, cap
     assert "hunter2" not in caplog.text
 
 
+def test_an_outage_is_logged_once_a_minute_not_per_request(app, make_app, caplog, monkeypatch):
+    unreachable = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
+    client = unreachable.test_client()
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+
+    event = {"tenant_id": 1, "event_type": "pageview"}
+    for _ in range(3):
+        assert client.post("/api/analytics/track", json=event).status_code == 503
+    assert len(said()) == 1 and "(" not in said()[0].split(": ", 1)[0]
+    monkeypatch.setattr("tenant_analytics.errors.OnceAMinute.QUIET_SECONDS", 0.0)  # a minute on
+    client.post("/api/analytics/track", json=event)
+    assert len(said()) == 2 and said()[1].endswith("(2 more since, unsaid)")
+
+
 def test_a_database_without_tables_says_to_migrate(app, make_app, scratch_database_url, caplog):
     unmigrated = make_app(SQLALCHEMY_DATABASE_URI=scratch_database_url)
     client = unmigrated.test_client()
@@ -283,6 +339,21 @@ def test_a_database_without_tables_says_to_migrate(app, make_app, scratch_databa
         )
         assert response.status_code == 503, response.get_json()
     assert "run `flask --app tenant_analytics db upgrade`" in caplog.text
+    health = client.get("/api/health")
+    assert health.status_code == 503
+    assert health.get_json()["message"] == "The database is not migrated."
+    # And the command line says so in one line, as it does of a database it cannot reach.
+    for url, said in (
+        (scratch_database_url, "Error: the database lacks a table: run `flask"),
+        ("postgresql://nobody:hunter2@127.0.0.1:1/none", "Error: cannot reach the database: "),
+    ):
+        broken = make_app(SQLALCHEMY_DATABASE_URI=url)
+        for args in (["tenant", "list"], ["events", "purge", "--older-than", "100"], ["demo"]):
+            with broken.app_context():  # not the suite's app, whose context is current
+                result = broken.test_cli_runner().invoke(args=args)
+            assert result.exit_code == 1, result.output
+            assert result.output.startswith(said), result.output
+            assert "Traceback" not in result.output and "hunter2" not in result.output
     assert "InFailedSqlTransaction" not in caplog.text  # the real error, not its echo
     with unmigrated.app_context():
         db.engine.dispose()
@@ -528,12 +599,15 @@ def test_health_says_whether_the_database_and_the_limiter_answer(app, make_app):
     assert (answer.status_code, answer.get_json()["rate_limit_storage"]) == (200, "unavailable")
     make_app()  # the limiter (one per process) counts in a working storage again
     # The database away, or never migrated: out of the load balancer's rotation.
-    for database in ("postgresql://nobody@127.0.0.1:1/none", "sqlite://"):
+    for database, said in (
+        ("postgresql://nobody@127.0.0.1:1/none", "The database does not answer."),
+        ("sqlite://", "The database is not migrated."),
+    ):
         down = make_app(SQLALCHEMY_DATABASE_URI=database).test_client().get("/api/health")
         assert down.status_code == 503, database
         body = down.get_json()
         assert (body["error"], body["database"]) == ("unavailable", "unavailable")
-        assert body["message"] == "The database does not answer."  # nothing of the driver's
+        assert body["message"] == said  # nothing of the driver's
 
 
 def test_health_answers_within_a_second_or_two_when_redis_hangs(make_app):

@@ -477,7 +477,7 @@ def test_demo_landing_page_carries_the_snippet_and_its_qr_code_leads_there(runne
 
 
 def test_no_demo_page_in_production(make_app):
-    app = make_app(APP_ENV="production", JWT_SECRET_KEY="j" * 32, VISITOR_HASH_KEY="v" * 32)
+    app = make_app(APP_ENV="production")
     assert app.test_client().get("/demo/").status_code == 404
 
 
@@ -493,7 +493,7 @@ def test_demo_never_gives_its_known_login_to_a_tenant_it_did_not_make(runner, ma
 
 
 def test_demo_is_refused_in_production(make_app):
-    app = make_app(APP_ENV="production", JWT_SECRET_KEY="j" * 32, VISITOR_HASH_KEY="v" * 32)
+    app = make_app(APP_ENV="production")
     with app.app_context():
         result = app.test_cli_runner().invoke(args=["demo"])
         assert result.exit_code == 1 and "production" in result.output
@@ -506,7 +506,7 @@ def test_a_production_server_refuses_the_demo_login(runner, client, make_app, ca
     assert runner.invoke(args=["demo"]).exit_code == 0
     demo_login = {"email": "Owner@Demo.example", "password": "demo-password"}
     assert client.post("/api/auth/login", json=demo_login).status_code == 200  # development
-    production = make_app(APP_ENV="production", JWT_SECRET_KEY="j" * 32, VISITOR_HASH_KEY="v" * 32)
+    production = make_app(APP_ENV="production")
     refused = production.test_client().post("/api/auth/login", json=demo_login)
     assert (refused.status_code, refused.get_json()["error"]) == (401, "invalid_credentials")
     assert "demo's owner refused in production" in caplog.text

@@ -233,7 +233,7 @@ def test_a_served_app_logs_a_storage_outage_with_time_level_and_source(
         for line in lines
         if re.fullmatch(
             stamp + r"tenant_analytics\.ratelimits: "
-            r"RATELIMIT_STORAGE_URI does not answer.*",
+            r"RATELIMIT_STORAGE_URI does not answer at 127\.0\.0\.1:1/0: .*",
             line,
         )
     ]
@@ -277,7 +277,8 @@ def test_the_address_share_and_qr_scans_count_in_memory_through_an_outage(
 
 def test_a_database_outage_is_not_taken_for_a_limiter_outage(app, make_app, caplog):
     """The tenant bucket's key reads the tenant from the database: with the database away
-    each event is a 503 logged in one line, and the limits stay in their storage."""
+    each event is a 503 (logged in one line, once a minute), and the limits stay in their
+    storage."""
     # (``app`` first: the fixtures' teardown empties the tables through the first app made.)
     away = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
     client = away.test_client()
@@ -288,7 +289,7 @@ def test_a_database_outage_is_not_taken_for_a_limiter_outage(app, make_app, capl
         assert [track(client, 1).status_code for _ in range(3)] == [503] * 3
     assert len(attempts) == 3  # one each: the view does not try again what the key's failed
     assert not limiter._storage_dead  # not counting in memory for a database outage
-    assert [r.name for r in caplog.records] == ["tenant_analytics.errors"] * 3
+    assert [r.name for r in caplog.records] == ["tenant_analytics.errors"]  # once a minute
     assert not any(r.exc_info for r in caplog.records)
 
 

@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .config import (
     MAX_CONTENT_LENGTH,
     check_production_settings,
+    check_storage_urls,
     fill_development_secrets,
     from_environment,
     normalize_database_url,
@@ -82,6 +83,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
         app.config["SQLALCHEMY_DATABASE_URI"]
     )
+    check_storage_urls(app.config)
     _bound_connection_waits(app.config)
     cooperate_with_gevent()
 

@@ -13,10 +13,10 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .auth import create_user, set_password
-from .errors import validation_errors
+from .errors import driver_first_line, is_missing_table, is_outage, validation_errors
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
 from .landing_urls import is_own_qr_redirect
@@ -29,10 +29,32 @@ from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
 
-tenant_cli = AppGroup("tenant", help="Manage tenants.")
-user_cli = AppGroup("user", help="Manage owner and admin users.")
-product_cli = AppGroup("product", help="Manage a tenant's products.")
-events_cli = AppGroup("events", help="Partitions, retention and rollups of the events table.")
+
+class SaysDatabaseFailuresInOneLine(click.Command):
+    """A database that does not answer, or is not migrated yet, said in one line (exit
+    1) rather than in a traceback of the driver's and SQLAlchemy's frames."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            if is_missing_table(exc):
+                fail("the database lacks a table: run `flask --app tenant_analytics db upgrade`")
+            if is_outage(exc) and isinstance(exc, OperationalError):
+                fail(f"cannot reach the database: {driver_first_line(exc)}")
+            raise
+
+
+class DatabaseCommands(SaysDatabaseFailuresInOneLine, AppGroup):
+    pass
+
+
+tenant_cli = DatabaseCommands("tenant", help="Manage tenants.")
+user_cli = DatabaseCommands("user", help="Manage owner and admin users.")
+product_cli = DatabaseCommands("product", help="Manage a tenant's products.")
+events_cli = DatabaseCommands(
+    "events", help="Partitions, retention and rollups of the events table."
+)
 
 # Accepted events may be backdated (conversion beacons); never drop a month they reach.
 MIN_RETENTION_DAYS = MAX_AGE.days + 32
@@ -443,7 +465,7 @@ def rebuild_rollups_command(tenant_id: int) -> None:
     echo_json({"tenant": tenant_id, "rebuilt": True})
 
 
-@click.command("demo")
+@click.command("demo", cls=SaysDatabaseFailuresInOneLine)
 @click.option(
     "--url",
     "base_url",

@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 import click
 from limits import parse as parse_rate_limit
+from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 # The keys that sign tokens and hash visitors. Flask's SECRET_KEY is not among them
 # and not read: nothing uses it (no cookie sessions, see NoCookieSessions).
@@ -28,6 +31,9 @@ DEV_SECRETS_FILE = "dev-secrets.json"
 PUBLISHED_SECRETS = frozenset({"dev-only-insecure-secret-do-not-use-in-production"})
 # HMAC-SHA256 keys shorter than its 32-byte output weaken it (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
+# A random key of 32 characters or more has far more different ones than this (hex
+# digits alone give 16); "aaaa…" or "changeme-changeme-…" have fewer.
+MIN_SECRET_SYMBOLS = 12
 
 # Request bodies: every endpoint accepts 64 KiB, the batch endpoint more, and no
 # endpoint more than that (Flask refuses a longer body before it is read).
@@ -242,6 +248,12 @@ def check_production_settings(config: dict[str, Any]) -> None:
             f"refusing to start in production with secrets under {MIN_SECRET_BYTES} bytes: "
             + ", ".join(short)
         )
+    guessable = [name for name in SECRET_SETTINGS if len(set(config[name])) < MIN_SECRET_SYMBOLS]
+    if guessable:
+        raise ConfigError(
+            f"refusing to start in production with secrets of fewer than {MIN_SECRET_SYMBOLS}"
+            " different characters (not random): " + ", ".join(guessable)
+        )
     if config["JWT_SECRET_KEY"] == config["VISITOR_HASH_KEY"]:
         # One leaked (a hash key is shared with analysts more readily) would be both.
         raise ConfigError(
@@ -262,3 +274,28 @@ def check_production_settings(config: dict[str, Any]) -> None:
             " postgresql://… (unset, each host and each working directory would keep"
             " events of its own in a SQLite file under ./instance)"
         )
+
+
+def check_storage_urls(config: dict[str, Any]) -> None:
+    """Refuse a DATABASE_URL or RATELIMIT_STORAGE_URI that names no storage we can use,
+    in one line that quotes neither (they may hold a password): a typo, not an outage."""
+    database_url = config.get("SQLALCHEMY_DATABASE_URI")
+    if database_url:
+        try:
+            make_url(database_url).get_dialect()
+        except NoSuchModuleError:
+            scheme = str(database_url).split(":", 1)[0]
+            raise ConfigError(
+                f"DATABASE_URL: no database is called {scheme!r}; use postgresql://user@host/db"
+            ) from None
+        except (ArgumentError, ValueError):  # unparseable, or a port that is no number
+            raise ConfigError(
+                "DATABASE_URL is not a database URL like postgresql://user:password@host:5432/db"
+            ) from None
+    storage = config.get("RATELIMIT_STORAGE_URI")
+    if storage:
+        scheme = storage.split("://", 1)[0] if "://" in storage else None
+        if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
+            raise ConfigError(
+                "RATELIMIT_STORAGE_URI is not a storage like redis://host:6379/0 (or memory://)"
+            )

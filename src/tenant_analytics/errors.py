@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from flask import Flask, Response, jsonify
@@ -112,8 +113,30 @@ def is_missing_table(exc: SQLAlchemyError) -> bool:
     return getattr(orig, "pgcode", None) == "42P01" or "no such table" in str(orig or "")
 
 
-def _not_migrated() -> tuple[Response, int]:
-    log.error("the database lacks a table: run `flask --app tenant_analytics db upgrade`")
+class OnceAMinute:
+    """An error line said at most once a minute (each request of an outage would say
+    it again), then with how many times it went unsaid meanwhile."""
+
+    QUIET_SECONDS = 60.0
+    KEPT_LINES = 100  # distinct lines remembered; the driver's words vary little
+
+    def __init__(self) -> None:
+        self._said: dict[str, tuple[float, int]] = {}
+
+    def say(self, line: str) -> None:
+        now = time.monotonic()
+        last, unsaid = self._said.get(line, (-self.QUIET_SECONDS, 0))
+        if now - last < self.QUIET_SECONDS:
+            self._said[line] = (last, unsaid + 1)
+            return
+        if len(self._said) >= self.KEPT_LINES:
+            self._said.clear()
+        self._said[line] = (now, 0)
+        log.error("%s%s", line, f" ({unsaid} more since, unsaid)" if unsaid else "")
+
+
+def _not_migrated(lines: OnceAMinute) -> tuple[Response, int]:
+    lines.say("the database lacks a table: run `flask --app tenant_analytics db upgrade`")
     return _unavailable("The service is not ready; retry shortly.")
 
 
@@ -128,7 +151,14 @@ def _database_address() -> str:
     return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
 
 
-def _driver_first_line(exc: OperationalError) -> str:
+def _unavailable_line(exc: OperationalError) -> str:
+    return (
+        f"database unavailable at {_database_address()}:"
+        f" {type(exc.orig).__name__}: {driver_first_line(exc)}"
+    )
+
+
+def driver_first_line(exc: OperationalError) -> str:
     """The driver's first line (a refused port, an unknown database): a typo in
     DATABASE_URL must not look like an outage. Parameters are never in it."""
     return (str(exc.orig or exc).strip().splitlines() or [""])[0][:300]
@@ -156,8 +186,7 @@ def outage_reason(exc: BaseException) -> str | None:
     outage (away, out of connections, a commit unconfirmed); None for anything else, a
     fault worth its traceback."""
     if isinstance(exc, OperationalError) and is_outage(exc):
-        reason = f"{type(exc.orig).__name__}: {_driver_first_line(exc)}"
-        return f"database unavailable at {_database_address()}: {reason}"
+        return _unavailable_line(exc)
     if isinstance(exc, PoolTimeout):
         return "no database connection free in time"
     if isinstance(exc, CommitTimeout):
@@ -182,6 +211,7 @@ def log_not_recorded(logger: logging.Logger, what: str, exc: BaseException) -> N
 
 def register_error_handlers(app: Flask) -> None:
     """Route every exception through the one JSON shape."""
+    outage_lines = OnceAMinute()  # this app's: a database away, or not migrated
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -235,13 +265,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(OperationalError)
     def _database_unavailable(exc: OperationalError):
         if is_missing_table(exc):  # SQLite's "no such table" is an OperationalError
-            return _not_migrated()
-        log.error(
-            "database unavailable at %s: %s: %s",
-            _database_address(),
-            type(exc.orig).__name__,
-            _driver_first_line(exc),
-        )
+            return _not_migrated(outage_lines)
+        outage_lines.say(_unavailable_line(exc))
         return _unavailable("The service is temporarily unavailable; retry shortly.")
 
     @app.errorhandler(PoolTimeout)
@@ -253,7 +278,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):
         if is_missing_table(exc):
-            return _not_migrated()
+            return _not_migrated(outage_lines)
         log.exception("database error")
         return error_response(500, "Internal server error.")
 

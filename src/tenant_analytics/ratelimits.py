@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from functools import lru_cache, wraps
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, jsonify, request
 from flask_limiter import RequestLimit
@@ -289,9 +290,22 @@ def warn_about_limits(app: Flask) -> None:
     with app.app_context():
         if not limiter.storage.check():
             log.warning(
-                "RATELIMIT_STORAGE_URI does not answer: until it does, each process counts"
-                " the limits in memory and sign-in answers 503"
+                "RATELIMIT_STORAGE_URI does not answer at %s: until it does, each process"
+                " counts the limits in memory and sign-in answers 503",
+                _storage_address(config["RATELIMIT_STORAGE_URI"]),
             )
+
+
+def _storage_address(uri: str) -> str:
+    """Where the limiter's storage is, without the URI's password (a host typo must not
+    look like an outage)."""
+    try:
+        split = urlsplit(uri)
+        if split.hostname:
+            return f"{split.hostname}:{split.port or 6379}" + (split.path or "")
+    except ValueError:  # a port that is no number
+        return "an address that is not host:port"
+    return split.path or "?"
 
 
 def counted_or_503(limited: View) -> View:

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import error_response
+from ..errors import error_response, is_missing_table
 from ..extensions import db, limiter
 from ..models import Tenant
 
@@ -19,7 +19,7 @@ def health():
 
     The rate-limit storage is reported but not required: events flow without it.
     """
-    database = _database_answers()
+    database, migrated = _database_answers()
     db.session.close()  # the connection back to the pool before Redis is asked
     limits = not current_app.config["RATELIMIT_ENABLED"] or limiter.storage.check()
     parts = {
@@ -29,17 +29,19 @@ def health():
     if database:
         response, status = jsonify(status="ok", **parts), 200
     else:  # the one error shape, with what was checked
-        message = "The database does not answer."
+        message = "The database does not answer." if migrated else "The database is not migrated."
         response, status = error_response(503, message, code="unavailable", extra=parts)
         response.headers["Retry-After"] = "1"  # as every 503 says
     response.headers["Cache-Control"] = "no-store"
     return response, status
 
 
-def _database_answers() -> bool:
+def _database_answers() -> tuple[bool, bool]:
+    """Whether the database answers with its tables, and whether it has them (it is
+    migrated, or may be: one that does not answer cannot say)."""
     try:
         db.session.execute(select(Tenant.id).limit(1))  # a table: migrated as well as up
-    except SQLAlchemyError:
+    except SQLAlchemyError as exc:
         db.session.rollback()
-        return False
-    return True
+        return False, not is_missing_table(exc)
+    return True, True
