@@ -36,6 +36,7 @@ from tenant_analytics.models import (
 from tenant_analytics.queries import store
 from tenant_analytics.rollups import FORGET_BATCH, ROLLUP_MODELS
 from tenant_analytics.storage import claim_keys
+from tenant_analytics.tenant_data import EXPORT_PAGE
 
 from .servers import ROOT
 from .test_store_reports import ev
@@ -300,27 +301,37 @@ def test_tenant_delete_removes_everything_of_the_tenant_only(
     assert missing.exit_code == 1 and f"no tenant with id {gone_id}" in missing.output
 
 
-def test_tenant_export_prints_the_tenant_its_products_and_events(
-    runner, make_tenant, add_events, store_events
+@pytest.mark.parametrize("page", [EXPORT_PAGE, 1])
+def test_tenant_export_prints_all_of_the_tenants_data(
+    runner, make_tenant, make_user, add_events, store_events, monkeypatch, page
 ):
+    monkeypatch.setattr("tenant_analytics.tenant_data.EXPORT_PAGE", page)  # page after page
     mine, other = make_tenant(), make_tenant()
+    owner = make_user(mine)
     now = utcnow()
     add_events(mine, [("pageview", now - timedelta(hours=1), "10.0.0.1", {"note": "ñ"})])
     store_events(mine, [ev("purchase", now, "s1", revenue=Decimal("12.50"), user_id="c-7")])
+    add_events(mine, [("pageview", now, "10.0.0.2", None)])  # the same instant as the sale
     add_events(other, [("pageview", now, "10.0.0.1", None)])
+    claim_keys(db.session, mine.id, ["idem:order-9"], now=now, window=None)
+    db.session.commit()
     runner.invoke(args=["product", "create", "--tenant", str(mine.id), "--name", "Pan"])
     exported = runner.invoke(args=["tenant", "export", "--id", str(mine.id)])
     assert exported.exit_code == 0, exported.output
     lines = [json.loads(line) for line in exported.output.splitlines()]
-    assert lines[0] == {"tenant": mine.to_dict()}
+    tenant = lines[0]["tenant"]
+    assert (tenant["id"], tenant["slug"], tenant["owners"]) == (mine.id, mine.slug, [owner.email])
+    assert tenant["currency"] == mine.currency  # every column, not only the API's view
     assert [line["product"]["name"] for line in lines if "product" in line] == ["Pan"]
+    assert [line["key"]["key"] for line in lines if "key" in line] == ["idem:order-9"]
     events = [line["event"] for line in lines if "event" in line]
-    assert len(lines) == 1 + 1 + len(events)
-    assert [e["event_type"] for e in events] == ["pageview", "purchase"]  # oldest first
-    assert {e["tenant_id"] for e in events} == {mine.id}
+    assert [e["event_type"] for e in events[:1]] == ["pageview"]  # oldest first
+    assert sorted(e["event_type"] for e in events[1:]) == ["pageview", "purchase"]
+    assert len({e["id"] for e in events}) == 3 and {e["tenant_id"] for e in events} == {mine.id}
     assert events[0]["metadata"] == {"note": "ñ"} and events[0]["visitor_hash"]
-    assert events[1]["revenue"] == "12.50" and events[1]["user_id"] == "c-7"
-    assert datetime.fromisoformat(events[1]["created_at"]) == now
+    (sale,) = [e for e in events if e["event_type"] == "purchase"]
+    assert sale["revenue"] == "12.50" and sale["user_id"] == "c-7"
+    assert datetime.fromisoformat(sale["created_at"]) == now
     missing = runner.invoke(args=["tenant", "export", "--id", "999999"])
     assert missing.exit_code == 1 and "no tenant with id 999999" in missing.output
 

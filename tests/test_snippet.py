@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.select import Select
 from sqlalchemy import select
 
@@ -495,14 +496,24 @@ def test_a_tagged_select_counts_the_choice_not_the_clicks_on_it(landing, make_te
         '<div data-ta-event="product_click" data-ta-product-id="4">'
         '<select id="size"><option>S</option><option>M</option></select></div>'
         '<select id="plain"><option>a</option><option>b</option></select>'
+        # A widget's own picker, in an open shadow root
+        "<money-widget id='widget'></money-widget><script>"
+        "document.getElementById('widget').attachShadow({mode: 'open'}).innerHTML ="
+        ' \'<select data-ta-event="click_toggle_currency" data-ta-location="widget">'
+        "<option>USD</option><option>EUR</option></select>';</script>"
     )
     landing.open(tenant.id, body)
     landing.click("currency")  # opens the list: no choice yet
     landing.click("size")
-    for element_id, text in (("currency", "HNL"), ("size", "M"), ("plain", "b")):
-        Select(landing.driver.find_element("id", element_id)).select_by_visible_text(text)
-    assert taps_of(tenant.id, 2) == [
+    for element_id in ("currency", "plain"):
+        Select(landing.driver.find_element("id", element_id)).select_by_index(1)
+    # Chosen with a key, as a browser does it: input, then change, for one choice.
+    landing.driver.find_element("id", "size").send_keys(Keys.ARROW_DOWN)
+    widget = landing.driver.find_element("id", "widget").shadow_root
+    widget.find_element("css selector", "select").send_keys(Keys.ARROW_DOWN)
+    assert taps_of(tenant.id, 3) == [
         ("click_toggle_currency", {"button_location": "precios"}),
+        ("click_toggle_currency", {"button_location": "widget"}),
         ("product_click", {"product_id": 4}),
     ]
     assert landing.errors() == []

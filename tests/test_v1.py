@@ -471,6 +471,11 @@ def test_interaction_and_beacon_with_the_database_away_say_why_in_one_line(app, 
         (["interaction not recorded", away, "OperationalError"], None),
         (["conversion beacon skipped", away, "OperationalError"], None),
     ]
+    # And once a minute: not a line per request all through an outage.
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            client.post("/api/v1/interactions", json={"tenant_id": 1, "type": "view"})
+    assert len([r for r in caplog.records if r.name.endswith(".v1")]) == 2
 
 
 @pytest.mark.parametrize(

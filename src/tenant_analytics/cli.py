@@ -12,7 +12,7 @@ from email_validator import EmailNotValidError, validate_email
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .auth import create_user, set_password
@@ -20,7 +20,7 @@ from .errors import driver_first_line, is_missing_table, is_outage, validation_e
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
 from .landing_urls import is_own_qr_redirect
-from .models import TENANT_SLUG_LENGTH, Event, Product, Tenant, User, is_tenant_slug, utcnow
+from .models import TENANT_SLUG_LENGTH, Tenant, User, is_tenant_slug, utcnow
 from .partitions import create_ahead, purge_before
 from .postgres_writer import limit_lock_waits, lock_timed_out
 from .products import create_product
@@ -28,6 +28,7 @@ from .rollups import forget_purged_days, rebuild_rollups
 from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
+from .tenant_data import EXPORT_PAGE, delete_tenant_data, exported_lines
 
 
 class SaysDatabaseFailuresInOneLine(click.Command):
@@ -213,32 +214,19 @@ def activate_tenant(tenant_id: int) -> None:
 @tenant_cli.command("export")
 @click.option("--id", "tenant_id", type=int, required=True)
 def export_tenant(tenant_id: int) -> None:
-    """Print the tenant, its products and every event of it, one JSON object a line
-    ({"tenant": …}, then {"product": …} each, then {"event": …} each, oldest first)."""
+    """Print all of the tenant's data, one JSON object a line: {"tenant": …} with its
+    owners, {"product": …} and {"key": …} each, then {"event": …} each, oldest first."""
     tenant = db.session.get(Tenant, tenant_id)
     if tenant is None:
         fail(f"no tenant with id {tenant_id}")
-    echo_json({"tenant": tenant.to_dict()})
-    for product in db.session.scalars(
-        select(Product).where(Product.tenant_id == tenant_id).order_by(Product.id)
-    ):
-        echo_json({"product": product.to_dict()})
-    events = (
-        select(Event.__table__)
-        .where(Event.tenant_id == tenant_id)
-        .order_by(Event.created_at, Event.id)
-        .execution_options(yield_per=EXPORT_CHUNK)  # a server-side cursor, not a list
-    )
-    for row in db.session.execute(events):
-        click.echo(json.dumps({"event": dict(row._mapping)}, default=_exported))
-
-
-EXPORT_CHUNK = 2000
-
-
-def _exported(value: Any) -> str:
-    """Times in ISO 8601 (UTC), amounts as their exact decimal text."""
-    return value.isoformat() if isinstance(value, datetime) else str(value)
+    lines: list[str] = []
+    for line in exported_lines(db.session, tenant):
+        lines.append(line)
+        if len(lines) == EXPORT_PAGE:
+            click.echo("\n".join(lines))
+            lines.clear()
+    if lines:
+        click.echo("\n".join(lines))
 
 
 @tenant_cli.command("delete")
@@ -262,12 +250,13 @@ def delete_tenant(tenant_id: int, yes: bool) -> None:
     active_tenants().forget()
     cached = current_app.config["TENANT_CACHE_SECONDS"]
     if cached > 0:
-        click.echo(f"switched off; waiting {cached} s for the servers to see it", err=True)
+        click.echo(
+            f"switched off; waiting {cached} s for the servers to see it"
+            " (interrupted, it stays switched off: run delete again)",
+            err=True,
+        )
         time.sleep(cached + 1)
-    events = db.session.scalar(
-        select(func.count()).select_from(Event).where(Event.tenant_id == tenant_id)
-    )
-    db.session.execute(delete(Tenant).where(Tenant.id == tenant_id))  # the rest cascades
+    events = delete_tenant_data(db.session, tenant_id)
     db.session.commit()
     echo_json({"id": tenant_id, "deleted": True, "events_deleted": events, "owners": owners})
 

@@ -31,9 +31,9 @@ DEV_SECRETS_FILE = "dev-secrets.json"
 PUBLISHED_SECRETS = frozenset({"dev-only-insecure-secret-do-not-use-in-production"})
 # HMAC-SHA256 keys shorter than its 32-byte output weaken it (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
-# A random key of 32 characters or more has far more different ones than this (hex
-# digits alone give 16); "aaaa…" or "changeme-changeme-…" have fewer.
-MIN_SECRET_SYMBOLS = 12
+# Keys no random draw gives (short of odds like 1 in 10^17): "aaaa…", a word over and
+# over ("changeme-changeme-…").
+MIN_SECRET_SYMBOLS = 5
 
 # Request bodies: every endpoint accepts 64 KiB, the batch endpoint more, and no
 # endpoint more than that (Flask refuses a longer body before it is read).
@@ -225,6 +225,14 @@ def fill_development_secrets(config: dict[str, Any], instance_path: str) -> None
         )
 
 
+def _is_patterned(key: str) -> bool:
+    """Whether ``key`` has fewer than MIN_SECRET_SYMBOLS different characters, or is a
+    shorter string repeated (its whole length over)."""
+    if len(set(key)) < MIN_SECRET_SYMBOLS:
+        return True
+    return any(key[period:] == key[:-period] for period in range(1, len(key) // 2 + 1))
+
+
 def check_production_settings(config: dict[str, Any]) -> None:
     """Refuse to run in production without a database named, without secrets of its
     own or with short ones, or with rate limits counted per process unless asked for
@@ -248,11 +256,11 @@ def check_production_settings(config: dict[str, Any]) -> None:
             f"refusing to start in production with secrets under {MIN_SECRET_BYTES} bytes: "
             + ", ".join(short)
         )
-    guessable = [name for name in SECRET_SETTINGS if len(set(config[name])) < MIN_SECRET_SYMBOLS]
+    guessable = [name for name in SECRET_SETTINGS if _is_patterned(config[name])]
     if guessable:
         raise ConfigError(
-            f"refusing to start in production with secrets of fewer than {MIN_SECRET_SYMBOLS}"
-            " different characters (not random): " + ", ".join(guessable)
+            "refusing to start in production with secrets that repeat a pattern (not drawn"
+            " at random): " + ", ".join(guessable)
         )
     if config["JWT_SECRET_KEY"] == config["VISITOR_HASH_KEY"]:
         # One leaked (a hash key is shared with analysts more readily) would be both.
@@ -294,7 +302,8 @@ def check_storage_urls(config: dict[str, Any]) -> None:
             ) from None
     storage = config.get("RATELIMIT_STORAGE_URI")
     if storage:
-        scheme = storage.split("://", 1)[0] if "://" in storage else None
+        storage = config["RATELIMIT_STORAGE_URI"] = storage.strip()
+        scheme = storage.split("://", 1)[0].lower() if "://" in storage else None
         if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
             raise ConfigError(
                 "RATELIMIT_STORAGE_URI is not a storage like redis://host:6379/0 (or memory://)"

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify
 from flask_limiter import RateLimitExceeded
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -123,7 +123,7 @@ class OnceAMinute:
     def __init__(self) -> None:
         self._said: dict[str, tuple[float, int]] = {}
 
-    def say(self, line: str) -> None:
+    def say(self, line: str, logger: logging.Logger = log, level: int = logging.ERROR) -> None:
         now = time.monotonic()
         last, unsaid = self._said.get(line, (-self.QUIET_SECONDS, 0))
         if now - last < self.QUIET_SECONDS:
@@ -132,7 +132,7 @@ class OnceAMinute:
         if len(self._said) >= self.KEPT_LINES:
             self._said.clear()
         self._said[line] = (now, 0)
-        log.error("%s%s", line, f" ({unsaid} more since, unsaid)" if unsaid else "")
+        logger.log(level, "%s%s", line, f" ({unsaid} more since, unsaid)" if unsaid else "")
 
 
 def _not_migrated(lines: OnceAMinute) -> tuple[Response, int]:
@@ -200,18 +200,19 @@ def outage_reason(exc: BaseException) -> str | None:
 
 
 def log_not_recorded(logger: logging.Logger, what: str, exc: BaseException) -> None:
-    """Log an event the answer says was not recorded: in an outage one line per request,
-    not a traceback of seventy; anything else with its traceback."""
+    """Log an event the answer says was not recorded: in an outage one line a minute,
+    not a traceback of seventy per request; anything else with its traceback."""
     reason = outage_reason(exc)
     if reason is None:
         logger.warning("%s", what, exc_info=exc)
     else:
-        logger.warning("%s: %s", what, reason)
+        current_app.extensions["outage_lines"].say(f"{what}: {reason}", logger, logging.WARNING)
 
 
 def register_error_handlers(app: Flask) -> None:
     """Route every exception through the one JSON shape."""
-    outage_lines = OnceAMinute()  # this app's: a database away, or not migrated
+    # This app's: a database away, or not migrated.
+    outage_lines = app.extensions["outage_lines"] = OnceAMinute()
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):

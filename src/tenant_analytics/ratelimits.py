@@ -299,13 +299,9 @@ def warn_about_limits(app: Flask) -> None:
 def _storage_address(uri: str) -> str:
     """Where the limiter's storage is, without the URI's password (a host typo must not
     look like an outage)."""
-    try:
-        split = urlsplit(uri)
-        if split.hostname:
-            return f"{split.hostname}:{split.port or 6379}" + (split.path or "")
-    except ValueError:  # a port that is no number
-        return "an address that is not host:port"
-    return split.path or "?"
+    split = urlsplit(uri)
+    hosts = split.netloc.rpartition("@")[2]  # one host:port, or several (sentinels)
+    return (hosts + split.path) or "?"
 
 
 def counted_or_503(limited: View) -> View:

@@ -19,29 +19,34 @@ def health():
 
     The rate-limit storage is reported but not required: events flow without it.
     """
-    database, migrated = _database_answers()
+    database = _database_state()
     db.session.close()  # the connection back to the pool before Redis is asked
     limits = not current_app.config["RATELIMIT_ENABLED"] or limiter.storage.check()
     parts = {
-        "database": "ok" if database else "unavailable",
+        "database": "ok" if database == "ok" else "unavailable",
         "rate_limit_storage": "ok" if limits else "unavailable",
     }
-    if database:
+    if database == "ok":
         response, status = jsonify(status="ok", **parts), 200
     else:  # the one error shape, with what was checked
-        message = "The database does not answer." if migrated else "The database is not migrated."
+        message = DATABASE_PROBLEMS[database]
         response, status = error_response(503, message, code="unavailable", extra=parts)
         response.headers["Retry-After"] = "1"  # as every 503 says
     response.headers["Cache-Control"] = "no-store"
     return response, status
 
 
-def _database_answers() -> tuple[bool, bool]:
-    """Whether the database answers with its tables, and whether it has them (it is
-    migrated, or may be: one that does not answer cannot say)."""
+DATABASE_PROBLEMS = {
+    "unavailable": "The database does not answer.",
+    "not_migrated": "The database is not migrated.",
+}
+
+
+def _database_state() -> str:
+    """ "ok" when the database answers with its tables, else a key of DATABASE_PROBLEMS."""
     try:
         db.session.execute(select(Tenant.id).limit(1))  # a table: migrated as well as up
     except SQLAlchemyError as exc:
         db.session.rollback()
-        return False, not is_missing_table(exc)
-    return True, True
+        return "not_migrated" if is_missing_table(exc) else "unavailable"
+    return "ok"

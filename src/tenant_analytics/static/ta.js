@@ -143,7 +143,8 @@
     if (/^tel:/i.test(href)) return "click_call";
     // Android's intent links name the app they open.
     if (/^intent:/i.test(href)) {
-      return /;(scheme=whatsapp|package=com\.whatsapp(\.w4b)?);/i.test(href) ? "click_whatsapp" : null;
+      const whatsapp = /;(scheme=whatsapp|package=com\.whatsapp(\.w4b)?);/i;
+      return whatsapp.test(href) ? "click_whatsapp" : null;
     }
     let parsed;
     try {
@@ -162,14 +163,15 @@
   // control: one tap, counted once (whichever of the two is tagged).
   let justCounted = null;
   let followingClick = null;
-  let lastTap = { element: null, at: 0 };
+  let lastCounted = { element: null, at: 0 };
 
-  // Whether this tap on ``element`` repeats the one just before it; remembers it if not.
+  // Whether this tap on ``element`` comes less than REPEAT_MS after the last one counted,
+  // on the same element (so a stream of taps counts one a second); remembers it if not.
   function isRepeat(element) {
-    const now = Date.now();
-    const repeat = element === lastTap.element && now - lastTap.at < REPEAT_MS;
-    lastTap = { element: element, at: now };
-    return repeat;
+    const now = performance.now();
+    if (element === lastCounted.element && now - lastCounted.at < REPEAT_MS) return true;
+    lastCounted = { element: element, at: now };
+    return false;
   }
 
   // A choice in a tagged <select> (a currency picker) is counted when it changes, not
@@ -241,7 +243,8 @@
       for (let i = 0; i < path.length; i++) {
         const type = isElement(path[i]) && path[i].getAttribute("data-ta-event");
         if (CLICK_TYPES.indexOf(type) < 0) continue;
-        send(type, tapMetadata(type, path, i));
+        // Arrow keys on a closed list choose at each step: one choice a second.
+        if (!isRepeat(path[i])) send(type, tapMetadata(type, path, i));
         return;
       }
     } catch (e) {
@@ -253,6 +256,9 @@
   // on the element or the document cannot hide it.
   window.addEventListener("click", onTap, true);
   window.addEventListener("auxclick", onTap, true); // a middle click opens a new tab
+  // A choice fires input, then change: the one counted, the other a repeat. Only input
+  // crosses shadow roots (it is composed); change alone comes from some scripts.
+  window.addEventListener("input", onChoice, true);
   window.addEventListener("change", onChoice, true);
 
   // Time on page: only while the page is visible, a background tab is not a visit.

@@ -1,0 +1,67 @@
+"""All of one tenant's data, to hand over (export) or to delete for good."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy.orm import Session
+
+from .models import DedupeKey, Event, Product, Tenant
+
+# Events read per transaction: each page is its own short read, so an export holds no
+# lock on events for long (a new month's partition waits for every reader of the table).
+EXPORT_PAGE = 2000
+
+
+def as_json(record: dict[str, Any]) -> str:
+    """One line of JSON: times in ISO 8601 (UTC), amounts as their exact decimal text."""
+    return json.dumps(
+        record, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)
+    )
+
+
+def exported_lines(session: Session, tenant: Tenant) -> Iterator[str]:
+    """The tenant with its owners, its products, the keys it sent (idempotency keys,
+    sales' transaction ids) and every event, oldest first: one JSON object a line."""
+    tenant_id = tenant.id
+    row = session.execute(select(Tenant.__table__).where(Tenant.id == tenant_id)).one()
+    owners = sorted(owner.email for owner in tenant.owners)
+    yield as_json({"tenant": {**row._asdict(), "owners": owners}})
+    for table, name, order in (
+        (Product.__table__, "product", Product.id),
+        (DedupeKey.__table__, "key", DedupeKey.key),
+    ):
+        for row in session.execute(
+            select(table).where(table.c.tenant_id == tenant_id).order_by(order)
+        ):
+            yield as_json({name: row._asdict()})
+    session.commit()
+    events = Event.__table__
+    after: tuple[datetime, int] | None = None
+    while True:
+        page = select(events).where(events.c.tenant_id == tenant_id)
+        if after is not None:
+            page = page.where(tuple_(events.c.created_at, events.c.id) > after)
+        rows = session.execute(
+            page.order_by(events.c.created_at, events.c.id).limit(EXPORT_PAGE)
+        ).all()
+        session.commit()  # the page's read ends here
+        for row in rows:
+            yield as_json({"event": row._asdict()})
+        if len(rows) < EXPORT_PAGE:
+            return
+        after = (rows[-1].created_at, rows[-1].id)
+
+
+def delete_tenant_data(session: Session, tenant_id: int) -> int:
+    """Delete the tenant and, through the foreign keys, everything of it; return how many
+    events it had. The caller commits."""
+    events = session.scalar(
+        select(func.count()).select_from(Event).where(Event.tenant_id == tenant_id)
+    )
+    session.execute(delete(Tenant).where(Tenant.id == tenant_id))
+    return events or 0
