@@ -32,6 +32,7 @@ from tenant_analytics.partitions import ensure_partitions, include_in_migrations
 from tenant_analytics.queries import store
 from tenant_analytics.ratelimits import warn_about_limits
 from tenant_analytics.rollups import TenantInfo, rebuild_rollups
+from tenant_analytics.storage import warn_about_database
 from tenant_analytics.timewindows import tenant_zone
 
 from .conftest import TEST_JWT_KEY
@@ -218,6 +219,23 @@ def test_production_needs_a_shared_rate_limit_storage(monkeypatch, caplog):
     monkeypatch.delenv("APP_ENV")
     monkeypatch.delenv("RATELIMIT_STORAGE_URI")
     assert create_app().config["RATELIMIT_STORAGE_URI"] == "memory://"  # development
+
+
+def test_a_production_server_on_sqlite_is_told_to_use_postgresql(monkeypatch, caplog):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", "memory://")
+    for name in ("JWT_SECRET_KEY", "VISITOR_HASH_KEY"):
+        monkeypatch.setenv(name, secrets.token_urlsafe(32))
+    for database, told in (("sqlite:////tmp/p.db", True), ("postgresql://app@db/a", False)):
+        monkeypatch.setenv("DATABASE_URL", database)
+        caplog.clear()
+        warn_about_database(create_app())
+        assert ("serve real tenants from PostgreSQL" in caplog.text) is told, database
+    monkeypatch.setenv("APP_ENV", "development")  # the quick start: SQLite as meant
+    monkeypatch.setenv("DATABASE_URL", "sqlite:////tmp/p.db")
+    caplog.clear()
+    warn_about_database(create_app())
+    assert "PostgreSQL" not in caplog.text
 
 
 def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):

@@ -6,12 +6,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from flask import Flask
+from sqlalchemy import Row, delete, insert, make_url, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from . import postgres_writer
+from .logs import get_logger
 from .models import DedupeKey, Event, IdSequence, Tenant
 from .partitions import ensure_partitions_cached, month_of
 from .rollups import TenantFields, aggregate, update_rollups
@@ -135,3 +137,14 @@ def dialect_insert(session: Session):
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert
     return sqlite.insert
+
+
+def warn_about_database(app: Flask) -> None:
+    """At a production server's start: SQLite is the quick start's database, not one to
+    serve real tenants from (one writer at a time, money in floating point)."""
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    if app.config["APP_ENV"] == "production" and make_url(uri).get_backend_name() == "sqlite":
+        get_logger(__name__).warning(
+            "DATABASE_URL is SQLite: one writer at a time for every worker and tenant, and"
+            " money summed in floating point; serve real tenants from PostgreSQL"
+        )
