@@ -14,7 +14,7 @@ from flask import Flask, Response, current_app, jsonify
 from flask_limiter import RateLimitExceeded
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -133,6 +133,18 @@ class OnceAMinute:
             self._said.clear()
         self._said[line] = (now, 0)
         logger.log(level, "%s%s", line, f" ({unsaid} more since, unsaid)" if unsaid else "")
+
+
+TENANT_UNAVAILABLE = "Tenant not found or not available"
+
+
+def names_a_missing_row(exc: SQLAlchemyError) -> bool:
+    """A foreign key broken by a write: what it names (a tenant, the only row events and
+    rollups refer to) was deleted meanwhile."""
+    orig = getattr(exc, "orig", None)
+    return isinstance(exc, IntegrityError) and (
+        getattr(orig, "pgcode", None) == "23503" or "FOREIGN KEY constraint failed" in str(orig)
+    )
 
 
 def _not_migrated(lines: OnceAMinute) -> tuple[Response, int]:
@@ -280,6 +292,11 @@ def register_error_handlers(app: Flask) -> None:
     def _database_error(exc: SQLAlchemyError):
         if is_missing_table(exc):
             return _not_migrated(outage_lines)
+        if names_a_missing_row(exc):
+            # The tenant was deleted while this process still had it cached (`tenant
+            # delete` waits the cache out; a request already under way may not).
+            log.warning("a write named a tenant that no longer exists")
+            return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")
         log.exception("database error")
         return error_response(500, "Internal server error.")
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from flask import Blueprint, current_app
 
 from ..config import BATCH_MAX_BYTES
-from ..errors import ApiError, error_response
+from ..errors import TENANT_UNAVAILABLE, ApiError, error_response
 from ..event_builders import batch_events, track_event
 from ..ratelimits import per_tenant, per_tenant_events
 from ..schemas import EventBatch, TrackEvent
@@ -15,8 +15,6 @@ from ..tenancy import requested_tenant
 from .requests import ingest_from_request, parse_body
 
 bp = Blueprint("tracking", __name__)
-
-TENANT_UNAVAILABLE = "Tenant not found or not available"
 
 
 @bp.post("/api/analytics/track")

@@ -7,7 +7,7 @@ import time
 from flask import Blueprint, current_app
 from pydantic import ValidationError
 
-from ..errors import error_response, invalid_body, log_not_recorded
+from ..errors import TENANT_UNAVAILABLE, error_response, invalid_body, log_not_recorded
 from ..event_builders import conversion_event
 from ..extensions import db
 from ..ingestion import NewEvent
@@ -17,7 +17,6 @@ from ..ratelimits import api_group, conversion_group, per_tenant
 from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
 from ..tenancy import public_tenant_by_slug, request_body, requested_tenant
 from .requests import ingest_from_request, parse_body
-from .tracking import TENANT_UNAVAILABLE
 
 bp = Blueprint("v1", __name__, url_prefix="/api/v1")
 log = get_logger(__name__)
