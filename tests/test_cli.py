@@ -347,6 +347,7 @@ def test_tenant_export_prints_all_of_the_tenants_data(
     (sale,) = [e for e in events if e["event_type"] == "purchase"]
     assert sale["revenue"] == "12.50" and sale["user_id"] == "c-7"
     assert datetime.fromisoformat(sale["created_at"]) == now
+    assert lines[-1] == {"end": {"events": 3}}
     missing = runner.invoke(args=["tenant", "export", "--id", "999999"])
     assert missing.exit_code == 1 and "no tenant with id 999999" in missing.output
 

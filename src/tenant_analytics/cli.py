@@ -28,7 +28,7 @@ from .rollups import forget_purged_days, rebuild_rollups
 from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
-from .tenant_data import EXPORT_PAGE, delete_tenant_data, exported_lines
+from .tenant_data import delete_tenant_data, exported_text
 
 
 class SaysDatabaseFailuresInOneLine(click.Command):
@@ -215,18 +215,13 @@ def activate_tenant(tenant_id: int) -> None:
 @click.option("--id", "tenant_id", type=int, required=True)
 def export_tenant(tenant_id: int) -> None:
     """Print all of the tenant's data, one JSON object a line: {"tenant": …} with its
-    owners, {"product": …} and {"key": …} each, then {"event": …} each, oldest first."""
+    owners, {"product": …} and {"key": …} each, {"event": …} each, oldest first, and
+    {"end": {"events": N}}."""
     tenant = db.session.get(Tenant, tenant_id)
     if tenant is None:
         fail(f"no tenant with id {tenant_id}")
-    lines: list[str] = []
-    for line in exported_lines(db.session, tenant):
-        lines.append(line)
-        if len(lines) == EXPORT_PAGE:
-            click.echo("\n".join(lines))
-            lines.clear()
-    if lines:
-        click.echo("\n".join(lines))
+    for text in exported_text(db.session, tenant):
+        click.echo(text, nl=False)
 
 
 @tenant_cli.command("delete")

@@ -239,6 +239,22 @@ OPERATIONS: dict[str, Operation] = {
         {200: "The caller's tenants", 401: ERRORS[401]}, returns=responses.TenantList, owner=True
     ),
     "tenants.get_tenant": Operation(OWNER_GET, returns=responses.OneTenant, owner=True),
+    "tenants.export_tenant": Operation(
+        {
+            200: "JSON lines: the tenant, its products and keys, every event, then"
+            ' {"end": {"events": N}} (a download cut short lacks it)',
+            401: ERRORS[401],
+            404: ERRORS[404],
+        },
+        owner=True,
+        produces=("application/x-ndjson",),
+        headers={
+            "Content-Disposition": (
+                "attachment, with a file name to save it as",
+                {"type": "string"},
+            ),
+        },
+    ),
     "tenants.update_tenant": Operation(
         {
             200: "The tenant as changed",

@@ -24,9 +24,23 @@ def as_json(record: dict[str, Any]) -> str:
     )
 
 
+def exported_text(session: Session, tenant: Tenant) -> Iterator[str]:
+    """``exported_lines`` in pieces of EXPORT_PAGE lines, each line ending in a newline
+    (a stream's, or a file's, few large writes)."""
+    lines: list[str] = []
+    for line in exported_lines(session, tenant):
+        lines.append(line)
+        if len(lines) == EXPORT_PAGE:
+            yield "\n".join(lines) + "\n"
+            lines.clear()
+    if lines:
+        yield "\n".join(lines) + "\n"
+
+
 def exported_lines(session: Session, tenant: Tenant) -> Iterator[str]:
     """The tenant with its owners, its products, the keys it sent (idempotency keys,
-    sales' transaction ids) and every event, oldest first: one JSON object a line."""
+    sales' transaction ids) and every event, oldest first: one JSON object a line. The
+    last is {"end": {"events": N}}: an export cut short lacks it."""
     tenant_id = tenant.id
     row = session.execute(select(Tenant.__table__).where(Tenant.id == tenant_id)).one()
     owners = sorted(owner.email for owner in tenant.owners)
@@ -42,6 +56,7 @@ def exported_lines(session: Session, tenant: Tenant) -> Iterator[str]:
     session.commit()
     events = Event.__table__
     after: tuple[datetime, int] | None = None
+    exported = 0
     while True:
         page = select(events).where(events.c.tenant_id == tenant_id)
         if after is not None:
@@ -52,7 +67,9 @@ def exported_lines(session: Session, tenant: Tenant) -> Iterator[str]:
         session.commit()  # the page's read ends here
         for row in rows:
             yield as_json({"event": row._asdict()})
+        exported += len(rows)
         if len(rows) < EXPORT_PAGE:
+            yield as_json({"end": {"events": exported}})
             return
         after = (rows[-1].created_at, rows[-1].id)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from typing import Any
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
 from sqlalchemy.exc import IntegrityError
 
@@ -17,6 +18,7 @@ from ..products import create_product, list_products, product_of_tenant
 from ..rollups import lock_rollups_within, rebuild_rollups
 from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
 from ..tenancy import active_tenants, owned_tenant_or_404, readable_tenants
+from ..tenant_data import exported_text
 from .qr import is_own_qr_redirect
 from .requests import parse_body
 
@@ -105,6 +107,21 @@ def update_tenant(tenant_id: int):
     db.session.commit()
     active_tenants().forget()
     return {"success": True, "tenant": tenant_view(tenant)}
+
+
+@bp.get("/<int:tenant_id>/export")
+@jwt_required()
+def export_tenant(tenant_id: int):
+    """All of the tenant's data as JSON lines, streamed (as `flask tenant export`)."""
+    tenant = owned_tenant_or_404(tenant_id)
+    pieces = exported_text(db.session, tenant)
+    first = next(pieces)  # read before the 200 is sent: a database away is still a 503
+    response = current_app.response_class(
+        stream_with_context(chain([first], pieces)), mimetype="application/x-ndjson"
+    )
+    response.headers["Content-Disposition"] = f'attachment; filename="{tenant.slug}.jsonl"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/<int:tenant_id>/products")
