@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from .models import DedupeKey, Event, Product, Tenant
@@ -60,7 +60,13 @@ def exported_lines(session: Session, tenant: Tenant) -> Iterator[str]:
     while True:
         page = select(events).where(events.c.tenant_id == tenant_id)
         if after is not None:
-            page = page.where(tuple_(events.c.created_at, events.c.id) > after)
+            # The time bound on its own, which the (tenant_id, created_at) index can seek
+            # to whatever the statistics say: a row comparison there is only a filter.
+            created_at, event_id = after
+            page = page.where(
+                events.c.created_at >= created_at,
+                or_(events.c.created_at > created_at, events.c.id > event_id),
+            )
         rows = session.execute(
             page.order_by(events.c.created_at, events.c.id).limit(EXPORT_PAGE)
         ).all()
