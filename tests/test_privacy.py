@@ -12,7 +12,8 @@ import traceback
 
 import pytest
 import redis
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
+from sqlalchemy.exc import IntegrityError
 
 from tenant_analytics.extensions import db
 from tenant_analytics.logs import loggable_traceback
@@ -142,26 +143,55 @@ def test_rate_limit_keys_hold_no_address_or_email(make_app, make_tenant, caplog)
     assert KNOWN_IP not in caplog.text and KNOWN_EMAIL not in caplog.text
 
 
+# A trigger that refuses the row: a database error the app has no answer for (a 500).
+REFUSING_TRIGGER = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_notes BEFORE INSERT ON events WHEN NEW.metadata LIKE '%meta-%'"
+        " BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_notes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF NEW.metadata::text LIKE '%meta-%' THEN"
+        " RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END IF;"
+        " RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_notes BEFORE INSERT ON events FOR EACH ROW"
+        " EXECUTE FUNCTION refuse_notes()",
+    ],
+}
+DROP_REFUSING_TRIGGER = {
+    "sqlite": ["DROP TRIGGER refuse_notes"],
+    "postgresql": ["DROP TRIGGER refuse_notes ON events", "DROP FUNCTION refuse_notes()"],
+}
+
+
 def test_a_logged_database_error_carries_no_parameter_values(make_app, make_tenant, caplog):
-    """SQLAlchemy's error message lists the bound values (user agents, metadata, customer ids);
-    the engine hides them, so the app's log of a failed write holds none of them."""
+    """SQLAlchemy's error message lists the bound values (user agents, metadata, customer ids):
+    the engine hides them, and the app's log of a failed write holds none of them."""
     app = make_app()
     client = app.test_client()
     with app.app_context():
-        tenant = make_tenant()
-        tenant_id = tenant.id
-        # Looked up once (and cached by the limiter's key), then deleted behind the cache's back:
-        # the next write breaks the events' foreign key.
-        rejected = {"tenant_id": tenant_id, "event_type": "not-a-type"}
-        assert client.post("/api/analytics/track", json=rejected).status_code == 422
-        db.session.delete(tenant)
-        db.session.commit()
+        tenant_id = make_tenant().id
+        dialect = db.engine.dialect.name
+        with db.engine.begin() as conn:
+            for statement in REFUSING_TRIGGER[dialect]:
+                conn.execute(text(statement))
+        refused = insert(Event).values(
+            tenant_id=tenant_id, id=1, event_type="pageview", metadata_={"n": "meta-7f3a"}
+        )
+        with pytest.raises(IntegrityError) as error, db.engine.begin() as conn:
+            conn.execute(refused)
+        assert "refused" in str(error.value) and "meta-7f3a" not in str(error.value)
     caplog.set_level(logging.DEBUG)
-    response = client.post(
-        "/api/analytics/track",
-        json={"tenant_id": tenant_id, "event_type": "pageview", "metadata": {"note": "meta-7f3a"}},
-        headers={"User-Agent": "agent-9c1e"},
-    )
+    try:
+        response = client.post(
+            "/api/analytics/track",
+            json={"tenant_id": tenant_id, "event_type": "pageview", "metadata": {"n": "meta-7f3a"}},
+            headers={"User-Agent": "agent-9c1e"},
+        )
+    finally:
+        with app.app_context(), db.engine.begin() as conn:
+            for statement in DROP_REFUSING_TRIGGER[dialect]:
+                conn.execute(text(statement))
     assert response.status_code == 500
     assert "IntegrityError" in caplog.text  # the error was logged, with its traceback
     assert "meta-7f3a" not in caplog.text and "agent-9c1e" not in caplog.text
