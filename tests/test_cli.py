@@ -24,10 +24,12 @@ from tenant_analytics.extensions import db
 from tenant_analytics.models import (
     DEFAULT_CURRENCY,
     DailyEventCount,
+    DailyRevenue,
     DailyVisitor,
     DedupeKey,
     Event,
     LastSeenCount,
+    SessionLastSeen,
     Tenant,
     User,
     VisitorLastSeen,
@@ -314,6 +316,47 @@ def test_an_event_for_a_tenant_deleted_while_cached_is_a_404(app, client, make_t
         answer = client.post(path, json=body)
         assert (answer.status_code, answer.get_json()["error"]) == (404, "tenant_not_found")
     assert "no longer exists" in caplog.text
+
+
+def test_forget_customer_deletes_its_events_and_recounts_the_rollups(
+    runner, make_tenant, store_events
+):
+    shop, other_shop = make_tenant(), make_tenant()
+    now = utcnow()
+    sale = {"revenue": Decimal("30.00"), "product_slug": "pan"}
+    store_events(shop, [ev("purchase", now, "s7", user_id="c-7", **sale)])
+    store_events(shop, [ev("purchase", now, "s8", user_id="c-8", **sale)])
+    store_events(other_shop, [ev("purchase", now, "s7", user_id="c-7", **sale)])
+
+    def rows(model, *where) -> int:
+        return db.session.scalar(select(func.count()).select_from(model).where(*where))
+
+    def sessions_named(session_id: str) -> int:
+        named = (SessionLastSeen.tenant_id == shop.id, SessionLastSeen.session_id == session_id)
+        return rows(SessionLastSeen, *named)
+
+    assert sessions_named("s7") > 0
+    args = ["events", "forget-customer", "--tenant", str(shop.id), "--user-id", "c-7"]
+    result = runner.invoke(args=args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {
+        "tenant": shop.id,
+        "events_deleted": 1,
+        "rollups_rebuilt": True,
+    }
+    db.session.expire_all()
+    assert rows(Event, Event.user_id == "c-7", Event.tenant_id == shop.id) == 0
+    assert rows(Event, Event.user_id == "c-7", Event.tenant_id == other_shop.id) == 1
+    assert rows(Event, Event.user_id == "c-8") == 1
+    # Its session and its money are gone from the rollups too: recounted.
+    assert sessions_named("s7") == 0 and sessions_named("s8") > 0
+    revenue = select(func.sum(DailyRevenue.amount)).where(DailyRevenue.tenant_id == shop.id)
+    assert db.session.scalar(revenue) == Decimal("30.00")
+    again = runner.invoke(args=args)
+    assert json.loads(again.output)["events_deleted"] == 0
+    args[3] = "999999"
+    missing = runner.invoke(args=args)
+    assert missing.exit_code == 1 and "no tenant with id 999999" in missing.output
 
 
 @pytest.mark.parametrize("page", [EXPORT_PAGE, 1])

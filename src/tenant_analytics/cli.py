@@ -28,7 +28,7 @@ from .rollups import forget_purged_days, rebuild_rollups
 from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
-from .tenant_data import delete_tenant_data, exported_text
+from .tenant_data import delete_tenant_data, exported_text, forget_customer
 
 
 class SaysDatabaseFailuresInOneLine(click.Command):
@@ -447,6 +447,22 @@ def rebuild_rollups_command(tenant_id: int) -> None:
     rebuild_rollups(db.session, tenant)
     db.session.commit()
     echo_json({"tenant": tenant_id, "rebuilt": True})
+
+
+@events_cli.command("forget-customer")
+@click.option("--tenant", "tenant_id", type=int, required=True)
+@click.option("--user-id", required=True, help="The customer's user_id, as the tenant sent it.")
+def forget_customer_command(tenant_id: int, user_id: str) -> None:
+    """Delete every event of the tenant that names the customer (a request to be
+    forgotten), then recount the tenant's rollups from the events left."""
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None:
+        fail(f"no tenant with id {tenant_id}")
+    deleted = forget_customer(db.session, tenant_id, user_id)
+    if deleted:
+        rebuild_rollups(db.session, tenant)  # in the same transaction: never half-counted
+    db.session.commit()
+    echo_json({"tenant": tenant_id, "events_deleted": deleted, "rollups_rebuilt": bool(deleted)})
 
 
 @click.command("demo", cls=SaysDatabaseFailuresInOneLine)

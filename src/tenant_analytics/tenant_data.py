@@ -88,3 +88,10 @@ def delete_tenant_data(session: Session, tenant_id: int) -> int:
     )
     session.execute(delete(Tenant).where(Tenant.id == tenant_id))
     return events or 0
+
+
+def forget_customer(session: Session, tenant_id: int, user_id: str) -> int:
+    """Delete every event of the tenant that names the customer (``user_id``); return how
+    many. The caller rebuilds the tenant's rollups, which count them, and commits."""
+    forgotten = delete(Event).where(Event.tenant_id == tenant_id, Event.user_id == user_id)
+    return session.execute(forgotten).rowcount or 0
