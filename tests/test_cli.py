@@ -326,6 +326,8 @@ def test_forget_customer_deletes_its_events_and_recounts_the_rollups(
     sale = {"revenue": Decimal("30.00"), "product_slug": "pan"}
     store_events(shop, [ev("purchase", now, "s7", user_id="c-7", **sale)])
     store_events(shop, [ev("purchase", now, "s8", user_id="c-8", **sale)])
+    # Browsing before signing in: the customer's session, though not its name.
+    store_events(shop, [ev("product_view", now, "s7"), ev("product_view", now, "s8")])
     store_events(other_shop, [ev("purchase", now, "s7", user_id="c-7", **sale)])
 
     def rows(model, *where) -> int:
@@ -341,11 +343,13 @@ def test_forget_customer_deletes_its_events_and_recounts_the_rollups(
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {
         "tenant": shop.id,
-        "events_deleted": 1,
+        "events_deleted": 2,
         "rollups_rebuilt": True,
     }
     db.session.expire_all()
     assert rows(Event, Event.user_id == "c-7", Event.tenant_id == shop.id) == 0
+    assert rows(Event, Event.session_id == "s7", Event.tenant_id == shop.id) == 0
+    assert rows(Event, Event.session_id == "s8") == 2
     assert rows(Event, Event.user_id == "c-7", Event.tenant_id == other_shop.id) == 1
     assert rows(Event, Event.user_id == "c-8") == 1
     # Its session and its money are gone from the rollups too: recounted.

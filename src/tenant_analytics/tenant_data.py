@@ -91,7 +91,14 @@ def delete_tenant_data(session: Session, tenant_id: int) -> int:
 
 
 def forget_customer(session: Session, tenant_id: int, user_id: str) -> int:
-    """Delete every event of the tenant that names the customer (``user_id``); return how
-    many. The caller rebuilds the tenant's rollups, which count them, and commits."""
-    forgotten = delete(Event).where(Event.tenant_id == tenant_id, Event.user_id == user_id)
+    """Delete every event of the tenant that names the customer (``user_id``), and the
+    others of its sessions (the page views before it signed in); return how many. The
+    caller rebuilds the tenant's rollups, which count them, and commits."""
+    its_sessions = select(Event.session_id).where(
+        Event.tenant_id == tenant_id, Event.user_id == user_id, Event.session_id.is_not(None)
+    )
+    forgotten = delete(Event).where(
+        Event.tenant_id == tenant_id,
+        or_(Event.user_id == user_id, Event.session_id.in_(its_sessions)),
+    )
     return session.execute(forgotten).rowcount or 0
