@@ -519,6 +519,29 @@ def test_a_tagged_select_counts_the_choice_not_the_clicks_on_it(landing, make_te
     assert landing.errors() == []
 
 
+def test_a_tagged_label_of_a_select_counts_the_choice_once(landing, make_tenant):
+    tenant = make_tenant()
+    body = (
+        # Tagged labels: one around its select, one naming it by id.
+        '<label id="around" data-ta-event="click_toggle_currency" data-ta-location="top">'
+        '<span id="around-text">Moneda</span> <select id="wrapped">'
+        "<option>USD</option><option>HNL</option></select></label>"
+        '<label id="naming" for="named" data-ta-event="click_toggle_currency"'
+        ' data-ta-location="pie">Moneda</label>'
+        '<select id="named"><option>USD</option><option>HNL</option></select>'
+    )
+    landing.open(tenant.id, body)
+    for label_id, select_id in (("around-text", "wrapped"), ("naming", "named")):
+        landing.click(label_id)  # focuses the select: no choice yet
+        time.sleep(1.1)  # a slow pick: past the repeat window
+        Select(landing.driver.find_element("id", select_id)).select_by_index(1)
+    assert taps_of(tenant.id, 2) == [
+        ("click_toggle_currency", {"button_location": "pie"}),
+        ("click_toggle_currency", {"button_location": "top"}),
+    ]
+    assert landing.errors() == []
+
+
 def test_taps_inside_an_open_shadow_root_and_middle_clicks_count(landing, make_tenant):
     tenant = make_tenant()
     widget = (

@@ -175,10 +175,15 @@
   }
 
   // A choice in a tagged <select> (a currency picker) is counted when it changes, not
-  // on the clicks that open the list and pick from it.
+  // on the clicks that open the list and pick from it, nor on a tap on its label.
   function isChoosing(path, upTo) {
     for (let i = 0; i <= upTo && i < path.length; i++) {
-      if (isElement(path[i]) && /^(SELECT|OPTION)$/.test(path[i].tagName)) return true;
+      const node = path[i];
+      if (!isElement(node)) continue;
+      if (/^(SELECT|OPTION)$/.test(node.tagName)) return true;
+      if (node.tagName === "LABEL" && node.control && node.control.tagName === "SELECT") {
+        return true;
+      }
     }
     return false;
   }
@@ -236,16 +241,28 @@
     }
   }
 
+  // Counts a choice for the nearest tagged element of ``path``; false if none is.
+  function countChoice(path) {
+    for (let i = 0; i < path.length; i++) {
+      const type = isElement(path[i]) && path[i].getAttribute("data-ta-event");
+      if (CLICK_TYPES.indexOf(type) < 0) continue;
+      // Arrow keys on a closed list choose at each step: one choice a second.
+      if (!isRepeat(path[i])) send(type, tapMetadata(type, path, i));
+      return true;
+    }
+    return false;
+  }
+
   function onChoice(event) {
     try {
       const path = pathOf(event);
-      if (!isElement(path[0]) || path[0].tagName !== "SELECT") return;
-      for (let i = 0; i < path.length; i++) {
-        const type = isElement(path[i]) && path[i].getAttribute("data-ta-event");
-        if (CLICK_TYPES.indexOf(type) < 0) continue;
-        // Arrow keys on a closed list choose at each step: one choice a second.
-        if (!isRepeat(path[i])) send(type, tapMetadata(type, path, i));
-        return;
+      const select = path[0];
+      if (!isElement(select) || select.tagName !== "SELECT") return;
+      if (countChoice(path)) return;
+      // Or a tagged label that names the select from elsewhere (<label for=…>).
+      const labels = select.labels || [];
+      for (let i = 0; i < labels.length; i++) {
+        if (countChoice(pathOf({ target: labels[i] }))) return;
       }
     } catch (e) {
       // never break the page's own form handling
