@@ -60,7 +60,8 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         _reset_postgres(url)
-        return url
+        # As the app reads it: ``postgres://`` too starts with "postgresql" then.
+        return normalize_database_url(url)
     return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
 
 
@@ -164,7 +165,9 @@ def make_tenant(app: Flask):
 def make_user(app: Flask):
     def _make(*tenants: Tenant, admin: bool = False, password: str = "s3cret-pass") -> User:
         email = f"u-{uuid.uuid4().hex[:10]}@example.com"
-        return create_user(db.session, email, password, tenants=list(tenants), is_admin=admin)
+        user = create_user(db.session, email, password, tenants=list(tenants), is_admin=admin)
+        db.session.commit()
+        return user
 
     return _make
 

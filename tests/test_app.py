@@ -31,7 +31,7 @@ from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
 from tenant_analytics.partitions import ensure_partitions, include_in_migrations, month_of
 from tenant_analytics.queries import store
 from tenant_analytics.ratelimits import warn_about_limits
-from tenant_analytics.rollups import TenantInfo, rebuild_rollups
+from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.storage import warn_about_database
 from tenant_analytics.timewindows import tenant_zone
 
@@ -587,7 +587,7 @@ def test_upgrading_makes_stored_empty_sources_direct(scratch_database_url):
                     {"id": number, "at": now, "session": f"s{number}", "source": source},
                 )
         # As 0009's app kept them (the model is head's: it reads columns 0009 lacks).
-        rebuild_rollups(db.session, TenantInfo(7, "UTC", "HNL"))
+        rebuild_rollups(db.session, 7)
         db.session.commit()
         upgrade()
         sources = sorted(str(s) for s in db.session.scalars(select(Event.source)))

@@ -802,7 +802,7 @@ def rebuilding(app, is_postgres):
     def _rebuild(tenant: Tenant) -> None:
         session = Session(db.engine)
         sessions.append(session)
-        rebuild_rollups(session, session.get(Tenant, tenant.id))
+        rebuild_rollups(session, tenant.id)
 
     timer = threading.Timer(8, lambda: [session.rollback() for session in sessions])
     timer.start()

@@ -1142,6 +1142,7 @@ def test_login_survives_mutated_and_arbitrary_bodies(app, api, data):
     """Sign-in with mutated credentials, anything JSON, or raw bytes: 200, 401 or 422."""
     if db.session.scalar(select(User).where(User.email == "owner@fuzz.example")) is None:
         create_user(db.session, "owner@fuzz.example", "s3cret-pass", tenants=[], is_admin=False)
+        db.session.commit()
     base = st.just({"email": "owner@fuzz.example", "password": "s3cret-pass"})
     kind = data.draw(st.sampled_from(["mutated", "json", "raw"]), label="kind")
     if kind == "raw":
@@ -1428,7 +1429,7 @@ def post_and_read_reports(api, ingestion, world, posts, zone) -> None:
         )
         assert response.status_code == 200, report
     raw = from_raw_events(world.tenant_id)
-    rebuild_rollups(db.session, db.session.get(Tenant, world.tenant_id))
+    rebuild_rollups(db.session, world.tenant_id)
     db.session.commit()
     rebuilt = {}
     for report in ROLLED_UP:

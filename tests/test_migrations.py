@@ -32,7 +32,7 @@ from tenant_analytics.partitions import (
     month_of,
     partition_name,
 )
-from tenant_analytics.rollups import ROLLUP_MODELS, TenantInfo, rebuild_rollups
+from tenant_analytics.rollups import ROLLUP_MODELS, rebuild_rollups
 
 from .conftest import app_config, release_connections
 
@@ -233,7 +233,7 @@ def test_0012_counts_again_the_rollups_of_tenants_in_cet_eet_met_and_wet(
             ),
             {"tenant": tenant_id, "at": summer_night},
         )
-    rebuild_rollups(db.session, TenantInfo(tenant_id, "CET", "HNL"))
+    rebuild_rollups(db.session, tenant_id)
     db.session.commit()
     right = rollup_rows()
     counted = DailyEventCount.__table__.c

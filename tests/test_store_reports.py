@@ -586,7 +586,7 @@ def test_made_up_sources_do_not_grow_the_report_without_bound(
 def test_dashboard_days_follow_the_tenant_zone(app, shop):
     """Moved to UTC (rollups rebuilt, as the tenant API does), the days shift: zones matter."""
     shop.timezone = "UTC"
-    rebuild_rollups(db.session, shop)
+    rebuild_rollups(db.session, shop.id)
     utc = stats(shop, zone=ZoneInfo("UTC"))
     # s9's 23:59 on 1 March local is 05:59 on 2 March UTC: joins s1's two purchases;
     # s3's 20:35 on 7 March local is 02:35 on 8 March UTC: joins s4's.

@@ -136,7 +136,7 @@ def test_rebuild_gives_the_incremental_store_rollups(app, make_tenant, store_eve
     store_events(tenant, events[:150])
     store_events(tenant, events[150:])
     incremental = without_empty_counts(rollup_snapshot(tenant.id))
-    rebuild_rollups(db.session, tenant)
+    rebuild_rollups(db.session, tenant.id)
     db.session.commit()
     assert without_empty_counts(rollup_snapshot(tenant.id)) == incremental
     assert incremental["session_last_seen_counts"] and incremental["daily_product_counts"]

@@ -311,7 +311,7 @@ def test_events_a_stale_worker_writes_after_a_zone_change_count_in_the_new_zone(
     today = client.get(f"/api/analytics/{tenant.id}/today", headers=headers).get_json()
     assert today["qr_scans"] == 3
     written = rollup_snapshot(tenant.id)
-    rebuild_rollups(db.session, db.session.get(Tenant, tenant.id))
+    rebuild_rollups(db.session, tenant.id)
     db.session.commit()
     rebuilt = rollup_snapshot(tenant.id)
     # Written, a generated session is counted with no row of its own (rollups.NEW_SESSION).

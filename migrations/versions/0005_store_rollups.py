@@ -59,8 +59,7 @@ def rebuild_existing_rollups():
     # Plain SQL for the tenants: the Tenant model may have columns this revision lacks.
     tenants = bind.execute(
         sa.text(
-            "SELECT id, timezone, currency FROM tenants"
-            " WHERE id IN (SELECT DISTINCT tenant_id FROM events) ORDER BY id"
+            "SELECT id FROM tenants WHERE id IN (SELECT DISTINCT tenant_id FROM events) ORDER BY id"
         )
     ).all()
     if not tenants:
@@ -68,12 +67,11 @@ def rebuild_existing_rollups():
     # The app's own rebuild: it rewrites every rollup of a tenant.
     from sqlalchemy.orm import Session
 
-    from tenant_analytics.ingestion import TenantInfo
     from tenant_analytics.rollups import rebuild_rollups
 
     session = Session(bind=bind)
-    for tenant_id, timezone, currency in tenants:
-        rebuild_rollups(session, TenantInfo(tenant_id, timezone, currency))
+    for (tenant_id,) in tenants:
+        rebuild_rollups(session, tenant_id)
     session.flush()
 
 

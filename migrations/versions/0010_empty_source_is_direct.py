@@ -21,7 +21,7 @@ def upgrade():
     # Plain SQL: the Tenant model may have columns this revision lacks.
     tenants = bind.execute(
         sa.text(
-            "SELECT id, timezone, currency FROM tenants WHERE id IN"
+            "SELECT id FROM tenants WHERE id IN"
             " (SELECT DISTINCT tenant_id FROM events WHERE source = '')"
         )
     ).all()
@@ -31,12 +31,11 @@ def upgrade():
     # Their rollups counted '' as a source of its own: counted again, as "direct".
     from sqlalchemy.orm import Session
 
-    from tenant_analytics.ingestion import TenantInfo
     from tenant_analytics.rollups import rebuild_rollups
 
     session = Session(bind=bind)
-    for tenant_id, timezone, currency in tenants:
-        rebuild_rollups(session, TenantInfo(tenant_id, timezone, currency))
+    for (tenant_id,) in tenants:
+        rebuild_rollups(session, tenant_id)
     session.flush()
 
 

@@ -28,7 +28,7 @@ def upgrade():
         return  # SQLite's rebuild counts days in Python
     # Plain SQL: the Tenant model may have columns a later revision adds.
     tenants = bind.execute(
-        sa.text("SELECT id, timezone, currency FROM tenants WHERE timezone IN :zones").bindparams(
+        sa.text("SELECT id FROM tenants WHERE timezone IN :zones").bindparams(
             sa.bindparam("zones", expanding=True)
         ),
         {"zones": list(ZONES)},
@@ -37,12 +37,11 @@ def upgrade():
         return
     from sqlalchemy.orm import Session
 
-    from tenant_analytics.ingestion import TenantInfo
     from tenant_analytics.rollups import rebuild_rollups
 
     session = Session(bind=bind)
-    for tenant_id, timezone, currency in tenants:
-        rebuild_rollups(session, TenantInfo(tenant_id, timezone, currency))
+    for (tenant_id,) in tenants:
+        rebuild_rollups(session, tenant_id)
     session.flush()
 
 

@@ -18,8 +18,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from .errors import error_response
 from .extensions import db
 from .logs import get_logger
-from .models import SignOut, Tenant, User, is_row_id, utcnow
-from .storage import dialect_insert
+from .models import SignOut, Tenant, User, dialect_insert, is_row_id, utcnow
 
 log = get_logger(__name__)
 
@@ -34,10 +33,11 @@ _UNUSED_HASH = generate_password_hash("timing-equalizer")
 def create_user(
     session: Session, email: str, password: str, *, tenants: list[Tenant], is_admin: bool
 ) -> User:
+    """A new user owning ``tenants``; the caller commits."""
     user = User(email=email.strip().lower(), is_admin=is_admin, tenants=tenants)
     set_password(user, password)
     session.add(user)
-    session.commit()
+    session.flush()
     return user
 
 

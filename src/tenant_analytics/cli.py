@@ -274,6 +274,7 @@ def create_user_command(
         fail(f"a user with email {email!r} already exists")
     password = password_or_prompt(password)
     user = create_user(db.session, email, password, tenants=tenants, is_admin=admin)
+    db.session.commit()
     echo_json(user.to_dict())
     if not tenants and not admin:  # signs in, then every dashboard answers 404
         click.echo(
@@ -441,10 +442,9 @@ def purge_command(days: int) -> None:
 @click.option("--tenant", "tenant_id", type=int, required=True)
 def rebuild_rollups_command(tenant_id: int) -> None:
     """Recompute a tenant's rollups from its events (after a bulk load or a zone change)."""
-    tenant = db.session.get(Tenant, tenant_id)
-    if tenant is None:
+    if db.session.get(Tenant, tenant_id) is None:
         fail(f"no tenant with id {tenant_id}")
-    rebuild_rollups(db.session, tenant)
+    rebuild_rollups(db.session, tenant_id)
     db.session.commit()
     echo_json({"tenant": tenant_id, "rebuilt": True})
 
@@ -455,12 +455,11 @@ def rebuild_rollups_command(tenant_id: int) -> None:
 def forget_customer_command(tenant_id: int, user_id: str) -> None:
     """Delete every event of the tenant that names the customer (a request to be
     forgotten), then recount the tenant's rollups from the events left."""
-    tenant = db.session.get(Tenant, tenant_id)
-    if tenant is None:
+    if db.session.get(Tenant, tenant_id) is None:
         fail(f"no tenant with id {tenant_id}")
     deleted = forget_customer(db.session, tenant_id, user_id)
     if deleted:
-        rebuild_rollups(db.session, tenant)  # in the same transaction: never half-counted
+        rebuild_rollups(db.session, tenant_id)  # in the same transaction: never half-counted
     db.session.commit()
     echo_json({"tenant": tenant_id, "events_deleted": deleted, "rollups_rebuilt": bool(deleted)})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -27,8 +28,9 @@ from sqlalchemy import (
     Uuid,
     false,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from .extensions import db
 
@@ -59,6 +61,13 @@ def is_tenant_slug(value: str) -> bool:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def dialect_insert(session: Session) -> Callable[[Any], postgresql.Insert | sqlite.Insert]:
+    """The backend's INSERT, which has ON CONFLICT."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -209,8 +218,8 @@ class Event(db.Model):
     visitor_hash: Mapped[str | None] = mapped_column(String(45))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     referrer: Mapped[str | None] = mapped_column(String(1024))
-    # Store and v1 fields; NULL where an event has none (/track gives every event a
-    # session_id, landing events included, so NULL does not mean "landing").
+    # Store and v1 fields; NULL where an event has none (/track makes up a session_id
+    # for a store event sent without one; a landing event keeps the client's, or none).
     session_id: Mapped[str | None] = mapped_column(String(64))
     user_id: Mapped[str | None] = mapped_column(String(254))
     product_id: Mapped[int | None] = mapped_column(Integer)

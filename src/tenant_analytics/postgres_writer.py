@@ -278,7 +278,10 @@ def commit_batch(
     """
     try:
         _prepare_once(autocommit_connection)
-        params = {**batch_parameters(rows, delta), "lock_timeout": _milliseconds(lock_timeout)}
+        params = {
+            **batch_parameters(rows, delta),
+            "lock_timeout": lock_timeout_setting(lock_timeout),
+        }
         autocommit_connection.exec_driver_sql(
             f"BEGIN;\n{SET_LOCK_TIMEOUT};\n{_executes(params)};\nCOMMIT", params
         )
@@ -305,19 +308,22 @@ def limit_lock_waits(connection: Connection, seconds: float) -> None:
     """On PostgreSQL, wait no longer than ``seconds`` for any lock until ``connection``'s
     transaction ends."""
     if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(SET_LOCK_TIMEOUT, {"lock_timeout": _milliseconds(seconds)})
+        connection.exec_driver_sql(
+            SET_LOCK_TIMEOUT, {"lock_timeout": lock_timeout_setting(seconds)}
+        )
 
 
 def set_lock_timeout_for_good(connection: Connection, seconds: float) -> None:
     """Wait no longer than ``seconds`` for any lock, in every later transaction of
     ``connection`` (one that only its owner ever uses: the setting stays with it)."""
     connection.exec_driver_sql(
-        "SET lock_timeout = %(lock_timeout)s", {"lock_timeout": _milliseconds(seconds)}
+        "SET lock_timeout = %(lock_timeout)s", {"lock_timeout": lock_timeout_setting(seconds)}
     )
     connection.commit()
 
 
-def _milliseconds(seconds: float) -> str:
+def lock_timeout_setting(seconds: float) -> str:
+    """``seconds`` as a lock_timeout value."""
     return f"{max(1, round(seconds * 1000))}ms"  # 0 would mean no limit at all
 
 

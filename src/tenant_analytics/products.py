@@ -1,4 +1,4 @@
-"""Products of a tenant: creation, lookup and updates, always scoped by tenant."""
+"""Products of a tenant: creation and lookup, always scoped by tenant."""
 
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from sqlalchemy import Date, bindparam, case, delete, select, text, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -33,6 +32,7 @@ from .models import (
     SessionLastSeen,
     SessionLastSeenCount,
     VisitorLastSeen,
+    dialect_insert,
 )
 from .timewindows import postgres_zone, tenant_zone
 
@@ -68,17 +68,17 @@ def type_scope(event_type: str, source: str | None = None) -> str:
     return f"type={event_type}" if source is None else f"type={event_type}&source={source}"
 
 
-# The types whose sessions are counted per type: the store's. Landing events get a
-# new session each (event_builders), so per-type scopes for them would cost two
-# more rows per event for figures no report shows.
+# The types whose sessions are counted per type: the store's. Landing events carry
+# a session only when the client sent one, and no report shows their per-type
+# figures, so per-type scopes for them would cost two more rows per event for nothing.
 SESSION_TYPES = frozenset(STORE_TYPES)
 
 
 # A row key, not a column: True when the event's session id was made for it alone
-# (event_builders.track_event). Such a session is never seen again, so its last-seen
-# day is the event's day for good: it is counted in the histogram without a row of
-# its own in session_last_seen, which keeps landing events (one new session each)
-# as cheap to write as before.
+# (event_builders.track_event: a store event sent without one). Such a session is
+# never seen again, so its last-seen day is the event's day for good: it is counted
+# in the histogram without a row of its own in session_last_seen, which keeps those
+# events as cheap to write as the ones without a session.
 NEW_SESSION = "new_session"
 
 
@@ -128,10 +128,12 @@ class TenantInfo:
 
 # pg_advisory_xact_lock(ROLLUP_LOCK, tenant_id) serializes one tenant's rollup updates.
 ROLLUP_LOCK = 7_411
+LOCK_ROLLUPS = text("SELECT pg_advisory_xact_lock(:lock, :tenant)")
 
 
-def _insert(session: Session):
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def _lock_rollups(session: Session, tenant_id: int) -> None:
+    """Hold the tenant's rollup lock until the transaction ends (PostgreSQL only)."""
+    session.execute(LOCK_ROLLUPS, {"lock": ROLLUP_LOCK, "tenant": tenant_id})
 
 
 def _add_to(
@@ -148,7 +150,7 @@ def _add_to(
     if not rows:
         return
     table = model.__table__
-    statement = _insert(session)(table).values(rows)
+    statement = dialect_insert(session)(table).values(rows)
     new = statement.excluded
     changes = {c: table.c[c] + new[c] for c in columns}
     for c in greatest:
@@ -240,10 +242,7 @@ def update_rollups(
     delta = aggregate(rows, tenants)
     if session.get_bind().dialect.name == "postgresql":
         for tenant_id in sorted(tenants):  # one order everywhere: no deadlocks
-            session.execute(
-                text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
-                {"lock": ROLLUP_LOCK, "tenant": tenant_id},
-            )
+            _lock_rollups(session, tenant_id)
     _add_to(
         session,
         DailyEventCount,
@@ -312,7 +311,7 @@ def _count_daily_visitors(session: Session, members: list[tuple[int, date, str]]
         return
     table = DailyVisitor.__table__
     statement = (
-        _insert(session)(table)
+        dialect_insert(session)(table)
         .values([{"tenant_id": t, "day": d, "visitor_hash": h} for t, d, h in members])
         .on_conflict_do_nothing()
         .returning(table.c.tenant_id, table.c.day)
@@ -361,7 +360,7 @@ def _move_last_seen(
         if before is not None:
             delta[(*key[:-1], before)] -= 1
     if moved:
-        statement = _insert(session)(seen).values(moved)
+        statement = dialect_insert(session)(seen).values(moved)
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=key_columns, set_={"last_day": statement.excluded.last_day}
@@ -440,10 +439,7 @@ def forget_purged_days(session: Session, gone: datetime) -> int:
             )
             while True:
                 if postgres:
-                    session.execute(
-                        text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
-                        {"lock": ROLLUP_LOCK, "tenant": tenant_id},
-                    )
+                    _lock_rollups(session, tenant_id)
                 result = session.execute(
                     batch, {"tenant": tenant_id, "day": day, "batch": FORGET_BATCH}
                 )
@@ -562,15 +558,14 @@ def lock_rollups_within(session: Session, tenant_id: int, seconds: float) -> boo
     SQLite a rebuild takes the database's write lock, and this is True.)"""
     if session.get_bind().dialect.name != "postgresql":
         return True
-    from .postgres_writer import lock_timed_out  # which builds on this module
+    from .postgres_writer import lock_timed_out, lock_timeout_setting  # they build on this
 
-    lock = {"lock": ROLLUP_LOCK, "tenant": tenant_id}
-    wait = f"{max(1, round(seconds * 1000))}ms"
+    wait = lock_timeout_setting(seconds)
     previous = session.scalar(text("SELECT current_setting('lock_timeout')"))
     try:
         with session.begin_nested():  # a wait that runs out leaves the transaction usable
             session.execute(text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": wait})
-            session.execute(text("SELECT pg_advisory_xact_lock(:lock, :tenant)"), lock)
+            _lock_rollups(session, tenant_id)
     except OperationalError as exc:
         if lock_timed_out(exc):
             return False
@@ -582,26 +577,23 @@ def lock_rollups_within(session: Session, tenant_id: int, seconds: float) -> boo
     return True
 
 
-def rebuild_rollups(session: Session, tenant: TenantRef, *, chunk: int = 5000) -> None:
+def rebuild_rollups(session: Session, tenant_id: int, *, chunk: int = 5000) -> None:
     """Recompute a tenant's rollups from its raw events (after a bulk load or a zone change).
 
-    Only ``tenant``'s id is taken from the caller: its zone and currency are read once
-    the rebuild holds the tenant's rollups, since a zone change may have committed
-    while it waited (a rebuild in a stale zone would leave every day shifted).
+    The tenant's zone and currency are read once the rebuild holds the tenant's
+    rollups, since a zone change may have committed while it waited (a rebuild in a
+    stale zone would leave every day shifted).
     """
     from .models import Event, Tenant
 
     if session.get_bind().dialect.name == "postgresql":
         # Writers of this tenant's events wait until the rebuild commits.
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
-            {"lock": ROLLUP_LOCK, "tenant": tenant.id},
-        )
-    clear_rollups(session, tenant.id)  # on SQLite, takes the database's write lock
+        _lock_rollups(session, tenant_id)
+    clear_rollups(session, tenant_id)  # on SQLite, takes the database's write lock
     zone, currency = session.execute(
-        select(Tenant.timezone, Tenant.currency).where(Tenant.id == tenant.id)
+        select(Tenant.timezone, Tenant.currency).where(Tenant.id == tenant_id)
     ).one()
-    tenant = TenantInfo(tenant.id, zone, currency)
+    tenant = TenantInfo(tenant_id, zone, currency)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(
             text("SELECT set_config('work_mem', :work_mem, true)"),

@@ -8,13 +8,12 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import Row, delete, insert, make_url, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from . import postgres_writer
 from .logs import get_logger
-from .models import DedupeKey, Event, IdSequence, Tenant
+from .models import DedupeKey, Event, IdSequence, Tenant, dialect_insert
 from .partitions import ensure_partitions_cached, month_of
 from .rollups import TenantFields, aggregate, update_rollups
 
@@ -130,13 +129,6 @@ def delete_dedupe_keys(session: Session, *, prefix: str, seen_before: datetime) 
         session.commit()
         deleted += result.rowcount
     return deleted
-
-
-def dialect_insert(session: Session):
-    """The backend's INSERT, which has ON CONFLICT."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert
-    return sqlite.insert
 
 
 def warn_about_database(app: Flask) -> None:

@@ -1,4 +1,5 @@
-"""Helpers shared by handlers: the parsed body and the client's identity."""
+"""Helpers shared by handlers: the request class that reads bodies whole, the refusal
+of compressed bodies, the parsed body, the client's identity and the ingestion call."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def update_tenant(tenant_id: int):
     if "active" in changes and current_user.is_admin:
         tenant.suspended = not changes["active"]  # an operator's word, as the CLI's
     if rebuild:
-        rebuild_rollups(db.session, tenant)
+        rebuild_rollups(db.session, tenant.id)
     db.session.commit()
     active_tenants().forget()
     return {"success": True, "tenant": tenant_view(tenant)}

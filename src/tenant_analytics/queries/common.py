@@ -1,4 +1,4 @@
-"""Building blocks shared by the raw-event queries."""
+"""Building blocks shared by the analytics queries, raw-event and rollup alike."""
 
 from __future__ import annotations
 
