@@ -33,7 +33,7 @@ TEST_JWT_KEY = "test-jwt-key-0123456789abcdef-0123456789"
 os.environ.setdefault("JWT_SECRET_KEY", TEST_JWT_KEY)
 os.environ.setdefault("VISITOR_HASH_KEY", TEST_HASH_KEY)
 # The store columns a test event may set (``store_events``).
-STORE_COLUMNS = (
+STORE_EVENT_FIELDS = (
     "session_id",
     "user_id",
     "product_slug",
@@ -204,7 +204,9 @@ def store_events(app):
         client = ClientInfo(ip="10.0.0.1", user_agent="pytest", referrer=None)
         rows = []
         for event_type, created_at, columns in events:
-            extra = {name: columns.get(name) for name in STORE_COLUMNS}  # same keys on every row
+            extra = {
+                name: columns.get(name) for name in STORE_EVENT_FIELDS
+            }  # same keys on every row
             new = NewEvent(event_type, None, created_at=created_at, extra=extra)
             rows.append(enrich(tenant, new, client, hash_key=TEST_HASH_KEY, now=utcnow()))
         insert_events(db.session, rows)

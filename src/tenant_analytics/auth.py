@@ -108,17 +108,21 @@ def _last_expiry(now: datetime, token: dict[str, Any]) -> datetime | None:
     """The latest a token of the sign-in can expire: its refresh token (issued at the
     sign-in), or an access token that issued just before it expired. From the lifetimes
     set now, and from the token logged out with (issued under longer ones, perhaps)."""
-    lifetimes = []
-    for setting in ("JWT_REFRESH_TOKEN_EXPIRES", "JWT_ACCESS_TOKEN_EXPIRES"):
-        lifetime = current_app.config[setting]
-        if lifetime is False or "exp" not in token:
-            return None
-        lifetimes.append(
-            lifetime if isinstance(lifetime, timedelta) else timedelta(seconds=lifetime)
-        )
-    refresh, access = lifetimes
+    refresh = token_lifetime("JWT_REFRESH_TOKEN_EXPIRES")
+    access = token_lifetime("JWT_ACCESS_TOKEN_EXPIRES")
+    if refresh is None or access is None or "exp" not in token:
+        return None
     expires = datetime.fromtimestamp(token["exp"], UTC)
     return max(now + refresh, expires) + access
+
+
+def token_lifetime(setting: str) -> timedelta | None:
+    """A JWT lifetime setting as flask-jwt-extended takes it (a timedelta or seconds);
+    None for ``False``, tokens that never expire."""
+    lifetime = current_app.config[setting]
+    if lifetime is False:
+        return None
+    return lifetime if isinstance(lifetime, timedelta) else timedelta(seconds=lifetime)
 
 
 def canonical_bearer_scheme() -> None:

@@ -29,6 +29,7 @@ from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
 from .tenant_data import delete_tenant_data, exported_text, forget_customer
+from .tenant_settings import switch_tenant
 
 
 class SaysDatabaseFailuresInOneLine(click.Command):
@@ -190,8 +191,7 @@ def _switch_tenant(tenant_id: int, active: bool) -> None:
     tenant = db.session.get(Tenant, tenant_id)
     if tenant is None:
         fail(f"no tenant with id {tenant_id}")
-    tenant.active = active
-    tenant.suspended = not active  # the operator's word: owners cannot undo it
+    switch_tenant(tenant, active, by_operator=True)  # owners cannot undo it
     db.session.commit()
     active_tenants().forget()  # this process; servers within TENANT_CACHE_SECONDS
     echo_json(tenant.to_dict())
@@ -240,7 +240,7 @@ def delete_tenant(tenant_id: int, yes: bool) -> None:
     # The servers stop taking its events first: one naming a tenant that is gone would
     # fail its batch.
     owners = [owner.email for owner in tenant.owners]
-    tenant.active, tenant.suspended = False, True
+    switch_tenant(tenant, False, by_operator=True)
     db.session.commit()
     active_tenants().forget()
     cached = current_app.config["TENANT_CACHE_SECONDS"]

@@ -17,7 +17,9 @@ from pydantic_core import ErrorDetails
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import HTTP_STATUS_CODES
 
+from .extensions import db
 from .ingestion import CommitTimeout, CommitUncertain, TenantBusy
 from .logs import get_logger
 
@@ -65,8 +67,6 @@ def error_response(
 
 
 def _default_code(status: int) -> str:
-    from werkzeug.http import HTTP_STATUS_CODES
-
     return HTTP_STATUS_CODES.get(status, "error").lower().replace(" ", "_")
 
 
@@ -96,15 +96,24 @@ def _client_message(err: ErrorDetails) -> str:
     return err["msg"]
 
 
-def _unavailable(message: str) -> tuple[Response, int]:
-    """The database busy or away: nothing (or nothing certain) was done, retry in a second."""
-    response, status = error_response(503, message, code="unavailable")
-    response.headers["Retry-After"] = "1"
+def unavailable(
+    message: str, *, retry_after: int = 1, extra: dict[str, Any] | None = None
+) -> tuple[Response, int]:
+    """A 503: the database (or the limiter's storage) busy or away, nothing (or nothing
+    certain) was done; retry in ``retry_after`` seconds."""
+    response, status = error_response(503, message, code="unavailable", extra=extra)
+    response.headers["Retry-After"] = str(retry_after)
     return response, status
 
 
 def invalid_body(errors: dict[str, list[str]]) -> ApiError:
+    """The 422 of a body that fails validation, with each field's errors."""
     return ApiError(422, "The request body is invalid.", code="validation_error", errors=errors)
+
+
+def invalid_field(field: str, message: str) -> ApiError:
+    """The 422 of one bad query argument: ``message`` is the answer's and the field's."""
+    return ApiError(422, message, code="validation_error", errors={field: [message]})
 
 
 def is_missing_table(exc: SQLAlchemyError) -> bool:
@@ -138,6 +147,11 @@ class OnceAMinute:
 TENANT_UNAVAILABLE = "Tenant not found or not available"
 
 
+def tenant_unavailable() -> ApiError:
+    """The 404 of a public write naming no active tenant."""
+    return ApiError(404, TENANT_UNAVAILABLE, code="tenant_not_found")
+
+
 def names_a_missing_row(exc: SQLAlchemyError) -> bool:
     """A foreign key broken by a write: what it names (a tenant, the only row events and
     rollups refer to) was deleted meanwhile."""
@@ -149,14 +163,12 @@ def names_a_missing_row(exc: SQLAlchemyError) -> bool:
 
 def _not_migrated(lines: OnceAMinute) -> tuple[Response, int]:
     lines.say("the database lacks a table: run `flask --app tenant_analytics db upgrade`")
-    return _unavailable("The service is not ready; retry shortly.")
+    return unavailable("The service is not ready; retry shortly.")
 
 
 def _database_address() -> str:
     """Where DATABASE_URL points, without its password: under gevent the driver's own
     words are only "Connection refused", naming no host."""
-    from .extensions import db
-
     url = db.engine.url
     if url.get_backend_name() == "sqlite":
         return url.database or ":memory:"
@@ -234,12 +246,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError):
-        return error_response(
-            422,
-            "The request body is invalid.",
-            code="validation_error",
-            errors=validation_errors(exc),
-        )
+        return _api_error(invalid_body(validation_errors(exc)))
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded):
@@ -265,12 +272,12 @@ def register_error_handlers(app: Flask) -> None:
     def _commit_timeout(exc: CommitTimeout):
         if not isinstance(exc, TenantBusy):  # those the committer logs once per batch
             log.warning("events not stored, the client is told to send them again: %s", exc)
-        return _unavailable("The events were not stored in time; send them again.")
+        return unavailable("The events were not stored in time; send them again.")
 
     @app.errorhandler(CommitUncertain)
     def _commit_uncertain(exc: CommitUncertain):
         log.error("%s", outage_reason(exc))
-        return _unavailable(
+        return unavailable(
             "The database did not confirm the write (its connection failed, or it "
             "stopped answering); the events may have been stored."
         )
@@ -280,13 +287,13 @@ def register_error_handlers(app: Flask) -> None:
         if is_missing_table(exc):  # SQLite's "no such table" is an OperationalError
             return _not_migrated(outage_lines)
         outage_lines.say(_unavailable_line(exc))
-        return _unavailable("The service is temporarily unavailable; retry shortly.")
+        return unavailable("The service is temporarily unavailable; retry shortly.")
 
     @app.errorhandler(PoolTimeout)
     def _connections_exhausted(exc: PoolTimeout):
         # More requests than pooled connections (easy with gevent's many greenlets).
         log.warning("no database connection free in time")
-        return _unavailable("The service is busy; retry shortly.")
+        return unavailable("The service is busy; retry shortly.")
 
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):
@@ -296,7 +303,7 @@ def register_error_handlers(app: Flask) -> None:
             # The tenant was deleted while this process still had it cached (`tenant
             # delete` waits the cache out; a request already under way may not).
             log.warning("a write named a tenant that no longer exists")
-            return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")
+            return _api_error(tenant_unavailable())
         log.exception("database error")
         return error_response(500, "Internal server error.")
 

@@ -17,7 +17,7 @@ from limits.strategies import RateLimiter
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import ApiError, error_response
+from .errors import ApiError, OnceAMinute, error_response, unavailable
 from .extensions import client_ip_key, limiter
 from .logs import get_logger
 from .privacy import limited_client, rate_limit_key
@@ -122,7 +122,7 @@ class StorageFailuresInOneLine(logging.Filter):
     Redis that went away under load: dozens, ~70 lines each). One line a minute says
     it instead; those requests went unchecked, the fallback counts the next ones."""
 
-    QUIET_SECONDS = 60.0
+    QUIET_SECONDS = OnceAMinute.QUIET_SECONDS
 
     def __init__(self) -> None:
         super().__init__()
@@ -313,11 +313,7 @@ def counted_or_503(limited: View) -> View:
     def checked(*args: Any, **kwargs: Any) -> Any:
         if not limiter.storage.check():
             log.warning("sign-in refused: the limiter's storage did not answer")
-            response, status = error_response(
-                503, "Sign-in is unavailable for a moment; retry shortly.", code="unavailable"
-            )
-            response.headers["Retry-After"] = "5"
-            return response, status
+            return unavailable("Sign-in is unavailable for a moment; retry shortly.", retry_after=5)
         return limited(*args, **kwargs)
 
     return checked  # type: ignore[return-value]

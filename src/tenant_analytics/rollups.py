@@ -28,9 +28,11 @@ from .models import (
     DailyRevenue,
     DailyVisitor,
     DailyVisitorCount,
+    Event,
     LastSeenCount,
     SessionLastSeen,
     SessionLastSeenCount,
+    Tenant,
     VisitorLastSeen,
     dialect_insert,
 )
@@ -412,8 +414,6 @@ def forget_purged_days(session: Session, gone: datetime) -> int:
     lock: its writers move a returning visitor's last-seen day within these same rows,
     and wait for the lock at most WRITE_LOCK_TIMEOUT_MS.
     """
-    from .models import Tenant
-
     tenants = session.execute(select(Tenant.id, Tenant.timezone).order_by(Tenant.id)).all()
     session.commit()
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -584,8 +584,6 @@ def rebuild_rollups(session: Session, tenant_id: int, *, chunk: int = 5000) -> N
     rollups, since a zone change may have committed while it waited (a rebuild in a
     stale zone would leave every day shifted).
     """
-    from .models import Event, Tenant
-
     if session.get_bind().dialect.name == "postgresql":
         # Writers of this tenant's events wait until the rebuild commits.
         _lock_rollups(session, tenant_id)

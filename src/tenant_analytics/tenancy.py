@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from .errors import ApiError
+from .errors import ApiError, tenant_unavailable
 from .extensions import db
 from .models import Tenant, User, is_row_id
 from .rollups import TenantInfo
@@ -170,3 +170,11 @@ def requested_tenant(field: str = "tenant_id") -> TenantInfo | None:
     if isinstance(found, SQLAlchemyError):
         raise found
     return found
+
+
+def requested_tenant_or_404(field: str = "tenant_id") -> TenantInfo:
+    """``requested_tenant``, or the 404 ``tenant_not_found`` raised when there is none."""
+    tenant = requested_tenant(field)
+    if tenant is None:
+        raise tenant_unavailable()
+    return tenant

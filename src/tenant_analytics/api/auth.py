@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from flask import Blueprint, current_app
+from flask import Blueprint
 from flask_jwt_extended import current_user, get_jwt, jwt_required
 
 from ..auth import (
@@ -16,6 +14,7 @@ from ..auth import (
     new_sign_in,
     refresh_token_for,
     sign_out,
+    token_lifetime,
 )
 from ..extensions import db
 from ..models import User
@@ -67,8 +66,7 @@ def _access(user: User, sign_in: str) -> dict[str, str | int]:
         "access_token": access_token_for(user, sign_in),
         "token_type": "Bearer",
     }
-    lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
-    if lifetime is not False:  # flask-jwt-extended takes a timedelta or seconds
-        seconds = lifetime.total_seconds() if isinstance(lifetime, timedelta) else lifetime
-        answer["expires_in"] = int(seconds)
+    lifetime = token_lifetime("JWT_ACCESS_TOKEN_EXPIRES")
+    if lifetime is not None:
+        answer["expires_in"] = int(lifetime.total_seconds())
     return answer

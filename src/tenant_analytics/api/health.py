@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import error_response, is_missing_table
+from ..errors import is_missing_table, unavailable
 from ..extensions import db, limiter
 from ..models import Tenant
 
@@ -29,9 +29,7 @@ def health():
     if database == "ok":
         response, status = jsonify(status="ok", **parts), 200
     else:  # the one error shape, with what was checked
-        message = DATABASE_PROBLEMS[database]
-        response, status = error_response(503, message, code="unavailable", extra=parts)
-        response.headers["Retry-After"] = "1"  # as every 503 says
+        response, status = unavailable(DATABASE_PROBLEMS[database], extra=parts)
     response.headers["Cache-Control"] = "no-store"
     return response, status
 

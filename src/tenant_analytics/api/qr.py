@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import landing_urls
 from ..catalogue import QR_SCAN
-from ..errors import ApiError, error_response, is_outage, log_not_recorded
+from ..errors import ApiError, error_response, invalid_field, is_outage, log_not_recorded
 from ..extensions import db
 from ..ingestion import NewEvent
 from ..logs import get_logger
@@ -45,7 +45,7 @@ def _crawlers() -> CrawlerDetect:
 # crawlerdetect's patterns take time that grows with the square of a run of word
 # characters: an 8 KB User-Agent of one letter blocks a worker for seconds. No browser
 # sends such a thing, so it is taken for a bot without asking crawlerdetect.
-USER_AGENT_MAX = 512
+CRAWLER_CHECK_UA_MAX = 512
 LONG_WORD = re.compile(r"[A-Za-z0-9_-]{65}")
 
 
@@ -54,7 +54,7 @@ def is_crawler(user_agent: str | None) -> bool:
     every phone's browser names itself, so a request that names nothing is a script."""
     if not user_agent or not user_agent.strip():
         return True
-    if len(user_agent) > USER_AGENT_MAX or LONG_WORD.search(user_agent):
+    if len(user_agent) > CRAWLER_CHECK_UA_MAX or LONG_WORD.search(user_agent):
         return True
     return _crawlers().isCrawler(user_agent)
 
@@ -170,16 +170,10 @@ def qr_code(tenant_id: int):
         )
     kind = request.args.get("format", "svg")
     if kind not in IMAGE_TYPES:
-        raise ApiError(
-            422,
-            "format must be 'svg' or 'png'.",
-            code="validation_error",
-            errors={"format": ["format must be 'svg' or 'png'."]},
-        )
+        raise invalid_field("format", "format must be 'svg' or 'png'.")
     campaign = request.args.get("c")
     if campaign is not None and not CAMPAIGN.fullmatch(campaign):
-        message = "c must be 1 to 64 letters, digits, '.', '_' or '-'."
-        raise ApiError(422, message, code="validation_error", errors={"c": [message]})
+        raise invalid_field("c", "c must be 1 to 64 letters, digits, '.', '_' or '-'.")
     target = _scan_url(tenant.slug, campaign)
     image = io.BytesIO()
     segno.make_qr(target, error="m").save(

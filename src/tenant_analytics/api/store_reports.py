@@ -9,7 +9,7 @@ from typing import cast
 from flask import Blueprint, request
 from flask_jwt_extended import jwt_required
 
-from ..errors import ApiError
+from ..errors import invalid_field
 from ..extensions import db
 from ..models import utcnow
 from ..queries import store
@@ -25,15 +25,11 @@ SOURCE_MAX = 100  # events.source
 OFFSET_MAX = 10**9  # past any customer list
 
 
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, message, code="validation_error", errors={field: [message]})
-
-
 def _mode_arg() -> store.Mode:
     """``?mode=``: total (the default) or unique; 422 otherwise."""
     mode = request.args.get("mode", "total")
     if mode not in store.MODES:
-        raise _invalid("mode", "mode must be 'total' or 'unique'.")
+        raise invalid_field("mode", "mode must be 'total' or 'unique'.")
     return cast(store.Mode, mode)
 
 
@@ -41,7 +37,9 @@ def _source_arg() -> str | None:
     """``?source=``: the traffic source to narrow the funnel to; 422 when unstorable."""
     source = request.args.get("source") or None
     if source is not None and (len(source) > SOURCE_MAX or "\x00" in source):
-        raise _invalid("source", f"source must be at most {SOURCE_MAX} characters, without NUL.")
+        raise invalid_field(
+            "source", f"source must be at most {SOURCE_MAX} characters, without NUL."
+        )
     return source
 
 
@@ -55,7 +53,7 @@ def _date_arg(name: str) -> date | None:
     except ValueError:
         day = None
     if day is None or not EARLIEST_DATE <= day <= LATEST_DATE:
-        raise _invalid(
+        raise invalid_field(
             name, f"{name} must be a date as YYYY-MM-DD from {EARLIEST_DATE} to {LATEST_DATE}."
         )
     return day
@@ -68,7 +66,7 @@ def _count_arg(name: str, default: int, most: int) -> int:
         return default
     digits = value.isascii() and value.isdigit() and len(value) <= len(str(most))
     if not digits or int(value) > most:
-        raise _invalid(name, f"{name} must be a whole number from 0 to {most}.")
+        raise invalid_field(name, f"{name} must be a whole number from 0 to {most}.")
     return int(value)
 
 
@@ -88,7 +86,7 @@ def _segment_arg() -> str | None:
     segment = SEGMENT_NAMES.get(value.strip().casefold())
     if segment is None:
         names = ", ".join(store.SEGMENT_LABELS)
-        raise _invalid("segment", f"segment must be one of {names} (or the Spanish label).")
+        raise invalid_field("segment", f"segment must be one of {names} (or the Spanish label).")
     return segment
 
 
@@ -117,7 +115,7 @@ def funnel(tenant_id: int):
     start, end = store.funnel_dates(zone, utcnow(), _date_arg("start"), _date_arg("end"))
     start = max(start, EARLIEST_DATE)  # the default 30 days before an early ``end``
     if start > end:
-        raise _invalid("start", "start must not be after end.")
+        raise invalid_field("start", "start must not be after end.")
     return store.conversion_funnel(
         db.session,
         tenant_id=tenant.id,

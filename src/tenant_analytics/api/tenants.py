@@ -15,10 +15,10 @@ from ..errors import ApiError, invalid_body
 from ..extensions import db
 from ..models import Product, Tenant
 from ..products import create_product, list_products, product_of_tenant
-from ..rollups import lock_rollups_within, rebuild_rollups
 from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
 from ..tenancy import active_tenants, owned_tenant_or_404, readable_tenants
 from ..tenant_data import exported_text
+from ..tenant_settings import change_settings
 from .qr import is_own_qr_redirect
 from .requests import parse_body
 
@@ -75,35 +75,11 @@ def update_tenant(tenant_id: int):
     landing page its QR codes lead to."""
     tenant = owned_tenant_or_404(tenant_id)
     changes = parse_body(TenantUpdate).model_dump(exclude_unset=True)
-    if changes.get("active") and tenant.suspended and not current_user.is_admin:
-        # An owner may switch its tenant off and on; not on after an operator switched
-        # it off (the CLI, an admin: a tenant stopped for abuse).
-        raise ApiError(
-            403,
-            "An operator switched this tenant off; only an operator can switch it on.",
-            code="tenant_suspended",
-        )
     if changes.get("landing_url") and is_own_qr_redirect(changes["landing_url"]):
         raise invalid_body({"landing_url": ["may not be a QR redirect of this service (a loop)"]})
-    # The rollups' days are local days: a new zone counts them again, in this request.
-    rebuild = changes.get("timezone", tenant.timezone) != tenant.timezone
-    # Before the tenant's row is written (a waiting PATCH would hold it, and a connection):
-    # one rebuild at a time, and the others told so rather than queued behind it for its
-    # length; a write's moment with the lock is waited out, as writes wait for each other.
+    # A write's moment with the rollup lock is waited out, as writes wait for each other.
     wait = current_app.config["WRITE_LOCK_TIMEOUT_SECONDS"]
-    if rebuild and not lock_rollups_within(db.session, tenant.id, wait):
-        raise ApiError(
-            409,
-            "The tenant's rollups are being rebuilt (a time zone change or a rebuild "
-            "command); send the change again once it is done.",
-            code="rebuild_in_progress",
-        )
-    for name, value in changes.items():
-        setattr(tenant, name, value)
-    if "active" in changes and current_user.is_admin:
-        tenant.suspended = not changes["active"]  # an operator's word, as the CLI's
-    if rebuild:
-        rebuild_rollups(db.session, tenant.id)
+    change_settings(db.session, tenant, changes, by_operator=current_user.is_admin, lock_wait=wait)
     db.session.commit()
     active_tenants().forget()
     return {"success": True, "tenant": tenant_view(tenant)}

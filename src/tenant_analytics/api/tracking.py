@@ -7,11 +7,11 @@ from datetime import timedelta
 from flask import Blueprint, current_app
 
 from ..config import BATCH_MAX_BYTES
-from ..errors import TENANT_UNAVAILABLE, ApiError, error_response
+from ..errors import ApiError
 from ..event_builders import batch_events, track_event
 from ..ratelimits import per_tenant, per_tenant_events
 from ..schemas import EventBatch, TrackEvent
-from ..tenancy import requested_tenant
+from ..tenancy import requested_tenant_or_404
 from .requests import ingest_from_request, parse_body
 
 bp = Blueprint("tracking", __name__)
@@ -22,9 +22,7 @@ bp = Blueprint("tracking", __name__)
 def track():
     """Record one event from a tenant's landing page (public; limited per tenant)."""
     body = parse_body(TrackEvent)
-    tenant = requested_tenant()
-    if tenant is None:
-        return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")
+    tenant = requested_tenant_or_404()
     event = track_event(body, tenant, dedupe_window=dedupe_window())
     result = ingest_from_request(tenant, [event])
     if result.duplicates:
@@ -37,9 +35,7 @@ def track():
 def batch():
     """Record up to 500 events for one tenant; invalid items are reported, valid ones stored."""
     envelope = parse_body(EventBatch, max_bytes=BATCH_MAX_BYTES)
-    tenant = requested_tenant()
-    if tenant is None:
-        return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")
+    tenant = requested_tenant_or_404()
     events, rejected = batch_events(envelope.events, tenant, dedupe_window=dedupe_window())
     if not events:
         raise ApiError(

@@ -7,7 +7,7 @@ import time
 from flask import Blueprint, current_app
 from pydantic import ValidationError
 
-from ..errors import TENANT_UNAVAILABLE, error_response, invalid_body, log_not_recorded
+from ..errors import invalid_body, log_not_recorded
 from ..event_builders import conversion_event
 from ..extensions import db
 from ..ingestion import NewEvent
@@ -15,7 +15,7 @@ from ..logs import get_logger
 from ..products import product_of_tenant
 from ..ratelimits import api_group, conversion_group, per_tenant
 from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
-from ..tenancy import public_tenant_by_slug, request_body, requested_tenant
+from ..tenancy import public_tenant_by_slug, request_body, requested_tenant, requested_tenant_or_404
 from .requests import ingest_from_request, parse_body
 
 bp = Blueprint("v1", __name__, url_prefix="/api/v1")
@@ -27,9 +27,7 @@ log = get_logger(__name__)
 def track():
     """Record an interaction for a tenant named by public UUID or numeric id (202)."""
     body = parse_body(V1TrackEvent)
-    tenant = requested_tenant()
-    if tenant is None:
-        return error_response(404, TENANT_UNAVAILABLE, code="tenant_not_found")
+    tenant = requested_tenant_or_404()
     extra, metadata = {}, body.metadata
     if body.product_id is not None:
         if product_of_tenant(db.session, tenant.id, body.product_id) is None:

@@ -1263,7 +1263,9 @@ def _popular_no_conversion(
     products = unconverted_popular_products(
         session, tenant_id=tenant_id, zone=zone, start=now - POPULAR_WINDOW, end=now
     )
-    names = catalogue_names(session, tenant_id=tenant_id, slugs=[slug for slug, _ in products])
+    names = product_names_by_slug(
+        session, tenant_id=tenant_id, slugs=[slug for slug, _ in products]
+    )
     return [
         (
             "popular_no_conversion",
@@ -1275,7 +1277,7 @@ def _popular_no_conversion(
     ]
 
 
-def catalogue_names(conn: Database, *, tenant_id: int, slugs: list[str]) -> dict[str, str]:
+def product_names_by_slug(conn: Database, *, tenant_id: int, slugs: list[str]) -> dict[str, str]:
     """The names the owner gave these product slugs in the catalogue (those it has)."""
     if not slugs:
         return {}
