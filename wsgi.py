@@ -7,9 +7,8 @@ import sys
 from gunicorn.arbiter import Arbiter
 
 from tenant_analytics import create_app
-from tenant_analytics.config import ConfigError
+from tenant_analytics.config import ConfigError, warn_about_database
 from tenant_analytics.ratelimits import warn_about_limits
-from tenant_analytics.storage import warn_about_database
 
 # gunicorn sets up its own loggers only: the app's warnings and its libraries' (the
 # database or Redis away) would print bare, with no time, level or source, or not at all.
@@ -29,7 +28,7 @@ except ConfigError as error:
     print(f"tenant-analytics: {error}", file=sys.stderr)
     sys.exit(Arbiter.APP_LOAD_ERROR)
 warn_about_limits(app)
-warn_about_database(app)
+warn_about_database(app.config)
 
 # What the process built so far (modules, models, schemas: over 100,000 objects) lives
 # as long as it does. Frozen, it is left out of the collector's full passes, which

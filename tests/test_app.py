@@ -23,7 +23,12 @@ from sqlalchemy import create_engine, func, make_url, select, text
 from sqlalchemy.exc import OperationalError
 
 from tenant_analytics import create_app
-from tenant_analytics.config import ConfigError, from_environment, normalize_database_url
+from tenant_analytics.config import (
+    ConfigError,
+    from_environment,
+    normalize_database_url,
+    warn_about_database,
+)
 from tenant_analytics.errors import is_outage
 from tenant_analytics.extensions import db
 from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
@@ -32,7 +37,6 @@ from tenant_analytics.partitions import ensure_partitions, include_in_migrations
 from tenant_analytics.queries import store
 from tenant_analytics.ratelimits import warn_about_limits
 from tenant_analytics.rollups import rebuild_rollups
-from tenant_analytics.storage import warn_about_database
 from tenant_analytics.timewindows import tenant_zone
 
 from .conftest import TEST_JWT_KEY
@@ -229,12 +233,12 @@ def test_a_production_server_on_sqlite_is_told_to_use_postgresql(monkeypatch, ca
     for database, told in (("sqlite:////tmp/p.db", True), ("postgresql://app@db/a", False)):
         monkeypatch.setenv("DATABASE_URL", database)
         caplog.clear()
-        warn_about_database(create_app())
+        warn_about_database(create_app().config)
         assert ("serve real tenants from PostgreSQL" in caplog.text) is told, database
     monkeypatch.setenv("APP_ENV", "development")  # the quick start: SQLite as meant
     monkeypatch.setenv("DATABASE_URL", "sqlite:////tmp/p.db")
     caplog.clear()
-    warn_about_database(create_app())
+    warn_about_database(create_app().config)
     assert "PostgreSQL" not in caplog.text
 
 

@@ -233,6 +233,17 @@ def _is_patterned(key: str) -> bool:
     return any(key[period:] == key[:-period] for period in range(1, len(key) // 2 + 1))
 
 
+def warn_about_database(config: Mapping[str, Any]) -> None:
+    """At a production server's start: SQLite is the quick start's database, not one to
+    serve real tenants from (one writer at a time, money in floating point)."""
+    uri = config["SQLALCHEMY_DATABASE_URI"]
+    if config["APP_ENV"] == "production" and make_url(uri).get_backend_name() == "sqlite":
+        logging.getLogger(__name__).warning(
+            "DATABASE_URL is SQLite: one writer at a time for every worker and tenant, and"
+            " money summed in floating point; serve real tenants from PostgreSQL"
+        )
+
+
 def check_production_settings(config: dict[str, Any]) -> None:
     """Refuse to run in production without a database named, without secrets of its
     own or with short ones, or with rate limits counted per process unless asked for

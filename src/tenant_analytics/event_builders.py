@@ -12,13 +12,15 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from .catalogue import PURCHASE, STORE_TYPES
-from .errors import validation_errors
+from .errors import invalid_body, validation_errors
 from .ingestion import NewEvent, TenantRef
 from .models import utcnow
+from .products import product_of_tenant
 from .rollups import NEW_SESSION
-from .schemas import ConversionBeacon, TrackedEvent
+from .schemas import ConversionBeacon, Interaction, TrackedEvent, V1TrackEvent
 
 # Generated session ids only tell sessions apart; they need no secrecy, so a seeded PRNG
 # serves, sparing a getrandom() system call (and a GIL hand-off) on every event.
@@ -67,6 +69,27 @@ def conversion_event(beacon: ConversionBeacon, tenant: TenantRef) -> NewEvent | 
             else None
         ),
     )
+
+
+def v1_track_event(session: Session, body: V1TrackEvent, tenant: TenantRef) -> NewEvent:
+    """A /api/v1/analytics/track event; a product must be the tenant's (422 otherwise),
+    and is named in the metadata too, where the dashboards look for it."""
+    extra, metadata = {}, body.metadata
+    if body.product_id is not None:
+        if product_of_tenant(session, tenant.id, body.product_id) is None:
+            raise invalid_body({"product_id": ["No such product for this tenant."]})
+        extra["product_id"] = body.product_id
+        metadata = {**(metadata or {}), "product_id": body.product_id}
+    return NewEvent(body.type, metadata, extra=extra)
+
+
+def interaction_event(session: Session, body: Interaction, tenant: TenantRef) -> NewEvent:
+    """A /api/v1/interactions event: it never tells whether a product exists, and never
+    links another tenant's (dropped instead)."""
+    product_id = body.product_id
+    if product_id is not None and product_of_tenant(session, tenant.id, product_id) is None:
+        product_id = None
+    return NewEvent(body.type, body.metadata, extra={"product_id": product_id})
 
 
 def transaction_key(transaction_id: str, value: Decimal, currency: str) -> str:

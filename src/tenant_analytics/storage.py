@@ -6,13 +6,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Flask
-from sqlalchemy import Row, delete, insert, make_url, select, update
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from . import postgres_writer
-from .logs import get_logger
 from .models import DedupeKey, Event, IdSequence, Tenant, dialect_insert
 from .partitions import ensure_partitions_cached, month_of
 from .rollups import TenantFields, aggregate, update_rollups
@@ -129,14 +127,3 @@ def delete_dedupe_keys(session: Session, *, prefix: str, seen_before: datetime) 
         session.commit()
         deleted += result.rowcount
     return deleted
-
-
-def warn_about_database(app: Flask) -> None:
-    """At a production server's start: SQLite is the quick start's database, not one to
-    serve real tenants from (one writer at a time, money in floating point)."""
-    uri = app.config["SQLALCHEMY_DATABASE_URI"]
-    if app.config["APP_ENV"] == "production" and make_url(uri).get_backend_name() == "sqlite":
-        get_logger(__name__).warning(
-            "DATABASE_URL is SQLite: one writer at a time for every worker and tenant, and"
-            " money summed in floating point; serve real tenants from PostgreSQL"
-        )

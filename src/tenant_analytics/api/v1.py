@@ -7,12 +7,10 @@ import time
 from flask import Blueprint, current_app
 from pydantic import ValidationError
 
-from ..errors import invalid_body, log_not_recorded
-from ..event_builders import conversion_event
+from ..errors import log_not_recorded
+from ..event_builders import conversion_event, interaction_event, v1_track_event
 from ..extensions import db
-from ..ingestion import NewEvent
 from ..logs import get_logger
-from ..products import product_of_tenant
 from ..ratelimits import api_group, conversion_group, per_tenant
 from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
 from ..tenancy import public_tenant_by_slug, request_body, requested_tenant, requested_tenant_or_404
@@ -28,14 +26,7 @@ def track():
     """Record an interaction for a tenant named by public UUID or numeric id (202)."""
     body = parse_body(V1TrackEvent)
     tenant = requested_tenant_or_404()
-    extra, metadata = {}, body.metadata
-    if body.product_id is not None:
-        if product_of_tenant(db.session, tenant.id, body.product_id) is None:
-            raise invalid_body({"product_id": ["No such product for this tenant."]})
-        extra["product_id"] = body.product_id
-        metadata = {**(metadata or {}), "product_id": body.product_id}
-    event = NewEvent(body.type, metadata, extra=extra)
-    ingest_from_request(tenant, [event])
+    ingest_from_request(tenant, [v1_track_event(db.session, body, tenant)])
     return {"success": True, "message": "Event accepted for processing"}, 202
 
 
@@ -87,10 +78,5 @@ def _record_interaction(body: Interaction) -> bool:
     tenant = requested_tenant()
     if tenant is None:
         return False
-    product_id = body.product_id
-    if product_id is not None and product_of_tenant(db.session, tenant.id, product_id) is None:
-        product_id = None  # never link another tenant's product
-    ingest_from_request(
-        tenant, [NewEvent(body.type, body.metadata, extra={"product_id": product_id})]
-    )
+    ingest_from_request(tenant, [interaction_event(db.session, body, tenant)])
     return True
