@@ -515,6 +515,26 @@ def test_interaction_flood_of_one_tenant_spares_another(make_app, make_tenant):
     assert landing.status_code == 429
 
 
+def test_v1_track_draws_on_the_tenants_bucket_as_well_as_the_api_group(make_app, make_tenant):
+    """Its contract limits it per client address ("api"); it writes a tenant's events
+    too, so many addresses together get no more of a tenant than /track would give."""
+    app = make_app(TRACK_RATE_LIMIT="3 per minute", API_RATE_LIMIT="100 per minute")
+    client = app.test_client()
+    with app.app_context():
+        flooded, quiet = make_tenant().id, make_tenant().id
+
+    def send(tenant_id, path="/api/v1/analytics/track"):
+        body = {"tenant_id": str(tenant_id), "type": "call"}
+        if path == "/api/analytics/track":
+            body = {"tenant_id": tenant_id, "event_type": "pageview"}
+        return client.post(path, json=body).status_code
+
+    assert send(flooded, "/api/analytics/track") == 201
+    assert [send(flooded) for _ in range(3)] == [202, 202, 429]
+    assert send(quiet) == 202
+    assert len(events_of(flooded)) == 3
+
+
 # --- one catalogue, one dashboard ---------------------------------------------------------
 
 

@@ -72,8 +72,9 @@ def conversion_event(beacon: ConversionBeacon, tenant: TenantRef) -> NewEvent | 
 
 
 def v1_track_event(session: Session, body: V1TrackEvent, tenant: TenantRef) -> NewEvent:
-    """A /api/v1/analytics/track event; a product must be the tenant's (422 otherwise),
-    and is named in the metadata too, where the dashboards look for it."""
+    """A /api/v1/analytics/track event; a product must be the tenant's (422 otherwise:
+    products are looked up within their tenant only), and is named in the metadata
+    too, where the dashboards look for it."""
     extra, metadata = {}, body.metadata
     if body.product_id is not None:
         if product_of_tenant(session, tenant.id, body.product_id) is None:

@@ -11,7 +11,7 @@ from ..errors import log_not_recorded
 from ..event_builders import conversion_event, interaction_event, v1_track_event
 from ..extensions import db
 from ..logs import get_logger
-from ..ratelimits import api_group, conversion_group, per_tenant
+from ..ratelimits import api_group_and_tenant, conversion_group, per_tenant
 from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
 from ..tenancy import public_tenant_by_slug, request_body, requested_tenant, requested_tenant_or_404
 from .requests import ingest_from_request, parse_body
@@ -21,7 +21,7 @@ log = get_logger(__name__)
 
 
 @bp.post("/analytics/track")
-@api_group
+@api_group_and_tenant
 def track():
     """Record an interaction for a tenant named by public UUID or numeric id (202)."""
     body = parse_body(V1TrackEvent)
