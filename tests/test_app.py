@@ -706,3 +706,23 @@ def test_postgresql_connections_find_a_silent_server_out(app, is_postgres, make_
             used = connection.connection.dbapi_connection.get_dsn_parameters()
         assert (used["keepalives_idle"], used["tcp_user_timeout"]) == (idle, "30000")
         assert (used["keepalives_interval"], used["keepalives_count"]) == ("10", "3")
+
+
+def test_no_answer_may_be_sniffed_for_another_type(client, make_tenant):
+    """A JSON error echoes a sender's text (metadata keys): a browser must not run it."""
+    tenant = make_tenant()
+    answers = [
+        client.post("/api/analytics/track", json={"tenant_id": tenant.id, "event_type": "x"}),
+        client.post(
+            "/api/analytics/track", json={"tenant_id": tenant.id, "event_type": "pageview"}
+        ),
+        client.get("/api/analytics/track"),  # 405
+        client.get("/static/ta.js"),
+        client.get("/api/health"),
+    ]
+    for answer in answers:
+        answer.close()  # the script's file
+    assert [answer.headers.get("X-Content-Type-Options") for answer in answers] == [
+        "nosniff"
+    ] * len(answers)
+    assert [answer.status_code for answer in answers] == [422, 201, 405, 200, 200]

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import Engine
@@ -124,10 +124,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.after_request(rate_limit_headers)
     quiet_storage_failures()
     app.after_request(uncached_private_answers)
+    app.after_request(not_sniffed)
     register_jwt_callbacks(jwt)
     register_blueprints(app)
     register_commands(app)
     return app
+
+
+def not_sniffed(response: Response) -> Response:
+    """Every answer is the type it says: a browser must not take a JSON error that
+    echoes a sender's text (a metadata key) for HTML or script."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 class NoCookieSessions(SecureCookieSessionInterface):
