@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from tenant_analytics import create_app
 from tenant_analytics.auth import access_token_for, create_user, new_sign_in
@@ -213,3 +214,31 @@ def store_events(app):
         db.session.commit()
 
     return _store
+
+
+@contextmanager
+def scratch_database(database_url: str, suffix: str, options: str = "") -> Iterator[str]:
+    """A new PostgreSQL database beside the suite's (``CREATE DATABASE ... options``), its
+    URL yielded, dropped after."""
+    url = make_url(normalize_database_url(database_url))
+    name = f"{url.database}_{suffix}"
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}" {options}')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def scratch_database_url(database_url, tmp_path):
+    """An empty database beside the suite's, for migrating step by step; dropped after."""
+    if not database_url.startswith("postgres"):
+        yield f"sqlite:///{tmp_path / 'upgrade.db'}"
+        return
+    with scratch_database(database_url, "upgrade") as url:
+        yield url

@@ -11,15 +11,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import upgrade
 from gunicorn.arbiter import Arbiter
-from sqlalchemy import create_engine, func, make_url, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import OperationalError
 
 from tenant_analytics import create_app
@@ -39,7 +37,7 @@ from tenant_analytics.ratelimits import warn_about_limits
 from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.timewindows import tenant_zone
 
-from .conftest import TEST_JWT_KEY
+from .conftest import TEST_JWT_KEY, scratch_database
 from .servers import GUNICORN, ROOT, free_port
 
 
@@ -454,24 +452,6 @@ def test_gunicorn_stops_when_its_workers_cannot_start_with_a_setting(tmp_path, w
     assert "tenant-analytics: refusing to start in production with secrets under 32" in log
 
 
-@contextmanager
-def scratch_database(database_url: str, suffix: str, options: str = "") -> Iterator[str]:
-    """A new PostgreSQL database beside the suite's (``CREATE DATABASE ... options``), its
-    URL yielded, dropped after."""
-    url = make_url(normalize_database_url(database_url))
-    name = f"{url.database}_{suffix}"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}" {options}')
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
 @pytest.fixture
 def linguistic_database_url(database_url):
     """An empty PostgreSQL database whose default collation is ICU's en-US; dropped after."""
@@ -518,16 +498,6 @@ def test_product_names_compare_by_code_point_under_a_linguistic_collation(
         assert raw == rolled_up == "aaaa"  # "a" (97) after "P" (80)
         db.session.remove()
         db.engine.dispose()
-
-
-@pytest.fixture
-def scratch_database_url(database_url, tmp_path):
-    """An empty database beside the suite's, for migrating step by step; dropped after."""
-    if not database_url.startswith("postgres"):
-        yield f"sqlite:///{tmp_path / 'upgrade.db'}"
-        return
-    with scratch_database(database_url, "upgrade") as url:
-        yield url
 
 
 def test_upgrading_a_populated_database_rebuilds_the_rollups_0005_adds(scratch_database_url):

@@ -77,6 +77,43 @@ def test_body_schemas_are_what_the_api_accepts(client, make_tenant, document):
     assert error.is_valid(client.post("/api/analytics/track", json=bad).get_json())
 
 
+def _valid_for(document: dict[str, Any], model: str, body: dict[str, Any]) -> bool:
+    root = {"$ref": f"#/components/schemas/{model}", "components": document["components"]}
+    return Draft202012Validator(root).is_valid(body)
+
+
+def test_what_a_body_schema_allows_the_api_takes_and_what_it_refuses_the_api_refuses(
+    client, make_tenant, make_user, auth_headers, document
+):
+    """Money as decimal text, null for a beacon's defaults, PHP's [] for v1 metadata: a
+    client generated from the document must neither send what is refused nor be kept
+    from sending what is taken."""
+    tenant = make_tenant()
+    owner = auth_headers(make_user(tenant))
+    track = {"tenant_id": tenant.id, "event_type": "purchase"}
+    beacon = {"tenant_slug": tenant.slug, "transaction_id": "t-1"}
+    v1 = {"tenant_id": str(tenant.id), "type": "call"}
+    cases = [
+        ("TrackEvent", "/api/analytics/track", {**track, "price": "12.50"}, 201),
+        ("TrackEvent", "/api/analytics/track", {**track, "price": ""}, 422),
+        ("TrackEvent", "/api/analytics/track", {**track, "price": "12.345"}, 422),
+        ("ConversionBeacon", "/api/v1/analytics/conversion", {**beacon, "value": None}, 200),
+        ("ConversionBeacon", "/api/v1/analytics/conversion", {**beacon, "event": None}, 200),
+        ("V1TrackEvent", "/api/v1/analytics/track", {**v1, "metadata": []}, 202),
+        ("TenantUpdate", f"/api/tenants/{tenant.id}", {"vip_monetary_threshold": "1.234"}, 422),
+        ("TenantUpdate", f"/api/tenants/{tenant.id}", {"vip_monetary_threshold": "99"}, 200),
+    ]
+    for model, path, body, status in cases:
+        send = client.patch if model == "TenantUpdate" else client.post
+        answer = send(path, json=body, headers=owner if model == "TenantUpdate" else None)
+        assert answer.status_code == status, (path, body, answer.get_json())
+        assert _valid_for(document, model, body) == (status < 400), (model, body)
+    # The beacon takes no body at all too (skipped, with its 200).
+    conversion = document["paths"]["/api/v1/analytics/conversion"]["post"]
+    assert conversion["requestBody"]["required"] is False
+    assert client.post("/api/v1/analytics/conversion").status_code == 200
+
+
 def test_summaries_are_whole_first_paragraphs(document):
     patch = document["paths"]["/api/tenants/{tenant_id}"]["patch"]
     assert patch["summary"] == (
@@ -392,7 +429,7 @@ def test_defaults_are_said_in_words_not_left_for_generators_to_require(document)
     schemas = document["components"]["schemas"]
     assert schemas["ProductCreate"]["properties"]["active"]["description"] == "Default: true."
     value = schemas["ConversionBeacon"]["properties"]["value"]
-    assert value["description"] == "Default: 0."  # a number, as the field is
+    assert value["description"].endswith(" Default: 0.")  # a number, as the field is
     assert "ProductCreate" in schemas and "active" not in schemas["ProductCreate"]["required"]
 
 

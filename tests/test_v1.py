@@ -478,6 +478,25 @@ def test_interaction_and_beacon_with_the_database_away_say_why_in_one_line(app, 
     assert len([r for r in caplog.records if r.name.endswith(".v1")]) == 2
 
 
+def test_interaction_and_beacon_on_an_unmigrated_database_say_so_in_one_line(
+    app, make_app, scratch_database_url, caplog
+):
+    unmigrated = make_app(SQLALCHEMY_DATABASE_URI=scratch_database_url)
+    client = unmigrated.test_client()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            client.post("/api/v1/interactions", json={"tenant_id": 1, "type": "view"})
+            client.post("/api/v1/analytics/conversion", json={"tenant_slug": "x", "value": 1})
+    told = [(r.getMessage(), r.exc_info) for r in caplog.records if r.name.endswith(".v1")]
+    migrate = "the database lacks a table: run `flask --app tenant_analytics db upgrade`"
+    assert told == [
+        (f"interaction not recorded: {migrate}", None),
+        (f"conversion beacon skipped: {migrate}", None),
+    ]
+    with unmigrated.app_context():
+        db.engine.dispose()
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -161,8 +161,11 @@ def names_a_missing_row(exc: SQLAlchemyError) -> bool:
     )
 
 
+NOT_MIGRATED = "the database lacks a table: run `flask --app tenant_analytics db upgrade`"
+
+
 def _not_migrated(lines: OnceAMinute) -> tuple[Response, int]:
-    lines.say("the database lacks a table: run `flask --app tenant_analytics db upgrade`")
+    lines.say(NOT_MIGRATED)
     return unavailable("The service is not ready; retry shortly.")
 
 
@@ -207,10 +210,12 @@ def is_outage(exc: BaseException) -> bool:
 
 def outage_reason(exc: BaseException) -> str | None:
     """One line saying why the database could not take a write, when ``exc`` is an
-    outage (away, out of connections, a commit unconfirmed); None for anything else, a
-    fault worth its traceback."""
+    outage (away, out of connections, a commit unconfirmed, not migrated); None for
+    anything else, a fault worth its traceback."""
     if isinstance(exc, OperationalError) and is_outage(exc):
         return _unavailable_line(exc)
+    if isinstance(exc, SQLAlchemyError) and is_missing_table(exc):
+        return NOT_MIGRATED
     if isinstance(exc, PoolTimeout):
         return "no database connection free in time"
     if isinstance(exc, CommitTimeout):

@@ -33,7 +33,6 @@ ERRORS = {
     400: "Not HTTP the app can read",
     401: "No valid token (WWW-Authenticate says why)",
     404: "No such resource, or another tenant's",
-    405: "Method not allowed",
     409: "Conflict",
     413: "Body too large",
     415: "A compressed body (Content-Encoding): send it as it is",
@@ -50,6 +49,7 @@ class Operation:
     answers: dict[int, str]
     returns: Any = None  # the type of a 2xx JSON answer's body
     body: type[BaseModel] | None = None
+    body_required: bool = True  # False where a request without one is answered too
     owner: bool = False  # needs an owner's (or admin's) bearer token
     refresh: bool = False  # needs a refresh token
     # name -> description, or (description, the JSON Schema the handler holds it to)
@@ -117,6 +117,7 @@ OPERATIONS: dict[str, Operation] = {
         {200: "ok when recorded (once per transaction_id), else skipped; never an error"},
         returns=responses.ConversionAnswer,
         body=schemas.ConversionBeacon,
+        body_required=False,  # a beacon without a body is skipped, with its 200
     ),
     "v1.interactions": Operation(
         {
@@ -453,7 +454,7 @@ def build_document(app: Flask) -> dict[str, Any]:
             if operation.body is not None:
                 schema = {"$ref": REF.format(model=operation.body.__name__)}
                 entry["requestBody"] = {
-                    "required": True,
+                    "required": operation.body_required,
                     "content": {"application/json": {"schema": schema}},
                 }
             if operation.owner or operation.refresh:

@@ -81,19 +81,40 @@ def _storable_text(value: str) -> str:
 
 Metadata = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 # The v1 contract's clients are PHP's: json_encode([]) writes an empty map as [].
-PhpMetadata = Annotated[Metadata, BeforeValidator(lambda value: {} if value == [] else value)]
+PhpMetadata = Annotated[
+    Metadata,
+    BeforeValidator(lambda value: {} if value == [] else value),
+    WithJsonSchema(
+        {"anyOf": [{"type": "object"}, {"type": "array", "maxItems": 0, "description": "none"}]}
+    ),
+]
 Currency = ISO4217  # a code of ISO 4217 in any case, upper-cased
 MAX_MONEY = Decimal("999999999999.99")  # events.price and events.revenue: numeric(14, 2)
 CENT = Decimal("0.01")
+# What the schema says of an amount: a JSON number, or its decimal text (pydantic's
+# Decimal takes both). No multipleOf 0.01: validators test it in binary floating point
+# and refuse 0.07.
+MONEY_NUMBER = {"type": "number", "minimum": 0, "maximum": float(MAX_MONEY)}
+
+
+def _money_schema(decimals: str, about: str, *also: dict[str, Any]) -> WithJsonSchema:
+    text = {"type": "string", "pattern": rf"^[0-9]{{1,12}}(\.[0-9]{decimals})?$"}
+    return WithJsonSchema({"anyOf": [MONEY_NUMBER, text, *also], "description": about})
+
+
 # Quantized, "0e-1000000" (zero, so within the bounds) is 0.00, which numeric can hold.
 Money = Annotated[
-    Decimal, Field(ge=0, le=MAX_MONEY, decimal_places=2), AfterValidator(lambda v: v.quantize(CENT))
+    Decimal,
+    Field(ge=0, le=MAX_MONEY, decimal_places=2),
+    AfterValidator(lambda v: v.quantize(CENT)),
+    _money_schema("{1,2}", "At most two decimal places (cents)."),
 ]
 # Beacon totals computed in JavaScript (35.400000000000006): rounded to the cent, not refused.
 RoundedMoney = Annotated[
     Decimal,
     Field(ge=0, le=MAX_MONEY),
     AfterValidator(lambda value: value.quantize(CENT, rounding=ROUND_HALF_UP)),
+    _money_schema("+", "Rounded to the cent."),
 ]
 Text = Annotated[str, AfterValidator(_storable_text)]
 
@@ -273,10 +294,16 @@ class ConversionBeacon(Body):
             }
         ),
     ] = None
-    # The schema's default is the number 0, not pydantic's "0" (its JSON for a Decimal).
-    value: RoundedMoney = Field(default=Decimal(0), json_schema_extra={"default": 0})
+    # The schema's default is the number 0, not pydantic's "0" (its JSON for a Decimal);
+    # null is the default too (below), as the schema says.
+    value: Annotated[
+        RoundedMoney, _money_schema("+", "Rounded to the cent; null is 0.", {"type": "null"})
+    ] = Field(default=Decimal(0), json_schema_extra={"default": 0})
     currency: Currency | None = None
-    event: Literal[V1_TRACK_TYPES] = PURCHASE  # type: ignore[valid-type]
+    event: Annotated[
+        Literal[V1_TRACK_TYPES],  # type: ignore[valid-type]
+        WithJsonSchema({"anyOf": [{"enum": list(V1_TRACK_TYPES)}, {"type": "null"}]}),
+    ] = PURCHASE
     # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
     timestamp: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = None
 
