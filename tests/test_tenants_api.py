@@ -357,6 +357,49 @@ def test_an_admins_switch_is_an_operators(client, make_user, auth_headers, owner
     assert (on["active"], on["suspended"]) == (True, False)
 
 
+def test_exports_and_zone_changes_share_a_small_allowance_per_tenant(
+    make_app, make_tenant, make_user, auth_headers
+):
+    """Each reads or recounts all of a tenant's events: an owner's script (or a stolen
+    token) must not keep the database busy with them. Others' attempts spend nothing."""
+    app = make_app(OWNER_HEAVY_RATE_LIMIT="3 per hour")
+    client = app.test_client()
+    with app.app_context():
+        mine, other = make_tenant(), make_tenant()
+        owner, stranger = auth_headers(make_user(mine)), auth_headers(make_user(other))
+        mine_id, other_id = mine.id, other.id
+
+    def export(tenant_id, headers):
+        answer = client.get(f"/api/tenants/{tenant_id}/export", headers=headers)
+        answer.get_data()
+        answer.close()  # a stream left unread keeps its request's context open
+        return answer.status_code
+
+    def change_zone(zone, headers=owner):
+        path = f"/api/tenants/{mine_id}"
+        return client.patch(path, json={"timezone": zone}, headers=headers).status_code
+
+    assert [export(mine_id, stranger) for _ in range(4)] == [404] * 4
+    assert change_zone("America/Tegucigalpa", stranger) == 404
+    assert [export(mine_id, owner), change_zone("Europe/Madrid"), export(mine_id, owner)] == [
+        200,
+        200,
+        200,
+    ]
+    refused = client.patch(f"/api/tenants/{mine_id}", json={"timezone": "UTC"}, headers=owner)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert refused.get_json()["error"] == "rate_limited"
+    assert export(mine_id, owner) == 429
+    # Other settings, and the same zone again, recount nothing: not counted.
+    patch = client.patch(
+        f"/api/tenants/{mine_id}",
+        json={"name": "Nueva", "timezone": "Europe/Madrid"},
+        headers=owner,
+    )
+    assert patch.status_code == 200
+    assert export(other_id, stranger) == 200  # another tenant's allowance
+
+
 def test_an_owner_downloads_all_of_its_tenants_data_and_no_other(
     client, make_tenant, make_user, auth_headers, add_events
 ):

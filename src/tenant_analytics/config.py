@@ -169,6 +169,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LOGIN_RATE_LIMIT": _rate_limit(env, "LOGIN_RATE_LIMIT", "10 per minute"),
         "LOGIN_ADDRESS_RATE_LIMIT": _rate_limit(env, "LOGIN_ADDRESS_RATE_LIMIT", "30 per minute"),
         "API_RATE_LIMIT": _rate_limit(env, "API_RATE_LIMIT", "60 per minute"),
+        "OWNER_HEAVY_RATE_LIMIT": _rate_limit(env, "OWNER_HEAVY_RATE_LIMIT", "20 per hour"),
         "GROUP_COMMIT": _flag(env, "GROUP_COMMIT", True),
         # PostgreSQL: libpq waits for ever for a server that does not answer (a host gone
         # from the network); a DATABASE_URL's own ?connect_timeout= wins.

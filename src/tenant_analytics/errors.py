@@ -38,6 +38,7 @@ class ApiError(Exception):
         code: str | None = None,
         errors: dict[str, list[str]] | None = None,
         extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -45,6 +46,7 @@ class ApiError(Exception):
         self.code = code
         self.errors = errors
         self.extra = extra
+        self.headers = headers or {}
 
 
 def error_response(
@@ -245,9 +247,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(
+        response, status = error_response(
             exc.status, exc.message, code=exc.code, errors=exc.errors, extra=exc.extra
         )
+        response.headers.update(exc.headers)
+        return response, status
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError):

@@ -175,6 +175,20 @@ def _counted(hit: Callable[[RateLimiter], Any]) -> Any:
         return hit(limiter.limiter)
 
 
+def _seconds_until_allowed(limit: str, key: tuple[str, ...], cost: int = 1) -> int | None:
+    """Seconds to wait before ``limit`` admits ``cost`` more units under ``key``, or None
+    when they fit (and are counted). Raises when the limiter's storage fails for good."""
+    items = parse_many(limit)
+
+    def spent(strategy: RateLimiter) -> int | None:
+        if all(strategy.hit(item, *key, cost=cost) for item in items):
+            return None
+        reset = max(strategy.get_window_stats(item, *key).reset_time for item in items)
+        return max(1, int(reset - time.time()))
+
+    return _counted(spent)
+
+
 def _address_share_spent(limit: str, cost: int) -> int | None:
     """Seconds until this address may post to the requested tenant again, or None when
     ``cost`` more units fit in its share (and are counted)."""
@@ -184,19 +198,34 @@ def _address_share_spent(limit: str, cost: int) -> int | None:
         "tenant-address",
         f"{tenant.id if tenant is not None else '-'}:{client_ip_key()}",
     )
-    items = parse_many(limit)
-
-    def spent(strategy: RateLimiter) -> int | None:
-        if all(strategy.hit(item, *key, cost=cost) for item in items):
-            return None
-        reset = max(strategy.get_window_stats(item, *key).reset_time for item in items)
-        return max(1, int(reset - time.time()))
-
     try:
-        return _counted(spent)
+        return _seconds_until_allowed(limit, key, cost)
     except Exception:  # no storage and no fallback: no share, as the tenant bucket does
         log.warning("address share not counted: the limiter's storage did not answer")
         return None
+
+
+def spend_heavy_owner_work(tenant_id: int) -> None:
+    """OWNER_HEAVY_RATE_LIMIT: exports and time zone changes of one tenant, each of which
+    reads or recounts all of its events. Called once the caller is known to own the
+    tenant, so another's attempts spend nothing; spent, a 429 with Retry-After."""
+    config = current_app.config
+    if not config.get("RATELIMIT_ENABLED", True):
+        return
+    limit = config["OWNER_HEAVY_RATE_LIMIT"]
+    key = (config["RATELIMIT_KEY_PREFIX"], "owner-heavy", str(tenant_id))
+    try:
+        retry_after = _seconds_until_allowed(limit, key)
+    except Exception:  # no storage and no fallback: allowed, as the other limits are
+        log.warning("owner work not counted: the limiter's storage did not answer")
+        return
+    if retry_after is not None:
+        raise ApiError(
+            429,
+            f"Rate limit exceeded: {limit} exports and time zone changes per tenant",
+            code="rate_limited",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 def _tenant_bucket(view: View) -> View:

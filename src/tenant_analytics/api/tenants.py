@@ -15,6 +15,7 @@ from ..errors import ApiError, invalid_body
 from ..extensions import db
 from ..models import Product, Tenant
 from ..products import create_product, list_products, product_of_tenant
+from ..ratelimits import spend_heavy_owner_work
 from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
 from ..tenancy import active_tenants, owned_tenant_or_404, readable_tenants
 from ..tenant_data import exported_text
@@ -77,6 +78,8 @@ def update_tenant(tenant_id: int):
     changes = parse_body(TenantUpdate).model_dump(exclude_unset=True)
     if changes.get("landing_url") and is_own_qr_redirect(changes["landing_url"]):
         raise invalid_body({"landing_url": ["may not be a QR redirect of this service (a loop)"]})
+    if changes.get("timezone", tenant.timezone) != tenant.timezone:
+        spend_heavy_owner_work(tenant.id)  # a recount of every event
     # A write's moment with the rollup lock is waited out, as writes wait for each other.
     wait = current_app.config["WRITE_LOCK_TIMEOUT_SECONDS"]
     change_settings(db.session, tenant, changes, by_operator=current_user.is_admin, lock_wait=wait)
@@ -90,6 +93,7 @@ def update_tenant(tenant_id: int):
 def export_tenant(tenant_id: int):
     """All of the tenant's data as JSON lines, streamed (as `flask tenant export`)."""
     tenant = owned_tenant_or_404(tenant_id)
+    spend_heavy_owner_work(tenant.id)
     pieces = exported_text(db.session, tenant)
     first = next(pieces)  # read before the 200 is sent: a database away is still a 503
     response = current_app.response_class(
