@@ -142,6 +142,8 @@ class Tenant(db.Model):
             "suspended": self.suspended,
             "timezone": self.timezone,
             "landing_url": self.landing_url,
+            "currency": self.currency,
+            "vip_monetary_threshold": float(self.vip_monetary_threshold),
         }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import chain
-from typing import Any
 
 from flask import Blueprint, current_app, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
@@ -24,14 +23,6 @@ from .qr import is_own_qr_redirect
 from .requests import parse_body
 
 bp = Blueprint("tenants", __name__, url_prefix="/api/tenants")
-
-
-def tenant_view(tenant: Tenant) -> dict[str, Any]:
-    return {
-        **tenant.to_dict(),
-        "currency": tenant.currency,
-        "vip_monetary_threshold": float(tenant.vip_monetary_threshold),
-    }
 
 
 SLUG_TAKEN = "A product with this slug already exists."
@@ -59,14 +50,14 @@ def _product_or_404(tenant: Tenant, product_id: int) -> Product:
 @jwt_required()
 def list_tenants():
     """The caller's tenants (every tenant for an admin)."""
-    return {"success": True, "tenants": [tenant_view(t) for t in readable_tenants(current_user)]}
+    return {"success": True, "tenants": [t.to_dict() for t in readable_tenants(current_user)]}
 
 
 @bp.get("/<int:tenant_id>")
 @jwt_required()
 def get_tenant(tenant_id: int):
     """One tenant's settings."""
-    return {"success": True, "tenant": tenant_view(owned_tenant_or_404(tenant_id))}
+    return {"success": True, "tenant": owned_tenant_or_404(tenant_id).to_dict()}
 
 
 @bp.patch("/<int:tenant_id>")
@@ -85,7 +76,7 @@ def update_tenant(tenant_id: int):
     change_settings(db.session, tenant, changes, by_operator=current_user.is_admin, lock_wait=wait)
     db.session.commit()
     active_tenants().forget()
-    return {"success": True, "tenant": tenant_view(tenant)}
+    return {"success": True, "tenant": tenant.to_dict()}
 
 
 @bp.get("/<int:tenant_id>/export")
