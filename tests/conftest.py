@@ -181,18 +181,29 @@ def auth_headers(app: Flask):
     return _headers
 
 
+def _insert_as_ingested(tenant: Tenant, events: list[tuple[NewEvent, ClientInfo]]) -> None:
+    """Enrich and insert ``events`` as ingestion does (hashes, rollups), then commit."""
+    now = utcnow()
+    rows = [enrich(tenant, e, client, hash_key=TEST_HASH_KEY, now=now) for e, client in events]
+    insert_events(db.session, rows)
+    db.session.commit()
+
+
 @pytest.fixture
 def add_events(app: Flask):
     """Store events directly: ``add_events(tenant, [(type, created_at, visitor, metadata)])``."""
 
     def _add(tenant: Tenant, events: list[tuple[str, datetime, str, dict | None]]) -> None:
-        rows = []
-        for event_type, created_at, visitor, metadata in events:
-            client = ClientInfo(ip=visitor, user_agent="pytest", referrer=None)
-            event = NewEvent(event_type, metadata, created_at=created_at)
-            rows.append(enrich(tenant, event, client, hash_key=TEST_HASH_KEY, now=utcnow()))
-        insert_events(db.session, rows)
-        db.session.commit()
+        _insert_as_ingested(
+            tenant,
+            [
+                (
+                    NewEvent(event_type, metadata, created_at=created_at),
+                    ClientInfo(ip=visitor, user_agent="pytest", referrer=None),
+                )
+                for event_type, created_at, visitor, metadata in events
+            ],
+        )
 
     return _add
 
@@ -203,15 +214,22 @@ def store_events(app):
 
     def _store(tenant: Tenant, events: list[tuple[str, datetime, dict[str, Any]]]) -> None:
         client = ClientInfo(ip="10.0.0.1", user_agent="pytest", referrer=None)
-        rows = []
-        for event_type, created_at, columns in events:
-            extra = {
-                name: columns.get(name) for name in STORE_EVENT_FIELDS
-            }  # same keys on every row
-            new = NewEvent(event_type, None, created_at=created_at, extra=extra)
-            rows.append(enrich(tenant, new, client, hash_key=TEST_HASH_KEY, now=utcnow()))
-        insert_events(db.session, rows)
-        db.session.commit()
+        # Every row has the same keys: the store fields, None where a test leaves one out.
+        _insert_as_ingested(
+            tenant,
+            [
+                (
+                    NewEvent(
+                        event_type,
+                        None,
+                        created_at=created_at,
+                        extra={name: columns.get(name) for name in STORE_EVENT_FIELDS},
+                    ),
+                    client,
+                )
+                for event_type, created_at, columns in events
+            ],
+        )
 
     return _store
 
