@@ -346,7 +346,7 @@ def delete_user(email: str) -> None:
 @click.option("--name", required=True)
 @click.option("--slug")
 @click.option("--price", help="In the tenant's currency, at most 2 decimals (12.50).")
-def create_product_command(tenant_id: int, name: str, slug: str | None, price: str | None):
+def create_product_command(tenant_id: int, name: str, slug: str | None, price: str | None) -> None:
     """Create a product and print it as one line of JSON."""
     product_fields = validated(ProductCreate, name=name, slug=slug, price=price)
     if db.session.get(Tenant, tenant_id) is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,7 +38,7 @@ REFERRERS = [
 ]
 
 
-def _demo_events(tenant: Tenant, rng: random.Random) -> list[dict]:
+def _demo_events(tenant: Tenant, rng: random.Random) -> list[dict[str, Any]]:
     now = utcnow()
     rows = []
     for day in range(7):
@@ -76,7 +77,7 @@ PRODUCTS = [
 ]
 
 
-def _demo_store_events(tenant: Tenant, rng: random.Random) -> list[dict]:
+def _demo_store_events(tenant: Tenant, rng: random.Random) -> list[dict[str, Any]]:
     """Online-shop sessions walking down the funnel, some buyers signed in for RFM.
 
     Each event is the body the store's snippet would post, through the same validation

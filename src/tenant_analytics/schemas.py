@@ -131,7 +131,7 @@ class OwnerSettings(Body):
     model_config = ConfigDict(extra="forbid")
 
 
-def _cut_to(limit: int):
+def _cut_to(limit: int) -> AfterValidator:
     return AfterValidator(lambda value: value[:limit])
 
 
