@@ -542,6 +542,57 @@ def test_a_tagged_label_of_a_select_counts_the_choice_once(landing, make_tenant)
     assert landing.errors() == []
 
 
+def test_the_label_tapped_names_the_choice_even_in_a_shadow_root(landing, make_tenant):
+    tenant = make_tenant()
+    body = (
+        # Two tagged labels for one select: the choice is the tapped one's.
+        '<label id="top" for="cur" data-ta-event="click_toggle_currency"'
+        ' data-ta-location="top">Moneda</label>'
+        '<select id="cur"><option>USD</option><option>HNL</option></select>'
+        '<label id="pie" for="cur" data-ta-event="click_toggle_currency"'
+        ' data-ta-location="pie">Moneda</label>'
+        # A widget's label and select in its own shadow root, placed by the page.
+        '<section data-ta-location="header"><cur-picker id="picker"></cur-picker></section>'
+        "<script>document.getElementById('picker').attachShadow({mode: 'open'}).innerHTML ="
+        ' \'<label for="c" data-ta-event="click_toggle_currency">Moneda</label>'
+        '<select id="c"><option>USD</option><option>EUR</option></select>\';</script>'
+    )
+    landing.open(tenant.id, body)
+    landing.click("pie")
+    Select(landing.driver.find_element("id", "cur")).select_by_index(1)
+    picker = landing.driver.find_element("id", "picker").shadow_root
+    picker.find_element("css selector", "label").click()
+    time.sleep(1.1)  # past the repeat window of the label tapped first
+    picker.find_element("css selector", "select").send_keys(Keys.ARROW_DOWN)
+    assert taps_of(tenant.id, 2) == [
+        ("click_toggle_currency", {"button_location": "header"}),
+        ("click_toggle_currency", {"button_location": "pie"}),
+    ]
+    assert landing.errors() == []
+
+
+def test_a_label_of_a_select_counts_its_tap_where_a_browser_has_no_select_labels(
+    landing, make_tenant
+):
+    """Without select.labels the choice cannot find a label that names it by id: the
+    tap on that label is what is counted, once."""
+    tenant = make_tenant()
+    no_labels = (
+        "<script>Object.defineProperty(HTMLSelectElement.prototype, 'labels',"
+        " {get: () => undefined});</script>"
+    )
+    body = (
+        '<label id="naming" for="named" data-ta-event="click_toggle_currency">Moneda</label>'
+        '<select id="named"><option>USD</option><option>HNL</option></select>'
+    )
+    landing.open(tenant.id, body, before=no_labels)
+    landing.click("naming")
+    time.sleep(1.1)
+    Select(landing.driver.find_element("id", "named")).select_by_index(1)
+    assert taps_of(tenant.id, 1) == [("click_toggle_currency", None)]
+    assert landing.errors() == []
+
+
 def test_taps_inside_an_open_shadow_root_and_middle_clicks_count(landing, make_tenant):
     tenant = make_tenant()
     widget = (

@@ -107,8 +107,13 @@
   // chat widget's button).
   function pathOf(event) {
     if (event.composedPath) return event.composedPath();
+    return ancestry(event.target);
+  }
+
+  // ``node`` and what holds it, out of open shadow roots too (to their host).
+  function ancestry(node) {
     const path = [];
-    for (let node = event.target; node; node = node.parentNode) path.push(node);
+    for (; node; node = node.parentNode || node.host) path.push(node);
     return path;
   }
 
@@ -175,14 +180,22 @@
   }
 
   // A choice in a tagged <select> (a currency picker) is counted when it changes, not
-  // on the clicks that open the list and pick from it, nor on a tap on its label.
+  // on the clicks that open the list and pick from it, nor on a tap on its label when
+  // the choice will find the label (around the select, or by select.labels).
+  let tappedLabel = null;
+
   function isChoosing(path, upTo) {
     for (let i = 0; i <= upTo && i < path.length; i++) {
       const node = path[i];
       if (!isElement(node)) continue;
       if (/^(SELECT|OPTION)$/.test(node.tagName)) return true;
-      if (node.tagName === "LABEL" && node.control && node.control.tagName === "SELECT") {
-        return true;
+      const control = node.tagName === "LABEL" && node.control;
+      if (control && control.tagName === "SELECT") {
+        if (node.contains(control)) return true;
+        if (control.labels) {
+          tappedLabel = node; // of several labels, the choice is this one's
+          return true;
+        }
       }
     }
     return false;
@@ -259,10 +272,12 @@
       const select = path[0];
       if (!isElement(select) || select.tagName !== "SELECT") return;
       if (countChoice(path)) return;
-      // Or a tagged label that names the select from elsewhere (<label for=…>).
-      const labels = select.labels || [];
+      // Or a tagged label that names the select from elsewhere (<label for=…>): the one
+      // tapped first, if it is one of them.
+      const labels = Array.prototype.slice.call(select.labels || []);
+      if (labels.indexOf(tappedLabel) > 0) labels.unshift(tappedLabel);
       for (let i = 0; i < labels.length; i++) {
-        if (countChoice(pathOf({ target: labels[i] }))) return;
+        if (countChoice(ancestry(labels[i]))) return;
       }
     } catch (e) {
       // never break the page's own form handling
