@@ -347,6 +347,30 @@ def test_api_group_is_per_client_address(make_app, make_tenant):
     assert send("198.51.100.2") == 202
 
 
+def test_v1_track_refused_by_its_api_group_spends_nothing_of_the_tenants_bucket(
+    make_app, make_tenant
+):
+    """Whatever the two limits' windows: an address over its own limit must not drain
+    the tenant's bucket for every other visitor."""
+    app = make_app(
+        API_RATE_LIMIT="1 per hour", TRACK_RATE_LIMIT="5 per minute", TRUSTED_PROXY_COUNT=1
+    )
+    client = app.test_client()
+    with app.app_context():
+        tenant_ref = str(make_tenant().id)
+
+    def send(ip):
+        return client.post(
+            "/api/v1/analytics/track",
+            json={"tenant_id": tenant_ref, "type": "call"},
+            headers={"X-Forwarded-For": ip},
+        ).status_code
+
+    assert [send("198.51.100.1") for _ in range(5)] == [202, 429, 429, 429, 429]
+    assert [send(f"198.51.100.{n}") for n in range(2, 6)] == [202] * 4
+    assert send("198.51.100.6") == 429  # the tenant's five, now spent
+
+
 # --- POST /api/v1/interactions ------------------------------------------------------------
 
 

@@ -228,19 +228,16 @@ def spend_heavy_owner_work(tenant_id: int) -> None:
         )
 
 
-def _tenant_bucket(view: View) -> View:
-    """The tenant's bucket, one unit a request, after the address's share."""
-    return address_share(_one_event)(
+# Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
+per_tenant = unless_disabled(
+    lambda view: address_share(_one_event)(
         limiter.shared_limit(
             lambda: current_app.config["TRACK_RATE_LIMIT"],
             scope=TENANT_SCOPE,
             key_func=tenant_key,
         )(view)
     )
-
-
-# Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
-per_tenant = unless_disabled(_tenant_bucket)
+)
 
 
 def batch_items() -> int | None:
@@ -377,10 +374,39 @@ def _skip_beacon(_limit: RequestLimit) -> Response:
 _api_limit = limiter.shared_limit(
     lambda: current_app.config["API_RATE_LIMIT"], scope="api", key_func=client_ip_key
 )
-# /api/v1/analytics/track: its contract's "api" group, and beyond it the tenant's bucket,
-# as it writes the tenant's events too. One decorator: flask-limiter checks stacked limits
-# once only when nothing comes between them.
-api_group_and_tenant = unless_disabled(lambda view: _tenant_bucket(_api_limit(view)))
+
+
+def _tenant_bucket_after(view: View) -> View:
+    """The tenant's bucket, one unit a request, charged by hand inside another limit's
+    check: flask-limiter checks limits stacked on one view shortest window first, so a
+    request its own limit refuses could have spent the tenant's bucket already."""
+
+    @wraps(view)
+    def check(*args: Any, **kwargs: Any) -> Any:
+        limit = current_app.config["TRACK_RATE_LIMIT"]
+        # The key flask-limiter gives the shared scope, under the prefix it took when first
+        # bound (an app's config may say another): the same bucket as /track's.
+        key = (limiter._key_prefix, tenant_key(), TENANT_SCOPE)
+        try:
+            retry_after = _seconds_until_allowed(limit, key)
+        except Exception:  # no storage and no fallback: unlimited, as flask-limiter does
+            log.warning("tenant bucket not counted: the limiter's storage did not answer")
+            retry_after = None
+        if retry_after is None:
+            return view(*args, **kwargs)
+        response, status = error_response(429, f"Rate limit exceeded: {limit}", code="rate_limited")
+        response.headers["Retry-After"] = str(retry_after)
+        return response, status
+
+    return check  # type: ignore[return-value]
+
+
+# /api/v1/analytics/track: its contract's "api" group, and beyond it the address's share
+# and the tenant's bucket, as it writes the tenant's events too; those only once the
+# api group has let the request through.
+api_group_and_tenant = unless_disabled(
+    lambda view: _api_limit(address_share(_one_event)(_tenant_bucket_after(view)))
+)
 conversion_group = unless_disabled(
     limiter.shared_limit(
         lambda: current_app.config["API_RATE_LIMIT"],
