@@ -381,6 +381,17 @@ def test_exports_and_zone_changes_share_a_small_allowance_per_tenant(
 
     assert [export(mine_id, stranger) for _ in range(4)] == [404] * 4
     assert change_zone("America/Tegucigalpa", stranger) == 404
+    # Nor does a change refused for what else it asks.
+    with app.app_context():
+        db.session.get(Tenant, mine_id).suspended = True
+        db.session.commit()
+    path = f"/api/tenants/{mine_id}"
+    for _ in range(4):
+        switch_on = {"active": True, "timezone": "Asia/Tokyo"}
+        assert client.patch(path, json=switch_on, headers=owner).status_code == 403
+    with app.app_context():
+        db.session.get(Tenant, mine_id).suspended = False
+        db.session.commit()
     assert [export(mine_id, owner), change_zone("Europe/Madrid"), export(mine_id, owner)] == [
         200,
         200,

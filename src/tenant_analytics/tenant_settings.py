@@ -3,6 +3,7 @@ and the recount of its rollups that a new time zone needs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -39,6 +40,7 @@ def change_settings(
     *,
     by_operator: bool,
     lock_wait: float,
+    before_rebuild: Callable[[], None] = lambda: None,
 ) -> None:
     """Apply ``changes`` (fields of TenantUpdate) to ``tenant``; the caller commits.
 
@@ -46,7 +48,8 @@ def change_settings(
     days). Before the tenant's row is written (a waiting change would hold it, and a
     connection) it takes the tenant's rollup lock, waiting ``lock_wait`` seconds at most:
     one rebuild at a time, the others told so (409 ``rebuild_in_progress``) rather than
-    queued behind it for its length.
+    queued behind it for its length. ``before_rebuild`` runs once the recount is sure to
+    happen (a rate limit's charge).
     """
     if "active" in changes:
         refuse_switching_on(tenant, changes["active"], by_operator=by_operator)
@@ -58,6 +61,8 @@ def change_settings(
             "command); send the change again once it is done.",
             code="rebuild_in_progress",
         )
+    if rebuild:
+        before_rebuild()
     for name, value in changes.items():
         if name == "active":
             switch_tenant(tenant, value, by_operator=by_operator)

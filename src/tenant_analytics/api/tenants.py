@@ -18,7 +18,7 @@ from ..ratelimits import spend_heavy_owner_work
 from ..schemas import ProductCreate, ProductUpdate, TenantUpdate
 from ..tenancy import active_tenants, owned_tenant_or_404, readable_tenants
 from ..tenant_data import exported_text
-from ..tenant_settings import change_settings
+from ..tenant_settings import change_settings, refuse_switching_on
 from .qr import is_own_qr_redirect
 from .requests import parse_body
 
@@ -67,13 +67,19 @@ def update_tenant(tenant_id: int):
     landing page its QR codes lead to."""
     tenant = owned_tenant_or_404(tenant_id)
     changes = parse_body(TenantUpdate).model_dump(exclude_unset=True)
+    operator = current_user.is_admin
+    refuse_switching_on(tenant, changes.get("active", False), by_operator=operator)
     if changes.get("landing_url") and is_own_qr_redirect(changes["landing_url"]):
         raise invalid_body({"landing_url": ["may not be a QR redirect of this service (a loop)"]})
-    if changes.get("timezone", tenant.timezone) != tenant.timezone:
-        spend_heavy_owner_work(tenant.id)  # a recount of every event
-    # A write's moment with the rollup lock is waited out, as writes wait for each other.
-    wait = current_app.config["WRITE_LOCK_TIMEOUT_SECONDS"]
-    change_settings(db.session, tenant, changes, by_operator=current_user.is_admin, lock_wait=wait)
+    change_settings(
+        db.session,
+        tenant,
+        changes,
+        by_operator=operator,
+        # A write's moment with the rollup lock is waited out, as writes wait for each other.
+        lock_wait=current_app.config["WRITE_LOCK_TIMEOUT_SECONDS"],
+        before_rebuild=lambda: spend_heavy_owner_work(tenant.id),  # a recount of every event
+    )
     db.session.commit()
     active_tenants().forget()
     return {"success": True, "tenant": tenant.to_dict()}
