@@ -7,6 +7,7 @@ file. ``TEST_REDIS_URL`` puts the rate limiter on Redis.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -260,3 +261,12 @@ def scratch_database_url(database_url, tmp_path):
         return
     with scratch_database(database_url, "upgrade") as url:
         yield url
+
+
+def sessions_gone(connection, where: str, **params: object) -> None:
+    """Wait until the server sessions ``where`` names (pg_stat_activity) have ended."""
+    query = text(f"SELECT count(*) FROM pg_stat_activity WHERE {where}")
+    deadline = time.monotonic() + 10
+    while connection.execute(query, params).scalar():
+        assert time.monotonic() < deadline, "the ended sessions are still there"
+        time.sleep(0.01)

@@ -34,7 +34,7 @@ from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
 from tenant_analytics.rollups import NEW_SESSION, ROLLUP_LOCK, TenantInfo, rebuild_rollups
 
-from .conftest import TEST_HASH_KEY, TEST_JWT_KEY
+from .conftest import TEST_HASH_KEY, TEST_JWT_KEY, sessions_gone
 from .servers import gunicorn
 
 
@@ -628,6 +628,36 @@ def test_a_committer_cut_off_mid_batch_writes_the_batches_after_a_pause(
     assert count_events(tenant.id) == 2  # the first row, and the one after the pause
 
 
+def test_connections_the_server_ended_between_busy_batches_are_not_written_on(
+    app, make_tenant, is_postgres, database_url
+):
+    """A restart or pg_terminate_backend ends the committer's idle sessions; under steady
+    traffic (no pause for the round-trip check) the next batch must not be sent on them
+    and fail as "may have been stored" when nothing was."""
+    if not is_postgres:
+        pytest.skip("sessions ended by the server are PostgreSQL's")
+    tenant = make_tenant()
+    info = TenantInfo.of(tenant)
+    committer = app.extensions["group_commit"]
+    assert submit_within(committer, pageview_job(info, "/first")).stored == 1  # type: ignore
+    pids = [
+        kept.connection.dbapi_connection.get_backend_pid()
+        for kept in (committer._connection, committer._autocommit)
+        if kept is not None
+    ]
+    assert pids
+    admin = create_engine(normalize_database_url(database_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        for pid in pids:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        sessions_gone(connection, "pid = ANY(:pids)", pids=pids)
+    admin.dispose()
+    committer._idle_since = time.monotonic()  # busy: no idle round trip to catch it
+    outcome = submit_within(committer, pageview_job(info, "/next"))
+    assert getattr(outcome, "stored", outcome) == 1
+    assert count_events(tenant.id) == 2
+
+
 # SystemExit ends the committer's thread, as it should: pytest reports that as a warning.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("escape", [RuntimeError, SystemExit])
@@ -759,8 +789,10 @@ def test_a_write_alone_whose_commit_reply_was_lost_is_a_503_saying_it_may_be_sto
 def test_writes_resume_once_the_database_takes_connections_again(
     app, make_tenant, add_events, is_postgres, database_url
 ):
-    """A restart as the committer sees it: its connection is cut off, then a new one is
-    refused for a while. Once the database is back, the next batch is written."""
+    """A restart as the committer sees it: its connections are cut off while idle, then
+    a new one is refused for a while. The ended sessions are noticed before a batch is
+    sent on them, so nothing is in doubt; once the database is back, the next batch is
+    written."""
     if not is_postgres:
         pytest.skip("a server that refuses connections is PostgreSQL's here")
     tenant = make_tenant()
@@ -780,10 +812,10 @@ def test_writes_resume_once_the_database_takes_connections_again(
                 text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
                 {"n": name},
             )
-        with pytest.raises(CommitUncertain):  # cut off while writing
-            committer.submit(pageview_job(info, "/cut-off"))
-        with pytest.raises(OperationalError):  # no new connection: surely not written
-            committer.submit(pageview_job(info, "/refused"))
+            sessions_gone(connection, "datname = :n", n=name)
+        for path in ("/cut-off", "/refused"):  # no new connection: surely not written
+            with pytest.raises(OperationalError):
+                committer.submit(pageview_job(info, path))
     finally:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

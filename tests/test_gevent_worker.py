@@ -8,11 +8,12 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from sqlalchemy import text
 
 from tenant_analytics.extensions import db
 
-from .conftest import REDIS_URL, TEST_HASH_KEY
+from .conftest import REDIS_URL, TEST_HASH_KEY, sessions_gone
 from .servers import gunicorn, post
 
 WAIT_CALLBACK = """
@@ -85,6 +86,47 @@ def test_gevent_worker_stores_every_event_and_shares_commits(
             {"t": tenant_id},
         )
         assert transactions < stored
+
+
+def test_sessions_the_server_ended_between_batches_are_not_written_on(
+    migrated, make_tenant, is_postgres, tmp_path
+):
+    """A restart or pg_terminate_backend ends the committer's idle sessions. A write a
+    moment later (no pause long enough for the idle round trip) must go on new ones,
+    not fail as "may have been stored" when nothing was sent."""
+    if not is_postgres:
+        pytest.skip("sessions ended by the server are PostgreSQL's")
+    tenant_id = make_tenant().id
+    name = "ta-test-ended-sessions"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"{migrated}?application_name={name}",
+        "RATELIMIT_ENABLED": "false",
+        "VISITOR_HASH_KEY": TEST_HASH_KEY,
+    }
+    settings = ["--worker-class", "gevent", "--workers", "1"]
+    body = {"tenant_id": tenant_id, "event_type": "pageview"}
+    statuses = []
+    with gunicorn(settings, env, tmp_path / "gunicorn.log") as port:
+        for _ in range(5):
+            assert post(port, "/api/analytics/track", body) == 201  # its sessions made
+            ended = db.session.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = :name"
+                ),
+                {"name": name},
+            )
+            db.session.commit()
+            assert ended
+            sessions_gone(db.session.connection(), "application_name = :n", n=name)
+            db.session.commit()
+            statuses.append(post(port, "/api/analytics/track", body))  # well within 1 s
+    assert statuses == [201] * 5
+    stored = db.session.scalar(
+        text("SELECT count(*) FROM events WHERE tenant_id = :t"), {"t": tenant_id}
+    )
+    assert stored == 10
 
 
 CONNECT_TO_BLACK_HOLE = """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import sys
 import threading
 import time
@@ -102,6 +103,16 @@ def _rolled_back(error: Exception) -> bool:
     if error.statement is None and not error.connection_invalidated:
         return True  # raised before a statement was sent: connecting, say
     return reported_by_live_database(error)
+
+
+def _has_unread_data(connection: Connection) -> bool:
+    """Whether the server sent anything the client has not read (PostgreSQL's socket,
+    polled without waiting; False where there is no socket to poll, as on SQLite)."""
+    try:
+        socket_number = connection.connection.dbapi_connection.fileno()  # type: ignore[union-attr]
+        return bool(select.select([socket_number], [], [], 0)[0])
+    except Exception:  # no fileno (SQLite), closed, past select's range: the batch will tell
+        return False
 
 
 class GroupCommitter:
@@ -263,6 +274,8 @@ class GroupCommitter:
         try:
             if time.monotonic() - self._idle_since > IDLE_CHECK_SECONDS:
                 self._drop_closed_connections()
+            else:
+                self._drop_connections_the_server_ended()
             self._commit(batch)
         except BaseException as error:
             log.exception("group commit failed unexpectedly")
@@ -291,6 +304,18 @@ class GroupCommitter:
                 connection.exec_driver_sql("SELECT 1")
                 connection.rollback()  # (the autocommit one has nothing to end)
             except Exception:
+                self._discard(name)
+
+    def _drop_connections_the_server_ended(self) -> None:
+        """Between busy batches, without a round trip: drop a kept connection whose socket
+        has something to read. Every answer was read by the end of the last batch, so that
+        is the server's notice that it ended the session (a restart, pg_terminate_backend),
+        or its close; a batch sent on it would fail as may-have-been-stored."""
+        for name in ("_connection", "_autocommit"):
+            connection: Connection | None = getattr(self, name)
+            if connection is None:
+                continue
+            if connection.closed or connection.invalidated or _has_unread_data(connection):
                 self._discard(name)
 
     def _discard(self, name: str) -> None:
