@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,10 +12,11 @@ import threading
 import pytest
 from sqlalchemy import text
 
+from tenant_analytics import group_commit
 from tenant_analytics.extensions import db
 
 from .conftest import REDIS_URL, TEST_HASH_KEY, sessions_gone
-from .servers import gunicorn, post
+from .servers import ROOT, gunicorn, post
 
 WAIT_CALLBACK = """
 import sys
@@ -158,3 +160,17 @@ def test_under_gevent_a_database_that_never_answers_is_a_503_in_time():
     status, waited = result.stdout.split()
     assert status == "503", result.stderr
     assert float(waited) < 5  # one second, twice at most (the pool's pre-ping retry)
+
+
+def test_every_documented_way_to_serve_lets_a_request_wait_out_its_commit():
+    """A stop or reload kills workers after gunicorn's graceful timeout: shorter than a
+    request's longest commit wait, a request would be cut off while its batch commits."""
+    longest_wait = group_commit.QUEUE_TIMEOUT_SECONDS + group_commit.WRITE_TIMEOUT_SECONDS
+    for source in (ROOT / "Makefile", ROOT / "README.md"):
+        # Each command, with the lines it continues on (a trailing backslash).
+        commands = re.findall(r"gunicorn --worker-class gevent(?:.*\\\n)*.*", source.read_text())
+        assert commands, source
+        for command in commands:
+            found = re.search(r"--graceful-timeout (\d+)", command)
+            assert found, (source, command)
+            assert int(found.group(1)) > longest_wait, (source, command)

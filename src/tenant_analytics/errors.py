@@ -221,7 +221,7 @@ def outage_reason(exc: BaseException) -> str | None:
     if isinstance(exc, PoolTimeout):
         return "no database connection free in time"
     if isinstance(exc, CommitTimeout):
-        return "the commit was not confirmed in time"
+        return "not written in time (withdrawn unwritten)"
     if isinstance(exc, CommitUncertain):
         innermost, cause = exc, exc.__cause__
         while isinstance(cause, CommitUncertain):  # the committer's, re-raised per request

@@ -58,6 +58,10 @@ BUSY_RECHECK_SECONDS = 0.5
 IDLE_CHECK_SECONDS = 1.0
 # A request still waiting this long checks that the committer is there to answer it.
 RESTART_CHECK_SECONDS = 1.0
+# A request waits this long for its events to be taken into a batch, then this long more
+# while its batch is written: a server's graceful stop must outlast both (Makefile).
+QUEUE_TIMEOUT_SECONDS = 30.0
+WRITE_TIMEOUT_SECONDS = 60.0
 _CLAIMS = threading.Lock()  # guards _Pending.state
 
 
@@ -124,8 +128,8 @@ class GroupCommitter:
         *,
         lock_timeout: float,
         max_events: int = 5000,
-        timeout: float = 30.0,
-        write_timeout: float = 60.0,
+        timeout: float = QUEUE_TIMEOUT_SECONDS,
+        write_timeout: float = WRITE_TIMEOUT_SECONDS,
     ) -> None:
         self.app = app
         self.max_events = max_events
