@@ -421,3 +421,70 @@ def test_a_sign_out_outlives_a_refresh_token_issued_under_a_longer_lifetime(make
     with app.app_context():
         kept = db.session.scalars(select(SignOut.expires_at)).one()
     assert timedelta(days=30, minutes=15) <= kept - before < timedelta(days=30, minutes=16)
+
+
+def change_password(client, headers, current, new):
+    body = {"current_password": current, "new_password": new}
+    return client.post("/api/auth/password", json=body, headers=headers)
+
+
+def test_an_owner_changes_its_own_password_and_every_earlier_token_ends(
+    client, make_tenant, make_user
+):
+    tenant = make_tenant()
+    user = make_user(tenant, password="old-password")
+    email = user.email
+    tokens = login(client, email, "old-password").get_json()
+    old = {"Authorization": f"Bearer {tokens['access_token']}"}
+    other_device = login(client, email, "old-password").get_json()
+    changed = change_password(client, old, "old-password", "a new passphrase")
+    assert changed.status_code == 200
+    fresh = changed.get_json()
+    assert set(fresh) == {"access_token", "refresh_token", "token_type", "expires_in"}
+    # This device goes on with the new tokens; every earlier one, any device's, is refused.
+    new = {"Authorization": f"Bearer {fresh['access_token']}"}
+    assert client.get(f"/api/analytics/{tenant.id}", headers=new).status_code == 200
+    for token in (tokens["access_token"], other_device["access_token"]):
+        answer = client.get(
+            f"/api/analytics/{tenant.id}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 401
+    refresh = {"Authorization": f"Bearer {other_device['refresh_token']}"}
+    assert client.post("/api/auth/refresh", headers=refresh).status_code == 401
+    assert login(client, email, "old-password").status_code == 401
+    assert login(client, email, "a new passphrase").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "status", "field"),
+    [
+        ("wrong-password", "a new passphrase", 403, None),  # a stolen token is not enough
+        ("old-password", "short", 422, "new_password"),
+        ("old-password", "old-password", 422, "new_password"),
+        ("old-password", "", 422, "new_password"),
+    ],
+)
+def test_a_password_change_needs_the_current_one_and_a_new_one_fit_to_use(
+    client, make_user, auth_headers, current, new, status, field
+):
+    user = make_user(password="old-password")
+    email, headers = user.email, auth_headers(user)
+    answer = change_password(client, headers, current, new)
+    assert answer.status_code == status
+    if field:
+        assert field in answer.get_json()["errors"]
+    assert login(client, email, "old-password").status_code == 200  # unchanged
+
+
+def test_a_password_change_needs_a_token_and_counts_as_a_sign_in_attempt(make_app, make_user):
+    app = make_app(LOGIN_RATE_LIMIT="3 per minute")
+    client = app.test_client()
+    assert change_password(client, {}, "old-password", "a new passphrase").status_code == 401
+    with app.app_context():
+        user = make_user(password="old-password")
+        token = login(client, user.email, "old-password").get_json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    statuses = [
+        change_password(client, headers, "guess", "a new passphrase").status_code for _ in range(4)
+    ]
+    assert statuses == [403, 403, 403, 429]

@@ -340,6 +340,15 @@ def test_every_json_answer_has_the_shape_the_document_gives(make_app):
             200,
         ),
         ("/api/tenants/{tenant_id}/products/{product_id}", "delete", {"headers": owner}, 200),
+        (  # last: it ends the owner's token
+            "/api/auth/password",
+            "post",
+            {
+                "headers": owner,
+                "json": {"current_password": DEMO_PASSWORD, "new_password": "a new passphrase"},
+            },
+            200,
+        ),
     ]
     checked = set()
     product_id = None  # the one the calls create

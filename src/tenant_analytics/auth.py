@@ -53,7 +53,12 @@ def authenticate(session: Session, email: str, password: str) -> User | None:
     if user is None:
         check_password_hash(_UNUSED_HASH, password)
         return None
-    return user if check_password_hash(user.password_hash, password) else None
+    return user if check_password(user, password) else None
+
+
+def check_password(user: User, password: str) -> bool:
+    """Whether ``password`` is the user's."""
+    return check_password_hash(user.password_hash, password)
 
 
 def credential_stamp(user: User) -> str:

@@ -25,7 +25,7 @@ from .partitions import create_ahead, purge_before
 from .postgres_writer import limit_lock_waits, lock_timed_out
 from .products import create_product
 from .rollups import forget_purged_days, rebuild_rollups
-from .schemas import PASSWORD_MAX, ProductCreate, TenantUpdate, iana_zone
+from .schemas import PASSWORD_MAX, PASSWORD_MIN, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
 from .tenant_data import delete_tenant_data, exported_text, forget_customer
@@ -117,10 +117,6 @@ def valid_slug(_ctx: Any, _param: Any, value: str) -> str:
     return value
 
 
-# NIST SP 800-63B's floor for a password a person chooses.
-MIN_PASSWORD_LENGTH = 8
-
-
 def valid_email(_ctx: Any, _param: Any, value: str) -> str:
     """The address, normalized and lower-cased as login compares it; only its form is
     checked (no DNS: the host may have no network)."""
@@ -131,8 +127,8 @@ def valid_email(_ctx: Any, _param: Any, value: str) -> str:
 
 
 def valid_password(_ctx: Any, _param: Any, value: str | None) -> str | None:
-    if value is not None and not MIN_PASSWORD_LENGTH <= len(value) <= PASSWORD_MAX:
-        raise click.BadParameter(f"{MIN_PASSWORD_LENGTH} to {PASSWORD_MAX} characters")
+    if value is not None and not PASSWORD_MIN <= len(value) <= PASSWORD_MAX:
+        raise click.BadParameter(f"{PASSWORD_MIN} to {PASSWORD_MAX} characters")
     return value
 
 

@@ -181,6 +181,19 @@ OPERATIONS: dict[str, Operation] = {
         returns=responses.AccessToken,
         refresh=True,
     ),
+    "auth.change_password": Operation(
+        {
+            200: "Changed: this device's new access_token and refresh_token",
+            401: ERRORS[401],
+            403: "The current password is wrong",
+            422: ERRORS[422],
+            429: ERRORS[429],
+            503: ERRORS[503],
+        },
+        returns=responses.Tokens,
+        body=schemas.PasswordChange,
+        owner=True,
+    ),
     "auth.logout": Operation(
         {204: "Signed out: the sign-in's tokens are refused from now on", 401: ERRORS[401]},
         produces=(),

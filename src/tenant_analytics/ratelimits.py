@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, jsonify, request
+from flask_jwt_extended import get_jwt_identity
 from flask_limiter import RequestLimit
 from limits import parse_many
 from limits.errors import StorageError
@@ -361,6 +362,25 @@ def _login_limits(view: View) -> View:
 
 
 login_attempts = unless_disabled(_login_limits)
+
+
+def _password_change_limits(view: View) -> View:
+    """A password change checks the current one: guesses with a stolen token count as
+    sign-in attempts do, per user and per client address."""
+    per_user = limiter.limit(
+        lambda: current_app.config["LOGIN_RATE_LIMIT"],
+        key_func=lambda: f"password-change:{get_jwt_identity()}",
+        methods=["POST"],
+    )
+    per_address = limiter.limit(
+        lambda: current_app.config["LOGIN_ADDRESS_RATE_LIMIT"],
+        key_func=login_address_key,
+        methods=["POST"],
+    )
+    return counted_or_503(per_address(per_user(view)))
+
+
+password_change_attempts = unless_disabled(_password_change_limits)
 
 
 def _skip_beacon(_limit: RequestLimit) -> Response:

@@ -220,16 +220,36 @@ class EventBatch(Body):
 
 
 PASSWORD_MAX = 1024
+PASSWORD_MIN = 8  # NIST SP 800-63B's floor for a password a person chooses
+# Checked as typed: a password may begin or end with spaces.
+TypedPassword = Annotated[
+    str, StringConstraints(strip_whitespace=False), Field(min_length=1, max_length=PASSWORD_MAX)
+]
 
 
 class Login(Body):
     """``POST /api/auth/login``."""
 
     email: Annotated[Text, Field(min_length=3, max_length=254)]
-    # Checked as typed: a password may begin or end with spaces.
-    password: Annotated[
-        str, StringConstraints(strip_whitespace=False), Field(min_length=1, max_length=PASSWORD_MAX)
+    password: TypedPassword
+
+
+class PasswordChange(Body):
+    """``POST /api/auth/password``: the password now, and the one to use from now on."""
+
+    current_password: TypedPassword
+    new_password: Annotated[
+        str,
+        StringConstraints(strip_whitespace=False),
+        Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX),
     ]
+
+    @field_validator("new_password")
+    @classmethod
+    def _not_the_current_one(cls, new: str, info: ValidationInfo) -> str:
+        if new == info.data.get("current_password"):
+            raise ValueError("must differ from the current password")
+        return new
 
 
 ProductId = Annotated[int, Field(strict=True, gt=0, le=MAX_ROW_ID)]

@@ -10,16 +10,19 @@ from ..auth import (
     access_token_for,
     authenticate,
     challenge,
+    check_password,
     may_sign_in,
     new_sign_in,
     refresh_token_for,
+    set_password,
     sign_out,
     token_lifetime,
 )
+from ..errors import ApiError
 from ..extensions import db
 from ..models import User
-from ..ratelimits import login_attempts
-from ..schemas import Login
+from ..ratelimits import login_attempts, password_change_attempts
+from ..schemas import Login, PasswordChange
 from .requests import parse_body
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
@@ -44,6 +47,24 @@ def login():
 def refresh():
     """A new access token for a valid refresh token."""
     return _access(current_user, get_jwt()[SIGN_IN])  # the blocklist check saw it there
+
+
+@bp.post("/password")
+@jwt_required()
+@password_change_attempts
+def change_password():
+    """Change the caller's password, given the current one: every token issued before,
+    on any device, stops working; the answer carries this device's new tokens."""
+    body = parse_body(PasswordChange)
+    if not check_password(current_user, body.current_password):
+        raise ApiError(403, "The current password is wrong.", code="wrong_password")
+    set_password(current_user, body.new_password)
+    db.session.commit()
+    sign_in = new_sign_in()
+    return {
+        **_access(current_user, sign_in),
+        "refresh_token": refresh_token_for(current_user, sign_in),
+    }
 
 
 @bp.post("/logout")
