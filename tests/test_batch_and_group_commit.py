@@ -629,7 +629,7 @@ def test_a_committer_cut_off_mid_batch_writes_the_batches_after_a_pause(
 
 
 def test_connections_the_server_ended_between_busy_batches_are_not_written_on(
-    app, make_tenant, is_postgres, database_url
+    app, make_tenant, add_events, is_postgres, database_url
 ):
     """A restart or pg_terminate_backend ends the committer's idle sessions; under steady
     traffic (no pause for the round-trip check) the next batch must not be sent on them
@@ -637,25 +637,29 @@ def test_connections_the_server_ended_between_busy_batches_are_not_written_on(
     if not is_postgres:
         pytest.skip("sessions ended by the server are PostgreSQL's")
     tenant = make_tenant()
+    add_events(tenant, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
     info = TenantInfo.of(tenant)
     committer = app.extensions["group_commit"]
+    # Both kept connections made: a keyed job's transaction, and the one-round-trip write.
+    assert submit_within(committer, keyed_pageview_job(info, "k-first")).stored == 1  # type: ignore
     assert submit_within(committer, pageview_job(info, "/first")).stored == 1  # type: ignore
     pids = [
         kept.connection.dbapi_connection.get_backend_pid()
         for kept in (committer._connection, committer._autocommit)
         if kept is not None
     ]
-    assert pids
+    assert len(pids) == 2
     admin = create_engine(normalize_database_url(database_url), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         for pid in pids:
             connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         sessions_gone(connection, "pid = ANY(:pids)", pids=pids)
     admin.dispose()
-    committer._idle_since = time.monotonic()  # busy: no idle round trip to catch it
-    outcome = submit_within(committer, pageview_job(info, "/next"))
-    assert getattr(outcome, "stored", outcome) == 1
-    assert count_events(tenant.id) == 2
+    for job in (keyed_pageview_job(info, "k-next"), pageview_job(info, "/next")):
+        committer._idle_since = time.monotonic()  # busy: no idle round trip to catch it
+        outcome = submit_within(committer, job)
+        assert getattr(outcome, "stored", outcome) == 1
+    assert count_events(tenant.id) == 5
 
 
 # SystemExit ends the committer's thread, as it should: pytest reports that as a warning.

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
+from gevent.monkey import get_original
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -109,14 +110,25 @@ def _rolled_back(error: Exception) -> bool:
     return reported_by_live_database(error)
 
 
+# The system's poll, not gevent's patched one (which yields to its hub twice a call):
+# polling without waiting never blocks, and poll, unlike select, takes any descriptor.
+_poll = get_original("select", "poll")
+_READABLE = select.POLLIN | select.POLLERR | select.POLLHUP
+
+
 def _has_unread_data(connection: Connection) -> bool:
-    """Whether the server sent anything the client has not read (PostgreSQL's socket,
-    polled without waiting; False where there is no socket to poll, as on SQLite)."""
-    try:
-        socket_number = connection.connection.dbapi_connection.fileno()  # type: ignore[union-attr]
-        return bool(select.select([socket_number], [], [], 0)[0])
-    except Exception:  # no fileno (SQLite), closed, past select's range: the batch will tell
+    """Whether the server sent anything the client has not read, or closed the socket
+    (PostgreSQL's, polled without waiting). A driver connection already closed counts
+    as ended; one without a socket to poll (SQLite's) as not."""
+    driver = connection.connection.dbapi_connection
+    if getattr(driver, "closed", False):
+        return True
+    fileno = getattr(driver, "fileno", None)
+    if fileno is None:
         return False
+    poller = _poll()
+    poller.register(fileno(), _READABLE)
+    return bool(poller.poll(0))
 
 
 class GroupCommitter:
@@ -319,7 +331,11 @@ class GroupCommitter:
             connection: Connection | None = getattr(self, name)
             if connection is None:
                 continue
-            if connection.closed or connection.invalidated or _has_unread_data(connection):
+            try:
+                ended = connection.closed or connection.invalidated or _has_unread_data(connection)
+            except Exception:  # a socket that cannot be asked about is not worth keeping
+                ended = True
+            if ended:
                 self._discard(name)
 
     def _discard(self, name: str) -> None:
