@@ -34,12 +34,12 @@ run: install
 # The gevent worker lets a request wait for its group commit at the cost of a greenlet switch.
 # --log-level error: gunicorn names the peer of a malformed request at WARNING.
 # --no-control-socket: gunicorn's socket is one per user, lost to any other server's exit.
-# --graceful-timeout 95: a stop or reload lets a request wait out its group commit (30 s
+# --graceful-timeout 100: a stop or reload lets a request wait out its group commit (30 s
 # to be taken into a batch, 60 s for the batch) rather than cut it off at gunicorn's 30 s.
 serve: install
 	@echo "Serving on http://$(HOST):$(PORT) with $(WORKERS) worker(s)  (Ctrl+C to stop)"
 	$(BIN)/gunicorn --worker-class gevent --workers $(WORKERS) --worker-connections 1000 \
-		--graceful-timeout 95 --log-level error --no-control-socket --bind $(HOST):$(PORT) wsgi:app
+		--graceful-timeout 100 --log-level error --no-control-socket --bind $(HOST):$(PORT) wsgi:app
 
 ## test: the suite (PostgreSQL with TEST_DATABASE_URL, else SQLite; Redis with TEST_REDIS_URL)
 test: install browser

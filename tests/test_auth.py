@@ -488,3 +488,19 @@ def test_a_password_change_needs_a_token_and_counts_as_a_sign_in_attempt(make_ap
         change_password(client, headers, "guess", "a new passphrase").status_code for _ in range(4)
     ]
     assert statuses == [403, 403, 403, 429]
+
+
+def test_password_guesses_from_one_address_share_one_bucket_across_endpoints(make_app, make_user):
+    """Sign-in and password change both check a password: an address gets no more
+    guesses by spreading them over the two."""
+    app = make_app(LOGIN_ADDRESS_RATE_LIMIT="3 per minute", LOGIN_RATE_LIMIT="100 per minute")
+    client = app.test_client()
+    with app.app_context():
+        user = make_user(password="old-password")
+        email = user.email
+    token = login(client, email, "old-password").get_json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    guesses = [change_password(client, headers, "guess", "a new passphrase").status_code]
+    guesses.append(login(client, email, "guess").status_code)
+    guesses.append(change_password(client, headers, "guess", "a new passphrase").status_code)
+    assert guesses == [403, 401, 429]

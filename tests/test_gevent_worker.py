@@ -171,6 +171,8 @@ def test_every_documented_way_to_serve_lets_a_request_wait_out_its_commit():
         commands = re.findall(r"gunicorn --worker-class gevent(?:.*\\\n)*.*", source.read_text())
         assert commands, source
         for command in commands:
-            found = re.search(r"--graceful-timeout (\d+)", command)
+            found = re.search(r"--graceful-timeout[ =](\d+)", command)
             assert found, (source, command)
-            assert int(found.group(1)) > longest_wait, (source, command)
+            # A margin for what comes before the wait (a worker notices the signal within
+            # a second; a tenant lookup, the rate limit's round trip).
+            assert int(found.group(1)) >= longest_wait + 10, (source, command)

@@ -349,35 +349,45 @@ def counted_or_503(limited: View) -> View:
     return checked  # type: ignore[return-value]
 
 
+def _password_guesses_per_address() -> Callable[[View], View]:
+    """LOGIN_ADDRESS_RATE_LIMIT, one bucket per address for every endpoint that checks a
+    password (sign-in, password change): guesses on one do not add to those on the other."""
+    return limiter.shared_limit(
+        lambda: current_app.config["LOGIN_ADDRESS_RATE_LIMIT"],
+        scope="password-guesses",
+        key_func=login_address_key,
+        methods=["POST"],
+    )
+
+
 def _login_limits(view: View) -> View:
     per_email = limiter.limit(
         lambda: current_app.config["LOGIN_RATE_LIMIT"], key_func=login_key, methods=["POST"]
     )
-    per_address = limiter.limit(
-        lambda: current_app.config["LOGIN_ADDRESS_RATE_LIMIT"],
-        key_func=login_address_key,
-        methods=["POST"],
-    )
-    return counted_or_503(per_address(per_email(view)))
+    return counted_or_503(_password_guesses_per_address()(per_email(view)))
 
 
 login_attempts = unless_disabled(_login_limits)
 
 
+def password_change_key() -> str:
+    """Per user (the token's), or per address where no token was verified yet."""
+    try:
+        identity = get_jwt_identity()
+    except RuntimeError:  # outside a verified token: never with @jwt_required() first
+        identity = None
+    return f"password-change:{identity}" if identity else login_address_key()
+
+
 def _password_change_limits(view: View) -> View:
-    """A password change checks the current one: guesses with a stolen token count as
-    sign-in attempts do, per user and per client address."""
+    """A password change checks the current one: guesses with a stolen token are limited
+    per user as sign-ins are per email, and share the address's bucket with sign-ins."""
     per_user = limiter.limit(
         lambda: current_app.config["LOGIN_RATE_LIMIT"],
-        key_func=lambda: f"password-change:{get_jwt_identity()}",
+        key_func=password_change_key,
         methods=["POST"],
     )
-    per_address = limiter.limit(
-        lambda: current_app.config["LOGIN_ADDRESS_RATE_LIMIT"],
-        key_func=login_address_key,
-        methods=["POST"],
-    )
-    return counted_or_503(per_address(per_user(view)))
+    return counted_or_503(_password_guesses_per_address()(per_user(view)))
 
 
 password_change_attempts = unless_disabled(_password_change_limits)
