@@ -52,14 +52,23 @@ def test_rollups_match_the_hand_computed_week(app, week):  # noqa: F811
 
 
 def test_the_mean_time_on_page_is_of_exact_decimals_in_both(app, make_tenant, add_events):
-    """1.661 + 4.495 + 1.344 is 7.5 exactly (a mean of 2.5, to even: 2); as floats it
-    is 7.500000000000001, whose mean rounds to 3."""
+    """1.017 + 4.648 + 1.835 is 7.5 exactly (a mean of 2.5, half-up: 3); as floats it
+    is 7.499999999999999, whose mean would round to 2."""
     tenant = make_tenant()
-    seconds = ["1.661", "4.495", "1.344"]
+    seconds = ["1.017", "4.648", "1.835"]
     at = NOW - timedelta(hours=1)
     add_events(tenant, [("time_on_page", at, "10.0.0.1", {"seconds": float(s)}) for s in seconds])
     raw, fast = both(tenant, ZoneInfo("UTC"), NOW)
-    assert raw[0].avg_time_on_page == fast[0].avg_time_on_page == 2
+    assert raw[0].avg_time_on_page == fast[0].avg_time_on_page == 3
+
+
+def test_a_mean_of_a_half_second_rounds_up_as_people_round(app, make_tenant, add_events):
+    """2 s and 3 s: 2.5 s is shown as 3 s (Python's round would say 2)."""
+    tenant = make_tenant()
+    at = NOW - timedelta(hours=1)
+    add_events(tenant, [("time_on_page", at, "10.0.0.1", {"seconds": s}) for s in (2, 3)])
+    raw, fast = both(tenant, ZoneInfo("UTC"), NOW)
+    assert raw[0].avg_time_on_page == fast[0].avg_time_on_page == 3
 
 
 def random_events(rng, count, now):

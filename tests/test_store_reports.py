@@ -207,6 +207,17 @@ def test_dashboard_sales_and_revenue(app, shop):
         assert figures["abandonment_rate"] == 33.3
 
 
+def test_rates_and_averages_on_a_half_round_up_as_people_round(app, make_tenant, store_events):
+    """16 views and 1 add to cart is 6.25 %, shown 6.3 (Python's round says 6.2); 17
+    events over 4 sessions is 4.25, shown 4.3; as money is rounded."""
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    views = [ev("product_view", local(5, 10, n), f"s{n % 4}") for n in range(16)]
+    store_events(tenant, [*views, ev("add_to_cart", local(5, 11), "s0")])
+    figures = stats(tenant, "total")
+    assert figures["conversion_rates"]["visit_to_cart"] == 6.3
+    assert figures["session_stats"]["avg_events_per_session"] == 4.3
+
+
 def test_dashboard_counts_in_total_mode(app, shop):
     figures = stats(shop, "total")
     # product views: s1 2, s2 2, s3 1, s4 1 = 6; adds s1 s2 s3; checkouts s1 s2 s3

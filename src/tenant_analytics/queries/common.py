@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import ColumnElement, Connection, case
 from sqlalchemy.orm import Session
@@ -11,6 +12,13 @@ from ..models import Event
 from ..timewindows import Day
 
 Database = Session | Connection  # what a report's queries run on
+
+
+def ratio_half_up(part: Decimal | int, whole: Decimal | int, places: int = 0) -> Decimal:
+    """``part / whole`` rounded half-up to ``places`` decimals, as people (and the money
+    figures) round: 2.5 s is 3 s, 6.25 % is 6.3 %. Exact decimals, so no float noise
+    decides a half; ``whole`` must not be 0."""
+    return (Decimal(part) / Decimal(whole)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
 
 
 def in_window(tenant_id: int, start: datetime, end: datetime) -> tuple[ColumnElement[bool], ...]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Numeric, cast, func, select
@@ -13,7 +12,7 @@ from sqlalchemy.orm import Session
 from ..catalogue import EVENT_KINDS, Kind, types_of
 from ..models import DEFAULT_CURRENCY, Event
 from ..timewindows import Day, last_days
-from .common import day_index, in_window
+from .common import day_index, in_window, ratio_half_up
 
 # Events that close a sale: counted as conversions, their revenue summed.
 REVENUE_KINDS = (Kind.CONVERSION, Kind.PURCHASE)
@@ -117,7 +116,7 @@ def average_time_on_page(
             Event.event_type.in_(types_of(Kind.TIME_ON_PAGE)),
         )
     ).one()
-    return round(Decimal(total) / count) if count else 0
+    return int(ratio_half_up(total, count)) if count else 0
 
 
 def revenue_by_currency(

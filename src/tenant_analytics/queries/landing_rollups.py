@@ -21,6 +21,7 @@ from ..models import (
     LastSeenCount,
 )
 from ..timewindows import last_days
+from .common import ratio_half_up
 from .landing import REVENUE_KINDS, DayVisitors, LandingSummary, TodaySummary
 
 
@@ -115,7 +116,7 @@ def landing_summary(
         call_clicks=counts[Kind.CALL],
         currency_toggles=counts[Kind.CURRENCY_TOGGLE],
         qr_scans=counts[Kind.QR_SCAN],
-        avg_time_on_page=round(values[Kind.TIME_ON_PAGE] / timed) if timed else 0,
+        avg_time_on_page=int(ratio_half_up(values[Kind.TIME_ON_PAGE], timed)) if timed else 0,
         last_7_days=[DayVisitors(day.isoformat(), per_day.get(day, 0)) for day in days],
         maps_clicks=counts[Kind.MAPS],
         conversions=sum(counts[kind] for kind in REVENUE_KINDS),

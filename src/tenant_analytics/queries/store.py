@@ -81,7 +81,7 @@ from ..models import DEFAULT_CURRENCY, Event, Product
 from ..rollups import ALL_SESSIONS, DIRECT_SOURCE, source_scope, type_scope
 from ..timewindows import Day, days_overlapping, last_days, local_day
 from . import store_rollups
-from .common import Database, day_index, in_window
+from .common import Database, day_index, in_window, ratio_half_up
 
 Mode = Literal["total", "unique"]
 MODES: tuple[Mode, ...] = ("total", "unique")
@@ -126,9 +126,9 @@ CENT = Decimal("0.01")
 # -- shared helpers -----------------------------------------------------------------
 
 
-def _percent(part: float, whole: float) -> float:
-    """``part`` as a percentage of ``whole``, one decimal; 0 when ``whole`` is 0."""
-    return round(part * 100 / whole, 1) if whole else 0.0
+def _percent(part: int, whole: int) -> float:
+    """``part`` as a percentage of ``whole``, one decimal (half-up); 0 when ``whole`` is 0."""
+    return float(ratio_half_up(part * 100, whole, 1)) if whole else 0.0
 
 
 def _money(amount: Decimal | None) -> float:
@@ -574,7 +574,7 @@ class SessionSources:
     @property
     def stats(self) -> tuple[int, float]:
         """Distinct sessions and events per session (one decimal)."""
-        average = round(self.events / self.sessions, 1) if self.sessions else 0.0
+        average = float(ratio_half_up(self.events, self.sessions, 1)) if self.sessions else 0.0
         return self.sessions, average
 
 
