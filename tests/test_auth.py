@@ -504,3 +504,44 @@ def test_password_guesses_from_one_address_share_one_bucket_across_endpoints(mak
     guesses.append(login(client, email, "guess").status_code)
     guesses.append(change_password(client, headers, "guess", "a new passphrase").status_code)
     assert guesses == [403, 401, 429]
+
+
+def test_a_password_change_checks_the_password_an_operator_just_set(
+    app, make_user, auth_headers, is_postgres
+):
+    """An operator's `user set-password` under way when an owner's change arrives: the
+    change waits for it and checks the password it set, rather than overwrite it."""
+    if not is_postgres:
+        pytest.skip("row locks are PostgreSQL's (SQLite writes one at a time)")
+    import threading
+
+    from sqlalchemy.orm import Session
+    from werkzeug.security import generate_password_hash
+
+    from tenant_analytics.extensions import db
+    from tenant_analytics.models import User
+
+    user = make_user(password="old-password")
+    user_id, email, headers = user.id, user.email, auth_headers(user)
+    answers = []
+    operator = Session(db.engine)
+    try:
+        held = operator.get(User, user_id, with_for_update=True)
+        held.password_hash = generate_password_hash("operator-set")
+        operator.flush()
+
+        def owner_changes() -> None:
+            with app.test_client() as client:
+                answers.append(change_password(client, headers, "old-password", "owner's choice"))
+
+        owner = threading.Thread(target=owner_changes)
+        owner.start()
+        owner.join(1.0)  # it waits for the operator's transaction
+        operator.commit()
+        owner.join(10)
+    finally:
+        operator.close()
+    assert [answer.status_code for answer in answers] == [403]  # "old-password" no more
+    db.session.remove()  # the test's own session still holds the user as first read
+    with app.test_client() as client:
+        assert login(client, email, "operator-set").status_code == 200

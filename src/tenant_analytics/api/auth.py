@@ -56,15 +56,15 @@ def change_password():
     """Change the caller's password, given the current one: every token issued before,
     on any device, stops working; the answer carries this device's new tokens."""
     body = parse_body(PasswordChange)
-    if not check_password(current_user, body.current_password):
+    # Locked, and read again: an operator's set-password under way is waited for and
+    # checked against, not overwritten.
+    user = db.session.get(User, current_user.id, with_for_update=True, populate_existing=True)
+    if user is None or not check_password(user, body.current_password):
         raise ApiError(403, "The current password is wrong.", code="wrong_password")
-    set_password(current_user, body.new_password)
+    set_password(user, body.new_password)
     db.session.commit()
     sign_in = new_sign_in()
-    return {
-        **_access(current_user, sign_in),
-        "refresh_token": refresh_token_for(current_user, sign_in),
-    }
+    return {**_access(user, sign_in), "refresh_token": refresh_token_for(user, sign_in)}
 
 
 @bp.post("/logout")
