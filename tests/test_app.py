@@ -32,7 +32,7 @@ from tenant_analytics.extensions import db
 from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
 from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
 from tenant_analytics.partitions import ensure_partitions, include_in_migrations, month_of
-from tenant_analytics.queries import store
+from tenant_analytics.queries import store_dashboard
 from tenant_analytics.ratelimits import warn_about_limits
 from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.timewindows import tenant_zone
@@ -565,7 +565,7 @@ def test_upgrading_makes_stored_empty_sources_direct(scratch_database_url):
         db.session.commit()
         upgrade()
         sources = sorted(str(s) for s in db.session.scalars(select(Event.source)))
-        stats = store.dashboard_stats(
+        stats = store_dashboard.dashboard_stats(
             db.session, tenant_id=7, zone=tenant_zone("UTC"), now=now, mode="total"
         )
         db.session.remove()

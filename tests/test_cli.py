@@ -35,7 +35,7 @@ from tenant_analytics.models import (
     VisitorLastSeen,
     utcnow,
 )
-from tenant_analytics.queries import store
+from tenant_analytics.queries import store_funnel
 from tenant_analytics.rollups import FORGET_BATCH, ROLLUP_MODELS
 from tenant_analytics.storage import claim_keys
 from tenant_analytics.tenant_data import EXPORT_PAGE, delete_tenant_data
@@ -684,7 +684,7 @@ def test_purge_takes_the_days_it_emptied_out_of_the_rollups(
     def funnels(first, last):
         window = {"tenant_id": tenant.id, "zone": zone, "start": first, "end": last}
         return [
-            store.conversion_funnel(db.session, **window, use_rollups=rollups)
+            store_funnel.conversion_funnel(db.session, **window, use_rollups=rollups)
             for rollups in (True, False)
         ]
 

@@ -51,7 +51,7 @@ from tenant_analytics.extensions import db, limiter
 from tenant_analytics.models import Event, Tenant, User, utcnow
 from tenant_analytics.privacy import referrer_origin
 from tenant_analytics.products import create_product
-from tenant_analytics.queries import landing, store
+from tenant_analytics.queries import landing, store_dashboard, store_funnel
 from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.schemas import (
     ConversionBeacon,
@@ -1371,20 +1371,20 @@ def from_raw_events(tenant_id: int) -> dict[str, Any]:
     tenant = db.session.get(Tenant, tenant_id)
     zone, now = tenant_zone(tenant.timezone), utcnow()
     at = {"tenant_id": tenant.id, "zone": zone, "now": now}
-    start, end = store.funnel_dates(zone, now, None, None)
+    start, end = store_funnel.funnel_dates(zone, now, None, None)
     reports = {
         "": {
             "success": True,
             "data": asdict(landing.landing_summary(db.session, **at, currency=tenant.currency)),
         },
         "/today": {"success": True, **asdict(landing.today_summary(db.session, **at))},
-        "/dashboard-stats": store.dashboard_stats(
+        "/dashboard-stats": store_dashboard.dashboard_stats(
             db.session, **at, currency=tenant.currency, use_rollups=False
         ),
-        "/dashboard-stats?mode=unique": store.dashboard_stats(
+        "/dashboard-stats?mode=unique": store_dashboard.dashboard_stats(
             db.session, **at, mode="unique", currency=tenant.currency, use_rollups=False
         ),
-        "/funnel": store.conversion_funnel(
+        "/funnel": store_funnel.conversion_funnel(
             db.session,
             tenant_id=tenant.id,
             zone=zone,

@@ -16,7 +16,7 @@ from tenant_analytics.demo import DEMO_EMAIL, DEMO_PASSWORD, DEMO_SLUG, load_dem
 from tenant_analytics.extensions import db
 from tenant_analytics.models import Tenant
 from tenant_analytics.openapi import UNDOCUMENTED, build_document
-from tenant_analytics.queries import store
+from tenant_analytics.queries import store_funnel, store_rfm
 
 
 @pytest.fixture
@@ -407,9 +407,9 @@ def test_no_schema_has_a_default_a_generator_would_act_on(document):
 
 
 def test_the_closed_sets_answers_hold_are_those_the_reports_use():
-    assert get_args(store.FunnelStepName) == FUNNEL_STEPS
-    assert get_args(store.Segment) == tuple(store.SEGMENT_LABELS)
-    assert get_args(store.Segmento) == tuple(store.SEGMENT_LABELS.values())
+    assert get_args(store_funnel.FunnelStepName) == FUNNEL_STEPS
+    assert get_args(store_rfm.Segment) == tuple(store_rfm.SEGMENT_LABELS)
+    assert get_args(store_rfm.Segmento) == tuple(store_rfm.SEGMENT_LABELS.values())
 
 
 def test_error_answers_name_no_field_the_error_schema_lacks(make_app, make_tenant):

@@ -15,19 +15,15 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import TypeAdapter
 
-from tenant_analytics.catalogue import STORE_TYPES
+from tenant_analytics.catalogue import FUNNEL_STEPS, STORE_TYPES
 from tenant_analytics.extensions import db
 from tenant_analytics.models import Tenant, utcnow
 from tenant_analytics.products import create_product
-from tenant_analytics.queries import store as reports
-from tenant_analytics.queries.store import (
-    Alert,
-    conversion_funnel,
-    dashboard_stats,
-    funnel_dates,
-    rfm_segments,
-    smart_alerts,
-)
+from tenant_analytics.queries import store_common, store_dashboard
+from tenant_analytics.queries.store_alerts import Alert, smart_alerts
+from tenant_analytics.queries.store_dashboard import dashboard_stats
+from tenant_analytics.queries.store_funnel import conversion_funnel, funnel_dates
+from tenant_analytics.queries.store_rfm import rfm_segments
 from tenant_analytics.rollups import rebuild_rollups
 
 TEGUCIGALPA = ZoneInfo("America/Tegucigalpa")  # UTC-6, no daylight saving
@@ -88,10 +84,10 @@ def stats(tenant: Tenant, mode: str = "total", zone: ZoneInfo = TEGUCIGALPA) -> 
 
 def test_report_types_come_from_the_catalogue():
     used = {
-        *reports.FUNNEL_STEPS,
-        *reports.TIMELINE_TYPES,
-        *reports.TIMELINE_ERRORS,
-        *reports.WHATSAPP_TYPES,
+        *FUNNEL_STEPS,
+        *store_dashboard.TIMELINE_TYPES,
+        *store_dashboard.TIMELINE_ERRORS,
+        *store_dashboard.WHATSAPP_TYPES,
     }
     assert used <= set(STORE_TYPES)
 
@@ -490,7 +486,7 @@ def test_reports_are_the_same_with_passes_in_turn(app, shop, monkeypatch):
     """On PostgreSQL the session-wide passes run on a second connection: same figures."""
     beside = {mode: stats(shop, mode) for mode in ("total", "unique")}
     funnel = funnel_counts(shop, date(2026, 3, 2), TODAY)
-    monkeypatch.setattr(reports, "SIDE_BY_SIDE", False)
+    monkeypatch.setattr(store_common, "SIDE_BY_SIDE", False)
     assert {mode: stats(shop, mode) for mode in ("total", "unique")} == beside
     assert funnel_counts(shop, date(2026, 3, 2), TODAY) == funnel
 

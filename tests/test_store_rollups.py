@@ -10,9 +10,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+from tenant_analytics.catalogue import FUNNEL_STEPS
 from tenant_analytics.extensions import db
 from tenant_analytics.models import SessionLastSeen, utcnow
-from tenant_analytics.queries import store
+from tenant_analytics.queries import store_dashboard, store_funnel
 from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.timewindows import last_days
 
@@ -29,7 +30,7 @@ PRODUCTS = [
     ("hat", 'Sombrero "Ñandú" \\ 🐢'),
 ]
 TYPES = [
-    *store.FUNNEL_STEPS,
+    *FUNNEL_STEPS,
     "checkout_started",
     "payment_info_entered",
     "order_completed",
@@ -54,7 +55,7 @@ def random_sessions(rng: random.Random, sessions: int, *, latest) -> list[tuple]
                 source = rng.choice(SOURCES)
             columns = {"source": source, **user}
             event_type = rng.choice(TYPES)
-            if event_type in store.PRODUCT_TYPES and rng.random() < 0.9:
+            if event_type in store_dashboard.PRODUCT_TYPES and rng.random() < 0.9:
                 slug, name = rng.choice(PRODUCTS)
                 columns |= {"product_slug": slug, "product_name": name}
             if event_type == "purchase":
@@ -69,10 +70,11 @@ def reports(tenant, zone, *, use_rollups):
     args = {"tenant_id": tenant.id, "zone": zone, "use_rollups": use_rollups}
     today = NOW.astimezone(zone).date()
     dashboards = [
-        dict(store.dashboard_stats(db.session, **args, now=NOW, mode=mode)) for mode in store.MODES
+        dict(store_dashboard.dashboard_stats(db.session, **args, now=NOW, mode=mode))
+        for mode in store_dashboard.MODES
     ]
     funnels = [
-        store.conversion_funnel(
+        store_funnel.conversion_funnel(
             db.session, **args, start=today - timedelta(days=days), end=today, source=source
         )
         for days in (0, 3, 29)
@@ -91,8 +93,8 @@ def test_reports_from_rollups_match_the_raw_events(app, make_tenant, store_event
         store_events(tenant, events[start : start + 97])
     store_events(neighbour, random_sessions(rng, 30, latest=NOW))
 
-    days = last_days(zone, NOW, store.DASHBOARD_DAYS)
-    rolled = store.rolled_up_sessions(
+    days = last_days(zone, NOW, store_dashboard.DASHBOARD_DAYS)
+    rolled = store_dashboard.rolled_up_sessions(
         db.session, tenant_id=tenant.id, days=days, types=("purchase",)
     )
     assert rolled is not None, "a window ending today is answered by the rollups"
@@ -112,13 +114,16 @@ def test_windows_the_rollups_cannot_answer_fall_back_to_raw_events(app, make_ten
     events.append(ev("purchase", NOW + timedelta(days=1), "s1", source="google"))
     store_events(tenant, events)
 
-    days = last_days(zone, NOW, store.DASHBOARD_DAYS)
-    assert store.rolled_up_sessions(db.session, tenant_id=tenant.id, days=days, types=()) is None
+    days = last_days(zone, NOW, store_dashboard.DASHBOARD_DAYS)
+    assert (
+        store_dashboard.rolled_up_sessions(db.session, tenant_id=tenant.id, days=days, types=())
+        is None
+    )
     assert reports(tenant, zone, use_rollups=True) == reports(tenant, zone, use_rollups=False)
     # A funnel ending in the past: sessions seen since then make the histogram useless.
     past = NOW.astimezone(zone).date() - timedelta(days=3)
     args = {"tenant_id": tenant.id, "zone": zone, "start": past - timedelta(days=5), "end": past}
-    assert store.conversion_funnel(db.session, **args) == store.conversion_funnel(
+    assert store_funnel.conversion_funnel(db.session, **args) == store_funnel.conversion_funnel(
         db.session, **args, use_rollups=False
     )
 
@@ -162,7 +167,7 @@ def test_sessions_made_for_one_event_are_counted_without_a_row_each(client, make
 
     zone, now = ZoneInfo(tenant.timezone), utcnow()
     stats = {
-        use: store.dashboard_stats(
+        use: store_dashboard.dashboard_stats(
             db.session, tenant_id=tenant.id, zone=zone, now=now, use_rollups=use
         )
         for use in (True, False)
@@ -174,7 +179,7 @@ def test_sessions_made_for_one_event_are_counted_without_a_row_each(client, make
         "instagram": 2,
     }
     today = now.astimezone(zone).date()
-    funnel = store.conversion_funnel(
+    funnel = store_funnel.conversion_funnel(
         db.session, tenant_id=tenant.id, zone=zone, start=today, end=today
     )
     assert [step["count"] for step in funnel["funnel"]][:1] == [6]  # 5 made, and s1

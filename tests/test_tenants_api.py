@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DailyEventCount, Product, Tenant, utcnow
-from tenant_analytics.queries.store import dashboard_stats
+from tenant_analytics.queries.store_dashboard import dashboard_stats
 from tenant_analytics.rollups import ROLLUP_LOCK, rebuild_rollups
 
 from .test_rollups import rollup_snapshot

@@ -25,7 +25,7 @@ from pydantic import BaseModel, TypeAdapter
 from . import responses, schemas
 from .api import qr, store_reports
 from .api.requests import NEVER_REFUSED
-from .queries import store
+from .queries import store_dashboard, store_funnel, store_rfm
 
 REF = "#/components/schemas/{model}"
 UNDOCUMENTED = {"static", "demo_site.landing_page", "openapi.document"}
@@ -205,15 +205,18 @@ OPERATIONS: dict[str, Operation] = {
     "dashboards.today": Operation(OWNER_READ, returns=responses.Today, owner=True),
     "store_reports.dashboard_stats": Operation(
         {**OWNER_READ, 422: ERRORS[422]},
-        returns=store.DashboardStats,
+        returns=store_dashboard.DashboardStats,
         owner=True,
         query={
-            "mode": ("total (default) or unique", {"type": "string", "enum": list(store.MODES)})
+            "mode": (
+                "total (default) or unique",
+                {"type": "string", "enum": list(store_dashboard.MODES)},
+            )
         },
     ),
     "store_reports.funnel": Operation(
         {**OWNER_READ, 422: ERRORS[422]},
-        returns=store.Funnel,
+        returns=store_funnel.Funnel,
         owner=True,
         query={
             "start": ("First local day, YYYY-MM-DD (default: 29 days before end)", LOCAL_DAY),
@@ -231,7 +234,7 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "store_reports.rfm": Operation(
         {**OWNER_READ, 422: ERRORS[422]},
-        returns=store.RfmReport,
+        returns=store_rfm.RfmReport,
         owner=True,
         query={
             "segment": (
@@ -240,7 +243,7 @@ OPERATIONS: dict[str, Operation] = {
             ),
             "limit": (
                 "Customers per page, 0 to 1000 (default 1000)",
-                {"type": "integer", "minimum": 0, "maximum": store.RFM_PAGE_MAX},
+                {"type": "integer", "minimum": 0, "maximum": store_rfm.RFM_PAGE_MAX},
             ),
             "offset": (
                 "Customers to skip (default 0); next_offset gives the next page",

@@ -12,7 +12,7 @@ from typing import Literal, NotRequired
 from typing_extensions import TypedDict  # pydantic reads no typing.TypedDict on 3.11
 
 from .queries.landing import LandingSummary
-from .queries.store import Alert
+from .queries.store_alerts import Alert
 
 
 class Tracked(TypedDict):

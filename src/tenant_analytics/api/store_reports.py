@@ -12,7 +12,7 @@ from flask_jwt_extended import jwt_required
 from ..errors import invalid_field
 from ..extensions import db
 from ..models import utcnow
-from ..queries import store
+from ..queries import store_alerts, store_dashboard, store_funnel, store_rfm
 from ..tenancy import owned_tenant_or_404
 from ..timewindows import tenant_zone
 
@@ -25,12 +25,12 @@ SOURCE_MAX = 100  # events.source
 OFFSET_MAX = 10**9  # past any customer list
 
 
-def _mode_arg() -> store.Mode:
+def _mode_arg() -> store_dashboard.Mode:
     """``?mode=``: total (the default) or unique; 422 otherwise."""
     mode = request.args.get("mode", "total")
-    if mode not in store.MODES:
+    if mode not in store_dashboard.MODES:
         raise invalid_field("mode", "mode must be 'total' or 'unique'.")
-    return cast(store.Mode, mode)
+    return cast(store_dashboard.Mode, mode)
 
 
 def _source_arg() -> str | None:
@@ -73,7 +73,7 @@ def _count_arg(name: str, default: int, most: int) -> int:
 # English and Spanish names, any case: ?segment=vip, ?segment=En%20riesgo
 SEGMENT_NAMES = {
     name.casefold(): segment
-    for segment, label in store.SEGMENT_LABELS.items()
+    for segment, label in store_rfm.SEGMENT_LABELS.items()
     for name in (segment, label)
 }
 
@@ -85,7 +85,7 @@ def _segment_arg() -> str | None:
         return None
     segment = SEGMENT_NAMES.get(value.strip().casefold())
     if segment is None:
-        names = ", ".join(store.SEGMENT_LABELS)
+        names = ", ".join(store_rfm.SEGMENT_LABELS)
         raise invalid_field("segment", f"segment must be one of {names} (or the Spanish label).")
     return segment
 
@@ -96,7 +96,7 @@ def dashboard_stats(tenant_id: int):
     """Every store KPI over the last 7 local days; ``?mode=unique`` counts sessions."""
     tenant = owned_tenant_or_404(tenant_id)
     mode = _mode_arg()
-    return store.dashboard_stats(
+    return store_dashboard.dashboard_stats(
         db.session,
         tenant_id=tenant.id,
         zone=tenant_zone(tenant.timezone),
@@ -112,11 +112,11 @@ def funnel(tenant_id: int):
     """Sessions per funnel step between ``start`` and ``end`` (local dates, default 30 days)."""
     tenant = owned_tenant_or_404(tenant_id)
     zone = tenant_zone(tenant.timezone)
-    start, end = store.funnel_dates(zone, utcnow(), _date_arg("start"), _date_arg("end"))
+    start, end = store_funnel.funnel_dates(zone, utcnow(), _date_arg("start"), _date_arg("end"))
     start = max(start, EARLIEST_DATE)  # the default 30 days before an early ``end``
     if start > end:
         raise invalid_field("start", "start must not be after end.")
-    return store.conversion_funnel(
+    return store_funnel.conversion_funnel(
         db.session,
         tenant_id=tenant.id,
         zone=zone,
@@ -133,9 +133,9 @@ def rfm(tenant_id: int):
     a page at a time (``?limit=`` up to 1000, ``?offset=``), of one ``?segment=`` if named."""
     tenant = owned_tenant_or_404(tenant_id)
     segment = _segment_arg()
-    limit = _count_arg("limit", store.RFM_PAGE_MAX, store.RFM_PAGE_MAX)
+    limit = _count_arg("limit", store_rfm.RFM_PAGE_MAX, store_rfm.RFM_PAGE_MAX)
     offset = _count_arg("offset", 0, OFFSET_MAX)
-    return store.rfm_segments(
+    return store_rfm.rfm_segments(
         db.session,
         tenant_id=tenant.id,
         zone=tenant_zone(tenant.timezone),
@@ -153,7 +153,7 @@ def rfm(tenant_id: int):
 def alerts(tenant_id: int):
     """Active smart alerts (abandonment, unsold popular products, errors, stuck sessions)."""
     tenant = owned_tenant_or_404(tenant_id)
-    alerts = store.smart_alerts(
+    alerts = store_alerts.smart_alerts(
         db.session, tenant_id=tenant.id, zone=tenant_zone(tenant.timezone), now=utcnow()
     )
     return {"alerts": alerts}

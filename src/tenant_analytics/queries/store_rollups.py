@@ -1,7 +1,8 @@
 """Store report figures read from the rollup tables: a few hundred rows at any scale.
 
-``queries.store`` shapes them into the reports. Its raw-event passes stay the
-reference, and the tests hold both to the same figures.
+``store_dashboard``, ``store_funnel`` and ``store_alerts`` shape them into the
+reports. Their raw-event passes stay the reference, and the tests hold both to the
+same figures.
 """
 
 from __future__ import annotations
