@@ -531,6 +531,24 @@ def test_demo_runs_once_and_logs_in(runner, client):
     assert tracked.status_code == 202, tracked.get_json()
 
 
+def test_demo_again_after_its_owner_changed_the_password(runner, client):
+    """The demo run again (make run) does not print a password that no longer works."""
+    assert runner.invoke(args=["demo"]).exit_code == 0
+    login = {"email": "owner@demo.example", "password": "demo-password"}
+    tokens = client.post("/api/auth/login", json=login).get_json()
+    changed = client.post(
+        "/api/auth/password",
+        json={"current_password": "demo-password", "new_password": "a-better-one"},
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+    )
+    assert changed.status_code == 200, changed.get_json()
+    again = runner.invoke(args=["demo"])
+    assert again.exit_code == 0, again.output
+    assert "owner@demo.example / demo-password" not in again.output
+    assert '"password": "demo-password"' not in again.output
+    assert "with the password you gave it" in again.output
+
+
 def test_demo_landing_page_carries_the_snippet_and_its_qr_code_leads_there(runner, client):
     assert client.get("/demo/").status_code == 404  # no demo loaded yet
     result = runner.invoke(args=["demo", "--url", "http://127.0.0.1:5055"])

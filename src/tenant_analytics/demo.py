@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .auth import create_user
+from .auth import check_password, create_user
 from .catalogue import FUNNEL_STEPS, PURCHASE, QR_SCAN, TIME_ON_PAGE
 from .event_builders import track_event
 from .ingestion import ClientInfo, NewEvent, enrich
@@ -150,12 +150,19 @@ def load_demo(session: Session, base_url: str = "http://127.0.0.1:5000") -> str:
         )
     else:  # served elsewhere this time (make run PORT=8080): its QR code follows
         tenant.landing_url = f"{base_url}/demo/"
+    # The owner may have changed the known password since (POST /api/auth/password).
+    password = DEMO_PASSWORD if owner is None or check_password(owner, DEMO_PASSWORD) else None
+    login = (
+        f"Log in as {DEMO_EMAIL} / {password}:"
+        if password
+        else f"Log in as {DEMO_EMAIL} with the password you gave it (no longer {DEMO_PASSWORD}):"
+    )
     return (
         f"Demo tenant {tenant.slug!r} has id {tenant.id}.\n"
-        f"Log in as {DEMO_EMAIL} / {DEMO_PASSWORD}:\n"
+        f"{login}\n"
         f"  TOKEN=$(curl -s -X POST {base_url}/api/auth/login "
         "-H 'Content-Type: application/json' "
-        f'-d \'{{"email": "{DEMO_EMAIL}", "password": "{DEMO_PASSWORD}"}}\' '
+        f'-d \'{{"email": "{DEMO_EMAIL}", "password": "{password or "YOUR-PASSWORD"}"}}\' '
         "| python3 -c 'import sys, json; print(json.load(sys.stdin)[\"access_token\"])')\n"
         f'  curl -s -H "Authorization: Bearer $TOKEN" {base_url}/api/analytics/{tenant.id}\n'
         f"Its landing page, with the snippet on it: {base_url}/demo/ "
