@@ -6,6 +6,7 @@ import http.client
 import io
 import json
 import os
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -203,6 +204,52 @@ def test_a_chunked_body_over_the_limit_is_413_not_cut(migrated, make_tenant, tmp
         assert count_events(tenant_id) == 0
         assert post_chunked(port, MAX_CONTENT_LENGTH) == 201
         assert count_events(tenant_id) == 1
+
+
+def test_a_broken_chunked_body_is_a_400_on_every_public_endpoint(migrated, tmp_path):
+    """gunicorn raises its own error (InvalidChunkSize, no OSError) for a chunk size that
+    is no number: it was a 500 on the batch and v1 endpoints, and, raised into the rate
+    limits' keys, taken for the limiter's storage failing (limits counted per process,
+    a traceback logged per request)."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": migrated,
+        "VISITOR_HASH_KEY": TEST_HASH_KEY,
+        "JWT_SECRET_KEY": TEST_JWT_KEY,
+    }
+
+    def post_broken_chunk(port: int, path: str) -> tuple[int, dict]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                "zz\r\n{}\r\n0\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := sock.recv(65_536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(["--workers", "1"], env, log) as port:
+        for path in (
+            "/api/auth/login",
+            "/api/analytics/track",
+            "/api/analytics/batch",
+            "/api/v1/analytics/track",
+        ):
+            status, body = post_broken_chunk(port, path)
+            assert (status, body["error"]) == (400, "bad_request"), (path, body)
+            assert "cut short" in body["message"]
+        # The payment beacon answers 200 whatever it is sent.
+        assert post_broken_chunk(port, "/api/v1/analytics/conversion") == (
+            200,
+            {"status": "skipped", "transaction_id": None},
+        )
+    written = log.read_text()
+    assert "Traceback" not in written
+    assert "falling back" not in written
 
 
 class _CutAfter(io.RawIOBase):

@@ -32,11 +32,23 @@ class WholeBodyRequest(Request):
     """
 
     _over_limit: bool | None = None  # None until a read reached the limit and looked past it
+    _unreadable = False  # a read of the body failed: every later one fails the same way
 
     def get_data(  # type: ignore[override]
         self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
     ) -> bytes | str:
-        data = super().get_data(cache=cache, as_text=as_text, parse_form_data=parse_form_data)
+        if self._unreadable:
+            raise _cut_short()
+        try:
+            data = super().get_data(cache=cache, as_text=as_text, parse_form_data=parse_form_data)
+        except RequestEntityTooLarge:
+            raise
+        except Exception:
+            # A client gone (Werkzeug's ClientDisconnected), or the server's own error for
+            # a body it could not frame: gunicorn raises InvalidChunkSize, which unnamed
+            # was a 500, or, raised into a rate limit's key, a storage failure.
+            self._unreadable = True
+            raise _cut_short() from None
         if self._over_limit is None and self._read_to_the_limit():
             self._over_limit = self._more_to_read()
         if self._over_limit:
@@ -58,8 +70,16 @@ class WholeBodyRequest(Request):
         (wsgi.input_terminated), so one byte more is too many."""
         try:
             return bool(self.environ["wsgi.input"].read(1))
-        except (OSError, ValueError):  # a chunk the server could not read: cut short
-            raise ClientDisconnected() from None
+        except Exception:  # a chunk the server could not read (see get_data)
+            self._unreadable = True
+            raise _cut_short() from None
+
+
+def _cut_short() -> ClientDisconnected:
+    """A 400 for a body the server could not read to its end."""
+    return ClientDisconnected(
+        "The body could not be read to its end: cut short, or its chunked encoding is broken."
+    )
 
 
 # The conversion beacon answers 200 whatever it is sent (see v1.conversion).
