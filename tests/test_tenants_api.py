@@ -8,9 +8,10 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
+from tenant_analytics import tenant_data
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DailyEventCount, Product, Tenant, utcnow
 from tenant_analytics.queries.store_dashboard import dashboard_stats
@@ -434,3 +435,38 @@ def test_an_owner_downloads_all_of_its_tenants_data_and_no_other(
     # Another tenant's data, or none without a token: as every owner endpoint.
     assert client.get(f"/api/tenants/{other.id}/export", headers=headers).status_code == 404
     assert client.get(f"/api/tenants/{mine.id}/export").status_code == 401
+
+
+def test_an_export_that_fails_midway_ends_cut_short_and_logged(
+    client, make_tenant, make_user, auth_headers, add_events, monkeypatch, caplog
+):
+    """Once the 200 is sent a failure can only cut the download short (no end line): it
+    is logged by the app, PostgreSQL's message left out, not raised to gunicorn, which
+    logged it with the SQL and the server's message."""
+    tenant = make_tenant()
+    headers = auth_headers(make_user(tenant))
+    now = utcnow()
+    add_events(
+        tenant, [("pageview", now + timedelta(seconds=n), "10.0.0.1", None) for n in range(3)]
+    )
+    monkeypatch.setattr(tenant_data, "EXPORT_PAGE", 1)
+    pages = []
+
+    def second_page_fails(_conn, _cursor, statement, parameters, _context, _many):
+        if "FROM events" in statement and "ORDER BY events.created_at" in statement:
+            pages.append(statement)
+            if len(pages) == 2:  # a real error from the database, on the page after the first
+                return statement.replace("SELECT ", "SELECT no_such_column, ", 1), parameters
+        return statement, parameters
+
+    event.listen(db.engine, "before_cursor_execute", second_page_fails, retval=True)
+    try:
+        answer = client.get(f"/api/tenants/{tenant.id}/export", headers=headers)
+        lines = [json.loads(line) for line in answer.get_data(as_text=True).splitlines()]
+    finally:
+        event.remove(db.engine, "before_cursor_execute", second_page_fails)
+    assert answer.status_code == 200
+    assert [list(line) for line in lines] == [["tenant"], ["event"]]  # and no {"end": ...}
+    failures = [r for r in caplog.records if r.getMessage().startswith("export cut short")]
+    assert len(failures) == 1 and failures[0].levelname == "ERROR"
+    assert "does not exist" not in caplog.text  # PostgreSQL's message, naming the column

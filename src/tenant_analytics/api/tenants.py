@@ -10,8 +10,9 @@ from flask import Blueprint, current_app, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import ApiError, invalid_body
+from ..errors import ApiError, invalid_body, outage_reason
 from ..extensions import db
+from ..logs import get_logger
 from ..models import Product, Tenant
 from ..products import create_product, list_products, product_of_tenant
 from ..ratelimits import spend_heavy_owner_work
@@ -23,6 +24,7 @@ from .qr import is_own_qr_redirect
 from .requests import parse_body
 
 bp = Blueprint("tenants", __name__, url_prefix="/api/tenants")
+log = get_logger(__name__)
 
 
 SLUG_TAKEN = "A product with this slug already exists."
@@ -94,11 +96,27 @@ def export_tenant(tenant_id: int):
     pieces = exported_text(db.session, tenant)
     first = next(pieces)  # read before the 200 is sent: a database away is still a 503
     response = current_app.response_class(
-        stream_with_context(chain([first], pieces)), mimetype="application/x-ndjson"
+        stream_with_context(_ended_by_failure(chain([first], pieces))),
+        mimetype="application/x-ndjson",
     )
     response.headers["Content-Disposition"] = f'attachment; filename="{tenant.slug}.jsonl"'
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _ended_by_failure(pieces: Iterator[str]) -> Iterator[str]:
+    """The export's stream, ended where reading fails. The 200 is sent by then: the
+    download is cut short (no {"end": …} line), and the failure is logged here, as the
+    app logs any (PostgreSQL's message left out), not by gunicorn, message and all."""
+    try:
+        yield from pieces
+    except Exception as exc:
+        db.session.rollback()
+        reason = outage_reason(exc)
+        if reason is None:
+            log.error("export cut short", exc_info=exc)
+        else:
+            log.error("export cut short: %s", reason)
 
 
 @bp.get("/<int:tenant_id>/products")
