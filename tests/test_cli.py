@@ -773,6 +773,47 @@ def test_purge_forgets_the_visitors_of_the_day_it_cut_through(
     assert day_rows(honduras, DailyVisitor) == 1  # the visitor whose event is kept
 
 
+def test_a_funnel_reaching_the_day_a_purge_cut_through_counts_its_kept_sessions(
+    runner, make_tenant, store_events, is_postgres, monkeypatch
+):
+    """The purge forgets the session ids of the day it cut through, kept hours included:
+    a funnel reaching that day counted none of its sessions from the rollups. It counts
+    them from the events: after the purge, after a rebuild, and after the next purge
+    forgets them again."""
+    now = datetime.combine((utcnow() - timedelta(days=90)).date(), dt_time(12), UTC)
+    now += timedelta(days=90)
+    monkeypatch.setattr("tenant_analytics.cli.utcnow", lambda: now)
+    cutoff = now - timedelta(days=90)
+    gone = cutoff.replace(day=1, hour=0) if is_postgres else cutoff
+    tenant = make_tenant(timezone="America/Tegucigalpa")  # the cut day: 17:00 and 19:00
+    zone = ZoneInfo(tenant.timezone)
+    store_events(
+        tenant,
+        [
+            ev("page_view", gone - timedelta(hours=1), "purged"),
+            ev("page_view", gone + timedelta(hours=1), "kept"),
+            ev("product_view", gone + timedelta(hours=1), "kept"),
+        ],
+    )
+    cut_day = gone.astimezone(zone).date()
+    window = {"tenant_id": tenant.id, "zone": zone, "start": cut_day, "end": now.date()}
+
+    def sessions_per_step(use_rollups: bool) -> list[int]:
+        funnel = store_funnel.conversion_funnel(db.session, **window, use_rollups=use_rollups)
+        return [step["count"] for step in funnel["funnel"]]
+
+    assert sessions_per_step(True) == sessions_per_step(False) == [2, 1, 0, 0, 0]
+    for command in (
+        ["events", "purge", "--older-than", "90"],
+        ["events", "rebuild-rollups", "--tenant", str(tenant.id)],
+        ["events", "purge", "--older-than", "90"],
+    ):
+        result = runner.invoke(args=command)
+        assert result.exit_code == 0, result.output
+        db.session.expire_all()
+        assert sessions_per_step(True) == sessions_per_step(False) == [1, 1, 0, 0, 0], command
+
+
 SALE_KEY = transaction_key("old", Decimal(10), DEFAULT_CURRENCY)
 
 

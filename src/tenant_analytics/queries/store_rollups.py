@@ -14,6 +14,7 @@ from datetime import date
 from sqlalchemy import and_, case, func, or_, select
 
 from ..models import DailyEventCount, DailyProductCount, SessionLastSeenCount
+from ..rollups import ALL_SESSIONS
 from .common import Database
 
 
@@ -128,8 +129,13 @@ def session_counts(
     had no session in those days is left out. A session counts in [first, last]
     when its last-seen day is on or after ``first``, which holds only while no
     session of these scopes was seen after ``last`` (a later event, or a window
-    ending before today): then None, and the caller counts the raw events.
+    ending before today), and while ``first`` is past any day a purge forgot the
+    sessions of (:func:`sessions_forgotten_on`): else None, and the caller counts
+    the raw events.
     """
+    forgotten = sessions_forgotten_on(conn, tenant_id=tenant_id)
+    if forgotten is not None and first <= forgotten:
+        return None
     table = SessionLastSeenCount
     matches = table.scope.in_(list(scopes))
     if prefix is not None:
@@ -146,3 +152,29 @@ def session_counts(
     if any(later for _, _, later in rows):
         return None
     return {scope: int(sessions) for scope, sessions, _ in rows if sessions}
+
+
+def sessions_forgotten_on(conn: Database, *, tenant_id: int) -> date | None:
+    """The local day a purge cut through, while its sessions are forgotten; else None.
+
+    A purge forgets the session ids of the day its cutoff falls in, those of the day's
+    kept hours too, and keeps the day's event counts (see ``rollups.forget_purged_days``):
+    the tenant's earliest counted day then names no session, and a window reaching it
+    would miss the sessions last seen there. A rebuild names them again.
+    """
+    earliest = (
+        select(func.min(DailyEventCount.day))
+        .where(DailyEventCount.tenant_id == tenant_id)
+        .scalar_subquery()
+    )
+    named = (
+        select(SessionLastSeenCount.day)
+        .where(
+            SessionLastSeenCount.tenant_id == tenant_id,
+            SessionLastSeenCount.scope == ALL_SESSIONS,
+            SessionLastSeenCount.day == earliest,
+        )
+        .exists()
+    )
+    day, has_sessions = conn.execute(select(earliest, named)).one()
+    return None if day is None or has_sessions else day
