@@ -29,7 +29,7 @@ from tenant_analytics.rollups import rebuild_rollups
 TEGUCIGALPA = ZoneInfo("America/Tegucigalpa")  # UTC-6, no daylight saving
 NOW = datetime(2026, 3, 8, 15, 0, tzinfo=UTC)  # 09:00 on 8 March in Tegucigalpa
 TODAY = date(2026, 3, 8)
-START_90 = datetime(2025, 12, 9, tzinfo=TEGUCIGALPA)  # first instant of the 90 local days
+START_90 = datetime(2025, 12, 8, tzinfo=TEGUCIGALPA)  # first instant: 90 days before 8 March
 WEEK = [f"2026-03-0{day}" for day in range(2, 9)]  # the 7 local days ending today
 DASHBOARD_FIELDS = {
     "mode",
@@ -672,9 +672,10 @@ def test_funnel_dates_are_inclusive_local_days(app, shop):
 
 
 def test_funnel_defaults_and_bounds(app, make_tenant):
-    assert funnel_dates(TEGUCIGALPA, NOW, None, None) == (date(2026, 2, 7), TODAY)  # 30 days
+    # 30 days ago, as the contract's default (its example: 2024-05-01 .. 2024-05-31)
+    assert funnel_dates(TEGUCIGALPA, NOW, None, None) == (date(2026, 2, 6), TODAY)
     assert funnel_dates(TEGUCIGALPA, NOW, None, date(2026, 1, 31)) == (
-        date(2026, 1, 2),
+        date(2026, 1, 1),
         date(2026, 1, 31),
     )
     assert funnel_dates(TEGUCIGALPA, NOW, date(2026, 3, 1), None) == (date(2026, 3, 1), TODAY)
@@ -683,14 +684,14 @@ def test_funnel_defaults_and_bounds(app, make_tenant):
     assert funnel_dates(TEGUCIGALPA, late, None, None)[1] == date(2026, 3, 7)
     tenant = make_tenant()
     result = conversion_funnel(
-        db.session, tenant_id=tenant.id, zone=TEGUCIGALPA, start=date(2026, 2, 7), end=TODAY
+        db.session, tenant_id=tenant.id, zone=TEGUCIGALPA, start=date(2026, 2, 6), end=TODAY
     )
     assert result == {
         "funnel": [
             {"step": step, "count": 0}
             for step in ("page_view", "product_view", "add_to_cart", "begin_checkout", "purchase")
         ],
-        "start_date": "2026-02-07T00:00:00",
+        "start_date": "2026-02-06T00:00:00",
         "end_date": "2026-03-08T23:59:59",
     }
 
@@ -707,7 +708,8 @@ def rfm(tenant: Tenant, threshold: str = "100000") -> dict[str, dict[str, Any]]:
         vip_threshold=Decimal(threshold),
     )
     assert (report["start_date"], report["end_date"]) == (
-        "2025-12-09T00:00:00",  # 90 local days: 9 December .. 8 March
+        "2025-12-08T00:00:00",  # the last 90 days: 8 December .. 8 March, as the contract's
+        # example (2024-03-02 .. 2024-05-31)
         "2026-03-08T23:59:59",
     )
     return {row["visitor_id"]: row for row in report["rfm"]}
@@ -738,7 +740,7 @@ def customers(make_tenant, store_events):
             buy("lost61", days_ago(61)),
             # 23:59 on 7 March local is 05:59 on 8 March UTC: yesterday, recency 1
             buy("evening", local(7, 23, 59)),
-            # first instant of the 90 days is in (recency 89); one second earlier is not
+            # first instant of the 90 days is in (recency 90); one second earlier is not
             buy("edge", START_90),
             buy("gone", START_90 - timedelta(seconds=1)),
             # small: twice this week, 10 + 10: VIP only where the threshold is <= 20
@@ -768,7 +770,7 @@ def test_rfm_segments(app, customers):
         "risk60": (60, 1, "At Risk"),
         "lost61": (61, 1, "Lost"),
         "evening": (1, 1, "Loyal"),
-        "edge": (89, 1, "Lost"),
+        "edge": (90, 1, "Lost"),
         "small": (4, 2, "Loyal"),
     }
     assert rows["vip"] == {
@@ -1137,7 +1139,7 @@ def test_funnel_endpoint(client, owner, store_events):
     store_events(tenant, [ev("page_view", utcnow() - timedelta(seconds=1), "s", source="google")])
     today = utcnow().date()
     body = client.get(f"/api/analytics/{tenant.id}/funnel", headers=headers).get_json()
-    assert body["start_date"] == f"{today - timedelta(days=29)}T00:00:00"
+    assert body["start_date"] == f"{today - timedelta(days=30)}T00:00:00"
     assert body["end_date"] == f"{today}T23:59:59"
     assert body["funnel"][0] == {"step": "page_view", "count": 1}
     assert [step["step"] for step in body["funnel"]] == [
@@ -1217,7 +1219,7 @@ def test_rfm_endpoint_uses_the_tenant_threshold(
         }
     ]
     assert body["end_date"] == f"{utcnow().date()}T23:59:59"
-    assert body["start_date"] == f"{utcnow().date() - timedelta(days=89)}T00:00:00"
+    assert body["start_date"] == f"{utcnow().date() - timedelta(days=90)}T00:00:00"
 
 
 def test_rfm_endpoint_pages_and_filters(client, owner, store_events):

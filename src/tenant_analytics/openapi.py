@@ -219,7 +219,7 @@ OPERATIONS: dict[str, Operation] = {
         returns=store_funnel.Funnel,
         owner=True,
         query={
-            "start": ("First local day, YYYY-MM-DD (default: 29 days before end)", LOCAL_DAY),
+            "start": ("First local day, YYYY-MM-DD (default: 30 days before end)", LOCAL_DAY),
             "end": ("Last local day, YYYY-MM-DD (default: today)", LOCAL_DAY),
             "source": (
                 "Only events sent with this traffic source: a session counts at a step "

@@ -53,6 +53,12 @@ def last_days(zone: ZoneInfo, now: datetime, count: int) -> list[Day]:
     return [local_day(today - timedelta(days=offset), zone) for offset in range(count - 1, -1, -1)]
 
 
+def lookback_days(zone: ZoneInfo, now: datetime, days: int) -> list[Day]:
+    """Today and the ``days`` local days before it, oldest first: the contract's "last 90
+    days" (its example runs from 2 March to 31 May)."""
+    return last_days(zone, now, days + 1)
+
+
 def days_overlapping(zone: ZoneInfo, start: datetime, end: datetime) -> list[Day]:
     """The local days that share an instant with [start, end), oldest first."""
     first = start.astimezone(zone).date()

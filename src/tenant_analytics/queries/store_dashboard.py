@@ -34,7 +34,7 @@ from ..catalogue import (
 )
 from ..models import DEFAULT_CURRENCY, Event
 from ..rollups import ALL_SESSIONS, DIRECT_SOURCE, source_scope, type_scope
-from ..timewindows import Day, last_days
+from ..timewindows import Day, last_days, lookback_days
 from . import store_rollups
 from .common import Database, day_index, in_window, ratio_half_up
 from .store_common import (
@@ -509,11 +509,12 @@ def rolled_up_sessions(
 def retention_metrics(
     conn: Database, *, tenant_id: int, zone: ZoneInfo, now: datetime
 ) -> RetentionMetrics:
-    """Buyers over the 90 local days ending today, and those who bought at least twice.
+    """Buyers over the last 90 days (today and the 90 local days before it), and those
+    who bought at least twice.
 
     A buyer is an identifier (user, else session) with a purchase event.
     """
-    days = last_days(zone, now, RETENTION_DAYS)
+    days = lookback_days(zone, now, RETENTION_DAYS)
     buyers = (
         select(func.count().label("purchases"))
         .where(*in_window(tenant_id, days[0].start, days[-1].end), of_type(PURCHASE))

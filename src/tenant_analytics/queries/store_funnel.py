@@ -39,9 +39,10 @@ class Funnel(TypedDict):
 def funnel_dates(
     zone: ZoneInfo, now: datetime, start: date | None, end: date | None
 ) -> tuple[date, date]:
-    """The funnel's local dates: ``end`` defaults to today, ``start`` to 29 days before ``end``."""
+    """The funnel's local dates: ``end`` defaults to today, ``start`` to 30 days before
+    ``end`` (the contract's "30 days ago")."""
     end = end or now.astimezone(zone).date()
-    return start or end - timedelta(days=FUNNEL_DAYS - 1), end
+    return start or end - timedelta(days=FUNNEL_DAYS), end
 
 
 def conversion_funnel(

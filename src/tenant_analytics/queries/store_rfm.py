@@ -13,7 +13,7 @@ from typing_extensions import TypedDict  # pydantic reads no typing.TypedDict on
 
 from ..catalogue import PURCHASE
 from ..models import DEFAULT_CURRENCY, Event
-from ..timewindows import last_days
+from ..timewindows import lookback_days
 from .common import in_window
 from .store_common import local_bounds, money, of_type
 
@@ -84,7 +84,8 @@ def rfm_segments(
     offset: int = 0,
     limit: int = RFM_PAGE_MAX,
 ) -> RfmReport:
-    """Recency, frequency and monetary value of each signed-in buyer over 90 local days.
+    """Recency, frequency and monetary value of each signed-in buyer over the last 90 days
+    (today and the 90 local days before it).
 
     Recency is whole local days from the last purchase to today; frequency the
     purchase events; monetary their revenue in ``currency`` (the tenant's, that of
@@ -92,7 +93,7 @@ def rfm_segments(
     spenders first (then by id, so pages do not overlap); only those of ``segment``
     when one is named, ``limit`` of them from ``offset``.
     """
-    days = last_days(zone, now, RFM_DAYS)
+    days = lookback_days(zone, now, RFM_DAYS)
     today = days[-1].date
     in_currency = func.coalesce(Event.currency, currency) == currency
     monetary = func.coalesce(func.sum(case((in_currency, Event.revenue))), 0).label("monetary")
