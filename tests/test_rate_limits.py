@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import subprocess
+import time
 import uuid
 
 import pytest
+import redis
 from limits.errors import StorageError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -18,7 +22,7 @@ from tenant_analytics.models import Event
 from tenant_analytics.ratelimits import StorageFailuresInOneLine
 
 from .conftest import REDIS_URL, TEST_HASH_KEY
-from .servers import gunicorn, post
+from .servers import free_port, gunicorn, post
 
 # The recommended worker (README) and gunicorn's default: both count in the same Redis.
 GEVENT_WORKERS = ["--worker-class", "gevent", "--workers", "2"]
@@ -381,3 +385,126 @@ def test_a_body_too_large_leaves_every_limit_in_its_storage(
     assert track(client, tenant_id).status_code == 201
     assert not any(r.exc_info for r in caplog.records)
     assert not any("storage" in r.getMessage() for r in caplog.records)
+
+
+def test_a_request_the_tenants_bucket_refuses_costs_the_address_share_nothing(
+    make_app, make_tenant
+):
+    """The share is looked at before the tenant's bucket and spent only once that admits:
+    an address refused by a full tenant bucket had spent its share all the same, and was
+    then refused as over its share though it had stored nothing."""
+    app = make_app(
+        TRACK_RATE_LIMIT="10 per minute",
+        TRACK_ADDRESS_RATE_LIMIT="6 per minute",
+        TRUSTED_PROXY_COUNT=1,
+    )
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    batch = {"tenant_id": tenant_id, "events": [{"event_type": "pageview"}] * 3}
+    for address, events in (("198.51.100.2", 6), ("198.51.100.3", 4)):  # the tenant's 10
+        body = {**batch, "events": [{"event_type": "pageview"}] * events}
+        assert from_address(client, "/api/analytics/batch", body, address).status_code == 201
+    refused = [from_address(client, "/api/analytics/batch", batch, "198.51.100.1") for _ in "ab"]
+    assert [answer.status_code for answer in refused] == [429, 429]
+    assert "per client address" not in refused[0].get_json()["message"]  # the tenant's
+    app.config["TRACK_RATE_LIMIT"] = "100 per minute"  # room in the tenant's bucket again
+    six = {**batch, "events": [{"event_type": "pageview"}] * 6}
+    assert from_address(client, "/api/analytics/batch", six, "198.51.100.1").status_code == 201
+
+
+def test_a_refused_batch_is_told_to_wait_long_enough_for_all_its_events(make_app, make_tenant):
+    """A batch of N needs N units free: the oldest unit leaving the window frees one, so
+    Retry-After from it alone was too short; a single event's is when that unit leaves."""
+    app = make_app(TRACK_RATE_LIMIT="10 per minute")
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    event = {"tenant_id": tenant_id, "event_type": "pageview"}
+    assert client.post("/api/analytics/track", json=event).status_code == 201
+    time.sleep(3)  # the oldest unit leaves the window 3 s before the batch's
+    nine = {"tenant_id": tenant_id, "events": [{"event_type": "pageview"}] * 9}
+    assert client.post("/api/analytics/batch", json=nine).status_code == 201
+    five = {**nine, "events": [{"event_type": "pageview"}] * 5}
+    refused = client.post("/api/analytics/batch", json=five)
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) == 60  # a whole window, not 57
+    one = client.post("/api/analytics/track", json=event)
+    assert one.status_code == 429
+    assert 50 <= int(one.headers["Retry-After"]) <= 58  # when the first unit leaves
+
+
+def test_retry_after_names_the_part_of_a_limit_that_refused(make_app, make_tenant):
+    """A limit in several parts ("2 per minute;100 per hour"): the minute's part refused,
+    and the wait was the hour's."""
+    app = make_app(TRACK_ADDRESS_RATE_LIMIT="2 per minute;100 per hour")
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    event = {"tenant_id": tenant_id, "event_type": "pageview"}
+    answers = [client.post("/api/analytics/track", json=event) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [201, 201, 429]
+    assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
+
+
+def test_interactions_answer_202_with_the_database_away_and_an_address_share(app, make_app):
+    """The contract's "processing error" answer: the share's tenant lookup raised the
+    database's error before the view, a 503."""
+    # (``app`` first: the fixtures' teardown empties the tables through the first app made.)
+    away = make_app(
+        SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none",
+        TRACK_ADDRESS_RATE_LIMIT="30 per minute",
+    )
+    answer = away.test_client().post("/api/v1/interactions", json={"tenant_id": 1, "type": "view"})
+    assert (answer.status_code, answer.get_json()) == (202, {"status": "accepted"})
+    assert not limiter._storage_dead
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+def test_sign_in_counts_in_redis_again_as_soon_as_it_answers(
+    make_app, make_tenant, make_user, tmp_path
+):
+    """After an outage flask-limiter looks for its storage again only after a backoff (1,
+    2, 4… up to 32 s), and meanwhile counted sign-in guesses in each process's memory:
+    sign-in, which asks the storage itself, goes back to it at once. (A Redis of the
+    test's own, stopped and started again.)"""
+    port = free_port()
+    storage = redis.Redis(port=port, socket_timeout=1)
+
+    def start_redis() -> subprocess.Popen:
+        server = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                storage.ping()
+                return server
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    server = start_redis()
+    try:
+        app = make_app(
+            RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{port}/0", LOGIN_RATE_LIMIT="3 per minute"
+        )
+        with app.app_context():
+            tenant_id = make_tenant().id
+            email = make_user(password="right-password").email
+        client = app.test_client()
+        server.terminate()
+        server.wait()
+        assert [track(client, tenant_id).status_code for _ in range(3)] == [201] * 3
+        assert limiter._storage_dead  # counting in memory, and just looked for Redis
+        server = start_redis()
+        guess = {"email": email, "password": "wrong-guess"}
+        statuses = [client.post("/api/auth/login", json=guess).status_code for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        assert not limiter._storage_dead
+        assert storage.keys("*login:*")  # where every process counts, not this one's memory
+    finally:
+        server.terminate()
+        server.wait()
+        make_app()  # the limiter (one per process) counts in a working storage again

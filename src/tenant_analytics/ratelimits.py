@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from functools import lru_cache, wraps
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from flask_jwt_extended import get_jwt_identity
 from flask_limiter import RequestLimit
-from limits import parse_many
+from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.strategies import RateLimiter
 from redis.exceptions import RedisError
@@ -55,17 +56,22 @@ def unless_disabled(limit: Callable[[View], View]) -> Callable[[View], View]:
 TENANT_SCOPE = "tenant"
 
 
-def tenant_key() -> str:
-    """One bucket per active tenant; requests naming no known tenant share their address's."""
+def _requested_tenant_id() -> int | None:
+    """The active tenant the request names, or None (also with the database away: the view
+    answers that, 503 or the contract's 202, not a limit's key, which flask-limiter would
+    take for its own storage failing: a traceback per request, every limit in memory)."""
     try:
         tenant = requested_tenant()
     except SQLAlchemyError:
-        # The database away (the view answers 503): counted as naming no known tenant,
-        # not raised into flask-limiter, which would take it for its own storage failing
-        # (a traceback per request, and every limit moved to memory).
-        tenant = None
-    if tenant is not None:
-        return f"tenant:{tenant.id}"
+        return None
+    return tenant.id if tenant is not None else None
+
+
+def tenant_key() -> str:
+    """One bucket per active tenant; requests naming no known tenant share their address's."""
+    tenant_id = _requested_tenant_id()
+    if tenant_id is not None:
+        return f"tenant:{tenant_id}"
     return f"ip:{client_ip_key()}"
 
 
@@ -87,23 +93,26 @@ def _one_event() -> int:
     return 1
 
 
-def address_share(cost: Callable[[], int]) -> Callable[[View], View]:
+def address_share(
+    cost: Callable[[], int], tenant_bucket: Callable[[View], View]
+) -> Callable[[View], View]:
     """TRACK_ADDRESS_RATE_LIMIT, when set: what one client address may post to one tenant,
-    ``cost`` units a request, counted before the tenant's bucket and apart from it.
+    ``cost`` units a request, apart from the ``tenant_bucket`` the view is also under.
 
     A limit per tenant alone lets a single sender spend a tenant's whole allowance and
-    have its visitors' events refused; a request this limit refuses (429) costs the
-    tenant's bucket nothing. Off by default: a server that sends a tenant's events in
-    batches from one address would need a share as large as the tenant's bucket.
+    have its visitors' events refused. So the share is looked at first, and a request it
+    refuses (429) costs the tenant's bucket nothing; it is spent only once the tenant's
+    bucket has admitted the request, so one the tenant's bucket refuses costs the share
+    nothing either. Off by default: a server that sends a tenant's events in batches
+    from one address would need a share as large as the tenant's bucket.
     """
 
     def decorate(view: View) -> View:
-        @wraps(view)
-        def check(*args: Any, **kwargs: Any) -> Any:
+        def share_refusal(spend: bool) -> Any:
             limit = current_app.config.get("TRACK_ADDRESS_RATE_LIMIT")
-            retry_after = _address_share_spent(limit, cost()) if limit else None
+            retry_after = _address_share_left(limit, cost(), spend=spend) if limit else None
             if retry_after is None:
-                return view(*args, **kwargs)
+                return None
             response, status = error_response(
                 429,
                 f"Rate limit exceeded: {limit} per client address for this tenant",
@@ -112,7 +121,18 @@ def address_share(cost: Callable[[], int]) -> Callable[[View], View]:
             response.headers["Retry-After"] = str(retry_after)
             return response, status
 
-        return check  # type: ignore[return-value]
+        @wraps(view)
+        def spend(*args: Any, **kwargs: Any) -> Any:
+            # (a request between the look and here may have taken the last of the share)
+            return share_refusal(spend=True) or view(*args, **kwargs)
+
+        admitted = tenant_bucket(spend)
+
+        @wraps(view)
+        def look(*args: Any, **kwargs: Any) -> Any:
+            return share_refusal(spend=False) or admitted(*args, **kwargs)
+
+        return look  # type: ignore[return-value]
 
     return decorate
 
@@ -176,31 +196,43 @@ def _counted(hit: Callable[[RateLimiter], Any]) -> Any:
         return hit(limiter.limiter)
 
 
-def _seconds_until_allowed(limit: str, key: tuple[str, ...], cost: int = 1) -> int | None:
+def _seconds_until_allowed(
+    limit: str, key: tuple[str, ...], cost: int = 1, *, spend: bool = True
+) -> int | None:
     """Seconds to wait before ``limit`` admits ``cost`` more units under ``key``, or None
-    when they fit (and are counted). Raises when the limiter's storage fails for good."""
-    items = parse_many(limit)
+    when they fit (and are counted, unless ``spend`` is False). Raises when the
+    limiter's storage fails for good."""
 
     def spent(strategy: RateLimiter) -> int | None:
-        if all(strategy.hit(item, *key, cost=cost) for item in items):
-            return None
-        reset = max(strategy.get_window_stats(item, *key).reset_time for item in items)
-        return max(1, int(reset - time.time()))
+        for item in parse_many(limit):
+            fits = strategy.hit if spend else strategy.test
+            if not fits(item, *key, cost=cost):
+                return retry_after(strategy, item, key, cost)
+        return None
 
     return _counted(spent)
 
 
-def _address_share_spent(limit: str, cost: int) -> int | None:
+def retry_after(strategy: RateLimiter, item: RateLimitItem, key: tuple[str, ...], cost: int) -> int:
+    """Seconds until ``item`` admits ``cost`` units: when its oldest unit leaves the window
+    for one; for more, which unit must leave is unknown to the storage, so a whole window."""
+    if cost > 1:
+        return item.get_expiry()
+    reset = strategy.get_window_stats(item, *key).reset_time
+    return max(1, math.ceil(reset - time.time()))
+
+
+def _address_share_left(limit: str, cost: int, *, spend: bool) -> int | None:
     """Seconds until this address may post to the requested tenant again, or None when
-    ``cost`` more units fit in its share (and are counted)."""
-    tenant = requested_tenant()
+    ``cost`` more units fit in its share (and are counted when ``spend``)."""
+    tenant_id = _requested_tenant_id()
     key = (
         current_app.config["RATELIMIT_KEY_PREFIX"],
         "tenant-address",
-        f"{tenant.id if tenant is not None else '-'}:{client_ip_key()}",
+        f"{tenant_id if tenant_id is not None else '-'}:{client_ip_key()}",
     )
     try:
-        return _seconds_until_allowed(limit, key, cost)
+        return _seconds_until_allowed(limit, key, cost, spend=spend)
     except Exception:  # no storage and no fallback: no share, as the tenant bucket does
         log.warning("address share not counted: the limiter's storage did not answer")
         return None
@@ -230,15 +262,10 @@ def spend_heavy_owner_work(tenant_id: int) -> None:
 
 
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
-per_tenant = unless_disabled(
-    lambda view: address_share(_one_event)(
-        limiter.shared_limit(
-            lambda: current_app.config["TRACK_RATE_LIMIT"],
-            scope=TENANT_SCOPE,
-            key_func=tenant_key,
-        )(view)
-    )
+_tenant_bucket = limiter.shared_limit(
+    lambda: current_app.config["TRACK_RATE_LIMIT"], scope=TENANT_SCOPE, key_func=tenant_key
 )
+per_tenant = unless_disabled(address_share(_one_event, _tenant_bucket))
 
 
 def batch_items() -> int | None:
@@ -248,9 +275,11 @@ def batch_items() -> int | None:
 
 
 def batch_cost() -> int:
-    """One unit per item; one unit for a batch that validation will refuse (empty, > 500)."""
+    """One unit per item; one unit for a batch that validation will refuse (empty, > 500).
+    Kept for the request's Retry-After (see rate_limit_headers)."""
     items = batch_items()
-    return items if items and items <= MAX_BATCH_EVENTS else 1
+    g.rate_limit_cost = items if items and items <= MAX_BATCH_EVENTS else 1
+    return g.rate_limit_cost
 
 
 @lru_cache(maxsize=8)
@@ -293,13 +322,13 @@ def refuse_batches_over_the_limit(view: View) -> View:
 def _per_tenant_events(view: View) -> View:
     """The per-tenant bucket charged per item, after the address's share and after refusing
     batches that neither could ever admit."""
-    limited = limiter.shared_limit(
+    tenant_bucket = limiter.shared_limit(
         lambda: current_app.config["TRACK_RATE_LIMIT"],
         scope=TENANT_SCOPE,
         key_func=tenant_key,
         cost=batch_cost,
-    )(view)
-    return refuse_batches_over_the_limit(address_share(batch_cost)(limited))
+    )
+    return refuse_batches_over_the_limit(address_share(batch_cost, tenant_bucket)(view))
 
 
 per_tenant_events = unless_disabled(_per_tenant_events)
@@ -344,6 +373,11 @@ def counted_or_503(limited: View) -> View:
         if not limiter.storage.check():
             log.warning("sign-in refused: the limiter's storage did not answer")
             return unavailable("Sign-in is unavailable for a moment; retry shortly.", retry_after=5)
+        if limiter._storage_dead:
+            # flask-limiter looks for its storage again only after a backoff (up to 32 s):
+            # until then this process would count guesses in its own memory.
+            limiter._storage_dead = False
+            log.warning("the limiter's storage answers again: counting in it")
         return limited(*args, **kwargs)
 
     return checked  # type: ignore[return-value]
@@ -415,8 +449,10 @@ def _tenant_bucket_after(view: View) -> View:
     def check(*args: Any, **kwargs: Any) -> Any:
         limit = current_app.config["TRACK_RATE_LIMIT"]
         # The key flask-limiter gives the shared scope, under the prefix it took when first
-        # bound (an app's config may say another): the same bucket as /track's.
-        key = (limiter._key_prefix, tenant_key(), TENANT_SCOPE)
+        # bound (an app's config may say another; an empty one it leaves out): the same
+        # bucket as /track's.
+        prefix = (limiter._key_prefix,) if limiter._key_prefix else ()
+        key = (*prefix, tenant_key(), TENANT_SCOPE)
         try:
             retry_after = _seconds_until_allowed(limit, key)
         except Exception:  # no storage and no fallback: unlimited, as flask-limiter does
@@ -435,7 +471,7 @@ def _tenant_bucket_after(view: View) -> View:
 # and the tenant's bucket, as it writes the tenant's events too; those only once the
 # api group has let the request through.
 api_group_and_tenant = unless_disabled(
-    lambda view: _api_limit(address_share(_one_event)(_tenant_bucket_after(view)))
+    lambda view: _api_limit(address_share(_one_event, _tenant_bucket_after)(view))
 )
 conversion_group = unless_disabled(
     limiter.shared_limit(
@@ -482,7 +518,10 @@ def rate_limit_headers(response: Response) -> Response:
     breached = next((limit for limit in limits if limit.breached), None)
     try:
         if response.status_code == 429 and breached is not None:
-            response.headers["Retry-After"] = str(max(1, int(breached.reset_at - time.time())))
+            cost = g.get("rate_limit_cost", 1)
+            strategy = limiter.limiter
+            seconds = retry_after(strategy, breached.limit, tuple(breached.request_args), cost)
+            response.headers["Retry-After"] = str(seconds)
         if not own:
             return response
         shown = breached if breached in own else min(own, key=lambda limit: limit.remaining)
