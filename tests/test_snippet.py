@@ -719,18 +719,21 @@ def test_track_takes_an_events_own_fields_as_its_third_argument(landing, make_te
         f"tenantAnalytics.track({sale}); tenantAnalytics.track({sale});"
         'tenantAnalytics.track("click_call", {"source": "menu"});'
         'tenantAnalytics.track("purchase", null, {"price": 0.1 + 0.2, "idempotency_key": "o-2"});'
+        'tenantAnalytics.track("purchase", null, {"price": 6.1, "currency": "USD"});'
     )
-    events = events_when(tenant.id, lambda events: types(events)["purchase"] >= 2)
+    events = events_when(tenant.id, lambda events: types(events)["purchase"] >= 3)
     time.sleep(0.5)  # a repeat would be here by now
     events = stored_events(tenant.id)
     purchases = sorted(
-        (e.price, e.revenue, e.quantity, e.product_slug, e.metadata_)
+        (e.price, e.revenue, e.currency, e.quantity, e.product_slug, e.metadata_)
         for e in events
         if e.event_type == "purchase"
     )
     assert purchases == [
-        (Decimal("0.30"), Decimal("0.30"), None, None, None),  # 0.30000000000000004 sent as 0.3
-        (Decimal("150.50"), Decimal("301.00"), 2, "pan", {"quantity": 2, "note": "x"}),
+        # 0.30000000000000004 sent as 0.3
+        (Decimal("0.30"), Decimal("0.30"), "HNL", None, None, None),
+        (Decimal("6.10"), Decimal("6.10"), "USD", None, None, None),  # paid in dollars
+        (Decimal("150.50"), Decimal("301.00"), "HNL", 2, "pan", {"quantity": 2, "note": "x"}),
     ]
     (call,) = [e for e in events if e.event_type == "click_call"]
     assert (call.source, call.metadata_) == (None, {"source": "menu"})

@@ -59,6 +59,32 @@ def test_store_fields_are_stored_exactly(client, make_tenant):
     )
 
 
+def test_a_sale_in_another_currency_is_reported_in_it(client, make_tenant, make_user, auth_headers):
+    """A shop that shows lempiras and dollars: a sale paid in dollars was stored as
+    lempiras (the tenant's currency, the only one /track knew), adding 6.10 to them."""
+    tenant = make_tenant()
+    sales = [("USD", "6.10", 2), (None, "150.00", 1), ("hnl", "10.00", 1)]
+    for currency, price, quantity in sales:
+        sale = {"price": price, "metadata": {"quantity": quantity}}
+        if currency:
+            sale["currency"] = currency
+        assert track(client, tenant_id=tenant.id, event_type="purchase", **sale).status_code == 201
+    view = {"price": "3.05", "currency": "USD", "product_slug": "pan"}
+    assert track(client, tenant_id=tenant.id, event_type="product_view", **view).status_code == 201
+    assert [(e.event_type, e.currency, e.revenue) for e in events_of(tenant.id)] == [
+        ("purchase", "USD", Decimal("12.20")),
+        ("purchase", "HNL", Decimal("150.00")),
+        ("purchase", "HNL", Decimal("10.00")),
+        ("product_view", "USD", None),  # the price's currency, no revenue
+    ]
+    headers = auth_headers(make_user(tenant))
+    stats = client.get(f"/api/analytics/{tenant.id}/dashboard-stats", headers=headers).get_json()
+    assert stats["revenue_by_currency"] == {"HNL": 160.0, "USD": 12.2}
+    assert (stats["total_revenue"], stats["total_sales"]) == (160.0, 3)
+    landing = client.get(f"/api/analytics/{tenant.id}", headers=headers).get_json()["data"]
+    assert landing["revenue"] == {"HNL": 160.0, "USD": 12.2}
+
+
 @pytest.mark.parametrize("event_type", STORE_TYPES)
 def test_every_store_type_is_accepted(client, make_tenant, event_type):
     tenant = make_tenant()
@@ -164,6 +190,8 @@ def test_a_landing_events_quantity_is_its_own_metadata(client, make_tenant, quan
         ({"session_id": "s" * 65}, "session_id"),
         ({"idempotency_key": ""}, "idempotency_key"),
         ({"source": 5}, "source"),
+        ({"price": "5", "currency": "XYZ"}, "currency"),
+        ({"currency": "USD"}, "currency"),  # the price's: no price, no currency
         # Each fits, but the revenue (price x quantity) would not fit numeric(14, 2).
         ({"price": "1000000", "metadata": {"quantity": 1000000}}, "price"),
         ({"price": "999999999999.99", "metadata": {"quantity": 2}}, "price"),

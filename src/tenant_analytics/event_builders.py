@@ -126,9 +126,10 @@ def track_event(
     generated = body.session_id is None and body.event_type in STORE_TYPES
     columns["session_id"] = new_session_id() if generated else body.session_id
     columns[NEW_SESSION] = generated
+    if body.price is not None and (body.currency or body.event_type == PURCHASE):
+        columns["currency"] = body.currency or tenant.currency
     if body.event_type == PURCHASE and body.price is not None:
         columns["revenue"] = body.price * (quantity or 1)
-        columns["currency"] = tenant.currency
     key = body.idempotency_key
     if key is None and body.session_id:
         parts = (

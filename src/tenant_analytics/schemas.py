@@ -146,6 +146,8 @@ class TrackedEvent(Body):
     product_slug: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
     product_name: Annotated[Text, Field(max_length=200)] | None = None
     price: Money | None = None
+    # The price's (a shop that shows two, lempiras and dollars); the tenant's when none.
+    currency: Currency | None = None
     # An empty source is no source: "direct", as a missing one (reports group by it).
     source: Annotated[Text, Field(max_length=100), AfterValidator(lambda v: v or None)] | None = (
         None
@@ -184,6 +186,13 @@ class TrackedEvent(Body):
         # the raw events and the rollups average the same values.
         seconds = round(seconds, 3) if isinstance(seconds, float) else seconds
         return {**(metadata or {}), "seconds": min(seconds, MAX_TIME_ON_PAGE_SECONDS)}
+
+    @field_validator("currency")
+    @classmethod
+    def _currency_of_a_price(cls, currency: str | None, info: ValidationInfo) -> str | None:
+        if currency is not None and "price" in info.data and info.data["price"] is None:
+            raise ValueError("currency is that of the price: send the price with it")
+        return currency
 
     @field_validator("price")
     @classmethod

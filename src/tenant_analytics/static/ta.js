@@ -53,6 +53,7 @@
   // An event's own fields (the store's), which track() takes as its third argument.
   const FIELDS = [
     "price",
+    "currency",
     "product_slug",
     "product_name",
     "session_id",
