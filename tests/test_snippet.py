@@ -9,6 +9,9 @@ counts visible time only.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import time
 import uuid
 from collections import Counter
@@ -35,10 +38,12 @@ from .browsers import (
     needs_chromium,
     stored_events,
 )
+from .servers import ROOT
 
 pytestmark = needs_chromium
 
-# Collects the page's uncaught errors: the snippet must never throw into it.
+# Collects the page's uncaught errors: the snippet must never throw into it; and what
+# a Content-Security-Policy of the page refused.
 PAGE = """<!doctype html>
 <meta charset="utf-8">
 <title>Panadería</title>
@@ -46,6 +51,9 @@ PAGE = """<!doctype html>
   window.pageErrors = [];
   addEventListener("error", (event) => pageErrors.push(String(event.message)));
   addEventListener("unhandledrejection", (event) => pageErrors.push(String(event.reason)));
+  window.refusedByPolicy = [];
+  addEventListener("securitypolicyviolation", (event) =>
+    refusedByPolicy.push(event.effectiveDirective + " " + event.blockedURI));
 </script>
 {head}
 <body>{body}</body>
@@ -798,3 +806,43 @@ def test_with_data_spa_a_single_page_apps_new_path_is_a_page_view(landing, make_
     landing.driver.execute_script('history.pushState({}, "", "/otra");')
     time.sleep(0.5)
     assert types(stored_events(plain))["pageview"] == 1
+
+
+def test_the_readmes_content_security_policy_lets_the_stub_snippet_and_events_through(
+    landing, make_tenant, api_port
+):
+    """The policy the README gives, on a page with its stub and a queued call in a script
+    file of the page's own: everything runs and is sent, nothing is refused. (The
+    README once gave one without the stub's hash, which refused the stub.)"""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    stub = re.search(r"^<script>(window\.tenantAnalytics = .*)</script>$", readme, re.M)[1]
+    policy = re.search(r"^Content-Security-Policy: (.*)$", readme, re.M)[1]
+    digest = base64.b64encode(hashlib.sha256(stub.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in policy  # the hash is the stub's
+    policy = policy.replace("https://API-HOST", f"http://127.0.0.1:{api_port}")
+    (landing.root / "queued.js").write_text(
+        'tenantAnalytics.track("click_call", {"from": "file"});'
+    )
+    tenant = make_tenant()
+    landing.open(
+        tenant.id,
+        before=f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+        f'<script>{stub}</script><script src="queued.js"></script>',
+    )
+    assert taps_of(tenant.id, 1) == [("click_call", {"from": "file"})]
+    assert types(stored_events(tenant.id))["pageview"] == 1
+    assert landing.driver.execute_script("return window.refusedByPolicy") == []
+    assert landing.errors() == []
+
+
+def test_the_readmes_conversion_beacon_from_a_thank_you_page_is_recorded(
+    landing, make_tenant, api_port
+):
+    """The README's browser example of the payment beacon, as written, cross-origin."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    beacon = re.search(r"<script>\n(  navigator\.sendBeacon\(.*?)</script>", readme, re.S)[1]
+    tenant = make_tenant(slug="demo-bakery")
+    api = f"http://127.0.0.1:{api_port}"
+    landing.driver.get(landing.write(f"<script>{beacon.replace('https://API-HOST', api)}</script>"))
+    (sale,) = events_when(tenant.id, bool)
+    assert (sale.event_type, sale.revenue, sale.currency) == ("purchase", Decimal("6.10"), "USD")
