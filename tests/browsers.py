@@ -33,6 +33,13 @@ CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 if os.environ.get("REQUIRE_BROWSER") == "1":
     assert CHROMIUM and CHROMEDRIVER, "REQUIRE_BROWSER=1 but chromium/chromedriver is missing"
+# A visitor's Chrome: headless Chromium names itself HeadlessChrome, a bot whose events
+# are not stored (api/requests.sent_by_a_crawler). Tests of that use the real one.
+VISITOR = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/156.0.0.0 Safari/537.36"
+)
+HEADLESS = VISITOR.replace("Chrome/", "HeadlessChrome/")
 needs_chromium = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
@@ -90,6 +97,7 @@ def chromium() -> Iterator[Any]:
         "--disable-dev-shm-usage",
         # No test reaches past this machine: any other host (wa.me) fails at once.
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+        f"--user-agent={VISITOR}",
     ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from .browsers import (
+    VISITOR,
     api_server,
     chromium,
     events_when,
@@ -141,7 +142,7 @@ def test_snippet_posts_an_event_from_another_origin(open_page, make_tenant, page
     )
     (event,) = stored_events(tenant.id)
     assert event.event_type == "click_whatsapp"
-    assert "HeadlessChrome" in event.user_agent
+    assert event.user_agent == VISITOR
     assert event.referrer == f"http://127.0.0.1:{page_port}/"  # the page, as Chromium sends it
     assert event.visitor_hash  # hashed; the address itself is stored nowhere
 
@@ -204,13 +205,13 @@ PHONE = (
 
 @pytest.fixture
 def phone(browser) -> Iterator[Any]:
-    """Chromium as a phone: HeadlessChrome is a bot to the QR redirect, and not counted."""
+    """Chromium as a phone, which QR codes are scanned with."""
     browser.execute_cdp_cmd("Network.setUserAgentOverride", {"userAgent": PHONE})
     try:
         yield browser
     finally:
         browser.execute_cdp_cmd("Network.setUserAgentOverride", {"userAgent": ""})  # no override
-        assert "HeadlessChrome" in browser.execute_script("return navigator.userAgent")
+        assert browser.execute_script("return navigator.userAgent") == VISITOR
 
 
 def test_qr_scan_takes_a_phone_to_the_landing_page(api_port, page_port, phone, make_tenant):

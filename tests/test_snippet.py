@@ -31,6 +31,8 @@ from tenant_analytics.extensions import db
 from tenant_analytics.models import Tenant
 
 from .browsers import (
+    HEADLESS,
+    VISITOR,
     api_server,
     chromium,
     events_when,
@@ -173,7 +175,7 @@ def test_loading_the_page_records_one_pageview(landing, make_tenant, page_port):
     time.sleep(0.5)  # a second pageview (on load as well as on run) would be here by now
     (event,) = stored_events(tenant.id)
     assert (event.event_type, event.metadata_) == ("pageview", None)
-    assert "HeadlessChrome" in event.user_agent
+    assert event.user_agent == VISITOR
     # Chromium's default policy sends another origin the page's origin only.
     assert event.referrer == f"http://127.0.0.1:{page_port}/"
     assert landing.errors() == []
@@ -345,7 +347,7 @@ def test_a_qr_scan_lands_on_the_page_and_both_are_counted(landing, make_tenant, 
     tenant.landing_url = landing.write("<h1>Menú</h1>", head=landing.snippet(tenant.id))
     db.session.commit()
     driver = landing.driver
-    # HeadlessChrome is a crawler to the redirect (not counted); a phone's browser is not.
+    # As a phone, which QR codes are scanned with.
     own_agent = driver.execute_script("return navigator.userAgent")
     driver.execute_cdp_cmd("Network.setUserAgentOverride", {"userAgent": PHONE})
     try:
@@ -846,3 +848,26 @@ def test_the_readmes_conversion_beacon_from_a_thank_you_page_is_recorded(
     landing.driver.get(landing.write(f"<script>{beacon.replace('https://API-HOST', api)}</script>"))
     (sale,) = events_when(tenant.id, bool)
     assert (sale.event_type, sale.revenue, sale.currency) == ("purchase", Decimal("6.10"), "USD")
+
+
+def test_a_headless_browsers_visit_is_not_counted(landing, make_tenant):
+    """Headless Chromium as it names itself (a scraper, an SEO tool running the page):
+    the snippet sends, the server stores nothing of it; the same page in a visitor's
+    browser counts."""
+    tenant = make_tenant()
+    driver = landing.driver
+    # (Chromium sends a page's last beacons, on leaving it, with its own User-Agent, not
+    # the override's: this page is not left while it is overridden.)
+    driver.execute_cdp_cmd("Network.setUserAgentOverride", {"userAgent": HEADLESS})
+    try:
+        landing.open(tenant.id)
+        driver.execute_script('tenantAnalytics.track("click_call");')
+        time.sleep(1)  # what it sent has arrived by now
+        assert stored_events(tenant.id) == []
+    finally:
+        driver.execute_cdp_cmd("Network.setUserAgentOverride", {"userAgent": VISITOR})
+    landing.open(tenant.id)
+    events = events_when(tenant.id, lambda events: any_of(events, "pageview"))
+    (view,) = [event for event in events if event.event_type == "pageview"]
+    assert view.user_agent == VISITOR
+    assert not any_of(stored_events(tenant.id), "click_call")

@@ -407,3 +407,49 @@ def test_header_bytes_that_are_not_utf8_are_kept_as_latin1(client, make_tenant):
     )
     (event,) = stored(tenant.id)
     assert event.user_agent == "Caf\xe9 1.0"
+
+
+GOOGLEBOT = (
+    "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; Googlebot/2.1;"
+    " +http://www.google.com/bot.html) Chrome/120.0.6099.216 Safari/537.36"
+)
+PHONE = (
+    "Mozilla/5.0 (Linux; Android 14; SM-A155M) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/156.0.0.0 Mobile Safari/537.36"
+)
+PAGE = "https://panaderia.example"
+
+
+def test_a_bots_browser_on_the_page_is_no_visitor(client, make_tenant):
+    """Googlebot renders the page and runs the snippet: its events were counted as a
+    visitor's. Sent from a page (an Origin) by a bot, nothing is stored, and every
+    endpoint answers as it does for an event it does not store. A shop's server or
+    script (no Origin) is taken whatever its User-Agent: curl names itself a bot too."""
+    tenant = make_tenant(slug="pan-bot")
+    bot = {"Origin": PAGE, "User-Agent": GOOGLEBOT}
+    one = {"tenant_id": tenant.id, "event_type": "pageview"}
+    answer = client.post("/api/analytics/track", json=one, headers=bot)
+    assert (answer.status_code, answer.get_json()) == (
+        200,
+        {"success": True, "status": "bot_ignored"},
+    )
+    two = {"tenant_id": tenant.id, "events": [{"event_type": "pageview"}, {"event_type": "x"}]}
+    answer = client.post("/api/analytics/batch", json=two, headers=bot)
+    assert answer.status_code == 200
+    assert (answer.get_json()["stored"], answer.get_json()["bot_ignored"]) == (0, 1)
+    assert [item["index"] for item in answer.get_json()["rejected"]] == [1]  # still said
+    v1 = {"tenant_id": str(tenant.id), "type": "whatsapp_click"}
+    assert client.post("/api/v1/analytics/track", json=v1, headers=bot).status_code == 202
+    tap = {"tenant_id": tenant.id, "type": "call_click"}
+    answer = client.post("/api/v1/interactions", json=tap, headers=bot)
+    assert (answer.status_code, answer.get_json()) == (202, {"status": "accepted"})
+    sale = {"tenant_slug": "pan-bot", "transaction_id": "t-1", "value": 10}
+    answer = client.post("/api/v1/analytics/conversion", json=sale, headers=bot)
+    assert answer.get_json()["status"] == "skipped"
+    assert stored(tenant.id) == []
+    # A person's browser on the page, and a server with a bot's name: both stored.
+    visitor = {"Origin": PAGE, "User-Agent": PHONE}
+    assert client.post("/api/analytics/track", json=one, headers=visitor).status_code == 201
+    server = {"User-Agent": "python-requests/2.32.3"}
+    assert client.post("/api/analytics/batch", json=two, headers=server).status_code == 201
+    assert [event.user_agent for event in stored(tenant.id)] == [PHONE, "python-requests/2.32.3"]

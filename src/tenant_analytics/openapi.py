@@ -86,7 +86,8 @@ OPERATIONS: dict[str, Operation] = {
     "tracking.track": Operation(
         {
             201: "Stored",
-            200: "A repeat of an idempotency key: duplicate_ignored",
+            200: "Not stored: a repeat of an idempotency key (duplicate_ignored), or a bot's"
+            " browser sent it from a page (bot_ignored)",
             404: "Unknown or inactive tenant",
             413: ERRORS[413],
             422: ERRORS[422],
@@ -99,6 +100,7 @@ OPERATIONS: dict[str, Operation] = {
     "tracking.batch": Operation(
         {
             201: "The valid events stored; rejected lists the others and why",
+            200: "None stored: a bot's browser sent them from a page (bot_ignored)",
             404: "Unknown or inactive tenant",
             413: "Over 500 KiB, or more events than the rate limit ever admits",
             422: "No valid event, or not a batch",

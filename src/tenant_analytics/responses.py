@@ -16,10 +16,11 @@ from .queries.store_alerts import Alert
 
 
 class Tracked(TypedDict):
-    """Stored (201), or a repeat of an idempotency key already stored (200)."""
+    """Stored (201), or not (200): a repeat of an idempotency key already stored, or
+    an event a bot's browser sent from a page."""
 
     success: Literal[True]
-    status: Literal["ok", "duplicate_ignored"]
+    status: Literal["ok", "duplicate_ignored", "bot_ignored"]
 
 
 class BatchRejection(TypedDict):
@@ -30,12 +31,14 @@ class BatchRejection(TypedDict):
 
 
 class BatchStored(TypedDict):
-    """``stored`` new events, ``duplicates`` repeats of stored idempotency keys."""
+    """``stored`` new events, ``duplicates`` repeats of stored idempotency keys; with a
+    200, ``bot_ignored`` valid events not stored, a bot's browser sent them from a page."""
 
     success: Literal[True]
     stored: int
     duplicates: int
     rejected: list[BatchRejection]
+    bot_ignored: NotRequired[int]
 
 
 class V1Accepted(TypedDict):

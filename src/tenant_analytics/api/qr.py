@@ -5,16 +5,15 @@ from __future__ import annotations
 import io
 import re
 import time
-from functools import cache
 
 import segno
-from crawlerdetect import CrawlerDetect
 from flask import Blueprint, current_app, redirect, render_template, request, send_file, url_for
 from flask_jwt_extended import jwt_required
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import landing_urls
 from ..catalogue import QR_SCAN
+from ..crawlers import is_crawler
 from ..errors import ApiError, error_response, invalid_field, is_outage, log_not_recorded
 from ..extensions import db
 from ..ingestion import NewEvent
@@ -35,28 +34,6 @@ RETRY_SECONDS = 5  # the page that says "a moment" reloads itself after as long
 # How long a code's last destination may be followed while the database is away: a
 # code taken down (a tenant deactivated) in the meantime is only seen in the database.
 REMEMBERED_SECONDS = 3600
-
-
-@cache
-def _crawlers() -> CrawlerDetect:
-    return CrawlerDetect()  # compiles its patterns once per process
-
-
-# crawlerdetect's patterns take time that grows with the square of a run of word
-# characters: an 8 KB User-Agent of one letter blocks a worker for seconds. No browser
-# sends such a thing, so it is taken for a bot without asking crawlerdetect.
-CRAWLER_CHECK_UA_MAX = 512
-LONG_WORD = re.compile(r"[A-Za-z0-9_-]{65}")
-
-
-def is_crawler(user_agent: str | None) -> bool:
-    """Link previews (WhatsApp, Facebook, Telegram) and bots fetch a shared link too;
-    every phone's browser names itself, so a request that names nothing is a script."""
-    if not user_agent or not user_agent.strip():
-        return True
-    if len(user_agent) > CRAWLER_CHECK_UA_MAX or LONG_WORD.search(user_agent):
-        return True
-    return _crawlers().isCrawler(user_agent)
 
 
 def _no_such_code():

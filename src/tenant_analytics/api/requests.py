@@ -14,6 +14,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
 
 from ..config import BODY_MAX_BYTES
+from ..crawlers import is_crawler
 from ..errors import error_response, invalid_body, validation_errors
 from ..extensions import db
 from ..ingestion import ClientInfo, IngestResult, NewEvent, TenantRef, ingest
@@ -151,6 +152,14 @@ def _header_text(name: str) -> str | None:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeError:
         return value
+
+
+def sent_by_a_crawler() -> bool:
+    """Whether a bot's browser sent this from a page: the events of Googlebot rendering
+    it, of Lighthouse or of a headless browser are no visitor's. Only a request from a
+    page (it has an Origin header, as every browser's POST from a page has) is judged:
+    a shop's server or script sends none, and HTTP libraries name themselves as bots."""
+    return "Origin" in request.headers and is_crawler(_header_text("User-Agent"))
 
 
 def ingest_from_request(tenant: TenantRef, events: Sequence[NewEvent]) -> IngestResult:

@@ -12,7 +12,7 @@ from ..event_builders import batch_events, track_event
 from ..ratelimits import per_tenant, per_tenant_events
 from ..schemas import EventBatch, TrackEvent
 from ..tenancy import requested_tenant_or_404
-from .requests import ingest_from_request, parse_body
+from .requests import ingest_from_request, parse_body, sent_by_a_crawler
 
 bp = Blueprint("tracking", __name__)
 
@@ -24,6 +24,8 @@ def track():
     body = parse_body(TrackEvent)
     tenant = requested_tenant_or_404()
     event = track_event(body, tenant, dedupe_window=dedupe_window())
+    if sent_by_a_crawler():
+        return {"success": True, "status": "bot_ignored"}, 200
     result = ingest_from_request(tenant, [event])
     if result.duplicates:
         return {"success": True, "status": "duplicate_ignored"}, 200
@@ -45,6 +47,14 @@ def batch():
             errors={"events": ["every item is invalid"]},
             extra={"rejected": rejected},
         )
+    if sent_by_a_crawler():
+        return {
+            "success": True,
+            "stored": 0,
+            "duplicates": 0,
+            "rejected": rejected,
+            "bot_ignored": len(events),
+        }, 200
     result = ingest_from_request(tenant, events)
     return {
         "success": True,

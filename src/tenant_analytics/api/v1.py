@@ -14,7 +14,7 @@ from ..logs import get_logger
 from ..ratelimits import api_group_and_tenant, conversion_group, per_tenant
 from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
 from ..tenancy import public_tenant_by_slug, request_body, requested_tenant, requested_tenant_or_404
-from .requests import ingest_from_request, parse_body
+from .requests import ingest_from_request, parse_body, sent_by_a_crawler
 
 bp = Blueprint("v1", __name__, url_prefix="/api/v1")
 log = get_logger(__name__)
@@ -26,7 +26,9 @@ def track():
     """Record an interaction for a tenant named by public UUID or numeric id (202)."""
     body = parse_body(V1TrackEvent)
     tenant = requested_tenant_or_404()
-    ingest_from_request(tenant, [v1_track_event(db.session, body, tenant)])
+    event = v1_track_event(db.session, body, tenant)
+    if not sent_by_a_crawler():  # a bot's is accepted as any, and not stored
+        ingest_from_request(tenant, [event])
     return {"success": True, "message": "Event accepted for processing"}, 202
 
 
@@ -43,7 +45,7 @@ def conversion():
     try:
         tenant = public_tenant_by_slug(db.session, body.tenant_slug)
         event = conversion_event(body, tenant) if tenant else None
-        if event is None:
+        if event is None or sent_by_a_crawler():  # a bot's thank-you page sold nothing
             return {"status": "skipped", "transaction_id": transaction_id}
         ingest_from_request(tenant, [event])
     except Exception as exc:  # a beacon must never fail the page
@@ -74,9 +76,9 @@ def interactions():
 
 
 def _record_interaction(body: Interaction) -> bool:
-    """Store the interaction; False when it names no active tenant."""
+    """Store the interaction; False when it names no active tenant, or a bot sent it."""
     tenant = requested_tenant()
-    if tenant is None:
+    if tenant is None or sent_by_a_crawler():
         return False
     ingest_from_request(tenant, [interaction_event(db.session, body, tenant)])
     return True

@@ -1,0 +1,31 @@
+"""Bots told apart from people by their User-Agent (crawlerdetect's patterns)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from crawlerdetect import CrawlerDetect
+
+
+@cache
+def _crawlers() -> CrawlerDetect:
+    return CrawlerDetect()  # compiles its patterns once per process
+
+
+# crawlerdetect's patterns take time that grows with the square of a run of word
+# characters: an 8 KB User-Agent of one letter blocks a worker for seconds. No browser
+# sends such a thing, so it is taken for a bot without asking crawlerdetect.
+CRAWLER_CHECK_UA_MAX = 512
+LONG_WORD = re.compile(r"[A-Za-z0-9_-]{65}")
+
+
+def is_crawler(user_agent: str | None) -> bool:
+    """Link previews (WhatsApp, Facebook, Telegram), search engines, headless browsers
+    and HTTP libraries name themselves; every phone's browser names itself too, so a
+    request that names nothing is a script."""
+    if not user_agent or not user_agent.strip():
+        return True
+    if len(user_agent) > CRAWLER_CHECK_UA_MAX or LONG_WORD.search(user_agent):
+        return True
+    return _crawlers().isCrawler(user_agent)
