@@ -453,3 +453,29 @@ def test_a_bots_browser_on_the_page_is_no_visitor(client, make_tenant):
     server = {"User-Agent": "python-requests/2.32.3"}
     assert client.post("/api/analytics/batch", json=two, headers=server).status_code == 201
     assert [event.user_agent for event in stored(tenant.id)] == [PHONE, "python-requests/2.32.3"]
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        # In-app browsers, where a small shop's visitors come from, and phones' own.
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML,"
+        " like Gecko) Mobile/15E148 Instagram 307.0.0.34.111 (iPhone14,5; iOS 17_1; es_US;"
+        " es; scale=3.00; 1170x2532; 532277268)",
+        "Mozilla/5.0 (Linux; Android 13; SM-A135F Build/TP1A.220624.014; wv) AppleWebKit/537.36"
+        " (KHTML, like Gecko) Version/4.0 Chrome/119.0.6045.163 Mobile Safari/537.36"
+        " [FB_IAB/FB4A;FBAV/442.0.0.33.113;]",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML,"
+        " like Gecko) Mobile/15E148 musical_ly_31.5.0 JsSdk/2.0 NetType/WIFI Channel/App Store"
+        " ByteLocale/es Region/HN BytedanceWebview/d8a21c6",
+        "Mozilla/5.0 (Linux; Android 14; SAMSUNG SM-S911B) AppleWebKit/537.36 (KHTML, like"
+        " Gecko) SamsungBrowser/23.0 Chrome/115.0.0.0 Mobile Safari/537.36",
+        "Opera/9.80 (Android; Opera Mini/7.6.40234/191.303; U; es) Presto/2.12.423 Version/12.16",
+    ],
+)
+def test_visitors_in_apps_and_phones_browsers_are_no_bots(client, make_tenant, user_agent):
+    tenant = make_tenant()
+    one = {"tenant_id": tenant.id, "event_type": "pageview"}
+    headers = {"Origin": PAGE, "User-Agent": user_agent}
+    assert client.post("/api/analytics/track", json=one, headers=headers).status_code == 201
+    assert [event.user_agent for event in stored(tenant.id)] == [user_agent]
