@@ -7,11 +7,13 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 
 import pytest
 import redis
+from limits import parse
 from limits.errors import StorageError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -508,3 +510,37 @@ def test_sign_in_counts_in_redis_again_as_soon_as_it_answers(
         server.terminate()
         server.wait()
         make_app()  # the limiter (one per process) counts in a working storage again
+
+
+def test_a_flood_from_one_address_costs_the_tenants_bucket_only_its_share(make_app, make_tenant):
+    """Many requests from one address at once: only the share's worth reach the tenant's
+    bucket. (With the share looked at first and spent after the tenant's bucket, those
+    that all looked at once each spent the tenant's bucket, and then most were refused.)"""
+    app = make_app(
+        TRACK_RATE_LIMIT="1000 per minute",
+        TRACK_ADDRESS_RATE_LIMIT="5 per minute",
+        TRUSTED_PROXY_COUNT=1,
+    )
+    with app.app_context():
+        tenant_id = make_tenant().id
+    event = {"tenant_id": tenant_id, "event_type": "pageview"}
+    start = threading.Barrier(30)
+    statuses: list[int] = []
+
+    def flood() -> None:
+        client = app.test_client()
+        start.wait()
+        statuses.append(
+            from_address(client, "/api/analytics/track", event, "198.51.100.9").status_code
+        )
+
+    threads = [threading.Thread(target=flood) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [201] * 5 + [429] * 25
+    bucket = (limiter._key_prefix, f"tenant:{tenant_id}", "tenant")
+    with app.app_context():
+        window = limiter.limiter.get_window_stats(parse("1000 per minute"), *bucket)
+    assert window.remaining == 1000 - 5

@@ -100,19 +100,29 @@ def address_share(
     ``cost`` units a request, apart from the ``tenant_bucket`` the view is also under.
 
     A limit per tenant alone lets a single sender spend a tenant's whole allowance and
-    have its visitors' events refused. So the share is looked at first, and a request it
-    refuses (429) costs the tenant's bucket nothing; it is spent only once the tenant's
-    bucket has admitted the request, so one the tenant's bucket refuses costs the share
-    nothing either. Off by default: a server that sends a tenant's events in batches
+    have its visitors' events refused. So the share is spent first, in one step, and a
+    request it refuses (429) costs the tenant's bucket nothing, however many arrive at
+    once. Before it, the tenant's bucket is looked at (not spent): a request that bucket
+    would refuse costs the share nothing either (but for one that another fills the
+    bucket before). Off by default: a server that sends a tenant's events in batches
     from one address would need a share as large as the tenant's bucket.
     """
 
     def decorate(view: View) -> View:
-        def share_refusal(spend: bool) -> Any:
+        admitted = tenant_bucket(view)
+
+        @wraps(view)
+        def check(*args: Any, **kwargs: Any) -> Any:
             limit = current_app.config.get("TRACK_ADDRESS_RATE_LIMIT")
-            retry_after = _address_share_left(limit, cost(), spend=spend) if limit else None
+            if not limit:
+                return admitted(*args, **kwargs)
+            units = cost()
+            full = _tenant_bucket_refusal(units)
+            if full is not None:
+                return full
+            retry_after = _address_share_spent(limit, units)
             if retry_after is None:
-                return None
+                return admitted(*args, **kwargs)
             response, status = error_response(
                 429,
                 f"Rate limit exceeded: {limit} per client address for this tenant",
@@ -121,18 +131,7 @@ def address_share(
             response.headers["Retry-After"] = str(retry_after)
             return response, status
 
-        @wraps(view)
-        def spend(*args: Any, **kwargs: Any) -> Any:
-            # (a request between the look and here may have taken the last of the share)
-            return share_refusal(spend=True) or view(*args, **kwargs)
-
-        admitted = tenant_bucket(spend)
-
-        @wraps(view)
-        def look(*args: Any, **kwargs: Any) -> Any:
-            return share_refusal(spend=False) or admitted(*args, **kwargs)
-
-        return look  # type: ignore[return-value]
+        return check  # type: ignore[return-value]
 
     return decorate
 
@@ -222,9 +221,9 @@ def retry_after(strategy: RateLimiter, item: RateLimitItem, key: tuple[str, ...]
     return max(1, math.ceil(reset - time.time()))
 
 
-def _address_share_left(limit: str, cost: int, *, spend: bool) -> int | None:
+def _address_share_spent(limit: str, cost: int) -> int | None:
     """Seconds until this address may post to the requested tenant again, or None when
-    ``cost`` more units fit in its share (and are counted when ``spend``)."""
+    ``cost`` more units fit in its share (and are counted)."""
     tenant_id = _requested_tenant_id()
     key = (
         current_app.config["RATELIMIT_KEY_PREFIX"],
@@ -232,7 +231,7 @@ def _address_share_left(limit: str, cost: int, *, spend: bool) -> int | None:
         f"{tenant_id if tenant_id is not None else '-'}:{client_ip_key()}",
     )
     try:
-        return _seconds_until_allowed(limit, key, cost, spend=spend)
+        return _seconds_until_allowed(limit, key, cost)
     except Exception:  # no storage and no fallback: no share, as the tenant bucket does
         log.warning("address share not counted: the limiter's storage did not answer")
         return None
@@ -440,6 +439,30 @@ _api_limit = limiter.shared_limit(
 )
 
 
+def _tenant_bucket_key() -> tuple[str, ...]:
+    """The key flask-limiter gives the tenant's shared scope, under the prefix it took when
+    first bound (an app's config may say another; an empty one it leaves out)."""
+    prefix = (limiter._key_prefix,) if limiter._key_prefix else ()
+    return (*prefix, tenant_key(), TENANT_SCOPE)
+
+
+def _tenant_bucket_refusal(cost: int = 1, *, spend: bool = False) -> Any:
+    """The 429 the tenant's bucket answers when ``cost`` more units do not fit in it, or
+    None when they do (spent only when ``spend``). Unlimited when the limiter's storage
+    and its fallback both fail, as flask-limiter is."""
+    limit = current_app.config["TRACK_RATE_LIMIT"]
+    try:
+        retry_after = _seconds_until_allowed(limit, _tenant_bucket_key(), cost, spend=spend)
+    except Exception:
+        log.warning("tenant bucket not counted: the limiter's storage did not answer")
+        return None
+    if retry_after is None:
+        return None
+    response, status = error_response(429, f"Rate limit exceeded: {limit}", code="rate_limited")
+    response.headers["Retry-After"] = str(retry_after)
+    return response, status
+
+
 def _tenant_bucket_after(view: View) -> View:
     """The tenant's bucket, one unit a request, charged by hand inside another limit's
     check: flask-limiter checks limits stacked on one view shortest window first, so a
@@ -447,22 +470,7 @@ def _tenant_bucket_after(view: View) -> View:
 
     @wraps(view)
     def check(*args: Any, **kwargs: Any) -> Any:
-        limit = current_app.config["TRACK_RATE_LIMIT"]
-        # The key flask-limiter gives the shared scope, under the prefix it took when first
-        # bound (an app's config may say another; an empty one it leaves out): the same
-        # bucket as /track's.
-        prefix = (limiter._key_prefix,) if limiter._key_prefix else ()
-        key = (*prefix, tenant_key(), TENANT_SCOPE)
-        try:
-            retry_after = _seconds_until_allowed(limit, key)
-        except Exception:  # no storage and no fallback: unlimited, as flask-limiter does
-            log.warning("tenant bucket not counted: the limiter's storage did not answer")
-            retry_after = None
-        if retry_after is None:
-            return view(*args, **kwargs)
-        response, status = error_response(429, f"Rate limit exceeded: {limit}", code="rate_limited")
-        response.headers["Retry-After"] = str(retry_after)
-        return response, status
+        return _tenant_bucket_refusal(spend=True) or view(*args, **kwargs)
 
     return check  # type: ignore[return-value]
 
