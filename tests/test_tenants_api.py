@@ -12,6 +12,7 @@ from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
 from tenant_analytics import tenant_data
+from tenant_analytics.api.tenants import ExportCutShort
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DailyEventCount, Product, Tenant, utcnow
 from tenant_analytics.queries.store_dashboard import dashboard_stats
@@ -440,9 +441,10 @@ def test_an_owner_downloads_all_of_its_tenants_data_and_no_other(
 def test_an_export_that_fails_midway_ends_cut_short_and_logged(
     client, make_tenant, make_user, auth_headers, add_events, monkeypatch, caplog
 ):
-    """Once the 200 is sent a failure can only cut the download short (no end line): it
-    is logged by the app, PostgreSQL's message left out, not raised to gunicorn, which
-    logged it with the SQL and the server's message."""
+    """Once the 200 is sent a failure can only cut the download off: the server is handed
+    an error, so that it cuts the connection (a client sees a failed download, not a
+    complete one), without PostgreSQL's message, which gunicorn logged with the SQL;
+    the app logs the cause, that message left out."""
     tenant = make_tenant()
     headers = auth_headers(make_user(tenant))
     now = utcnow()
@@ -460,13 +462,17 @@ def test_an_export_that_fails_midway_ends_cut_short_and_logged(
         return statement, parameters
 
     event.listen(db.engine, "before_cursor_execute", second_page_fails, retval=True)
+    answer = client.get(f"/api/tenants/{tenant.id}/export", headers=headers, buffered=False)
+    received = []
     try:
-        answer = client.get(f"/api/tenants/{tenant.id}/export", headers=headers)
-        lines = [json.loads(line) for line in answer.get_data(as_text=True).splitlines()]
+        assert answer.status_code == 200
+        with pytest.raises(ExportCutShort) as cut:
+            for piece in answer.response:
+                received.extend(json.loads(line) for line in piece.splitlines())
     finally:
         event.remove(db.engine, "before_cursor_execute", second_page_fails)
-    assert answer.status_code == 200
-    assert [list(line) for line in lines] == [["tenant"], ["event"]]  # and no {"end": ...}
+    assert [list(line) for line in received] == [["tenant"], ["event"]]  # no {"end": ...}
+    assert cut.value.__cause__ is None and cut.value.__suppress_context__
     failures = [r for r in caplog.records if r.getMessage().startswith("export cut short")]
     assert len(failures) == 1 and failures[0].levelname == "ERROR"
     assert "does not exist" not in caplog.text  # PostgreSQL's message, naming the column

@@ -104,10 +104,16 @@ def export_tenant(tenant_id: int):
     return response
 
 
+class ExportCutShort(Exception):
+    """An export's stream failed after its 200: raised to the server, which then cuts the
+    connection, so the download ends in an error rather than looking complete."""
+
+
 def _ended_by_failure(pieces: Iterator[str]) -> Iterator[str]:
-    """The export's stream, ended where reading fails. The 200 is sent by then: the
-    download is cut short (no {"end": …} line), and the failure is logged here, as the
-    app logs any (PostgreSQL's message left out), not by gunicorn, message and all."""
+    """The export's stream, cut off where reading fails (the 200 is sent by then; a
+    download cut short lacks its {"end": …} line too). The failure is logged here, as the
+    app logs any, PostgreSQL's message left out; the server is handed an error without
+    it, as gunicorn logs what it is handed."""
     try:
         yield from pieces
     except Exception as exc:
@@ -117,6 +123,7 @@ def _ended_by_failure(pieces: Iterator[str]) -> Iterator[str]:
             log.error("export cut short", exc_info=exc)
         else:
             log.error("export cut short: %s", reason)
+        raise ExportCutShort("export cut short (its cause is logged above)") from None
 
 
 @bp.get("/<int:tenant_id>/products")
