@@ -30,18 +30,22 @@ from tenant_analytics.models import (
     Event,
     LastSeenCount,
     SessionLastSeen,
+    SessionLastSeenCount,
     Tenant,
     User,
     VisitorLastSeen,
     utcnow,
 )
-from tenant_analytics.queries import store_funnel
-from tenant_analytics.rollups import FORGET_BATCH, ROLLUP_MODELS
+from tenant_analytics.queries import store_funnel, store_rollups
+from tenant_analytics.rollups import FORGET_BATCH, ROLLUP_MODELS, SESSIONS_FORGOTTEN
 from tenant_analytics.storage import claim_keys
 from tenant_analytics.tenant_data import EXPORT_PAGE, delete_tenant_data
 
 from .servers import ROOT
 from .test_store_reports import ev
+
+# The purge's mark of the day it cut through, among the session counts.
+FORGOTTEN_MARK = SessionLastSeenCount.scope == SESSIONS_FORGOTTEN
 
 
 def test_tenant_create_prints_json(runner):
@@ -711,7 +715,9 @@ def test_purge_takes_the_days_it_emptied_out_of_the_rollups(
     assert before[0] == before[1] and before[0]["funnel"][1]["count"] == 1  # "left"
 
     def rollup_rows() -> int:
-        return sum(db.session.scalar(select(func.count()).select_from(m)) for m in ROLLUP_MODELS)
+        """Rows of counts: not the purge's mark of the day it cut through."""
+        rows = sum(db.session.scalar(select(func.count()).select_from(m)) for m in ROLLUP_MODELS)
+        return rows - db.session.scalar(select(func.count()).where(FORGOTTEN_MARK))
 
     kept_before = rollup_rows()
     purged = runner.invoke(args=["events", "purge", "--older-than", "90"])
@@ -726,7 +732,10 @@ def test_purge_takes_the_days_it_emptied_out_of_the_rollups(
     # Nothing of the purged days is left in any rollup, per-visitor rows included.
     for model in ROLLUP_MODELS:
         day = model.last_day if hasattr(model, "last_day") else model.day
-        oldest = db.session.scalar(select(func.min(day)))
+        counts = select(func.min(day))
+        if model is SessionLastSeenCount:
+            counts = counts.where(~FORGOTTEN_MARK)
+        oldest = db.session.scalar(counts)
         assert oldest is None or oldest >= today - timedelta(days=6), model
 
 
@@ -774,7 +783,7 @@ def test_purge_forgets_the_visitors_of_the_day_it_cut_through(
 
 
 def test_a_funnel_reaching_the_day_a_purge_cut_through_counts_its_kept_sessions(
-    runner, make_tenant, store_events, is_postgres, monkeypatch
+    runner, make_tenant, store_events, add_events, is_postgres, monkeypatch
 ):
     """The purge forgets the session ids of the day it cut through, kept hours included:
     a funnel reaching that day counted none of its sessions from the rollups. It counts
@@ -795,6 +804,8 @@ def test_a_funnel_reaching_the_day_a_purge_cut_through_counts_its_kept_sessions(
             ev("product_view", gone + timedelta(hours=1), "kept"),
         ],
     )
+    # A landing page's view, with no session, the day before: a first day naming no session.
+    add_events(tenant, [("pageview", gone - timedelta(days=1), "10.0.0.1", None)])
     cut_day = gone.astimezone(zone).date()
     window = {"tenant_id": tenant.id, "zone": zone, "start": cut_day, "end": now.date()}
 
@@ -803,6 +814,8 @@ def test_a_funnel_reaching_the_day_a_purge_cut_through_counts_its_kept_sessions(
         return [step["count"] for step in funnel["funnel"]]
 
     assert sessions_per_step(True) == sessions_per_step(False) == [2, 1, 0, 0, 0]
+    # Before any purge the rollups answer, though the first day names no session.
+    assert store_rollups.sessions_forgotten_on(db.session, tenant_id=tenant.id) is None
     for command in (
         ["events", "purge", "--older-than", "90"],
         ["events", "rebuild-rollups", "--tenant", str(tenant.id)],

@@ -54,6 +54,9 @@ ROLLUP_MODELS = (
 # What a NULL source counts as in the session scopes (and in the store reports).
 DIRECT_SOURCE = "direct"
 ALL_SESSIONS = "all"
+# Not sessions but a mark, in session_last_seen_counts: the local day a purge forgot the
+# sessions of (see forget_purged_days), until a rebuild counts them again.
+SESSIONS_FORGOTTEN = "forgotten"
 
 
 def source_scope(source: str) -> str:
@@ -447,7 +450,22 @@ def forget_purged_days(session: Session, gone: datetime) -> int:
                 deleted += result.rowcount
                 if result.rowcount < FORGET_BATCH:
                     break
+        if partly_purged:
+            _mark_sessions_forgotten(session, tenant_id, local.date(), postgres=postgres)
     return deleted
+
+
+def _mark_sessions_forgotten(
+    session: Session, tenant_id: int, day: date, *, postgres: bool
+) -> None:
+    """Mark ``day`` as one whose sessions the rollups no longer name (its kept hours'
+    included): the reports count a window reaching it from the events."""
+    if postgres:
+        _lock_rollups(session, tenant_id)
+    mark = {"tenant_id": tenant_id, "scope": SESSIONS_FORGOTTEN, "day": day, "sessions": 0}
+    insert = dialect_insert(session)(SessionLastSeenCount).values(**mark)
+    session.execute(insert.on_conflict_do_nothing())
+    session.commit()
 
 
 def clear_rollups(session: Session, tenant_id: int) -> None:

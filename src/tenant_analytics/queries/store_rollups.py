@@ -14,7 +14,7 @@ from datetime import date
 from sqlalchemy import and_, case, func, or_, select
 
 from ..models import DailyEventCount, DailyProductCount, SessionLastSeenCount
-from ..rollups import ALL_SESSIONS
+from ..rollups import SESSIONS_FORGOTTEN
 from .common import Database
 
 
@@ -158,23 +158,13 @@ def sessions_forgotten_on(conn: Database, *, tenant_id: int) -> date | None:
     """The local day a purge cut through, while its sessions are forgotten; else None.
 
     A purge forgets the session ids of the day its cutoff falls in, those of the day's
-    kept hours too, and keeps the day's event counts (see ``rollups.forget_purged_days``):
-    the tenant's earliest counted day then names no session, and a window reaching it
-    would miss the sessions last seen there. A rebuild names them again.
+    kept hours too, and marks the day (``rollups.forget_purged_days``): a window
+    reaching it would miss the sessions last seen there. A rebuild, which counts them
+    again, clears the mark.
     """
-    earliest = (
-        select(func.min(DailyEventCount.day))
-        .where(DailyEventCount.tenant_id == tenant_id)
-        .scalar_subquery()
-    )
-    named = (
-        select(SessionLastSeenCount.day)
-        .where(
+    return conn.scalar(
+        select(func.max(SessionLastSeenCount.day)).where(
             SessionLastSeenCount.tenant_id == tenant_id,
-            SessionLastSeenCount.scope == ALL_SESSIONS,
-            SessionLastSeenCount.day == earliest,
+            SessionLastSeenCount.scope == SESSIONS_FORGOTTEN,
         )
-        .exists()
     )
-    day, has_sessions = conn.execute(select(earliest, named)).one()
-    return None if day is None or has_sessions else day
