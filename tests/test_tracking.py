@@ -471,6 +471,12 @@ def test_a_bots_browser_on_the_page_is_no_visitor(client, make_tenant):
         "Mozilla/5.0 (Linux; Android 14; SAMSUNG SM-S911B) AppleWebKit/537.36 (KHTML, like"
         " Gecko) SamsungBrowser/23.0 Chrome/115.0.0.0 Mobile Safari/537.36",
         "Opera/9.80 (Android; Opera Mini/7.6.40234/191.303; U; es) Presto/2.12.423 Version/12.16",
+        # Named after apps whose link previews crawlerdetect knows by the same name.
+        "Mozilla/5.0 (Linux; Android 13; SM-A042M Build/TP1A.220624.014; wv) AppleWebKit/537.36"
+        " (KHTML, like Gecko) Version/4.0 Chrome/120.0.6099.43 Mobile Safari/537.36"
+        " WhatsApp/2.23.25.83",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko)"
+        " Slack/4.35.131 Chrome/118.0.5993.159 Electron/27.1.3 Safari/537.36",
     ],
 )
 def test_visitors_in_apps_and_phones_browsers_are_no_bots(client, make_tenant, user_agent):

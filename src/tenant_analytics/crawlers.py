@@ -29,3 +29,18 @@ def is_crawler(user_agent: str | None) -> bool:
     if len(user_agent) > CRAWLER_CHECK_UA_MAX or LONG_WORD.search(user_agent):
         return True
     return _crawlers().isCrawler(user_agent)
+
+
+# A whole browser's User-Agent ("Mozilla/5.0 (…) AppleWebKit/…") carrying an app's name,
+# which crawlerdetect knows as the name of that app's link previews: the app's own
+# browser (an in-app WebView, Slack's desktop app), where a shared link is opened.
+IN_APP_NAME = re.compile(r"(?<=[\s)])(WhatsApp|Slack)/[\w.]+")
+WHOLE_BROWSER = re.compile(r"^Mozilla/5\.0 \([^)]*\) AppleWebKit/")
+
+
+def is_bot_browser(user_agent: str | None) -> bool:
+    """Whether the browser a page runs in is a bot's (Googlebot rendering it, Lighthouse,
+    HeadlessChrome): a crawler, but for an app's own browser named after the app."""
+    if user_agent and WHOLE_BROWSER.match(user_agent):
+        user_agent = IN_APP_NAME.sub("", user_agent)
+    return is_crawler(user_agent)

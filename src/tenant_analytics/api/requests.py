@@ -14,7 +14,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
 
 from ..config import BODY_MAX_BYTES
-from ..crawlers import is_crawler
+from ..crawlers import is_bot_browser
 from ..errors import error_response, invalid_body, validation_errors
 from ..extensions import db
 from ..ingestion import ClientInfo, IngestResult, NewEvent, TenantRef, ingest
@@ -159,7 +159,7 @@ def sent_by_a_crawler() -> bool:
     it, of Lighthouse or of a headless browser are no visitor's. Only a request from a
     page (it has an Origin header, as every browser's POST from a page has) is judged:
     a shop's server or script sends none, and HTTP libraries name themselves as bots."""
-    return "Origin" in request.headers and is_crawler(_header_text("User-Agent"))
+    return "Origin" in request.headers and is_bot_browser(_header_text("User-Agent"))
 
 
 def ingest_from_request(tenant: TenantRef, events: Sequence[NewEvent]) -> IngestResult:
