@@ -15,7 +15,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
 from tenant_analytics.auth import access_token_for, authenticate, refresh_token_for
@@ -825,6 +825,35 @@ def test_a_funnel_reaching_the_day_a_purge_cut_through_counts_its_kept_sessions(
         assert result.exit_code == 0, result.output
         db.session.expire_all()
         assert sessions_per_step(True) == sessions_per_step(False) == [1, 1, 0, 0, 0], command
+
+
+def test_a_purge_stopped_halfway_has_marked_the_day_it_cut_through(
+    runner, make_tenant, store_events, is_postgres, monkeypatch
+):
+    """The mark goes first: a purge stopped after forgetting some of the day's sessions
+    (a lost connection, a killed cron job) left them forgotten and the day unmarked, and
+    the funnel counted too few until the next purge."""
+    now = datetime.combine((utcnow() - timedelta(days=90)).date(), dt_time(12), UTC)
+    now += timedelta(days=90)
+    monkeypatch.setattr("tenant_analytics.cli.utcnow", lambda: now)
+    cutoff = now - timedelta(days=90)
+    gone = cutoff.replace(day=1, hour=0) if is_postgres else cutoff
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    store_events(tenant, [ev("page_view", gone + timedelta(hours=1), "kept")])
+
+    def stop_at_the_first_deletion(_conn, _cursor, statement, *_args):
+        if statement.startswith("DELETE FROM") and "LIMIT" in statement:
+            raise RuntimeError("the purge is stopped here")
+
+    event.listen(db.engine, "before_cursor_execute", stop_at_the_first_deletion)
+    try:
+        stopped = runner.invoke(args=["events", "purge", "--older-than", "90"])
+    finally:
+        event.remove(db.engine, "before_cursor_execute", stop_at_the_first_deletion)
+    assert stopped.exit_code != 0
+    db.session.rollback()
+    forgotten = store_rollups.sessions_forgotten_on(db.session, tenant_id=tenant.id)
+    assert forgotten == gone.astimezone(ZoneInfo(tenant.timezone)).date()
 
 
 SALE_KEY = transaction_key("old", Decimal(10), DEFAULT_CURRENCY)

@@ -426,6 +426,9 @@ def forget_purged_days(session: Session, gone: datetime) -> int:
     for tenant_id, zone_name in tenants:
         local = gone.astimezone(tenant_zone(zone_name))
         partly_purged = local.time() != time.min
+        # Marked first: a purge stopped halfway has forgotten some of the day's sessions.
+        if partly_purged:
+            _mark_sessions_forgotten(session, tenant_id, local.date(), postgres=postgres)
         for model in LAST_SEEN_FIRST:
             day = local.date()
             if partly_purged and model in NAMING_VISITORS:
@@ -433,13 +436,24 @@ def forget_purged_days(session: Session, gone: datetime) -> int:
             column = "last_day" if model in (VisitorLastSeen, SessionLastSeen) else "day"
             table = model.__tablename__
             row = "ctid" if postgres else "rowid"
+            # The mark of this purge's day is kept; those of earlier purges go.
+            spared = (
+                " AND NOT (scope = :mark AND day = :marked)"
+                if model is SessionLastSeenCount
+                else ""
+            )
             chosen = (
                 f"SELECT {row} FROM {table}"
-                f" WHERE tenant_id = :tenant AND {column} < :day LIMIT :batch"
+                f" WHERE tenant_id = :tenant AND {column} < :day{spared} LIMIT :batch"
             )
             batch = text(f"DELETE FROM {table} WHERE {rows.format(chosen)}").bindparams(
                 bindparam("day", type_=Date)
             )
+            if spared:
+                batch = batch.bindparams(
+                    bindparam("mark", SESSIONS_FORGOTTEN),
+                    bindparam("marked", local.date(), type_=Date),
+                )
             while True:
                 if postgres:
                     _lock_rollups(session, tenant_id)
@@ -450,8 +464,6 @@ def forget_purged_days(session: Session, gone: datetime) -> int:
                 deleted += result.rowcount
                 if result.rowcount < FORGET_BATCH:
                     break
-        if partly_purged:
-            _mark_sessions_forgotten(session, tenant_id, local.date(), postgres=postgres)
     return deleted
 
 
