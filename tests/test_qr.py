@@ -152,6 +152,23 @@ def test_a_long_but_real_in_app_browser_is_counted(client, shop):
     assert [event.event_type for event in events_of(shop.id)] == ["qr_scan"]
 
 
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        # A code's link shared in a chat and opened in the app's own browser: a person,
+        # though crawlerdetect knows the app's name as that of its link previews.
+        "Mozilla/5.0 (Linux; Android 13; SM-A042M Build/TP1A.220624.014; wv) AppleWebKit/537.36"
+        " (KHTML, like Gecko) Version/4.0 Chrome/120.0.6099.43 Mobile Safari/537.36"
+        " WhatsApp/2.23.25.83",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko)"
+        " Slack/4.35.131 Chrome/118.0.5993.159 Electron/27.1.3 Safari/537.36",
+    ],
+)
+def test_a_scan_in_an_apps_own_browser_is_counted(client, shop, user_agent):
+    assert scan(client, shop.slug, user_agent).status_code == 302
+    assert [event.event_type for event in events_of(shop.id)] == ["qr_scan"]
+
+
 def test_a_head_request_is_led_on_but_not_counted(client, shop):
     response = client.head(f"/q/{shop.slug}", headers={"User-Agent": PHONE})
     assert (response.status_code, response.headers["Location"]) == (302, LANDING)

@@ -39,8 +39,9 @@ WHOLE_BROWSER = re.compile(r"^Mozilla/5\.0 \([^)]*\) AppleWebKit/")
 
 
 def is_bot_browser(user_agent: str | None) -> bool:
-    """Whether the browser a page runs in is a bot's (Googlebot rendering it, Lighthouse,
-    HeadlessChrome): a crawler, but for an app's own browser named after the app."""
+    """Whether the browser a page runs in, or a scanned code opens, is a bot's (Googlebot
+    rendering it, Lighthouse, HeadlessChrome): a crawler, but for an app's own browser
+    named after the app."""
     if user_agent and WHOLE_BROWSER.match(user_agent):
         user_agent = IN_APP_NAME.sub("", user_agent)
     return is_crawler(user_agent)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import landing_urls
 from ..catalogue import QR_SCAN
-from ..crawlers import is_crawler
+from ..crawlers import is_bot_browser
 from ..errors import ApiError, error_response, invalid_field, is_outage, log_not_recorded
 from ..extensions import db
 from ..ingestion import NewEvent
@@ -84,7 +84,7 @@ def scan(slug: str):
     destinations[slug] = (tenant.landing_url, time.monotonic())
     # The address's limit first: it also bounds the crawler check each address can ask for.
     counted = request.method == "GET" and qr_scan_counted()
-    if counted and not is_crawler(request.headers.get("User-Agent")):
+    if counted and not is_bot_browser(request.headers.get("User-Agent")):
         campaign = _campaign_arg()
         try:
             ingest_from_request(
