@@ -353,6 +353,7 @@ def test_owner_sets_and_clears_the_landing_url(client, make_tenant, make_user, a
         "http://.a/",
         "http://" + "a" * 64 + ".example/",
         "http://" + ("a" * 62 + ".") * 4 + "com/",  # 255 characters: DNS takes 253
+        "https://pan.example:0/",  # no browser opens port 0
     ],
 )
 def test_landing_url_validation(client, make_tenant, make_user, auth_headers, landing_url):

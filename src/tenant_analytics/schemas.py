@@ -405,6 +405,8 @@ def _landing_url(value: str) -> str:
         raise ValueError(exc.errors()[0]["msg"]) from None
     if url.username is not None or url.password is not None:
         raise ValueError("may not contain a user name or password")
+    if url.port == 0:
+        raise ValueError("has port 0, which no browser opens")
     text = str(url)  # normalised: lower-case host, non-ASCII percent-encoded
     if len(text) > LANDING_URL_LENGTH:
         raise ValueError(f"may not exceed {LANDING_URL_LENGTH} characters once encoded")
