@@ -382,6 +382,11 @@ def test_exports_and_zone_changes_share_a_small_allowance_per_tenant(
         return client.patch(path, json={"timezone": zone}, headers=headers).status_code
 
     assert [export(mine_id, stranger) for _ in range(4)] == [404] * 4
+    # A download manager's look first: the headers alone, nothing read or spent.
+    for _ in range(4):
+        look = client.head(f"/api/tenants/{mine_id}/export", headers=owner)
+        assert (look.status_code, look.mimetype) == (200, "application/x-ndjson")
+        assert look.headers["Content-Disposition"].startswith("attachment;")
     assert change_zone("America/Tegucigalpa", stranger) == 404
     # Nor does a change refused for what else it asks.
     with app.app_context():

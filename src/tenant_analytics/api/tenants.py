@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import chain
 
-from flask import Blueprint, current_app, stream_with_context
+from flask import Blueprint, current_app, request, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
 from sqlalchemy.exc import IntegrityError
 
@@ -92,13 +92,16 @@ def update_tenant(tenant_id: int):
 def export_tenant(tenant_id: int):
     """All of the tenant's data as JSON lines, streamed (as `flask tenant export`)."""
     tenant = owned_tenant_or_404(tenant_id)
+    if request.method == "HEAD":  # a download manager's look: nothing read, nothing spent
+        return _export_response(tenant, [])
     spend_heavy_owner_work(tenant.id)
     pieces = exported_text(db.session, tenant)
     first = next(pieces)  # read before the 200 is sent: a database away is still a 503
-    response = current_app.response_class(
-        stream_with_context(_ended_by_failure(chain([first], pieces))),
-        mimetype="application/x-ndjson",
-    )
+    return _export_response(tenant, stream_with_context(_ended_by_failure(chain([first], pieces))))
+
+
+def _export_response(tenant: Tenant, body: Iterable[str]):
+    response = current_app.response_class(body, mimetype="application/x-ndjson")
     response.headers["Content-Disposition"] = f'attachment; filename="{tenant.slug}.jsonl"'
     response.headers["Cache-Control"] = "no-store"
     return response
