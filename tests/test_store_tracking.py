@@ -185,6 +185,14 @@ def test_a_landing_events_quantity_is_its_own_metadata(client, make_tenant, quan
         ({"price": -1}, "price"),
         ({"price": "free"}, "price"),
         ({"price": "1.999"}, "price"),
+        ({"price": "12.500"}, "price"),  # the schema's text: at most two decimals
+        # Text pydantic's Decimal reads, but no amount as the schema shows one.
+        ({"price": "1_000"}, "price"),
+        ({"price": "1e3"}, "price"),
+        ({"price": "\u0661\u0662"}, "price"),  # Arabic-Indic digits
+        ({"price": " 12 "}, "price"),
+        ({"price": "+12"}, "price"),
+        ({"price": ".5"}, "price"),
         ({"metadata": {"quantity": 0}}, "metadata"),
         ({"metadata": {"quantity": 1.5}}, "metadata"),
         ({"session_id": "s" * 65}, "session_id"),

@@ -117,6 +117,15 @@ def test_product_lifecycle(client, owner):
     assert duplicate.status_code == 409
     patched = client.patch(f"{url}/{product['id']}", headers=headers, json={"price": 14})
     assert patched.get_json()["product"]["price"] == 14.0
+    for odd in ("1e3", "1_000", "\u0661\u0662"):  # no amount as the schema shows one
+        refused = client.patch(f"{url}/{product['id']}", headers=headers, json={"price": odd})
+        assert (refused.status_code, list(refused.get_json()["errors"])) == (422, ["price"])
+    threshold = {"vip_monetary_threshold": "1e3"}
+    refused = client.patch(f"/api/tenants/{tenant.id}", headers=headers, json=threshold)
+    assert (refused.status_code, list(refused.get_json()["errors"])) == (
+        422,
+        ["vip_monetary_threshold"],
+    )
     deleted = client.delete(f"{url}/{product['id']}", headers=headers)
     assert deleted.get_json()["product"]["active"] is False
     listed = client.get(url, headers=headers).get_json()["products"]

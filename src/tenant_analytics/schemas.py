@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
@@ -98,8 +99,25 @@ MONEY_NUMBER = {"type": "number", "minimum": 0, "maximum": float(MAX_MONEY)}
 
 
 def _money_schema(decimals: str, about: str, *also: dict[str, Any]) -> WithJsonSchema:
-    text = {"type": "string", "pattern": rf"^[0-9]{{1,12}}(\.[0-9]{decimals})?$"}
+    text = {"type": "string", "pattern": f"^{_money_text(decimals).pattern}$"}
     return WithJsonSchema({"anyOf": [MONEY_NUMBER, text, *also], "description": about})
+
+
+@cache
+def _money_text(decimals: str) -> re.Pattern[str]:
+    return re.compile(rf"[0-9]{{1,12}}(\.[0-9]{decimals})?")
+
+
+def _as_money_text_shows(decimals: str, digits: str) -> BeforeValidator:
+    """An amount in text only as the schema shows it: pydantic's Decimal also reads
+    "1_000", "1e3", " 12 ", ".5" and other scripts' digits ("١٢")."""
+
+    def plain_digits(value: Any) -> Any:
+        if isinstance(value, str) and not _money_text(decimals).fullmatch(value):
+            raise ValueError(f"must be a number, or its digits: {digits} (12.50)")
+        return value
+
+    return BeforeValidator(plain_digits)
 
 
 # Quantized, "0e-1000000" (zero, so within the bounds) is 0.00, which numeric can hold.
@@ -107,6 +125,7 @@ Money = Annotated[
     Decimal,
     Field(ge=0, le=MAX_MONEY, decimal_places=2),
     AfterValidator(lambda v: v.quantize(CENT)),
+    _as_money_text_shows("{1,2}", "up to 12 before the point and 2 after"),
     _money_schema("{1,2}", "At most two decimal places (cents)."),
 ]
 # Beacon totals computed in JavaScript (35.400000000000006): rounded to the cent, not refused.
@@ -114,6 +133,7 @@ RoundedMoney = Annotated[
     Decimal,
     Field(ge=0, le=MAX_MONEY),
     AfterValidator(lambda value: value.quantize(CENT, rounding=ROUND_HALF_UP)),
+    _as_money_text_shows("+", "up to 12 before the point"),
     _money_schema("+", "Rounded to the cent."),
 ]
 Text = Annotated[str, AfterValidator(_storable_text)]
