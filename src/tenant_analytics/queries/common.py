@@ -12,6 +12,7 @@ from ..models import Event
 from ..timewindows import Day
 
 Database = Session | Connection  # what a report's queries run on
+CENT = Decimal("0.01")
 
 
 def ratio_half_up(part: Decimal | int, whole: Decimal | int, places: int = 0) -> Decimal:
@@ -19,6 +20,13 @@ def ratio_half_up(part: Decimal | int, whole: Decimal | int, places: int = 0) ->
     figures) round: 2.5 s is 3 s, 6.25 % is 6.3 %. Exact decimals, so no float noise
     decides a half; ``whole`` must not be 0."""
     return (Decimal(part) / Decimal(whole)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
+
+
+def money(amount: Decimal | float | None) -> float:
+    """Money for JSON: a float rounded half-up to cents; NULL is 0. SQLite sums floats:
+    read as written (35.400000000000006), not as their binary expansion."""
+    exact = Decimal(str(amount)) if isinstance(amount, float) else Decimal(amount or 0)
+    return float(exact.quantize(CENT, rounding=ROUND_HALF_UP))
 
 
 def in_window(tenant_id: int, start: datetime, end: datetime) -> tuple[ColumnElement[bool], ...]:

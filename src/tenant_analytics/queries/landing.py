@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from ..catalogue import EVENT_KINDS, Kind, types_of
 from ..models import DEFAULT_CURRENCY, Event
 from ..timewindows import Day, last_days
-from .common import day_index, in_window, ratio_half_up
+from .common import day_index, in_window, money, ratio_half_up
 
 # Events that close a sale: counted as conversions, their revenue summed.
 REVENUE_KINDS = (Kind.CONVERSION, Kind.PURCHASE)
@@ -133,7 +133,7 @@ def revenue_by_currency(
         )
         .group_by(currency)
     ).all()
-    return {code: round(float(total), 2) for code, total in rows}
+    return {code: money(total) for code, total in rows}
 
 
 def landing_summary(

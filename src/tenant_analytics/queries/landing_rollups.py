@@ -21,7 +21,7 @@ from ..models import (
     LastSeenCount,
 )
 from ..timewindows import last_days
-from .common import ratio_half_up
+from .common import money, ratio_half_up
 from .landing import REVENUE_KINDS, DayVisitors, LandingSummary, TodaySummary
 
 
@@ -87,7 +87,7 @@ def _revenue(session: Session, *, tenant_id: int, first: date, last: date) -> di
         )
         .group_by(DailyRevenue.currency)
     ).all()
-    return {currency: round(float(amount), 2) for currency, amount in rows}
+    return {currency: money(amount) for currency, amount in rows}
 
 
 def landing_summary(

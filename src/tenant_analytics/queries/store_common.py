@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Engine, QueuePool, Select, case, func, select
@@ -56,17 +55,11 @@ T = TypeVar("T")
 
 # Who did something: the signed-in user when known, else the browser session.
 IDENTIFIER = func.coalesce(Event.user_id, Event.session_id)
-CENT = Decimal("0.01")
 
 
 def percent(part: int, whole: int) -> float:
     """``part`` as a percentage of ``whole``, one decimal (half-up); 0 when ``whole`` is 0."""
     return float(ratio_half_up(part * 100, whole, 1)) if whole else 0.0
-
-
-def money(amount: Decimal | None) -> float:
-    """Money for JSON: a float rounded half-up to cents; NULL is 0."""
-    return float((amount or Decimal(0)).quantize(CENT, rounding=ROUND_HALF_UP))
 
 
 def _dialect(conn: Database) -> str:

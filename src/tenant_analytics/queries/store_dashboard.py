@@ -36,12 +36,11 @@ from ..models import DEFAULT_CURRENCY, Event
 from ..rollups import ALL_SESSIONS, DIRECT_SOURCE, source_scope, type_scope
 from ..timewindows import Day, last_days, lookback_days
 from . import store_rollups
-from .common import Database, day_index, in_window, ratio_half_up
+from .common import Database, day_index, in_window, money, ratio_half_up
 from .store_common import (
     IDENTIFIER,
     beside,
     flag,
-    money,
     of_type,
     percent,
     ranked,

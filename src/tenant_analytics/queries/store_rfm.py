@@ -14,8 +14,8 @@ from typing_extensions import TypedDict  # pydantic reads no typing.TypedDict on
 from ..catalogue import PURCHASE
 from ..models import DEFAULT_CURRENCY, Event
 from ..timewindows import lookback_days
-from .common import in_window
-from .store_common import local_bounds, money, of_type
+from .common import in_window, money
+from .store_common import local_bounds, of_type
 
 RFM_DAYS = 90
 
