@@ -1,8 +1,10 @@
 """The one catalogue of event types: what each accepted type means.
 
-Every endpoint stores the type it was sent (so nothing is lost), and every
-report counts by *kind*, so a WhatsApp tap counts the same whether it came
-from the landing snippet (``click_whatsapp``) or the v1 API (``whatsapp_click``).
+Every endpoint stores the type it was sent (so nothing is lost). The landing
+dashboards count by *kind*, so a WhatsApp tap counts the same whether it came
+from the landing snippet (``click_whatsapp``) or the v1 API (``whatsapp_click``);
+the store reports count the store's own types, as their documents name them
+(a v1 ``cart_add`` is no ``add_to_cart`` there).
 """
 
 from __future__ import annotations
@@ -69,16 +71,22 @@ EVENT_KINDS: dict[str, Kind] = {
     "whatsapp_purchase": Kind.WHATSAPP_PURCHASE,
 }
 
-TIME_ON_PAGE = "time_on_page"  # the landing type whose metadata carries seconds
+# The landing snippet's types, named where code refers to one of them.
+PAGEVIEW = "pageview"
+CLICK_WHATSAPP = "click_whatsapp"
+CLICK_CALL = "click_call"
+CLICK_TOGGLE_CURRENCY = "click_toggle_currency"
+TIME_ON_PAGE = "time_on_page"  # its metadata carries seconds
 QR_SCAN = "qr_scan"  # also what the QR redirect (GET /q/<slug>) records
+PRODUCT_CLICK = "product_click"
 LANDING_TYPES = (
-    "pageview",
-    "click_whatsapp",
-    "click_call",
-    "click_toggle_currency",
+    PAGEVIEW,
+    CLICK_WHATSAPP,
+    CLICK_CALL,
+    CLICK_TOGGLE_CURRENCY,
     TIME_ON_PAGE,
     QR_SCAN,
-    "product_click",
+    PRODUCT_CLICK,
 )
 # The store's types, named where code refers to one of them.
 PAGE_VIEW = "page_view"

@@ -11,7 +11,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .auth import check_password, create_user
-from .catalogue import FUNNEL_STEPS, PURCHASE, QR_SCAN, TIME_ON_PAGE
+from .catalogue import (
+    CLICK_CALL,
+    CLICK_TOGGLE_CURRENCY,
+    CLICK_WHATSAPP,
+    FUNNEL_STEPS,
+    PAGEVIEW,
+    PRODUCT_CLICK,
+    PURCHASE,
+    QR_SCAN,
+    TIME_ON_PAGE,
+)
 from .event_builders import track_event
 from .ingestion import ClientInfo, NewEvent, enrich
 from .models import Tenant, User, utcnow
@@ -50,19 +60,19 @@ def _demo_events(tenant: Tenant, rng: random.Random) -> list[dict[str, Any]]:
                 referrer=rng.choice(REFERRERS),
             )
             visit = [
-                NewEvent("pageview"),
+                NewEvent(PAGEVIEW),
                 NewEvent(TIME_ON_PAGE, {"seconds": rng.randint(5, 400)}),
             ]
             if rng.random() < 0.35:
-                visit.append(NewEvent("click_whatsapp", {"button_location": "hero"}))
+                visit.append(NewEvent(CLICK_WHATSAPP, {"button_location": "hero"}))
             if rng.random() < 0.1:
-                visit.append(NewEvent("click_call"))
+                visit.append(NewEvent(CLICK_CALL))
             if rng.random() < 0.2:
-                visit.append(NewEvent("click_toggle_currency", {"to": "USD"}))
+                visit.append(NewEvent(CLICK_TOGGLE_CURRENCY, {"to": "USD"}))
             if rng.random() < 0.15:
                 visit.insert(0, NewEvent(QR_SCAN, {"campaign": "mostrador"}))
             if rng.random() < 0.4:
-                visit.append(NewEvent("product_click", {"product_id": rng.randint(1, 6)}))
+                visit.append(NewEvent(PRODUCT_CLICK, {"product_id": rng.randint(1, 6)}))
             for offset, event in enumerate(visit):
                 event.created_at = at + timedelta(seconds=offset * 20)
                 rows.append(enrich(tenant, event, client, hash_key=DEMO_HASH_KEY, now=now))
