@@ -917,7 +917,6 @@ def busy_session(events: int, when: datetime = NOW - timedelta(hours=2)) -> list
 
 
 HOUR = timedelta(hours=1)
-SECOND = timedelta(seconds=1)
 
 ALERT_CASES = {
     # 3 of 4 identifiers abandoned: 75% > 70% with >= 3 checkouts

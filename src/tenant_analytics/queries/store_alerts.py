@@ -143,8 +143,8 @@ def _high_abandonment(
     if checkout.checkouts < ABANDONMENT_MIN_CHECKOUTS or checkout.rate <= ABANDONMENT_MAX_RATE:
         return []
     message = (
-        f"{checkout.rate}% of checkouts in the last 24 hours ended without a purchase "
-        f"({checkout.abandoned} of {checkout.checkouts})."
+        f"{checkout.rate}% of checkouts in {_the_last(ABANDONMENT_WINDOW)} ended without a "
+        f"purchase ({checkout.abandoned} of {checkout.checkouts})."
     )
     return [("high_abandonment", "critical", message)]
 
@@ -162,7 +162,7 @@ def _popular_no_conversion(
         (
             "popular_no_conversion",
             "warning",
-            f"{_named(slug, names)}: viewed in {views} sessions in the last 7 days "
+            f"{_named(slug, names)}: viewed in {views} sessions in {_the_last(POPULAR_WINDOW)} "
             "and never bought.",
         )
         for slug, views in products
@@ -181,6 +181,17 @@ def product_names_by_slug(conn: Database, *, tenant_id: int, slugs: list[str]) -
     return {slug: name for slug, name in rows}
 
 
+def _the_last(window: timedelta) -> str:
+    """A rule's window as its message says it: "the last hour", "the last 24 hours",
+    "the last 7 days"."""
+    hours = window // timedelta(hours=1)
+    if hours == 1:
+        return "the last hour"
+    if hours > 24 and hours % 24 == 0:
+        return f"the last {hours // 24} days"
+    return f"the last {hours} hours"
+
+
 def _named(slug: str, names: dict[str, str]) -> str:
     """The catalogue name with the slug ("Pan dulce (pan-dulce)"), else the slug alone."""
     return f"{names[slug]} ({slug})" if slug in names else slug
@@ -196,7 +207,8 @@ def _payment_errors(
     )
     if not errors:
         return []
-    return [("payment_errors", "critical", f"Payment errors in the last hour: {errors}.")]
+    message = f"Payment errors in {_the_last(PAYMENT_ERRORS_WINDOW)}: {errors}."
+    return [("payment_errors", "critical", message)]
 
 
 def _carts_abandoned(
@@ -205,7 +217,10 @@ def _carts_abandoned(
     carts = carts_without_checkout(session, tenant_id=tenant_id, start=now - CARTS_WINDOW, end=now)
     if carts < CARTS_MIN_SESSIONS:
         return []
-    message = f"{carts} sessions added to the cart in the last 6 hours without starting checkout."
+    message = (
+        f"{carts} sessions added to the cart in {_the_last(CARTS_WINDOW)} "
+        "without starting checkout."
+    )
     return [("carts_abandoned", "warning", message)]
 
 
@@ -217,7 +232,7 @@ def _stuck_sessions(
         return []
     message = (
         f"Sessions with more than {STUCK_EVENTS_ABOVE} events and no purchase "
-        f"in the last 24 hours: {stuck}."
+        f"in {_the_last(STUCK_WINDOW)}: {stuck}."
     )
     return [("stuck_sessions", "info", message)]
 
