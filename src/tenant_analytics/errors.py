@@ -108,6 +108,21 @@ def unavailable(
     return response, status
 
 
+def rate_limited(about: str, retry_after: int | None = None) -> ApiError:
+    """The 429 of every limit, ``about`` saying which; retry in ``retry_after`` seconds."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return ApiError(429, f"Rate limit exceeded: {about}", code="rate_limited", headers=headers)
+
+
+def api_error_response(exc: ApiError) -> tuple[Response, int]:
+    """An ApiError as the answer, where it is returned rather than raised."""
+    response, status = error_response(
+        exc.status, exc.message, code=exc.code, errors=exc.errors, extra=exc.extra
+    )
+    response.headers.update(exc.headers)
+    return response, status
+
+
 def invalid_body(errors: dict[str, list[str]]) -> ApiError:
     """The 422 of a body that fails validation, with each field's errors."""
     return ApiError(422, "The request body is invalid.", code="validation_error", errors=errors)
@@ -247,11 +262,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        response, status = error_response(
-            exc.status, exc.message, code=exc.code, errors=exc.errors, extra=exc.extra
-        )
-        response.headers.update(exc.headers)
-        return response, status
+        return api_error_response(exc)
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError):
@@ -261,7 +272,7 @@ def register_error_handlers(app: Flask) -> None:
     def _rate_limited(exc: RateLimitExceeded):
         if exc.response is not None:  # an endpoint's own answer (the conversion beacon's)
             return exc.response
-        return error_response(429, f"Rate limit exceeded: {exc.description}", code="rate_limited")
+        return api_error_response(rate_limited(exc.description))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

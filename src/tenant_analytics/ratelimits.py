@@ -19,7 +19,7 @@ from limits.strategies import RateLimiter
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import ApiError, OnceAMinute, error_response, unavailable
+from .errors import ApiError, OnceAMinute, api_error_response, rate_limited, unavailable
 from .extensions import client_ip_key, limiter
 from .logs import get_logger
 from .privacy import limited_client, rate_limit_key
@@ -123,13 +123,9 @@ def address_share(
             retry_after = _address_share_spent(limit, units)
             if retry_after is None:
                 return admitted(*args, **kwargs)
-            response, status = error_response(
-                429,
-                f"Rate limit exceeded: {limit} per client address for this tenant",
-                code="rate_limited",
+            return api_error_response(
+                rate_limited(f"{limit} per client address for this tenant", retry_after)
             )
-            response.headers["Retry-After"] = str(retry_after)
-            return response, status
 
         return check  # type: ignore[return-value]
 
@@ -252,12 +248,7 @@ def spend_heavy_owner_work(tenant_id: int) -> None:
         log.warning("owner work not counted: the limiter's storage did not answer")
         return
     if retry_after is not None:
-        raise ApiError(
-            429,
-            f"Rate limit exceeded: {limit} exports and time zone changes per tenant",
-            code="rate_limited",
-            headers={"Retry-After": str(retry_after)},
-        )
+        raise rate_limited(f"{limit} exports and time zone changes per tenant", retry_after)
 
 
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
@@ -458,9 +449,7 @@ def _tenant_bucket_refusal(cost: int = 1, *, spend: bool = False) -> Any:
         return None
     if retry_after is None:
         return None
-    response, status = error_response(429, f"Rate limit exceeded: {limit}", code="rate_limited")
-    response.headers["Retry-After"] = str(retry_after)
-    return response, status
+    return api_error_response(rate_limited(str(limit), retry_after))
 
 
 def _tenant_bucket_after(view: View) -> View:
