@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, case
 from sqlalchemy.orm import Session
@@ -32,6 +33,13 @@ def money(amount: Decimal | float | None) -> float:
 def in_window(tenant_id: int, start: datetime, end: datetime) -> tuple[ColumnElement[bool], ...]:
     """This tenant's events in [start, end); tenant first, so the indexes apply."""
     return (Event.tenant_id == tenant_id, Event.created_at >= start, Event.created_at < end)
+
+
+def in_days(
+    rollup: Any, tenant_id: int, first: date, last: date
+) -> tuple[ColumnElement[bool], ...]:
+    """A rollup table's rows of this tenant's local days ``first`` to ``last``, both in."""
+    return (rollup.tenant_id == tenant_id, rollup.day >= first, rollup.day <= last)
 
 
 def day_index(days: list[Day]) -> ColumnElement[int]:

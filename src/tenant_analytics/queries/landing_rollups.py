@@ -21,7 +21,7 @@ from ..models import (
     LastSeenCount,
 )
 from ..timewindows import last_days
-from .common import money, ratio_half_up
+from .common import in_days, money, ratio_half_up
 from .landing import REVENUE_KINDS, DayVisitors, LandingSummary, TodaySummary
 
 
@@ -36,9 +36,7 @@ def _kind_totals(
             func.sum(DailyEventCount.value_sum),
         )
         .where(
-            DailyEventCount.tenant_id == tenant_id,
-            DailyEventCount.day >= first,
-            DailyEventCount.day <= last,
+            *in_days(DailyEventCount, tenant_id, first, last),
         )
         .group_by(DailyEventCount.event_type)
     ).all()
@@ -57,9 +55,7 @@ def _visitors_by_day(
 ) -> dict[date, int]:
     rows = session.execute(
         select(DailyVisitorCount.day, DailyVisitorCount.visitors).where(
-            DailyVisitorCount.tenant_id == tenant_id,
-            DailyVisitorCount.day >= first,
-            DailyVisitorCount.day <= last,
+            *in_days(DailyVisitorCount, tenant_id, first, last),
         )
     ).all()
     return {day: int(visitors) for day, visitors in rows}
@@ -69,9 +65,7 @@ def count_recent_visitors(session: Session, *, tenant_id: int, first: date, last
     """Distinct visitors whose latest visit falls in [first, last]: all of the window's."""
     total = session.scalar(
         select(func.sum(LastSeenCount.visitors)).where(
-            LastSeenCount.tenant_id == tenant_id,
-            LastSeenCount.day >= first,
-            LastSeenCount.day <= last,
+            *in_days(LastSeenCount, tenant_id, first, last),
         )
     )
     return int(total or 0)
@@ -81,9 +75,7 @@ def _revenue(session: Session, *, tenant_id: int, first: date, last: date) -> di
     rows = session.execute(
         select(DailyRevenue.currency, func.sum(DailyRevenue.amount))
         .where(
-            DailyRevenue.tenant_id == tenant_id,
-            DailyRevenue.day >= first,
-            DailyRevenue.day <= last,
+            *in_days(DailyRevenue, tenant_id, first, last),
         )
         .group_by(DailyRevenue.currency)
     ).all()

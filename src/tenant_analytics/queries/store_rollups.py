@@ -15,7 +15,7 @@ from sqlalchemy import and_, case, func, or_, select
 
 from ..models import DailyEventCount, DailyProductCount, SessionLastSeenCount
 from ..rollups import SESSIONS_FORGOTTEN
-from .common import Database
+from .common import Database, in_days
 
 
 def events_per_day(
@@ -24,9 +24,7 @@ def events_per_day(
     """Events of each of ``types`` per local day in [first, last] (days without any left out)."""
     rows = conn.execute(
         select(DailyEventCount.day, DailyEventCount.event_type, DailyEventCount.events).where(
-            DailyEventCount.tenant_id == tenant_id,
-            DailyEventCount.day >= first,
-            DailyEventCount.day <= last,
+            *in_days(DailyEventCount, tenant_id, first, last),
             DailyEventCount.event_type.in_(list(types)),
         )
     )
@@ -50,9 +48,7 @@ def events_per_product(
                 func.max(DailyProductCount.product_name),
             )
             .where(
-                DailyProductCount.tenant_id == tenant_id,
-                DailyProductCount.day >= first,
-                DailyProductCount.day <= last,
+                *in_days(DailyProductCount, tenant_id, first, last),
                 DailyProductCount.event_type.in_(list(types)),
             )
             .group_by(DailyProductCount.product_slug, DailyProductCount.event_type)
@@ -90,9 +86,7 @@ def maybe_popular_unbought(
         conn.scalars(
             select(DailyProductCount.product_slug)
             .where(
-                DailyProductCount.tenant_id == tenant_id,
-                DailyProductCount.day >= first,
-                DailyProductCount.day <= last,
+                *in_days(DailyProductCount, tenant_id, first, last),
                 DailyProductCount.event_type.in_((viewed, bought)),
             )
             .group_by(DailyProductCount.product_slug)
@@ -106,9 +100,7 @@ def session_events(conn: Database, *, tenant_id: int, first: date, last: date) -
     """Events with a session over the local days [first, last]."""
     total = conn.scalar(
         select(func.sum(DailyEventCount.session_events)).where(
-            DailyEventCount.tenant_id == tenant_id,
-            DailyEventCount.day >= first,
-            DailyEventCount.day <= last,
+            *in_days(DailyEventCount, tenant_id, first, last),
         )
     )
     return int(total or 0)
