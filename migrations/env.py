@@ -3,7 +3,9 @@ from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
+from sqlalchemy.exc import OperationalError
 
+from tenant_analytics.errors import driver_first_line, is_outage
 from tenant_analytics.partitions import include_in_migrations
 
 config = context.config
@@ -73,9 +75,15 @@ def run_migrations_online():
     if conf_args.get("process_revision_directives") is None:
         conf_args["process_revision_directives"] = process_revision_directives
 
-    connectable = get_engine()
+    try:
+        connection = get_engine().connect()
+    except OperationalError as exc:
+        if not is_outage(exc):
+            raise
+        # As the app's own commands say it: one line, not SQLAlchemy's traceback.
+        raise SystemExit(f"Error: cannot reach the database: {driver_first_line(exc)}") from None
 
-    with connectable.connect() as connection:
+    with connection:
         on_sqlite = connection.dialect.name == "sqlite"
         if on_sqlite:
             # Batch mode rebuilds a table by copying it and dropping the original: with

@@ -25,7 +25,14 @@ from tenant_analytics import create_app
 from tenant_analytics.config import normalize_database_url
 from tenant_analytics.demo import DEMO_SLUG, load_demo
 from tenant_analytics.extensions import db
-from tenant_analytics.models import DailyEventCount, DedupeKey, Event, Tenant, utcnow
+from tenant_analytics.models import (
+    SCHEMA_REVISION,
+    DailyEventCount,
+    DedupeKey,
+    Event,
+    Tenant,
+    utcnow,
+)
 from tenant_analytics.partitions import (
     ensure_partitions,
     include_in_migrations,
@@ -309,3 +316,40 @@ def test_0013_gives_the_sales_recorded_before_their_key_with_the_amount(
     with db.engine.connect() as conn:
         old_form = conn.scalars(text("SELECT key FROM dedupe_keys WHERE key = 'txn:C-9'")).all()
     assert old_form == ["txn:C-9"]
+
+
+def test_the_models_revision_is_the_migrations_head_and_revisions_number_in_order(
+    scratch_app: Flask,
+) -> None:
+    """Health compares revisions as text: "0009" < "0010" holds only while every
+    revision is numbered, one after another."""
+    revisions = [script.revision for script in reversed(revisions_newest_first(scratch_app))]
+    assert revisions == [f"{n:04d}" for n in range(1, len(revisions) + 1)]
+    assert revisions[-1] == SCHEMA_REVISION
+
+
+def test_new_code_on_a_database_not_yet_upgraded_is_not_ready_and_says_so(
+    scratch_app: Flask,
+) -> None:
+    """A host started with the new code before `db upgrade` (a rolling deploy, a failed
+    upgrade): out of the load balancer's rotation, and its events a 503 to retry, not a
+    500 with a traceback. 0014 added the column every write reads (tenants.suspended)."""
+    tenant_id = demo_then_downgrade_to("0013")
+    client = scratch_app.test_client()
+    pageview = {"tenant_id": tenant_id, "event_type": "pageview"}
+    health = client.get("/api/health")
+    assert (health.status_code, health.get_json()["message"]) == (
+        503,
+        "The database is not migrated.",
+    )
+    assert client.post("/api/analytics/track", json=pageview).status_code == 503
+    listed = scratch_app.test_cli_runner().invoke(args=["tenant", "list"])
+    assert listed.exit_code == 1 and "Traceback" not in listed.output
+    assert listed.output.startswith("Error: the database lacks a table or column: run `flask")
+    upgrade()
+    assert client.get("/api/health").status_code == 200
+    assert client.post("/api/analytics/track", json=pageview).status_code == 201
+    # A later revision than the code's (a rolling deploy's newer hosts migrated first).
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    assert client.get("/api/health").status_code == 200

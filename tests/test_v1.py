@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
+from tenant_analytics.errors import NOT_MIGRATED
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.group_commit import GroupCommitter
 from tenant_analytics.models import Event, utcnow
@@ -512,7 +513,7 @@ def test_interaction_and_beacon_on_an_unmigrated_database_say_so_in_one_line(
             client.post("/api/v1/interactions", json={"tenant_id": 1, "type": "view"})
             client.post("/api/v1/analytics/conversion", json={"tenant_slug": "x", "value": 1})
     told = [(r.getMessage(), r.exc_info) for r in caplog.records if r.name.endswith(".v1")]
-    migrate = "the database lacks a table: run `flask --app tenant_analytics db upgrade`"
+    migrate = NOT_MIGRATED
     assert told == [
         (f"interaction not recorded: {migrate}", None),
         (f"conversion beacon skipped: {migrate}", None),

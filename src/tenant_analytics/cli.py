@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .auth import create_user, set_password
-from .errors import NOT_MIGRATED, driver_first_line, is_missing_table, is_outage, validation_errors
+from .errors import NOT_MIGRATED, driver_first_line, is_not_migrated, is_outage, validation_errors
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
 from .landing_urls import is_own_qr_redirect
@@ -40,7 +40,8 @@ class SaysDatabaseFailuresInOneLine(click.Command):
         try:
             return super().invoke(ctx)
         except SQLAlchemyError as exc:
-            if is_missing_table(exc):
+            db.session.rollback()  # the session outlives the command where it is embedded
+            if is_not_migrated(exc):
                 fail(NOT_MIGRATED)
             if is_outage(exc) and isinstance(exc, OperationalError):
                 fail(f"cannot reach the database: {driver_first_line(exc)}")

@@ -133,10 +133,14 @@ def invalid_field(field: str, message: str) -> ApiError:
     return ApiError(422, message, code="validation_error", errors={field: [message]})
 
 
-def is_missing_table(exc: SQLAlchemyError) -> bool:
-    """A table the code reads is not there: the migrations have not been run."""
+def is_not_migrated(exc: SQLAlchemyError) -> bool:
+    """A table or column the code reads is not there: the migrations have not been run,
+    or not the latest (new code started before `db upgrade`)."""
     orig = getattr(exc, "orig", None)
-    return getattr(orig, "pgcode", None) == "42P01" or "no such table" in str(orig or "")
+    if getattr(orig, "pgcode", None) in ("42P01", "42703"):  # undefined table, column
+        return True
+    said = str(orig or "")
+    return "no such table" in said or "no such column" in said or "has no column named" in said
 
 
 class OnceAMinute:
@@ -178,7 +182,7 @@ def names_a_missing_row(exc: SQLAlchemyError) -> bool:
     )
 
 
-NOT_MIGRATED = "the database lacks a table: run `flask --app tenant_analytics db upgrade`"
+NOT_MIGRATED = "the database lacks a table or column: run `flask --app tenant_analytics db upgrade`"
 
 
 def _not_migrated(lines: OnceAMinute) -> tuple[Response, int]:
@@ -219,7 +223,7 @@ def is_outage(exc: BaseException) -> bool:
     and the driver's own connection errors carry no SQLSTATE), or no connection was free."""
     if isinstance(exc, PoolTimeout):
         return True
-    if not isinstance(exc, OperationalError) or is_missing_table(exc):
+    if not isinstance(exc, OperationalError) or is_not_migrated(exc):
         return False
     state = getattr(exc.orig, "pgcode", None)
     return state is None or state.startswith(_OUTAGE_STATES)
@@ -231,7 +235,7 @@ def outage_reason(exc: BaseException) -> str | None:
     anything else, a fault worth its traceback."""
     if isinstance(exc, OperationalError) and is_outage(exc):
         return _unavailable_line(exc)
-    if isinstance(exc, SQLAlchemyError) and is_missing_table(exc):
+    if isinstance(exc, SQLAlchemyError) and is_not_migrated(exc):
         return NOT_MIGRATED
     if isinstance(exc, PoolTimeout):
         return "no database connection free in time"
@@ -304,7 +308,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database_unavailable(exc: OperationalError):
-        if is_missing_table(exc):  # SQLite's "no such table" is an OperationalError
+        if is_not_migrated(exc):  # SQLite's "no such table" is an OperationalError
             return _not_migrated(outage_lines)
         outage_lines.say(_unavailable_line(exc))
         return unavailable("The service is temporarily unavailable; retry shortly.")
@@ -317,7 +321,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):
-        if is_missing_table(exc):
+        if is_not_migrated(exc):
             return _not_migrated(outage_lines)
         if names_a_missing_row(exc):
             # The tenant was deleted while this process still had it cached (`tenant

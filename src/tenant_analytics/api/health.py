@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
-from sqlalchemy import select
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import is_missing_table, unavailable
+from ..errors import is_not_migrated, unavailable
 from ..extensions import db, limiter
-from ..models import Tenant
+from ..models import SCHEMA_REVISION
 
 bp = Blueprint("health", __name__)
 
@@ -41,10 +41,11 @@ DATABASE_PROBLEMS = {
 
 
 def _database_state() -> str:
-    """ "ok" when the database answers with its tables, else a key of DATABASE_PROBLEMS."""
+    """ "ok" when the database answers at this code's schema (or a later one: a rolling
+    deploy's newer code may have migrated it), else a key of DATABASE_PROBLEMS."""
     try:
-        db.session.execute(select(Tenant.id).limit(1))  # a table: migrated as well as up
+        revision = db.session.scalar(text("SELECT version_num FROM alembic_version"))
     except SQLAlchemyError as exc:
         db.session.rollback()
-        return "not_migrated" if is_missing_table(exc) else "unavailable"
-    return "ok"
+        return "not_migrated" if is_not_migrated(exc) else "unavailable"
+    return "ok" if revision is not None and revision >= SCHEMA_REVISION else "not_migrated"
