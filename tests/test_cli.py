@@ -15,7 +15,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, select, text, update
 from sqlalchemy.orm import Session
 
 from tenant_analytics.auth import access_token_for, authenticate, refresh_token_for
@@ -36,6 +36,7 @@ from tenant_analytics.models import (
     VisitorLastSeen,
     utcnow,
 )
+from tenant_analytics.partitions import month_of, next_month, partition_name
 from tenant_analytics.queries import store_funnel, store_rollups
 from tenant_analytics.rollups import FORGET_BATCH, ROLLUP_MODELS, SESSIONS_FORGOTTEN
 from tenant_analytics.storage import claim_keys
@@ -967,6 +968,44 @@ def test_purge_behind_a_long_read_of_events_does_not_hold_up_writers(
             purge.join(10)
         assert outcome and outcome[0].exit_code == 0, outcome
         assert json.loads(outcome[0].stdout)["dropped"], outcome[0].output
+
+
+def test_partitions_behind_a_long_read_of_events_do_not_hold_up_writers(
+    make_app, make_tenant, is_postgres
+):
+    """A new month's partition locks the whole of events, as a DROP does: made behind a
+    long read (a report, a rebuild, pg_dump), it waits briefly at a time, as purge does,
+    and every tenant's writes go on meanwhile (they waited out their lock timeout: 503s)."""
+    if not is_postgres:
+        pytest.skip("partitions are PostgreSQL's")
+    app = make_app()
+    with app.app_context():
+        tenant = make_tenant()
+        month = month_of(utcnow())
+        for _ in range(36):
+            month = next_month(month)
+        db.session.execute(text(f"DROP TABLE IF EXISTS {partition_name(month)}"))
+        db.session.commit()
+        reader = Session(db.engine)
+        reader.execute(select(func.count()).select_from(Event))  # holds events until it ends
+        runner = app.test_cli_runner()
+        outcome: list = []
+        args = ["events", "partitions", "--ahead", "36"]
+        partitions = threading.Thread(target=lambda: outcome.append(runner.invoke(args=args)))
+        partitions.start()
+        try:
+            time.sleep(0.3)
+            started = time.monotonic()
+            body = {"tenant_id": tenant.id, "event_type": "pageview"}
+            response = app.test_client().post("/api/analytics/track", json=body)
+            assert response.status_code == 201, response.get_json()
+            assert time.monotonic() - started < 1.5  # not the 2 s of a write's lock timeout
+        finally:
+            reader.rollback()
+            reader.close()
+            partitions.join(10)
+        assert outcome and outcome[0].exit_code == 0, outcome
+        assert partition_name(month) in json.loads(outcome[0].stdout)["created"]
 
 
 def test_a_setting_the_command_line_cannot_run_with_is_one_line(tmp_path):

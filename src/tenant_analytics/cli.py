@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -12,7 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .auth import create_user, set_password
@@ -373,27 +374,30 @@ def create_product_command(tenant_id: int, name: str, slug: str | None, price: s
 )
 def create_partitions_command(ahead: int) -> None:
     """Create this month's and the next months' partitions (PostgreSQL)."""
-    created = create_ahead(db.session.connection(), now=utcnow(), months_ahead=ahead)
-    db.session.commit()
+    created = _when_events_free(
+        lambda connection: create_ahead(connection, now=utcnow(), months_ahead=ahead),
+        undone="no partition was made",
+    )
     echo_json({"created": created})
 
 
-PURGE_LOCK_WAIT = 0.5  # seconds: every write to events waits behind a DROP's lock request
-PURGE_ATTEMPTS = 60
+EVENTS_LOCK_WAIT = 0.5  # seconds: every write to events waits behind such a lock request
+EVENTS_LOCK_ATTEMPTS = 60
+Done = TypeVar("Done")
 
 
-def _purge_when_events_free(cutoff: datetime) -> tuple[list[str], int | None]:
-    """``purge_before`` in a transaction that waits briefly for its lock on events, tried
-    again while a long query or a rollup rebuild reads the table: a DROP queued behind
-    it would hold up every write to events (all tenants') for as long as it waited."""
-    for attempt in range(PURGE_ATTEMPTS):
+def _when_events_free(work: Callable[[Connection], Done], *, undone: str) -> Done:
+    """``work``, which locks the whole events table (a partition made or dropped), in a
+    transaction that waits briefly for that lock, tried again while a long query or a
+    rollup rebuild reads the table: queued behind it, the lock request would hold up
+    every write to events (all tenants') for as long as it waited."""
+    for attempt in range(EVENTS_LOCK_ATTEMPTS):
         try:
             connection = db.session.connection()
-            limit_lock_waits(connection, PURGE_LOCK_WAIT)
-            purged = purge_before(connection, cutoff)
-            # Dropping a partition locks the whole events table: let writers go at once.
-            db.session.commit()
-            return purged
+            limit_lock_waits(connection, EVENTS_LOCK_WAIT)
+            done = work(connection)
+            db.session.commit()  # the lock on events held no longer than it takes
+            return done
         except OperationalError as error:
             db.session.rollback()
             if not lock_timed_out(error):
@@ -402,7 +406,7 @@ def _purge_when_events_free(cutoff: datetime) -> tuple[list[str], int | None]:
                 click.echo("events is in use (a long query or a rebuild); waiting", err=True)
             time.sleep(1)
     raise click.ClickException(
-        f"events stayed in use through {PURGE_ATTEMPTS} tries; nothing was dropped, try again"
+        f"events stayed in use through {EVENTS_LOCK_ATTEMPTS} tries; {undone}, try again"
     )
 
 
@@ -413,7 +417,9 @@ def purge_command(days: int) -> None:
     idempotency keys last seen before then, and the rollups of the days emptied."""
     now = utcnow()
     cutoff = now - timedelta(days=days)
-    dropped, rows_deleted = _purge_when_events_free(cutoff)
+    dropped, rows_deleted = _when_events_free(
+        lambda connection: purge_before(connection, cutoff), undone="nothing was dropped"
+    )
     # A key still inside its window blocks repeats, however long the window was set.
     window = timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"])
     keys = delete_dedupe_keys(
