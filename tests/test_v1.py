@@ -59,6 +59,29 @@ def test_track_by_public_id_or_numeric_string(client, make_tenant, product_of, r
     assert event.metadata_ == {"source": "catalog_page", "product_id": product.id}
 
 
+def test_a_v1_purchase_of_a_product_is_that_products_sale_in_the_store_reports(
+    client, make_tenant, make_user, auth_headers, product_of
+):
+    tenant = make_tenant()
+    product = product_of(tenant, name="Pan dulce", slug="pan-dulce")
+    unslugged = product_of(tenant, name="Rosquillas")
+    for product_id in (product.id, product.id, unslugged.id):
+        sale = {"tenant_id": str(tenant.id), "type": "purchase", "product_id": product_id}
+        assert client.post("/api/v1/analytics/track", json=sale).status_code == 202
+    events = events_of(tenant.id)
+    assert [(e.product_slug, e.product_name) for e in events] == [
+        ("pan-dulce", "Pan dulce"),
+        ("pan-dulce", "Pan dulce"),
+        (None, None),  # a product without a slug: no name to count it under either
+    ]
+    stats = client.get(
+        f"/api/analytics/{tenant.id}/dashboard-stats",
+        headers=auth_headers(make_user(tenant)),
+    ).get_json()
+    assert stats["total_sales"] == 3
+    assert stats["top_products"] == [{"slug": "pan-dulce", "count": 2}]
+
+
 def test_every_spelling_of_a_tenant_is_one_cache_entry(app, client, make_tenant):
     tenant = make_tenant()
     spellings = [str(tenant.id), f" {tenant.id}", f"0{tenant.id}", f"00{tenant.id} "]
