@@ -396,6 +396,7 @@ def test_exports_and_zone_changes_share_a_small_allowance_per_tenant(
         look = client.head(f"/api/tenants/{mine_id}/export", headers=owner)
         assert (look.status_code, look.mimetype) == (200, "application/x-ndjson")
         assert look.headers["Content-Disposition"].startswith("attachment;")
+        assert "Content-Length" not in look.headers  # streamed, as the GET: no size known
     assert change_zone("America/Tegucigalpa", stranger) == 404
     # Nor does a change refused for what else it asks.
     with app.app_context():
