@@ -7,6 +7,7 @@ must work and give back the same events and the same dashboard numbers.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -329,12 +330,13 @@ def test_the_models_revision_is_the_migrations_head_and_revisions_number_in_orde
 
 
 def test_new_code_on_a_database_not_yet_upgraded_is_not_ready_and_says_so(
-    scratch_app: Flask,
+    scratch_app: Flask, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A host started with the new code before `db upgrade` (a rolling deploy, a failed
     upgrade): out of the load balancer's rotation, and its events a 503 to retry, not a
     500 with a traceback. 0014 added the column every write reads (tenants.suspended)."""
     tenant_id = demo_then_downgrade_to("0013")
+    logging.getLogger().addHandler(caplog.handler)  # alembic.ini's logging took it away
     client = scratch_app.test_client()
     pageview = {"tenant_id": tenant_id, "event_type": "pageview"}
     health = client.get("/api/health")
@@ -343,6 +345,8 @@ def test_new_code_on_a_database_not_yet_upgraded_is_not_ready_and_says_so(
         "The database is not migrated.",
     )
     assert client.post("/api/analytics/track", json=pageview).status_code == 503
+    (said,) = [line for line in caplog.text.splitlines() if "db upgrade" in line]
+    assert "suspended" in said  # the driver's words: which column is missing
     listed = scratch_app.test_cli_runner().invoke(args=["tenant", "list"])
     assert listed.exit_code == 1 and "Traceback" not in listed.output
     assert listed.output.startswith("Error: the database lacks a table or column: run `flask")

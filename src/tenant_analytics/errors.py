@@ -185,8 +185,9 @@ def names_a_missing_row(exc: SQLAlchemyError) -> bool:
 NOT_MIGRATED = "the database lacks a table or column: run `flask --app tenant_analytics db upgrade`"
 
 
-def _not_migrated(lines: OnceAMinute) -> tuple[Response, int]:
-    lines.say(NOT_MIGRATED)
+def _not_migrated(lines: OnceAMinute, exc: SQLAlchemyError) -> tuple[Response, int]:
+    # With the driver's words: which table or column (a typo in code would say so too).
+    lines.say(f"{NOT_MIGRATED} ({driver_first_line(exc)})")
     return unavailable("The service is not ready; retry shortly.")
 
 
@@ -206,10 +207,10 @@ def _unavailable_line(exc: OperationalError) -> str:
     )
 
 
-def driver_first_line(exc: OperationalError) -> str:
+def driver_first_line(exc: SQLAlchemyError) -> str:
     """The driver's first line (a refused port, an unknown database): a typo in
     DATABASE_URL must not look like an outage. Parameters are never in it."""
-    return (str(exc.orig or exc).strip().splitlines() or [""])[0][:300]
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:300]
 
 
 # PostgreSQL's SQLSTATE classes of a server away or full: connection exceptions, too
@@ -309,7 +310,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(OperationalError)
     def _database_unavailable(exc: OperationalError):
         if is_not_migrated(exc):  # SQLite's "no such table" is an OperationalError
-            return _not_migrated(outage_lines)
+            return _not_migrated(outage_lines, exc)
         outage_lines.say(_unavailable_line(exc))
         return unavailable("The service is temporarily unavailable; retry shortly.")
 
@@ -322,7 +323,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):
         if is_not_migrated(exc):
-            return _not_migrated(outage_lines)
+            return _not_migrated(outage_lines, exc)
         if names_a_missing_row(exc):
             # The tenant was deleted while this process still had it cached (`tenant
             # delete` waits the cache out; a request already under way may not).
