@@ -31,6 +31,16 @@ def test_the_document_is_valid_openapi(document):
     assert document["openapi"] == "3.1.0"
 
 
+def test_the_servers_address_points_to_the_document_health_and_demo(client, make_app):
+    index = client.get("/")
+    assert index.status_code == 200
+    links = index.get_json()
+    assert [client.get(links[name]).status_code for name in ("openapi", "health")] == [200, 200]
+    assert client.get(links["demo"]).status_code in (200, 404)  # 404 until `flask demo`
+    production = make_app(APP_ENV="production").test_client().get("/").get_json()
+    assert "demo" not in production  # no demo page there
+
+
 def test_every_route_and_method_is_documented(app, document):
     documented = {
         (path, method.upper()) for path, item in document["paths"].items() for method in item

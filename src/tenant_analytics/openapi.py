@@ -28,7 +28,7 @@ from .api.requests import NEVER_REFUSED
 from .queries import store_dashboard, store_funnel, store_rfm
 
 REF = "#/components/schemas/{model}"
-UNDOCUMENTED = {"static", "demo_site.landing_page", "openapi.document"}
+UNDOCUMENTED = {"static", "demo_site.landing_page", "openapi.document", "openapi.index"}
 ERRORS = {
     400: "Not HTTP the app can read",
     401: "No valid token (WWW-Authenticate says why)",

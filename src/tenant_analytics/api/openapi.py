@@ -1,12 +1,22 @@
-"""The API's OpenAPI document (public)."""
+"""The API's OpenAPI document and the index that points to it (public)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, url_for
 
 from ..openapi import build_document
 
 bp = Blueprint("openapi", __name__)
+
+
+@bp.get("/")
+def index():
+    """Where to start, for whoever opens the server's address in a browser: the service
+    has no page of its own (owners' dashboards are JSON, for their own front end)."""
+    links = {"openapi": url_for(".document"), "health": url_for("health.health")}
+    if "demo_site" in current_app.blueprints:
+        links["demo"] = url_for("demo_site.landing_page")
+    return {"service": "tenant-analytics", **links}
 
 
 @bp.get("/api/openapi.json")
