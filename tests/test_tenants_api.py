@@ -491,3 +491,31 @@ def test_an_export_that_fails_midway_ends_cut_short_and_logged(
     failures = [r for r in caplog.records if r.getMessage().startswith("export cut short")]
     assert len(failures) == 1 and failures[0].levelname == "ERROR"
     assert "does not exist" not in caplog.text  # PostgreSQL's message, naming the column
+
+
+def test_an_owners_switch_on_racing_an_operators_suspension_is_refused(client, owner, is_postgres):
+    """The operator's suspension commits while the owner's PATCH is on its way: the
+    owner's switch must not write `active` back over it (active and suspended at once)."""
+    if not is_postgres:
+        pytest.skip("SQLite has one writer at a time: no such interleaving")
+    tenant, headers = owner
+    assert _switch(client, tenant, headers, False).status_code == 200
+    operator = Session(db.engine)
+    operator.execute(
+        text("UPDATE tenants SET active = false, suspended = true WHERE id = :id"),
+        {"id": tenant.id},
+    )
+    answers: list = []
+    patch = threading.Thread(target=lambda: answers.append(_switch(client, tenant, headers, True)))
+    patch.start()
+    try:
+        patch.join(0.5)  # the PATCH has read the tenant and waits on the operator's row
+        operator.commit()
+        patch.join(10)
+    finally:
+        operator.close()
+    (answer,) = answers
+    assert (answer.status_code, answer.get_json()["error"]) == (403, "tenant_suspended")
+    db.session.expire_all()
+    stored = db.session.get(Tenant, tenant.id)
+    assert (stored.active, stored.suspended) == (False, True)

@@ -52,6 +52,9 @@ def change_settings(
     happen (a rate limit's charge).
     """
     if "active" in changes:
+        # Read again under the row's lock: an operator's suspension committed since the
+        # tenant was read must refuse this switch, not be overwritten by it.
+        session.refresh(tenant, with_for_update={"key_share": True})
         refuse_switching_on(tenant, changes["active"], by_operator=by_operator)
     rebuild = changes.get("timezone", tenant.timezone) != tenant.timezone
     if rebuild and not lock_rollups_within(session, tenant.id, lock_wait):
