@@ -253,6 +253,28 @@ def test_time_on_page_is_the_visible_time(landing, make_tenant):
     assert 1.0 <= stay.metadata_["seconds"] <= 30, stay.metadata_
 
 
+def test_time_on_page_counts_from_when_the_page_was_shown_not_when_the_snippet_ran(
+    landing, make_tenant
+):
+    """An async snippet from a slow API host runs seconds after the page is on screen:
+    the visit began when it was shown."""
+    tenant = make_tenant()
+    landing.tracked.add(tenant.id)
+    late = (
+        "<h1>Pan</h1><script>setTimeout(function () {"
+        " const tag = document.createElement('script');"
+        f" tag.src = '{landing.script}'; tag.dataset.tenant = '{tenant.id}';"
+        " document.head.appendChild(tag); }, 2000);</script>"
+    )
+    landing.driver.get(landing.write(late))
+    events_when(tenant.id, bool)  # the pageview: the snippet ran, 2 s after the page
+    time.sleep(0.5)
+    landing.driver.get(landing.write("<h1>Otra página</h1>"))
+    events = events_when(tenant.id, lambda events: any_of(events, "time_on_page"))
+    (stay,) = [event for event in events if event.event_type == "time_on_page"]
+    assert 2.3 <= stay.metadata_["seconds"] <= 30, stay.metadata_
+
+
 def test_a_hidden_tab_sends_its_time_and_counts_only_the_time_after(landing, make_tenant):
     tenant = make_tenant()
     landing.open(tenant.id)
@@ -677,6 +699,25 @@ def test_a_prerendered_page_sends_its_queued_calls_only_when_shown(landing, make
     )
     events = events_when(tenant.id, lambda events: len(events) == 2)
     assert types(events) == {"pageview": 1, "click_call": 1}  # two beacons: either first
+
+
+def test_a_prerendered_pages_own_calls_wait_until_it_is_shown(landing, make_tenant):
+    """Calls the page makes after the snippet ran (its load handler, say) wait as the
+    stub's queued ones do: a page prerendered and never shown was seen by nobody."""
+    tenant = make_tenant()
+    prerendering = (
+        "<script>window.shown = false; Object.defineProperty(document, 'prerendering',"
+        " {get: () => !window.shown});</script>"
+    )
+    landing.open(tenant.id, before=prerendering)
+    landing.driver.execute_script('window.tenantAnalytics.track("product_view");')
+    time.sleep(0.5)
+    assert stored_events(tenant.id) == []
+    landing.driver.execute_script(
+        "window.shown = true; document.dispatchEvent(new Event('prerenderingchange'));"
+    )
+    events = events_when(tenant.id, lambda events: len(events) == 2)
+    assert types(events) == {"pageview": 1, "product_view": 1}
 
 
 def test_a_page_back_from_the_back_forward_cache_is_viewed_again(landing, make_tenant):

@@ -323,7 +323,24 @@
     resume();
     if (event.persisted) send("pageview"); // back from the back/forward cache: seen again
   });
-  resume();
+
+  // When the page on screen now was shown: this file may run seconds after (async, a
+  // slow API host), and the visit began before. From the navigation's start, or its
+  // activation if prerendered; Chromium also records a background tab brought forward.
+  function shownSince() {
+    try {
+      let since = 0;
+      const navigation = performance.getEntriesByType("navigation")[0];
+      if (navigation && navigation.activationStart > 0) since = navigation.activationStart;
+      performance.getEntriesByType("visibility-state").forEach(function (entry) {
+        if (entry.name === "visible") since = Math.max(since, entry.startTime);
+      });
+      return since;
+    } catch (e) {
+      return performance.now();
+    }
+  }
+  if (document.visibilityState === "visible") visibleSince = shownSince();
 
   // data-spa on the tag: a single-page app's move to a new path is a page view, and the
   // time on the route it left is sent. A redirect (replaceState), a hash or a query
@@ -360,9 +377,11 @@
   const api = stub || {};
   api.snippet = "tenant-analytics";
   api.q = [];
-  // Any event type; the server validates it.
+  // Any event type; the server validates it. A prerendered page's calls wait, as its
+  // stub's queued ones do, until it is shown: until then nobody has seen it.
   api.track = function (type, metadata, fields) {
-    send(type, metadata, fields);
+    if (!document.prerendering) send(type, metadata, fields);
+    else if (queued.length < 100) queued.push([type, metadata, fields]);
   };
   window.tenantAnalytics = api;
   function viewed() {
