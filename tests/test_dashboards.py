@@ -57,6 +57,7 @@ def test_landing_summary_in_local_days(app, week):
     assert summary.currency_toggles == 1
     assert summary.qr_scans == 1
     assert summary.avg_time_on_page == 18  # (10 + 25) / 2 = 17.5, rounded half-up
+    assert summary.page_views == 4  # 2, 5, 7 (20:30 local) and 8 March
     assert [(d.date, d.visitors) for d in summary.last_7_days] == [
         ("2026-03-02", 1),
         ("2026-03-03", 0),

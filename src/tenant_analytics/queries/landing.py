@@ -30,8 +30,8 @@ class DayVisitors:
 class LandingSummary:
     """The landing page's figures: today and the 7 local days ending today (the week).
 
-    Taps, scans, conversions and ``revenue`` (per currency paid in) cover the week;
-    ``avg_time_on_page`` is in whole seconds.
+    Taps, scans, page views, conversions and ``revenue`` (per currency paid in) cover
+    the week; ``avg_time_on_page`` is in whole seconds.
     """
 
     visitors_today: int
@@ -45,6 +45,7 @@ class LandingSummary:
     maps_clicks: int
     conversions: int
     revenue: dict[str, float]
+    page_views: int
 
 
 @dataclass
@@ -166,6 +167,7 @@ def landing_summary(
         revenue=revenue_by_currency(
             session, tenant_id=tenant_id, start=start, end=end, default_currency=currency
         ),
+        page_views=counts[Kind.VIEW],
     )
 
 

@@ -113,6 +113,7 @@ def landing_summary(
         maps_clicks=counts[Kind.MAPS],
         conversions=sum(counts[kind] for kind in REVENUE_KINDS),
         revenue=_revenue(session, **window),
+        page_views=counts[Kind.VIEW],
     )
 
 
