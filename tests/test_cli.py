@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import event, func, select, text, update
 from sqlalchemy.orm import Session
 
+from tenant_analytics import rollups
 from tenant_analytics.auth import access_token_for, authenticate, refresh_token_for
 from tenant_analytics.event_builders import transaction_key
 from tenant_analytics.extensions import db
@@ -38,7 +39,12 @@ from tenant_analytics.models import (
 )
 from tenant_analytics.partitions import month_of, next_month, partition_name
 from tenant_analytics.queries import store_funnel, store_rollups
-from tenant_analytics.rollups import FORGET_BATCH, ROLLUP_MODELS, SESSIONS_FORGOTTEN
+from tenant_analytics.rollups import (
+    FORGET_BATCH,
+    ROLLUP_MODELS,
+    SESSIONS_FORGOTTEN,
+    rebuild_rollups,
+)
 from tenant_analytics.storage import claim_keys
 from tenant_analytics.tenant_data import EXPORT_PAGE, delete_tenant_data
 
@@ -855,6 +861,45 @@ def test_a_purge_stopped_halfway_has_marked_the_day_it_cut_through(
     db.session.rollback()
     forgotten = store_rollups.sessions_forgotten_on(db.session, tenant_id=tenant.id)
     assert forgotten == gone.astimezone(ZoneInfo(tenant.timezone)).date()
+
+
+def test_a_rebuild_run_between_a_purges_batches_keeps_its_mark(
+    runner, make_tenant, store_events, is_postgres, monkeypatch
+):
+    """A rebuild (the command, a zone change, forget-customer) that gets the tenant's
+    rollups between the purge's mark and its deletions recounts the cut day's sessions,
+    which the purge then forgets: without the mark the funnel counted them as none."""
+    now = datetime.combine((utcnow() - timedelta(days=90)).date(), dt_time(12), UTC)
+    now += timedelta(days=90)
+    monkeypatch.setattr("tenant_analytics.cli.utcnow", lambda: now)
+    cutoff = now - timedelta(days=90)
+    gone = cutoff.replace(day=1, hour=0) if is_postgres else cutoff
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    zone = ZoneInfo(tenant.timezone)
+    kept = gone + timedelta(hours=1)
+    store_events(tenant, [ev("page_view", kept, "kept"), ev("product_view", kept, "kept")])
+    mark = rollups._mark_sessions_forgotten
+
+    def mark_then_rebuild(session, tenant_id, day, *, postgres):
+        mark(session, tenant_id, day, postgres=postgres)
+        rebuild_rollups(session, tenant_id)
+        session.commit()
+
+    monkeypatch.setattr("tenant_analytics.rollups._mark_sessions_forgotten", mark_then_rebuild)
+    purged = runner.invoke(args=["events", "purge", "--older-than", "90"])
+    assert purged.exit_code == 0, purged.output
+    db.session.expire_all()
+    window = {"tenant_id": tenant.id, "zone": zone, "start": kept.astimezone(zone).date()}
+    counts = [
+        [
+            step["count"]
+            for step in store_funnel.conversion_funnel(
+                db.session, **window, end=now.date(), use_rollups=use_rollups
+            )["funnel"]
+        ]
+        for use_rollups in (True, False)
+    ]
+    assert counts == [[1, 1, 0, 0, 0]] * 2
 
 
 SALE_KEY = transaction_key("old", Decimal(10), DEFAULT_CURRENCY)

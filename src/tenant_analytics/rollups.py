@@ -55,7 +55,7 @@ ROLLUP_MODELS = (
 DIRECT_SOURCE = "direct"
 ALL_SESSIONS = "all"
 # Not sessions but a mark, in session_last_seen_counts: the local day a purge forgot the
-# sessions of (see forget_purged_days), until a rebuild counts them again.
+# sessions of (see forget_purged_days), until the next purge marks its own day.
 SESSIONS_FORGOTTEN = "forgotten"
 
 
@@ -481,8 +481,14 @@ def _mark_sessions_forgotten(
 
 
 def clear_rollups(session: Session, tenant_id: int) -> None:
+    """Delete the tenant's rollups but a purge's mark: a rebuild that ran between a
+    purge's batches recounted sessions the purge then forgot (its next purge replaces
+    the mark; until then a window reaching the day counts from the events, as exact)."""
     for model in ROLLUP_MODELS:
-        session.execute(delete(model).where(model.tenant_id == tenant_id))
+        rows = delete(model).where(model.tenant_id == tenant_id)
+        if model is SessionLastSeenCount:
+            rows = rows.where(SessionLastSeenCount.scope != SESSIONS_FORGOTTEN)
+        session.execute(rows)
 
 
 # Rebuilding from raw events in SQL (PostgreSQL); day keys in the tenant's zone. The

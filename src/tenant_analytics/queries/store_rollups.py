@@ -151,8 +151,8 @@ def sessions_forgotten_on(conn: Database, *, tenant_id: int) -> date | None:
 
     A purge forgets the session ids of the day its cutoff falls in, those of the day's
     kept hours too, and marks the day (``rollups.forget_purged_days``): a window
-    reaching it would miss the sessions last seen there. A rebuild, which counts them
-    again, clears the mark.
+    reaching it would miss the sessions last seen there. A rebuild keeps the mark (it
+    may have run between the purge's batches); the next purge moves it to its own day.
     """
     return conn.scalar(
         select(func.max(SessionLastSeenCount.day)).where(
