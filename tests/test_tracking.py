@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import gzip
 import json
+from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from tenant_analytics.catalogue import LANDING_TYPES, MAX_TIME_ON_PAGE_SECONDS
+from tenant_analytics import tenancy
+from tenant_analytics.catalogue import LANDING_TYPES
 from tenant_analytics.extensions import db
-from tenant_analytics.models import Event
+from tenant_analytics.models import Event, Tenant
 
 
 def stored(tenant_id: int) -> list[Event]:
@@ -107,7 +109,28 @@ def test_time_on_page_is_capped(client, make_tenant):
     }
     assert client.post("/api/analytics/track", json=body).status_code == 201
     (event,) = stored(tenant.id)
-    assert event.metadata_ == {"seconds": MAX_TIME_ON_PAGE_SECONDS, "page": "/"}
+    assert event.metadata_ == {"seconds": 14400, "page": "/"}  # the README's 4 hours
+
+
+def test_another_process_stops_taking_a_deactivated_tenants_events_within_the_cache_time(
+    make_app, make_tenant, monkeypatch
+):
+    """A server process reuses its lookup of an active tenant for TENANT_CACHE_SECONDS:
+    switched off elsewhere (another worker, the CLI), the tenant's events stop then."""
+    clock = [1000.0]
+    monkeypatch.setattr(tenancy, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    tenant = make_tenant()
+    other = make_app(TENANT_CACHE_SECONDS=10).test_client()
+    body = {"tenant_id": tenant.id, "event_type": "pageview"}
+    assert other.post("/api/analytics/track", json=body).status_code == 201
+    db.session.execute(update(Tenant).where(Tenant.id == tenant.id).values(active=False))
+    db.session.commit()
+    clock[0] += 9
+    assert other.post("/api/analytics/track", json=body).status_code == 201  # still cached
+    clock[0] += 2
+    gone = other.post("/api/analytics/track", json=body)
+    assert (gone.status_code, gone.get_json()["error"]) == (404, "tenant_not_found")
+    assert len(stored(tenant.id)) == 2
 
 
 @pytest.mark.parametrize("active", [None, False])
