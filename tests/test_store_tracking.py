@@ -252,20 +252,34 @@ def test_window_is_configurable(make_app, make_tenant):
     ]
 
 
-def test_derived_key_from_session_type_slug_and_second(client, make_tenant):
+def test_derived_key_from_session_type_slug_and_second(client, make_tenant, monkeypatch):
+    """Without a client key, a repeat of the same session, type and product in the same
+    second is one event; another type, product, session or second is an event of its own."""
     tenant = make_tenant()
+    arrived = [utcnow()]  # every request in the same second, whatever the clock does
+    monkeypatch.setattr("tenant_analytics.event_builders.utcnow", lambda: arrived[0])
     body = {
         "tenant_id": tenant.id,
         "event_type": "product_view",
         "session_id": "s-1",
         "product_slug": "pan",
     }
-    statuses = [client.post("/api/analytics/track", json=body).status_code for _ in range(2)]
-    other_product = track(client, **{**body, "product_slug": "torta"})
-    # Both repeats land in the same second unless the clock ticks between them.
-    assert statuses[0] == 201 and statuses[1] in (200, 201)
-    assert other_product.status_code == 201
-    assert len(events_of(tenant.id)) == 2 + (statuses[1] == 201)
+    first, repeat = track(client, **body), track(client, **body)
+    assert first.status_code == 201
+    assert repeat.status_code == 200
+    assert repeat.get_json() == {"success": True, "status": "duplicate_ignored"}
+    assert len(events_of(tenant.id)) == 1
+    others = [{"product_slug": "torta"}, {"event_type": "add_to_cart"}, {"session_id": "s-2"}]
+    assert [track(client, **{**body, **other}).status_code for other in others] == [201] * 3
+    assert [(e.event_type, e.session_id, e.product_slug) for e in events_of(tenant.id)] == [
+        ("product_view", "s-1", "pan"),
+        ("product_view", "s-1", "torta"),
+        ("add_to_cart", "s-1", "pan"),
+        ("product_view", "s-2", "pan"),
+    ]
+    arrived[0] += timedelta(seconds=1)  # the same view a second later: a view of its own
+    assert track(client, **body).status_code == 201
+    assert len(events_of(tenant.id)) == 5
 
 
 def test_concurrent_duplicates_are_written_once(app, make_tenant):

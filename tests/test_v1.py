@@ -6,6 +6,7 @@ import logging
 import time
 from datetime import timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
@@ -15,6 +16,7 @@ from tenant_analytics.extensions import db, limiter
 from tenant_analytics.group_commit import GroupCommitter
 from tenant_analytics.models import Event, utcnow
 from tenant_analytics.products import create_product
+from tenant_analytics.queries.landing import landing_summary as raw_landing_summary
 
 
 def events_of(tenant_id: int) -> list[Event]:
@@ -277,6 +279,51 @@ def test_conversion_a_few_minutes_ahead_is_stored_as_now(client, make_tenant):
     assert event.created_at <= utcnow() < ahead
 
 
+@pytest.fixture
+def beacon_clock(monkeypatch):
+    """The beacon's clock pinned to a whole second: the limits are measured from it."""
+    now = utcnow().replace(microsecond=0)
+    monkeypatch.setattr("tenant_analytics.event_builders.utcnow", lambda: now)
+    return now
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [timedelta(minutes=11), -timedelta(days=31)],
+    ids=["11-minutes-ahead", "31-days-old"],
+)
+def test_conversion_just_past_its_time_limits_is_skipped(client, make_tenant, beacon_clock, offset):
+    """More than 10 minutes ahead or 30 days old: a bad clock or a replay, not a sale."""
+    tenant = make_tenant(slug="tienda")
+    at = beacon_clock + offset
+    body = {"tenant_slug": "tienda", "transaction_id": "t-edge", "timestamp": at.isoformat()}
+    response = client.post("/api/v1/analytics/conversion", json=body)
+    assert response.get_json() == {"status": "skipped", "transaction_id": "t-edge"}
+    assert events_of(tenant.id) == []
+
+
+@pytest.mark.parametrize(
+    ("offset", "stored_offset"),
+    [
+        # A clock a few minutes ahead is recorded as now, never on a day not yet begun.
+        (timedelta(minutes=9), timedelta(0)),
+        (-timedelta(days=29), -timedelta(days=29)),
+    ],
+    ids=["9-minutes-ahead", "29-days-old"],
+)
+def test_conversion_just_inside_its_time_limits_is_stored(
+    client, make_tenant, beacon_clock, offset, stored_offset
+):
+    """Within the limits the sale is kept at its own time, or at now if that is ahead."""
+    tenant = make_tenant(slug="tienda")
+    at = beacon_clock + offset
+    body = {"tenant_slug": "tienda", "transaction_id": "t-edge", "timestamp": at.isoformat()}
+    response = client.post("/api/v1/analytics/conversion", json=body)
+    assert response.get_json() == {"status": "ok", "transaction_id": "t-edge"}
+    (event,) = events_of(tenant.id)
+    assert event.created_at == beacon_clock + stored_offset
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -463,6 +510,22 @@ def test_interaction_silently_accepts_unknown_tenants(make_app, make_tenant, whi
     assert elapsed >= 0.05  # the same floor as a recorded interaction
     with app.app_context():
         assert events_of(tenant_id) == []
+
+
+def test_a_recorded_interaction_waits_for_the_same_floor(make_app, make_tenant):
+    """A known tenant's 201 is held to the floor as an unknown one's 202 is: answering it
+    sooner would tell by its timing which tenants exist."""
+    app = make_app(INTERACTION_MIN_SECONDS=0.2)  # far longer than a write takes
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    started = time.monotonic()
+    response = client.post("/api/v1/interactions", json={"tenant_id": tenant_id, "type": "view"})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 201
+    assert elapsed >= 0.2
+    with app.app_context():
+        assert len(events_of(tenant_id)) == 1
 
 
 @pytest.mark.parametrize("tenant_id", [0, -1, 2**63, 10**30])
@@ -657,3 +720,44 @@ def test_dashboard_counts_taps_from_every_endpoint(client, make_tenant, make_use
         "last_7_days",
     ):
         assert field in data
+
+
+def test_dashboard_counts_every_name_of_a_view_a_whatsapp_tap_and_a_call(
+    client, make_tenant, make_user, auth_headers
+):
+    """The catalogue's table: each name, through the endpoint that takes it, counts as
+    its kind. Each name is sent a different number of times, so a name left out of its
+    kind shows in the total."""
+    tenant = make_tenant()
+    landing, v1_track, interactions = (
+        "/api/analytics/track",
+        "/api/v1/analytics/track",
+        "/api/v1/interactions",
+    )
+    sends = [
+        (landing, {"event_type": "pageview"}, 1),
+        (interactions, {"type": "view"}, 2),
+        (landing, {"event_type": "page_view"}, 4),
+        (landing, {"event_type": "click_whatsapp"}, 1),
+        (v1_track, {"type": "whatsapp_click"}, 2),
+        (interactions, {"type": "whatsapp_click"}, 4),
+        (landing, {"event_type": "whatsapp_cart_click"}, 8),
+        (landing, {"event_type": "click_call"}, 1),
+        (v1_track, {"type": "call"}, 2),
+        (interactions, {"type": "call_click"}, 4),
+    ]
+    recorded = {landing: 201, v1_track: 202, interactions: 201}  # each endpoint's "stored"
+    for path, body, times in sends:
+        tenant_ref = str(tenant.id) if path == v1_track else tenant.id
+        for _ in range(times):
+            response = client.post(path, json={**body, "tenant_id": tenant_ref})
+            assert response.status_code == recorded[path], (path, body, response.get_json())
+    assert len(events_of(tenant.id)) == 29  # every one stored
+    data = client.get(
+        f"/api/analytics/{tenant.id}", headers=auth_headers(make_user(tenant))
+    ).get_json()["data"]
+    counted = (data["page_views"], data["whatsapp_clicks"], data["call_clicks"])
+    assert counted == (7, 15, 7)  # 1 + 2 + 4 views, 1 + 2 + 4 + 8 taps, 1 + 2 + 4 calls
+    # The raw events give the same figures as the rollups the dashboard reads.
+    raw = raw_landing_summary(db.session, tenant_id=tenant.id, zone=ZoneInfo("UTC"), now=utcnow())
+    assert (raw.page_views, raw.whatsapp_clicks, raw.call_clicks) == (7, 15, 7)
