@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -253,35 +254,66 @@ def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "env",
+    ("env", "refused"),
     [
-        {"TRACK_RATE_LIMIT": "lots"},
-        {"TRACK_ADDRESS_RATE_LIMIT": "a few"},
+        ({"TRACK_RATE_LIMIT": "lots"}, "TRACK_RATE_LIMIT"),
+        ({"TRACK_ADDRESS_RATE_LIMIT": "a few"}, "TRACK_ADDRESS_RATE_LIMIT"),
         # Not development: a typo must not start production with the development secrets.
-        {"APP_ENV": "prod"},
-        {"APP_ENV": "staging", "FLASK_ENV": "production"},
-        {"APP_ENV": "development", "FLASK_ENV": "production"},
-        {"TRUSTED_PROXY_COUNT": "-1"},
-        {"RATELIMIT_ENABLED": "maybe"},
-        {"WRITE_LOCK_TIMEOUT_MS": "0"},  # PostgreSQL's 0 would mean no limit at all
-        {"DASHBOARD_ORIGINS": "dash.example.com"},  # no scheme: browsers never send that
-        {"DASHBOARD_ORIGINS": "https://dash.example.com/"},  # an origin has no path
-        {"DASHBOARD_ORIGINS": "https://*.example.com"},  # flask-cors: a pattern, too wide
-        {"DASHBOARD_ORIGINS": "https://dash.example.com$|.*"},
+        ({"APP_ENV": "prod"}, "APP_ENV"),
+        ({"APP_ENV": "staging", "FLASK_ENV": "production"}, "APP_ENV"),
+        ({"APP_ENV": "development", "FLASK_ENV": "production"}, "APP_ENV and FLASK_ENV"),
+        ({"TRUSTED_PROXY_COUNT": "-1"}, "TRUSTED_PROXY_COUNT"),
+        ({"RATELIMIT_ENABLED": "maybe"}, "RATELIMIT_ENABLED"),
+        # PostgreSQL's 0 would mean no limit at all.
+        ({"WRITE_LOCK_TIMEOUT_MS": "0"}, "WRITE_LOCK_TIMEOUT_MS"),
+        # No scheme: browsers never send that.
+        ({"DASHBOARD_ORIGINS": "dash.example.com"}, "DASHBOARD_ORIGINS"),
+        # An origin has no path.
+        ({"DASHBOARD_ORIGINS": "https://dash.example.com/"}, "DASHBOARD_ORIGINS"),
+        # flask-cors: a pattern, too wide.
+        ({"DASHBOARD_ORIGINS": "https://*.example.com"}, "DASHBOARD_ORIGINS"),
+        ({"DASHBOARD_ORIGINS": "https://dash.example.com$|.*"}, "DASHBOARD_ORIGINS"),
         # What printed QR codes hold: an address a phone can open, and a header can carry.
-        {"PUBLIC_URL": "stats.example.com"},
-        {"PUBLIC_URL": "javascript:alert(1)//"},
-        {"PUBLIC_URL": "https://stats.example.com/\nX-Evil: 1"},
-        {"PUBLIC_URL": "https://統計.example"},  # punycode, as a header must be ASCII
-        {"PUBLIC_URL": "https://user:pw@stats.example.com"},
-        {"PUBLIC_URL": "https://stats.example.com/?c=1"},
-        {"PUBLIC_URL": "http://127.0.0.1:99999"},  # no such port: a code nobody can open
-        {"PUBLIC_URL": "http://127.0.0.1:0"},
+        ({"PUBLIC_URL": "stats.example.com"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "javascript:alert(1)//"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "https://stats.example.com/\nX-Evil: 1"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "https://統計.example"}, "PUBLIC_URL"),  # punycode: headers are ASCII
+        ({"PUBLIC_URL": "https://user:pw@stats.example.com"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "https://stats.example.com/?c=1"}, "PUBLIC_URL"),
+        # No such port: a code nobody can open.
+        ({"PUBLIC_URL": "http://127.0.0.1:99999"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "http://127.0.0.1:0"}, "PUBLIC_URL"),
     ],
 )
-def test_bad_settings_are_refused(env):
-    with pytest.raises(ConfigError):
+def test_bad_settings_are_refused(env, refused):
+    """The one-line error starts with the setting at fault, and names no other one given:
+    an operator fixes the right one (and a refusal for another reason fails here)."""
+    with pytest.raises(ConfigError, match=rf"^{refused}\b") as error:
         from_environment(env)
+    named = [name for name in env if name in error.value.message]
+    assert named == [name for name in env if name in refused]
+
+
+def test_defaults_and_units_of_the_timing_settings():
+    """README's table: INTERACTION_MIN_MS 15 (milliseconds), JWT_ACCESS_MINUTES 60,
+    JWT_REFRESH_DAYS 30, TENANT_CACHE_SECONDS 10; each read in its own unit."""
+    defaults = from_environment({})
+    assert defaults["INTERACTION_MIN_SECONDS"] == 0.015
+    assert defaults["JWT_ACCESS_TOKEN_EXPIRES"] == timedelta(minutes=60)
+    assert defaults["JWT_REFRESH_TOKEN_EXPIRES"] == timedelta(days=30)
+    assert defaults["TENANT_CACHE_SECONDS"] == 10
+    given = from_environment(
+        {
+            "INTERACTION_MIN_MS": "250",
+            "JWT_ACCESS_MINUTES": "5",
+            "JWT_REFRESH_DAYS": "2",
+            "TENANT_CACHE_SECONDS": "7",
+        }
+    )
+    assert given["INTERACTION_MIN_SECONDS"] == 0.25
+    assert given["JWT_ACCESS_TOKEN_EXPIRES"] == timedelta(minutes=5)
+    assert given["JWT_REFRESH_TOKEN_EXPIRES"] == timedelta(days=2)
+    assert given["TENANT_CACHE_SECONDS"] == 7
 
 
 def test_settings_are_read_from_the_environment():

@@ -69,6 +69,21 @@ def test_tokens_and_owner_answers_are_not_for_caches(client, make_tenant, make_u
     assert "Cache-Control" not in client.post("/api/analytics/track", json={}).headers
 
 
+def test_tokens_last_an_hour_and_thirty_days_unless_set(monkeypatch, make_app, make_user):
+    """README: JWT_ACCESS_MINUTES defaults to 60 (expires_in 3600), JWT_REFRESH_DAYS to 30."""
+    for name in ("JWT_ACCESS_MINUTES", "JWT_REFRESH_DAYS"):
+        monkeypatch.delenv(name, raising=False)
+    app = make_app()
+    client = app.test_client()
+    email = make_user(password="right-password").email
+    tokens = login(client, email, "right-password").get_json()
+    assert tokens["expires_in"] == 3600
+    with app.app_context():
+        access, refresh = (decode_token(tokens[kind]) for kind in ("access_token", "refresh_token"))
+    assert access["exp"] - access["iat"] == 3600
+    assert refresh["exp"] - refresh["iat"] == 30 * 24 * 3600
+
+
 @pytest.mark.parametrize(("setting", "expires_in"), [(900, 900), (False, None)])
 def test_expires_in_follows_the_lifetime_however_it_is_set(
     make_app, make_user, setting, expires_in
@@ -107,6 +122,20 @@ def test_login_attempts_are_limited_per_ip_and_email(make_app, make_user):
     assert statuses == [401, 401, 401, 429]
     other = login(client, "someone-else@example.com", "wrong")
     assert other.status_code == 401  # another email from the same IP has its own bucket
+
+
+def test_login_limit_per_email_counts_every_spelling_of_it(make_app, make_user):
+    """Sign-in finds the account whatever the case and surrounding spaces of its email:
+    another spelling of a spent email must not open a fresh bucket of guesses."""
+    app = make_app(LOGIN_RATE_LIMIT="3 per minute")
+    client = app.test_client()
+    with app.app_context():
+        email = make_user(password="right-password").email
+    assert [login(client, email, "wrong").status_code for _ in range(3)] == [401] * 3
+    spellings = [email.upper(), f"  {email}  ", f" {email.title()} "]
+    # The right password even: each spelling signs in to the account once the limit passes.
+    statuses = [login(client, spelling, "right-password").status_code for spelling in spellings]
+    assert statuses == [429, 429, 429]
 
 
 def test_login_headers_tell_of_the_limit_closest_to_refusing(make_app):
@@ -423,9 +452,11 @@ def test_a_sign_out_outlives_a_refresh_token_issued_under_a_longer_lifetime(make
     assert timedelta(days=30, minutes=15) <= kept - before < timedelta(days=30, minutes=16)
 
 
-def change_password(client, headers, current, new):
+def change_password(client, headers, current, new, address="127.0.0.1"):
     body = {"current_password": current, "new_password": new}
-    return client.post("/api/auth/password", json=body, headers=headers)
+    return client.post(
+        "/api/auth/password", json=body, headers=headers, environ_base={"REMOTE_ADDR": address}
+    )
 
 
 def test_an_owner_changes_its_own_password_and_every_earlier_token_ends(
@@ -488,6 +519,28 @@ def test_a_password_change_needs_a_token_and_counts_as_a_sign_in_attempt(make_ap
         change_password(client, headers, "guess", "a new passphrase").status_code for _ in range(4)
     ]
     assert statuses == [403, 403, 403, 429]
+
+
+def test_password_change_guesses_are_limited_per_user_from_any_address(make_app, make_user):
+    """A stolen token's guesses count against its user (TRUSTED_PROXY_COUNT is 0: the
+    client address is REMOTE_ADDR): another address buys it no more, and another user
+    changing a password from the same address is not held up by them."""
+    app = make_app(LOGIN_RATE_LIMIT="3 per minute")
+    client = app.test_client()
+    with app.app_context():
+        stolen, other = make_user(password="old-password"), make_user(password="old-password")
+        tokens = [login(client, user.email, "old-password").get_json() for user in (stolen, other)]
+    stolen_headers, other_headers = (
+        {"Authorization": f"Bearer {token['access_token']}"} for token in tokens
+    )
+
+    def guess(headers, address):
+        return change_password(client, headers, "guess", "a new passphrase", address).status_code
+
+    first, second = "198.51.100.7", "203.0.113.8"
+    assert [guess(stolen_headers, first) for _ in range(3)] == [403, 403, 403]
+    assert guess(stolen_headers, second) == 429  # the same user, from elsewhere
+    assert guess(other_headers, first) == 403  # the same address, for another user
 
 
 def test_password_guesses_from_one_address_share_one_bucket_across_endpoints(make_app, make_user):
