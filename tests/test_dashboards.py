@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import event
 
 from tenant_analytics.extensions import db
-from tenant_analytics.models import utcnow
 from tenant_analytics.queries.landing import landing_summary, today_summary
 
 TEGUCIGALPA = ZoneInfo("America/Tegucigalpa")  # UTC-6, no daylight saving
@@ -93,9 +92,15 @@ def test_empty_tenant_is_all_zeros(app, make_tenant):
     assert [d.visitors for d in summary.last_7_days] == [0] * 7
 
 
-def test_dashboard_endpoint_shape(client, make_tenant, make_user, auth_headers, add_events):
-    tenant = make_tenant()
-    add_events(tenant, [("pageview", utcnow() - timedelta(minutes=1), "10.1.1.1", None)])
+@pytest.fixture
+def clock(monkeypatch):
+    """The endpoints read ``NOW``: an event a minute before it is today's, even at 00:00."""
+    monkeypatch.setattr("tenant_analytics.api.dashboards.utcnow", lambda: NOW)
+
+
+def test_dashboard_endpoint_shape(client, clock, make_tenant, make_user, auth_headers, add_events):
+    tenant = make_tenant()  # UTC
+    add_events(tenant, [("pageview", NOW - timedelta(minutes=1), "10.1.1.1", None)])
     response = client.get(f"/api/analytics/{tenant.id}", headers=auth_headers(make_user(tenant)))
     assert response.status_code == 200
     body = response.get_json()
@@ -103,12 +108,12 @@ def test_dashboard_endpoint_shape(client, make_tenant, make_user, auth_headers, 
     data = body["data"]
     assert data["visitors_today"] == 1 and data["visitors_week"] == 1
     assert len(data["last_7_days"]) == 7
-    assert data["last_7_days"][-1] == {"date": utcnow().date().isoformat(), "visitors": 1}
+    assert data["last_7_days"][-1] == {"date": "2026-03-08", "visitors": 1}
 
 
-def test_today_endpoint_shape(client, make_tenant, make_user, auth_headers, add_events):
+def test_today_endpoint_shape(client, clock, make_tenant, make_user, auth_headers, add_events):
     tenant = make_tenant()
-    a_minute_ago = utcnow() - timedelta(minutes=1)
+    a_minute_ago = NOW - timedelta(minutes=1)
     add_events(
         tenant,
         [
@@ -165,19 +170,44 @@ def test_another_tenants_id_costs_the_same_queries_as_a_free_one(
         event.remove(db.engine, "before_cursor_execute", count)
 
 
-def test_admin_reads_any_tenant(client, make_tenant, make_user, auth_headers):
-    tenant = make_tenant()
-    response = client.get(
-        f"/api/analytics/{tenant.id}", headers=auth_headers(make_user(admin=True))
+@pytest.fixture
+def two_tenants(clock, make_tenant, add_events):
+    """Two tenants with different figures today: one visitor and no scan, two and a scan."""
+    one, two = make_tenant(), make_tenant()
+    a_minute_ago = NOW - timedelta(minutes=1)
+    add_events(one, [("pageview", a_minute_ago, "10.1.1.1", None)])
+    add_events(
+        two,
+        [
+            ("pageview", a_minute_ago, "10.2.2.1", None),
+            ("pageview", a_minute_ago, "10.2.2.2", None),
+            ("qr_scan", a_minute_ago, "10.2.2.2", None),
+        ],
     )
+    return one, two
+
+
+def figures(client, tenant, headers) -> tuple[int, int]:
+    """Today's visitors and QR scans as the tenant's dashboard shows them."""
+    response = client.get(f"/api/analytics/{tenant.id}", headers=headers)
     assert response.status_code == 200
+    data = response.get_json()["data"]
+    return data["visitors_today"], data["qr_scans"]
 
 
-def test_user_owning_two_tenants_reads_both(client, make_tenant, make_user, auth_headers):
-    first, second = make_tenant(), make_tenant()
-    headers = auth_headers(make_user(first, second))
-    assert client.get(f"/api/analytics/{first.id}", headers=headers).status_code == 200
-    assert client.get(f"/api/analytics/{second.id}", headers=headers).status_code == 200
+def test_admin_reads_any_tenant(client, two_tenants, make_user, auth_headers):
+    """Each id shows that tenant's own figures, not another's."""
+    one, two = two_tenants
+    headers = auth_headers(make_user(admin=True))
+    assert figures(client, one, headers) == (1, 0)
+    assert figures(client, two, headers) == (2, 1)
+
+
+def test_user_owning_two_tenants_reads_both(client, two_tenants, make_user, auth_headers):
+    one, two = two_tenants
+    headers = auth_headers(make_user(one, two))
+    assert figures(client, one, headers) == (1, 0)
+    assert figures(client, two, headers) == (2, 1)
 
 
 def test_other_tenants_events_are_not_counted(app, make_tenant, add_events):

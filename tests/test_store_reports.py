@@ -1,7 +1,8 @@
 """Store reports: hand-computed figures, window edges, alerts, RFM and tenant isolation.
 
 Figures are checked on the query functions with a fixed ``NOW``; the endpoints
-are checked for shape, validation and authorization with real time.
+are checked for shape, validation and authorization, with the clock they read pinned
+to ``NOW`` wherever a date is asserted.
 """
 
 from __future__ import annotations
@@ -1059,9 +1060,15 @@ def owner(make_tenant, make_user, auth_headers):
     return tenant, auth_headers(make_user(tenant))
 
 
-def test_dashboard_endpoint(client, owner, store_events):
+@pytest.fixture
+def clock(monkeypatch):
+    """The endpoints read ``NOW``: an event a second before it is today's, even at 00:00."""
+    monkeypatch.setattr("tenant_analytics.api.store_reports.utcnow", lambda: NOW)
+
+
+def test_dashboard_endpoint(client, clock, owner, store_events):
     tenant, headers = owner
-    sale = ev("purchase", utcnow() - timedelta(seconds=1), "s", revenue=Decimal("12.5"))
+    sale = ev("purchase", NOW - timedelta(seconds=1), "s", revenue=Decimal("12.5"))
     store_events(tenant, [sale])
     for mode, query in (("total", ""), ("total", "?mode=total"), ("unique", "?mode=unique")):
         response = client.get(f"/api/analytics/{tenant.id}/dashboard-stats{query}", headers=headers)
@@ -1070,10 +1077,10 @@ def test_dashboard_endpoint(client, owner, store_events):
         assert set(body) == DASHBOARD_FIELDS
         assert (body["mode"], body["total_sales"], body["total_revenue"]) == (mode, 1, 12.5)
         assert len(body["sales_by_day"]) == len(body["events_timeline"]) == 7
-        assert body["sales_by_day"][-1] == {"date": utcnow().date().isoformat(), "count": 1}
+        assert body["sales_by_day"][-1] == {"date": "2026-03-08", "count": 1}
 
 
-def test_dashboard_never_adds_up_two_currencies(client, owner):
+def test_dashboard_never_adds_up_two_currencies(client, owner, monkeypatch):
     """A bakery selling in lempiras whose tourists pay some orders in dollars (the
     conversion beacon names its currency): 130 HNL and 50 USD are not 180 of anything."""
     tenant, headers = owner
@@ -1091,6 +1098,8 @@ def test_dashboard_never_adds_up_two_currencies(client, owner):
     ]
     for url, body in sales:
         assert client.post(url, json=body).status_code in (200, 201)
+    now = utcnow()  # the endpoint's and the query's "now": the same day, even at midnight
+    monkeypatch.setattr("tenant_analytics.api.store_reports.utcnow", lambda: now)
     url = f"/api/analytics/{tenant.id}/dashboard-stats"
     for query in ("", "?mode=unique"):
         body = client.get(url + query, headers=headers).get_json()
@@ -1102,7 +1111,7 @@ def test_dashboard_never_adds_up_two_currencies(client, owner):
             db.session,
             tenant_id=tenant.id,
             zone=ZoneInfo("UTC"),
-            now=utcnow(),
+            now=now,
             mode=body["mode"],
             currency="HNL",
             use_rollups=False,
@@ -1133,13 +1142,12 @@ def test_dashboard_endpoint_rejects_unknown_mode(client, owner, mode):
     assert list(body["errors"]) == ["mode"]
 
 
-def test_funnel_endpoint(client, owner, store_events):
+def test_funnel_endpoint(client, clock, owner, store_events):
     tenant, headers = owner
-    store_events(tenant, [ev("page_view", utcnow() - timedelta(seconds=1), "s", source="google")])
-    today = utcnow().date()
+    store_events(tenant, [ev("page_view", NOW - timedelta(seconds=1), "s", source="google")])
     body = client.get(f"/api/analytics/{tenant.id}/funnel", headers=headers).get_json()
-    assert body["start_date"] == f"{today - timedelta(days=30)}T00:00:00"
-    assert body["end_date"] == f"{today}T23:59:59"
+    assert body["start_date"] == "2026-02-06T00:00:00"  # 30 days before 8 March
+    assert body["end_date"] == "2026-03-08T23:59:59"
     assert body["funnel"][0] == {"step": "page_view", "count": 1}
     assert [step["step"] for step in body["funnel"]] == [
         "page_view",
@@ -1158,7 +1166,7 @@ def test_funnel_endpoint(client, owner, store_events):
         "2024-05-31T23:59:59",
     )
     assert dated["funnel"][0]["count"] == 0
-    same_day = {"start": today.isoformat(), "end": today.isoformat(), "source": "google"}
+    same_day = {"start": "2026-03-08", "end": "2026-03-08", "source": "google"}
     counted = client.get(
         f"/api/analytics/{tenant.id}/funnel", query_string=same_day, headers=headers
     ).get_json()
@@ -1174,35 +1182,44 @@ def test_funnel_default_start_never_precedes_the_earliest_date(client, owner):
 
 
 @pytest.mark.parametrize(
-    ("query", "field"),
+    ("endpoint", "query", "field"),
     [
-        ({"start": "2024-13-01"}, "start"),
-        ({"start": "2024-5-1"}, "start"),
-        ({"start": "20240501"}, "start"),
-        ({"end": "yesterday"}, "end"),
-        ({"end": ""}, "end"),
-        ({"start": "2024-05-01T00:00:00"}, "start"),
-        ({"start": "0001-01-01"}, "start"),  # out of range: no overflow, a 422
-        ({"end": "9999-12-31"}, "end"),
-        ({"start": "2024-05-02", "end": "2024-05-01"}, "start"),  # start after end
-        ({"start": "2999-01-01"}, "start"),  # after the default end (today)
-        ({"source": "a\x00b"}, "source"),  # PostgreSQL cannot take NUL: once a 500
-        ({"source": "s" * 101}, "source"),  # longer than any stored source
+        ("funnel", {"start": "2024-13-01"}, "start"),
+        ("funnel", {"start": "2024-5-1"}, "start"),
+        ("funnel", {"start": "20240501"}, "start"),
+        ("funnel", {"end": "yesterday"}, "end"),
+        ("funnel", {"end": ""}, "end"),
+        ("funnel", {"start": "2024-05-01T00:00:00"}, "start"),
+        ("funnel", {"start": "0001-01-01"}, "start"),  # out of range: no overflow, a 422
+        ("funnel", {"end": "9999-12-31"}, "end"),
+        ("funnel", {"start": "2024-05-02", "end": "2024-05-01"}, "start"),  # start after end
+        ("funnel", {"start": "2999-01-01"}, "start"),  # after the default end (today)
+        ("funnel", {"source": "a\x00b"}, "source"),  # PostgreSQL cannot take NUL: once a 500
+        ("funnel", {"source": "s" * 101}, "source"),  # longer than any stored source
+        ("rfm", {"limit": "1001"}, "limit"),
+        ("rfm", {"limit": "-1"}, "limit"),
+        ("rfm", {"limit": "ten"}, "limit"),
+        ("rfm", {"limit": "\uff11"}, "limit"),  # a full-width 1: isdigit() alone would take it
+        ("rfm", {"offset": "9" * 5000}, "offset"),  # int() refuses over 4300 digits: once a 500
+        ("rfm", {"offset": "1.5"}, "offset"),
+        ("rfm", {"segment": "gold"}, "segment"),
     ],
 )
-def test_funnel_endpoint_rejects_bad_arguments(client, owner, query, field):
+def test_report_endpoints_reject_bad_arguments(client, owner, endpoint, query, field):
     tenant, headers = owner
-    response = client.get(f"/api/analytics/{tenant.id}/funnel", query_string=query, headers=headers)
+    response = client.get(
+        f"/api/analytics/{tenant.id}/{endpoint}", query_string=query, headers=headers
+    )
     assert response.status_code == 422
     body = response.get_json()
     assert body["error"] == "validation_error" and list(body["errors"]) == [field]
 
 
 def test_rfm_endpoint_uses_the_tenant_threshold(
-    client, make_tenant, make_user, auth_headers, store_events
+    client, clock, make_tenant, make_user, auth_headers, store_events
 ):
     tenant = make_tenant(vip_monetary_threshold=Decimal("20"))
-    recent = utcnow() - timedelta(seconds=2)
+    recent = NOW - timedelta(seconds=2)
     store_events(tenant, [buy("ana", recent - timedelta(seconds=1)), buy("ana", recent, "10.50")])
     body = client.get(
         f"/api/analytics/{tenant.id}/rfm", headers=auth_headers(make_user(tenant))
@@ -1217,8 +1234,8 @@ def test_rfm_endpoint_uses_the_tenant_threshold(
             "segmento": "VIP",
         }
     ]
-    assert body["end_date"] == f"{utcnow().date()}T23:59:59"
-    assert body["start_date"] == f"{utcnow().date() - timedelta(days=90)}T00:00:00"
+    assert body["end_date"] == "2026-03-08T23:59:59"
+    assert body["start_date"] == "2025-12-08T00:00:00"  # 90 days before 8 March
 
 
 def test_rfm_endpoint_pages_and_filters(client, owner, store_events):
@@ -1236,26 +1253,6 @@ def test_rfm_endpoint_pages_and_filters(client, owner, store_events):
         assert body["total"] == 5, name
     body = client.get(url, query_string={"segment": "en riesgo"}, headers=headers).get_json()
     assert (body["rfm"], body["total"]) == ([], 0)
-
-
-@pytest.mark.parametrize(
-    "query, field",
-    [
-        ({"limit": "1001"}, "limit"),
-        ({"limit": "-1"}, "limit"),
-        ({"limit": "ten"}, "limit"),
-        ({"limit": "\uff11"}, "limit"),  # a full-width 1: isdigit() alone would take it
-        ({"offset": "9" * 5000}, "offset"),  # int() refuses over 4300 digits: once a 500
-        ({"offset": "1.5"}, "offset"),
-        ({"segment": "gold"}, "segment"),
-    ],
-)
-def test_rfm_endpoint_rejects_bad_arguments(client, owner, query, field):
-    tenant, headers = owner
-    response = client.get(f"/api/analytics/{tenant.id}/rfm", query_string=query, headers=headers)
-    assert response.status_code == 422
-    body = response.get_json()
-    assert body["error"] == "validation_error" and list(body["errors"]) == [field]
 
 
 def test_alerts_endpoint(client, owner, store_events):
@@ -1286,13 +1283,54 @@ def test_owner_of_another_tenant_gets_404(client, make_tenant, make_user, auth_h
     assert client.get(f"/api/analytics/{mine.id}/{endpoint}", headers=headers).status_code == 200
 
 
-@pytest.mark.parametrize("endpoint", ENDPOINTS)
-def test_admin_reads_any_tenant(client, make_tenant, make_user, auth_headers, endpoint):
-    headers = auth_headers(make_user(admin=True))
-    assert (
-        client.get(f"/api/analytics/{make_tenant().id}/{endpoint}", headers=headers).status_code
-        == 200
+@pytest.mark.parametrize(
+    ("endpoint", "figure", "first", "second"),
+    [
+        ("dashboard-stats", lambda body: body["total_sales"], 1, 2),
+        ("funnel", lambda body: body["funnel"][-1]["count"], 1, 2),  # sessions that bought
+        (
+            "rfm",
+            lambda body: sorted(row["visitor_id"] for row in body["rfm"]),
+            ["ana"],
+            ["bo", "cy"],
+        ),
+        (
+            "alerts",
+            lambda body: [alert["type"] for alert in body["alerts"]],
+            ["all_clear"],
+            ["payment_errors"],
+        ),
+    ],
+)
+def test_admin_reads_any_tenant(
+    client,
+    clock,
+    make_tenant,
+    make_user,
+    auth_headers,
+    store_events,
+    endpoint,
+    figure,
+    first,
+    second,
+):
+    """Each id shows that tenant's own figures, not another's."""
+    one, two = make_tenant(), make_tenant()
+    recent = NOW - timedelta(minutes=5)
+    store_events(one, [ev("purchase", recent, "s1", user_id="ana", revenue=Decimal("10"))])
+    store_events(
+        two,
+        [
+            ev("purchase", recent, "s2", user_id="bo", revenue=Decimal("10")),
+            ev("purchase", recent, "s3", user_id="cy", revenue=Decimal("10")),
+            ev("payment_error", recent, "s3"),
+        ],
     )
+    headers = auth_headers(make_user(admin=True))
+    for tenant, expected in ((one, first), (two, second)):
+        response = client.get(f"/api/analytics/{tenant.id}/{endpoint}", headers=headers)
+        assert response.status_code == 200
+        assert figure(response.get_json()) == expected
 
 
 def test_alert_subqueries_stay_in_the_tenant(app, make_tenant, store_events):

@@ -134,15 +134,24 @@ def test_product_lifecycle(client, owner):
 
 
 def test_same_slug_in_two_tenants_is_fine(client, make_tenant, make_user, auth_headers):
+    """Each tenant's "pan" is its own product, stored under that tenant."""
     first, second = make_tenant(), make_tenant()
     headers = auth_headers(make_user(first, second))
-    for tenant in (first, second):
+    names = {first.id: "Pan blanco", second.id: "Pan dulce"}
+    for tenant_id, name in names.items():
         response = client.post(
-            f"/api/tenants/{tenant.id}/products",
+            f"/api/tenants/{tenant_id}/products",
             headers=headers,
-            json={"name": "Pan", "slug": "pan"},
+            json={"name": name, "slug": "pan"},
         )
         assert response.status_code == 201
+        assert response.get_json()["product"]["tenant_id"] == tenant_id
+    db.session.expire_all()
+    stored = db.session.execute(select(Product.tenant_id, Product.slug, Product.name)).all()
+    assert sorted(stored) == [
+        (first.id, "pan", "Pan blanco"),
+        (second.id, "pan", "Pan dulce"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -288,11 +297,15 @@ def test_a_zone_change_waits_out_a_write_holding_the_rollup_lock(client, owner, 
 
 @pytest.mark.parametrize("group_commit", [True, False])
 def test_events_a_stale_worker_writes_after_a_zone_change_count_in_the_new_zone(
-    make_app, client, owner, group_commit, is_postgres
+    make_app, client, owner, group_commit, is_postgres, monkeypatch
 ):
     """Another worker keeps a tenant cached for TENANT_CACHE_SECONDS: the events it writes
     after the zone changed still land on the new zone's days, as a rebuild would count them."""
     tenant, headers = owner
+    # One instant for the writes and the read: all three on one Kiritimati day, even at midnight.
+    now = utcnow()
+    monkeypatch.setattr("tenant_analytics.ingestion.utcnow", lambda: now)
+    monkeypatch.setattr("tenant_analytics.api.dashboards.utcnow", lambda: now)
     assert (
         client.patch(
             f"/api/tenants/{tenant.id}", headers=headers, json={"timezone": "Pacific/Pago_Pago"}
@@ -318,7 +331,7 @@ def test_events_a_stale_worker_writes_after_a_zone_change_count_in_the_new_zone(
             DailyEventCount.tenant_id == tenant.id
         )
     ).all()
-    assert counts == [(utcnow().astimezone(ZoneInfo("Pacific/Kiritimati")).date(), 3)]
+    assert counts == [(now.astimezone(ZoneInfo("Pacific/Kiritimati")).date(), 3)]
     today = client.get(f"/api/analytics/{tenant.id}/today", headers=headers).get_json()
     assert today["qr_scans"] == 3
     written = rollup_snapshot(tenant.id)
