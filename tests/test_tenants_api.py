@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
-from tenant_analytics import tenant_data
+from tenant_analytics import cli, tenant_data
+from tenant_analytics.api import tenants as tenant_settings_api
 from tenant_analytics.api.tenants import ExportCutShort
 from tenant_analytics.extensions import db
 from tenant_analytics.models import DailyEventCount, Product, Tenant, utcnow
@@ -527,6 +530,76 @@ def test_an_owners_switch_on_racing_an_operators_suspension_is_refused(client, o
         patch.join(10)
     finally:
         operator.close()
+    (answer,) = answers
+    assert (answer.status_code, answer.get_json()["error"]) == (403, "tenant_suspended")
+    db.session.expire_all()
+    stored = db.session.get(Tenant, tenant.id)
+    assert (stored.active, stored.suspended) == (False, True)
+
+
+def test_a_switch_and_zone_change_beside_another_zone_change_waits_its_turn(
+    client, owner, is_postgres, monkeypatch
+):
+    """A PATCH of `active` and `timezone` takes the tenant's rollup lock before its row,
+    as a zone change does: in the other order the two deadlocked, and PostgreSQL's
+    victim answered 503 as if the database were down."""
+    if not is_postgres:
+        pytest.skip("the rollup lock is PostgreSQL's")
+    tenant, headers = owner
+    spend = tenant_settings_api.spend_heavy_owner_work
+    first_call = threading.Event()
+
+    def spend_slowly(tenant_id):
+        if not first_call.is_set():
+            first_call.set()
+            time.sleep(0.5)  # the first zone change holds the rollup lock, not yet its row
+        spend(tenant_id)
+
+    monkeypatch.setattr(tenant_settings_api, "spend_heavy_owner_work", spend_slowly)
+    url = f"/api/tenants/{tenant.id}"
+    answers: dict[str, Any] = {}
+
+    def patch(name, body):
+        answers[name] = client.patch(url, headers=headers, json=body)
+
+    zone = threading.Thread(target=patch, args=("zone", {"timezone": "Europe/Madrid"}))
+    zone.start()
+    assert first_call.wait(5)
+    both = {"active": True, "timezone": "Asia/Tokyo"}
+    switch = threading.Thread(target=patch, args=("both", both))
+    switch.start()
+    zone.join(15)
+    switch.join(15)
+    assert answers["zone"].status_code == 200
+    assert answers["both"].status_code == 200, answers["both"].get_json()
+    db.session.expire_all()
+    assert db.session.get(Tenant, tenant.id).timezone == "Asia/Tokyo"
+
+
+def test_an_operators_suspension_racing_an_owners_switch_on_is_kept(
+    client, runner, owner, is_postgres, monkeypatch
+):
+    """The owner's switch-on commits between the operator's read of the tenant and its
+    write: the suspension must still switch the tenant off (not active and suspended)."""
+    if not is_postgres:
+        pytest.skip("SQLite has one writer at a time: no such interleaving")
+    tenant, headers = owner
+    assert _switch(client, tenant, headers, False).status_code == 200
+    answers: list = []
+    owner_patch = threading.Thread(
+        target=lambda: answers.append(_switch(client, tenant, headers, True))
+    )
+    suspend = cli.switch_tenant
+
+    def owner_switches_on_meanwhile(*args, **kwargs):
+        owner_patch.start()
+        owner_patch.join(1)  # it waits on the operator's row lock, or is done
+        suspend(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "switch_tenant", owner_switches_on_meanwhile)
+    result = runner.invoke(args=["tenant", "deactivate", "--id", str(tenant.id)])
+    assert result.exit_code == 0, result.output
+    owner_patch.join(10)
     (answer,) = answers
     assert (answer.status_code, answer.get_json()["error"]) == (403, "tenant_suspended")
     db.session.expire_all()

@@ -186,7 +186,8 @@ def list_tenants() -> None:
 
 
 def _switch_tenant(tenant_id: int, active: bool) -> None:
-    tenant = db.session.get(Tenant, tenant_id)
+    # Under the row's lock: an owner's switch-on waits, then finds the tenant suspended.
+    tenant = db.session.get(Tenant, tenant_id, with_for_update={"key_share": True})
     if tenant is None:
         fail(f"no tenant with id {tenant_id}")
     switch_tenant(tenant, active, by_operator=True)  # owners cannot undo it

@@ -51,11 +51,6 @@ def change_settings(
     queued behind it for its length. ``before_rebuild`` runs once the recount is sure to
     happen (a rate limit's charge).
     """
-    if "active" in changes:
-        # Read again under the row's lock: an operator's suspension committed since the
-        # tenant was read must refuse this switch, not be overwritten by it.
-        session.refresh(tenant, with_for_update={"key_share": True})
-        refuse_switching_on(tenant, changes["active"], by_operator=by_operator)
     rebuild = changes.get("timezone", tenant.timezone) != tenant.timezone
     if rebuild and not lock_rollups_within(session, tenant.id, lock_wait):
         raise ApiError(
@@ -64,6 +59,12 @@ def change_settings(
             "command); send the change again once it is done.",
             code="rebuild_in_progress",
         )
+    if "active" in changes:
+        # Read again under the row's lock: an operator's suspension committed since the
+        # tenant was read must refuse this switch, not be overwritten by it. After the
+        # rollup lock, in the order a zone change takes both (else a deadlock).
+        session.refresh(tenant, with_for_update={"key_share": True})
+        refuse_switching_on(tenant, changes["active"], by_operator=by_operator)
     if rebuild:
         before_rebuild()
     for name, value in changes.items():
