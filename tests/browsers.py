@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import select
@@ -47,6 +48,14 @@ needs_chromium = pytest.mark.skipif(
 
 
 class QuietPage(SimpleHTTPRequestHandler):
+    """A static page; ``?slow=SECONDS`` answers that late (a slow shop's server)."""
+
+    def do_GET(self) -> None:
+        slow = parse_qs(urlsplit(self.path).query).get("slow")
+        if slow:
+            time.sleep(float(slow[0]))
+        super().do_GET()
+
     def log_message(self, *_args: Any) -> None:
         pass
 

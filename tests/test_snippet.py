@@ -275,6 +275,25 @@ def test_time_on_page_counts_from_when_the_page_was_shown_not_when_the_snippet_r
     assert 2.3 <= stay.metadata_["seconds"] <= 30, stay.metadata_
 
 
+def test_time_on_page_leaves_out_the_wait_for_the_page_itself(landing, make_tenant):
+    """Until a slow page's response comes, the page before it is on screen, and sends
+    that wait as its own time: the new page counts from its response."""
+    before, slow = make_tenant().id, make_tenant().id
+    landing.open(before)
+    events_when(before, bool)
+    page = landing.write("<h1>Pan</h1>", head=landing.snippet(slow))
+    landing.driver.get(f"{page}?slow=2")
+    events_when(slow, bool)  # the pageview: 2 s after the click
+    time.sleep(0.5)
+    landing.driver.get(landing.write("<h1>Otra página</h1>"))
+    events = events_when(slow, lambda events: any_of(events, "time_on_page"))
+    (stay,) = [event for event in events if event.event_type == "time_on_page"]
+    assert 0.3 <= stay.metadata_["seconds"] < 2, stay.metadata_  # not the 2 s wait
+    waited = events_when(before, lambda events: any_of(events, "time_on_page"))
+    (shown,) = [event for event in waited if event.event_type == "time_on_page"]
+    assert shown.metadata_["seconds"] >= 2, shown.metadata_  # the page on screen meanwhile
+
+
 def test_a_hidden_tab_sends_its_time_and_counts_only_the_time_after(landing, make_tenant):
     tenant = make_tenant()
     landing.open(tenant.id)

@@ -325,13 +325,17 @@
   });
 
   // When the page on screen now was shown: this file may run seconds after (async, a
-  // slow API host), and the visit began before. From the navigation's start, or its
-  // activation if prerendered; Chromium also records a background tab brought forward.
+  // slow API host), and the visit began before. From its response (until then the page
+  // before was on screen, and counts the wait), its activation if prerendered, or when
+  // it was last brought forward. Only browsers that record that last (Chromium) can
+  // tell a tab opened in the background; elsewhere, from now.
   function shownSince() {
     try {
-      let since = 0;
+      const observer = window.PerformanceObserver;
+      const recorded = (observer && observer.supportedEntryTypes) || [];
       const navigation = performance.getEntriesByType("navigation")[0];
-      if (navigation && navigation.activationStart > 0) since = navigation.activationStart;
+      if (recorded.indexOf("visibility-state") < 0 || !navigation) return performance.now();
+      let since = Math.max(navigation.responseStart || 0, navigation.activationStart || 0);
       performance.getEntriesByType("visibility-state").forEach(function (entry) {
         if (entry.name === "visible") since = Math.max(since, entry.startTime);
       });
