@@ -198,6 +198,37 @@ def test_a_beacon_forged_ahead_of_a_sale_does_not_hide_it(client, make_tenant):
     ]
 
 
+def test_a_beacon_of_another_type_never_hides_a_sale(client, make_tenant):
+    """A tap or a share sent with an order's number and amount (honestly, or forged) keeps
+    keys of its own: the sale of that order is still recorded. A conversion and a purchase
+    of one transaction are one sale, as the landing dashboard counts them together."""
+    tenant = make_tenant(slug="tienda-t")
+    order = {"tenant_slug": "tienda-t", "transaction_id": "order-78", "value": 300}
+    long_order = {**order, "transaction_id": "9" * 128}  # the key still fits its column
+    bodies = [
+        {**order, "event": "whatsapp_click"},
+        {**order, "event": "social_share"},
+        {**long_order, "event": "whatsapp_click"},
+        order,  # the sale: a purchase, the default
+        {**order, "event": "conversion"},  # the same sale
+        {**order, "event": "whatsapp_click"},  # repeats of each are one
+        {**long_order, "event": "whatsapp_click"},
+        order,
+    ]
+    for body in bodies:
+        answer = client.post("/api/v1/analytics/conversion", json=body)
+        assert answer.get_json() == {"status": "ok", "transaction_id": body["transaction_id"]}
+    recorded = sorted(
+        (e.event_type, e.metadata_["transaction_id"][:8]) for e in events_of(tenant.id)
+    )
+    assert recorded == [
+        ("purchase", "order-78"),
+        ("social_share", "order-78"),
+        ("whatsapp_click", "99999999"),
+        ("whatsapp_click", "order-78"),
+    ]
+
+
 def test_an_integer_transaction_id_is_a_sale_and_its_text_the_same_sale(client, make_tenant):
     make_tenant(slug="tienda-num")
     first = client.post(
@@ -264,6 +295,45 @@ def test_conversion_value_computed_in_javascript_is_rounded_to_the_cent(client, 
     assert response.get_json() == {"status": "ok", "transaction_id": "t-float"}
     (event,) = events_of(tenant.id)
     assert event.revenue == Decimal("35.40")
+
+
+@pytest.mark.parametrize(
+    ("value", "recorded"),
+    [
+        (-2.7755575615628914e-17, "0.00"),  # 0.3 - 0.1 - 0.2 in JavaScript: a free order
+        (5.551115123125783e-17, "0.00"),
+        (-0.004, "0.00"),
+        ("999999999999.994", "999999999999.99"),  # rounds to the most a sale may be
+    ],
+)
+def test_a_value_is_rounded_before_it_is_bounded(client, make_tenant, value, recorded):
+    tenant = make_tenant(slug="tienda")
+    body = {"tenant_slug": "tienda", "transaction_id": "t-noise", "value": value}
+    answer = client.post("/api/v1/analytics/conversion", json=body)
+    assert answer.get_json() == {"status": "ok", "transaction_id": "t-noise"}
+    (event,) = events_of(tenant.id)
+    assert str(event.revenue) == recorded
+
+
+@pytest.mark.parametrize("value", [-0.005, "999999999999.995", 1e13])
+def test_a_value_that_rounds_out_of_bounds_is_skipped(client, make_tenant, value):
+    tenant = make_tenant(slug="tienda")
+    body = {"tenant_slug": "tienda", "transaction_id": "t-out", "value": value}
+    answer = client.post("/api/v1/analytics/conversion", json=body)
+    assert answer.get_json() == {"status": "skipped", "transaction_id": "t-out"}
+    assert events_of(tenant.id) == []
+
+
+def test_blank_template_variables_are_the_defaults(client, make_tenant):
+    """A template's empty variable rendered as text ("{{ order.currency }}" -> "") is
+    the field left out, as its null is: the sale is kept."""
+    tenant = make_tenant(slug="tienda", currency="USD")
+    body = {"tenant_slug": "tienda", "transaction_id": "t-blank"}
+    body |= {"value": "", "currency": " ", "event": ""}
+    answer = client.post("/api/v1/analytics/conversion", json=body)
+    assert answer.get_json() == {"status": "ok", "transaction_id": "t-blank"}
+    (event,) = events_of(tenant.id)
+    assert (event.event_type, event.revenue, event.currency) == ("purchase", 0, "USD")
 
 
 def test_conversion_a_few_minutes_ahead_is_stored_as_now(client, make_tenant):

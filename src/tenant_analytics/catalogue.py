@@ -133,6 +133,9 @@ V1_TRACK_TYPES = (
     "purchase",
 )
 V1_INTERACTION_TYPES = ("view", "whatsapp_click", "call_click", "maps_click")
+# Events that close a sale: the landing dashboard's conversions, their revenue summed; a
+# beacon's transaction id is one sale of either.
+REVENUE_KINDS = (Kind.CONVERSION, Kind.PURCHASE)
 
 # time_on_page durations above this are clamped: a tab left open overnight is not a visit.
 MAX_TIME_ON_PAGE_SECONDS = 4 * 60 * 60

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from .catalogue import PURCHASE, STORE_TYPES
+from .catalogue import EVENT_KINDS, PURCHASE, REVENUE_KINDS, STORE_TYPES
 from .errors import invalid_body, validation_errors
 from .ingestion import NewEvent, TenantRef
 from .models import utcnow
@@ -64,7 +64,7 @@ def conversion_event(beacon: ConversionBeacon, tenant: TenantRef) -> NewEvent | 
         created_at=min(beacon.timestamp, now) if beacon.timestamp is not None else None,
         extra={"revenue": beacon.value, "currency": currency},
         dedupe_key=(
-            transaction_key(beacon.transaction_id, beacon.value, currency)
+            transaction_key(beacon.transaction_id, beacon.value, currency, beacon.event)
             if beacon.transaction_id
             else None
         ),
@@ -98,11 +98,18 @@ def interaction_event(session: Session, body: Interaction, tenant: TenantRef) ->
     return NewEvent(body.type, body.metadata, extra={"product_id": product_id})
 
 
-def transaction_key(transaction_id: str, value: Decimal, currency: str) -> str:
-    """A sale's dedupe key, remembered forever: a retried beacon must never double the
+def transaction_key(transaction_id: str, value: Decimal, currency: str, event: str) -> str:
+    """A beacon's dedupe key, remembered forever: a retried beacon must never double the
     revenue. With its amount: anyone may send a beacon, and one forged ahead of a real
-    sale (order numbers are easy to guess) must not hide a sale of another amount."""
-    return f"txn:{transaction_id}:{abs(value):.2f}:{currency}"  # abs: -0 is the sale of 0
+    sale (order numbers are easy to guess) must not hide a sale of another amount. A
+    conversion and a purchase are one sale; a beacon of any other type (a tap, a share)
+    has keys of its own, so it never hides one."""
+    amount = f"{abs(value):.2f}"  # abs: -0 is the sale of 0
+    if EVENT_KINDS[event] in REVENUE_KINDS:
+        return f"txn:{transaction_id}:{amount}:{currency}"
+    # Hashed: the event's name and a 128-character order number would not fit the column.
+    other = "|".join((event, transaction_id, amount, currency))
+    return "txn-" + hashlib.sha256(other.encode()).hexdigest()
 
 
 def track_event(

@@ -21,7 +21,7 @@ from sqlalchemy import Date, bindparam, case, delete, select, text, tuple_
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from .catalogue import STORE_TYPES, Kind, types_of
+from .catalogue import REVENUE_KINDS, STORE_TYPES, Kind, types_of
 from .models import (
     DailyEventCount,
     DailyProductCount,
@@ -39,7 +39,7 @@ from .models import (
 from .timewindows import postgres_zone, tenant_zone
 
 TIME_TYPES = frozenset(types_of(Kind.TIME_ON_PAGE))
-REVENUE_TYPES = frozenset(types_of(Kind.CONVERSION, Kind.PURCHASE))
+REVENUE_TYPES = frozenset(types_of(*REVENUE_KINDS))
 ROLLUP_MODELS = (
     DailyEventCount,
     DailyRevenue,

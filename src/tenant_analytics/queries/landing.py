@@ -9,13 +9,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Numeric, cast, func, select
 from sqlalchemy.orm import Session
 
-from ..catalogue import EVENT_KINDS, Kind, types_of
+from ..catalogue import EVENT_KINDS, REVENUE_KINDS, Kind, types_of
 from ..models import DEFAULT_CURRENCY, Event
 from ..timewindows import Day, last_days
 from .common import day_index, in_window, money, ratio_half_up
-
-# Events that close a sale: counted as conversions, their revenue summed.
-REVENUE_KINDS = (Kind.CONVERSION, Kind.PURCHASE)
 
 
 @dataclass

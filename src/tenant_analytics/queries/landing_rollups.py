@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..catalogue import EVENT_KINDS, Kind
+from ..catalogue import EVENT_KINDS, REVENUE_KINDS, Kind
 from ..models import (
     DEFAULT_CURRENCY,
     DailyEventCount,
@@ -22,7 +22,7 @@ from ..models import (
 )
 from ..timewindows import last_days
 from .common import in_days, money, ratio_half_up
-from .landing import REVENUE_KINDS, DayVisitors, LandingSummary, TodaySummary
+from .landing import DayVisitors, LandingSummary, TodaySummary
 
 
 def _kind_totals(
