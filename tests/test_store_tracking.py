@@ -168,6 +168,18 @@ def test_whole_quantity_written_with_a_decimal_point_is_that_quantity(client, ma
     assert type(event.metadata_["quantity"]) is int
 
 
+def test_a_price_written_with_zeros_past_the_cents_is_that_price(client, make_tenant):
+    """A dinar shop writes 1.250, as the JSON number 1.250 is taken: the zeros add nothing."""
+    tenant = make_tenant(currency="KWD")
+    for price in ("1.250", "7.5000"):
+        response = track(client, tenant_id=tenant.id, event_type="purchase", price=price)
+        assert response.status_code == 201, response.get_json()
+    assert sorted(event.revenue for event in events_of(tenant.id)) == [
+        Decimal("1.25"),
+        Decimal("7.50"),
+    ]
+
+
 @pytest.mark.parametrize("quantity", ["2 kg", 0, 10**7])
 def test_a_landing_events_quantity_is_its_own_metadata(client, make_tenant, quantity):
     """metadata.quantity is a store field; a landing page's metadata may use the word."""
@@ -185,7 +197,7 @@ def test_a_landing_events_quantity_is_its_own_metadata(client, make_tenant, quan
         ({"price": -1}, "price"),
         ({"price": "free"}, "price"),
         ({"price": "1.999"}, "price"),
-        ({"price": "12.500"}, "price"),  # the schema's text: at most two decimals
+        ({"price": "12.501"}, "price"),  # the schema's text: at most two decimals
         # Text pydantic's Decimal reads, but no amount as the schema shows one.
         ({"price": "1_000"}, "price"),
         ({"price": "1e3"}, "price"),

@@ -71,6 +71,11 @@ def test_get_and_patch_tenant(client, owner):
         ({"timezone": "posixrules"}, "timezone"),
         ({"currency": "EURO"}, "currency"),
         ({"currency": "QQQ"}, "currency"),  # three letters, but no ISO 4217 currency
+        # ISO 4217 codes that are no money a shop sells in: none, testing, gold, the SDR
+        ({"currency": "XXX"}, "currency"),
+        ({"currency": "XTS"}, "currency"),
+        ({"currency": "XAU"}, "currency"),
+        ({"currency": "XDR"}, "currency"),
         ({"name": None}, "name"),
         ({"active": "maybe"}, "active"),
         ({"active": "yes"}, "active"),  # only JSON true and false switch a tenant

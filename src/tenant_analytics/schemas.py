@@ -28,7 +28,7 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
-from pydantic_extra_types.currency_code import ISO4217
+from pydantic_extra_types.currency_code import Currency as ISO4217Currency
 
 from .catalogue import (
     MAX_TIME_ON_PAGE_SECONDS,
@@ -89,7 +89,9 @@ PhpMetadata = Annotated[
         {"anyOf": [{"type": "object"}, {"type": "array", "maxItems": 0, "description": "none"}]}
     ),
 ]
-Currency = ISO4217  # a code of ISO 4217 in any case, upper-cased
+# A code of ISO 4217 in any case, upper-cased; not the codes of no money (XXX, XTS),
+# metals (XAU) or funds (XDR).
+Currency = ISO4217Currency
 MAX_MONEY = Decimal("999999999999.99")  # events.price and events.revenue: numeric(14, 2)
 CENT = Decimal("0.01")
 # What the schema says of an amount: a JSON number, or its decimal text (pydantic's
@@ -125,14 +127,27 @@ Money = Annotated[
     Decimal,
     Field(ge=0, le=MAX_MONEY, decimal_places=2),
     AfterValidator(lambda v: v.quantize(CENT)),
-    _as_money_text_shows("{1,2}", "up to 12 before the point and 2 after"),
-    _money_schema("{1,2}", "At most two decimal places (cents)."),
+    # "1.250" as 1.250 is: zeros past the cents are no more precision.
+    _as_money_text_shows("{1,2}0*", "up to 12 before the point and 2 after"),
+    _money_schema("{1,2}0*", "At most two decimal places (cents)."),
 ]
+
+
+def _rounded_to_the_cent(value: Decimal) -> Decimal:
+    """Rounded, then bounded: a free order's total computed in JavaScript may be
+    -2.8e-17, which is 0.00, not a negative amount (and 999999999999.994 is the most)."""
+    if not (value.is_finite() and -1 < value < MAX_MONEY + 1):  # quantize needs no more
+        raise ValueError(f"must be from 0 to {MAX_MONEY}")
+    cents = value.quantize(CENT, rounding=ROUND_HALF_UP)
+    if not 0 <= cents <= MAX_MONEY:
+        raise ValueError(f"must be from 0 to {MAX_MONEY}")
+    return abs(cents)  # -0.00 is 0.00
+
+
 # Beacon totals computed in JavaScript (35.400000000000006): rounded to the cent, not refused.
 RoundedMoney = Annotated[
     Decimal,
-    Field(ge=0, le=MAX_MONEY),
-    AfterValidator(lambda value: value.quantize(CENT, rounding=ROUND_HALF_UP)),
+    AfterValidator(_rounded_to_the_cent),
     _as_money_text_shows("+", "up to 12 before the point"),
     _money_schema("+", "Rounded to the cent."),
 ]
@@ -346,7 +361,8 @@ class ConversionBeacon(Body):
     # The schema's default is the number 0, not pydantic's "0" (its JSON for a Decimal);
     # null is the default too (below), as the schema says.
     value: Annotated[
-        RoundedMoney, _money_schema("+", "Rounded to the cent; null is 0.", {"type": "null"})
+        RoundedMoney,
+        _money_schema("+", "Rounded to the cent; null or blank is 0.", {"type": "null"}),
     ] = Field(default=Decimal(0), json_schema_extra={"default": 0})
     currency: Currency | None = None
     event: Annotated[
@@ -356,12 +372,15 @@ class ConversionBeacon(Body):
     # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
     timestamp: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = None
 
-    @field_validator("value", "event", mode="before")
+    @field_validator("value", "currency", "event", mode="before")
     @classmethod
-    def _null_is_the_default(cls, value: Any, info: ValidationInfo) -> Any:
-        """``null`` (a shop template's empty variable) is the field left out: the sale is
-        still a sale, of the documented default, rather than skipped."""
-        return cls.model_fields[info.field_name].default if value is None else value
+    def _empty_is_the_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """``null`` or blank text (a shop template's empty variable, ``"{{ currency }}"``)
+        is the field left out: the sale is still a sale, of the documented default,
+        rather than skipped."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return cls.model_fields[info.field_name].default
+        return value
 
     @field_validator("transaction_id", mode="before")
     @classmethod

@@ -63,6 +63,14 @@
     "idempotency_key",
   ];
 
+  // Half up on the number as written, as the server rounds a beacon's value: 1.005 is
+  // 1.01, where its binary value times 100 (100.49999...) would round down.
+  function toCents(price) {
+    const text = String(price);
+    if (text.indexOf("e") !== -1) return Math.round(price * 100) / 100; // 1e-7, 1e+21
+    return Number(Math.round(Number(text + "e2")) + "e-2");
+  }
+
   function send(type, metadata, fields) {
     let body;
     try {
@@ -76,7 +84,7 @@
         });
         // A total computed in JavaScript carries float noise (35.400000000000006),
         // which the API refuses as more than two decimals: the cents are meant.
-        if (typeof event.price === "number") event.price = Math.round(event.price * 100) / 100;
+        if (typeof event.price === "number") event.price = toCents(event.price);
       }
       body = JSON.stringify(event);
     } catch (e) {
