@@ -902,7 +902,7 @@ def test_a_rebuild_run_between_a_purges_batches_keeps_its_mark(
     assert counts == [[1, 1, 0, 0, 0]] * 2
 
 
-SALE_KEY = transaction_key("old", Decimal(10), DEFAULT_CURRENCY)
+SALE_KEY = transaction_key("old", Decimal(10), DEFAULT_CURRENCY, "purchase")
 
 
 @pytest.mark.parametrize(
