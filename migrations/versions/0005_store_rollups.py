@@ -55,6 +55,8 @@ def upgrade():
 
 def rebuild_existing_rollups():
     """Fill the new rollups from the events already stored (nothing to do on a new database)."""
+    if op.get_context().as_sql:  # offline (--sql): no rows to read; rebuild-rollups after
+        return
     bind = op.get_bind()
     # Plain SQL for the tenants: the Tenant model may have columns this revision lacks.
     tenants = bind.execute(

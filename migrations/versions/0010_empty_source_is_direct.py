@@ -17,6 +17,9 @@ depends_on = None
 
 
 def upgrade():
+    if op.get_context().as_sql:  # a script (--sql) reads no rows: rebuild-rollups after
+        op.execute("UPDATE events SET source = NULL WHERE source = ''")
+        return
     bind = op.get_bind()
     # Plain SQL: the Tenant model may have columns this revision lacks.
     tenants = bind.execute(

@@ -24,8 +24,8 @@ ZONES = ("CET", "EET", "MET", "WET")
 
 def upgrade():
     bind = op.get_bind()
-    if bind.dialect.name != "postgresql":
-        return  # SQLite's rebuild counts days in Python
+    if bind.dialect.name != "postgresql" or op.get_context().as_sql:
+        return  # SQLite's rebuild counts days in Python; a script reads no rows
     # Plain SQL: the Tenant model may have columns a later revision adds.
     tenants = bind.execute(
         sa.text("SELECT id FROM tenants WHERE timezone IN :zones").bindparams(
