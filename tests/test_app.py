@@ -537,6 +537,42 @@ def test_product_names_compare_by_code_point_under_a_linguistic_collation(
         db.engine.dispose()
 
 
+def test_upgrading_recounts_names_rolled_up_by_a_linguistic_collation(linguistic_database_url):
+    """0015: names rolled up before 0008 (here by 0005's fill) were picked by en-US."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": linguistic_database_url, "GROUP_COMMIT": False})
+    now = utcnow()
+    with app.app_context():
+        upgrade(revision="0004")
+        with db.engine.begin() as connection:
+            ensure_partitions_if_any(connection, now)
+            connection.execute(
+                text(
+                    "INSERT INTO tenants (id, public_id, slug, name, active, timezone,"
+                    " currency, created_at)"
+                    " VALUES (7, :uuid, 'old-shop', 'Old shop', true, 'UTC', 'HNL', :now)"
+                ),
+                {"uuid": uuid.uuid4().hex, "now": now},
+            )
+            for number, name in enumerate(["aaaa", "Pan dulce"], start=1):
+                connection.execute(
+                    text(
+                        "INSERT INTO events (tenant_id, id, created_at, event_type, session_id,"
+                        " product_slug, product_name) VALUES"
+                        " (7, :id, :at, 'product_view', 's', 'pan', :name)"
+                    ),
+                    {"id": number, "at": now, "name": name},
+                )
+        name_rolled_up = select(DailyProductCount.product_name)
+        upgrade(revision="0014")
+        before = db.session.scalar(name_rolled_up)
+        db.session.remove()
+        upgrade()
+        after = db.session.scalar(name_rolled_up)
+        db.session.remove()
+        db.engine.dispose()
+    assert (before, after) == ("Pan dulce", "aaaa")
+
+
 def test_upgrading_a_populated_database_rebuilds_the_rollups_0005_adds(scratch_database_url):
     """0005 fills its new rollups from the events already stored, whatever the models became."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": scratch_database_url, "GROUP_COMMIT": False})
