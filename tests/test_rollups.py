@@ -240,6 +240,30 @@ def test_postgres_counts_the_days_of_every_zone_a_tenant_may_have_as_we_do(app, 
     assert len(rows) == len(names) * len(ZONE_PROBES) > 3000
 
 
+def test_a_rebuild_reads_zone_names_as_the_default_abbreviations_do(
+    app, is_postgres, make_tenant, add_events
+):
+    """PostgreSQL reads a zone name as an abbreviation first, in the set the server is
+    configured with: in 'Australia', EST is +10:00, 15 hours from the IANA zone the
+    tenant chose. The rebuild reads names in the set ``postgres_zone`` was written for."""
+    if not is_postgres:
+        pytest.skip("AT TIME ZONE is PostgreSQL's")
+    tenant = make_tenant(timezone="EST")
+    evening = datetime(2026, 3, 5, 20, 0, tzinfo=UTC)  # 15:00 on 5 March in EST (-05:00)
+    add_events(tenant, [("pageview", evening, "10.0.0.1", None)])
+    add_events(tenant, random_events(random.Random("EST"), 100, evening))
+    incremental = rollup_snapshot(tenant.id)
+    db.session.execute(text("SET timezone_abbreviations = 'Australia'"))
+    try:
+        rebuild_rollups(db.session, tenant.id)
+        rebuilt = rollup_snapshot(tenant.id)
+    finally:
+        db.session.rollback()
+        db.session.execute(text("RESET timezone_abbreviations"))
+        db.session.commit()
+    assert rebuilt == incremental
+
+
 @pytest.mark.parametrize("zone_name", ["CET", "EET", "MET", "WET", "Europe/Madrid"])
 def test_a_rebuild_keeps_summer_time_where_the_writes_do(app, make_tenant, add_events, zone_name):
     from tenant_analytics.models import DailyEventCount

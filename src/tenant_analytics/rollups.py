@@ -629,8 +629,13 @@ def rebuild_rollups(session: Session, tenant_id: int, *, chunk: int = 5000) -> N
     ).one()
     tenant = TenantInfo(tenant_id, zone, currency)
     if session.get_bind().dialect.name == "postgresql":
+        # AT TIME ZONE reads a zone name as an abbreviation first, in the server's set:
+        # postgres_zone knows the default one (in 'Australia', EST is +10:00).
         session.execute(
-            text("SELECT set_config('work_mem', :work_mem, true)"),
+            text(
+                "SELECT set_config('work_mem', :work_mem, true),"
+                " set_config('timezone_abbreviations', 'Default', true)"
+            ),
             {"work_mem": REBUILD_WORK_MEM},
         )
         params = {
