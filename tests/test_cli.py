@@ -669,6 +669,10 @@ def test_events_commands(runner, make_tenant, add_events, is_postgres):
     assert isinstance(json.loads(ahead.output)["created"], list)
     too_soon = runner.invoke(args=["events", "purge", "--older-than", "7"])
     assert too_soon.exit_code != 0  # would drop months that backdated beacons still reach
+    for past_any_calendar in ("36501", "740000", str(10**20)):  # once a traceback
+        refused = runner.invoke(args=["events", "purge", "--older-than", past_any_calendar])
+        assert refused.exit_code == 2 and "Traceback" not in refused.output
+        assert "is not in the range 62<=x<=36500" in refused.output
     purged = runner.invoke(args=["events", "purge", "--older-than", "90"])
     assert purged.exit_code == 0, purged.output
     assert db.session.scalar(select(func.count()).select_from(Event)) == 1

@@ -62,6 +62,7 @@ events_cli = DatabaseCommands(
 
 # Accepted events may be backdated (conversion beacons); never drop a month they reach.
 MIN_RETENTION_DAYS = MAX_AGE.days + 32
+MAX_RETENTION_DAYS = 36500  # a century: the cutoff stays a date Python can count days of
 
 
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -412,7 +413,13 @@ def _when_events_free(work: Callable[[Connection], Done], *, undone: str) -> Don
 
 
 @events_cli.command("purge")
-@click.option("--older-than", "days", type=click.IntRange(min=MIN_RETENTION_DAYS), required=True)
+@click.option(
+    "--older-than",
+    "days",
+    type=click.IntRange(MIN_RETENTION_DAYS, MAX_RETENTION_DAYS),
+    metavar="DAYS",
+    required=True,
+)
 def purge_command(days: int) -> None:
     """Drop whole monthly partitions older than DAYS (SQLite: delete the rows), the
     idempotency keys last seen before then, and the rollups of the days emptied."""
