@@ -51,7 +51,7 @@ def test_scan_counts_and_leads_to_the_landing_page(client, shop, make_user, auth
 
 
 @pytest.mark.parametrize(
-    "which", ["unknown", "inactive", "no landing page", "long slug", "NUL", "upper case"]
+    "which", ["unknown", "inactive", "no landing page", "long slug", "NUL", "not ASCII"]
 )
 def test_scan_of_no_code_is_a_404(client, make_tenant, which):
     slug = {
@@ -60,7 +60,8 @@ def test_scan_of_no_code_is_a_404(client, make_tenant, which):
         "no landing page": make_tenant().slug,
         "long slug": "s" * 500,
         "NUL": "pan%00",  # no slug has one; PostgreSQL would refuse to compare it
-        "upper case": make_tenant(slug="pan", landing_url=LANDING).slug.upper(),
+        # The Kelvin sign lower-cases to "k": no slug, not another spelling of "kiosko".
+        "not ASCII": make_tenant(slug="kiosko", landing_url=LANDING).slug.replace("k", "\u212a"),
     }[which]
     response = scan(client, slug)
     assert response.status_code == 404
@@ -167,6 +168,29 @@ def test_a_long_but_real_in_app_browser_is_counted(client, shop):
 def test_a_scan_in_an_apps_own_browser_is_counted(client, shop, user_agent):
     assert scan(client, shop.slug, user_agent).status_code == 302
     assert [event.event_type for event in events_of(shop.id)] == ["qr_scan"]
+
+
+def test_a_slug_in_capitals_is_that_code(client, shop):
+    """Typed from a flyer, or held by another generator's code in capitals."""
+    response = scan(client, shop.slug.upper())
+    assert (response.status_code, response.headers["Location"]) == (302, LANDING)
+    assert [event.event_type for event in events_of(shop.id)] == ["qr_scan"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("Sec-Purpose", "prefetch"),  # Chromium's speculation rules and link prefetch
+        ("Sec-Purpose", "prefetch;prerender"),
+        ("Purpose", "prefetch"),
+        ("X-Purpose", "preview"),  # Safari's previews
+        ("X-Moz", "prefetch"),  # Firefox
+    ],
+)
+def test_a_prefetch_is_led_on_but_not_counted(client, shop, header):
+    response = client.get(f"/q/{shop.slug}", headers={"User-Agent": PHONE, header[0]: header[1]})
+    assert (response.status_code, response.headers["Location"]) == (302, LANDING)
+    assert events_of(shop.id) == []
 
 
 def test_a_head_request_is_led_on_but_not_counted(client, shop):
@@ -315,6 +339,14 @@ def test_no_code_without_a_landing_page(client, make_tenant, make_user, auth_hea
     assert response.get_json()["error"] == "no_landing_url"
 
 
+def test_no_code_for_a_switched_off_tenant(client, make_tenant, make_user, auth_headers):
+    """Its code would lead to the "leads nowhere" page: the owner is told, not handed it."""
+    tenant = make_tenant(landing_url=LANDING, active=False)
+    response = client.get(f"/api/tenants/{tenant.id}/qr", headers=auth_headers(make_user(tenant)))
+    assert response.status_code == 409
+    assert response.get_json()["error"] == "tenant_inactive"
+
+
 def test_another_tenants_code_is_a_404(client, shop, make_tenant, make_user, auth_headers):
     headers = auth_headers(make_user(make_tenant()))
     assert client.get(f"/api/tenants/{shop.id}/qr", headers=headers).status_code == 404
@@ -379,6 +411,9 @@ def test_landing_url_validation(client, make_tenant, make_user, auth_headers, la
         ("https://stats.example.com", "https://stats.example.com/q/x", True),
         ("https://stats.example.com/a", "https://stats.example.com/a/q/x", True),
         ("https://stats.example.com/a", "https://stats.example.com/q/x", False),
+        # A proxy in front merges slashes (nginx's default) before it matches the prefix
+        ("https://stats.example.com/a", "https://stats.example.com//a/q/x", True),
+        ("https://stats.example.com/a", "https://stats.example.com/%2Fa/q/x", True),
         # Spelled as the server reads them: gunicorn decodes the path, werkzeug merges //
         (None, "http://localhost/%71/another-shop", True),
         (None, "http://localhost/q%2Fanother-shop", True),

@@ -4,6 +4,7 @@ QR redirects, which would send every scan round again and count it each time."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
@@ -69,7 +70,9 @@ def is_own_qr_redirect(url: str, own_bases: Iterable[str], url_map: Map) -> bool
     """
     target = urlsplit(url)
     host = _host(target.hostname)
-    path = unquote(target.path) or "/"
+    # Merged before the prefix is looked for: a proxy in front (nginx's merge_slashes)
+    # serves //stats/q/x as /stats/q/x.
+    path = re.sub("/{2,}", "/", unquote(target.path)) or "/"
     prefixes = {""} if is_loopback(host) else set()
     for base in own_bases:
         ours = urlsplit(base)

@@ -62,6 +62,8 @@ def scan(slug: str):
     is never stopped at the door). While the database is away, a code goes to the page
     this process led it to within the last hour.
     """
+    if slug.isascii():  # slugs are lower case; a code typed from a flyer may not be
+        slug = slug.lower()
     if not is_tenant_slug(slug):
         return _no_such_code()
     destinations = _known_destinations()
@@ -83,7 +85,7 @@ def scan(slug: str):
         return _no_such_code()
     destinations[slug] = (tenant.landing_url, time.monotonic())
     # The address's limit first: it also bounds the crawler check each address can ask for.
-    counted = request.method == "GET" and qr_scan_counted()
+    counted = request.method == "GET" and not _prefetch() and qr_scan_counted()
     if counted and not is_bot_browser(request.headers.get("User-Agent")):
         campaign = _campaign_arg()
         try:
@@ -94,6 +96,14 @@ def scan(slug: str):
             db.session.rollback()
             log_not_recorded(log, "QR scan not recorded", exc)
     return _led_on(tenant.landing_url)
+
+
+def _prefetch() -> bool:
+    """A browser fetching the link ahead of a tap that may never come (speculation rules,
+    link prefetch, Safari's preview): led on, not a scan."""
+    names = ("Sec-Purpose", "Purpose", "X-Purpose", "X-Moz")
+    purpose = " ".join(request.headers.get(name, "") for name in names).lower()
+    return "prefetch" in purpose or "preview" in purpose
 
 
 def _led_on(landing_url: str):
@@ -131,6 +141,12 @@ def _unavailable(exc: SQLAlchemyError):
 def qr_code(tenant_id: int):
     """The tenant's QR code as SVG (default) or PNG: ``?format=png&c=mesa-3``."""
     tenant = owned_tenant_or_404(tenant_id)
+    if not tenant.active:
+        raise ApiError(
+            409,
+            "The tenant is switched off: its codes lead nowhere until it is on again.",
+            code="tenant_inactive",
+        )
     if not tenant.landing_url:
         raise ApiError(
             409,
