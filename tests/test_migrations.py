@@ -344,6 +344,50 @@ def test_0013_gives_the_sales_recorded_before_their_key_with_the_amount(
     assert old_form == ["txn:C-9"]
 
 
+def test_0016_keys_the_tap_beacons_recorded_before_apart_from_the_sales(
+    scratch_app: Flask,
+) -> None:
+    """A tap sent with an order's number and amount was keyed as that order's sale and
+    hid it: after the upgrade the sale is recorded, the tap sent again is not."""
+    tenant_id = demo_then_downgrade_to("0015")
+    client = scratch_app.test_client()
+    beacons = [  # as 0015's server recorded them: (type, order, amount, its key)
+        ("whatsapp_click", "order-78", "300.00"),
+        ("social_share", "order-9", "50.00"),
+        ("purchase", "order-9", "50.00"),  # a sale that has the share's key too
+    ]
+    with db.engine.begin() as conn:
+        for n, (event_type, order, amount) in enumerate(beacons):
+            conn.execute(
+                text(
+                    "INSERT INTO events (tenant_id, id, created_at, event_type, metadata,"
+                    " revenue, currency) VALUES (:tenant, :id, :now, :type, :metadata,"
+                    " :amount, 'HNL')"
+                ),
+                {
+                    "tenant": tenant_id,
+                    "id": 999_980 + n,
+                    "now": utcnow(),
+                    "type": event_type,
+                    "metadata": json.dumps({"transaction_id": order}),
+                    "amount": amount,
+                },
+            )
+            conn.execute(
+                text("INSERT INTO dedupe_keys VALUES (:tenant, :key, :now) ON CONFLICT DO NOTHING"),
+                {"tenant": tenant_id, "key": f"txn:{order}:{amount}:HNL", "now": utcnow()},
+            )
+    before = event_rows()
+    upgrade()
+    sent = [("purchase", "order-78", "300.00"), *beacons]  # the sale, then every one again
+    for event_type, order, amount in sent:
+        beacon = {"tenant_slug": DEMO_SLUG, "transaction_id": order, "value": amount}
+        answer = client.post("/api/v1/analytics/conversion", json={**beacon, "event": event_type})
+        assert answer.get_json()["status"] == "ok"
+    (recorded,) = set(event_rows()) - set(before)  # order-78's sale, and nothing sent again
+    assert (recorded.event_type, recorded.revenue) == ("purchase", 300)
+
+
 def test_the_models_revision_is_the_migrations_head_and_revisions_number_in_order(
     scratch_app: Flask,
 ) -> None:

@@ -20,6 +20,21 @@ down_revision = "0014"
 branch_labels = None
 depends_on = None
 
+# Only the names that differ: the days rolled up since 0008, which writes still reach,
+# are right already, so no row a write takes is locked. The day as the rebuild counts it.
+RENAME = """
+UPDATE daily_product_counts AS rolled_up SET product_name = seen.name
+FROM (
+    SELECT (created_at AT TIME ZONE :zone)::date AS day, event_type, product_slug,
+           max(product_name) AS name
+    FROM events WHERE tenant_id = :tenant AND product_slug IS NOT NULL
+    GROUP BY 1, 2, 3
+) AS seen
+WHERE rolled_up.tenant_id = :tenant AND rolled_up.day = seen.day
+  AND rolled_up.event_type = seen.event_type AND rolled_up.product_slug = seen.product_slug
+  AND rolled_up.product_name IS DISTINCT FROM seen.name
+"""
+
 
 def upgrade():
     bind = op.get_bind()
@@ -28,19 +43,19 @@ def upgrade():
     # The database's own collation: in code-point order "P" (80) comes before "a" (97).
     if not bind.scalar(sa.text("SELECT 'aaaa' < 'Pan dulce'")):
         return
-    tenants = bind.scalars(
-        sa.text("SELECT DISTINCT tenant_id FROM daily_product_counts ORDER BY 1")
+    from tenant_analytics.timewindows import postgres_zone, tenant_zone
+
+    bind.execute(sa.text("SET LOCAL timezone_abbreviations = 'Default'"))
+    tenants = bind.execute(
+        sa.text(
+            "SELECT id, timezone FROM tenants"
+            " WHERE id IN (SELECT DISTINCT tenant_id FROM daily_product_counts) ORDER BY id"
+        )
     ).all()
-    if not tenants:
-        return
-    from sqlalchemy.orm import Session
-
-    from tenant_analytics.rollups import rebuild_rollups
-
-    session = Session(bind=bind)
-    for tenant_id in tenants:
-        rebuild_rollups(session, tenant_id)
-    session.flush()
+    for tenant_id, zone in tenants:
+        bind.execute(
+            sa.text(RENAME), {"tenant": tenant_id, "zone": postgres_zone(tenant_zone(zone))}
+        )
 
 
 def downgrade():
