@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any, get_args
 
@@ -100,6 +101,7 @@ def test_what_a_body_schema_allows_the_api_takes_and_what_it_refuses_the_api_ref
     from sending what is taken."""
     tenant = make_tenant()
     owner = auth_headers(make_user(tenant))
+    unix_now = int(time.time())
     track = {"tenant_id": tenant.id, "event_type": "purchase"}
     beacon = {"tenant_slug": tenant.slug}
     v1 = {"tenant_id": str(tenant.id), "type": "call"}
@@ -110,6 +112,23 @@ def test_what_a_body_schema_allows_the_api_takes_and_what_it_refuses_the_api_ref
         ("ConversionBeacon", "/api/v1/analytics/conversion", {**beacon, "value": None}, 200),
         ("ConversionBeacon", "/api/v1/analytics/conversion", {**beacon, "event": None}, 200),
         ("ConversionBeacon", "/api/v1/analytics/conversion", {**beacon, "value": "9.99"}, 200),
+        # A template's empty variable, JavaScript's float noise, a Unix time: all taken.
+        ("ConversionBeacon", "/api/v1/analytics/conversion", {**beacon, "value": " "}, 200),
+        ("ConversionBeacon", "/api/v1/analytics/conversion", {**beacon, "currency": ""}, 200),
+        ("ConversionBeacon", "/api/v1/analytics/conversion", {**beacon, "event": ""}, 200),
+        ("ConversionBeacon", "/api/v1/analytics/conversion", {**beacon, "value": -2.8e-17}, 200),
+        (
+            "ConversionBeacon",
+            "/api/v1/analytics/conversion",
+            {**beacon, "value": 999999999999.994},
+            200,
+        ),
+        (
+            "ConversionBeacon",
+            "/api/v1/analytics/conversion",
+            {**beacon, "timestamp": unix_now},
+            200,
+        ),
         ("V1TrackEvent", "/api/v1/analytics/track", {**v1, "metadata": []}, 202),
         ("TenantUpdate", f"/api/tenants/{tenant.id}", {"vip_monetary_threshold": "1.234"}, 422),
         ("TenantUpdate", f"/api/tenants/{tenant.id}", {"vip_monetary_threshold": "99"}, 200),

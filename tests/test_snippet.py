@@ -791,8 +791,9 @@ def test_track_takes_an_events_own_fields_as_its_third_argument(landing, make_te
         'tenantAnalytics.track("purchase", null, {"price": 0.1 + 0.2, "idempotency_key": "o-2"});'
         'tenantAnalytics.track("purchase", null, {"price": 6.1, "currency": "USD"});'
         'tenantAnalytics.track("purchase", null, {"price": 1.005, "currency": "KWD"});'
+        'tenantAnalytics.track("purchase", null, {"price": 0.155 * 3, "currency": "BHD"});'
     )
-    events = events_when(tenant.id, lambda events: types(events)["purchase"] >= 4)
+    events = events_when(tenant.id, lambda events: types(events)["purchase"] >= 5)
     time.sleep(0.5)  # a repeat would be here by now
     events = stored_events(tenant.id)
     purchases = sorted(
@@ -803,6 +804,8 @@ def test_track_takes_an_events_own_fields_as_its_third_argument(landing, make_te
     assert purchases == [
         # 0.30000000000000004 sent as 0.3
         (Decimal("0.30"), Decimal("0.30"), "HNL", None, None, None),
+        # 0.46499999999999997 as the beacon would round it, not 0.47 (46.5 cents)
+        (Decimal("0.46"), Decimal("0.46"), "BHD", None, None, None),
         # 1.005 as the beacon would round it, not 1.00 (100.49999999999999 cents)
         (Decimal("1.01"), Decimal("1.01"), "KWD", None, None, None),
         (Decimal("6.10"), Decimal("6.10"), "USD", None, None, None),  # paid in dollars

@@ -153,7 +153,7 @@ OPERATIONS: dict[str, Operation] = {
             200: "The code (X-QR-Target: the address it holds)",
             401: ERRORS[401],
             404: ERRORS[404],
-            409: "No landing_url yet, or PUBLIC_URL unset in production",
+            409: "No landing_url yet, the tenant switched off, or PUBLIC_URL unset in production",
             422: ERRORS[422],
         },
         owner=True,

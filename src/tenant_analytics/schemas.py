@@ -100,9 +100,30 @@ CENT = Decimal("0.01")
 MONEY_NUMBER = {"type": "number", "minimum": 0, "maximum": float(MAX_MONEY)}
 
 
-def _money_schema(decimals: str, about: str, *also: dict[str, Any]) -> WithJsonSchema:
+# A number a beacon's value rounds into the bounds from (half up: -0.004 is 0.00).
+ROUNDED_MONEY_NUMBER = {
+    "type": "number",
+    "exclusiveMinimum": -0.005,
+    "exclusiveMaximum": float(MAX_MONEY + CENT / 2),
+}
+# Blank text where a beacon takes it for the field left out (a template's empty variable).
+BLANK = {"type": "string", "pattern": "^\\s*$", "description": "blank: the default"}
+
+
+def _money_schema(
+    decimals: str, about: str, *also: dict[str, Any], number: dict[str, Any] = MONEY_NUMBER
+) -> WithJsonSchema:
     text = {"type": "string", "pattern": f"^{_money_text(decimals).pattern}$"}
-    return WithJsonSchema({"anyOf": [MONEY_NUMBER, text, *also], "description": about})
+    return WithJsonSchema({"anyOf": [number, text, *also], "description": about})
+
+
+def _also_allowed(*schemas: dict[str, Any]) -> Any:
+    """A field's JSON Schema with more alternatives in its anyOf."""
+
+    def extend(schema: dict[str, Any]) -> None:
+        schema["anyOf"] = [*schema.pop("anyOf", [dict(schema)]), *schemas]
+
+    return extend
 
 
 @cache
@@ -149,7 +170,7 @@ RoundedMoney = Annotated[
     Decimal,
     AfterValidator(_rounded_to_the_cent),
     _as_money_text_shows("+", "up to 12 before the point"),
-    _money_schema("+", "Rounded to the cent."),
+    _money_schema("+", "Rounded to the cent.", number=ROUNDED_MONEY_NUMBER),
 ]
 Text = Annotated[str, AfterValidator(_storable_text)]
 
@@ -362,15 +383,26 @@ class ConversionBeacon(Body):
     # null is the default too (below), as the schema says.
     value: Annotated[
         RoundedMoney,
-        _money_schema("+", "Rounded to the cent; null or blank is 0.", {"type": "null"}),
+        _money_schema(
+            "+",
+            "Rounded to the cent; null or blank is 0.",
+            {"type": "null"},
+            BLANK,
+            number=ROUNDED_MONEY_NUMBER,
+        ),
     ] = Field(default=Decimal(0), json_schema_extra={"default": 0})
-    currency: Currency | None = None
+    currency: Currency | None = Field(default=None, json_schema_extra=_also_allowed(BLANK))
     event: Annotated[
         Literal[V1_TRACK_TYPES],  # type: ignore[valid-type]
-        WithJsonSchema({"anyOf": [{"enum": list(V1_TRACK_TYPES)}, {"type": "null"}]}),
+        WithJsonSchema({"anyOf": [{"enum": list(V1_TRACK_TYPES)}, {"type": "null"}, BLANK]}),
     ] = PURCHASE
     # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
-    timestamp: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = None
+    timestamp: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = Field(
+        default=None,
+        json_schema_extra=_also_allowed(
+            {"type": "number", "description": "Unix time: seconds, or milliseconds"}
+        ),
+    )
 
     @field_validator("value", "currency", "event", mode="before")
     @classmethod

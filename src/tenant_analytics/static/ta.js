@@ -63,12 +63,13 @@
     "idempotency_key",
   ];
 
-  // Half up on the number as written, as the server rounds a beacon's value: 1.005 is
-  // 1.01, where its binary value times 100 (100.49999...) would round down.
+  // Half up on the digits JSON would send, as the server rounds a beacon's value: 1.005
+  // is 1.01, where its binary value times 100 (100.49999...) would round down.
   function toCents(price) {
-    const text = String(price);
-    if (text.indexOf("e") !== -1) return Math.round(price * 100) / 100; // 1e-7, 1e+21
-    return Number(Math.round(Number(text + "e2")) + "e-2");
+    const digits = /^(-?)(\d+)\.(\d\d)(\d)\d*$/.exec(String(price));
+    if (!digits) return Math.round(price * 100) / 100; // two decimals at most, or 1e-7
+    const cents = Number(digits[2] + digits[3]) + (digits[4] >= "5" ? 1 : 0);
+    return Number(digits[1] + cents / 100);
   }
 
   function send(type, metadata, fields) {
