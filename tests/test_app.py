@@ -21,7 +21,7 @@ from gunicorn.arbiter import Arbiter
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import OperationalError
 
-from tenant_analytics import create_app
+from tenant_analytics import create_app, ratelimits
 from tenant_analytics.config import (
     ConfigError,
     from_environment,
@@ -29,7 +29,7 @@ from tenant_analytics.config import (
     warn_about_database,
 )
 from tenant_analytics.errors import is_outage
-from tenant_analytics.extensions import db
+from tenant_analytics.extensions import db, limiter
 from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
 from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
 from tenant_analytics.partitions import ensure_partitions, include_in_migrations, month_of
@@ -655,14 +655,26 @@ def ensure_partitions_if_any(connection, now):
         ensure_partitions(connection, [month_of(now)])
 
 
-def test_health_says_whether_the_database_and_the_limiter_answer(app, make_app):
+def test_health_says_whether_the_database_and_the_limiter_answer(app, make_app, monkeypatch):
     healthy = app.test_client().get("/api/health")
     assert (healthy.status_code, healthy.headers["Cache-Control"]) == (200, "no-store")
     assert healthy.get_json() == {"status": "ok", "database": "ok", "rate_limit_storage": "ok"}
     # Redis away: still serving (events are counted in memory meanwhile), and said so.
     no_redis = make_app(RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0").test_client()
+    asked = []
+    monkeypatch.setattr(limiter.storage, "check", lambda: asked.append(1) or False)
+    # flask-limiter's own look for a dead storage's return, on its schedule, not asked here
+    monkeypatch.setattr(limiter, "_Limiter__should_check_backend", lambda: False)
+    answers = [no_redis.get("/api/health") for _ in range(3)]
+    assert {(a.status_code, a.get_json()["rate_limit_storage"]) for a in answers} == {
+        (200, "unavailable")
+    }
+    assert len(asked) == 1  # found dead, then known so: a hung Redis holds no more probes
+    monkeypatch.setattr(ratelimits, "STORAGE_RECHECK_SECONDS", 0.0)  # time to ask again
+    monkeypatch.setattr(limiter.storage, "check", lambda: asked.append(1) or True)
     answer = no_redis.get("/api/health")
-    assert (answer.status_code, answer.get_json()["rate_limit_storage"]) == (200, "unavailable")
+    assert (len(asked), answer.get_json()["rate_limit_storage"]) == (2, "ok")
+    assert not limiter._storage_dead  # back to counting in Redis
     make_app()  # the limiter (one per process) counts in a working storage again
     # The database away, or never migrated: out of the load balancer's rotation.
     for database, said in (

@@ -67,6 +67,17 @@ def _requested_tenant_id() -> int | None:
     return tenant.id if tenant is not None else None
 
 
+def tenant_lookup_failed() -> bool:
+    """The database did not answer the request's tenant lookup: the view answers 503 (or
+    the contract's 202), and no tenant limit counts it. Counted as an unknown tenant's,
+    a client retrying an outage as told found a 429 and a minute's wait at its end."""
+    try:
+        requested_tenant()
+    except SQLAlchemyError:
+        return True
+    return False
+
+
 def tenant_key() -> str:
     """One bucket per active tenant; requests naming no known tenant share their address's."""
     tenant_id = _requested_tenant_id()
@@ -114,7 +125,7 @@ def address_share(
         @wraps(view)
         def check(*args: Any, **kwargs: Any) -> Any:
             limit = current_app.config.get("TRACK_ADDRESS_RATE_LIMIT")
-            if not limit:
+            if not limit or tenant_lookup_failed():
                 return admitted(*args, **kwargs)
             units = cost()
             full = _tenant_bucket_refusal(units)
@@ -177,18 +188,48 @@ def quiet_storage_failures() -> None:
         logger.addFilter(StorageFailuresInOneLine())
 
 
+def _storage_found_dead() -> None:
+    """Counted in the process's memory from now on, as flask-limiter switches on its own
+    limits (one warning for all), until flask-limiter finds the storage back."""
+    log.warning("the limiter's storage did not answer: counting in memory meanwhile")
+    limiter._storage_dead = True  # flask-limiter's own switch
+
+
 def _counted(hit: Callable[[RateLimiter], Any]) -> Any:
-    """``hit(strategy)`` with the limiter's counting strategy. When its storage does not
-    answer, it is marked dead as flask-limiter marks it on its own limits (one warning
-    for all), and counted in the process's memory until flask-limiter finds it back."""
+    """``hit(strategy)`` with the limiter's counting strategy; in memory once its storage
+    does not answer."""
     try:
         return hit(limiter.limiter)
     except Exception:
         if limiter._storage_dead or limiter._fallback_limiter is None:
             raise
-        log.warning("the limiter's storage did not answer: counting in memory meanwhile")
-        limiter._storage_dead = True  # flask-limiter's own switch
+        _storage_found_dead()
         return hit(limiter.limiter)
+
+
+# How often the health check asks a storage found dead whether it answers again.
+STORAGE_RECHECK_SECONDS = 30.0
+_storage_asked_at = -math.inf
+
+
+def limiter_storage_answers() -> bool:
+    """For the health check. A storage found dead is asked again only every
+    STORAGE_RECHECK_SECONDS (flask-limiter also asks on its own schedule): a Redis that
+    hangs held each probe a second or two, past a load balancer's timeout, and took
+    the host out of rotation for the limiter's outage."""
+    global _storage_asked_at
+    now = time.monotonic()
+    if limiter._storage_dead and now - _storage_asked_at < STORAGE_RECHECK_SECONDS:
+        return False
+    _storage_asked_at = now
+    if limiter.storage.check():
+        if limiter._storage_dead:
+            log.warning("the limiter's storage answers again: counting there")
+            limiter._storage_dead = False
+        return True
+    if limiter._fallback_limiter is not None and not limiter._storage_dead:
+        _storage_found_dead()
+    return False
 
 
 def _seconds_until_allowed(
@@ -253,7 +294,10 @@ def spend_heavy_owner_work(tenant_id: int) -> None:
 
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.
 _tenant_bucket = limiter.shared_limit(
-    lambda: current_app.config["TRACK_RATE_LIMIT"], scope=TENANT_SCOPE, key_func=tenant_key
+    lambda: current_app.config["TRACK_RATE_LIMIT"],
+    scope=TENANT_SCOPE,
+    key_func=tenant_key,
+    exempt_when=tenant_lookup_failed,
 )
 per_tenant = unless_disabled(address_share(_one_event, _tenant_bucket))
 
@@ -317,6 +361,7 @@ def _per_tenant_events(view: View) -> View:
         scope=TENANT_SCOPE,
         key_func=tenant_key,
         cost=batch_cost,
+        exempt_when=tenant_lookup_failed,
     )
     return refuse_batches_over_the_limit(address_share(batch_cost, tenant_bucket)(view))
 
@@ -361,7 +406,10 @@ def counted_or_503(limited: View) -> View:
     @wraps(limited)
     def checked(*args: Any, **kwargs: Any) -> Any:
         if not limiter.storage.check():
-            log.warning("sign-in refused: the limiter's storage did not answer")
+            # Once a minute, as the outages of the database are told: not once a guess.
+            current_app.extensions["outage_lines"].say(
+                "sign-in refused: the limiter's storage did not answer", log, logging.WARNING
+            )
             return unavailable("Sign-in is unavailable for a moment; retry shortly.", retry_after=5)
         if limiter._storage_dead:
             # flask-limiter looks for its storage again only after a backoff (up to 32 s):
@@ -441,6 +489,8 @@ def _tenant_bucket_refusal(cost: int = 1, *, spend: bool = False) -> Any:
     """The 429 the tenant's bucket answers when ``cost`` more units do not fit in it, or
     None when they do (spent only when ``spend``). Unlimited when the limiter's storage
     and its fallback both fail, as flask-limiter is."""
+    if tenant_lookup_failed():
+        return None
     limit = current_app.config["TRACK_RATE_LIMIT"]
     try:
         retry_after = _seconds_until_allowed(limit, _tenant_bucket_key(), cost, spend=spend)

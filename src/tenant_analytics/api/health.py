@@ -7,8 +7,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import is_not_migrated, unavailable
-from ..extensions import db, limiter
+from ..extensions import db
 from ..models import SCHEMA_REVISION
+from ..ratelimits import limiter_storage_answers
 
 bp = Blueprint("health", __name__)
 
@@ -21,7 +22,7 @@ def health():
     """
     database = _database_state()
     db.session.close()  # the connection back to the pool before Redis is asked
-    limits = not current_app.config["RATELIMIT_ENABLED"] or limiter.storage.check()
+    limits = not current_app.config["RATELIMIT_ENABLED"] or limiter_storage_answers()
     parts = {
         "database": "ok" if database == "ok" else "unavailable",
         "rate_limit_storage": "ok" if limits else "unavailable",
