@@ -148,10 +148,21 @@ def password_or_prompt(password: str | None, prompt: str = "Password") -> str:
 
 
 @tenant_cli.command("create")
-@click.option("--name", required=True)
-@click.option("--slug", required=True, callback=valid_slug)
+@click.option("--name", required=True, help="The business's name, as its owners see it.")
+@click.option(
+    "--slug",
+    required=True,
+    callback=valid_slug,
+    help="Its public name in /q/<slug> and beacons: lower-case letters, digits, single hyphens.",
+)
 @click.option("--inactive", is_flag=True, help="Create the tenant switched off.")
-@click.option("--timezone", default="UTC", callback=valid_timezone, show_default=True)
+@click.option(
+    "--timezone",
+    default="UTC",
+    callback=valid_timezone,
+    show_default=True,
+    help="An IANA zone (America/Tegucigalpa): its dashboards' days are local days.",
+)
 @click.option("--landing-url", help="The landing page its QR codes lead to (http or https).")
 def create_tenant(
     name: str, slug: str, inactive: bool, timezone: str, landing_url: str | None
@@ -263,7 +274,9 @@ def delete_tenant(tenant_id: int, yes: bool) -> None:
     callback=valid_password,
     help="Asked for when left out, which keeps it out of shell history and ps.",
 )
-@click.option("--tenant", "tenant_ids", type=int, multiple=True, help="Tenant id it owns.")
+@click.option(
+    "--tenant", "tenant_ids", type=int, multiple=True, help="Tenant id it owns (repeatable)."
+)
 @click.option("--admin", is_flag=True, help="May read every tenant.")
 def create_user_command(
     email: str, password: str | None, tenant_ids: tuple[int, ...], admin: bool
