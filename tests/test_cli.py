@@ -46,7 +46,7 @@ from tenant_analytics.rollups import (
     rebuild_rollups,
 )
 from tenant_analytics.storage import claim_keys
-from tenant_analytics.tenant_data import EXPORT_PAGE, delete_tenant_data
+from tenant_analytics.tenant_data import EXPORT_PAGE, delete_tenant_data, exported_lines
 
 from .servers import ROOT
 from .test_store_reports import ev
@@ -372,6 +372,51 @@ def test_forget_customer_deletes_its_events_and_recounts_the_rollups(
     args[3] = "999999"
     missing = runner.invoke(args=args)
     assert missing.exit_code == 1 and "no tenant with id 999999" in missing.output
+
+
+def test_forget_customer_keeps_another_customers_events_of_a_shared_session(
+    runner, make_tenant, store_events
+):
+    """A kiosk, a shared phone: two customers signed in, one after the other, in one
+    session. Forgetting one takes its events and the session's unnamed ones, not the
+    other's sales."""
+    shop = make_tenant()
+    now = utcnow()
+    sale = {"revenue": Decimal("30.00"), "product_slug": "pan"}
+    store_events(
+        shop,
+        [
+            ev("page_view", now, "kiosk"),
+            ev("purchase", now, "kiosk", user_id="alice", **sale),
+            ev("purchase", now, "kiosk", user_id="bob", **sale),
+        ],
+    )
+    args = ["events", "forget-customer", "--tenant", str(shop.id), "--user-id", "alice"]
+    result = runner.invoke(args=args)
+    assert json.loads(result.output)["events_deleted"] == 2, result.output
+    db.session.expire_all()
+    kept = db.session.execute(select(Event.event_type, Event.user_id)).all()
+    assert kept == [("purchase", "bob")]
+
+
+def test_an_export_gives_times_in_utc_whatever_the_databases_time_zone(
+    app, make_tenant, add_events, is_postgres
+):
+    """PostgreSQL answers a timestamptz in its session's TimeZone (the host's, often, as
+    initdb found it): the export says UTC, as it promises."""
+    if not is_postgres:
+        pytest.skip("SQLite keeps no time zone")
+    tenant = make_tenant()
+    at = datetime(2026, 10, 9, 9, 32, 15, tzinfo=UTC)
+    add_events(tenant, [("pageview", at, "10.0.0.1", None)])
+    with db.engine.connect() as connection:
+        connection.exec_driver_sql("SET TIME ZONE 'America/Tegucigalpa'")
+        try:
+            lines = list(exported_lines(Session(bind=connection), tenant))
+        finally:
+            connection.exec_driver_sql("RESET TIME ZONE")
+    (event,) = [json.loads(line)["event"] for line in lines if line.startswith('{"event"')]
+    assert event["created_at"] == "2026-10-09T09:32:15+00:00"
 
 
 @pytest.mark.parametrize("page", [EXPORT_PAGE, 1])

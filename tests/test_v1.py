@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -10,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from tenant_analytics.errors import NOT_MIGRATED
 from tenant_analytics.extensions import db, limiter
@@ -17,6 +19,7 @@ from tenant_analytics.group_commit import GroupCommitter
 from tenant_analytics.models import Event, utcnow
 from tenant_analytics.products import create_product
 from tenant_analytics.queries.landing import landing_summary as raw_landing_summary
+from tenant_analytics.rollups import rebuild_rollups
 
 
 def events_of(tenant_id: int) -> list[Event]:
@@ -334,6 +337,31 @@ def test_blank_template_variables_are_the_defaults(client, make_tenant):
     assert answer.get_json() == {"status": "ok", "transaction_id": "t-blank"}
     (event,) = events_of(tenant.id)
     assert (event.event_type, event.revenue, event.currency) == ("purchase", 0, "USD")
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_a_sale_beacon_waits_out_a_rebuild_of_its_tenant(
+    make_app, make_tenant, is_postgres, group_commit
+):
+    """A rebuild (a zone change, forget-customer) holds the tenant's rollups until it
+    commits: an event gets its 503 to send again, but a beacon has none to give, and its
+    sale was lost. It tries again instead, until the rebuild is over."""
+    if not is_postgres:
+        pytest.skip("the rollup lock is PostgreSQL's")
+    app = make_app(GROUP_COMMIT=group_commit, WRITE_LOCK_TIMEOUT_SECONDS=0.3)
+    with app.app_context():
+        tenant = make_tenant(slug="tienda-r")
+        rebuild = Session(db.engine)
+        rebuild_rollups(rebuild, tenant.id)  # its lock held until the rollback
+        threading.Timer(2.0, rebuild.rollback).start()
+        beacon = {"tenant_slug": "tienda-r", "transaction_id": "during-rebuild", "value": 12}
+        started = time.monotonic()
+        answer = app.test_client().post("/api/v1/analytics/conversion", json=beacon)
+        waited = time.monotonic() - started
+        rebuild.close()
+        assert answer.get_json() == {"status": "ok", "transaction_id": "during-rebuild"}
+        assert waited > 1.5  # it did meet the rebuild
+        assert [event.revenue for event in events_of(tenant.id)] == [Decimal("12.00")]
 
 
 def test_conversion_a_few_minutes_ahead_is_stored_as_now(client, make_tenant):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from .models import DedupeKey, Event, Product, Tenant
@@ -92,13 +92,17 @@ def delete_tenant_data(session: Session, tenant_id: int) -> int:
 
 def forget_customer(session: Session, tenant_id: int, user_id: str) -> int:
     """Delete every event of the tenant that names the customer (``user_id``), and the
-    others of its sessions (the page views before it signed in); return how many. The
-    caller rebuilds the tenant's rollups, which count them, and commits."""
+    unnamed others of its sessions (the page views before it signed in); return how many.
+    Another customer's events in one of those sessions (a shared device, a kiosk) stay.
+    The caller rebuilds the tenant's rollups, which count them, and commits."""
     its_sessions = select(Event.session_id).where(
         Event.tenant_id == tenant_id, Event.user_id == user_id, Event.session_id.is_not(None)
     )
     forgotten = delete(Event).where(
         Event.tenant_id == tenant_id,
-        or_(Event.user_id == user_id, Event.session_id.in_(its_sessions)),
+        or_(
+            Event.user_id == user_id,
+            and_(Event.user_id.is_(None), Event.session_id.in_(its_sessions)),
+        ),
     )
     return session.execute(forgotten).rowcount or 0

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from ..errors import log_not_recorded
 from ..event_builders import conversion_event, interaction_event, v1_track_event
 from ..extensions import db
+from ..ingestion import NewEvent, TenantBusy, TenantRef
 from ..logs import get_logger
 from ..ratelimits import api_group_and_tenant, conversion_group, per_tenant
 from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
@@ -18,6 +19,11 @@ from .requests import ingest_from_request, parse_body, sent_by_a_crawler
 
 bp = Blueprint("v1", __name__, url_prefix="/api/v1")
 log = get_logger(__name__)
+
+# How long a sale's beacon keeps trying while its tenant's rollups are rebuilt (a zone
+# change, forget-customer): it has no 503 to send back, a sale refused would be lost,
+# and the browser sends it whether the page stays or not.
+BEACON_BUSY_SECONDS = 30.0
 
 
 @bp.post("/analytics/track")
@@ -47,12 +53,27 @@ def conversion():
         event = conversion_event(body, tenant) if tenant else None
         if event is None or sent_by_a_crawler():  # a bot's thank-you page sold nothing
             return {"status": "skipped", "transaction_id": transaction_id}
-        ingest_from_request(tenant, [event])
+        _ingest_when_free(tenant, event)
     except Exception as exc:  # a beacon must never fail the page
         db.session.rollback()
         log_not_recorded(log, "conversion beacon skipped", exc)
         return {"status": "skipped", "transaction_id": transaction_id}
     return {"status": "ok", "transaction_id": transaction_id}  # as sent, as "skipped" does
+
+
+def _ingest_when_free(tenant: TenantRef, event: NewEvent) -> None:
+    """Ingest, trying again each second, up to BEACON_BUSY_SECONDS, while the tenant's
+    rollups are locked (no connection held between tries; nothing was written)."""
+    given_up_at = time.monotonic() + BEACON_BUSY_SECONDS
+    while True:
+        try:
+            ingest_from_request(tenant, [event])
+            return
+        except TenantBusy:
+            db.session.rollback()
+            if time.monotonic() >= given_up_at:
+                raise
+            time.sleep(1)
 
 
 @bp.post("/interactions")
