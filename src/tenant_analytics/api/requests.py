@@ -98,7 +98,7 @@ def refuse_encoded_bodies() -> ResponseReturnValue | None:
         return None
     response, status = error_response(
         415,
-        "Send the body uncompressed: no Content-Encoding is accepted.",
+        "Send the body uncompressed: no Content-Encoding but identity is accepted.",
         code="unsupported_content_encoding",
     )
     response.headers["Accept-Encoding"] = "identity"  # RFC 7694
