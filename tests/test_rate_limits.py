@@ -312,6 +312,7 @@ def test_a_client_retrying_through_a_database_outage_is_never_told_to_wait_a_min
         SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none",
         TRACK_RATE_LIMIT="2 per minute",
         TRACK_ADDRESS_RATE_LIMIT="1 per minute",
+        API_RATE_LIMIT="2 per minute",
     )
     client = away.test_client()
     event = {"tenant_id": 1, "event_type": "pageview"}

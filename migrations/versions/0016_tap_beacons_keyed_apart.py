@@ -35,27 +35,46 @@ BEACONS = """
     WHERE {txn} IS NOT NULL AND revenue IS NOT NULL AND currency IS NOT NULL
       AND event_type NOT IN {sales}
 """
-OLD_KEY_UNLESS_A_SALE = """
-    DELETE FROM dedupe_keys WHERE tenant_id = :tenant AND key = :key AND NOT EXISTS (
-        SELECT 1 FROM events WHERE tenant_id = :tenant AND event_type IN {sales}
-          AND {txn} = :transaction_id AND revenue = :revenue AND currency = :currency
-    )
+# The sales of those transaction ids: one pass over the events for up to CHUNK of them.
+SALES = """
+    SELECT DISTINCT tenant_id, {txn}, revenue, currency FROM events
+    WHERE {txn} IN :transaction_ids AND revenue IS NOT NULL AND currency IS NOT NULL
+      AND event_type IN {sales}
 """
+CHUNK = 5000  # bound parameters: SQLite takes 32,766
 
 
-def _beacons(bind) -> tuple[str, list]:
+def _beacons(bind) -> list:
     txn = TRANSACTION_ID[bind.dialect.name]
-    return txn, bind.execute(sa.text(BEACONS.format(txn=txn, sales=SALE_TYPES))).all()
+    return bind.execute(sa.text(BEACONS.format(txn=txn, sales=SALE_TYPES))).all()
 
 
-def _add_key(bind, tenant_id: int, key: str) -> None:
-    bind.execute(
-        sa.text(
-            "INSERT INTO dedupe_keys (tenant_id, key, seen_at)"
-            " VALUES (:tenant, :key, :now) ON CONFLICT DO NOTHING"
-        ),
-        {"tenant": tenant_id, "key": key, "now": datetime.now(UTC)},
+def _sale_keys(bind, transaction_ids: list[str]) -> set[tuple[int, str]]:
+    """(tenant, key) of the sales recorded with ``transaction_ids``, in the old form."""
+    txn = TRANSACTION_ID[bind.dialect.name]
+    query = sa.text(SALES.format(txn=txn, sales=SALE_TYPES)).bindparams(
+        sa.bindparam("transaction_ids", expanding=True)
     )
+    keys = set()
+    for start in range(0, len(transaction_ids), CHUNK):
+        chunk = transaction_ids[start : start + CHUNK]
+        for tenant_id, transaction_id, revenue, currency in bind.execute(
+            query, {"transaction_ids": chunk}
+        ):
+            keys.add((tenant_id, _old_key(transaction_id, Decimal(str(revenue)), currency)))
+    return keys
+
+
+def _add_keys(bind, keys: set[tuple[int, str]]) -> None:
+    now = datetime.now(UTC)
+    if keys:
+        bind.execute(
+            sa.text(
+                "INSERT INTO dedupe_keys (tenant_id, key, seen_at)"
+                " VALUES (:tenant, :key, :now) ON CONFLICT DO NOTHING"
+            ),
+            [{"tenant": tenant_id, "key": key, "now": now} for tenant_id, key in sorted(keys)],
+        )
 
 
 def _old_key(transaction_id, value: Decimal, currency: str) -> str:
@@ -66,23 +85,23 @@ def upgrade():
     if op.get_context().as_sql:
         return  # a script reads no rows
     bind = op.get_bind()
-    txn, beacons = _beacons(bind)
+    beacons = _beacons(bind)
     if not beacons:
         return
     from tenant_analytics.event_builders import transaction_key
 
+    new_keys, old_keys = set(), set()
     for tenant_id, event_type, transaction_id, revenue, currency in beacons:
         value = Decimal(str(revenue))  # a float on SQLite
-        _add_key(bind, tenant_id, transaction_key(str(transaction_id), value, currency, event_type))
+        new_keys.add((tenant_id, transaction_key(str(transaction_id), value, currency, event_type)))
+        old_keys.add((tenant_id, _old_key(transaction_id, value, currency)))
+    _add_keys(bind, new_keys)
+    held_by_a_sale = _sale_keys(bind, sorted({str(row[2]) for row in beacons}))
+    gone = sorted(old_keys - held_by_a_sale)
+    if gone:
         bind.execute(
-            sa.text(OLD_KEY_UNLESS_A_SALE.format(txn=txn, sales=SALE_TYPES)),
-            {
-                "tenant": tenant_id,
-                "key": _old_key(transaction_id, value, currency),
-                "transaction_id": str(transaction_id),
-                "revenue": revenue,
-                "currency": currency,
-            },
+            sa.text("DELETE FROM dedupe_keys WHERE tenant_id = :tenant AND key = :key"),
+            [{"tenant": tenant_id, "key": key} for tenant_id, key in gone],
         )
 
 
@@ -91,6 +110,10 @@ def downgrade():
     if op.get_context().as_sql:
         return
     bind = op.get_bind()
-    _txn, beacons = _beacons(bind)
-    for tenant_id, _event_type, transaction_id, revenue, currency in beacons:
-        _add_key(bind, tenant_id, _old_key(transaction_id, Decimal(str(revenue)), currency))
+    _add_keys(
+        bind,
+        {
+            (tenant_id, _old_key(transaction_id, Decimal(str(revenue)), currency))
+            for tenant_id, _type, transaction_id, revenue, currency in _beacons(bind)
+        },
+    )

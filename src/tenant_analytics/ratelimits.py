@@ -474,7 +474,10 @@ def _skip_beacon(_limit: RequestLimit) -> Response:
 
 # The v1 "api" throttle group: per client address, shared by its endpoints.
 _api_limit = limiter.shared_limit(
-    lambda: current_app.config["API_RATE_LIMIT"], scope="api", key_func=client_ip_key
+    lambda: current_app.config["API_RATE_LIMIT"],
+    scope="api",
+    key_func=client_ip_key,
+    exempt_when=tenant_lookup_failed,
 )
 
 

@@ -12,6 +12,7 @@ from ..event_builders import conversion_event, interaction_event, v1_track_event
 from ..extensions import db
 from ..ingestion import NewEvent, TenantBusy, TenantRef
 from ..logs import get_logger
+from ..postgres_writer import locked_tenants
 from ..ratelimits import api_group_and_tenant, conversion_group, per_tenant
 from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
 from ..tenancy import public_tenant_by_slug, request_body, requested_tenant, requested_tenant_or_404
@@ -62,8 +63,10 @@ def conversion():
 
 
 def _ingest_when_free(tenant: TenantRef, event: NewEvent) -> None:
-    """Ingest, trying again each second, up to BEACON_BUSY_SECONDS, while the tenant's
-    rollups are locked (no connection held between tries; nothing was written)."""
+    """Ingest; while the tenant's rollups are locked (nothing was written), look each
+    second, up to BEACON_BUSY_SECONDS, whether they still are (pg_locks, on a connection
+    held for that look only: a try waits the lock timeout on a pooled one) and try again
+    once they are not."""
     given_up_at = time.monotonic() + BEACON_BUSY_SECONDS
     while True:
         try:
@@ -71,9 +74,17 @@ def _ingest_when_free(tenant: TenantRef, event: NewEvent) -> None:
             return
         except TenantBusy:
             db.session.rollback()
-            if time.monotonic() >= given_up_at:
-                raise
-            time.sleep(1)
+            while True:
+                if time.monotonic() >= given_up_at:
+                    raise
+                time.sleep(1)
+                if not _rollups_locked(tenant.id):
+                    break
+
+
+def _rollups_locked(tenant_id: int) -> bool:
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        return tenant_id in locked_tenants(connection, {tenant_id})
 
 
 @bp.post("/interactions")
