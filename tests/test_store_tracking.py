@@ -180,6 +180,36 @@ def test_a_price_written_with_zeros_past_the_cents_is_that_price(client, make_te
     ]
 
 
+def test_blank_store_fields_are_left_out(client, make_tenant):
+    """A guest's sale from a template whose variables are empty ("{{ customer.id }}"):
+    kept, as if the fields were not sent, rather than refused."""
+    tenant = make_tenant()
+    blanks = {"user_id": "", "session_id": " ", "product_slug": "", "product_name": "  "}
+    response = track(client, tenant_id=tenant.id, event_type="purchase", price="5", **blanks)
+    assert response.status_code == 201, response.get_json()
+    (event,) = events_of(tenant.id)
+    assert (event.user_id, event.product_slug, event.product_name) == (None, None, None)
+    assert uuid.UUID(event.session_id).version == 4  # generated, as for one not sent
+
+
+def test_numbers_of_a_shop_template_sent_as_json_or_as_text(client, make_tenant):
+    """A customer number as a JSON integer is that customer; a quantity as its digits
+    ("{{ qty }}") is that quantity, as a price's digits are taken."""
+    tenant = make_tenant()
+    response = track(
+        client,
+        tenant_id=tenant.id,
+        event_type="purchase",
+        user_id=1042,
+        price="10.50",
+        metadata={"quantity": "3"},
+    )
+    assert response.status_code == 201, response.get_json()
+    (event,) = events_of(tenant.id)
+    assert (event.user_id, event.quantity, event.revenue) == ("1042", 3, Decimal("31.50"))
+    assert event.metadata_ == {"quantity": 3}
+
+
 @pytest.mark.parametrize("quantity", ["2 kg", 0, 10**7])
 def test_a_landing_events_quantity_is_its_own_metadata(client, make_tenant, quantity):
     """metadata.quantity is a store field; a landing page's metadata may use the word."""
@@ -207,6 +237,11 @@ def test_a_landing_events_quantity_is_its_own_metadata(client, make_tenant, quan
         ({"price": ".5"}, "price"),
         ({"metadata": {"quantity": 0}}, "metadata"),
         ({"metadata": {"quantity": 1.5}}, "metadata"),
+        ({"metadata": {"quantity": "1.5"}}, "metadata"),
+        ({"metadata": {"quantity": "0"}}, "metadata"),
+        ({"metadata": {"quantity": "2 kg"}}, "metadata"),
+        ({"metadata": {"quantity": "9" * 5000}}, "metadata"),
+        ({"user_id": True}, "user_id"),
         ({"session_id": "s" * 65}, "session_id"),
         ({"idempotency_key": ""}, "idempotency_key"),
         ({"source": 5}, "source"),

@@ -206,13 +206,13 @@ def test_text_too_short_or_long_is_counted_in_characters(client, make_tenant):
         json={
             "tenant_id": tenant.id,
             "event_type": "pageview",
-            "session_id": "   ",  # stripped to nothing
+            "idempotency_key": "   ",  # stripped to nothing
             "product_slug": "x" * 201,
         },
     )
     assert response.status_code == 422
     assert response.get_json()["errors"] == {
-        "session_id": ["Text should have at least 1 character"],
+        "idempotency_key": ["Text should have at least 1 character"],
         "product_slug": ["Text should have at most 200 characters"],
     }
 

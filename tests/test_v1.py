@@ -340,6 +340,41 @@ def test_blank_template_variables_are_the_defaults(client, make_tenant):
     assert (event.event_type, event.revenue, event.currency) == ("purchase", 0, "USD")
 
 
+def test_a_blank_order_number_is_a_sale_without_one(client, make_tenant):
+    """ "{{ order.id }}" rendered empty: the sale is kept, as one sent without an id."""
+    tenant = make_tenant(slug="tienda")
+    for blank in ("", "  "):
+        body = {"tenant_slug": "tienda", "transaction_id": blank, "value": 7}
+        answer = client.post("/api/v1/analytics/conversion", json=body)
+        assert answer.get_json() == {"status": "ok", "transaction_id": blank}
+    assert [event.revenue for event in events_of(tenant.id)] == [Decimal("7.00")] * 2
+
+
+def test_a_slug_in_capitals_names_its_tenant(client, make_tenant):
+    tenant = make_tenant(slug="tienda-rosa")
+    body = {"tenant_slug": "Tienda-Rosa", "transaction_id": "t-caps", "value": 3}
+    answer = client.post("/api/v1/analytics/conversion", json=body)
+    assert answer.get_json() == {"status": "ok", "transaction_id": "t-caps"}
+    assert [event.revenue for event in events_of(tenant.id)] == [Decimal("3.00")]
+
+
+def test_a_time_without_an_offset_is_utc(client, make_tenant, beacon_clock):
+    """ISO 8601 without a zone (Python's utcnow().isoformat(), or a date alone) is read
+    as UTC, as the contract's server reads it; the sale was skipped (lost)."""
+    tenant = make_tenant(slug="tienda")
+    two_hours_ago = beacon_clock - timedelta(hours=2)
+    sent = {
+        "t-naive": two_hours_ago.replace(tzinfo=None).isoformat(),
+        "t-date": beacon_clock.date().isoformat(),
+    }
+    for transaction_id, timestamp in sent.items():
+        body = {"tenant_slug": "tienda", "transaction_id": transaction_id, "timestamp": timestamp}
+        answer = client.post("/api/v1/analytics/conversion", json=body)
+        assert answer.get_json() == {"status": "ok", "transaction_id": transaction_id}
+    midnight = beacon_clock.replace(hour=0, minute=0, second=0)
+    assert [event.created_at for event in events_of(tenant.id)] == [two_hours_ago, midnight]
+
+
 @pytest.mark.parametrize("group_commit", [True, False])
 def test_a_sale_beacon_waits_out_a_rebuild_of_its_tenant(
     make_app, make_tenant, is_postgres, group_commit, monkeypatch
@@ -436,7 +471,8 @@ def test_conversion_just_inside_its_time_limits_is_stored(
         {},
         {"transaction_id": "t1"},
         {"tenant_slug": "nope", "transaction_id": "t1"},
-        {"tenant_slug": "INACTIVE", "transaction_id": "t1"},
+        {"tenant_slug": "closed", "transaction_id": "t1"},
+        {"tenant_slug": "CLOSED", "transaction_id": "t1"},
         {"tenant_slug": "shop", "transaction_id": "t1", "value": -5},
         {"tenant_slug": "shop", "transaction_id": "t1", "value": "lots"},
         {"tenant_slug": "shop", "transaction_id": "t1", "currency": "dollars"},
@@ -452,7 +488,7 @@ def test_conversion_just_inside_its_time_limits_is_stored(
 )
 def test_conversion_skips_unusable_beacons(client, make_tenant, body):
     shop = make_tenant(slug="shop")
-    make_tenant(slug="INACTIVE", active=False)
+    make_tenant(slug="closed", active=False)
     response = client.post("/api/v1/analytics/conversion", json=body)
     assert response.status_code == 200
     assert response.get_json() == {

@@ -58,6 +58,11 @@ def is_row_id(value: int) -> bool:
 TENANT_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
+def canonical_slug(text: str) -> str:
+    """A slug as stored, from one typed in capitals (``Panaderia-Rosa``); other text as is."""
+    return text.lower() if text.isascii() else text
+
+
 def is_tenant_slug(value: str) -> bool:
     """True if ``value`` could be a tenant's slug (lower-case letters, digits, single hyphens)."""
     return len(value) <= TENANT_SLUG_LENGTH and TENANT_SLUG.fullmatch(value) is not None

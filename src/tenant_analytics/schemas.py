@@ -13,7 +13,6 @@ from zoneinfo import available_timezones
 from pydantic import (
     AfterValidator,
     AnyUrl,
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -40,7 +39,7 @@ from .catalogue import (
     V1_TRACK_TYPES,
 )
 from .landing_urls import can_lead_to
-from .models import LANDING_URL_LENGTH, MAX_ROW_ID, TENANT_SLUG_LENGTH
+from .models import LANDING_URL_LENGTH, MAX_ROW_ID, TENANT_SLUG_LENGTH, canonical_slug
 
 TenantId = Annotated[int, Field(strict=True, gt=0, le=MAX_ROW_ID)]
 MAX_METADATA_DEPTH = 8
@@ -175,6 +174,24 @@ RoundedMoney = Annotated[
 Text = Annotated[str, AfterValidator(_storable_text)]
 
 
+def _integer_as_text(value: Any) -> Any:
+    """A shop's order or customer number is often a JSON integer: the same as its text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _blank_is_none(value: str) -> str | None:
+    """Blank optional text is the field left out: a shop template's empty variable
+    (a guest's ``"{{ customer.id }}"``) is no reason to lose the event."""
+    return value or None
+
+
+# Optional text where blank (after stripping) is the field left out.
+BlankIsNone = AfterValidator(_blank_is_none)
+INTEGER = {"type": "integer"}
+
+
 class Body(BaseModel):
     """Base for request bodies: unknown fields are ignored, as clients evolve."""
 
@@ -191,16 +208,23 @@ def _cut_to(limit: int) -> AfterValidator:
     return AfterValidator(lambda value: value[:limit])
 
 
+_QUANTITY_TEXT = re.compile(r"[0-9]{1,7}")
+
+
 class TrackedEvent(Body):
     """One event from a landing page or store (the tenant is named around it)."""
 
     event_type: Literal[TRACK_TYPES]  # type: ignore[valid-type]
     metadata: Metadata | None = Field(default=None, validate_default=True)
     # Store fields (see the store-analytics documents)
-    session_id: Annotated[Text, Field(min_length=1, max_length=64)] | None = None
-    user_id: Annotated[Text, Field(min_length=1, max_length=254)] | None = None
-    product_slug: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
-    product_name: Annotated[Text, Field(max_length=200)] | None = None
+    session_id: Annotated[Text, Field(max_length=64), BlankIsNone] | None = None
+    # A customer number sent as a JSON integer is the customer of that text.
+    user_id: (
+        Annotated[Text, Field(max_length=254), BlankIsNone, BeforeValidator(_integer_as_text)]
+        | None
+    ) = Field(default=None, json_schema_extra=_also_allowed(INTEGER))
+    product_slug: Annotated[Text, Field(max_length=200), BlankIsNone] | None = None
+    product_name: Annotated[Text, Field(max_length=200), BlankIsNone] | None = None
     price: Money | None = None
     # The price's (a shop that shows two, lempiras and dollars); the tenant's when none.
     currency: Currency | None = None
@@ -209,6 +233,7 @@ class TrackedEvent(Body):
         None
     )
     error_message: Annotated[Text, _cut_to(1000)] | None = None
+    # Blank is an error: a broken key generator, whose retries would count twice.
     idempotency_key: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
 
     def quantity(self) -> int | None:
@@ -227,6 +252,10 @@ class TrackedEvent(Body):
         quantity = (metadata or {}).get("quantity") if is_store_event else None
         if isinstance(quantity, float) and quantity.is_integer():
             # 2.0 is the number 2 in JSON (a Python client sends it so): taken as 2.
+            quantity = int(quantity)
+            metadata = {**(metadata or {}), "quantity": quantity}
+        elif isinstance(quantity, str) and _QUANTITY_TEXT.fullmatch(quantity):
+            # Its digits, as a price's are taken ("12.50"): a template's "{{ qty }}".
             quantity = int(quantity)
             metadata = {**(metadata or {}), "quantity": quantity}
         if quantity is not None and (
@@ -355,7 +384,13 @@ class Interaction(Body):
 
 
 def _in_utc(moment: datetime) -> datetime:
-    """``moment`` in UTC; one whose UTC date falls outside years 1 to 9999 is invalid."""
+    """``moment`` in UTC; one whose UTC date falls outside years 1 to 9999 is invalid.
+
+    A time without an offset (``"2026-12-02T10:00:00"``, Python's ``utcnow().isoformat()``,
+    or a date alone) is UTC, as the contract's own server reads it.
+    """
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
     try:
         return moment.astimezone(UTC)
     except OverflowError:  # "0001-01-01T00:00:00+14:00": no such UTC date
@@ -365,16 +400,21 @@ def _in_utc(moment: datetime) -> datetime:
 class ConversionBeacon(Body):
     """``POST /api/v1/analytics/conversion``: anything unusable is skipped, never an error."""
 
-    tenant_slug: Annotated[Text, Field(min_length=1, max_length=TENANT_SLUG_LENGTH)]
-    # An integer order number is taken as its text (below): the schema says both.
+    # In any case, as a QR code's (a slug typed by hand from a flyer).
+    tenant_slug: Annotated[
+        Text, Field(min_length=1, max_length=TENANT_SLUG_LENGTH), AfterValidator(canonical_slug)
+    ]
+    # An integer order number is taken as its text: the schema says both.
     transaction_id: Annotated[
         Annotated[Text, Field(min_length=1, max_length=128)] | None,
+        BeforeValidator(_integer_as_text),
         WithJsonSchema(
             {
                 "anyOf": [
                     {"type": "string", "minLength": 1, "maxLength": 128},
-                    {"type": "integer"},
+                    INTEGER,
                     {"type": "null"},
+                    BLANK,
                 ]
             }
         ),
@@ -397,14 +437,14 @@ class ConversionBeacon(Body):
         WithJsonSchema({"anyOf": [{"enum": list(V1_TRACK_TYPES)}, {"type": "null"}, BLANK]}),
     ] = PURCHASE
     # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
-    timestamp: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = Field(
+    timestamp: Annotated[datetime, AfterValidator(_in_utc)] | None = Field(
         default=None,
         json_schema_extra=_also_allowed(
             {"type": "number", "description": "Unix time: seconds, or milliseconds"}
         ),
     )
 
-    @field_validator("value", "currency", "event", mode="before")
+    @field_validator("transaction_id", "value", "currency", "event", mode="before")
     @classmethod
     def _empty_is_the_default(cls, value: Any, info: ValidationInfo) -> Any:
         """``null`` or blank text (a shop template's empty variable, ``"{{ currency }}"``)
@@ -412,14 +452,6 @@ class ConversionBeacon(Body):
         rather than skipped."""
         if value is None or (isinstance(value, str) and not value.strip()):
             return cls.model_fields[info.field_name].default
-        return value
-
-    @field_validator("transaction_id", mode="before")
-    @classmethod
-    def _order_number_as_text(cls, value: Any) -> Any:
-        """A shop's order number is often a JSON integer: it is the same sale as its text."""
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
         return value
 
 

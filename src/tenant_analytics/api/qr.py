@@ -18,7 +18,7 @@ from ..errors import ApiError, error_response, invalid_field, is_outage, log_not
 from ..extensions import db
 from ..ingestion import NewEvent
 from ..logs import get_logger
-from ..models import is_tenant_slug
+from ..models import canonical_slug, is_tenant_slug
 from ..ratelimits import qr_scan_counted
 from ..tenancy import owned_tenant_or_404, public_tenant_by_slug
 from .requests import ingest_from_request
@@ -62,8 +62,7 @@ def scan(slug: str):
     is never stopped at the door). While the database is away, a code goes to the page
     this process led it to within the last hour.
     """
-    if slug.isascii():  # slugs are lower case; a code typed from a flyer may not be
-        slug = slug.lower()
+    slug = canonical_slug(slug)  # a code typed from a flyer may be in capitals
     if not is_tenant_slug(slug):
         return _no_such_code()
     destinations = _known_destinations()
