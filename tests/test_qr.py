@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from tenant_analytics.api import qr as qr_api
 from tenant_analytics.auth import access_token_for
@@ -253,7 +253,7 @@ def test_while_the_database_is_away_a_code_leads_where_it_led(make_app, make_ten
         assert forgotten.status_code == 503
         assert len(events_of(tenant_id)) == 1  # the scan while away is not counted
         # Back, the database's answer wins again: a code taken down is a 404 at once.
-        db.session.execute(update(Tenant).where(Tenant.id == tenant.id).values(landing_url=None))
+        db.session.execute(update(Tenant).where(Tenant.id == tenant_id).values(landing_url=None))
         db.session.commit()
         assert scan(client, slug).status_code == 404
 
@@ -484,3 +484,74 @@ def test_cli_refuses_a_landing_url_that_loops(make_app, landing_url):
     assert "'--landing-url': may not be a QR redirect" in refused.output
     with app.app_context():
         assert db.session.scalars(select(Tenant)).all() == []
+
+
+def test_a_scan_whose_connection_is_lost_after_it_was_counted_still_leads_on(
+    make_app, make_tenant, is_postgres, monkeypatch
+):
+    """The database dropped the request's connection once the scan was written (a
+    restart, pg_terminate_backend): closing the session's read fails after the answer
+    is made. The answer stands, the redirect, not the server's bare HTML 500."""
+    if not is_postgres:
+        pytest.skip("a connection terminated by the server is PostgreSQL's")
+    real_ingest = qr_api.ingest_from_request
+
+    def ingest_then_lose_the_connection(*args):
+        stored = real_ingest(*args)
+        pid = db.session.scalar(text("SELECT pg_backend_pid()"))
+        with db.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        return stored
+
+    monkeypatch.setattr(qr_api, "ingest_from_request", ingest_then_lose_the_connection)
+    app = make_app()
+    with app.app_context():
+        tenant_id, slug = (tenant := make_tenant(landing_url=LANDING)).id, tenant.slug
+    # Outside any app context, as served: each request's own ends with it.
+    answer = scan(app.test_client(), slug)
+    assert (answer.status_code, answer.headers["Location"]) == (302, LANDING)
+    monkeypatch.undo()
+    assert scan(app.test_client(), slug).status_code == 302  # the pool recovered
+    with app.app_context():
+        assert len(events_of(tenant_id)) == 2
+
+
+def test_a_scan_the_database_fails_under_leads_on_without_asking_it_again(
+    make_app, make_tenant, monkeypatch, caplog
+):
+    """The write failed as the database went away: its rollback expired the tenant, and
+    reading its landing page again needed the database (a JSON 503 to a phone)."""
+    pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS=pool, GROUP_COMMIT=False)
+    held = []
+
+    def database_gone(*_args):
+        db.session.rollback()  # as a failed write's does: the tenant expired
+        held.append(db.engine.connect())  # the pool's only connection: no query gets one
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(qr_api, "ingest_from_request", database_gone)
+    with app.app_context():
+        slug = make_tenant(landing_url=LANDING).slug
+        db.session.close()
+        answers = [scan(app.test_client(), slug) for _ in range(2)]
+        for connection in held:
+            connection.close()
+    assert [(a.status_code, a.headers.get("Location")) for a in answers] == [(302, LANDING)] * 2
+
+
+def test_scans_led_on_uncounted_in_an_outage_are_logged_once_a_minute(
+    make_app, make_tenant, caplog
+):
+    pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS=pool, GROUP_COMMIT=False)
+    client = app.test_client()
+    with app.app_context():
+        slug = make_tenant(landing_url=LANDING).slug
+        assert scan(client, slug).status_code == 302  # its destination now known here
+        db.session.close()
+        with db.engine.connect():  # the pool's only connection, held
+            answers = [scan(client, slug) for _ in range(3)]
+    assert [a.status_code for a in answers] == [302] * 3
+    lines = [r.getMessage() for r in caplog.records if "QR scan led on" in r.getMessage()]
+    assert lines == ["QR scan led on uncounted: no database connection free in time"]

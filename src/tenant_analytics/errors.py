@@ -246,7 +246,10 @@ def outage_reason(exc: BaseException) -> str | None:
         innermost, cause = exc, exc.__cause__
         while isinstance(cause, CommitUncertain):  # the committer's, re-raised per request
             innermost, cause = cause, cause.__cause__
-        return f"commit outcome unknown: {type(cause).__name__ if cause else innermost}"
+        if cause is None:
+            return f"commit outcome unknown: {innermost}"
+        said = driver_first_line(cause) if isinstance(cause, SQLAlchemyError) else str(cause)
+        return f"commit outcome unknown: {type(cause).__name__}" + (f": {said}" if said else "")
     return None
 
 
@@ -264,6 +267,22 @@ def register_error_handlers(app: Flask) -> None:
     """Route every exception through the one JSON shape."""
     # This app's: a database away, or not migrated.
     outage_lines = app.extensions["outage_lines"] = OnceAMinute()
+
+    # Registered after Flask-SQLAlchemy's, so run before it (last registered, first run).
+    @app.teardown_appcontext
+    def _close_a_lost_connection(_exc: BaseException | None) -> None:
+        """A connection the database dropped under a request fails the session's closing
+        rollback, once the answer is made: that answer stands (a counted scan's redirect)
+        rather than the server's bare HTML 500, and the connection is discarded."""
+        try:
+            db.session.remove()
+        except SQLAlchemyError as exc:
+            reason = outage_reason(exc)
+            if reason is None:
+                log.warning("closing a request's database session failed", exc_info=exc)
+            else:
+                outage_lines.say(f"a connection was lost after its answer: {reason}")
+            db.session.remove()
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -301,7 +320,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CommitUncertain)
     def _commit_uncertain(exc: CommitUncertain):
-        log.error("%s", outage_reason(exc))
+        outage_lines.say(outage_reason(exc) or str(exc))
         return unavailable(
             "The database did not confirm the write (its connection failed, or it "
             "stopped answering); the events may have been stored."

@@ -76,13 +76,16 @@ def scan(slug: str):
         if led is None or time.monotonic() - seen > REMEMBERED_SECONDS:
             return _unavailable(exc)
         # A printed code in a customer's hand: on to where it led a moment ago, uncounted.
-        log.warning("QR scan led on uncounted: the database did not answer (%s)", _name(exc))
+        log_not_recorded(log, "QR scan led on uncounted", exc)
         return _led_on(led)
     # (a landing_url stored before it was checked can have no Location header)
     if tenant is None or not tenant.landing_url or not landing_urls.can_lead_to(tenant.landing_url):
         destinations.pop(slug, None)
         return _no_such_code()
-    destinations[slug] = (tenant.landing_url, time.monotonic())
+    # Read now: a failed write below expires the tenant, and reading it again then
+    # would need the database that just failed.
+    landing_url = tenant.landing_url
+    destinations[slug] = (landing_url, time.monotonic())
     # The address's limit first: it also bounds the crawler check each address can ask for.
     counted = request.method == "GET" and not _prefetch() and qr_scan_counted()
     if counted and not is_bot_browser(request.headers.get("User-Agent")):
@@ -94,7 +97,7 @@ def scan(slug: str):
         except Exception as exc:
             db.session.rollback()
             log_not_recorded(log, "QR scan not recorded", exc)
-    return _led_on(tenant.landing_url)
+    return _led_on(landing_url)
 
 
 def _prefetch() -> bool:
@@ -117,16 +120,12 @@ def _known_destinations() -> dict[str, tuple[str, float]]:
     return current_app.extensions.setdefault("qr_destinations", {})
 
 
-def _name(exc: SQLAlchemyError) -> str:
-    return type(getattr(exc, "orig", None) or exc).__name__
-
-
 def _unavailable(exc: SQLAlchemyError):
     """The database away and the code's destination unknown here: a page that retries
     itself for a phone; the JSON API's 503 for any other client."""
     if request.accept_mimetypes.best_match(["application/json", "text/html"]) != "text/html":
         raise exc
-    log.warning("QR scan not led on: the database did not answer (%s)", _name(exc))
+    log_not_recorded(log, "QR scan not led on", exc)
     page = render_template("qr_unavailable.html", retry_seconds=RETRY_SECONDS)
     response = current_app.make_response((page, 503))
     response.headers["Retry-After"] = str(RETRY_SECONDS)
