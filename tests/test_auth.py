@@ -124,6 +124,19 @@ def test_login_attempts_are_limited_per_ip_and_email(make_app, make_user):
     assert other.status_code == 401  # another email from the same IP has its own bucket
 
 
+def test_an_email_that_is_no_text_is_counted_not_taken_for_a_storage_failure(
+    make_app, caplog
+):
+    """A lone surrogate ("\\ud800") failed the bucket's hashing: flask-limiter took it for
+    its storage failing (a traceback, its in-memory fallback for the whole process, a
+    limit each worker counted afresh), and the attempt was not counted."""
+    app = make_app(LOGIN_RATE_LIMIT="2 per minute")
+    client = app.test_client()
+    answers = [login(client, "\ud800@x.example", "guess") for _ in range(3)]
+    assert [a.status_code for a in answers] == [422, 422, 429]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
 def test_login_limit_per_email_counts_every_spelling_of_it(make_app, make_user):
     """Sign-in finds the account whatever the case and surrounding spaces of its email:
     another spelling of a spent email must not open a fresh bucket of guesses."""

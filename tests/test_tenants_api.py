@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -610,3 +611,40 @@ def test_an_operators_suspension_racing_an_owners_switch_on_is_kept(
     db.session.expire_all()
     stored = db.session.get(Tenant, tenant.id)
     assert (stored.active, stored.suspended) == (False, True)
+
+
+class WatchedBody(io.BytesIO):
+    """A request body that notes, at each read, whether the request's session holds a
+    transaction (a pooled connection) meanwhile."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(json.dumps(body).encode())
+        self.read_holding_a_connection: list[bool] = []
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.read_holding_a_connection.append(db.session().in_transaction())
+        return super().read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        self.read_holding_a_connection.append(db.session().in_transaction())
+        return super().readinto(buffer)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PATCH", "/api/tenants/{t}", {"name": "Pan"}),
+        ("POST", "/api/tenants/{t}/products", {"name": "Concha"}),
+        ("POST", "/api/auth/password", {"current_password": "x", "new_password": "y" * 8}),
+    ],
+)
+def test_an_owners_body_is_read_before_the_database_is_asked(client, owner, method, path, body):
+    """A client sending its body a byte a second held the connection of its token's
+    lookup all the while: some 26 of them took the database from every tenant."""
+    tenant, headers = owner
+    url, stream = path.format(t=tenant.id), WatchedBody(body)
+    headers |= {"Content-Type": "application/json", "Content-Length": str(len(stream.getvalue()))}
+    db.session.close()
+    response = client.open(url, method=method, input_stream=stream, headers=headers)
+    assert response.status_code < 500, response.get_json()
+    assert stream.read_holding_a_connection and not any(stream.read_holding_a_connection)

@@ -111,7 +111,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         )
 
     from .api import register_blueprints
-    from .api.requests import WholeBodyRequest, refuse_encoded_bodies
+    from .api.requests import WholeBodyRequest, read_the_body_first, refuse_encoded_bodies
     from .auth import canonical_bearer_scheme, register_jwt_callbacks, uncached_private_answers
     from .cli import register_commands
     from .errors import register_error_handlers
@@ -121,6 +121,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.before_request(canonical_bearer_scheme)
     app.before_request(refuse_encoded_bodies)
+    app.before_request(read_the_body_first)
     app.after_request(rate_limit_headers)
     quiet_storage_failures()
     app.after_request(uncached_private_answers)

@@ -74,7 +74,9 @@ def rate_limit_key(key: str, *parts: str) -> str:
     keyed with ``VISITOR_HASH_KEY`` still tell clients apart. The label keeps these hashes
     apart from visitor hashes of the same address.
     """
-    message = "\x1f".join(("rate-limit", *parts)).encode()
+    # "surrogatepass": an email that is no text ("\ud800@x") is a key all the same; its
+    # error inside a key function was taken for the limiter's storage failing.
+    message = "\x1f".join(("rate-limit", *parts)).encode("utf-8", "surrogatepass")
     digest = hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
     return digest[:RATE_LIMIT_KEY_LENGTH]
 

@@ -105,6 +105,16 @@ def refuse_encoded_bodies() -> ResponseReturnValue | None:
     return response, status
 
 
+def read_the_body_first() -> None:
+    """Read a request's body whole before its handler asks the database anything (a
+    token's user, the tenant): a client trickling its body in held a pooled connection
+    all the while, and a few dozen such clients took the database from everyone."""
+    if request.endpoint is None or request.endpoint in NEVER_REFUSED:
+        return  # no route; or the beacon, which reads its own (and never refuses it)
+    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
+        request.get_data(cache=True)
+
+
 def parse_body(schema: type[SchemaT], *, max_bytes: int = BODY_MAX_BYTES) -> SchemaT:
     """Validate the JSON body against ``schema``; raise 413 or 422 as ``ApiError``."""
     # The app-wide MAX_CONTENT_LENGTH (the batch's) already bounds the read.
