@@ -70,6 +70,10 @@ def test_a_port_the_proxy_appends_is_not_part_of_the_visitor(make_app, make_tena
             "203.0.113.9:5555",
             "2001:db8::1",
             "[2001:db8::1]:443",
+            # Other spellings of the same two: a dual-stack proxy's, another's zeros and case.
+            "::ffff:203.0.113.9",
+            "[::ffff:203.0.113.9]:1",
+            "2001:DB8:0::1",
         ):
             client.post(
                 "/api/analytics/track",
@@ -79,7 +83,7 @@ def test_a_port_the_proxy_appends_is_not_part_of_the_visitor(make_app, make_tena
         hashes = list(db.session.scalars(select(Event.visitor_hash).order_by(Event.id)))
         ipv4 = visitor_hash(TEST_HASH_KEY, tenant.id, "203.0.113.9", "UA")
         ipv6 = visitor_hash(TEST_HASH_KEY, tenant.id, "2001:db8::1", "UA")
-    assert hashes == [ipv4, ipv4, ipv4, ipv6, ipv6]
+    assert hashes == [ipv4, ipv4, ipv4, ipv6, ipv6, ipv4, ipv4, ipv6]
 
 
 def test_visitor_hash_is_keyed_hmac():

@@ -43,25 +43,37 @@ class ClientPortStripped:
         return self.app(environ, start_response)
 
 
+def canonical_address(address: str | None) -> str | None:
+    """One spelling per address: ``::ffff:203.0.113.5`` (a dual-stack proxy's) is that
+    IPv4 address, and IPv6 is written short and in lower case; else as given."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 def limited_client(address: str | None) -> str:
     """Who a per-client rate limit counts: the IPv4 address, or the IPv6 /64 around it.
 
     One IPv6 host usually holds a whole /64 and could take a fresh address for every
     try; the /64 is what a single client can be told apart by.
     """
+    address = canonical_address(address)
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:
         return address or "unknown"
     if isinstance(ip, ipaddress.IPv4Address):
-        return str(ip)
-    if ip.ipv4_mapped is not None:  # ::ffff:203.0.113.5 is that IPv4 client
-        return str(ip.ipv4_mapped)
+        return address
     return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 def visitor_hash(key: str, tenant_id: int, client_ip: str | None, user_agent: str | None) -> str:
     """First 45 hex characters of HMAC-SHA256(key, tenant id + IP + user agent)."""
+    client_ip = canonical_address(client_ip)
     message = f"{tenant_id}\x1f{client_ip or ''}\x1f{user_agent or ''}".encode()
     digest = hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
     return digest[:VISITOR_HASH_LENGTH]
