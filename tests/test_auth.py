@@ -124,9 +124,7 @@ def test_login_attempts_are_limited_per_ip_and_email(make_app, make_user):
     assert other.status_code == 401  # another email from the same IP has its own bucket
 
 
-def test_an_email_that_is_no_text_is_counted_not_taken_for_a_storage_failure(
-    make_app, caplog
-):
+def test_an_email_that_is_no_text_is_counted_not_taken_for_a_storage_failure(make_app, caplog):
     """A lone surrogate ("\\ud800") failed the bucket's hashing: flask-limiter took it for
     its storage failing (a traceback, its in-memory fallback for the whole process, a
     limit each worker counted afresh), and the attempt was not counted."""
