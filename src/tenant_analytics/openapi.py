@@ -24,7 +24,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from . import responses, schemas
 from .api import qr, store_reports
-from .api.requests import NEVER_REFUSED
+from .api.requests import BODY_METHODS, NEVER_REFUSED
 from .queries import store_dashboard, store_funnel, store_rfm
 
 REF = "#/components/schemas/{model}"
@@ -362,16 +362,17 @@ def _summary(docstring: str | None) -> str:
     return " ".join(first.split())
 
 
-def _answers(endpoint: str, operation: Operation) -> dict[int, str]:
+def _answers(endpoint: str, method: str, operation: Operation) -> dict[int, str]:
     """The operation's own answers and those every endpoint of its kind can give: a
-    compressed body (refused on every route, body or not), a body too large, and the
-    database away (the beacon answers 200 to all)."""
+    compressed body (refused on every route, body or not), a body too large (read on
+    every POST, PATCH and PUT before its handler), and the database away (the beacon
+    answers 200 to all)."""
     if endpoint in NEVER_REFUSED:
         return operation.answers
     common = {415: ERRORS[415]}
     if operation.unavailable:
         common |= {503: ERRORS[503]}
-    if operation.body is not None:
+    if operation.body is not None or method in BODY_METHODS:
         common |= {413: ERRORS[413]}
     return common | operation.answers
 
@@ -468,7 +469,7 @@ def build_document(app: Flask) -> dict[str, Any]:
                 + [_query_parameter(name, about) for name, about in operation.query.items()],
                 "responses": {
                     str(status): _answer(status, text, operation, shapes.get(operation.returns))
-                    for status, text in sorted(_answers(rule.endpoint, operation).items())
+                    for status, text in sorted(_answers(rule.endpoint, method, operation).items())
                 },
             }
             if operation.body is not None:

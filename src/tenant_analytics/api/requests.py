@@ -105,12 +105,16 @@ def refuse_encoded_bodies() -> ResponseReturnValue | None:
     return response, status
 
 
+# The methods whose bodies are read (and so may be too large): a GET's is ignored.
+BODY_METHODS = frozenset({"POST", "PATCH", "PUT"})
+
+
 def read_the_body_first() -> None:
     """Read a request's body whole before its handler asks the database anything (a
     token's user, the tenant): a client trickling its body in held a pooled connection
     all the while, and a few dozen such clients took the database from everyone."""
-    if request.endpoint is None or request.endpoint in NEVER_REFUSED:
-        return  # no route; or the beacon, which reads its own (and never refuses it)
+    if request.method not in BODY_METHODS or request.endpoint in (None, *NEVER_REFUSED):
+        return  # no body taken; no route; or the beacon, which reads its own (never refused)
     if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
         request.get_data(cache=True)
 
