@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -358,21 +358,26 @@ def test_a_slug_in_capitals_names_its_tenant(client, make_tenant):
     assert [event.revenue for event in events_of(tenant.id)] == [Decimal("3.00")]
 
 
-def test_a_time_without_an_offset_is_utc(client, make_tenant, beacon_clock):
-    """ISO 8601 without a zone (Python's utcnow().isoformat(), or a date alone) is read
-    as UTC, as the contract's server reads it; the sale was skipped (lost)."""
-    tenant = make_tenant(slug="tienda")
-    two_hours_ago = beacon_clock - timedelta(hours=2)
+@pytest.mark.parametrize("zone", ["America/Tegucigalpa", "Asia/Tokyo"])
+def test_a_time_without_an_offset_is_the_tenants(client, make_tenant, beacon_clock, zone):
+    """ISO 8601 without an offset, as a shop's template prints an order's time, is the
+    tenant's local time; a date alone, the start of that local day (the sale on its
+    day). Both were skipped: the sale lost."""
+    tenant = make_tenant(slug="tienda", timezone=zone)
+    local_now = beacon_clock.astimezone(ZoneInfo(zone))
     sent = {
-        "t-naive": two_hours_ago.replace(tzinfo=None).isoformat(),
-        "t-date": beacon_clock.date().isoformat(),
+        "t-naive": (local_now - timedelta(hours=2)).replace(tzinfo=None).isoformat(),
+        "t-date": local_now.date().isoformat(),
     }
     for transaction_id, timestamp in sent.items():
         body = {"tenant_slug": "tienda", "transaction_id": transaction_id, "timestamp": timestamp}
         answer = client.post("/api/v1/analytics/conversion", json=body)
         assert answer.get_json() == {"status": "ok", "transaction_id": transaction_id}
-    midnight = beacon_clock.replace(hour=0, minute=0, second=0)
-    assert [event.created_at for event in events_of(tenant.id)] == [two_hours_ago, midnight]
+    local_midnight = local_now.replace(hour=0, minute=0, second=0)
+    assert [event.created_at for event in events_of(tenant.id)] == [
+        beacon_clock - timedelta(hours=2),
+        local_midnight.astimezone(UTC),
+    ]
 
 
 @pytest.mark.parametrize("group_commit", [True, False])

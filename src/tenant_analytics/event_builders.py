@@ -7,7 +7,7 @@ import os
 import random
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,6 +21,7 @@ from .models import utcnow
 from .products import product_of_tenant
 from .rollups import NEW_SESSION
 from .schemas import ConversionBeacon, Interaction, TrackedEvent, V1TrackEvent
+from .timewindows import tenant_zone
 
 # Generated session ids only tell sessions apart; they need no secrecy, so a seeded PRNG
 # serves, sparing a getrandom() system call (and a GIL hand-off) on every event.
@@ -50,18 +51,33 @@ MAX_FUTURE = timedelta(minutes=10)
 MAX_AGE = timedelta(days=30)
 
 
+def beacon_time(moment: datetime, tenant: TenantRef) -> datetime | None:
+    """A beacon's time in UTC. One without an offset is the tenant's local time, as a
+    shop's template prints an order's ("2026-12-02 10:00"), and a date alone the start
+    of that local day; None where no UTC time is that (years 1 and 9999)."""
+    if moment.tzinfo is not None:
+        return moment
+    try:
+        return moment.replace(tzinfo=tenant_zone(tenant.timezone)).astimezone(UTC)
+    except OverflowError:
+        return None
+
+
 def conversion_event(beacon: ConversionBeacon, tenant: TenantRef) -> NewEvent | None:
     """The event to record for ``beacon``, or None when it must be skipped."""
     now = utcnow()
-    if beacon.timestamp is not None and not (now - MAX_AGE <= beacon.timestamp <= now + MAX_FUTURE):
-        return None
+    when = None
+    if beacon.timestamp is not None:
+        when = beacon_time(beacon.timestamp, tenant)
+        if when is None or not now - MAX_AGE <= when <= now + MAX_FUTURE:
+            return None
     metadata = {"transaction_id": beacon.transaction_id} if beacon.transaction_id else None
     currency = beacon.currency or tenant.currency
     return NewEvent(
         beacon.event,
         metadata,
         # A clock a little ahead is stored as now, never on a day that has not begun.
-        created_at=min(beacon.timestamp, now) if beacon.timestamp is not None else None,
+        created_at=min(when, now) if when is not None else None,
         extra={"revenue": beacon.value, "currency": currency},
         dedupe_key=(
             transaction_key(beacon.transaction_id, beacon.value, currency, beacon.event)

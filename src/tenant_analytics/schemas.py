@@ -386,11 +386,10 @@ class Interaction(Body):
 def _in_utc(moment: datetime) -> datetime:
     """``moment`` in UTC; one whose UTC date falls outside years 1 to 9999 is invalid.
 
-    A time without an offset (``"2026-12-02T10:00:00"``, Python's ``utcnow().isoformat()``,
-    or a date alone) is UTC, as the contract's own server reads it.
+    A time without an offset is left so: it is the tenant's (event_builders.beacon_time).
     """
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
+        return moment
     try:
         return moment.astimezone(UTC)
     except OverflowError:  # "0001-01-01T00:00:00+14:00": no such UTC date
@@ -439,8 +438,13 @@ class ConversionBeacon(Body):
     # In UTC: PostgreSQL's timestamptz refuses offsets beyond 15:59, which ISO 8601 allows.
     timestamp: Annotated[datetime, AfterValidator(_in_utc)] | None = Field(
         default=None,
+        description=(
+            "ISO 8601; without an offset (2026-12-02T10:00:00), the tenant's local time;"
+            " a date alone, the start of that day there"
+        ),
         json_schema_extra=_also_allowed(
-            {"type": "number", "description": "Unix time: seconds, or milliseconds"}
+            {"type": "string", "format": "date"},
+            {"type": "number", "description": "Unix time: seconds, or milliseconds"},
         ),
     )
 
