@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, get_args
+from zoneinfo import ZoneInfo
 
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
@@ -167,6 +169,23 @@ def test_answers_every_endpoint_can_give_are_listed(document):
     assert "503" in paths["/api/analytics/{tenant_id}"]["get"]["responses"]
     # The beacon answers 200 to everything, as it says.
     assert set(paths["/api/v1/analytics/conversion"]["post"]["responses"]) == {"200"}
+
+
+def test_a_beacons_time_without_an_offset_is_in_its_schema(client, make_tenant, document):
+    """format: date-time requires an offset: checked with formats, as generated clients
+    check, the schema refused the local times the beacon takes."""
+    root = {"$ref": "#/components/schemas/ConversionBeacon", "components": document["components"]}
+    beacon = Draft202012Validator(root, format_checker=FormatChecker())
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    today = datetime.now(ZoneInfo(tenant.timezone)).date().isoformat()
+    local_times = [f"{today}T00:00:00", f"{today} 00:00", f"{today}T00:00:00.5", today]
+    for n, timestamp in enumerate(local_times):
+        body = {"tenant_slug": tenant.slug, "transaction_id": f"t-{n}", "timestamp": timestamp}
+        assert beacon.is_valid(body), timestamp
+        answer = client.post("/api/v1/analytics/conversion", json=body).get_json()
+        assert answer["status"] == "ok", timestamp
+    for refused in ("yesterday", f"{today}T00", "20261202"):
+        assert not beacon.is_valid({"tenant_slug": tenant.slug, "timestamp": refused}), refused
 
 
 def test_an_integer_transaction_id_is_in_the_beacons_schema(client, make_tenant, document):

@@ -396,6 +396,10 @@ def _in_utc(moment: datetime) -> datetime:
         raise ValueError("the time in UTC falls outside the years 1 to 9999") from None
 
 
+# A date-time without an offset, or a date alone (format: date-time requires the offset).
+LOCAL_TIME_PATTERN = r"^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d([.,]\d+)?)?)?$"
+
+
 class ConversionBeacon(Body):
     """``POST /api/v1/analytics/conversion``: anything unusable is skipped, never an error."""
 
@@ -443,7 +447,7 @@ class ConversionBeacon(Body):
             " a date alone, the start of that day there"
         ),
         json_schema_extra=_also_allowed(
-            {"type": "string", "format": "date"},
+            {"type": "string", "pattern": LOCAL_TIME_PATTERN, "description": "no offset"},
             {"type": "number", "description": "Unix time: seconds, or milliseconds"},
         ),
     )
