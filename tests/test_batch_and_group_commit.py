@@ -97,6 +97,24 @@ def test_batch_item_whose_revenue_cannot_be_stored_is_rejected_alone(client, mak
     assert count_events(tenant.id) == 1
 
 
+def test_an_item_of_another_tenant_is_rejected_not_stored_for_the_batchs(client, make_tenant):
+    """A queue of several shops' events flushed in one batch: an item naming another
+    tenant was stored for the envelope's, in the wrong shop's figures."""
+    ours, theirs = make_tenant(), make_tenant()
+    items = [
+        {"event_type": "pageview", "tenant_id": ours.id},  # a /track body as it was: fine
+        {"event_type": "pageview", "tenant_id": theirs.id},
+        {"event_type": "pageview", "tenant_id": "abc"},
+        {"event_type": "pageview"},
+    ]
+    response = client.post("/api/analytics/batch", json={"tenant_id": ours.id, "events": items})
+    assert response.status_code == 201
+    body = response.get_json()
+    assert body["stored"] == 2 and [r["index"] for r in body["rejected"]] == [1, 2]
+    assert set(body["rejected"][0]["errors"]) == {"tenant_id"}
+    assert (count_events(ours.id), count_events(theirs.id)) == (2, 0)
+
+
 def test_batch_deduplicates_by_key_inside_the_batch(client, make_tenant):
     tenant = make_tenant()
     item = {"event_type": "add_to_cart", "idempotency_key": "same"}

@@ -177,12 +177,22 @@ def track_event(
     )
 
 
+OTHER_TENANTS_ITEM = (
+    "Not the batch's tenant_id: send each tenant's events in a batch of its own"
+    " (an item needs no tenant_id)."
+)
+
+
 def batch_events(
     items: Sequence[Any], tenant: TenantRef, *, dedupe_window: timedelta
 ) -> tuple[list[NewEvent], list[dict[str, Any]]]:
     """Validate each batch item alone: the events to store and a report of the rejected."""
     events, rejected = [], []
     for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("tenant_id", tenant.id) != tenant.id:
+            # A queue of several shops' events flushed as one: not into this one's figures.
+            rejected.append({"index": index, "errors": {"tenant_id": [OTHER_TENANTS_ITEM]}})
+            continue
         try:
             body = TrackedEvent.model_validate(item)
         except ValidationError as exc:
