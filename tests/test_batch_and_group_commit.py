@@ -140,6 +140,11 @@ def test_repeats_of_a_session_in_one_batch_are_stored_and_the_batch_resent_is_no
     again = client.post("/api/analytics/batch", json=batch).get_json()
     assert (again["stored"], again["duplicates"]) == (0, 3)
     assert count_events(tenant.id) == 3
+    # Another batch of that second, of other views: the "menu" view was lost as a duplicate.
+    other = [{"event_type": "page_view", "session_id": "s1", "metadata": {"screen": "menu"}}]
+    answer = client.post("/api/analytics/batch", json={**batch, "events": other}).get_json()
+    assert (answer["stored"], answer["duplicates"]) == (1, 0)
+    assert count_events(tenant.id) == 4
 
 
 @pytest.mark.parametrize(

@@ -143,9 +143,10 @@ def track_event(
     or, when the client sent a session_id, derived from session, type, product
     and the second it arrived, as the store documents specify; without a
     session_id that derived key would be unique anyway, so none is kept. A batch
-    item's derived key has its place in the batch too: a batch's items all arrive
-    in one second, and two page views of one session in it are two page views
-    (the same batch sent again still repeats every key).
+    item's derived key has its place in the batch and its content too: a batch's
+    items all arrive in one second, and two page views of one session in it, or in
+    two batches of that second, are two page views (the same batch sent again still
+    repeats every key).
     """
     now = utcnow()
     columns = {name: getattr(body, name) for name in STORE_COLUMNS}
@@ -165,7 +166,10 @@ def track_event(
             body.event_type,
             body.product_slug or "",
             f"{now:%Y-%m-%dT%H:%M:%S}",
-            *(() if batch_index is None else (f"batch item {batch_index}",)),
+            # A batch item's place and content: sent again, the batch repeats both; an
+            # item of another content at that place in another batch of the same
+            # second (a phone flushing often) is another event.
+            *(() if batch_index is None else (f"batch item {batch_index}", body.model_dump_json())),
         )
         key = hashlib.sha256("|".join(parts).encode()).hexdigest()
     return NewEvent(
