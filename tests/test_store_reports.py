@@ -1007,6 +1007,23 @@ def test_a_popular_product_is_named_as_in_the_catalogue(app, make_tenant, store_
     ]
 
 
+def test_a_popular_product_missing_from_the_catalogue_is_named_as_its_views_were(
+    app, make_tenant, store_events
+):
+    tenant, elsewhere = make_tenant(), make_tenant()
+    views = [
+        ev("product_view", NOW - timedelta(days=6), f"v{i}", product_slug="tee") for i in range(12)
+    ]
+    store_events(tenant, [*views, (*views[0][:2], {**views[0][2], "product_name": "Camiseta"})])
+    store_events(
+        elsewhere, [ev("product_view", NOW - HOUR, "x", product_slug="tee", product_name="Zzz")]
+    )
+    alerts = smart_alerts(db.session, tenant_id=tenant.id, zone=ZoneInfo("UTC"), now=NOW)
+    assert [a["message"] for a in alerts if a["type"] == "popular_no_conversion"] == [
+        "Camiseta (tee): viewed in 12 sessions in the last 7 days and never bought."
+    ]
+
+
 def test_alert_severities_and_messages(app, make_tenant, store_events):
     tenant = make_tenant()
     store_events(

@@ -155,8 +155,12 @@ def _popular_no_conversion(
     products = unconverted_popular_products(
         session, tenant_id=tenant_id, zone=zone, start=now - POPULAR_WINDOW, end=now
     )
-    names = product_names_by_slug(
-        session, tenant_id=tenant_id, slugs=[slug for slug, _ in products]
+    names = product_names(
+        session,
+        tenant_id=tenant_id,
+        slugs=[slug for slug, _ in products],
+        start=now - POPULAR_WINDOW,
+        end=now,
     )
     return [
         (
@@ -169,8 +173,11 @@ def _popular_no_conversion(
     ]
 
 
-def product_names_by_slug(conn: Database, *, tenant_id: int, slugs: list[str]) -> dict[str, str]:
-    """The names the owner gave these product slugs in the catalogue (those it has)."""
+def product_names(
+    conn: Database, *, tenant_id: int, slugs: list[str], start: datetime, end: datetime
+) -> dict[str, str]:
+    """The names the owner gave these product slugs in the catalogue, else the name their
+    views in [start, end) carried (a shop that never filled the catalogue sends them)."""
     if not slugs:
         return {}
     rows = conn.execute(
@@ -178,7 +185,21 @@ def product_names_by_slug(conn: Database, *, tenant_id: int, slugs: list[str]) -
             Product.tenant_id == tenant_id, Product.slug.in_(slugs)
         )
     )
-    return {slug: name for slug, name in rows}
+    names = {slug: name for slug, name in rows}
+    unnamed = [slug for slug in slugs if slug not in names]
+    if unnamed:
+        carried = conn.execute(
+            select(Event.product_slug, func.max(Event.product_name))
+            .where(
+                *in_window(tenant_id, start, end),
+                of_type(PRODUCT_VIEW),
+                Event.product_slug.in_(unnamed),
+                Event.product_name.is_not(None),
+            )
+            .group_by(Event.product_slug)
+        )
+        names.update({slug: name for slug, name in carried})
+    return names
 
 
 def _the_last(window: timedelta) -> str:
@@ -193,7 +214,7 @@ def _the_last(window: timedelta) -> str:
 
 
 def _named(slug: str, names: dict[str, str]) -> str:
-    """The catalogue name with the slug ("Pan dulce (pan-dulce)"), else the slug alone."""
+    """The product's name with the slug ("Pan dulce (pan-dulce)"), else the slug alone."""
     return f"{names[slug]} ({slug})" if slug in names else slug
 
 
