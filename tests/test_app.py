@@ -137,6 +137,10 @@ def test_production_refuses_secrets_no_one_drew_at_random(monkeypatch, weak):
         ("DATABASE_URL", "hunter2", "is not a database URL"),
         ("RATELIMIT_STORAGE_URI", "redis//:hunter2@cache:6379/0", "is not a storage like"),
         ("RATELIMIT_STORAGE_URI", "redsi://:hunter2@cache:6379/0", "is not a storage like"),
+        ("RATELIMIT_STORAGE_URI", "redis://:hunter2@cache:notaport/0", "do not parse"),
+        ("RATELIMIT_STORAGE_URI", "redis://:hunter2@cache:99999/0", "do not parse"),
+        ("RATELIMIT_STORAGE_URI", "rediss://:hunter2@[::1/0", "do not parse"),
+        ("RATELIMIT_STORAGE_URI", "redis://:hunter2@cache/0?socket_timeout=abc", "do not parse"),
     ],
 )
 def test_a_storage_url_that_names_nothing_usable_is_refused_without_its_password(

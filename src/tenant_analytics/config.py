@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import click
 from limits import parse as parse_rate_limit
 from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
+from redis.connection import parse_url as parse_redis_url
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -320,3 +321,12 @@ def check_storage_urls(config: dict[str, Any]) -> None:
             raise ConfigError(
                 "RATELIMIT_STORAGE_URI is not a storage like redis://host:6379/0 (or memory://)"
             )
+        try:  # each worker would fail on these later, with a traceback of its own
+            _ = urlsplit(storage).port  # a port that is no number or out of range, a bad [host]
+            if scheme in ("redis", "rediss"):
+                parse_redis_url(storage)  # options: ?socket_timeout=abc
+        except ValueError:
+            raise ConfigError(
+                "RATELIMIT_STORAGE_URI is not a storage like redis://host:6379/0: its host,"
+                " port or options do not parse"
+            ) from None
