@@ -18,7 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import upgrade
 from gunicorn.arbiter import Arbiter
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, make_url, select, text
 from sqlalchemy.exc import OperationalError
 
 from tenant_analytics import create_app, ratelimits
@@ -39,7 +39,7 @@ from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.timewindows import tenant_zone
 
 from .conftest import TEST_JWT_KEY, scratch_database
-from .servers import GUNICORN, ROOT, free_port
+from .servers import GUNICORN, ROOT, TcpForwarder, free_port
 
 
 def test_models_match_migrations(app):
@@ -387,6 +387,38 @@ def test_an_outage_is_logged_once_a_minute_not_per_request(app, make_app, caplog
     assert len(said()) == 2 and said()[1].endswith("(2 more since, unsaid)")
 
 
+def test_an_outage_ends_with_a_line_saying_the_database_answers_again(
+    app, make_app, make_tenant, migrated, is_postgres, caplog
+):
+    """Quiet alone would not tell an ended outage from a suppressed one."""
+    if not is_postgres:
+        pytest.skip("an embedded SQLite file does not go away")
+    tenant_id = make_tenant().id
+    target = make_url(migrated)
+    forwarder = TcpForwarder((target.host or "127.0.0.1", target.port or 5432))
+    url = target.set(host="127.0.0.1", port=forwarder.port).render_as_string(False)
+    client = make_app(SQLALCHEMY_DATABASE_URI=url).test_client()
+    event = {"tenant_id": tenant_id, "event_type": "pageview"}
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+
+    try:
+        for _ in range(3):
+            assert client.post("/api/analytics/track", json=event).status_code == 503
+        forwarder.open()
+        for _ in range(2):
+            assert client.post("/api/analytics/track", json=event).status_code == 201
+        down, back = said()
+        assert down.startswith(f"database unavailable at 127.0.0.1:{forwarder.port}/")
+        assert back == "the database answers again (2 failures unsaid)"
+        forwarder.shut()  # a second outage is said at once, not after the first's minute
+        assert client.post("/api/analytics/track", json=event).status_code == 503
+        assert len(said()) == 3 and said()[2].startswith("database unavailable at")
+    finally:
+        forwarder.shut()
+
+
 def test_a_database_without_tables_says_to_migrate(app, make_app, scratch_database_url, caplog):
     unmigrated = make_app(SQLALCHEMY_DATABASE_URI=scratch_database_url)
     client = unmigrated.test_client()
@@ -421,15 +453,19 @@ def test_a_database_without_tables_says_to_migrate(app, make_app, scratch_databa
         db.engine.dispose()
 
 
-def test_an_exhausted_connection_pool_answers_503_not_500(make_app, migrated):
+def test_an_exhausted_connection_pool_answers_503_not_500(make_app, migrated, caplog):
     """More concurrent requests than pooled connections: a retryable 503, never a 500."""
     app = make_app(
         SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}
     )
     with app.app_context(), db.engine.connect():  # the pool's only connection, held
-        response = app.test_client().post(
-            "/api/analytics/track", json={"tenant_id": 1, "event_type": "pageview"}
-        )
+        for _ in range(3):
+            response = app.test_client().post(
+                "/api/analytics/track", json={"tenant_id": 1, "event_type": "pageview"}
+            )
+    # Said once a minute: a pool too small for its traffic would say it per request.
+    logged = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+    assert logged == ["no database connection free in time"]
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     body = response.get_json()
@@ -659,7 +695,9 @@ def ensure_partitions_if_any(connection, now):
         ensure_partitions(connection, [month_of(now)])
 
 
-def test_health_says_whether_the_database_and_the_limiter_answer(app, make_app, monkeypatch):
+def test_health_says_whether_the_database_and_the_limiter_answer(
+    app, make_app, monkeypatch, caplog
+):
     healthy = app.test_client().get("/api/health")
     assert (healthy.status_code, healthy.headers["Cache-Control"]) == (200, "no-store")
     assert healthy.get_json() == {"status": "ok", "database": "ok", "rate_limit_storage": "ok"}
@@ -690,6 +728,10 @@ def test_health_says_whether_the_database_and_the_limiter_answer(app, make_app, 
         body = down.get_json()
         assert (body["error"], body["database"]) == ("unavailable", "unavailable")
         assert body["message"] == said  # nothing of the driver's
+    # And the log says why: once a load balancer takes a host out, only probes reach it.
+    logged = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+    assert logged[0].startswith("database unavailable at 127.0.0.1:1/none: OperationalError")
+    assert logged[1].startswith("the database lacks a table or column: run `flask")
 
 
 def test_health_answers_within_a_second_or_two_when_redis_hangs(make_app):

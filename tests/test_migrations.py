@@ -414,8 +414,9 @@ def test_new_code_on_a_database_not_yet_upgraded_is_not_ready_and_says_so(
         "The database is not migrated.",
     )
     assert client.post("/api/analytics/track", json=pageview).status_code == 503
-    (said,) = [line for line in caplog.text.splitlines() if "db upgrade" in line]
-    assert "suspended" in said  # the driver's words: which column is missing
+    probed, wrote = [line for line in caplog.text.splitlines() if "db upgrade" in line]
+    assert probed.endswith(f"(the database is at 0013, this code needs {SCHEMA_REVISION})")
+    assert "suspended" in wrote  # the driver's words: which column is missing
     listed = scratch_app.test_cli_runner().invoke(args=["tenant", "list"])
     assert listed.exit_code == 1 and "Traceback" not in listed.output
     assert listed.output.startswith("Error: the database lacks a table or column: run `flask")

@@ -198,6 +198,7 @@ def test_a_logged_database_error_carries_no_parameter_values(make_app, make_tena
                 conn.execute(text(statement))
     assert response.status_code == 500
     assert "IntegrityError" in caplog.text  # the error was logged, with its traceback
+    assert "error in POST '/api/analytics/track'" in caplog.text  # and what it answered
     assert "meta-7f3a" not in caplog.text and "agent-9c1e" not in caplog.text
     assert "meta-7f3a" not in response.get_data(as_text=True)
 

@@ -10,10 +10,11 @@ import logging
 import time
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from flask_limiter import RateLimitExceeded
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -145,15 +146,43 @@ def is_not_migrated(exc: SQLAlchemyError) -> bool:
 
 class OnceAMinute:
     """An error line said at most once a minute (each request of an outage would say
-    it again), then with how many times it went unsaid meanwhile."""
+    it again), then with how many times it went unsaid meanwhile.
+
+    Lines said as an ``outage`` end with one "answers again" line when ``answered`` is
+    called (a connection handed out), which says what went unsaid since: quiet alone
+    would not tell an ended outage from a suppressed one.
+    """
 
     QUIET_SECONDS = 60.0
     KEPT_LINES = 100  # distinct lines remembered; the driver's words vary little
 
     def __init__(self) -> None:
         self._said: dict[str, tuple[float, int]] = {}
+        self._in_outage = False
+        self._answered_at = -self.QUIET_SECONDS
 
-    def say(self, line: str, logger: logging.Logger = log, level: int = logging.ERROR) -> None:
+    def answered(self, what: str = "the database") -> None:
+        """``what`` was used again: end a said outage, at most once a minute (a server
+        that fails every other request would otherwise say both lines every time)."""
+        if not self._in_outage:
+            return
+        now = time.monotonic()
+        if now - self._answered_at < self.QUIET_SECONDS:
+            return
+        unsaid = sum(count for _, count in self._said.values())
+        self._said.clear()  # the next outage is said at once
+        self._in_outage, self._answered_at = False, now
+        log.warning("%s answers again%s", what, f" ({unsaid} failures unsaid)" if unsaid else "")
+
+    def say(
+        self,
+        line: str,
+        logger: logging.Logger = log,
+        level: int = logging.ERROR,
+        *,
+        outage: bool = False,
+    ) -> None:
+        self._in_outage = self._in_outage or outage
         now = time.monotonic()
         last, unsaid = self._said.get(line, (-self.QUIET_SECONDS, 0))
         if now - last < self.QUIET_SECONDS:
@@ -182,13 +211,18 @@ def names_a_missing_row(exc: SQLAlchemyError) -> bool:
     )
 
 
+NOT_READY = "The service is not ready; retry shortly."
 NOT_MIGRATED = "the database lacks a table or column: run `flask --app tenant_analytics db upgrade`"
 
 
-def _not_migrated(lines: OnceAMinute, exc: SQLAlchemyError) -> tuple[Response, int]:
-    # With the driver's words: which table or column (a typo in code would say so too).
-    lines.say(f"{NOT_MIGRATED} ({driver_first_line(exc)})")
-    return unavailable("The service is not ready; retry shortly.")
+def say_database_problem(exc: SQLAlchemyError) -> None:
+    """Log, once a minute, why the database could not be used: not migrated (with the
+    driver's words: which table or column, as a typo in code would say), else away."""
+    lines: OnceAMinute = current_app.extensions["outage_lines"]
+    if is_not_migrated(exc):
+        lines.say(f"{NOT_MIGRATED} ({driver_first_line(exc)})")
+    else:
+        lines.say(_unavailable_line(exc), outage=True)
 
 
 def _database_address() -> str:
@@ -200,10 +234,10 @@ def _database_address() -> str:
     return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
 
 
-def _unavailable_line(exc: OperationalError) -> str:
+def _unavailable_line(exc: SQLAlchemyError) -> str:
     return (
         f"database unavailable at {_database_address()}:"
-        f" {type(exc.orig).__name__}: {driver_first_line(exc)}"
+        f" {type(getattr(exc, 'orig', None) or exc).__name__}: {driver_first_line(exc)}"
     )
 
 
@@ -260,13 +294,17 @@ def log_not_recorded(logger: logging.Logger, what: str, exc: BaseException) -> N
     if reason is None:
         logger.warning("%s", what, exc_info=exc)
     else:
-        current_app.extensions["outage_lines"].say(f"{what}: {reason}", logger, logging.WARNING)
+        current_app.extensions["outage_lines"].say(
+            f"{what}: {reason}", logger, logging.WARNING, outage=is_outage(exc)
+        )
 
 
 def register_error_handlers(app: Flask) -> None:
     """Route every exception through the one JSON shape."""
     # This app's: a database away, or not migrated.
     outage_lines = app.extensions["outage_lines"] = OnceAMinute()
+    with app.app_context():  # a connection handed out answered (the pool pings it first)
+        event.listen(db.engine, "checkout", lambda *_: outage_lines.answered())
 
     # Registered after Flask-SQLAlchemy's, so run before it (last registered, first run).
     @app.teardown_appcontext
@@ -281,7 +319,7 @@ def register_error_handlers(app: Flask) -> None:
             if reason is None:
                 log.warning("closing a request's database session failed", exc_info=exc)
             else:
-                outage_lines.say(f"a connection was lost after its answer: {reason}")
+                outage_lines.say(f"a connection was lost after its answer: {reason}", outage=True)
             db.session.remove()
 
     @app.errorhandler(ApiError)
@@ -320,7 +358,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CommitUncertain)
     def _commit_uncertain(exc: CommitUncertain):
-        outage_lines.say(outage_reason(exc) or str(exc))
+        outage_lines.say(outage_reason(exc) or str(exc), outage=True)
         return unavailable(
             "The database did not confirm the write (its connection failed, or it "
             "stopped answering); the events may have been stored."
@@ -328,30 +366,37 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database_unavailable(exc: OperationalError):
+        say_database_problem(exc)
         if is_not_migrated(exc):  # SQLite's "no such table" is an OperationalError
-            return _not_migrated(outage_lines, exc)
-        outage_lines.say(_unavailable_line(exc))
+            return unavailable(NOT_READY)
         return unavailable("The service is temporarily unavailable; retry shortly.")
 
     @app.errorhandler(PoolTimeout)
     def _connections_exhausted(exc: PoolTimeout):
         # More requests than pooled connections (easy with gevent's many greenlets).
-        log.warning("no database connection free in time")
+        outage_lines.say("no database connection free in time", level=logging.WARNING)
         return unavailable("The service is busy; retry shortly.")
 
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):
         if is_not_migrated(exc):
-            return _not_migrated(outage_lines, exc)
+            say_database_problem(exc)
+            return unavailable(NOT_READY)
         if names_a_missing_row(exc):
             # The tenant was deleted while this process still had it cached (`tenant
             # delete` waits the cache out; a request already under way may not).
             log.warning("a write named a tenant that no longer exists")
             return _api_error(tenant_unavailable())
-        log.exception("database error")
+        log.exception("database error in %s", _this_request())
         return error_response(500, "Internal server error.")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
-        log.exception("unhandled error")
+        log.exception("unhandled error in %s", _this_request())
         return error_response(500, "Internal server error.")
+
+
+def _this_request() -> str:
+    """The failed request as a log line names it: method and path, escaped (a path may
+    hold any character, a newline too), never its query or body."""
+    return f"{request.method} {request.path!r}"

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import is_not_migrated, unavailable
+from ..errors import NOT_MIGRATED, is_not_migrated, say_database_problem, unavailable
 from ..extensions import db
 from ..models import SCHEMA_REVISION
 from ..ratelimits import limiter_storage_answers
@@ -48,5 +48,12 @@ def _database_state() -> str:
         revision = db.session.scalar(text("SELECT version_num FROM alembic_version"))
     except SQLAlchemyError as exc:
         db.session.rollback()
+        say_database_problem(exc)  # once probes alone reach a host, only they can say why
         return "not_migrated" if is_not_migrated(exc) else "unavailable"
-    return "ok" if revision is not None and revision >= SCHEMA_REVISION else "not_migrated"
+    if revision is None or revision < SCHEMA_REVISION:
+        current_app.extensions["outage_lines"].say(
+            f"{NOT_MIGRATED} (the database is at {revision or 'no revision'},"
+            f" this code needs {SCHEMA_REVISION})"
+        )
+        return "not_migrated"
+    return "ok"
