@@ -327,6 +327,23 @@ def test_the_js_api_and_a_second_copy_of_the_snippet(landing, make_tenant):
     assert landing.errors() == []
 
 
+def test_a_second_tag_for_another_tenant_is_ignored_and_says_so(landing, make_tenant):
+    """track() is one global: the page's sales would go to whichever tag ran first."""
+    tenant, other = make_tenant(), make_tenant()
+    warnings = "<script>window.warned = []; console.warn = (m) => window.warned.push(m);</script>"
+    second = f'<script src="{landing.script}" data-tenant="{other.id}" defer></script>'
+    landing.open(tenant.id, body=second, before=warnings)
+    landing.driver.execute_script('window.tenantAnalytics.track("click_call");')
+    events = events_when(tenant.id, lambda events: any_of(events, "click_call"))
+    assert types(events) == Counter({"pageview": 1, "click_call": 1})
+    assert landing.driver.execute_script("return window.warned") == [
+        f"tenant-analytics: this page counts for tenant {tenant.id}; the tag for tenant"
+        f" {other.id} is ignored (one tenant per page)"
+    ]
+    assert events_when(other.id, bool, timeout=0.5) == []
+    assert landing.errors() == []
+
+
 def test_an_element_named_like_the_api_does_not_silence_the_snippet(landing, make_tenant):
     """id="tenantAnalytics" makes window.tenantAnalytics that element: not a first copy."""
     tenant = make_tenant()
@@ -493,6 +510,8 @@ WHATSAPP_LINKS = """
 <a id="l9" href="https://wa.link/pan123">9</a>
 <a id="l10" href="intent://send/50410#Intent;scheme=whatsapp;package=com.whatsapp;end">10</a>
 <a id="l11" href="intent://send?phone=50411#Intent;package=com.whatsapp.w4b;end">11</a>
+<svg width="60" height="20"><a xlink:href="https://wa.me/50412"><text id="l12" y="15">12</text>
+</a></svg>
 <a id="n1" href="https://whatsapp.com/blog">not a chat</a>
 <a id="n2" href="https://shop.example/wa.me/1">not WhatsApp</a>
 <a id="n3" href="intent://scan/#Intent;scheme=zxing;package=com.google.zxing.client.android;end">
@@ -503,12 +522,12 @@ not WhatsApp</a>
 def test_every_form_of_whatsapp_link_is_a_tap(landing, make_tenant):
     tenant = make_tenant()
     landing.open(tenant.id, WHATSAPP_LINKS, before=STAY)
-    links = ("l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8-icon", "l9", "l10", "l11")
+    links = ("l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8-icon", "l9", "l10", "l11", "l12")
     for element_id in ("n1", "n2", "n3", *links):
         landing.click(element_id)
     # A data-ta-event that is empty or no tap type leaves the link what it is.
-    assert Counter(event_type for event_type, _ in taps_of(tenant.id, 11)) == {
-        "click_whatsapp": 10,
+    assert Counter(event_type for event_type, _ in taps_of(tenant.id, 12)) == {
+        "click_whatsapp": 11,
         "click_call": 1,
     }
 

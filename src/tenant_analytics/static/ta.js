@@ -16,7 +16,19 @@
   // element with id="tenantAnalytics" is window.tenantAnalytics too, and a page's stub
   // that queues calls until the snippet runs has a track() of its own.)
   const before = window.tenantAnalytics;
-  if (before && before.snippet === "tenant-analytics") return;
+  if (before && before.snippet === "tenant-analytics") {
+    // One tenant per page (track() is one global): a tag for another is said, not sent.
+    const other = positiveInteger(
+      document.currentScript && document.currentScript.getAttribute("data-tenant")
+    );
+    if (other && other !== before.tenant && window.console) {
+      console.warn(
+        "tenant-analytics: this page counts for tenant " + before.tenant +
+          "; the tag for tenant " + other + " is ignored (one tenant per page)"
+      );
+    }
+    return;
+  }
   // The page's stub becomes the API itself: code that kept a reference to it still sends.
   const stub = before && Array.isArray(before.q) ? before : null;
   const queued = stub ? stub.q.slice(0, 100) : [];
@@ -152,8 +164,14 @@
     return metadata;
   }
 
+  // An SVG link may carry its address as SVG 1.1 wrote it, xlink:href.
+  function hrefOf(node) {
+    const href = node.getAttribute("href");
+    return href !== null ? href : node.getAttributeNS("http://www.w3.org/1999/xlink", "href");
+  }
+
   function typeOfLink(link) {
-    const href = (link.getAttribute("href") || "").trim();
+    const href = (hrefOf(link) || "").trim();
     if (/^whatsapp:/i.test(href)) return "click_whatsapp";
     if (/^tel:/i.test(href)) return "click_call";
     // Android's intent links name the app they open.
@@ -228,8 +246,8 @@
         if (CLICK_TYPES.indexOf(node.getAttribute("data-ta-event")) >= 0) {
           tagged = node;
           // A tagged WhatsApp or phone link is that tap too (a product's "order" link).
-          if (node.hasAttribute("href")) taggedLinkType = typeOfLink(node);
-        } else if (!link && node.hasAttribute("href")) {
+          if (hrefOf(node) !== null) taggedLinkType = typeOfLink(node);
+        } else if (!link && hrefOf(node) !== null) {
           linkType = typeOfLink(node);
           if (linkType) link = node;
         }
@@ -389,6 +407,7 @@
 
   const api = stub || {};
   api.snippet = "tenant-analytics";
+  api.tenant = tenantId;
   api.q = [];
   // Any event type; the server validates it. A prerendered page's calls wait, as its
   // stub's queued ones do, until it is shown: until then nobody has seen it.
