@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -215,3 +216,17 @@ def test_other_tenants_events_are_not_counted(app, make_tenant, add_events):
     add_events(busy, [("pageview", NOW - timedelta(hours=1), "10.0.0.1", None)])
     summary = landing_summary(db.session, tenant_id=quiet.id, zone=ZoneInfo("UTC"), now=NOW)
     assert summary.visitors_week == 0
+
+
+def test_a_stored_zone_this_hosts_tz_data_lacks_is_utc_and_said_once(
+    client, make_tenant, make_user, auth_headers, caplog
+):
+    """Taken when set, unknown now: this host's tz data is older than the one that took it."""
+    zone = f"America/Nowhere_{uuid.uuid4().hex[:8]}"  # said once per process and name
+    tenant = make_tenant(timezone=zone)
+    headers = auth_headers(make_user(tenant))
+    for _ in range(2):
+        answer = client.get(f"/api/analytics/{tenant.id}/today", headers=headers)
+        assert answer.status_code == 200
+    said = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.timewindows"]
+    assert said == [f"time zone '{zone}' is unknown to this host's tz data: days counted in UTC"]

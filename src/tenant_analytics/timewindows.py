@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .logs import get_logger
+
+log = get_logger(__name__)
+
 
 @dataclass(frozen=True)
 class Day:
@@ -17,11 +21,18 @@ class Day:
 
 
 def tenant_zone(name: str | None) -> ZoneInfo:
-    """The tenant's zone; UTC when unset or unknown."""
+    """The tenant's zone; UTC when unset or unknown (said once per process and name: a
+    zone taken when set and unknown now means this host's tz data is older)."""
     try:
         return ZoneInfo(name or "UTC")
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America", a directory
+        if name not in _UNKNOWN_ZONES_SAID:
+            _UNKNOWN_ZONES_SAID.add(name)
+            log.warning("time zone %r is unknown to this host's tz data: days counted in UTC", name)
         return ZoneInfo("UTC")
+
+
+_UNKNOWN_ZONES_SAID: set[str] = set()
 
 
 # Zones that PostgreSQL's AT TIME ZONE reads as abbreviations first, of a fixed offset,
