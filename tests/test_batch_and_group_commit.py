@@ -229,30 +229,50 @@ def test_a_chunked_body_over_the_limit_is_413_not_cut(migrated, make_tenant, tmp
         assert count_events(tenant_id) == 1
 
 
-def test_a_broken_chunked_body_is_a_400_on_every_public_endpoint(migrated, tmp_path):
+def test_a_broken_or_cut_short_body_is_a_400_on_every_public_endpoint(
+    migrated, make_tenant, tmp_path
+):
     """gunicorn raises its own error (InvalidChunkSize, no OSError) for a chunk size that
     is no number: it was a 500 on the batch and v1 endpoints, and, raised into the rate
     limits' keys, taken for the limiter's storage failing (limits counted per process,
-    a traceback logged per request)."""
+    a traceback logged per request). A body that ends before its Content-Length, its
+    sender gone, was handed over as if whole: a valid start was stored."""
+    tenant = make_tenant()
     env = {
         **os.environ,
         "DATABASE_URL": migrated,
         "VISITOR_HASH_KEY": TEST_HASH_KEY,
         "JWT_SECRET_KEY": TEST_JWT_KEY,
     }
+    event = {"tenant_id": tenant.id, "event_type": "pageview", "type": "whatsapp_click"}
+    bodies = {
+        "/api/auth/login": {"email": "a@example.com", "password": "s3cret-pass"},
+        "/api/analytics/track": event,
+        "/api/analytics/batch": {"tenant_id": tenant.id, "events": [event]},
+        "/api/v1/analytics/track": {**event, "tenant_id": str(tenant.id)},
+        "/api/v1/analytics/conversion": {"tenant_slug": tenant.slug, "value": 5},
+    }
 
-    def post_broken_chunk(port: int, path: str) -> tuple[int, dict]:
+    def post(port: int, path: str, framing: str, body: bytes) -> tuple[int, dict]:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(
                 f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-                "zz\r\n{}\r\n0\r\n\r\n".encode()
+                f"{framing}\r\nConnection: close\r\n\r\n".encode()
+                + body
             )
+            sock.shutdown(socket.SHUT_WR)  # the sender is done: nothing more comes
             answer = b""
             while chunk := sock.recv(65_536):
                 answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        return int(head.split()[1]), json.loads(body)
+        head, _, answered = answer.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(answered)
+
+    def broken_chunk(port: int, path: str) -> tuple[int, dict]:
+        return post(port, path, "Transfer-Encoding: chunked", b"zz\r\n{}\r\n0\r\n\r\n")
+
+    def cut_short(port: int, path: str) -> tuple[int, dict]:
+        whole = json.dumps(bodies[path]).encode()
+        return post(port, path, f"Content-Length: {len(whole) + 40}", whole)
 
     log = tmp_path / "gunicorn.log"
     with gunicorn(["--workers", "1"], env, log) as port:
@@ -262,14 +282,17 @@ def test_a_broken_chunked_body_is_a_400_on_every_public_endpoint(migrated, tmp_p
             "/api/analytics/batch",
             "/api/v1/analytics/track",
         ):
-            status, body = post_broken_chunk(port, path)
-            assert (status, body["error"]) == (400, "bad_request"), (path, body)
-            assert "cut short" in body["message"]
-        # The payment beacon answers 200 whatever it is sent.
-        assert post_broken_chunk(port, "/api/v1/analytics/conversion") == (
-            200,
-            {"status": "skipped", "transaction_id": None},
-        )
+            for sent in (broken_chunk, cut_short):
+                status, body = sent(port, path)
+                assert (status, body["error"]) == (400, "bad_request"), (path, sent, body)
+                assert "cut short" in body["message"]
+        # The payment beacon answers 200 whatever it is sent, and records no cut sale.
+        for sent in (broken_chunk, cut_short):
+            assert sent(port, "/api/v1/analytics/conversion") == (
+                200,
+                {"status": "skipped", "transaction_id": None},
+            )
+    assert count_events(tenant.id) == 0
     written = log.read_text()
     assert "Traceback" not in written
     assert "falling back" not in written

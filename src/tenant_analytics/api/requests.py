@@ -41,7 +41,7 @@ class WholeBodyRequest(Request):
         if self._unreadable:
             raise _cut_short()
         try:
-            data = super().get_data(cache=cache, as_text=as_text, parse_form_data=parse_form_data)
+            data = super().get_data(cache=cache, parse_form_data=parse_form_data)
         except RequestEntityTooLarge:
             raise
         except Exception:
@@ -50,11 +50,17 @@ class WholeBodyRequest(Request):
             # was a 500, or, raised into a rate limit's key, a storage failure.
             self._unreadable = True
             raise _cut_short() from None
+        read_whole = "form" not in self.__dict__  # a parsed form took the stream, not us
+        if read_whole and self.content_length is not None and len(data) < self.content_length:
+            # Ended before its Content-Length: gunicorn hands over what came (the
+            # input is "terminated", so Werkzeug does not count it), as if whole.
+            self._unreadable = True
+            raise _cut_short()
         if self._over_limit is None and self._read_to_the_limit():
             self._over_limit = self._more_to_read()
         if self._over_limit:
             raise RequestEntityTooLarge()
-        return data
+        return data.decode(errors="replace") if as_text else data  # as Werkzeug decodes
 
     def _read_to_the_limit(self) -> bool:
         stream = self.stream
