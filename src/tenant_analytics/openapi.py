@@ -30,7 +30,7 @@ from .queries import store_dashboard, store_funnel, store_rfm
 REF = "#/components/schemas/{model}"
 UNDOCUMENTED = {"static", "demo_site.landing_page", "openapi.document", "openapi.index"}
 ERRORS = {
-    400: "Not HTTP the app can read",
+    400: "A body cut short of its Content-Length, or its chunked encoding broken",
     401: "No valid token (WWW-Authenticate says why)",
     404: "No such resource, or another tenant's",
     409: "Conflict",
@@ -364,19 +364,24 @@ def _summary(docstring: str | None) -> str:
 
 def _answers(endpoint: str, method: str, operation: Operation) -> dict[int, str]:
     """The operation's own answers and those every endpoint of its kind can give: a
-    compressed body (refused on every route, body or not), a body too large (read on
-    every POST, PATCH and PUT before its handler), and the database away (the beacon
-    answers 200 to all)."""
+    compressed body (refused on every route, body or not), a body too large or cut
+    short (read on every POST, PATCH and PUT before its handler), and the database away
+    (the beacon answers 200 to all)."""
     if endpoint in NEVER_REFUSED:
         return operation.answers
     common = {415: ERRORS[415]}
     if operation.unavailable:
         common |= {503: ERRORS[503]}
     if operation.body is not None or method in BODY_METHODS:
-        common |= {413: ERRORS[413]}
+        common |= {400: ERRORS[400], 413: ERRORS[413]}
     return common | operation.answers
 
 
+# A 2xx that is no JSON (an image, NDJSON lines): bytes, as generators read this.
+BYTES = {"type": "string", "format": "binary"}
+# The public endpoints a page posts to: a text/plain body (sendBeacon's, which needs no
+# CORS preflight) is read as JSON too.
+PLAIN_TEXT_TOO = {"tracking", "v1"}
 # Headers every answer of a status carries, whatever the route.
 SECONDS = {"type": "integer", "minimum": 0}
 STATUS_HEADERS: dict[int, dict[str, tuple[str, dict[str, Any]]]] = {
@@ -405,7 +410,7 @@ def _answer(
             media["text/html"] = {}
         answer["content"] = media
     elif status < 300:
-        media = {kind: {} for kind in operation.produces}
+        media = {kind: {"schema": BYTES} for kind in operation.produces}
         if shape is not None:
             media["application/json"] = {"schema": shape}
         if media:  # a 204 has none
@@ -474,12 +479,15 @@ def build_document(app: Flask) -> dict[str, Any]:
             }
             if operation.body is not None:
                 schema = {"$ref": REF.format(model=operation.body.__name__)}
+                kinds = ["application/json"]
+                if rule.endpoint.split(".")[0] in PLAIN_TEXT_TOO:
+                    kinds.append("text/plain")
                 entry["requestBody"] = {
                     "required": operation.body_required,
-                    "content": {"application/json": {"schema": schema}},
+                    "content": {kind: {"schema": schema} for kind in kinds},
                 }
-            if operation.owner or operation.refresh:
-                entry["security"] = [{"bearer": []}]
+            # Public ones say so: no security at all reads as "not described".
+            entry["security"] = [{"bearer": []}] if operation.owner or operation.refresh else []
             paths.setdefault(path, {})[method.lower()] = entry
     return {
         "openapi": "3.1.0",
@@ -489,6 +497,8 @@ def build_document(app: Flask) -> dict[str, Any]:
             "description": "Multi-tenant, privacy-first analytics for small businesses. "
             "Every error has one shape (ApiError).",
         },
+        # Relative: wherever the document was fetched from (an API served under a path too).
+        "servers": [{"url": "/"}],
         "paths": paths,
         "components": components,
     }

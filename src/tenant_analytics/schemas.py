@@ -84,8 +84,13 @@ Metadata = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 PhpMetadata = Annotated[
     Metadata,
     BeforeValidator(lambda value: {} if value == [] else value),
-    WithJsonSchema(
-        {"anyOf": [{"type": "object"}, {"type": "array", "maxItems": 0, "description": "none"}]}
+    WithJsonSchema(  # items and additionalProperties said: generators read none as "nothing"
+        {
+            "anyOf": [
+                {"type": "object", "additionalProperties": True},
+                {"type": "array", "maxItems": 0, "items": {}, "description": "none"},
+            ]
+        }
     ),
 ]
 # A code of ISO 4217 in any case, upper-cased; not the codes of no money (XXX, XTS),
