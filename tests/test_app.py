@@ -28,7 +28,7 @@ from tenant_analytics.config import (
     normalize_database_url,
     warn_about_database,
 )
-from tenant_analytics.errors import is_outage
+from tenant_analytics.errors import OnceAMinute, is_outage
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
 from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
@@ -152,6 +152,20 @@ def test_a_storage_url_that_names_nothing_usable_is_refused_without_its_password
     with pytest.raises(ConfigError, match=said) as refused:
         create_app()
     assert setting in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [
+        "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster",
+        "redis://[::1]:6379/0",
+        "rediss://:p%40ss@cache:6380/0?ssl_cert_reqs=none",
+    ],
+)
+def test_a_storage_of_several_hosts_or_an_ipv6_one_is_taken(monkeypatch, storage):
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", storage)
+    assert create_app().config["RATELIMIT_STORAGE_URI"] == storage
 
 
 def test_development_without_secrets_makes_random_ones_once_per_instance(
@@ -388,7 +402,7 @@ def test_an_outage_is_logged_once_a_minute_not_per_request(app, make_app, caplog
 
 
 def test_an_outage_ends_with_a_line_saying_the_database_answers_again(
-    app, make_app, make_tenant, migrated, is_postgres, caplog
+    app, make_app, make_tenant, migrated, is_postgres, caplog, monkeypatch
 ):
     """Quiet alone would not tell an ended outage from a suppressed one."""
     if not is_postgres:
@@ -415,8 +429,69 @@ def test_an_outage_ends_with_a_line_saying_the_database_answers_again(
         forwarder.shut()  # a second outage is said at once, not after the first's minute
         assert client.post("/api/analytics/track", json=event).status_code == 503
         assert len(said()) == 3 and said()[2].startswith("database unavailable at")
+        forwarder.open()  # back within the minute: said with the next minute's lines
+        assert client.post("/api/analytics/track", json=event).status_code == 201
+        assert len(said()) == 3
+        monkeypatch.setattr(OnceAMinute, "QUIET_SECONDS", 0.0)  # a minute on
+        assert client.post("/api/analytics/track", json=event).status_code == 201
+        assert said()[3:] == ["the database answers again"]
     finally:
         forwarder.shut()
+
+
+def test_an_outage_ends_with_its_own_lines_counted_not_the_limiters(caplog):
+    lines = OnceAMinute()
+    for _ in range(3):
+        lines.say("database unavailable at db:5432/analytics", outage=True)
+        lines.say("sign-in refused: the limiter's storage did not answer")
+    lines.answered()
+    lines.say("sign-in refused: the limiter's storage did not answer")  # its minute goes on
+    lines.say("database unavailable at db:5432/analytics", outage=True)  # a new outage
+    assert [r.getMessage() for r in caplog.records] == [
+        "database unavailable at db:5432/analytics",
+        "sign-in refused: the limiter's storage did not answer",
+        "the database answers again (2 failures unsaid)",
+        "database unavailable at db:5432/analytics",
+    ]
+
+
+def test_a_lock_or_statement_timeout_is_no_outage_whose_end_is_announced(
+    app, make_app, make_tenant, migrated, is_postgres, caplog
+):
+    """The server answers all along: a connection handed out says nothing of its end,
+    and a recovery line every minute while every write still failed would mislead."""
+    if not is_postgres:
+        pytest.skip("PostgreSQL's lock_timeout")
+    tenant_id = make_tenant().id
+    options = {"connect_args": {"options": "-c lock_timeout=100"}, "pool_pre_ping": True}
+    client = make_app(SQLALCHEMY_ENGINE_OPTIONS=options, TENANT_CACHE_SECONDS=0).test_client()
+    event = {"tenant_id": tenant_id, "event_type": "pageview"}
+    db.session.close()  # the suite's session, which read the tenant, holds no lock on it
+    with create_engine(migrated).connect() as holder:
+        holder.execute(text("SET lock_timeout = '10s'"))
+        holder.execute(text("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"))
+        for _ in range(2):
+            assert client.post("/api/analytics/track", json=event).status_code == 503
+        holder.rollback()
+    assert client.post("/api/analytics/track", json=event).status_code == 201
+    logged = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+    assert len(logged) == 1 and "LockNotAvailable" in logged[0]  # said, once
+    assert not [line for line in logged if "answers again" in line]
+
+
+def test_an_unexpected_error_is_logged_with_the_request_it_answered(make_app, caplog):
+    app = make_app()
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    app.add_url_rule("/api/broken/<path:rest>", "broken", lambda rest: broken())
+    answer = app.test_client().get("/api/broken/a%1Bb?secret=1")  # ESC, escaped in the log
+    assert answer.status_code == 500
+    assert answer.get_json()["message"] == "Internal server error."
+    (record,) = [r for r in caplog.records if r.name == "tenant_analytics.errors"]
+    assert record.getMessage() == "unhandled error in GET '/api/broken/a\\x1bb'"
+    assert record.exc_info is not None  # with its traceback
 
 
 def test_a_database_without_tables_says_to_migrate(app, make_app, scratch_database_url, caplog):
@@ -463,10 +538,13 @@ def test_an_exhausted_connection_pool_answers_503_not_500(make_app, migrated, ca
             response = app.test_client().post(
                 "/api/analytics/track", json={"tenant_id": 1, "event_type": "pageview"}
             )
-    # Said once a minute: a pool too small for its traffic would say it per request.
+        health = app.test_client().get("/api/health")
+    assert (response.status_code, health.status_code) == (503, 503)
+    # Said once a minute (a pool too small for its traffic would say it per request), as
+    # what it is: the database answered all along, so no end of an outage is said either.
+    app.test_client().post("/api/analytics/track", json={"tenant_id": 1, "event_type": "pageview"})
     logged = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
     assert logged == ["no database connection free in time"]
-    assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     body = response.get_json()
     assert body["success"] is False and "QueuePool" not in body["message"]

@@ -322,8 +322,8 @@ def check_storage_urls(config: dict[str, Any]) -> None:
                 "RATELIMIT_STORAGE_URI is not a storage like redis://host:6379/0 (or memory://)"
             )
         try:  # each worker would fail on these later, with a traceback of its own
-            _ = urlsplit(storage).port  # a port that is no number or out of range, a bad [host]
-            if scheme in ("redis", "rediss"):
+            if scheme in ("redis", "rediss"):  # one host (others may list several)
+                _ = urlsplit(storage).port  # no number or out of range, a bad [host]
                 parse_redis_url(storage)  # options: ?socket_timeout=abc
         except ValueError:
             raise ConfigError(

@@ -158,20 +158,20 @@ class OnceAMinute:
 
     def __init__(self) -> None:
         self._said: dict[str, tuple[float, int]] = {}
-        self._in_outage = False
+        self._outage_lines: set[str] = set()  # said as an outage since it last answered
         self._answered_at = -self.QUIET_SECONDS
 
     def answered(self, what: str = "the database") -> None:
         """``what`` was used again: end a said outage, at most once a minute (a server
         that fails every other request would otherwise say both lines every time)."""
-        if not self._in_outage:
+        if not self._outage_lines:
             return
         now = time.monotonic()
         if now - self._answered_at < self.QUIET_SECONDS:
             return
-        unsaid = sum(count for _, count in self._said.values())
-        self._said.clear()  # the next outage is said at once
-        self._in_outage, self._answered_at = False, now
+        ended, self._outage_lines = self._outage_lines, set()
+        unsaid = sum(self._said.pop(line, (0.0, 0))[1] for line in ended)  # said at once next
+        self._answered_at = now
         log.warning("%s answers again%s", what, f" ({unsaid} failures unsaid)" if unsaid else "")
 
     def say(
@@ -182,7 +182,8 @@ class OnceAMinute:
         *,
         outage: bool = False,
     ) -> None:
-        self._in_outage = self._in_outage or outage
+        if outage:
+            self._outage_lines.add(line)
         now = time.monotonic()
         last, unsaid = self._said.get(line, (-self.QUIET_SECONDS, 0))
         if now - last < self.QUIET_SECONDS:
@@ -212,17 +213,22 @@ def names_a_missing_row(exc: SQLAlchemyError) -> bool:
 
 
 NOT_READY = "The service is not ready; retry shortly."
+NO_CONNECTION_FREE = "no database connection free in time"
 NOT_MIGRATED = "the database lacks a table or column: run `flask --app tenant_analytics db upgrade`"
 
 
 def say_database_problem(exc: SQLAlchemyError) -> None:
     """Log, once a minute, why the database could not be used: not migrated (with the
-    driver's words: which table or column, as a typo in code would say), else away."""
+    driver's words: which table or column, as a typo in code would say), no connection
+    free, or the driver's first line (an outage only if it says the server is away or
+    full: a lock or statement timeout is not, and its end is not announced)."""
     lines: OnceAMinute = current_app.extensions["outage_lines"]
     if is_not_migrated(exc):
         lines.say(f"{NOT_MIGRATED} ({driver_first_line(exc)})")
+    elif isinstance(exc, PoolTimeout):
+        lines.say(NO_CONNECTION_FREE, level=logging.WARNING)
     else:
-        lines.say(_unavailable_line(exc), outage=True)
+        lines.say(_unavailable_line(exc), outage=is_outage(exc))
 
 
 def _database_address() -> str:
@@ -264,6 +270,12 @@ def is_outage(exc: BaseException) -> bool:
     return state is None or state.startswith(_OUTAGE_STATES)
 
 
+def is_database_away(exc: BaseException) -> bool:
+    """An outage of the server itself (away, full, shutting down), not of this process's
+    pool: the outages whose end a connection handed out announces."""
+    return is_outage(exc) and not isinstance(exc, PoolTimeout)
+
+
 def outage_reason(exc: BaseException) -> str | None:
     """One line saying why the database could not take a write, when ``exc`` is an
     outage (away, out of connections, a commit unconfirmed, not migrated); None for
@@ -273,7 +285,7 @@ def outage_reason(exc: BaseException) -> str | None:
     if isinstance(exc, SQLAlchemyError) and is_not_migrated(exc):
         return NOT_MIGRATED
     if isinstance(exc, PoolTimeout):
-        return "no database connection free in time"
+        return NO_CONNECTION_FREE
     if isinstance(exc, CommitTimeout):
         return "not written in time (withdrawn unwritten)"
     if isinstance(exc, CommitUncertain):
@@ -295,7 +307,7 @@ def log_not_recorded(logger: logging.Logger, what: str, exc: BaseException) -> N
         logger.warning("%s", what, exc_info=exc)
     else:
         current_app.extensions["outage_lines"].say(
-            f"{what}: {reason}", logger, logging.WARNING, outage=is_outage(exc)
+            f"{what}: {reason}", logger, logging.WARNING, outage=is_database_away(exc)
         )
 
 
@@ -319,7 +331,10 @@ def register_error_handlers(app: Flask) -> None:
             if reason is None:
                 log.warning("closing a request's database session failed", exc_info=exc)
             else:
-                outage_lines.say(f"a connection was lost after its answer: {reason}", outage=True)
+                outage_lines.say(
+                    f"a connection was lost after its answer: {reason}",
+                    outage=is_database_away(exc),
+                )
             db.session.remove()
 
     @app.errorhandler(ApiError)
@@ -374,7 +389,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(PoolTimeout)
     def _connections_exhausted(exc: PoolTimeout):
         # More requests than pooled connections (easy with gevent's many greenlets).
-        outage_lines.say("no database connection free in time", level=logging.WARNING)
+        say_database_problem(exc)
         return unavailable("The service is busy; retry shortly.")
 
     @app.errorhandler(SQLAlchemyError)

@@ -484,6 +484,7 @@ class GroupCommitter:
             months = {month_of(row["created_at"]) for row in rows or ()}
             if rows is not None and partitions_known(db.engine, months):
                 self._commit_at_once(rows, tenants_of(jobs))
+                self._database_answered()
                 return [IngestResult(stored=len(job.events), duplicates=0) for job in jobs]
         if self._connection is None or self._connection.closed:
             connection = db.engine.connect()
@@ -498,6 +499,7 @@ class GroupCommitter:
         try:
             results = write_jobs(session, jobs)
             commit_or_uncertain(session)
+            self._database_answered()
             return results
         except BaseException:
             session.rollback()
@@ -506,6 +508,11 @@ class GroupCommitter:
             raise
         finally:
             session.close()
+
+    def _database_answered(self) -> None:
+        """A batch committed on the connections kept between batches, which the pool's
+        checkouts (where an outage's end is noticed) do not see again."""
+        self.app.extensions["outage_lines"].answered()
 
     def _commit_at_once(self, rows: list[dict[str, Any]], tenants: dict[int, TenantInfo]) -> None:
         """The common case on PostgreSQL: nothing to read first, every partition there.

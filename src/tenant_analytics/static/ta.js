@@ -18,14 +18,19 @@
   const before = window.tenantAnalytics;
   if (before && before.snippet === "tenant-analytics") {
     // One tenant per page (track() is one global): a tag for another is said, not sent.
-    const other = positiveInteger(
-      document.currentScript && document.currentScript.getAttribute("data-tenant")
-    );
-    if (other && other !== before.tenant && window.console) {
-      console.warn(
-        "tenant-analytics: this page counts for tenant " + before.tenant +
-          "; the tag for tenant " + other + " is ignored (one tenant per page)"
-      );
+    // A module copy does not know its tag (no currentScript): any tag on the page then.
+    const tags = document.currentScript
+      ? [document.currentScript]
+      : document.querySelectorAll('script[data-tenant][src*="/ta.js"]');
+    for (let i = 0; i < tags.length; i++) {
+      const other = positiveInteger(tags[i].getAttribute("data-tenant"));
+      if (other && other !== before.tenant && window.console) {
+        console.warn(
+          "tenant-analytics: this page counts for tenant " + before.tenant +
+            "; the tag for tenant " + other + " is ignored (one tenant per page)"
+        );
+        break;
+      }
     }
     return;
   }
