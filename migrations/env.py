@@ -14,6 +14,9 @@ config = context.config
 fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger("alembic.env")
 
+# Any constant of this app's own: the advisory lock `db upgrade` holds on PostgreSQL.
+MIGRATIONS_LOCK = 7_310_455_001
+
 
 def get_engine():
     return current_app.extensions["migrate"].db.engine
@@ -106,6 +109,10 @@ def run_migrations_online():
             )
 
             with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    # Hosts that each run `db upgrade` as they deploy take turns: the
+                    # second finds the work done, not a half-made alembic_version.
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATIONS_LOCK})")
                 context.run_migrations()
         finally:
             if on_sqlite:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,8 +47,11 @@ from tenant_analytics.partitions import (
 from tenant_analytics.rollups import ROLLUP_MODELS, rebuild_rollups
 
 from .conftest import app_config, release_connections
+from .servers import ROOT
 
 # Columns every revision from 0002 on has: what a downgrade to 0002 must keep.
+FLASK = str(Path(sys.executable).with_name("flask"))
+
 EVENT_COLUMNS = ("tenant_id", "id", "created_at", "event_type", "visitor_hash", "session_id")
 EVENT_COLUMNS += ("product_slug", "product_name", "price", "quantity", "source", "revenue")
 
@@ -223,6 +230,26 @@ def test_an_upgrade_script_gives_the_schema_an_upgrade_gives(
             connection.close()
         assert schema_differences() == []
         assert sorted(inspect(db.engine).get_table_names()) == partitions
+
+
+def test_hosts_upgrading_an_empty_database_at_once_both_succeed(
+    scratch_url: Callable[[], str], is_postgres: bool, tmp_path
+) -> None:
+    """Each host running `db upgrade` as it deploys: the second waits for the first and
+    finds the work done, not a UniqueViolation on a half-made alembic_version."""
+    if not is_postgres:
+        pytest.skip("SQLite takes one writer at a time by itself")
+    url = scratch_url()
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    command = [FLASK, "--app", "tenant_analytics", "db", "upgrade"]
+    hosts = [  # from a folder of the test's own: development keys are made in ./instance
+        subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    logs = [host.communicate(timeout=120)[1] for host in hosts]
+    assert [host.returncode for host in hosts] == [0, 0, 0], logs
+    with app_on(url):
+        assert schema_differences() == []
 
 
 def test_partitions_are_those_of_the_events_table_on_the_search_path(
