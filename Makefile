@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pip constraints for the install: `make test-lowest` gives the lowest versions setup.cfg accepts.
+CONSTRAINTS ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 FLASK  := $(BIN)/flask --app tenant_analytics
@@ -14,12 +16,12 @@ else
 WORKERS ?= 1
 endif
 
-.PHONY: install run serve test browser lint format bench clean
+.PHONY: install run serve test test-lowest browser lint format bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -45,6 +47,10 @@ serve: install
 test: install browser
 	$(BIN)/pytest
 
+## test-lowest: lint and the suite in a venv of its own with the lowest versions setup.cfg allows
+test-lowest:
+	$(MAKE) --no-print-directory lint test VENV=.venv-lowest CONSTRAINTS=.ci/lowest-versions.txt
+
 # Debian's Chromium and its driver, for tests/test_browser.py. Where they cannot be
 # installed the browser tests skip; CI (REQUIRE_BROWSER=1) fails them instead.
 BROWSER_PACKAGES := chromium chromium-driver
@@ -69,4 +75,4 @@ bench: install
 	bash bench/run.sh
 
 clean:
-	rm -rf $(VENV) instance build src/*.egg-info
+	rm -rf $(VENV) .venv-lowest instance build src/*.egg-info
