@@ -887,6 +887,14 @@ def test_postgresql_connections_find_a_silent_server_out(app, is_postgres, make_
         assert (used["keepalives_interval"], used["keepalives_count"]) == ("10", "3")
 
 
+def test_a_method_a_route_does_not_take_is_a_json_405_naming_those_it_does(client):
+    answer = client.get("/api/analytics/track")
+    assert answer.status_code == 405
+    assert answer.get_json()["success"] is False
+    assert {method.strip() for method in answer.headers["Allow"].split(",")} >= {"POST"}
+    assert "GET" not in answer.headers["Allow"]
+
+
 def test_no_answer_may_be_sniffed_for_another_type(client, make_tenant):
     """A JSON error echoes a sender's text (metadata keys): a browser must not run it."""
     tenant = make_tenant()

@@ -7,6 +7,8 @@ from datetime import timedelta
 import pytest
 from flask_jwt_extended import decode_token
 
+from tenant_analytics import auth
+
 
 def login(client, email, password):
     return client.post("/api/auth/login", json={"email": email, "password": password})
@@ -35,6 +37,27 @@ def test_login_returns_tokens_that_open_the_dashboard(client, make_tenant, make_
     )
     assert with_access.status_code == 401
     assert with_access.get_json()["success"] is False
+
+
+def test_an_unknown_email_costs_a_password_hash_as_a_wrong_password_does(
+    client, make_tenant, make_user, monkeypatch
+):
+    """Otherwise the time a login takes tells which emails have an account."""
+    user = make_user(make_tenant(), password="right-password")
+    hashed = []
+    real_check = auth.check_password_hash
+
+    def check_counted(stored_hash, password):
+        hashed.append(password)
+        return real_check(stored_hash, password)
+
+    monkeypatch.setattr(auth, "check_password_hash", check_counted)
+    answers = [
+        login(client, user.email, "wrong-password").status_code,
+        login(client, "nobody@example.com", "wrong-password").status_code,
+    ]
+    assert answers == [401, 401]
+    assert hashed == ["wrong-password", "wrong-password"]
 
 
 def test_tokens_say_their_type_and_how_long_the_access_token_lasts(make_app, make_user):

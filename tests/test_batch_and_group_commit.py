@@ -369,6 +369,18 @@ def test_a_batch_over_500_items_is_a_validation_error_that_costs_at_most_one_uni
         assert count_events(tenant_id) == 99
 
 
+def test_a_batch_of_the_most_items_costs_all_of_them(make_app, make_tenant):
+    app = make_app(TRACK_RATE_LIMIT="999 per minute")
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    five_hundred = {"tenant_id": tenant_id, "events": [{"event_type": "pageview"}] * 500}
+    assert client.post("/api/analytics/batch", json=five_hundred).status_code == 201
+    assert client.post("/api/analytics/batch", json=five_hundred).status_code == 429  # 1,000
+    with app.app_context():
+        assert count_events(tenant_id) == 500
+
+
 def test_a_batch_larger_than_the_whole_limit_is_refused_free_with_advice(make_app, make_tenant):
     """It could never pass: 413 saying to split it, no Retry-After, and the bucket untouched."""
     app = make_app(TRACK_RATE_LIMIT="10 per minute")
@@ -673,6 +685,31 @@ def test_a_batch_that_may_have_committed_is_not_written_again(
     assert response.status_code == 503
     assert response.get_json()["error"] == "unavailable"
     assert count_events(tenant.id) == 4
+
+
+def test_jobs_of_a_batch_whose_commit_is_uncertain_are_not_each_written_again(
+    app, make_tenant, monkeypatch
+):
+    """Whatever made the outcome unknown, the batch may be stored: writing its jobs again
+    one by one, as after a sure rollback, would store them twice."""
+    tenant = make_tenant()
+    committer = app.extensions["group_commit"]
+    real_write = committer._write
+    writes = []
+
+    def written_then_unknown(jobs):
+        writes.append(len(jobs))
+        results = real_write(jobs)
+        if len(writes) == 1:
+            raise CommitUncertain("the commit's outcome is unknown")
+        return results
+
+    monkeypatch.setattr(committer, "_write", written_then_unknown)
+    info = TenantInfo.of(tenant)
+    outcomes = commit_as_one_batch(committer, [pageview_job(info, "/a"), pageview_job(info, "/b")])
+    assert [type(outcome) for outcome in outcomes] == [CommitUncertain] * 2
+    assert writes == [2]
+    assert count_events(tenant.id) == 2
 
 
 def submit_within(committer: GroupCommitter, job: IngestJob, seconds: float = 10) -> object:

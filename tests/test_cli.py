@@ -432,8 +432,10 @@ def test_tenant_export_prints_all_of_the_tenants_data(
     add_events(mine, [("pageview", now, "10.0.0.2", None)])  # the same instant as the sale
     add_events(other, [("pageview", now, "10.0.0.1", None)])
     claim_keys(db.session, mine.id, ["idem:order-9"], now=now, window=None)
+    claim_keys(db.session, other.id, ["idem:theirs"], now=now, window=None)
     db.session.commit()
     runner.invoke(args=["product", "create", "--tenant", str(mine.id), "--name", "Pan"])
+    runner.invoke(args=["product", "create", "--tenant", str(other.id), "--name", "Café"])
     exported = runner.invoke(args=["tenant", "export", "--id", str(mine.id)])
     assert exported.exit_code == 0, exported.output
     lines = [json.loads(line) for line in exported.output.splitlines()]

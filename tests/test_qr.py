@@ -373,6 +373,7 @@ def test_owner_sets_and_clears_the_landing_url(client, make_tenant, make_user, a
     "landing_url",
     [
         "javascript:alert(1)",
+        "javascript://pan.example/%0Aalert(1)",
         "ftp://pan.example/",
         "//pan.example/",
         "https://",
@@ -411,6 +412,7 @@ def test_landing_url_validation(client, make_tenant, make_user, auth_headers, la
         ("https://stats.example.com", "https://stats.example.com/q/x", True),
         ("https://stats.example.com/a", "https://stats.example.com/a/q/x", True),
         ("https://stats.example.com/a", "https://stats.example.com/q/x", False),
+        ("https://stats.example.com/a", "https://stats.example.com/aq/x", False),  # not /a/
         # A proxy in front merges slashes (nginx's default) before it matches the prefix
         ("https://stats.example.com/a", "https://stats.example.com//a/q/x", True),
         ("https://stats.example.com/a", "https://stats.example.com/%2Fa/q/x", True),

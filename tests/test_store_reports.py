@@ -996,9 +996,12 @@ def test_alert_rules(app, make_tenant, store_events, case, zone):
 
 
 def test_a_popular_product_is_named_as_in_the_catalogue(app, make_tenant, store_events):
-    tenant, elsewhere = make_tenant(), make_tenant()
-    create_product(db.session, elsewhere.id, name="Not this one", slug="tee")
+    tenant, before, after = make_tenant(), make_tenant(), make_tenant()
+    # Others' products of the same slug made before and after: whichever the rows'
+    # order, only the tenant's own names it.
+    create_product(db.session, before.id, name="Not this one", slug="tee")
     create_product(db.session, tenant.id, name="Camiseta", slug="tee")
+    create_product(db.session, after.id, name="Nor this one", slug="tee")
     db.session.commit()
     store_events(tenant, viewers(12))
     alerts = smart_alerts(db.session, tenant_id=tenant.id, zone=ZoneInfo("UTC"), now=NOW)

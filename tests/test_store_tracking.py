@@ -259,6 +259,17 @@ def test_store_field_validation(client, make_tenant, extra, field):
     assert field in response.get_json()["errors"]
 
 
+def test_a_sale_of_the_largest_revenue_a_row_holds_is_stored(client, make_tenant):
+    tenant = make_tenant()
+    most = "999999999999.99"  # numeric(14, 2)
+    response = track(
+        client, tenant_id=tenant.id, event_type="purchase", price=most, metadata={"quantity": 1}
+    )
+    assert response.status_code == 201, response.get_json()
+    (sale,) = events_of(tenant.id)
+    assert sale.revenue == Decimal(most)
+
+
 def test_repeated_idempotency_key_is_ignored(client, make_tenant):
     tenant = make_tenant()
     body = {"tenant_id": tenant.id, "event_type": "add_to_cart", "idempotency_key": "k-1"}

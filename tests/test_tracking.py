@@ -112,6 +112,29 @@ def test_time_on_page_is_capped(client, make_tenant):
     assert event.metadata_ == {"seconds": 14400, "page": "/"}  # the README's 4 hours
 
 
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("event_type", "metadata", "status"),
+    [
+        ("time_on_page", {"seconds": 0}, 201),  # the README's "a number >= 0"
+        ("pageview", nested(8), 201),  # the README's "at most 8 levels deep"
+        ("pageview", nested(9), 422),
+    ],
+)
+def test_metadata_at_its_limits(client, make_tenant, event_type, metadata, status):
+    tenant = make_tenant()
+    body = {"tenant_id": tenant.id, "event_type": event_type, "metadata": metadata}
+    response = client.post("/api/analytics/track", json=body)
+    assert response.status_code == status, response.get_json()
+    assert [event.metadata_ for event in stored(tenant.id)] == ([metadata] if status == 201 else [])
+
+
 def test_another_process_stops_taking_a_deactivated_tenants_events_within_the_cache_time(
     make_app, make_tenant, monkeypatch
 ):
