@@ -812,6 +812,80 @@ def test_health_says_whether_the_database_and_the_limiter_answer(
     assert logged[1].startswith("the database lacks a table or column: run `flask")
 
 
+def read_only_url(url: str) -> str:
+    """Connections that start read-only, as a standby's after a failover do."""
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-cdefault_transaction_read_only%3Don"
+
+
+def stored_events(tenant_id: int) -> int:
+    db.session.rollback()
+    return db.session.scalar(select(func.count()).where(Event.tenant_id == tenant_id))
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_a_read_only_database_is_a_503_said_once_a_minute_and_out_of_rotation(
+    make_app, make_tenant, migrated, is_postgres, caplog, group_commit
+):
+    if not is_postgres:
+        pytest.skip("a read-only server is PostgreSQL's")
+    tenant = make_tenant(landing_url="https://pan.example/")
+    app = make_app(SQLALCHEMY_DATABASE_URI=read_only_url(migrated), GROUP_COMMIT=group_commit)
+    client = app.test_client()
+    event = {"tenant_id": tenant.id, "event_type": "pageview"}
+    batch = {"tenant_id": tenant.id, "events": [event, event]}
+    answers = [
+        client.post("/api/analytics/track", json=event),
+        client.post("/api/analytics/track", json=event),
+        client.post("/api/analytics/batch", json=batch),
+    ]
+    assert [(a.status_code, a.headers.get("Retry-After")) for a in answers] == [(503, "1")] * 3
+    assert {a.get_json()["error"] for a in answers} == {"unavailable"}
+    assert client.get(f"/q/{tenant.slug}").headers["Location"] == "https://pan.example/"
+    health = client.get("/api/health")
+    assert health.status_code == 503
+    assert health.get_json()["message"] == "The database is read-only: events cannot be stored."
+    assert stored_events(tenant.id) == 0
+    said = [r for r in caplog.records if r.name.startswith("tenant_analytics")]
+    assert not [r for r in said if r.exc_info], "a traceback per request"
+    lines = [r.getMessage() for r in said if r.name == "tenant_analytics.errors"]
+    assert len(lines) == 2, lines  # three refused writes: one line
+    assert lines[0].startswith("database read-only at 127.0.0.1")
+    assert "ReadOnlySqlTransaction" in lines[0]
+    assert lines[1].endswith(": health answers 503")
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_writes_resume_once_the_database_is_read_write_again(
+    make_app, make_tenant, migrated, is_postgres, group_commit
+):
+    """Sessions begun read-only stay so: refused once, the pool's connections are dropped,
+    and the next write connects afresh, to a primary again."""
+    if not is_postgres:
+        pytest.skip("a read-only server is PostgreSQL's")
+    tenant = make_tenant()
+    app = make_app(GROUP_COMMIT=group_commit)
+    client = app.test_client()
+    event = {"tenant_id": tenant.id, "event_type": "pageview"}
+    name = make_url(migrated).database
+    admin = create_engine(migrated, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                f"ALTER DATABASE {name} SET default_transaction_read_only = on"
+            )
+        with app.app_context():
+            db.engine.dispose()  # a host started meanwhile: its connections all read-only
+        assert client.post("/api/analytics/track", json=event).status_code == 503
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+        admin.dispose()
+    answers = [client.post("/api/analytics/track", json=event).status_code for _ in range(3)]
+    assert answers == [201] * 3
+    assert stored_events(tenant.id) == 3
+
+
 def test_health_answers_within_a_second_or_two_when_redis_hangs(make_app):
     """A Redis that accepts connections and never answers (a full server, a black hole)
     must not hold the load balancer's probe, or a request, for redis-py's default."""

@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
 from .extensions import db
-from .ingestion import CommitTimeout, CommitUncertain, TenantBusy
+from .ingestion import READ_ONLY_STATE, CommitTimeout, CommitUncertain, TenantBusy, is_read_only
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -228,10 +228,10 @@ def say_database_problem(exc: SQLAlchemyError) -> None:
     elif isinstance(exc, PoolTimeout):
         lines.say(NO_CONNECTION_FREE, level=logging.WARNING)
     else:
-        lines.say(_unavailable_line(exc), outage=is_outage(exc))
+        lines.say(_unavailable_line(exc), outage=is_database_away(exc))
 
 
-def _database_address() -> str:
+def database_address() -> str:
     """Where DATABASE_URL points, without its password: under gevent the driver's own
     words are only "Connection refused", naming no host."""
     url = db.engine.url
@@ -242,7 +242,7 @@ def _database_address() -> str:
 
 def _unavailable_line(exc: SQLAlchemyError) -> str:
     return (
-        f"database unavailable at {_database_address()}:"
+        f"database {'read-only' if is_read_only(exc) else 'unavailable'} at {database_address()}:"
         f" {type(getattr(exc, 'orig', None) or exc).__name__}: {driver_first_line(exc)}"
     )
 
@@ -262,7 +262,7 @@ _OUTAGE_STATES = ("08", "53", "57P01", "57P02", "57P03")
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says the database could not be reached or used at all (SQLite's
     and the driver's own connection errors carry no SQLSTATE), or no connection was free."""
-    if isinstance(exc, PoolTimeout):
+    if isinstance(exc, PoolTimeout) or is_read_only(exc):
         return True
     if not isinstance(exc, OperationalError) or is_not_migrated(exc):
         return False
@@ -272,15 +272,16 @@ def is_outage(exc: BaseException) -> bool:
 
 def is_database_away(exc: BaseException) -> bool:
     """An outage of the server itself (away, full, shutting down), not of this process's
-    pool: the outages whose end a connection handed out announces."""
-    return is_outage(exc) and not isinstance(exc, PoolTimeout)
+    pool: the outages whose end a connection handed out announces (a read-only server
+    hands out connections while it still refuses writes)."""
+    return is_outage(exc) and not isinstance(exc, PoolTimeout) and not is_read_only(exc)
 
 
 def outage_reason(exc: BaseException) -> str | None:
     """One line saying why the database could not take a write, when ``exc`` is an
     outage (away, out of connections, a commit unconfirmed, not migrated); None for
     anything else, a fault worth its traceback."""
-    if isinstance(exc, OperationalError) and is_outage(exc):
+    if isinstance(exc, SQLAlchemyError) and is_outage(exc) and not isinstance(exc, PoolTimeout):
         return _unavailable_line(exc)
     if isinstance(exc, SQLAlchemyError) and is_not_migrated(exc):
         return NOT_MIGRATED
@@ -311,12 +312,22 @@ def log_not_recorded(logger: logging.Logger, what: str, exc: BaseException) -> N
         )
 
 
+def _read_only_ends_the_connections(context: Any) -> None:
+    """A read-only server keeps refusing writes on its sessions (a standby after a
+    failover; default_transaction_read_only holds for a session's life): taken as a
+    disconnect, which drops the connection and every other the pool holds, so the next
+    ones reach the new primary, or find the setting lifted."""
+    if getattr(context.original_exception, "pgcode", None) == READ_ONLY_STATE:
+        context.is_disconnect = True
+
+
 def register_error_handlers(app: Flask) -> None:
     """Route every exception through the one JSON shape."""
     # This app's: a database away, or not migrated.
     outage_lines = app.extensions["outage_lines"] = OnceAMinute()
     with app.app_context():  # a connection handed out answered (the pool pings it first)
         event.listen(db.engine, "checkout", lambda *_: outage_lines.answered())
+        event.listen(db.engine, "handle_error", _read_only_ends_the_connections)
 
     # Registered after Flask-SQLAlchemy's, so run before it (last registered, first run).
     @app.teardown_appcontext
@@ -397,6 +408,9 @@ def register_error_handlers(app: Flask) -> None:
         if is_not_migrated(exc):
             say_database_problem(exc)
             return unavailable(NOT_READY)
+        if is_outage(exc):  # read-only: a standby after a failover, a full disk's guard
+            say_database_problem(exc)
+            return unavailable("The service is temporarily unavailable; retry shortly.")
         if names_a_missing_row(exc):
             # The tenant was deleted while this process still had it cached (`tenant
             # delete` waits the cache out; a request already under way may not).

@@ -64,10 +64,22 @@ class CommitUncertain(Exception):
     may or may not be stored, so they are not written again."""
 
 
+# read_only_sql_transaction: a standby after a failover, or a primary set read-only.
+READ_ONLY_STATE = "25006"
+
+
+def is_read_only(error: BaseException) -> bool:
+    """Whether the database refused ``error``'s write as read-only."""
+    return isinstance(error, DBAPIError) and getattr(error.orig, "pgcode", None) == READ_ONLY_STATE
+
+
 def reported_by_live_database(error: BaseException) -> bool:
     """True when the database itself reported ``error`` on a connection still there: the
     transaction aborted, nothing of it was committed. A lost connection may have lost
-    the reply to a COMMIT the server carried out."""
+    the reply to a COMMIT the server carried out; a read-only refusal wrote nothing,
+    though its connection is dropped (see errors.register_error_handlers)."""
+    if is_read_only(error):
+        return True
     if not isinstance(error, DBAPIError) or error.connection_invalidated:
         return False
     if isinstance(error.orig, sqlite3.Error):  # a file on this host: no reply to lose

@@ -6,7 +6,13 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import NOT_MIGRATED, is_not_migrated, say_database_problem, unavailable
+from ..errors import (
+    NOT_MIGRATED,
+    database_address,
+    is_not_migrated,
+    say_database_problem,
+    unavailable,
+)
 from ..extensions import db
 from ..models import SCHEMA_REVISION
 from ..ratelimits import limiter_storage_answers
@@ -22,6 +28,8 @@ def health():
     """
     database = _database_state()
     db.session.close()  # the connection back to the pool before Redis is asked
+    if database == "read_only":
+        db.engine.dispose()  # the next probe connects afresh: to a new primary, say
     limits = not current_app.config["RATELIMIT_ENABLED"] or limiter_storage_answers()
     parts = {
         "database": "ok" if database == "ok" else "unavailable",
@@ -38,6 +46,7 @@ def health():
 DATABASE_PROBLEMS = {
     "unavailable": "The database does not answer.",
     "not_migrated": "The database is not migrated.",
+    "read_only": "The database is read-only: events cannot be stored.",
 }
 
 
@@ -46,14 +55,23 @@ def _database_state() -> str:
     deploy's newer code may have migrated it), else a key of DATABASE_PROBLEMS."""
     try:
         revision = db.session.scalar(text("SELECT version_num FROM alembic_version"))
+        # A standby after a failover answers reads as well as the primary did.
+        read_only = db.engine.dialect.name == "postgresql" and db.session.scalar(READ_ONLY)
     except SQLAlchemyError as exc:
         db.session.rollback()
         say_database_problem(exc)  # once probes alone reach a host, only they can say why
         return "not_migrated" if is_not_migrated(exc) else "unavailable"
+    lines = current_app.extensions["outage_lines"]
     if revision is None or revision < SCHEMA_REVISION:
-        current_app.extensions["outage_lines"].say(
+        lines.say(
             f"{NOT_MIGRATED} (the database is at {revision or 'no revision'},"
             f" this code needs {SCHEMA_REVISION})"
         )
         return "not_migrated"
+    if read_only == "on":
+        lines.say(f"database read-only at {database_address()}: health answers 503")
+        return "read_only"
     return "ok"
+
+
+READ_ONLY = text("SELECT current_setting('transaction_read_only')")
