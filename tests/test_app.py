@@ -28,7 +28,7 @@ from tenant_analytics.config import (
     normalize_database_url,
     warn_about_database,
 )
-from tenant_analytics.errors import OnceAMinute, is_outage
+from tenant_analytics.errors import OnceAMinute, is_database_away, is_outage
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
 from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
@@ -945,6 +945,24 @@ def test_an_outage_is_told_from_a_fault(app, make_app, is_postgres):
             db.session.execute(text("SELECT pg_sleep(1)"))
         db.session.rollback()
         assert not is_outage(cancelled.value)
+
+
+def test_only_an_outage_a_handed_out_connection_ends_is_said_to_end(app, is_postgres):
+    """A full disk refuses writes on connections the server hands out all along: no
+    "answers again" for it on the next checkout, as there is for too many connections."""
+    if not is_postgres:
+        pytest.skip("SQLSTATEs are PostgreSQL's")
+    raised = {}
+    with app.app_context():
+        for state in ("disk_full", "too_many_connections", "out_of_memory"):
+            raising = f"DO $$ BEGIN RAISE EXCEPTION 'full' USING ERRCODE = '{state}'; END $$"
+            with pytest.raises(OperationalError) as error:
+                db.session.execute(text(raising))
+            db.session.rollback()
+            raised[state] = error.value
+    assert all(is_outage(error) for error in raised.values())  # a 503 to retry, each
+    away = {state: is_database_away(error) for state, error in raised.items()}
+    assert away == {"disk_full": False, "too_many_connections": True, "out_of_memory": False}
 
 
 def test_postgresql_connections_find_a_silent_server_out(app, is_postgres, make_app, database_url):

@@ -257,6 +257,7 @@ def driver_first_line(exc: SQLAlchemyError) -> str:
 # many connections (53300 and its class), shut down or starting (57P01-57P03). A
 # deadlock or a statement timeout is an OperationalError too, but a fault to trace.
 _OUTAGE_STATES = ("08", "53", "57P01", "57P02", "57P03")
+TOO_MANY_CONNECTIONS = "53300"
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -274,7 +275,12 @@ def is_database_away(exc: BaseException) -> bool:
     """An outage of the server itself (away, full, shutting down), not of this process's
     pool: the outages whose end a connection handed out announces (a read-only server
     hands out connections while it still refuses writes)."""
-    return is_outage(exc) and not isinstance(exc, PoolTimeout) and not is_read_only(exc)
+    if not is_outage(exc) or isinstance(exc, PoolTimeout) or is_read_only(exc):
+        return False
+    # Of class 53 only too many connections ends with a connection handed out: a full
+    # disk or memory refuses writes from a server that hands them out all along.
+    state = getattr(getattr(exc, "orig", None), "pgcode", None)
+    return state is None or not state.startswith("53") or state == TOO_MANY_CONNECTIONS
 
 
 def outage_reason(exc: BaseException) -> str | None:
