@@ -476,6 +476,7 @@ def test_a_lock_or_statement_timeout_is_no_outage_whose_end_is_announced(
     assert client.post("/api/analytics/track", json=event).status_code == 201
     logged = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
     assert len(logged) == 1 and "LockNotAvailable" in logged[0]  # said, once
+    assert logged[0].startswith("database error at 127.0.0.1")  # not "unavailable"
     assert not [line for line in logged if "answers again" in line]
 
 

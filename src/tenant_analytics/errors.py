@@ -241,8 +241,11 @@ def database_address() -> str:
 
 
 def _unavailable_line(exc: SQLAlchemyError) -> str:
+    # A lock or statement timeout is no outage: "unavailable" would send an operator
+    # to a server that answers.
+    what = "read-only" if is_read_only(exc) else "unavailable" if is_outage(exc) else "error"
     return (
-        f"database {'read-only' if is_read_only(exc) else 'unavailable'} at {database_address()}:"
+        f"database {what} at {database_address()}:"
         f" {type(getattr(exc, 'orig', None) or exc).__name__}: {driver_first_line(exc)}"
     )
 
