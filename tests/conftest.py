@@ -263,6 +263,14 @@ def scratch_database_url(database_url, tmp_path):
         yield url
 
 
+def read_only_url(database_url: str) -> str:
+    """``database_url`` with sessions that start read-only, as a standby's after a failover."""
+    url = make_url(database_url)
+    given = url.query.get("options")  # keep what the URL already sets
+    options = " ".join(filter(None, [given, "-c default_transaction_read_only=on"]))
+    return url.update_query_dict({"options": options}).render_as_string(hide_password=False)
+
+
 def sessions_gone(connection, where: str, **params: object) -> None:
     """Wait until the server sessions ``where`` names (pg_stat_activity) have ended."""
     query = text(f"SELECT count(*) FROM pg_stat_activity WHERE {where}")

@@ -38,7 +38,7 @@ from tenant_analytics.ratelimits import warn_about_limits
 from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.timewindows import tenant_zone
 
-from .conftest import TEST_JWT_KEY, scratch_database
+from .conftest import TEST_JWT_KEY, read_only_url, scratch_database
 from .servers import GUNICORN, ROOT, TcpForwarder, free_port
 
 
@@ -476,7 +476,7 @@ def test_a_lock_or_statement_timeout_is_no_outage_whose_end_is_announced(
     assert client.post("/api/analytics/track", json=event).status_code == 201
     logged = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
     assert len(logged) == 1 and "LockNotAvailable" in logged[0]  # said, once
-    assert logged[0].startswith("database error at 127.0.0.1")  # not "unavailable"
+    assert logged[0].startswith(f"database error at {make_url(migrated).host}:")  # not outage
     assert not [line for line in logged if "answers again" in line]
 
 
@@ -813,12 +813,6 @@ def test_health_says_whether_the_database_and_the_limiter_answer(
     assert logged[1].startswith("the database lacks a table or column: run `flask")
 
 
-def read_only_url(url: str) -> str:
-    """Connections that start read-only, as a standby's after a failover do."""
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}options=-cdefault_transaction_read_only%3Don"
-
-
 def stored_events(tenant_id: int) -> int:
     db.session.rollback()
     return db.session.scalar(select(func.count()).where(Event.tenant_id == tenant_id))
@@ -851,7 +845,7 @@ def test_a_read_only_database_is_a_503_said_once_a_minute_and_out_of_rotation(
     assert not [r for r in said if r.exc_info], "a traceback per request"
     lines = [r.getMessage() for r in said if r.name == "tenant_analytics.errors"]
     assert len(lines) == 2, lines  # three refused writes: one line
-    assert lines[0].startswith("database read-only at 127.0.0.1")
+    assert lines[0].startswith(f"database read-only at {make_url(migrated).host}:")
     assert "ReadOnlySqlTransaction" in lines[0]
     assert lines[1].endswith(": health answers 503")
 
@@ -873,14 +867,16 @@ def test_writes_resume_once_the_database_is_read_write_again(
     try:
         with admin.connect() as connection:
             connection.exec_driver_sql(
-                f"ALTER DATABASE {name} SET default_transaction_read_only = on"
+                f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
             )
         with app.app_context():
             db.engine.dispose()  # a host started meanwhile: its connections all read-only
         assert client.post("/api/analytics/track", json=event).status_code == 503
     finally:
         with admin.connect() as connection:
-            connection.exec_driver_sql(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+            connection.exec_driver_sql(
+                f'ALTER DATABASE "{name}" RESET default_transaction_read_only'
+            )
         admin.dispose()
     answers = [client.post("/api/analytics/track", json=event).status_code for _ in range(3)]
     assert answers == [201] * 3

@@ -29,13 +29,13 @@ from tenant_analytics.group_commit import (
     GroupCommitter,
     _Pending,
 )
-from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantBusy
+from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantBusy, is_read_only
 from tenant_analytics.models import Event, Tenant, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
 from tenant_analytics.rollups import NEW_SESSION, ROLLUP_LOCK, TenantInfo, rebuild_rollups
 
-from .conftest import TEST_HASH_KEY, TEST_JWT_KEY, sessions_gone
+from .conftest import TEST_HASH_KEY, TEST_JWT_KEY, read_only_url, sessions_gone
 from .servers import gunicorn
 
 
@@ -710,6 +710,31 @@ def test_jobs_of_a_batch_whose_commit_is_uncertain_are_not_each_written_again(
     assert [type(outcome) for outcome in outcomes] == [CommitUncertain] * 2
     assert writes == [2]
     assert count_events(tenant.id) == 2
+
+
+def test_a_read_only_refusal_fails_a_batch_without_each_job_asking_again(
+    make_app, make_tenant, migrated, is_postgres, monkeypatch
+):
+    """A standby after a failover refuses every job alike, and its refusal drops the pool:
+    written again one by one, each job would open a connection to hear it once more."""
+    if not is_postgres:
+        pytest.skip("a read-only server is PostgreSQL's")
+    info = TenantInfo.of(make_tenant())
+    app = make_app(SQLALCHEMY_DATABASE_URI=read_only_url(migrated))
+    committer = app.extensions["group_commit"]
+    real_write = committer._write
+    writes = []
+
+    def counted(jobs):
+        writes.append(len(jobs))
+        return real_write(jobs)
+
+    monkeypatch.setattr(committer, "_write", counted)
+    with app.app_context():
+        outcomes = commit_as_one_batch(committer, [pageview_job(info, f"/{n}") for n in range(5)])
+    assert writes == [5]
+    assert all(is_read_only(outcome) for outcome in outcomes)  # type: ignore[arg-type]
+    assert len({id(outcome) for outcome in outcomes}) == 5  # each waiter raises its own
 
 
 def submit_within(committer: GroupCommitter, job: IngestJob, seconds: float = 10) -> object:

@@ -14,6 +14,7 @@ stored twice.
 
 from __future__ import annotations
 
+import copy
 import os
 import queue
 import select
@@ -39,6 +40,7 @@ from .ingestion import (
     IngestResult,
     TenantBusy,
     commit_or_uncertain,
+    is_read_only,
     reported_by_live_database,
     rows_to_write,
     tenants_of,
@@ -396,6 +398,9 @@ class GroupCommitter:
                 pending.settle(None, uncertain)
         elif len(batch) == 1:
             batch[0].settle(None, error)
+        elif is_read_only(error):  # every job's refusal: each alone would reconnect to hear it
+            for pending in batch:
+                pending.settle(None, copy.copy(error))  # one each, as above
         else:
             for pending in batch:  # find the culprit: each job on its own
                 self._commit([pending])
