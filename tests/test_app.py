@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -850,6 +852,28 @@ def test_a_read_only_database_is_a_503_said_once_a_minute_and_out_of_rotation(
     assert lines[1].endswith(": health answers 503")
 
 
+@contextmanager
+def read_only_for_a_while(app, database_url: str) -> Iterator[None]:
+    """The database read-only (a primary demoted, say) until the block ends; the app's
+    pool emptied first, as on a host started meanwhile."""
+    name = make_url(database_url).database
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
+            )
+        with app.app_context():
+            db.engine.dispose()
+        yield
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                f'ALTER DATABASE "{name}" RESET default_transaction_read_only'
+            )
+        admin.dispose()
+
+
 @pytest.mark.parametrize("group_commit", [True, False])
 def test_writes_resume_once_the_database_is_read_write_again(
     make_app, make_tenant, migrated, is_postgres, group_commit
@@ -862,25 +886,23 @@ def test_writes_resume_once_the_database_is_read_write_again(
     app = make_app(GROUP_COMMIT=group_commit)
     client = app.test_client()
     event = {"tenant_id": tenant.id, "event_type": "pageview"}
-    name = make_url(migrated).database
-    admin = create_engine(migrated, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(
-                f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
-            )
-        with app.app_context():
-            db.engine.dispose()  # a host started meanwhile: its connections all read-only
+    with read_only_for_a_while(app, migrated):
         assert client.post("/api/analytics/track", json=event).status_code == 503
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(
-                f'ALTER DATABASE "{name}" RESET default_transaction_read_only'
-            )
-        admin.dispose()
     answers = [client.post("/api/analytics/track", json=event).status_code for _ in range(3)]
     assert answers == [201] * 3
     assert stored_events(tenant.id) == 3
+
+
+def test_health_answers_200_once_the_database_is_read_write_again(make_app, migrated, is_postgres):
+    """A probe that found the database read-only lets go of the pool: its connections
+    began read-only and stay so, which would keep the host out of rotation for good."""
+    if not is_postgres:
+        pytest.skip("a read-only server is PostgreSQL's")
+    app = make_app()
+    client = app.test_client()
+    with read_only_for_a_while(app, migrated):
+        assert client.get("/api/health").status_code == 503
+    assert [client.get("/api/health").status_code for _ in range(3)] == [200] * 3
 
 
 def test_health_answers_within_a_second_or_two_when_redis_hangs(make_app):
