@@ -30,7 +30,7 @@ from tenant_analytics.config import (
     normalize_database_url,
     warn_about_database,
 )
-from tenant_analytics.errors import OnceAMinute, is_database_away, is_outage
+from tenant_analytics.errors import OnceAMinute, database_address, is_database_away, is_outage
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
 from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
@@ -387,6 +387,15 @@ def test_an_unreachable_database_answers_503_with_retry_after(app, make_app, cap
     assert "hunter2" not in caplog.text
 
 
+def test_a_database_reached_through_a_socket_is_logged_by_its_directory(app, make_app, caplog):
+    """libpq takes a Unix socket's directory as ?host=: the log names it, not localhost."""
+    url = "postgresql://nobody@/none?host=/nonexistent/socket-dir"
+    answer = make_app(SQLALCHEMY_DATABASE_URI=url).test_client().get("/api/health")
+    assert answer.status_code == 503
+    reasons = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+    assert reasons[0].startswith("database unavailable at /nonexistent/socket-dir:5432/none: ")
+
+
 def test_an_outage_is_logged_once_a_minute_not_per_request(app, make_app, caplog, monkeypatch):
     unreachable = make_app(SQLALCHEMY_DATABASE_URI="postgresql://nobody@127.0.0.1:1/none")
     client = unreachable.test_client()
@@ -466,7 +475,10 @@ def test_a_lock_or_statement_timeout_is_no_outage_whose_end_is_announced(
         pytest.skip("PostgreSQL's lock_timeout")
     tenant_id = make_tenant().id
     options = {"connect_args": {"options": "-c lock_timeout=100"}, "pool_pre_ping": True}
-    client = make_app(SQLALCHEMY_ENGINE_OPTIONS=options, TENANT_CACHE_SECONDS=0).test_client()
+    timing_out = make_app(SQLALCHEMY_ENGINE_OPTIONS=options, TENANT_CACHE_SECONDS=0)
+    client = timing_out.test_client()
+    with timing_out.app_context():
+        address = database_address()
     event = {"tenant_id": tenant_id, "event_type": "pageview"}
     db.session.close()  # the suite's session, which read the tenant, holds no lock on it
     with create_engine(migrated).connect() as holder:
@@ -478,7 +490,7 @@ def test_a_lock_or_statement_timeout_is_no_outage_whose_end_is_announced(
     assert client.post("/api/analytics/track", json=event).status_code == 201
     logged = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
     assert len(logged) == 1 and "LockNotAvailable" in logged[0]  # said, once
-    assert logged[0].startswith(f"database error at {make_url(migrated).host}:")  # not outage
+    assert logged[0].startswith(f"database error at {address}:")  # not "unavailable"
     assert not [line for line in logged if "answers again" in line]
 
 
@@ -847,7 +859,8 @@ def test_a_read_only_database_is_a_503_said_once_a_minute_and_out_of_rotation(
     assert not [r for r in said if r.exc_info], "a traceback per request"
     lines = [r.getMessage() for r in said if r.name == "tenant_analytics.errors"]
     assert len(lines) == 2, lines  # three refused writes: one line
-    assert lines[0].startswith(f"database read-only at {make_url(migrated).host}:")
+    with app.app_context():
+        assert lines[0].startswith(f"database read-only at {database_address()}:")
     assert "ReadOnlySqlTransaction" in lines[0]
     assert lines[1].endswith(": health answers 503")
 

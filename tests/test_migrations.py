@@ -49,9 +49,9 @@ from tenant_analytics.rollups import ROLLUP_MODELS, rebuild_rollups
 from .conftest import app_config, release_connections
 from .servers import ROOT
 
-# Columns every revision from 0002 on has: what a downgrade to 0002 must keep.
 FLASK = str(Path(sys.executable).with_name("flask"))
 
+# Columns every revision from 0002 on has: what a downgrade to 0002 must keep.
 EVENT_COLUMNS = ("tenant_id", "id", "created_at", "event_type", "visitor_hash", "session_id")
 EVENT_COLUMNS += ("product_slug", "product_name", "price", "quantity", "source", "revenue")
 

@@ -237,7 +237,8 @@ def database_address() -> str:
     url = db.engine.url
     if url.get_backend_name() == "sqlite":
         return url.database or ":memory:"
-    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+    host = url.host or url.query.get("host") or "localhost"  # ?host=/run/postgresql: a socket
+    return f"{host if isinstance(host, str) else ','.join(host)}:{url.port or 5432}/{url.database}"
 
 
 def _unavailable_line(exc: SQLAlchemyError) -> str:
