@@ -12,7 +12,7 @@ import traceback
 
 import pytest
 import redis
-from sqlalchemy import insert, select, text
+from sqlalchemy import create_engine, insert, make_url, select, text
 from sqlalchemy.exc import IntegrityError
 
 from tenant_analytics.extensions import db
@@ -20,7 +20,7 @@ from tenant_analytics.logs import loggable_traceback
 from tenant_analytics.models import Event
 from tenant_analytics.privacy import visitor_hash
 
-from .conftest import REDIS_URL, TEST_HASH_KEY
+from .conftest import REDIS_URL, TEST_HASH_KEY, release_connections
 
 KNOWN_IP = "203.0.113.77"
 OTHER_IP = "198.51.100.23"
@@ -241,6 +241,46 @@ def test_a_logged_database_error_quotes_no_row_values(make_app, make_tenant, cap
     if logged is not None:
         assert "no_notes" in logged  # the error itself is logged
         assert "m-5d2b" not in logged and "agent-4e8f" not in logged
+
+
+def drop_role(connection, role: str) -> None:
+    if connection.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}):
+        connection.exec_driver_sql(f'DROP OWNED BY "{role}"')  # its grants
+        connection.exec_driver_sql(f'DROP ROLE "{role}"')
+
+
+def test_a_privilege_the_role_lacks_is_logged_with_the_object_it_names(
+    make_app, make_tenant, migrated, is_postgres, caplog
+):
+    """A grant forgotten in production: the log says which table, which PostgreSQL
+    reports in its message only, a message that names objects and never values."""
+    if not is_postgres:
+        pytest.skip("SQLite has no privileges")
+    tenant_id = make_tenant().id
+    url = make_url(migrated)
+    role = f"{url.database}_no_events"  # roles are the cluster's: one per suite database
+    admin = create_engine(migrated, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        drop_role(connection, role)  # left by a run cut short
+        connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        connection.exec_driver_sql(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        connection.exec_driver_sql(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+    try:
+        as_role = url.set(username=role).render_as_string(hide_password=False)
+        app = make_app(SQLALCHEMY_DATABASE_URI=as_role, GROUP_COMMIT=False)
+        caplog.set_level(logging.DEBUG)
+        response = app.test_client().post(
+            "/api/analytics/track",
+            json={"tenant_id": tenant_id, "event_type": "pageview", "metadata": {"n": "m-81c0"}},
+        )
+        release_connections(app)
+    finally:
+        with admin.connect() as connection:
+            drop_role(connection, role)
+        admin.dispose()
+    assert response.status_code == 500
+    assert "SQLSTATE 42501 insufficient_privilege (permission denied for table" in caplog.text
+    assert "m-81c0" not in caplog.text
 
 
 def test_sessions_keep_values_out_of_the_server_log(app, is_postgres):

@@ -22,6 +22,9 @@ _CAUSE = "\nThe above exception was the direct cause of the following exception:
 _CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 _ORIGINAL = "Original exception was:"
 _DIAGNOSTIC_NAMES = ("schema_name", "table_name", "column_name", "datatype_name", "constraint_name")
+# Conditions whose message names an object, never a value, and which report no names of
+# their own: insufficient_privilege ("permission denied for table events").
+_MESSAGE_NAMES_ONLY = ("42501",)
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -79,6 +82,8 @@ def database_error_summary(error: BaseException) -> str | None:
             for name in _DIAGNOSTIC_NAMES
             if (value := getattr(error.diag, name, None))
         )
+        if error.pgcode in _MESSAGE_NAMES_ONLY and error.diag.message_primary:
+            names = error.diag.message_primary
         return f"SQLSTATE {error.pgcode} {condition.lower()}" + (f" ({names})" if names else "")
     if isinstance(error, sqlite3.Error):  # SQLite's messages name columns, never values
         return str(error)
