@@ -989,6 +989,23 @@ def test_purge_deletes_idempotency_keys_seen_before_the_cutoff(
         assert db.session.scalar(select(func.count()).select_from(Event)) == 0  # not again
 
 
+def until_a_lock_is_awaited(watcher, statement: str) -> None:
+    """Wait until a session waits for a lock in a statement ``LIKE statement``."""
+    for _ in range(200):
+        waiting = watcher.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND query LIKE :statement"
+            ),
+            {"statement": statement},
+        ).scalar()
+        watcher.rollback()  # the view holds still for a transaction once read
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no session waited for a lock in {statement!r}")
+
+
 def test_purge_lets_the_events_table_go_before_it_deletes_keys(
     make_app, make_tenant, add_events, is_postgres
 ):
@@ -1012,16 +1029,7 @@ def test_purge_lets_the_events_table_go_before_it_deletes_keys(
         purge.start()
         try:
             with db.engine.connect() as watcher:
-                for _ in range(100):  # until the cleanup waits for the held row
-                    waiting = watcher.exec_driver_sql(
-                        "SELECT count(*) FROM pg_stat_activity"
-                        " WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM dedupe_keys%%'"
-                    ).scalar()
-                    watcher.rollback()
-                    if waiting:
-                        break
-                    time.sleep(0.05)
-                assert waiting
+                until_a_lock_is_awaited(watcher, "DELETE FROM dedupe_keys%")  # the held row
                 watcher.exec_driver_sql("SET lock_timeout = '1s'")
                 assert watcher.exec_driver_sql("SELECT count(*) FROM events").scalar() == 0
         finally:
@@ -1052,7 +1060,8 @@ def test_purge_behind_a_long_read_of_events_does_not_hold_up_writers(
         purge = threading.Thread(target=lambda: outcome.append(runner.invoke(args=args)))
         purge.start()
         try:
-            time.sleep(0.3)
+            with db.engine.connect() as watcher:
+                until_a_lock_is_awaited(watcher, "DROP TABLE%")
             started = time.monotonic()
             body = {"tenant_id": tenant.id, "event_type": "pageview"}
             response = app.test_client().post("/api/analytics/track", json=body)
@@ -1090,7 +1099,8 @@ def test_partitions_behind_a_long_read_of_events_do_not_hold_up_writers(
         partitions = threading.Thread(target=lambda: outcome.append(runner.invoke(args=args)))
         partitions.start()
         try:
-            time.sleep(0.3)
+            with db.engine.connect() as watcher:
+                until_a_lock_is_awaited(watcher, "CREATE TABLE%")
             started = time.monotonic()
             body = {"tenant_id": tenant.id, "event_type": "pageview"}
             response = app.test_client().post("/api/analytics/track", json=body)
