@@ -300,6 +300,11 @@ def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
         ({"PUBLIC_URL": "https://統計.example"}, "PUBLIC_URL"),  # punycode: headers are ASCII
         ({"PUBLIC_URL": "https://user:pw@stats.example.com"}, "PUBLIC_URL"),
         ({"PUBLIC_URL": "https://stats.example.com/?c=1"}, "PUBLIC_URL"),
+        # No host name: labels are letters and digits, with hyphens inside only.
+        ({"PUBLIC_URL": "https://-"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "https://stats..example.com"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "https://.example.com"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "https://stats-.example.com"}, "PUBLIC_URL"),
         # No such port: a code nobody can open.
         ({"PUBLIC_URL": "http://127.0.0.1:99999"}, "PUBLIC_URL"),
         ({"PUBLIC_URL": "http://127.0.0.1:0"}, "PUBLIC_URL"),
@@ -350,6 +355,8 @@ def test_settings_are_read_from_the_environment():
         "https://stats.example.com"
     )
     assert from_environment({})["PUBLIC_URL"] is None
+    for accepted in ("http://10.0.0.5:8080/stats", "https://xn--5tzm5g.example", "https://a-b.c"):
+        assert from_environment({"PUBLIC_URL": accepted})["PUBLIC_URL"] == accepted
 
 
 def test_postgres_url_spelling_is_normalized():

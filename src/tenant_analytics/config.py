@@ -87,9 +87,13 @@ def _origins(env: Mapping[str, str], name: str) -> list[str]:
     return origins
 
 
-# What printed QR codes hold: a scheme, an ASCII host (punycode for others), maybe a port
-# and a path; no credentials, query or fragment, nothing a header could not carry.
-_PUBLIC_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
+# What printed QR codes hold: a scheme, an ASCII host (punycode for others) of DNS
+# labels (letters, digits, inner hyphens; "https://-" is no host), maybe a port and a
+# path; no credentials, query or fragment, nothing a header could not carry.
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PUBLIC_URL = re.compile(
+    rf"https?://{_HOST_LABEL}(?:\.{_HOST_LABEL})*(:[0-9]{{1,5}})?(/[A-Za-z0-9._~/-]*)?"
+)
 
 
 def _public_url(env: Mapping[str, str]) -> str | None:
@@ -113,8 +117,9 @@ APP_ENVIRONMENTS = ("development", "production")
 def _app_env(env: Mapping[str, str]) -> str:
     """APP_ENV (or FLASK_ENV), development when neither is set.
 
-    Anything else is refused rather than read as development: a typo ("prod",
-    "production ") must not start production with the development secrets.
+    Anything else is refused rather than read as development: a typo ("prod") must
+    not start production with the development secrets. Case and surrounding spaces
+    do not matter ("Production " is production).
     """
     given = {name: env[name].strip().lower() for name in ("APP_ENV", "FLASK_ENV") if env.get(name)}
     for name, value in given.items():

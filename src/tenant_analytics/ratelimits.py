@@ -423,7 +423,7 @@ def counted_or_503(limited: View) -> View:
 
 def _password_guesses_per_address() -> Callable[[View], View]:
     """LOGIN_ADDRESS_RATE_LIMIT, one bucket per address for every endpoint that checks a
-    password (sign-in, password change): guesses on one do not add to those on the other."""
+    password (sign-in, password change): spreading guesses over the two gains none."""
     return limiter.shared_limit(
         lambda: current_app.config["LOGIN_ADDRESS_RATE_LIMIT"],
         scope="password-guesses",
