@@ -783,7 +783,8 @@ def tracked_row(event: TrackedEvent, tenant_id: int, currency: str) -> dict[str,
         "source": event.source,
         "error_message": event.error_message,
         "revenue": event.price * (quantity or 1) if purchase else None,
-        "currency": currency if purchase else None,
+        # A price's currency: the one sent, else the tenant's; none without a price.
+        "currency": None if event.price is None else event.currency or currency,
     }
 
 

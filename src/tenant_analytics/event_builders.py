@@ -155,7 +155,7 @@ def track_event(
     generated = body.session_id is None and body.event_type in STORE_TYPES
     columns["session_id"] = new_session_id() if generated else body.session_id
     columns[NEW_SESSION] = generated
-    if body.price is not None and (body.currency or body.event_type == PURCHASE):
+    if body.price is not None:  # a price is in some currency: the tenant's unless said
         columns["currency"] = body.currency or tenant.currency
     if body.event_type == PURCHASE and body.price is not None:
         columns["revenue"] = body.price * (quantity or 1)
