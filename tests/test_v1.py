@@ -594,7 +594,7 @@ def test_v1_track_refused_by_its_api_group_spends_nothing_of_the_tenants_bucket(
 
 def test_interaction_recorded(client, make_tenant, product_of):
     tenant = make_tenant()
-    product = product_of(tenant)
+    product = product_of(tenant, name="Pan dulce", slug="pan-dulce")
     response = client.post(
         "/api/v1/interactions",
         json={
@@ -612,6 +612,8 @@ def test_interaction_recorded(client, make_tenant, product_of):
         product.id,
         {"from": "footer"},
     )
+    # The catalogue's slug and name, as /api/v1/analytics/track stores them.
+    assert (event.product_slug, event.product_name) == ("pan-dulce", "Pan dulce")
 
 
 @pytest.mark.parametrize(

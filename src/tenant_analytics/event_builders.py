@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from .catalogue import EVENT_KINDS, PURCHASE, REVENUE_KINDS, STORE_TYPES
 from .errors import invalid_body, validation_errors
 from .ingestion import NewEvent, TenantRef
-from .models import utcnow
+from .models import Product, utcnow
 from .products import product_of_tenant
 from .rollups import NEW_SESSION
 from .schemas import ConversionBeacon, Interaction, TrackedEvent, V1TrackEvent
@@ -98,20 +98,29 @@ def v1_track_event(session: Session, body: V1TrackEvent, tenant: TenantRef) -> N
         product = product_of_tenant(session, tenant.id, body.product_id)
         if product is None:
             raise invalid_body({"product_id": ["No such product for this tenant."]})
-        extra["product_id"] = body.product_id
-        if product.slug is not None:
-            extra.update(product_slug=product.slug, product_name=product.name)
+        extra = product_columns(product)
         metadata = {**(metadata or {}), "product_id": body.product_id}
     return NewEvent(body.type, metadata, extra=extra)
 
 
 def interaction_event(session: Session, body: Interaction, tenant: TenantRef) -> NewEvent:
     """A /api/v1/interactions event: it never tells whether a product exists, and never
-    links another tenant's (dropped instead)."""
-    product_id = body.product_id
-    if product_id is not None and product_of_tenant(session, tenant.id, product_id) is None:
-        product_id = None
-    return NewEvent(body.type, body.metadata, extra={"product_id": product_id})
+    links another tenant's (dropped instead). The tenant's product is stored as v1
+    track stores it."""
+    product = None
+    if body.product_id is not None:
+        product = product_of_tenant(session, tenant.id, body.product_id)
+    extra = {"product_id": None} if product is None else product_columns(product)
+    return NewEvent(body.type, body.metadata, extra=extra)
+
+
+def product_columns(product: Product) -> dict[str, Any]:
+    """A catalogue product's id, and its slug and name when it has a slug (what the
+    store reports count products by)."""
+    columns: dict[str, Any] = {"product_id": product.id}
+    if product.slug is not None:
+        columns.update(product_slug=product.slug, product_name=product.name)
+    return columns
 
 
 def transaction_key(transaction_id: str, value: Decimal, currency: str, event: str) -> str:
