@@ -352,6 +352,7 @@ def test_logout_ends_the_sign_ins_tokens_and_no_other(client, make_tenant, make_
 
     out = client.post("/api/auth/logout", headers=_bearer(phone[with_token]))
     assert (out.status_code, out.data) == (204, b"")
+    assert "Content-Type" not in out.headers  # no body, so no type (it said text/html)
     assert out.headers["Cache-Control"] == "no-store"
 
     dashboard = f"/api/analytics/{tenant.id}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response
 from flask_jwt_extended import current_user, get_jwt, jwt_required
 
 from ..auth import (
@@ -77,7 +77,9 @@ def logout():
     """
     sign_out(db.session, get_jwt())
     db.session.commit()
-    return "", 204
+    ended = Response(status=204)
+    del ended.headers["Content-Type"]  # no body, so no type (Flask's default is HTML's)
+    return ended
 
 
 def _access(user: User, sign_in: str) -> dict[str, str | int]:
