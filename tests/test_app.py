@@ -305,6 +305,11 @@ def test_production_starts_with_real_secrets_and_no_flask_secret(monkeypatch):
         ({"PUBLIC_URL": "https://stats..example.com"}, "PUBLIC_URL"),
         ({"PUBLIC_URL": "https://.example.com"}, "PUBLIC_URL"),
         ({"PUBLIC_URL": "https://stats-.example.com"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": f"https://{'a' * 64}.example.com"}, "PUBLIC_URL"),  # labels: 63 at most
+        # A number last: browsers read an IPv4 address, and these are none.
+        ({"PUBLIC_URL": "http://1.2.3"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "http://999.999.999.999"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "https://123"}, "PUBLIC_URL"),
         # No such port: a code nobody can open.
         ({"PUBLIC_URL": "http://127.0.0.1:99999"}, "PUBLIC_URL"),
         ({"PUBLIC_URL": "http://127.0.0.1:0"}, "PUBLIC_URL"),
@@ -355,8 +360,17 @@ def test_settings_are_read_from_the_environment():
         "https://stats.example.com"
     )
     assert from_environment({})["PUBLIC_URL"] is None
-    for accepted in ("http://10.0.0.5:8080/stats", "https://xn--5tzm5g.example", "https://a-b.c"):
-        assert from_environment({"PUBLIC_URL": accepted})["PUBLIC_URL"] == accepted
+    accepted = [
+        "http://10.0.0.5:8080/stats",
+        "https://xn--5tzm5g.example",
+        "https://a-b.c",
+        "http://intranet",
+        "https://stats.example.com.",  # the root's final dot, as the landing URLs take it
+        f"https://{'a' * 63}.example.com",
+        "https://1and1.example",
+    ]
+    for address in accepted:
+        assert from_environment({"PUBLIC_URL": address})["PUBLIC_URL"] == address
 
 
 def test_postgres_url_spelling_is_normalized():

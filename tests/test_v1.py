@@ -636,13 +636,13 @@ def test_v1_metadata_as_phps_empty_array_is_no_metadata(client, make_tenant, pat
 
 def test_interaction_never_links_another_tenants_product(client, make_tenant, product_of):
     mine, theirs = make_tenant(), make_tenant()
-    foreign = product_of(theirs)
+    foreign = product_of(theirs, name="Secreto", slug="secreto")
     client.post(
         "/api/v1/interactions",
         json={"tenant_id": mine.id, "type": "view", "product_id": foreign.id},
     )
     (event,) = events_of(mine.id)
-    assert event.product_id is None
+    assert (event.product_id, event.product_slug, event.product_name) == (None, None, None)
 
 
 @pytest.mark.parametrize("which", ["unknown", "inactive"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -88,12 +89,25 @@ def _origins(env: Mapping[str, str], name: str) -> list[str]:
 
 
 # What printed QR codes hold: a scheme, an ASCII host (punycode for others) of DNS
-# labels (letters, digits, inner hyphens; "https://-" is no host), maybe a port and a
-# path; no credentials, query or fragment, nothing a header could not carry.
+# labels (letters, digits, inner hyphens; "https://-" is no host; the root's final dot
+# allowed), maybe a port and a path; no credentials, query or fragment, nothing a
+# header could not carry.
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _PUBLIC_URL = re.compile(
-    rf"https?://{_HOST_LABEL}(?:\.{_HOST_LABEL})*(:[0-9]{{1,5}})?(/[A-Za-z0-9._~/-]*)?"
+    rf"https?://{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?(:[0-9]{{1,5}})?(/[A-Za-z0-9._~/-]*)?"
 )
+
+
+def _opens_in_a_browser(host: str) -> bool:
+    """A host whose last label is a number is read by browsers as an IPv4 address
+    (http://1.2.3, http://123): only a real one leads anywhere."""
+    if not host.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        return True
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _public_url(env: Mapping[str, str]) -> str | None:
@@ -101,7 +115,12 @@ def _public_url(env: Mapping[str, str]) -> str | None:
     if not value:
         return None
     try:
-        valid = _PUBLIC_URL.fullmatch(value) and urlsplit(value).port != 0
+        address = urlsplit(value)
+        valid = (
+            _PUBLIC_URL.fullmatch(value)
+            and address.port != 0
+            and _opens_in_a_browser(address.hostname or "")
+        )
     except ValueError:  # a port over 65535
         valid = False
     if not valid:
