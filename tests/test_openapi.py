@@ -513,6 +513,26 @@ def test_a_batch_documents_its_items_shape(client, make_tenant, document):
     assert [r["index"] for r in answer.get_json()["rejected"]] == [1]
 
 
+def test_rules_the_schema_cannot_hold_are_said_where_a_client_author_reads(
+    client, make_tenant, document
+):
+    """Bodies a generated client builds from the schema alone, and the API refuses: each
+    rule is said in its field's description (a typed client finds them only at run time)."""
+    schemas = document["components"]["schemas"]
+    tenant_id = make_tenant().id
+    refused = [
+        ("metadata", "`seconds`", {"event_type": "time_on_page", "metadata": {}}),
+        ("metadata", "`quantity`", {"event_type": "add_to_cart", "metadata": {"quantity": 0}}),
+        ("currency", "only with a price", {"event_type": "product_view", "currency": "USD"}),
+    ]
+    for field, said, body in refused:
+        for model in ("TrackEvent", "TrackedEvent"):  # /track and a batch's items
+            assert said in schemas[model]["properties"][field]["description"], (model, field)
+        assert _valid_for(document, "TrackEvent", {"tenant_id": tenant_id, **body})
+        answer = client.post("/api/analytics/track", json={"tenant_id": tenant_id, **body})
+        assert answer.status_code == 422, body
+
+
 def downloaded(client, tenant_id: int, owner: dict[str, str]):
     """The tenant's export, read to its end: a stream left unread keeps its request's
     context open."""

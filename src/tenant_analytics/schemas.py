@@ -214,13 +214,28 @@ def _cut_to(limit: int) -> AfterValidator:
 
 
 _QUANTITY_TEXT = re.compile(r"[0-9]{1,7}")
+MAX_QUANTITY = 10**6
+# What the schema cannot say, said to client authors (the validators below enforce it).
+_TRACKED_METADATA = (
+    f"Any JSON object, nested at most {MAX_METADATA_DEPTH} levels deep, without NUL "
+    f"characters. time_on_page requires `seconds`, a number >= 0 (more than "
+    f"{MAX_TIME_ON_PAGE_SECONDS} is taken as {MAX_TIME_ON_PAGE_SECONDS}); a store event's "
+    f"`quantity` is a whole number from 1 to {MAX_QUANTITY}, and price x quantity at most "
+    f"{MAX_MONEY}."
+)
+_PRICE_CURRENCY = (
+    "The price's ISO 4217 code, only with a price (alone it is a 422); the tenant's "
+    "currency when left out."
+)
 
 
 class TrackedEvent(Body):
     """One event from a landing page or store (the tenant is named around it)."""
 
     event_type: Literal[TRACK_TYPES]  # type: ignore[valid-type]
-    metadata: Metadata | None = Field(default=None, validate_default=True)
+    metadata: Metadata | None = Field(
+        default=None, validate_default=True, description=_TRACKED_METADATA
+    )
     # Store fields (see the store-analytics documents)
     session_id: Annotated[Text, Field(max_length=64), BlankIsNone] | None = None
     # A customer number sent as a JSON integer is the customer of that text.
@@ -232,7 +247,7 @@ class TrackedEvent(Body):
     product_name: Annotated[Text, Field(max_length=200), BlankIsNone] | None = None
     price: Money | None = None
     # The price's (a shop that shows two, lempiras and dollars); the tenant's when none.
-    currency: Currency | None = None
+    currency: Currency | None = Field(default=None, description=_PRICE_CURRENCY)
     # An empty source is no source: "direct", as a missing one (reports group by it).
     source: Annotated[Text, Field(max_length=100), AfterValidator(lambda v: v or None)] | None = (
         None
@@ -264,9 +279,11 @@ class TrackedEvent(Body):
             quantity = int(quantity)
             metadata = {**(metadata or {}), "quantity": quantity}
         if quantity is not None and (
-            isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 < quantity <= 10**6
+            isinstance(quantity, bool)
+            or not isinstance(quantity, int)
+            or not 0 < quantity <= MAX_QUANTITY
         ):
-            raise ValueError("metadata.quantity must be a whole number from 1 to 1000000")
+            raise ValueError(f"metadata.quantity must be a whole number from 1 to {MAX_QUANTITY}")
         if info.data.get("event_type") != TIME_ON_PAGE:
             return metadata
         seconds = (metadata or {}).get("seconds")
