@@ -575,6 +575,56 @@ def test_documented_headers_come_with_their_answers(make_app, make_tenant, make_
             assert answer.headers.get(name), (path, answer.status_code, name)
 
 
+def test_rate_limit_headers_are_documented_where_they_are_sent(make_app, make_tenant, make_user):
+    """X-RateLimit-* come with the answers of a client's own bucket (sign-in, a password
+    change, the v1 "api" group), never with a tenant's; the document says which."""
+    app = make_app(API_RATE_LIMIT="2 per minute", LOGIN_RATE_LIMIT="2 per minute")
+    client = app.test_client()
+    document = client.get("/api/openapi.json").get_json()
+    tenant = make_tenant()
+    email = make_user(tenant, password="s3cret-pass").email
+    token = client.post("/api/auth/login", json={"email": email, "password": "s3cret-pass"})
+    owner = {"Authorization": f"Bearer {token.get_json()['access_token']}"}
+    wrong = {"email": email, "password": "wrong-pass"}
+    change = {"current_password": "wrong-pass", "new_password": "a new passphrase"}
+    v1 = {"tenant_id": str(tenant.id), "type": "call"}
+    beacon = {"tenant_slug": tenant.slug, "transaction_id": "t-1", "value": 5}
+    event = {"tenant_id": tenant.id, "event_type": "pageview"}
+    answers = [  # (documented path, method, the real answer)
+        ("/api/auth/login", "post", client.post("/api/auth/login", json=wrong)),
+        ("/api/auth/login", "post", client.post("/api/auth/login", json=wrong)),
+        ("/api/auth/login", "post", client.post("/api/auth/login", json=wrong)),
+        ("/api/auth/login", "post", client.post("/api/auth/login", json={"email": 1})),
+        ("/api/auth/login", "post", client.post("/api/auth/login", data=b"x" * 70_000)),
+        ("/api/auth/password", "post", client.post("/api/auth/password", json=change)),
+        ("/api/auth/password", "post", client.post("/api/auth/password", json={}, headers=owner)),
+        ("/api/v1/analytics/track", "post", client.post("/api/v1/analytics/track", json=v1)),
+        (
+            "/api/v1/analytics/conversion",
+            "post",
+            client.post("/api/v1/analytics/conversion", json=beacon),
+        ),
+        ("/api/v1/analytics/track", "post", client.post("/api/v1/analytics/track", json={})),
+        ("/api/v1/analytics/track", "post", client.post("/api/v1/analytics/track", json=v1)),
+        ("/api/analytics/track", "post", client.post("/api/analytics/track", json=event)),
+        ("/api/auth/refresh", "post", client.post("/api/auth/refresh", headers=owner)),
+        ("/api/tenants", "get", client.get("/api/tenants", headers=owner)),
+    ]
+    assert [a.status_code for _, _, a in answers] == [
+        *(401, 429, 429, 422, 413),  # 422: another email, another bucket
+        *(401, 422, 202, 200, 429, 429),
+        *(201, 401, 200),
+    ]
+    for path, method, answer in answers:
+        documented = document["paths"][path][method]["responses"][str(answer.status_code)]
+        sent = {name for name, _ in answer.headers if name.startswith("X-RateLimit-")}
+        said = {name for name in documented.get("headers", {}) if name.startswith("X-RateLimit-")}
+        assert sent == said, (path, answer.status_code, sent, said)
+    # Both kinds are in the run: a client's bucket, and answers without one.
+    assert any("X-RateLimit-Limit" in a.headers for _, _, a in answers)
+    assert not all("X-RateLimit-Limit" in a.headers for _, _, a in answers)
+
+
 def test_operation_ids_are_the_views_names_and_unique(document):
     """What client generators name their methods after: ``dashboard_stats``, not
     ``store_reports_dashboard_stats``; blueprint and view only where views share a name."""

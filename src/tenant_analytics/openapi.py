@@ -59,6 +59,9 @@ class Operation:
     headers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     pages: frozenset[int] = frozenset()  # error statuses a browser gets as an HTML page
     unavailable: bool = True  # may answer 503 (the database away); False: handled inside
+    # Counted in a bucket of the client's own (its address, email or user; not a tenant's,
+    # whose figures would tell of its visitors): X-RateLimit-* on its answers.
+    client_limited: bool = False
 
 
 OWNER_READ = {200: "The figures", 401: ERRORS[401], 404: ERRORS[404]}
@@ -114,12 +117,14 @@ OPERATIONS: dict[str, Operation] = {
         {202: "Accepted", 404: "Unknown or inactive tenant", 422: ERRORS[422], 429: ERRORS[429]},
         returns=responses.V1Accepted,
         body=schemas.V1TrackEvent,
+        client_limited=True,
     ),
     "v1.conversion": Operation(
         {200: "ok when recorded (once per transaction_id), else skipped; never an error"},
         returns=responses.ConversionAnswer,
         body=schemas.ConversionBeacon,
         body_required=False,  # a beacon without a body is skipped, with its 200
+        client_limited=True,
     ),
     "v1.interactions": Operation(
         {
@@ -177,6 +182,7 @@ OPERATIONS: dict[str, Operation] = {
         },
         returns=responses.Tokens,
         body=schemas.Login,
+        client_limited=True,
     ),
     "auth.refresh": Operation(
         {200: "A new access_token", 401: ERRORS[401]},
@@ -195,6 +201,7 @@ OPERATIONS: dict[str, Operation] = {
         returns=responses.Tokens,
         body=schemas.PasswordChange,
         owner=True,
+        client_limited=True,
     ),
     "auth.logout": Operation(
         {204: "Signed out: the sign-in's tokens are refused from now on", 401: ERRORS[401]},
@@ -390,6 +397,12 @@ STATUS_HEADERS: dict[int, dict[str, tuple[str, dict[str, Any]]]] = {
     429: {"Retry-After": ("Seconds to wait", SECONDS)},
     503: {"Retry-After": ("Seconds to wait", SECONDS)},
 }
+# Where the client's own bucket stands (left out while the limiter's storage is away).
+CLIENT_LIMIT_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "X-RateLimit-Limit": ("Requests the client's bucket holds per window", SECONDS),
+    "X-RateLimit-Remaining": ("Requests left in the window", SECONDS),
+    "X-RateLimit-Reset": ("When the window resets, in Unix seconds", SECONDS),
+}
 
 
 def _answer(
@@ -397,6 +410,9 @@ def _answer(
 ) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": description}
     headers = STATUS_HEADERS.get(status, operation.headers if status < 300 else {})
+    # An owner's token is checked before the bucket: its 401 counts nothing.
+    if operation.client_limited and not (operation.owner and status == 401):
+        headers = {**headers, **CLIENT_LIMIT_HEADERS}
     if headers:
         answer["headers"] = {
             name: {"description": text, "schema": schema}
