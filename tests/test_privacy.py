@@ -283,6 +283,43 @@ def test_a_privilege_the_role_lacks_is_logged_with_the_object_it_names(
     assert "m-81c0" not in caplog.text
 
 
+def test_a_command_the_role_may_not_run_says_so_in_one_line(app, make_app, migrated, is_postgres):
+    """A restore into a database the app's role does not own (PostgreSQL 15's public
+    schema is the database owner's): a monthly `events partitions` printed a traceback.
+    (``app`` first: the suite's own app empties the tables afterwards.)"""
+    if not is_postgres:
+        pytest.skip("SQLite has no privileges")
+    url = make_url(migrated)
+    role = f"{url.database}_reader"
+    admin = create_engine(migrated, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        drop_role(connection, role)  # left by a run cut short
+        connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        connection.exec_driver_sql(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        connection.exec_driver_sql(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+    commands = [
+        (["events", "partitions", "--ahead", "36"], "permission denied for schema public"),
+        (["tenant", "create", "--name", "Nueva", "--slug", "nueva"], "permission denied for table"),
+    ]
+    try:
+        as_role = url.set(username=role).render_as_string(hide_password=False)
+        app = make_app(SQLALCHEMY_DATABASE_URI=as_role)
+        results = []
+        for args, _ in commands:
+            with app.app_context():
+                results.append(app.test_cli_runner().invoke(args=args))
+        release_connections(app)
+    finally:
+        with admin.connect() as connection:
+            drop_role(connection, role)
+        admin.dispose()
+    for result, (args, said) in zip(results, commands, strict=True):
+        assert result.exit_code == 1, (args, result.output, result.exception)
+        assert result.output.startswith("Error: the database refused this role: "), args
+        assert said in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.splitlines()) == 1
+
+
 def test_sessions_keep_values_out_of_the_server_log(app, is_postgres):
     """The settings behind the server log check above, which a superuser's sessions set
     themselves (the README has an administrator set them for any other role)."""

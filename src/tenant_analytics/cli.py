@@ -17,7 +17,14 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .auth import create_user, set_password
-from .errors import NOT_MIGRATED, driver_first_line, is_not_migrated, is_outage, validation_errors
+from .errors import (
+    NOT_MIGRATED,
+    driver_first_line,
+    is_not_migrated,
+    is_outage,
+    is_privilege_missing,
+    validation_errors,
+)
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
 from .landing_urls import is_own_qr_redirect
@@ -34,8 +41,9 @@ from .tenant_settings import switch_tenant
 
 
 class SaysDatabaseFailuresInOneLine(click.Command):
-    """A database that does not answer, or is not migrated yet, said in one line (exit
-    1) rather than in a traceback of the driver's and SQLAlchemy's frames."""
+    """A database that does not answer, is not migrated yet or refuses the role a
+    privilege, said in one line (exit 1) rather than in a traceback of the driver's and
+    SQLAlchemy's frames."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -46,6 +54,11 @@ class SaysDatabaseFailuresInOneLine(click.Command):
                 fail(NOT_MIGRATED)
             if is_outage(exc) and isinstance(exc, OperationalError):
                 fail(f"cannot reach the database: {driver_first_line(exc)}")
+            if is_privilege_missing(exc):
+                fail(
+                    f"the database refused this role: {driver_first_line(exc)} (run it as "
+                    "the role that owns the tables and the schema, or grant it)"
+                )
             raise
 
 

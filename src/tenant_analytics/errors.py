@@ -144,6 +144,12 @@ def is_not_migrated(exc: SQLAlchemyError) -> bool:
     return "no such table" in said or "no such column" in said or "has no column named" in said
 
 
+def is_privilege_missing(exc: SQLAlchemyError) -> bool:
+    """PostgreSQL refused the app's role (42501): a grant or an ownership a deploy or a
+    restore left out. Its message names the object, never a value."""
+    return getattr(getattr(exc, "orig", None), "pgcode", None) == "42501"
+
+
 class OnceAMinute:
     """An error line said at most once a minute (each request of an outage would say
     it again), then with how many times it went unsaid meanwhile.
