@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -35,7 +37,7 @@ from tenant_analytics.extensions import db, limiter
 from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
 from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
 from tenant_analytics.partitions import ensure_partitions, include_in_migrations, month_of
-from tenant_analytics.queries import store_dashboard
+from tenant_analytics.queries import store_alerts, store_dashboard, store_rfm
 from tenant_analytics.ratelimits import warn_about_limits
 from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.timewindows import tenant_zone
@@ -689,6 +691,52 @@ def test_product_names_compare_by_code_point_under_a_linguistic_collation(
         assert raw == rolled_up == "aaaa"  # "a" (97) after "P" (80)
         db.session.remove()
         db.engine.dispose()
+
+
+def test_report_ties_rank_by_code_point_under_a_linguistic_collation(linguistic_database_url):
+    """RFM's equal spenders and alerts' equally viewed products came in the database's
+    collation order: a restore onto an en-US server moved customers between pages."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": linguistic_database_url, "GROUP_COMMIT": False})
+    with app.app_context():
+        upgrade()
+        tenant = Tenant(slug="shop", name="Shop")
+        db.session.add(tenant)
+        db.session.commit()
+        sales = [("a", 10), ("B", 10), ("c", 20)]
+        purchases = [
+            NewEvent("purchase", extra={"user_id": user, "revenue": Decimal(spent)})
+            for user, spent in sales
+        ]
+        views = [
+            NewEvent("product_view", extra={"session_id": f"s{n}", "product_slug": slug})
+            for slug in ("pan", "Queso")
+            for n in range(store_alerts.POPULAR_VIEWS_ABOVE + 1)
+        ]
+        client = ClientInfo("203.0.113.1", "pytest", None)
+        ingest(db.session, tenant, purchases + views, client, hash_key="k", lock_timeout=2.0)
+        now = utcnow()
+        popular = store_alerts.unconverted_popular_products(
+            db.session,
+            tenant_id=tenant.id,
+            zone=ZoneInfo("UTC"),
+            start=now - timedelta(days=7),
+            end=now,
+        )
+        report = store_rfm.rfm_segments(
+            db.session,
+            tenant_id=tenant.id,
+            zone=ZoneInfo("UTC"),
+            now=now,
+            vip_threshold=Decimal(1000),
+            currency=tenant.currency,
+        )
+        users = select(Event.user_id).where(Event.user_id.is_not(None))
+        by_sql = db.session.scalars(users.order_by(Event.user_id)).all()
+        db.session.remove()
+        db.engine.dispose()
+    assert by_sql == ["a", "B", "c"]  # en-US: the order the report once had for ties
+    assert [row["visitor_id"] for row in report["rfm"]] == ["c", "B", "a"]  # "B" (66) < "a" (97)
+    assert popular == [("Queso", 11), ("pan", 11)]  # en-US: pan, then Queso
 
 
 def test_upgrading_recounts_names_rolled_up_by_a_linguistic_collation(linguistic_database_url):

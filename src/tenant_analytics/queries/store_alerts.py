@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, desc, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 from typing_extensions import TypedDict  # pydantic reads no typing.TypedDict on 3.11
 
@@ -93,11 +93,10 @@ def unconverted_popular_products(
         ],
     ).subquery()
     rows = conn.execute(
-        select(views.c.key0, views.c.sessions)
-        .where(views.c.sessions > POPULAR_VIEWS_ABOVE)
-        .order_by(desc(views.c.sessions), views.c.key0)
+        select(views.c.key0, views.c.sessions).where(views.c.sessions > POPULAR_VIEWS_ABOVE)
     ).all()
-    return [(slug, count) for slug, count in rows]
+    # Ties by slug in code-point order, whatever the database's collation.
+    return sorted(((slug, count) for slug, count in rows), key=lambda row: (-row[1], row[0]))
 
 
 def carts_without_checkout(

@@ -105,8 +105,11 @@ def rfm_segments(
             Event.user_id.is_not(None),
         )
         .group_by(Event.user_id)
-        .order_by(desc(monetary), Event.user_id)
+        .order_by(desc(monetary))
     ).all()
+    # Ties by id in code-point order, whatever the database's collation: pages that
+    # stay the same after a move to a server whose collation is linguistic.
+    rows.sort(key=lambda row: (-Decimal(row[3]), row[0]))
     customers = []
     segments = dict.fromkeys(SEGMENT_LABELS, 0)
     for user_id, last_purchase, frequency, spent in rows:
