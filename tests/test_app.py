@@ -694,8 +694,9 @@ def test_product_names_compare_by_code_point_under_a_linguistic_collation(
 
 
 def test_report_ties_rank_by_code_point_under_a_linguistic_collation(linguistic_database_url):
-    """RFM's equal spenders and alerts' equally viewed products came in the database's
-    collation order: a restore onto an en-US server moved customers between pages."""
+    """RFM's equal spenders, the alert's equally viewed products and the dashboard's
+    WhatsApp sessions tapped at one time came in the database's collation order: a
+    restore onto an en-US server moved customers between pages."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": linguistic_database_url, "GROUP_COMMIT": False})
     with app.app_context():
         upgrade()
@@ -712,8 +713,13 @@ def test_report_ties_rank_by_code_point_under_a_linguistic_collation(linguistic_
             for slug in ("pan", "Queso")
             for n in range(store_alerts.POPULAR_VIEWS_ABOVE + 1)
         ]
+        taps = [
+            NewEvent("whatsapp_cart_click", extra={"session_id": session})
+            for session in ("a", "B", "c")
+        ]
         client = ClientInfo("203.0.113.1", "pytest", None)
-        ingest(db.session, tenant, purchases + views, client, hash_key="k", lock_timeout=2.0)
+        everything = purchases + views + taps  # one batch: one time, so taps tie
+        ingest(db.session, tenant, everything, client, hash_key="k", lock_timeout=2.0)
         now = utcnow()
         popular = store_alerts.unconverted_popular_products(
             db.session,
@@ -721,6 +727,9 @@ def test_report_ties_rank_by_code_point_under_a_linguistic_collation(linguistic_
             zone=ZoneInfo("UTC"),
             start=now - timedelta(days=7),
             end=now,
+        )
+        tapped = store_dashboard.recent_whatsapp_sessions(
+            db.session, tenant_id=tenant.id, start=now - timedelta(days=7), end=now, limit=2
         )
         report = store_rfm.rfm_segments(
             db.session,
@@ -737,6 +746,7 @@ def test_report_ties_rank_by_code_point_under_a_linguistic_collation(linguistic_
     assert by_sql == ["a", "B", "c"]  # en-US: the order the report once had for ties
     assert [row["visitor_id"] for row in report["rfm"]] == ["c", "B", "a"]  # "B" (66) < "a" (97)
     assert popular == [("Queso", 11), ("pan", 11)]  # en-US: pan, then Queso
+    assert tapped == ["B", "a"]  # en-US: a, B
 
 
 def test_upgrading_recounts_names_rolled_up_by_a_linguistic_collation(linguistic_database_url):

@@ -398,9 +398,10 @@ STATUS_HEADERS: dict[int, dict[str, tuple[str, dict[str, Any]]]] = {
     503: {"Retry-After": ("Seconds to wait", SECONDS)},
 }
 # Where the client's own bucket stands (left out while the limiter's storage is away).
+COUNT = {"type": "integer", "minimum": 0}
 CLIENT_LIMIT_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "X-RateLimit-Limit": ("Requests the client's bucket holds per window", SECONDS),
-    "X-RateLimit-Remaining": ("Requests left in the window", SECONDS),
+    "X-RateLimit-Limit": ("Requests the client's bucket holds per window", COUNT),
+    "X-RateLimit-Remaining": ("Requests left in the window", COUNT),
     "X-RateLimit-Reset": ("When the window resets, in Unix seconds", SECONDS),
 }
 
@@ -410,8 +411,10 @@ def _answer(
 ) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": description}
     headers = STATUS_HEADERS.get(status, operation.headers if status < 300 else {})
-    # An owner's token is checked before the bucket: its 401 counts nothing.
-    if operation.client_limited and not (operation.owner and status == 401):
+    # Answers given before the bucket is counted have none: a body cut short (400) or
+    # encoded (415), refused before any view; an owner's missing or bad token (401).
+    counted = status not in (400, 415) and not (operation.owner and status == 401)
+    if operation.client_limited and counted:
         headers = {**headers, **CLIENT_LIMIT_HEADERS}
     if headers:
         answer["headers"] = {

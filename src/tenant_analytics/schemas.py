@@ -224,8 +224,8 @@ _TRACKED_METADATA = (
     f"{MAX_MONEY}."
 )
 _PRICE_CURRENCY = (
-    "The price's ISO 4217 code, only with a price (alone it is a 422); the tenant's "
-    "currency when left out."
+    "The price's ISO 4217 code, only with a price (alone it is refused: a 422, or the "
+    "item rejected in a batch); the tenant's currency when left out."
 )
 
 

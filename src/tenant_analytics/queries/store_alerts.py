@@ -22,7 +22,7 @@ from ..models import Event, Product
 from ..timewindows import days_overlapping
 from . import store_rollups
 from .common import Database, in_window
-from .store_common import of_type, report_settings, sessions_by
+from .store_common import of_type, ranked, report_settings, sessions_by
 from .store_dashboard import abandonment
 
 ABANDONMENT_WINDOW = timedelta(hours=24)
@@ -95,8 +95,7 @@ def unconverted_popular_products(
     rows = conn.execute(
         select(views.c.key0, views.c.sessions).where(views.c.sessions > POPULAR_VIEWS_ABOVE)
     ).all()
-    # Ties by slug in code-point order, whatever the database's collation.
-    return sorted(((slug, count) for slug, count in rows), key=lambda row: (-row[1], row[0]))
+    return ranked(dict(rows), None)  # ties by code point, whatever the collation
 
 
 def carts_without_checkout(

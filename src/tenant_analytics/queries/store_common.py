@@ -66,6 +66,13 @@ def _dialect(conn: Database) -> str:
     return (conn if isinstance(conn, Connection) else conn.get_bind()).dialect.name
 
 
+def by_code_point(conn: Database, text: ColumnElement[Any]) -> ColumnElement[Any]:
+    """``text`` ordered by code point whatever the database's collation (ties in a
+    report rank the same after a move to a server with a linguistic one). SQLite's
+    default, BINARY, is that order already."""
+    return text.collate("C") if _dialect(conn) == "postgresql" else text
+
+
 def report_settings(conn: Database, *, side_by_side: bool = False) -> None:
     """On PostgreSQL, apply REPORT_SETTINGS for the rest of the transaction.
 

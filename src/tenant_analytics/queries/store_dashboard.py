@@ -40,6 +40,7 @@ from .common import Database, day_index, in_window, money, ratio_half_up
 from .store_common import (
     IDENTIFIER,
     beside,
+    by_code_point,
     flag,
     of_type,
     percent,
@@ -552,7 +553,7 @@ def recent_whatsapp_sessions(
                 Event.session_id.is_not(None),
             )
             .group_by(Event.session_id)
-            .order_by(desc(last_click), Event.session_id)
+            .order_by(desc(last_click), by_code_point(conn, Event.session_id))
             .limit(limit)
         )
     )

@@ -15,7 +15,7 @@ from ..catalogue import PURCHASE
 from ..models import DEFAULT_CURRENCY, Event
 from ..timewindows import lookback_days
 from .common import in_window, money
-from .store_common import local_bounds, of_type
+from .store_common import by_code_point, local_bounds, of_type
 
 RFM_DAYS = 90
 
@@ -105,11 +105,8 @@ def rfm_segments(
             Event.user_id.is_not(None),
         )
         .group_by(Event.user_id)
-        .order_by(desc(monetary))
+        .order_by(desc(monetary), by_code_point(session, Event.user_id))
     ).all()
-    # Ties by id in code-point order, whatever the database's collation: pages that
-    # stay the same after a move to a server whose collation is linguistic.
-    rows.sort(key=lambda row: (-Decimal(row[3]), row[0]))
     customers = []
     segments = dict.fromkeys(SEGMENT_LABELS, 0)
     for user_id, last_purchase, frequency, spent in rows:
