@@ -3,9 +3,10 @@ from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from tenant_analytics.errors import driver_first_line, is_outage
+from tenant_analytics.errors import driver_first_line, is_outage, is_privilege_missing
+from tenant_analytics.ingestion import is_read_only
 from tenant_analytics.partitions import include_in_migrations
 
 config = context.config
@@ -114,6 +115,14 @@ def run_migrations_online():
                     # second finds the work done, not a half-made alembic_version.
                     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATIONS_LOCK})")
                 context.run_migrations()
+        except DBAPIError as exc:
+            # A standby after a failover, or a role that does not own the database (a
+            # restore): a deploy fault said in one line; nothing was changed.
+            if not (is_read_only(exc) or is_privilege_missing(exc)):
+                raise
+            raise SystemExit(
+                f"Error: the database refused the migration: {driver_first_line(exc)}"
+            ) from None
         finally:
             if on_sqlite:
                 set_sqlite_foreign_keys(connection, "ON")

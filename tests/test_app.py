@@ -42,7 +42,7 @@ from tenant_analytics.ratelimits import warn_about_limits
 from tenant_analytics.rollups import rebuild_rollups
 from tenant_analytics.timewindows import tenant_zone
 
-from .conftest import TEST_JWT_KEY, read_only_url, scratch_database
+from .conftest import TEST_JWT_KEY, read_only_url, release_connections, scratch_database
 from .servers import GUNICORN, ROOT, TcpForwarder, free_port
 
 
@@ -564,6 +564,47 @@ def test_a_database_without_tables_says_to_migrate(app, make_app, scratch_databa
     assert "InFailedSqlTransaction" not in caplog.text  # the real error, not its echo
     with unmigrated.app_context():
         db.engine.dispose()
+
+
+def test_a_migration_the_database_refuses_is_one_line(
+    app, make_app, scratch_database_url, is_postgres
+):
+    """`flask db upgrade` on a standby (read-only) or as a role that does not own the
+    database (PostgreSQL 15's public schema is its owner's): alembic's traceback, once."""
+    if not is_postgres:
+        pytest.skip("SQLite has neither standbys nor privileges")
+    url = make_url(scratch_database_url)
+    role = f"{url.database}_guest"  # roles are the cluster's: one per suite database
+    admin = create_engine(scratch_database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        if connection.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}):
+            connection.exec_driver_sql(f'DROP ROLE "{role}"')  # left by a run cut short
+        connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+    refused = [
+        (read_only_url(scratch_database_url), "in a read-only transaction"),
+        (url.set(username=role).render_as_string(hide_password=False), "for schema public"),
+    ]
+    results = []
+    try:
+        for database_url, _ in refused:
+            migrating = make_app(SQLALCHEMY_DATABASE_URI=database_url)
+            with migrating.app_context():
+                results.append(migrating.test_cli_runner().invoke(args=["db", "upgrade"]))
+            release_connections(migrating)
+        with admin.connect() as connection:
+            tables = connection.scalar(
+                text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            )
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
+        admin.dispose()
+    for result, (_, said) in zip(results, refused, strict=True):
+        assert result.exit_code == 1, result.output
+        last = result.output.splitlines()[-1]  # after alembic's own INFO lines
+        assert last.startswith("Error: the database refused the migration: "), result.output
+        assert said in last and "Traceback" not in result.output
+    assert tables == 0  # nothing made
 
 
 def test_an_exhausted_connection_pool_answers_503_not_500(make_app, migrated, caplog):
