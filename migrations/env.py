@@ -5,7 +5,12 @@ from alembic import context
 from flask import current_app
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from tenant_analytics.errors import driver_first_line, is_outage, is_privilege_missing
+from tenant_analytics.errors import (
+    connection_failure,
+    driver_first_line,
+    is_outage,
+    is_privilege_missing,
+)
 from tenant_analytics.ingestion import is_read_only
 from tenant_analytics.partitions import include_in_migrations
 
@@ -92,7 +97,7 @@ def run_migrations_online():
         if not is_outage(exc):
             raise
         # As the app's own commands say it: one line, not SQLAlchemy's traceback.
-        raise SystemExit(f"Error: cannot reach the database: {driver_first_line(exc)}") from None
+        raise SystemExit(f"Error: {connection_failure(exc)}") from None
 
     with connection:
         on_sqlite = connection.dialect.name == "sqlite"

@@ -532,7 +532,9 @@ def test_an_unexpected_error_is_logged_with_the_request_it_answered(make_app, ca
     assert record.exc_info is not None  # with its traceback
 
 
-def test_a_database_without_tables_says_to_migrate(app, make_app, scratch_database_url, caplog):
+def test_a_database_without_tables_says_to_migrate(
+    app, make_app, scratch_database_url, is_postgres, caplog
+):
     unmigrated = make_app(SQLALCHEMY_DATABASE_URI=scratch_database_url)
     client = unmigrated.test_client()
     for _ in range(2):
@@ -546,14 +548,24 @@ def test_a_database_without_tables_says_to_migrate(app, make_app, scratch_databa
     assert health.get_json()["message"] == "The database is not migrated."
     # And the command line says so in one line, as it does of a database it cannot reach.
     commands = [["tenant", "list"], ["events", "purge", "--older-than", "100"], ["demo"]]
-    for url, said, also in (
+    failing = [
         (scratch_database_url, "Error: the database lacks a table or column: run `flask", []),
         (
             "postgresql://nobody:hunter2@127.0.0.1:1/none",
             "Error: cannot reach the database: ",
             [["db", "upgrade"]],  # Flask-Migrate's, through migrations/env.py
         ),
-    ):
+    ]
+    if is_postgres:  # a server that answers and refuses: a typo, not an outage
+        stranger = make_url(scratch_database_url).set(username="no_such_role", password="hunter2")
+        failing.append(
+            (
+                stranger.render_as_string(hide_password=False),
+                "Error: the database refused the connection: ",
+                [["db", "upgrade"]],
+            )
+        )
+    for url, said, also in failing:
         broken = make_app(SQLALCHEMY_DATABASE_URI=url)
         for args in commands + also:
             with broken.app_context():  # not the suite's app, whose context is current

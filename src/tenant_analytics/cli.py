@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from .auth import create_user, set_password
 from .errors import (
     NOT_MIGRATED,
+    connection_failure,
     driver_first_line,
     is_not_migrated,
     is_outage,
@@ -53,7 +54,7 @@ class SaysDatabaseFailuresInOneLine(click.Command):
             if is_not_migrated(exc):
                 fail(NOT_MIGRATED)
             if is_outage(exc) and isinstance(exc, OperationalError):
-                fail(f"cannot reach the database: {driver_first_line(exc)}")
+                fail(connection_failure(exc))
             if is_privilege_missing(exc):
                 fail(
                     f"the database refused this role: {driver_first_line(exc)} (run it as "

@@ -144,6 +144,16 @@ def is_not_migrated(exc: SQLAlchemyError) -> bool:
     return "no such table" in said or "no such column" in said or "has no column named" in said
 
 
+def connection_failure(exc: SQLAlchemyError) -> str:
+    """A connection that failed, said as a command line says it: a server that answered
+    and refused (an unknown role or database, a wrong password: its "FATAL:") is not one
+    out of reach, and the driver's line says which."""
+    line = driver_first_line(exc)
+    if "FATAL:" in line:
+        return f"the database refused the connection: {line}"
+    return f"cannot reach the database: {line}"
+
+
 def is_privilege_missing(exc: SQLAlchemyError) -> bool:
     """PostgreSQL refused the app's role (42501): a grant or an ownership a deploy or a
     restore left out. Its message names the object, never a value."""
