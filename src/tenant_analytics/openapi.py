@@ -57,7 +57,7 @@ class Operation:
     produces: tuple[str, ...] = ("application/json",)  # what a 2xx answers in
     # headers a 2xx carries: name -> (description, schema)
     headers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    pages: frozenset[int] = frozenset()  # error statuses a browser gets as an HTML page
+    pages: frozenset[int] = frozenset()  # statuses whose body is an HTML page for a browser
     unavailable: bool = True  # may answer 503 (the database away); False: handled inside
     # Counted in a bucket of the client's own (its address, email or user; not a tenant's,
     # whose figures would tell of its visitors): X-RateLimit-* on its answers.
@@ -144,7 +144,7 @@ OPERATIONS: dict[str, Operation] = {
             503: "The database away, and the code's destination unknown to this process",
         },
         query={"c": ("Which code was scanned: 1 to 64 letters, digits, '.', '_' or '-'", CAMPAIGN)},
-        pages=frozenset({404, 503}),
+        pages=frozenset({302, 404, 503}),
     ),
     "health.health": Operation(
         {
@@ -434,6 +434,8 @@ def _answer(
             media["application/json"] = {"schema": shape}
         if media:  # a 204 has none
             answer["content"] = media
+    elif status in operation.pages:  # a redirect's short page, for a client that stops there
+        answer["content"] = {"text/html": {}}
     return answer
 
 
