@@ -511,6 +511,25 @@ def test_a_checkout_bought_by_a_purchase_that_names_its_customer(make_tenant, st
     assert stats(tenant)["abandonment_rate"] == 33.3
 
 
+def test_a_checkout_closed_over_whatsapp_is_not_abandoned(make_tenant, store_events):
+    """A shop selling over WhatsApp confirms the sale there (``whatsapp_purchase``): its
+    checkouts ended in sales, not abandoned, though no ``purchase`` was sent."""
+    tenant = make_tenant(timezone="America/Tegucigalpa")
+    store_events(
+        tenant,
+        [
+            *(ev("begin_checkout", local(3, 10), f"w{i}") for i in range(3)),
+            *(ev("whatsapp_purchase", local(3, 11), f"w{i}", price="100") for i in range(2)),
+            ev("begin_checkout", local(4, 9), "by-phone", user_id="eva"),
+            ev("whatsapp_purchase", local(4, 10), "later", user_id="eva"),
+        ],
+    )
+    figures = stats(tenant)
+    # identifiers: w0, w1 and eva bought over WhatsApp; w2 left
+    assert figures["abandonment_rate"] == 25.0
+    assert figures["total_sales"] == 0 and figures["whatsapp_purchases"] == 3
+
+
 def test_dashboard_of_empty_tenant_is_all_zeros(app, make_tenant):
     tenant = make_tenant(timezone="America/Tegucigalpa")
     for mode in ("total", "unique"):
@@ -931,10 +950,22 @@ ALERT_CASES = {
         [],
     ),
     "abandonment_after_now": (checkouts(3, 0, NOW), []),  # windows end at now
+    "abandonment_sold_over_whatsapp": (
+        [*checkouts(3, 0), *(ev("whatsapp_purchase", NOW - HOUR, f"c{i}") for i in range(3))],
+        [],
+    ),
     "popular_11_sessions": (viewers(11), ["popular_no_conversion"]),
     "popular_10_sessions_many_views": (viewers(10, views_each=3), []),
     "popular_but_bought": (
         [*viewers(11), ev("purchase", NOW - HOUR, "v0", product_slug="tee")],
+        [],
+    ),
+    "popular_but_sold_over_whatsapp": (  # on a day wholly inside: the rollups rule it out
+        [*viewers(11), ev("whatsapp_purchase", NOW - 3 * 24 * HOUR, "v0", product_slug="tee")],
+        [],
+    ),
+    "popular_but_sold_over_whatsapp_today": (  # on a partial day: the raw events decide
+        [*viewers(11), ev("whatsapp_purchase", NOW - HOUR, "v0", product_slug="tee")],
         [],
     ),
     "popular_before_window": (viewers(11, when=NOW - timedelta(days=7, seconds=1)), []),
@@ -974,6 +1005,10 @@ ALERT_CASES = {
     "stuck_16_events": (busy_session(16), ["stuck_sessions"]),
     "stuck_15_events": (busy_session(15), []),
     "stuck_but_bought": ([*busy_session(15), ev("purchase", NOW - HOUR, "busy")], []),
+    "stuck_but_sold_over_whatsapp": (
+        [*busy_session(15), ev("whatsapp_purchase", NOW - HOUR, "busy")],
+        [],
+    ),
 }
 
 

@@ -16,13 +16,19 @@ from ..catalogue import (
     CHECKOUT_STARTED,
     PAYMENT_ERROR,
     PRODUCT_VIEW,
-    PURCHASE,
 )
 from ..models import Event, Product
 from ..timewindows import days_overlapping
 from . import store_rollups
 from .common import Database, in_window
-from .store_common import of_type, ranked, report_settings, sessions_by
+from .store_common import (
+    SALE_TYPES,
+    ends_in_a_sale,
+    of_type,
+    ranked,
+    report_settings,
+    sessions_by,
+)
 from .store_dashboard import abandonment
 
 ABANDONMENT_WINDOW = timedelta(hours=24)
@@ -75,13 +81,13 @@ def unconverted_popular_products(
         last=days[-1].date,
         whole_days=(inside[0], inside[-1]) if inside else None,
         viewed=PRODUCT_VIEW,
-        bought=PURCHASE,
+        bought=SALE_TYPES,
         more_than=POPULAR_VIEWS_ABOVE,
     )
     if not candidates:
         return []
     purchased = select(Event.product_slug).where(
-        *in_window(tenant_id, start, end), of_type(PURCHASE), Event.product_slug.in_(candidates)
+        *in_window(tenant_id, start, end), ends_in_a_sale(), Event.product_slug.in_(candidates)
     )
     views = sessions_by(
         Event.product_slug,
@@ -120,12 +126,13 @@ def carts_without_checkout(
 
 
 def stuck_sessions(conn: Database, *, tenant_id: int, start: datetime, end: datetime) -> int:
-    """Sessions with more than 15 events and no purchase in [start, end)."""
+    """Sessions with more than 15 events and no sale (a purchase, or one confirmed over
+    WhatsApp) in [start, end)."""
     stuck = (
         select(Event.session_id)
         .where(*in_window(tenant_id, start, end), Event.session_id.is_not(None))
         .group_by(Event.session_id)
-        .having(func.count() > STUCK_EVENTS_ABOVE, func.count(case((of_type(PURCHASE), 1))) == 0)
+        .having(func.count() > STUCK_EVENTS_ABOVE, func.count(case((ends_in_a_sale(), 1))) == 0)
         .subquery()
     )
     return conn.scalar(select(func.count()).select_from(stuck)) or 0

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Connection, Engine, QueuePool, Select, case, func, select
 from sqlalchemy.orm import Session
 
+from ..catalogue import PURCHASE, WHATSAPP_PURCHASE
 from ..models import Event
 from ..timewindows import Day
 from .common import Database, ratio_half_up
@@ -129,6 +130,15 @@ def beside(session: Session, task: Callable[[Database], T]) -> Callable[[], T]:
 
 def of_type(event_type: str) -> ColumnElement[bool]:
     return Event.event_type == event_type
+
+
+# A purchase, or a sale confirmed over WhatsApp: either ends a checkout, a session's
+# shopping or a product's views in a sale (only the first is revenue, as the documents say).
+SALE_TYPES = (PURCHASE, WHATSAPP_PURCHASE)
+
+
+def ends_in_a_sale() -> ColumnElement[bool]:
+    return Event.event_type.in_(SALE_TYPES)
 
 
 def flag(condition: ColumnElement[bool]) -> ColumnElement[int]:

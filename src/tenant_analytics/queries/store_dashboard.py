@@ -41,6 +41,7 @@ from .store_common import (
     IDENTIFIER,
     beside,
     by_code_point,
+    ends_in_a_sale,
     flag,
     of_type,
     percent,
@@ -367,9 +368,11 @@ def abandonment(conn: Database, *, tenant_id: int, start: datetime, end: datetim
 
     A checkout is bought by a purchase of its identifier or of its session: a shop that
     names its customer (``user_id``) on the purchase only, as RFM asks, has checked out
-    as a session and bought as a user, which is one identifier that did buy.
+    as a session and bought as a user, which is one identifier that did buy. A sale
+    confirmed over WhatsApp (``whatsapp_purchase``) ends a checkout as well: a shop that
+    closes its orders there abandons none of them.
     """
-    purchases = (*in_window(tenant_id, start, end), of_type(PURCHASE))
+    purchases = (*in_window(tenant_id, start, end), ends_in_a_sale())
     # Joined, not IN (...): a hash join spills to disk where a hashed IN list that outgrew
     # its memory would be searched again for every checkout.
     buyers = select(IDENTIFIER.label("identifier")).where(*purchases).distinct().subquery()

@@ -64,12 +64,12 @@ def maybe_popular_unbought(
     last: date,
     whole_days: tuple[date, date] | None,
     viewed: str,
-    bought: str,
+    bought: tuple[str, ...],
     more_than: int,
 ) -> list[str]:
     """Products that may have had more than ``more_than`` viewing sessions and no purchase
     in a window: more ``viewed`` events than that over the local days [first, last] that
-    overlap the window, and no ``bought`` event on the days wholly inside it
+    overlap the window, and no event of a ``bought`` type on the days wholly inside it
     (``whole_days``, first and last). A superset: the raw events decide.
     """
     is_view = DailyProductCount.event_type == viewed
@@ -77,7 +77,7 @@ def maybe_popular_unbought(
     conditions = [views > more_than]
     if whole_days is not None:
         bought_inside = and_(
-            DailyProductCount.event_type == bought,
+            DailyProductCount.event_type.in_(bought),
             DailyProductCount.day >= whole_days[0],
             DailyProductCount.day <= whole_days[1],
         )
@@ -87,7 +87,7 @@ def maybe_popular_unbought(
             select(DailyProductCount.product_slug)
             .where(
                 *in_days(DailyProductCount, tenant_id, first, last),
-                DailyProductCount.event_type.in_((viewed, bought)),
+                DailyProductCount.event_type.in_((viewed, *bought)),
             )
             .group_by(DailyProductCount.product_slug)
             .having(*conditions)
