@@ -86,9 +86,10 @@ class LandingDashboard(TypedDict):
 
 
 class Today(TypedDict):
-    """Today, the local day in the tenant's time zone."""
+    """Today, the local day in the tenant's time zone: ``date`` says which (ISO 8601)."""
 
     success: Literal[True]
+    date: str
     visitors_today: int
     whatsapp_clicks: int
     qr_scans: int

@@ -47,8 +47,10 @@ class LandingSummary:
 
 @dataclass
 class TodaySummary:
-    """Today, the local day: the document's four figures and call taps (our own)."""
+    """Today, the local day: the document's four figures, call taps and which day it is
+    (our own: an owner across the world from the shop reads the shop's day)."""
 
+    date: str  # ISO 8601, the tenant's local date
     visitors_today: int
     whatsapp_clicks: int
     qr_scans: int
@@ -175,6 +177,7 @@ def today_summary(
     (today,) = last_days(zone, now, 1)
     counts = count_by_kind(session, tenant_id=tenant_id, start=today.start, end=today.end)
     return TodaySummary(
+        date=today.date.isoformat(),
         visitors_today=count_visitors(
             session, tenant_id=tenant_id, start=today.start, end=today.end
         ),

@@ -125,6 +125,7 @@ def today_summary(
     window = {"tenant_id": tenant_id, "first": today, "last": today}
     counts, _ = _kind_totals(session, **window)
     return TodaySummary(
+        date=today.isoformat(),
         visitors_today=_visitors_by_day(session, **window).get(today, 0),
         whatsapp_clicks=counts[Kind.WHATSAPP_TAP],
         qr_scans=counts[Kind.QR_SCAN],
