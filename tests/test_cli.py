@@ -70,6 +70,7 @@ def test_tenant_create_prints_json(runner):
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
+    assert data["currency"] == "HNL"  # the default, as the API's tenants have
     fields = {"id", "public_id", "slug", "name", "active", "suspended", "timezone", "landing_url"}
     assert set(data) == fields | {"currency", "vip_monetary_threshold"}  # as the API says
     assert (data["slug"], data["active"], data["suspended"], data["timezone"]) == (
@@ -80,6 +81,15 @@ def test_tenant_create_prints_json(runner):
     )
     uuid.UUID(data["public_id"])
     assert db.session.get(Tenant, data["id"]).name == "Bakery"
+
+
+def test_tenant_create_takes_the_currency_it_sells_in(runner):
+    result = runner.invoke(
+        args=["tenant", "create", "--name", "Kiwi", "--slug", "kiwi", "--currency", "nzd"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["currency"] == "NZD"  # as the API stores it
+    assert db.session.scalar(select(Tenant.currency).where(Tenant.slug == "kiwi")) == "NZD"
 
 
 def test_tenant_create_inactive_and_duplicate(runner):
@@ -522,10 +532,13 @@ def test_tenant_create_refuses_bad_slugs_and_zones(runner, option, value):
         ("--name", ""),
         ("--name", "   "),
         ("--name", "n" * 201),
+        ("--currency", "XXX"),  # the code of no currency
+        ("--currency", "ZZZ"),
     ],
 )
 def test_tenant_create_refuses_what_the_api_refuses(runner, option, value):
-    result = runner.invoke(args=["tenant", "create", "--slug", "fine-slug-1", option, value])
+    args = {"--name": "A", "--slug": "fine-slug-1", option: value}
+    result = runner.invoke(args=["tenant", "create", *[x for pair in args.items() for x in pair]])
     assert result.exit_code == 2 and option in result.output, result.output
     assert db.session.scalar(select(func.count()).select_from(Tenant)) == 0
 

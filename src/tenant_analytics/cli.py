@@ -29,7 +29,14 @@ from .errors import (
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
 from .landing_urls import is_own_qr_redirect
-from .models import TENANT_SLUG_LENGTH, Tenant, User, is_tenant_slug, utcnow
+from .models import (
+    DEFAULT_CURRENCY,
+    TENANT_SLUG_LENGTH,
+    Tenant,
+    User,
+    is_tenant_slug,
+    utcnow,
+)
 from .partitions import create_ahead, purge_before
 from .postgres_writer import limit_lock_waits, lock_timed_out
 from .products import create_product
@@ -178,11 +185,17 @@ def password_or_prompt(password: str | None, prompt: str = "Password") -> str:
     help="An IANA zone (America/Tegucigalpa): its dashboards' days are local days.",
 )
 @click.option("--landing-url", help="The landing page its QR codes lead to (http or https).")
+@click.option(
+    "--currency",
+    default=DEFAULT_CURRENCY,
+    show_default=True,
+    help="What it sells in, an ISO 4217 code (USD): its revenue and priced events' default.",
+)
 def create_tenant(
-    name: str, slug: str, inactive: bool, timezone: str, landing_url: str | None
+    name: str, slug: str, inactive: bool, timezone: str, landing_url: str | None, currency: str
 ) -> None:
     """Create a tenant and print it as one line of JSON."""
-    settings = validated(TenantUpdate, name=name, landing_url=landing_url)
+    settings = validated(TenantUpdate, name=name, landing_url=landing_url, currency=currency)
     own = [current_app.config["PUBLIC_URL"]] if current_app.config["PUBLIC_URL"] else []
     if settings.landing_url and is_own_qr_redirect(settings.landing_url, own, current_app.url_map):
         raise click.BadParameter(
@@ -194,6 +207,7 @@ def create_tenant(
         active=not inactive,
         timezone=timezone,
         landing_url=settings.landing_url,
+        currency=settings.currency,
     )
     db.session.add(tenant)
     try:
