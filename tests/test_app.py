@@ -32,7 +32,13 @@ from tenant_analytics.config import (
     normalize_database_url,
     warn_about_database,
 )
-from tenant_analytics.errors import OnceAMinute, database_address, is_database_away, is_outage
+from tenant_analytics.errors import (
+    OnceAMinute,
+    connection_failure,
+    database_address,
+    is_database_away,
+    is_outage,
+)
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.ingestion import ClientInfo, NewEvent, ingest
 from tenant_analytics.models import DailyProductCount, Event, Tenant, utcnow
@@ -576,6 +582,24 @@ def test_a_database_without_tables_says_to_migrate(
     assert "InFailedSqlTransaction" not in caplog.text  # the real error, not its echo
     with unmigrated.app_context():
         db.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("driver_line", "said"),
+    [
+        ('FATAL:  role "shop" does not exist', "the database refused the connection"),
+        ("FATAL:  password authentication failed for user", "the database refused the connection"),
+        ("FATAL:  no pg_hba.conf entry for host", "the database refused the connection"),
+        ("FATAL:  sorry, too many clients already", "cannot reach the database"),  # busy
+        ("FATAL:  the database system is starting up", "cannot reach the database"),
+        ("Connection refused", "cannot reach the database"),
+    ],
+)
+def test_a_connection_refused_is_told_from_one_out_of_reach(driver_line, said):
+    failed = OperationalError(
+        "connect", {}, Exception(f"connection to server failed: {driver_line}")
+    )
+    assert connection_failure(failed) == f"{said}: connection to server failed: {driver_line}"
 
 
 def test_a_migration_the_database_refuses_is_one_line(

@@ -14,7 +14,6 @@ from tenant_analytics.queries.landing import landing_summary, today_summary
 
 TEGUCIGALPA = ZoneInfo("America/Tegucigalpa")  # UTC-6, no daylight saving
 NOW = datetime(2026, 3, 8, 15, 0, tzinfo=UTC)  # 09:00 on 8 March in Tegucigalpa
-HOURS_12 = timedelta(hours=12)
 
 
 def local(day: int, hour: int, minute: int = 0) -> datetime:
@@ -73,8 +72,10 @@ def test_landing_summary_in_local_days(app, week):
 def test_today_summary_in_local_day(app, week):
     summary = today_summary(db.session, tenant_id=week.id, zone=TEGUCIGALPA, now=NOW)
     assert summary.date == "2026-03-08"
-    at_9pm = today_summary(db.session, tenant_id=week.id, zone=TEGUCIGALPA, now=NOW + HOURS_12)
-    assert at_9pm.date == "2026-03-08"  # already 9 March in UTC
+    late = today_summary(  # 9 pm
+        db.session, tenant_id=week.id, zone=TEGUCIGALPA, now=NOW + timedelta(hours=12)
+    )
+    assert late.date == "2026-03-08"  # already 9 March in UTC
     assert (
         summary.visitors_today,
         summary.whatsapp_clicks,

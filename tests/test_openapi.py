@@ -571,7 +571,7 @@ def test_documented_headers_come_with_their_answers(make_app, make_tenant, make_
     for path, method, answer in answers:
         documented = document["paths"][path][method]["responses"][str(answer.status_code)]
         assert documented["headers"], (path, answer.status_code)
-        # Each has a body (the 302 Werkzeug's "Redirecting…" page): its type is declared.
+        # Each has a body, the 302 too (a short "Redirecting…" page): its type is declared.
         assert answer.mimetype in documented.get("content", {}), (path, answer.status_code)
         for name in documented["headers"]:
             assert answer.headers.get(name), (path, answer.status_code, name)

@@ -20,7 +20,7 @@ from tenant_analytics.catalogue import FUNNEL_STEPS, STORE_TYPES
 from tenant_analytics.extensions import db
 from tenant_analytics.models import Tenant, utcnow
 from tenant_analytics.products import create_product
-from tenant_analytics.queries import store_common, store_dashboard
+from tenant_analytics.queries import store_common, store_dashboard, store_rollups
 from tenant_analytics.queries.store_alerts import Alert, smart_alerts
 from tenant_analytics.queries.store_dashboard import dashboard_stats
 from tenant_analytics.queries.store_funnel import conversion_funnel, funnel_dates
@@ -1001,6 +1001,18 @@ ALERT_CASES = {
         [],
     ),
     "carts_4": (carts(4), []),
+    "carts_5_one_sent_to_whatsapp": (  # the WhatsApp buy button: that shop's checkout
+        [*carts(5), ev("whatsapp_cart_click", NOW - HOUR, "a1")],
+        [],
+    ),
+    "carts_5_one_sold_over_whatsapp": (
+        [*carts(5), ev("whatsapp_purchase", NOW - HOUR, "a2")],
+        [],
+    ),
+    "carts_5_one_bought_without_checkout_events": (
+        [*carts(5), ev("purchase", NOW - HOUR, "a3")],
+        [],
+    ),
     "carts_before_window": (carts(5, NOW - 6 * HOUR - timedelta(seconds=1)), []),
     "stuck_16_events": (busy_session(16), ["stuck_sessions"]),
     "stuck_15_events": (busy_session(15), []),
@@ -1028,6 +1040,37 @@ def test_alert_rules(app, make_tenant, store_events, case, zone):
         assert alert["timestamp"] == "2026-03-08T15:00:00+00:00"
     quiet_alerts = smart_alerts(db.session, tenant_id=quiet.id, zone=zone, now=NOW)
     assert [alert["type"] for alert in quiet_alerts] == ["all_clear"]
+
+
+def test_the_rollups_rule_out_a_product_sold_over_whatsapp(app, make_tenant, store_events):
+    """The rollups' pre-filter already drops a product sold over WhatsApp on a day wholly
+    inside the window (the raw events are then not read for it)."""
+    tenant, day = make_tenant(), timedelta(days=1)  # UTC: the days are NOW's dates
+    store_events(
+        tenant, [*viewers(11), ev("whatsapp_purchase", NOW - 3 * day, "v0", product_slug="tee")]
+    )
+    window = {"first": (NOW - 7 * day).date(), "last": NOW.date()}
+    inside = ((NOW - 6 * day).date(), (NOW - day).date())
+    found = store_rollups.maybe_popular_unbought(
+        db.session,
+        tenant_id=tenant.id,
+        **window,
+        whole_days=inside,
+        viewed="product_view",
+        bought=store_common.SALE_TYPES,
+        more_than=10,
+    )
+    assert found == []
+    unsold = store_rollups.maybe_popular_unbought(
+        db.session,
+        tenant_id=tenant.id,
+        **window,
+        whole_days=inside,
+        viewed="product_view",
+        bought=("purchase",),
+        more_than=10,
+    )
+    assert unsold == ["tee"]  # what a purchase-only filter would have left to the raw read
 
 
 def test_a_popular_product_is_named_as_in_the_catalogue(app, make_tenant, store_events):
@@ -1085,12 +1128,12 @@ def test_alert_severities_and_messages(app, make_tenant, store_events):
     ]
     TypeAdapter(list[Alert]).validate_python(alerts)  # the types and severities it documents
     assert [a["message"] for a in alerts] == [
-        "75.0% of checkouts in the last 24 hours ended without a purchase (3 of 4).",
+        "75.0% of checkouts in the last 24 hours ended without a sale (3 of 4).",
         "tee: viewed in 12 sessions in the last 7 days and never bought.",
         "Payment errors in the last hour: 2.",
         # a0..a5 added to the cart; the checkout sessions c0..c3 did not
         "6 sessions added to the cart in the last 6 hours without starting checkout.",
-        "Sessions with more than 15 events and no purchase in the last 24 hours: 1.",
+        "Sessions with more than 15 events and no sale in the last 24 hours: 1.",
     ]
 
 

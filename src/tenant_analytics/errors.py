@@ -144,12 +144,23 @@ def is_not_migrated(exc: SQLAlchemyError) -> bool:
     return "no such table" in said or "no such column" in said or "has no column named" in said
 
 
+# What a server that answers says of a connection it will not take from this role (its
+# FATAL line): a setting to fix, not an outage (too many clients, starting up).
+_REFUSALS = (
+    "does not exist",  # the role or the database
+    "authentication failed",  # password, scram, peer, ident
+    "no pg_hba.conf entry",
+    "is not permitted to log in",
+    "not allowed to connect",  # a database with ALLOW_CONNECTIONS false
+    "permission denied for database",  # no CONNECT privilege
+)
+
+
 def connection_failure(exc: SQLAlchemyError) -> str:
-    """A connection that failed, said as a command line says it: a server that answered
-    and refused (an unknown role or database, a wrong password: its "FATAL:") is not one
-    out of reach, and the driver's line says which."""
+    """A connection that failed, said as a command line says it: refused by a server that
+    answered (an unknown role or database, a wrong password), or out of reach."""
     line = driver_first_line(exc)
-    if "FATAL:" in line:
+    if "FATAL:" in line and any(reason in line for reason in _REFUSALS):
         return f"the database refused the connection: {line}"
     return f"cannot reach the database: {line}"
 

@@ -16,6 +16,7 @@ from ..catalogue import (
     CHECKOUT_STARTED,
     PAYMENT_ERROR,
     PRODUCT_VIEW,
+    WHATSAPP_CART_CLICK,
 )
 from ..models import Event, Product
 from ..timewindows import days_overlapping
@@ -23,7 +24,7 @@ from . import store_rollups
 from .common import Database, in_window
 from .store_common import (
     SALE_TYPES,
-    ends_in_a_sale,
+    is_a_sale,
     of_type,
     ranked,
     report_settings,
@@ -87,7 +88,7 @@ def unconverted_popular_products(
     if not candidates:
         return []
     purchased = select(Event.product_slug).where(
-        *in_window(tenant_id, start, end), ends_in_a_sale(), Event.product_slug.in_(candidates)
+        *in_window(tenant_id, start, end), is_a_sale(), Event.product_slug.in_(candidates)
     )
     views = sessions_by(
         Event.product_slug,
@@ -107,10 +108,12 @@ def unconverted_popular_products(
 def carts_without_checkout(
     conn: Database, *, tenant_id: int, start: datetime, end: datetime
 ) -> int:
-    """Sessions that added to the cart in [start, end) but started no checkout there."""
+    """Sessions that added to the cart in [start, end) but started no checkout there: no
+    checkout event, no tap on the WhatsApp buy button (a WhatsApp shop's checkout) and
+    no sale (a shop may send its purchases alone)."""
     checkouts = select(Event.session_id).where(
         *in_window(tenant_id, start, end),
-        Event.event_type.in_((BEGIN_CHECKOUT, CHECKOUT_STARTED)),
+        Event.event_type.in_((BEGIN_CHECKOUT, CHECKOUT_STARTED, WHATSAPP_CART_CLICK, *SALE_TYPES)),
         Event.session_id.is_not(None),
     )
     return (
@@ -132,7 +135,7 @@ def stuck_sessions(conn: Database, *, tenant_id: int, start: datetime, end: date
         select(Event.session_id)
         .where(*in_window(tenant_id, start, end), Event.session_id.is_not(None))
         .group_by(Event.session_id)
-        .having(func.count() > STUCK_EVENTS_ABOVE, func.count(case((ends_in_a_sale(), 1))) == 0)
+        .having(func.count() > STUCK_EVENTS_ABOVE, func.count(case((is_a_sale(), 1))) == 0)
         .subquery()
     )
     return conn.scalar(select(func.count()).select_from(stuck)) or 0
@@ -149,7 +152,7 @@ def _high_abandonment(
         return []
     message = (
         f"{checkout.rate}% of checkouts in {_the_last(ABANDONMENT_WINDOW)} ended without a "
-        f"purchase ({checkout.abandoned} of {checkout.checkouts})."
+        f"sale ({checkout.abandoned} of {checkout.checkouts})."
     )
     return [("high_abandonment", "critical", message)]
 
@@ -257,7 +260,7 @@ def _stuck_sessions(
     if not stuck:
         return []
     message = (
-        f"Sessions with more than {STUCK_EVENTS_ABOVE} events and no purchase "
+        f"Sessions with more than {STUCK_EVENTS_ABOVE} events and no sale "
         f"in {_the_last(STUCK_WINDOW)}: {stuck}."
     )
     return [("stuck_sessions", "info", message)]

@@ -132,12 +132,14 @@ def of_type(event_type: str) -> ColumnElement[bool]:
     return Event.event_type == event_type
 
 
-# A purchase, or a sale confirmed over WhatsApp: either ends a checkout, a session's
-# shopping or a product's views in a sale (only the first is revenue, as the documents say).
+# What ends a checkout, a session's shopping or a product's views in a sale, to the
+# abandonment rate and the alerts: a purchase, or a sale confirmed over WhatsApp (only
+# the first is revenue, as the documents define it).
 SALE_TYPES = (PURCHASE, WHATSAPP_PURCHASE)
 
 
-def ends_in_a_sale() -> ColumnElement[bool]:
+def is_a_sale() -> ColumnElement[bool]:
+    """The event is a purchase or a WhatsApp purchase (``SALE_TYPES``)."""
     return Event.event_type.in_(SALE_TYPES)
 
 

@@ -41,8 +41,8 @@ from .store_common import (
     IDENTIFIER,
     beside,
     by_code_point,
-    ends_in_a_sale,
     flag,
+    is_a_sale,
     of_type,
     percent,
     ranked,
@@ -364,7 +364,7 @@ def product_sales(
 
 
 def abandonment(conn: Database, *, tenant_id: int, start: datetime, end: datetime) -> Abandonment:
-    """Identifiers with a begin_checkout in [start, end), and those with no purchase there.
+    """Identifiers with a begin_checkout in [start, end), and those with no sale there.
 
     A checkout is bought by a purchase of its identifier or of its session: a shop that
     names its customer (``user_id``) on the purchase only, as RFM asks, has checked out
@@ -372,7 +372,7 @@ def abandonment(conn: Database, *, tenant_id: int, start: datetime, end: datetim
     confirmed over WhatsApp (``whatsapp_purchase``) ends a checkout as well: a shop that
     closes its orders there abandons none of them.
     """
-    purchases = (*in_window(tenant_id, start, end), ends_in_a_sale())
+    purchases = (*in_window(tenant_id, start, end), is_a_sale())
     # Joined, not IN (...): a hash join spills to disk where a hashed IN list that outgrew
     # its memory would be searched again for every checkout.
     buyers = select(IDENTIFIER.label("identifier")).where(*purchases).distinct().subquery()
