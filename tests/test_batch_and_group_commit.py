@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
+import psycopg2.errors
 import pytest
 from sqlalchemy import create_engine, event, func, make_url, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -943,6 +944,87 @@ def test_a_write_alone_whose_commit_reply_was_lost_is_a_503_saying_it_may_be_sto
         assert response.status_code == 503
         assert "may have been stored" in response.get_json()["message"]
         assert count_events(tenant_id) == 1
+
+
+def lose_track_of_the_transaction(connection) -> None:
+    """Leave ``connection`` as a statement timeout or a DBA's cancel landing just as COMMIT
+    starts leaves it: the server still in the transaction, aborted, while psycopg2 takes a
+    failed COMMIT as rolled back, so its own rollback afterwards sends nothing."""
+    raw = connection.connection.dbapi_connection
+    raw.autocommit = True  # the driver keeps no transaction of its own
+    with raw.cursor() as cursor:
+        cursor.execute("BEGIN")
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            cursor.execute("SELECT 1 / 0")
+    raw.autocommit = False
+
+
+def test_a_committer_connection_left_in_an_aborted_transaction_is_replaced(
+    app, make_tenant, is_postgres
+):
+    """Keyed events go through the committer's kept connection: left in an aborted
+    transaction, every later batch on it was refused (a 500 for each keyed event) until
+    traffic paused. The first refusal now drops it; as it surely wrote nothing, a batch's
+    jobs are written again one by one on a new connection, and a job alone is a 503."""
+    if not is_postgres:
+        pytest.skip("the lost transaction is psycopg2's and PostgreSQL's")
+    tenant = make_tenant()
+    info = TenantInfo.of(tenant)
+    committer = app.extensions["group_commit"]
+    assert commit_as_one_batch(committer, [keyed_pageview_job(info, "k0")]) == [1]
+    lose_track_of_the_transaction(committer._connection)
+    jobs = [keyed_pageview_job(info, "a"), keyed_pageview_job(info, "b")]
+    assert commit_as_one_batch(committer, jobs) == [1, 1]
+    lose_track_of_the_transaction(committer._connection)
+    client = app.test_client()
+    answers = [
+        client.post(
+            "/api/analytics/track",
+            json={"tenant_id": tenant.id, "event_type": "pageview", "idempotency_key": key},
+        )
+        for key in ("k1", "k2", "k3")
+    ]
+    assert [answer.status_code for answer in answers] == [503, 201, 201]
+    assert answers[0].get_json()["error"] == "unavailable"
+    assert "retry shortly" in answers[0].get_json()["message"]  # surely not stored
+    assert count_events(tenant.id) == 5
+
+
+def test_a_pooled_connection_left_in_an_aborted_transaction_is_replaced(
+    make_app, make_tenant, is_postgres
+):
+    """The same state on a connection back in the pool: its check-out ping is refused, which
+    now reads as a dead connection, so the request gets a new one instead of a 500."""
+    if not is_postgres:
+        pytest.skip("the lost transaction is psycopg2's and PostgreSQL's")
+    app = make_app(GROUP_COMMIT=False)
+    with app.app_context():
+        tenant_id = make_tenant().id
+        db.session.remove()
+        db.engine.dispose()  # the one pooled connection is the one left aborted
+        with db.engine.connect() as connection:
+            lose_track_of_the_transaction(connection)
+        response = app.test_client().post(
+            "/api/analytics/track",
+            json={"tenant_id": tenant_id, "event_type": "pageview", "idempotency_key": "k"},
+        )
+        assert response.status_code == 201
+        assert count_events(tenant_id) == 1
+
+
+def test_a_failed_commit_drops_its_connection(app, is_postgres):
+    """After COMMIT raised, psycopg2 holds the transaction ended, whatever the server did
+    with it: the connection is not used again."""
+    if not is_postgres:
+        pytest.skip("the lost transaction is psycopg2's and PostgreSQL's")
+    with db.engine.connect() as connection:
+        connection.exec_driver_sql(
+            "CREATE TEMP TABLE once (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)"
+        )
+        connection.exec_driver_sql("INSERT INTO once VALUES (1), (1)")  # refused at COMMIT
+        with pytest.raises(IntegrityError) as refused:
+            connection.commit()
+    assert refused.value.connection_invalidated
 
 
 def test_writes_resume_once_the_database_takes_connections_again(

@@ -21,7 +21,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
 from .extensions import db
-from .ingestion import READ_ONLY_STATE, CommitTimeout, CommitUncertain, TenantBusy, is_read_only
+from .ingestion import (
+    IN_FAILED_TRANSACTION_STATE,
+    READ_ONLY_STATE,
+    CommitTimeout,
+    CommitUncertain,
+    TenantBusy,
+    is_read_only,
+)
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -349,13 +356,29 @@ def log_not_recorded(logger: logging.Logger, what: str, exc: BaseException) -> N
         )
 
 
-def _read_only_ends_the_connections(context: Any) -> None:
-    """A read-only server keeps refusing writes on its sessions (a standby after a
-    failover; default_transaction_read_only holds for a session's life): taken as a
-    disconnect, which drops the connection and every other the pool holds, so the next
-    ones reach the new primary, or find the setting lifted."""
-    if getattr(context.original_exception, "pgcode", None) == READ_ONLY_STATE:
+def _drop_connections_not_to_be_trusted(context: Any) -> None:
+    """Errors after which a PostgreSQL connection is taken as a disconnect.
+
+    A read-only server keeps refusing writes on its sessions (a standby after a failover;
+    default_transaction_read_only holds for a session's life): that connection and every
+    other the pool holds are dropped, so the next ones reach the new primary, or find the
+    setting lifted.
+
+    A COMMIT or ROLLBACK that raised leaves psycopg2 sure the transaction ended, but a
+    cancel (a statement timeout, a DBA's) that lands as COMMIT starts leaves it open and
+    aborted on the server; the driver's rollback then sends nothing, and every later
+    statement on the session is refused with 25P02. Such a connection alone is dropped.
+    """
+    if context.dialect.name != "postgresql":
+        return
+    state = getattr(context.original_exception, "pgcode", None)
+    if state == READ_ONLY_STATE:
         context.is_disconnect = True
+    elif state == IN_FAILED_TRANSACTION_STATE or (
+        context.connection is not None and context.statement is None  # COMMIT, ROLLBACK
+    ):
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -364,7 +387,7 @@ def register_error_handlers(app: Flask) -> None:
     outage_lines = app.extensions["outage_lines"] = OnceAMinute()
     with app.app_context():  # a connection handed out answered (the pool pings it first)
         event.listen(db.engine, "checkout", lambda *_: outage_lines.answered())
-        event.listen(db.engine, "handle_error", _read_only_ends_the_connections)
+        event.listen(db.engine, "handle_error", _drop_connections_not_to_be_trusted)
 
     # Registered after Flask-SQLAlchemy's, so run before it (last registered, first run).
     @app.teardown_appcontext
@@ -447,6 +470,9 @@ def register_error_handlers(app: Flask) -> None:
             return unavailable(NOT_READY)
         if is_outage(exc):  # read-only: a standby after a failover, a full disk's guard
             say_database_problem(exc)
+            return unavailable("The service is temporarily unavailable; retry shortly.")
+        if getattr(exc, "connection_invalidated", False):  # see the handle_error listener
+            log.warning("a connection not to be trusted was dropped: %s", driver_first_line(exc))
             return unavailable("The service is temporarily unavailable; retry shortly.")
         if names_a_missing_row(exc):
             # The tenant was deleted while this process still had it cached (`tenant

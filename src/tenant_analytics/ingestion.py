@@ -73,12 +73,26 @@ def is_read_only(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and getattr(error.orig, "pgcode", None) == READ_ONLY_STATE
 
 
+# in_failed_sql_transaction: the session's transaction was already aborted on the server.
+IN_FAILED_TRANSACTION_STATE = "25P02"
+
+
+def found_transaction_aborted(error: BaseException) -> bool:
+    """Whether the database refused ``error``'s statement for a transaction it had
+    already aborted: one the driver had lost track of (see errors.register_error_handlers)."""
+    return (
+        isinstance(error, DBAPIError)
+        and getattr(error.orig, "pgcode", None) == IN_FAILED_TRANSACTION_STATE
+    )
+
+
 def reported_by_live_database(error: BaseException) -> bool:
     """True when the database itself reported ``error`` on a connection still there: the
     transaction aborted, nothing of it was committed. A lost connection may have lost
-    the reply to a COMMIT the server carried out; a read-only refusal wrote nothing,
-    though its connection is dropped (see errors.register_error_handlers)."""
-    if is_read_only(error):
+    the reply to a COMMIT the server carried out; a read-only refusal or one in an
+    aborted transaction wrote nothing, though its connection is dropped (see
+    errors.register_error_handlers)."""
+    if is_read_only(error) or found_transaction_aborted(error):
         return True
     if not isinstance(error, DBAPIError) or error.connection_invalidated:
         return False
