@@ -242,6 +242,21 @@ def test_taps_are_recorded_by_type(landing, make_tenant):
     assert types(events)["pageview"] == 1  # data-ta-event="pageview" is no tap
 
 
+def test_a_long_location_is_cut_to_100_characters_never_inside_one(landing, make_tenant):
+    """An emoji is two UTF-16 units: cut between them, the label would be invalid Unicode
+    and the API would refuse the tap (422)."""
+    tenant = make_tenant()
+    label = "x" * 99 + "\U0001f35e" + "y" * 20  # the bread emoji is the 100th character
+    landing.open(
+        tenant.id, f'<section data-ta-location="{label}"><a id="call" href="tel:+504">Llamar</a>'
+    )
+    landing.click("call")
+    events = events_when(tenant.id, lambda events: any_of(events, "click_call"))
+    (tap,) = [event for event in events if event.event_type == "click_call"]
+    assert tap.metadata_ == {"button_location": label[:100]}
+    assert landing.errors() == []
+
+
 def test_time_on_page_is_the_visible_time(landing, make_tenant):
     tenant = make_tenant()
     landing.open(tenant.id)

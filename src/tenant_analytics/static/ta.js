@@ -164,7 +164,9 @@
     const metadata = {};
     const productId = positiveInteger(nearest(path, at, "data-ta-product-id"));
     if (type === "product_click" && productId) metadata.product_id = productId;
-    const location = (nearest(path, at, "data-ta-location") || "").trim().slice(0, 100);
+    // Cut by characters, not UTF-16 units: half an emoji is invalid Unicode, a 422.
+    const label = (nearest(path, at, "data-ta-location") || "").trim();
+    const location = Array.from(label).slice(0, 100).join("");
     if (location) metadata.button_location = location;
     return metadata;
   }
