@@ -494,57 +494,97 @@ def test_interactions_answer_202_with_the_database_away_and_an_address_share(app
     assert not limiter._storage_dead
 
 
-@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
-def test_sign_in_counts_in_redis_again_as_soon_as_it_answers(
-    make_app, make_tenant, make_user, tmp_path
-):
-    """After an outage flask-limiter looks for its storage again only after a backoff (1,
-    2, 4… up to 32 s), and meanwhile counted sign-in guesses in each process's memory:
-    sign-in, which asks the storage itself, goes back to it at once. (A Redis of the
-    test's own, stopped and started again.)"""
-    port = free_port()
-    storage = redis.Redis(port=port, socket_timeout=1)
+class OwnRedis:
+    """A redis-server of the test's own, to stop and start again."""
 
-    def start_redis() -> subprocess.Popen:
-        server = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+    def __init__(self, directory) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis(port=self.port, socket_timeout=1)
+        self.directory = directory
+        self.server: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.server = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--save", "", "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while True:
             try:
-                storage.ping()
-                return server
+                self.client.ping()
+                return
             except redis.ConnectionError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    server.kill()  # not left running for the tests after this one
-                    server.wait()
+                if time.monotonic() > deadline or self.server.poll() is not None:
+                    self.stop()  # not left running for the tests after this one
                     raise AssertionError("redis-server did not start") from None
                 time.sleep(0.05)
 
-    server = start_redis()
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait()
+            self.server = None
+
+
+@pytest.fixture
+def own_redis(tmp_path, make_app):
+    if not shutil.which("redis-server"):
+        pytest.skip("needs redis-server")
+    server = OwnRedis(tmp_path)
+    server.start()
     try:
-        app = make_app(
-            RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{port}/0", LOGIN_RATE_LIMIT="3 per minute"
-        )
-        with app.app_context():
-            tenant_id = make_tenant().id
-            email = make_user(password="right-password").email
-        client = app.test_client()
-        server.terminate()
-        server.wait()
-        assert [track(client, tenant_id).status_code for _ in range(3)] == [201] * 3
-        assert limiter._storage_dead  # counting in memory, and just looked for Redis
-        server = start_redis()
-        guess = {"email": email, "password": "wrong-guess"}
-        statuses = [client.post("/api/auth/login", json=guess).status_code for _ in range(4)]
-        assert statuses == [401, 401, 401, 429]
-        assert not limiter._storage_dead
-        assert storage.keys("*login:*")  # where every process counts, not this one's memory
+        yield server
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
         make_app()  # the limiter (one per process) counts in a working storage again
+
+
+def test_sign_in_counts_in_redis_again_as_soon_as_it_answers(
+    make_app, make_tenant, make_user, own_redis
+):
+    """After an outage flask-limiter looks for its storage again only after a backoff (1,
+    2, 4… up to 32 s), and meanwhile counted sign-in guesses in each process's memory:
+    sign-in, which asks the storage itself, goes back to it at once."""
+    app = make_app(RATELIMIT_STORAGE_URI=own_redis.url, LOGIN_RATE_LIMIT="3 per minute")
+    with app.app_context():
+        tenant_id = make_tenant().id
+        email = make_user(password="right-password").email
+    client = app.test_client()
+    own_redis.stop()
+    assert [track(client, tenant_id).status_code for _ in range(3)] == [201] * 3
+    assert limiter._storage_dead  # counting in memory, and just looked for Redis
+    own_redis.start()
+    guess = {"email": email, "password": "wrong-guess"}
+    statuses = [client.post("/api/auth/login", json=guess).status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    assert not limiter._storage_dead
+    assert own_redis.client.keys("*login:*")  # where every process counts, not its memory
+
+
+def test_the_storage_found_back_by_flask_limiter_is_said_once(
+    make_app, make_tenant, own_redis, caplog
+):
+    """A process that said it counts in memory says when it counts in Redis again, also
+    when flask-limiter, not the health check or sign-in, found Redis back."""
+    app = make_app(RATELIMIT_STORAGE_URI=own_redis.url)
+    with app.app_context():
+        tenant_id = make_tenant().id
+    client = app.test_client()
+    own_redis.stop()
+    with caplog.at_level(logging.WARNING):
+        assert track(client, tenant_id).status_code == 201
+        assert limiter._storage_dead
+        own_redis.start()
+        deadline = time.monotonic() + 10  # flask-limiter's backoff: 1 s, then 2 s
+        while limiter._storage_dead:
+            assert time.monotonic() < deadline, "flask-limiter did not find Redis back"
+            assert track(client, tenant_id).status_code == 201
+            time.sleep(0.2)
+        for _ in range(3):
+            assert track(client, tenant_id).status_code == 201
+    back = [r.getMessage() for r in caplog.records if "answers again" in r.getMessage()]
+    assert back == ["the limiter's storage answers again: counting in it"]
 
 
 def test_a_flood_from_one_address_costs_the_tenants_bucket_only_its_share(make_app, make_tenant):

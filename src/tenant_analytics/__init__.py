@@ -115,7 +115,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .auth import canonical_bearer_scheme, register_jwt_callbacks, uncached_private_answers
     from .cli import register_commands
     from .errors import register_error_handlers
-    from .ratelimits import quiet_storage_failures, rate_limit_headers
+    from .ratelimits import quiet_storage_failures, rate_limit_headers, say_when_the_storage_is_back
 
     app.request_class = WholeBodyRequest
     register_error_handlers(app)
@@ -123,6 +123,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(refuse_encoded_bodies)
     app.before_request(read_the_body_first)
     app.after_request(rate_limit_headers)
+    app.after_request(say_when_the_storage_is_back)
     quiet_storage_failures()
     app.after_request(uncached_private_answers)
     app.after_request(not_sniffed)

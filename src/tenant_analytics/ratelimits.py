@@ -207,6 +207,17 @@ def _counted(hit: Callable[[RateLimiter], Any]) -> Any:
         return hit(limiter.limiter)
 
 
+def say_when_the_storage_is_back(response: Response) -> Response:
+    """After each request: the storage's outage was said, so is its end, whoever found
+    the storage back (flask-limiter does on its own schedule, and says so at INFO only)."""
+    counting_in_memory = bool(limiter._storage_dead)
+    # The app's, as the limiter's state: init_app starts both afresh.
+    if current_app.extensions.get("limiter_counted_in_memory") and not counting_in_memory:
+        log.warning("the limiter's storage answers again: counting in it")
+    current_app.extensions["limiter_counted_in_memory"] = counting_in_memory
+    return response
+
+
 # How often the health check asks a storage found dead whether it answers again.
 STORAGE_RECHECK_SECONDS = 30.0
 _storage_asked_at = -math.inf
@@ -223,9 +234,7 @@ def limiter_storage_answers() -> bool:
         return False
     _storage_asked_at = now
     if limiter.storage.check():
-        if limiter._storage_dead:
-            log.warning("the limiter's storage answers again: counting there")
-            limiter._storage_dead = False
+        limiter._storage_dead = False  # said by say_when_the_storage_is_back
         return True
     if limiter._fallback_limiter is not None and not limiter._storage_dead:
         _storage_found_dead()
@@ -411,11 +420,9 @@ def counted_or_503(limited: View) -> View:
                 "sign-in refused: the limiter's storage did not answer", log, logging.WARNING
             )
             return unavailable("Sign-in is unavailable for a moment; retry shortly.", retry_after=5)
-        if limiter._storage_dead:
-            # flask-limiter looks for its storage again only after a backoff (up to 32 s):
-            # until then this process would count guesses in its own memory.
-            limiter._storage_dead = False
-            log.warning("the limiter's storage answers again: counting in it")
+        # flask-limiter looks for its storage again only after a backoff (up to 32 s):
+        # until then this process would count guesses in its own memory.
+        limiter._storage_dead = False  # said by say_when_the_storage_is_back
         return limited(*args, **kwargs)
 
     return checked  # type: ignore[return-value]
