@@ -37,7 +37,7 @@ from tenant_analytics.postgres_writer import STATEMENTS
 from tenant_analytics.rollups import NEW_SESSION, ROLLUP_LOCK, TenantInfo, rebuild_rollups
 
 from .conftest import TEST_HASH_KEY, TEST_JWT_KEY, read_only_url, sessions_gone
-from .servers import gunicorn
+from .servers import gunicorn, post
 
 
 def count_events(tenant_id: int) -> int:
@@ -228,6 +228,53 @@ def test_a_chunked_body_over_the_limit_is_413_not_cut(migrated, make_tenant, tmp
         assert count_events(tenant_id) == 0
         assert post_chunked(port, MAX_CONTENT_LENGTH) == 201
         assert count_events(tenant_id) == 1
+
+
+@pytest.mark.parametrize("worker", ["gevent", "sync"])
+def test_a_body_that_stops_arriving_is_a_408_that_frees_the_worker(
+    migrated, make_tenant, tmp_path, worker
+):
+    """A client that sends half a body and then nothing (a phone losing signal) held its
+    worker until the client left: no answer, and a stop or reload waited the whole
+    graceful timeout for it. It now hears 408 once the body pauses too long; the
+    conversion beacon, never refused, its usual 200 "skipped"."""
+    tenant_id = make_tenant().id
+    env = {
+        **os.environ,
+        "DATABASE_URL": migrated,
+        "RATELIMIT_STORAGE_URI": "memory://",
+        "VISITOR_HASH_KEY": TEST_HASH_KEY,
+        "JWT_SECRET_KEY": TEST_JWT_KEY,
+        "BODY_READ_TIMEOUT_SECONDS": "1",
+    }
+    body = json.dumps({"tenant_id": tenant_id, "event_type": "pageview"}).encode()
+
+    def half_sent(port: int, path: str) -> tuple[bytes, dict]:
+        """Headers and ten bytes of the body, then nothing: the answer's head and JSON."""
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            stalled.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[:10]
+            )
+            answer = b""
+            while chunk := stalled.recv(65_536):  # to the end: the server closes it
+                answer += chunk
+        finally:
+            stalled.close()
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        return head, json.loads(payload)
+
+    settings = ["--workers", "1", "--worker-class", worker, "--graceful-timeout", "100"]
+    with gunicorn(settings, env, tmp_path / "gunicorn.log") as port:
+        head, answer = half_sent(port, "/api/analytics/track")
+        assert head.startswith(b"HTTP/1.1 408") and answer["error"] == "request_timeout"
+        assert b"\nX-RateLimit-Limit:" not in head  # refused before the bucket was counted
+        head, answer = half_sent(port, "/api/v1/analytics/conversion")
+        assert head.startswith(b"HTTP/1.1 200") and answer["status"] == "skipped"
+        assert post(port, "/api/analytics/track", json.loads(body)) == 201
+    assert count_events(tenant_id) == 1
 
 
 def test_a_broken_or_cut_short_body_is_a_400_on_every_public_endpoint(

@@ -201,6 +201,9 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_CONNECT_TIMEOUT": _int(env, "DATABASE_CONNECT_TIMEOUT", 10, 1),
         "WRITE_LOCK_TIMEOUT_SECONDS": _int(env, "WRITE_LOCK_TIMEOUT_MS", 2000, 1) / 1000,
         "TENANT_CACHE_SECONDS": _int(env, "TENANT_CACHE_SECONDS", 10),
+        # Under gunicorn: the longest a body may pause (a phone losing signal mid-upload);
+        # gunicorn sets none, and such a client held its worker's stop or reload for good.
+        "BODY_READ_TIMEOUT_SECONDS": _int(env, "BODY_READ_TIMEOUT_SECONDS", 20, 1),
         "IDEMPOTENCY_WINDOW_SECONDS": _int(env, "IDEMPOTENCY_WINDOW_SECONDS", 5),
         "INTERACTION_MIN_SECONDS": _int(env, "INTERACTION_MIN_MS", 15) / 1000,
         "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),

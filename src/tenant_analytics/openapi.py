@@ -34,6 +34,7 @@ ERRORS = {
     401: "No valid token (WWW-Authenticate says why)",
     404: "No such resource, or another tenant's",
     409: "Conflict",
+    408: "The body stopped arriving (BODY_READ_TIMEOUT_SECONDS without a byte, under gunicorn)",
     413: "Body too large",
     415: "A compressed body (Content-Encoding): send it as it is",
     422: "Invalid body or parameters; errors names each field",
@@ -371,8 +372,8 @@ def _summary(docstring: str | None) -> str:
 
 def _answers(endpoint: str, method: str, operation: Operation) -> dict[int, str]:
     """The operation's own answers and those every endpoint of its kind can give: a
-    compressed body (refused on every route, body or not), a body too large or cut
-    short (read on every POST, PATCH and PUT before its handler), and the database away
+    compressed body (refused on every route, body or not), a body too large, cut short
+    or stalled (read on every POST, PATCH and PUT before its handler), and the database away
     (the beacon answers 200 to all)."""
     if endpoint in NEVER_REFUSED:
         return operation.answers
@@ -380,7 +381,7 @@ def _answers(endpoint: str, method: str, operation: Operation) -> dict[int, str]
     if operation.unavailable:
         common |= {503: ERRORS[503]}
     if operation.body is not None or method in BODY_METHODS:
-        common |= {400: ERRORS[400], 413: ERRORS[413]}
+        common |= {400: ERRORS[400], 408: ERRORS[408], 413: ERRORS[413]}
     return common | operation.answers
 
 
@@ -411,9 +412,10 @@ def _answer(
 ) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": description}
     headers = STATUS_HEADERS.get(status, operation.headers if status < 300 else {})
-    # Answers given before the bucket is counted have none: a body cut short (400) or
-    # encoded (415), refused before any view; an owner's missing or bad token (401).
-    counted = status not in (400, 415) and not (operation.owner and status == 401)
+    # Answers given before the bucket is counted have none: a body cut short (400),
+    # stalled (408) or encoded (415), refused before any view; an owner's missing or bad
+    # token (401).
+    counted = status not in (400, 408, 415) and not (operation.owner and status == 401)
     if operation.client_limited and counted:
         headers = {**headers, **CLIENT_LIMIT_HEADERS}
     if headers:

@@ -11,7 +11,7 @@ from flask_jwt_extended import current_user
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge, RequestTimeout
 
 from .errors import ApiError, tenant_unavailable
 from .extensions import db
@@ -93,8 +93,8 @@ def request_body() -> dict[str, Any] | None:
         body = request.get_json(force=True, silent=True)
     except RecursionError:  # "[[[[..." a few thousand deep: not a body we take
         return None
-    except (RequestEntityTooLarge, ClientDisconnected):
-        # The view answers it (413, 400). Raised into a rate limit's key function, it
+    except (RequestEntityTooLarge, ClientDisconnected, RequestTimeout):
+        # The view answers it (413, 400, 408). Raised into a rate limit's key function, it
         # would be taken for the limiter's storage failing: every limit of the process
         # counted in memory for a moment, sign-in's included.
         return None

@@ -4,13 +4,15 @@ of compressed bodies, the parsed body, the client's identity and the ingestion c
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from typing import TypeVar
 
 from flask import Request, current_app, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge, RequestTimeout
 from werkzeug.wsgi import LimitedStream
 
 from ..config import BODY_MAX_BYTES
@@ -34,16 +36,21 @@ class WholeBodyRequest(Request):
 
     _over_limit: bool | None = None  # None until a read reached the limit and looked past it
     _unreadable = False  # a read of the body failed: every later one fails the same way
+    _paused_too_long = False  # that way being a 408, not a 400
 
     def get_data(  # type: ignore[override]
         self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
     ) -> bytes | str:
         if self._unreadable:
-            raise _cut_short()
+            raise _paused_too_long() if self._paused_too_long else _cut_short()
         try:
-            data = super().get_data(cache=cache, parse_form_data=parse_form_data)
+            with self._pauses_bounded():
+                data = super().get_data(cache=cache, parse_form_data=parse_form_data)
         except RequestEntityTooLarge:
             raise
+        except _BodyPausedTooLong:
+            self._unreadable = self._paused_too_long = True
+            raise _paused_too_long() from None
         except Exception:
             # A client gone (Werkzeug's ClientDisconnected), or the server's own error for
             # a body it could not frame: gunicorn raises InvalidChunkSize, which unnamed
@@ -62,6 +69,28 @@ class WholeBodyRequest(Request):
             raise RequestEntityTooLarge()
         return data.decode(errors="replace") if as_text else data  # as Werkzeug decodes
 
+    @contextmanager
+    def _pauses_bounded(self) -> Iterator[None]:
+        """Under gunicorn, a read of the body that waits BODY_READ_TIMEOUT_SECONDS for
+        the next byte gives up (raising _BodyPausedTooLong). The connection's reading end
+        is then shut, so gunicorn, which reads out the rest before closing, does not wait."""
+        connection = self.environ.get("gunicorn.socket")
+        if connection is None:  # another server (Flask's own), or a test client
+            yield
+            return
+        before = connection.gettimeout()
+        connection.settimeout(current_app.config["BODY_READ_TIMEOUT_SECONDS"])
+        try:
+            yield
+        except Exception as error:
+            if not _timed_out(error):
+                raise
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RD)
+            raise _BodyPausedTooLong() from error
+        finally:
+            connection.settimeout(before)
+
     def _read_to_the_limit(self) -> bool:
         stream = self.stream
         # A Content-Length over the limit is refused before any read; one within it is read
@@ -76,10 +105,34 @@ class WholeBodyRequest(Request):
         """Whether the body goes on past the limit: the server ends a chunked body
         (wsgi.input_terminated), so one byte more is too many."""
         try:
-            return bool(self.environ["wsgi.input"].read(1))
+            with self._pauses_bounded():
+                return bool(self.environ["wsgi.input"].read(1))
+        except _BodyPausedTooLong:
+            self._unreadable = self._paused_too_long = True
+            raise _paused_too_long() from None
         except Exception:  # a chunk the server could not read (see get_data)
             self._unreadable = True
             raise _cut_short() from None
+
+
+class _BodyPausedTooLong(Exception):
+    """No byte of the body came within BODY_READ_TIMEOUT_SECONDS."""
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether a socket timeout is behind ``error`` (the server or Werkzeug may wrap it)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _paused_too_long() -> RequestTimeout:
+    """A 408 for a body that stopped arriving."""
+    seconds = current_app.config["BODY_READ_TIMEOUT_SECONDS"]
+    return RequestTimeout(f"The body stopped arriving: nothing of it came for {seconds} s.")
 
 
 def _cut_short() -> ClientDisconnected:
