@@ -30,7 +30,14 @@ from tenant_analytics.group_commit import (
     GroupCommitter,
     _Pending,
 )
-from tenant_analytics.ingestion import ClientInfo, IngestJob, NewEvent, TenantBusy, is_read_only
+from tenant_analytics.ingestion import (
+    ClientInfo,
+    IngestJob,
+    NewEvent,
+    TenantBusy,
+    is_read_only,
+    reported_by_live_database,
+)
 from tenant_analytics.models import Event, Tenant, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS
 from tenant_analytics.postgres_writer import STATEMENTS
@@ -1072,6 +1079,38 @@ def test_a_failed_commit_drops_its_connection(app, is_postgres):
         with pytest.raises(IntegrityError) as refused:
             connection.commit()
     assert refused.value.connection_invalidated
+    assert reported_by_live_database(refused.value)  # the server's ERROR: nothing committed
+
+
+def test_a_batch_whose_commit_the_server_refused_is_written_again_job_by_job(
+    app, make_tenant, is_postgres
+):
+    """An ERROR in reply to COMMIT (a cancel, a deferred constraint) means nothing was
+    committed, though the connection is dropped: the jobs are each written again, not
+    failed as may-have-been-stored."""
+    if not is_postgres:
+        pytest.skip("the lost transaction is psycopg2's and PostgreSQL's")
+    info = TenantInfo.of(make_tenant())
+    committer = app.extensions["group_commit"]
+    assert commit_as_one_batch(committer, [keyed_pageview_job(info, "k0")]) == [1]
+    refusals = []
+
+    def refused_at_commit_once(connection) -> None:
+        if refusals:
+            return
+        refusals.append(connection)
+        with connection.connection.dbapi_connection.cursor() as cursor:
+            cursor.execute("CREATE TEMP TABLE once (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+            cursor.execute("INSERT INTO once VALUES (1), (1)")  # refused at COMMIT
+
+    event.listen(db.engine, "commit", refused_at_commit_once)
+    try:
+        jobs = [keyed_pageview_job(info, "a"), keyed_pageview_job(info, "b")]
+        assert commit_as_one_batch(committer, jobs) == [1, 1]
+    finally:
+        event.remove(db.engine, "commit", refused_at_commit_once)
+    assert refusals[0].closed and committer._connection is not refusals[0]  # dropped
+    assert count_events(info.id) == 3
 
 
 def test_writes_resume_once_the_database_takes_connections_again(

@@ -367,10 +367,12 @@ def _drop_connections_not_to_be_trusted(context: Any) -> None:
     A COMMIT or ROLLBACK that raised leaves psycopg2 sure the transaction ended, but a
     cancel (a statement timeout, a DBA's) that lands as COMMIT starts leaves it open and
     aborted on the server; the driver's rollback then sends nothing, and every later
-    statement on the session is refused with 25P02. Such a connection alone is dropped.
+    statement on the session is refused with 25P02. Such a connection alone is dropped;
+    an error the server reported on it is marked so (it still wrote nothing).
     """
-    if context.dialect.name != "postgresql":
-        return
+    error = context.sqlalchemy_exception
+    if context.dialect.name != "postgresql" or error is None or context.is_disconnect:
+        return  # not the driver's error, or a disconnect SQLAlchemy handles as its own
     state = getattr(context.original_exception, "pgcode", None)
     if state == READ_ONLY_STATE:
         context.is_disconnect = True
@@ -379,6 +381,7 @@ def _drop_connections_not_to_be_trusted(context: Any) -> None:
     ):
         context.is_disconnect = True
         context.invalidate_pool_on_disconnect = False
+        error.dropped_while_live = state is not None  # see ingestion.dropped_while_live
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -77,24 +77,23 @@ def is_read_only(error: BaseException) -> bool:
 IN_FAILED_TRANSACTION_STATE = "25P02"
 
 
-def found_transaction_aborted(error: BaseException) -> bool:
-    """Whether the database refused ``error``'s statement for a transaction it had
-    already aborted: one the driver had lost track of (see errors.register_error_handlers)."""
-    return (
-        isinstance(error, DBAPIError)
-        and getattr(error.orig, "pgcode", None) == IN_FAILED_TRANSACTION_STATE
-    )
+def dropped_while_live(error: DBAPIError) -> bool:
+    """Whether the server reported ``error`` on a live connection which the app then
+    dropped all the same (errors._drop_connections_not_to_be_trusted marks them)."""
+    return getattr(error, "dropped_while_live", False)
 
 
 def reported_by_live_database(error: BaseException) -> bool:
     """True when the database itself reported ``error`` on a connection still there: the
-    transaction aborted, nothing of it was committed. A lost connection may have lost
-    the reply to a COMMIT the server carried out; a read-only refusal or one in an
-    aborted transaction wrote nothing, though its connection is dropped (see
-    errors.register_error_handlers)."""
-    if is_read_only(error) or found_transaction_aborted(error):
+    transaction aborted, nothing of it was committed (an ERROR in reply to COMMIT too:
+    a commit that took effect never ends in one). A lost connection may have lost the
+    reply to a COMMIT the server carried out; a read-only refusal wrote nothing, though
+    its connection is dropped (see errors.register_error_handlers)."""
+    if is_read_only(error):
         return True
-    if not isinstance(error, DBAPIError) or error.connection_invalidated:
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated and not dropped_while_live(error):
         return False
     if isinstance(error.orig, sqlite3.Error):  # a file on this host: no reply to lose
         return True

@@ -72,8 +72,8 @@ class WholeBodyRequest(Request):
     @contextmanager
     def _pauses_bounded(self) -> Iterator[None]:
         """Under gunicorn, a read of the body that waits BODY_READ_TIMEOUT_SECONDS for
-        the next byte gives up (raising _BodyPausedTooLong). The connection's reading end
-        is then shut, so gunicorn, which reads out the rest before closing, does not wait."""
+        the next byte gives up (raising _BodyPausedTooLong), and so does whatever reads
+        the connection after it: gunicorn reads out the rest of a body before closing."""
         connection = self.environ.get("gunicorn.socket")
         if connection is None:  # another server (Flask's own), or a test client
             yield
@@ -84,11 +84,15 @@ class WholeBodyRequest(Request):
             yield
         except Exception as error:
             if not _timed_out(error):
+                connection.settimeout(before)
                 raise
-            with suppress(OSError):
-                connection.shutdown(socket.SHUT_RD)
+            # The timeout stays: whatever reads on (gunicorn) gives up as soon. A TLS
+            # socket (gunicorn's own --certfile) shut would send the 408 unencrypted.
+            if not hasattr(connection, "getpeercert"):
+                with suppress(OSError):
+                    connection.shutdown(socket.SHUT_RD)
             raise _BodyPausedTooLong() from error
-        finally:
+        else:
             connection.settimeout(before)
 
     def _read_to_the_limit(self) -> bool:
