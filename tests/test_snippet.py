@@ -252,12 +252,13 @@ def test_a_long_location_is_cut_to_100_characters_never_inside_one(landing, make
         f'<section data-ta-location="{label}">'
         '<button id="toggle" data-ta-event="click_toggle_currency">USD</button></section>',
     )
-    # Headless Chromium sometimes drops a click sent the moment the page has loaded.
     events_when(tenant.id, lambda events: any_of(events, "pageview"))
-    landing.click("toggle")
+    # The element's own click(): in 1 run of 6 headless Chromium dropped every WebDriver
+    # click on this page, with no error and no beacon sent.
+    landing.driver.execute_script("document.getElementById('toggle').click()")
     events = events_when(tenant.id, lambda events: any_of(events, "click_toggle_currency"))
-    (tap,) = [event for event in events if event.event_type == "click_toggle_currency"]
-    assert tap.metadata_ == {"button_location": label[:100]}
+    taps = [event.metadata_ for event in events if event.event_type == "click_toggle_currency"]
+    assert taps == [{"button_location": label[:100]}]
     assert landing.errors() == []
 
 
