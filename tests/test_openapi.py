@@ -6,12 +6,16 @@ import time
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, get_args
+from urllib.parse import urljoin
 from zoneinfo import ZoneInfo
 
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 from openapi_spec_validator import validate
 from sqlalchemy import select
+from werkzeug.exceptions import NotFound
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client
 
 from tenant_analytics import openapi
 from tenant_analytics.catalogue import FUNNEL_STEPS
@@ -44,6 +48,17 @@ def test_the_servers_address_points_to_the_document_health_and_demo(client, make
     assert "demo" not in production  # no demo page there
 
 
+def test_the_servers_address_is_the_apps_root_under_a_path_too(app):
+    """A generated client joins each path to `servers` resolved against where it fetched
+    the document: the app's root, here under /stats (not the host's, which has no API)."""
+    client = Client(DispatcherMiddleware(NotFound(), {"/stats": app}))
+    fetched = "http://localhost/stats/api/openapi.json"
+    document = client.get(fetched).json
+    root = urljoin(fetched, document["servers"][0]["url"]).rstrip("/")
+    assert root == "http://localhost/stats"
+    assert client.get(root + "/api/health").status_code == 200
+
+
 def test_every_route_and_method_is_documented(app, document):
     documented = {
         (path, method.upper()) for path, item in document["paths"].items() for method in item
@@ -71,7 +86,6 @@ def test_owner_endpoints_ask_for_a_token_and_tracking_does_not(document):
     # Public ones say so (no security at all reads as "not described" to linters).
     assert paths["/api/analytics/track"]["post"]["security"] == []
     assert paths["/q/{slug}"]["get"]["security"] == []
-    assert document["servers"] == [{"url": "/"}]  # relative: a base URL set by no one
 
 
 def test_body_schemas_are_what_the_api_accepts(client, make_tenant, document):
@@ -133,6 +147,18 @@ def test_what_a_body_schema_allows_the_api_takes_and_what_it_refuses_the_api_ref
             {**beacon, "timestamp": unix_now},
             200,
         ),
+        (
+            "ConversionBeacon",
+            "/api/v1/analytics/conversion",
+            {**beacon, "timestamp": unix_now * 1000},  # JavaScript's Date.now()
+            200,
+        ),
+        # A currency code in any case: stored upper-cased. XXX is no money's code.
+        ("ConversionBeacon", "/api/v1/analytics/conversion", {**beacon, "currency": "usd"}, 200),
+        ("TrackEvent", "/api/analytics/track", {**track, "price": 5, "currency": "Usd"}, 201),
+        ("TenantUpdate", f"/api/tenants/{tenant.id}", {"currency": "hnl"}, 200),
+        ("TenantUpdate", f"/api/tenants/{tenant.id}", {"currency": "xxx"}, 422),
+        ("TenantUpdate", f"/api/tenants/{tenant.id}", {"currency": "usdx"}, 422),
         ("V1TrackEvent", "/api/v1/analytics/track", {**v1, "metadata": []}, 202),
         ("TenantUpdate", f"/api/tenants/{tenant.id}", {"vip_monetary_threshold": "1.234"}, 422),
         ("TenantUpdate", f"/api/tenants/{tenant.id}", {"vip_monetary_threshold": "99"}, 200),

@@ -520,8 +520,9 @@ def build_document(app: Flask) -> dict[str, Any]:
             "description": "Multi-tenant, privacy-first analytics for small businesses. "
             "Every error has one shape (ApiError).",
         },
-        # Relative: wherever the document was fetched from (an API served under a path too).
-        "servers": [{"url": "/"}],
+        # Relative to the document, /api/openapi.json: the app's root wherever it is
+        # served, under a path too ("/" would be the host's root there).
+        "servers": [{"url": ".."}],
         "paths": paths,
         "components": components,
     }

@@ -95,7 +95,30 @@ PhpMetadata = Annotated[
 ]
 # A code of ISO 4217 in any case, upper-cased; not the codes of no money (XXX, XTS),
 # metals (XAU) or funds (XDR).
-Currency = ISO4217Currency
+CURRENCY_CODES: list[str] = TypeAdapter(ISO4217Currency).json_schema()["enum"]
+
+
+def _in_any_case(codes: list[str]) -> str:
+    """A pattern for exactly these codes, each letter in either case (JSON Schema has no
+    case-blind enum, and the upper-case one alone refuses the "usd" the API takes)."""
+    return "^(" + "|".join("".join(f"[{c}{c.lower()}]" for c in code) for code in codes) + ")$"
+
+
+Currency = Annotated[
+    ISO4217Currency,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"enum": CURRENCY_CODES},
+                {
+                    "type": "string",
+                    "pattern": _in_any_case(CURRENCY_CODES),
+                    "description": "The same codes in any case, stored upper-cased",
+                },
+            ]
+        }
+    ),
+]
 MAX_MONEY = Decimal("999999999999.99")  # events.price and events.revenue: numeric(14, 2)
 CENT = Decimal("0.01")
 # What the schema says of an amount: a JSON number, or its decimal text (pydantic's
