@@ -177,6 +177,35 @@ def test_an_address_share_keeps_one_sender_from_spending_the_tenants_bucket(make
     assert too_large.get_json()["max_events"] == 4
 
 
+def test_tenants_not_found_share_one_address_share_and_are_told_so(make_app, make_tenant):
+    """Requests naming unknown tenants spend one share per address, all of them together;
+    its refusal says so, in the same words as a known tenant's (which it does not reveal)."""
+    app = make_app(TRACK_ADDRESS_RATE_LIMIT="3 per minute", TRUSTED_PROXY_COUNT=1)
+    client = app.test_client()
+    with app.app_context():
+        tenant_id = make_tenant().id
+    pageview = {"event_type": "pageview"}
+    unknown = [
+        from_address(
+            client, "/api/analytics/track", {"tenant_id": 900_000 + n, **pageview}, "198.51.100.9"
+        )
+        for n in range(5)
+    ]
+    assert [response.status_code for response in unknown] == [404] * 3 + [429] * 2
+    known = [
+        from_address(
+            client, "/api/analytics/track", {"tenant_id": tenant_id, **pageview}, "198.51.100.9"
+        )
+        for _ in range(4)
+    ]
+    assert [response.status_code for response in known] == [201] * 3 + [429]
+    said = {response.get_json()["message"] for response in (unknown[-1], known[-1])}
+    assert said == {
+        "Rate limit exceeded: 3 per minute per client address for each tenant, and one such "
+        "share for all the tenant ids not found"
+    }
+
+
 @pytest.mark.skipif(not REDIS_URL, reason="needs TEST_REDIS_URL (a real Redis)")
 def test_two_gunicorn_processes_share_one_limit(migrated, make_tenant, tmp_path):
     tenant_id = make_tenant().id

@@ -134,8 +134,13 @@ def address_share(
             retry_after = _address_share_spent(limit, units)
             if retry_after is None:
                 return admitted(*args, **kwargs)
+            # One text whether the tenant exists or not: /api/v1/interactions hides which.
             return api_error_response(
-                rate_limited(f"{limit} per client address for this tenant", retry_after)
+                rate_limited(
+                    f"{limit} per client address for each tenant, and one such share for "
+                    "all the tenant ids not found",
+                    retry_after,
+                )
             )
 
         return check  # type: ignore[return-value]
