@@ -71,6 +71,27 @@ def test_a_mean_of_a_half_second_rounds_up_as_people_round(app, make_tenant, add
     assert raw[0].avg_time_on_page == fast[0].avg_time_on_page == 3
 
 
+def test_a_visitor_also_seen_after_today_still_counts_in_the_week(app, make_tenant, add_events):
+    """A host whose clock runs ahead writes a visit just past midnight: the visitor's
+    latest day is tomorrow, and the week (which ends today) still counts them."""
+    tenant = make_tenant(timezone="UTC")
+    add_events(
+        tenant,
+        [
+            ("pageview", NOW - timedelta(days=2), "10.0.0.7", None),
+            (
+                "pageview",
+                NOW.replace(hour=0, minute=0) + timedelta(days=1, seconds=5),
+                "10.0.0.7",
+                None,
+            ),
+        ],
+    )
+    raw, fast = both(tenant, ZoneInfo("UTC"), NOW)
+    assert raw[0].visitors_week == 1
+    assert fast == raw
+
+
 def random_events(rng, count, now):
     events = []
     for _ in range(count):

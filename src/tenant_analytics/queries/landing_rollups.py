@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from ..catalogue import EVENT_KINDS, REVENUE_KINDS, Kind
@@ -20,9 +20,9 @@ from ..models import (
     DailyVisitorCount,
     LastSeenCount,
 )
-from ..timewindows import last_days
+from ..timewindows import Day, last_days
 from .common import in_days, money, ratio_half_up
-from .landing import DayVisitors, LandingSummary, TodaySummary
+from .landing import DayVisitors, LandingSummary, TodaySummary, count_visitors
 
 
 def _kind_totals(
@@ -61,14 +61,21 @@ def _visitors_by_day(
     return {day: int(visitors) for day, visitors in rows}
 
 
-def count_recent_visitors(session: Session, *, tenant_id: int, first: date, last: date) -> int:
-    """Distinct visitors whose latest visit falls in [first, last]: all of the window's."""
-    total = session.scalar(
-        select(func.sum(LastSeenCount.visitors)).where(
-            *in_days(LastSeenCount, tenant_id, first, last),
-        )
-    )
-    return int(total or 0)
+def count_recent_visitors(session: Session, *, tenant_id: int, days: list[Day]) -> int:
+    """Distinct visitors seen in ``days`` (contiguous, ending today): those whose latest
+    visit falls in them. One seen after the last day too (a host whose clock runs ahead
+    wrote it just past midnight) has its latest visit there, so the raw events are
+    counted instead, as ``session_counts`` does for the store's sessions."""
+    first, last = days[0].date, days[-1].date
+    in_window, later = session.execute(
+        select(
+            func.sum(case((LastSeenCount.day <= last, LastSeenCount.visitors), else_=0)),
+            func.sum(case((LastSeenCount.day > last, LastSeenCount.visitors), else_=0)),
+        ).where(LastSeenCount.tenant_id == tenant_id, LastSeenCount.day >= first)
+    ).one()
+    if later:
+        return count_visitors(session, tenant_id=tenant_id, start=days[0].start, end=days[-1].end)
+    return int(in_window or 0)
 
 
 def _revenue(session: Session, *, tenant_id: int, first: date, last: date) -> dict[str, float]:
@@ -96,14 +103,15 @@ def landing_summary(
     in for events stored without one; the rollups keep the currency each event was
     written with (the tenant's at the time), so it is not needed here.
     """
-    days = [day.date for day in last_days(zone, now, 7)]
+    local_days = last_days(zone, now, 7)
+    days = [day.date for day in local_days]
     window = {"tenant_id": tenant_id, "first": days[0], "last": days[-1]}
     per_day = _visitors_by_day(session, **window)
     counts, values = _kind_totals(session, **window)
     timed = counts[Kind.TIME_ON_PAGE]
     return LandingSummary(
         visitors_today=per_day.get(days[-1], 0),
-        visitors_week=count_recent_visitors(session, **window),
+        visitors_week=count_recent_visitors(session, tenant_id=tenant_id, days=local_days),
         whatsapp_clicks=counts[Kind.WHATSAPP_TAP],
         call_clicks=counts[Kind.CALL],
         currency_toggles=counts[Kind.CURRENCY_TOGGLE],
