@@ -57,6 +57,8 @@ def test_the_servers_address_is_the_apps_root_under_a_path_too(app):
     root = urljoin(fetched, document["servers"][0]["url"]).rstrip("/")
     assert root == "http://localhost/stats"
     assert client.get(root + "/api/health").status_code == 200
+    # At the host's root, the root; the document built once is not changed by either.
+    assert app.test_client().get("/api/openapi.json").json["servers"] == [{"url": "/"}]
 
 
 def test_every_route_and_method_is_documented(app, document):

@@ -520,9 +520,8 @@ def build_document(app: Flask) -> dict[str, Any]:
             "description": "Multi-tenant, privacy-first analytics for small businesses. "
             "Every error has one shape (ApiError).",
         },
-        # Relative to the document, /api/openapi.json: the app's root wherever it is
-        # served, under a path too ("/" would be the host's root there).
-        "servers": [{"url": ".."}],
+        # The host's root; the served document says where the app is (api/openapi.py).
+        "servers": [{"url": "/"}],
         "paths": paths,
         "components": components,
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, url_for
+from flask import Blueprint, current_app, request, url_for
 
 from ..openapi import build_document
 
@@ -25,4 +25,6 @@ def document():
     extensions = current_app.extensions
     if "openapi" not in extensions:
         extensions["openapi"] = build_document(current_app)
-    return extensions["openapi"]
+    # The app's root as this request reached it: under a path too (SCRIPT_NAME). Not a
+    # relative "..": openapi-core and schemathesis take that as a literal prefix.
+    return {**extensions["openapi"], "servers": [{"url": request.script_root or "/"}]}
