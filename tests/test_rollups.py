@@ -71,24 +71,25 @@ def test_a_mean_of_a_half_second_rounds_up_as_people_round(app, make_tenant, add
     assert raw[0].avg_time_on_page == fast[0].avg_time_on_page == 3
 
 
-def test_a_visitor_also_seen_after_today_still_counts_in_the_week(app, make_tenant, add_events):
-    """A host whose clock runs ahead writes a visit just past midnight: the visitor's
-    latest day is tomorrow, and the week (which ends today) still counts them."""
+def test_visitors_also_seen_after_today_still_count_in_the_week(app, make_tenant, add_events):
+    """A host whose clock runs ahead writes visits just past midnight: those visitors'
+    latest day is tomorrow, and the week (which ends today) still counts each of them
+    once; one seen only tomorrow is not this week's."""
     tenant = make_tenant(timezone="UTC")
+    tomorrow = NOW.replace(hour=0, minute=0) + timedelta(days=1, seconds=5)
     add_events(
         tenant,
         [
             ("pageview", NOW - timedelta(days=2), "10.0.0.7", None),
-            (
-                "pageview",
-                NOW.replace(hour=0, minute=0) + timedelta(days=1, seconds=5),
-                "10.0.0.7",
-                None,
-            ),
+            ("pageview", NOW - timedelta(days=1), "10.0.0.7", None),
+            ("pageview", NOW - timedelta(hours=1), "10.0.0.8", None),
+            ("pageview", NOW - timedelta(hours=1), "10.0.0.9", None),
+            *[("pageview", tomorrow, visitor, None) for visitor in ("10.0.0.7", "10.0.0.8")],
+            ("pageview", tomorrow, "10.0.0.10", None),
         ],
     )
     raw, fast = both(tenant, ZoneInfo("UTC"), NOW)
-    assert raw[0].visitors_week == 1
+    assert raw[0].visitors_week == 3
     assert fast == raw
 
 

@@ -6,23 +6,24 @@ reference): the tests and the benchmark check that both agree.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session, aliased
 
 from ..catalogue import EVENT_KINDS, REVENUE_KINDS, Kind
 from ..models import (
     DEFAULT_CURRENCY,
     DailyEventCount,
     DailyRevenue,
+    DailyVisitor,
     DailyVisitorCount,
     LastSeenCount,
 )
-from ..timewindows import Day, last_days
+from ..timewindows import last_days
 from .common import in_days, money, ratio_half_up
-from .landing import DayVisitors, LandingSummary, TodaySummary, count_visitors
+from .landing import DayVisitors, LandingSummary, TodaySummary
 
 
 def _kind_totals(
@@ -61,21 +62,33 @@ def _visitors_by_day(
     return {day: int(visitors) for day, visitors in rows}
 
 
-def count_recent_visitors(session: Session, *, tenant_id: int, days: list[Day]) -> int:
-    """Distinct visitors seen in ``days`` (contiguous, ending today): those whose latest
-    visit falls in them. One seen after the last day too (a host whose clock runs ahead
-    wrote it just past midnight) has its latest visit there, so the raw events are
-    counted instead, as ``session_counts`` does for the store's sessions."""
-    first, last = days[0].date, days[-1].date
-    in_window, later = session.execute(
-        select(
-            func.sum(case((LastSeenCount.day <= last, LastSeenCount.visitors), else_=0)),
-            func.sum(case((LastSeenCount.day > last, LastSeenCount.visitors), else_=0)),
-        ).where(LastSeenCount.tenant_id == tenant_id, LastSeenCount.day >= first)
-    ).one()
-    if later:
-        return count_visitors(session, tenant_id=tenant_id, start=days[0].start, end=days[-1].end)
-    return int(in_window or 0)
+def count_recent_visitors(session: Session, *, tenant_id: int, first: date, last: date) -> int:
+    """Distinct visitors seen in the local days [first, last], the last being today.
+
+    Those whose latest visit falls in them, plus the few also seen after ``last`` (a
+    host whose clock runs ahead wrote a visit just past midnight): their latest day is
+    past the window, so they are looked up among the window's daily visitor sets."""
+    in_window = session.scalar(
+        select(func.sum(LastSeenCount.visitors)).where(
+            *in_days(LastSeenCount, tenant_id, first, last)
+        )
+    )
+    # Driven by the rows after today (none but for seconds after midnight), each looked
+    # up in the window's sets by day and hash: index probes, not a scan of the window.
+    later, seen = aliased(DailyVisitor), aliased(DailyVisitor)
+    window_days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    also_later = session.scalar(
+        select(func.count(func.distinct(later.visitor_hash))).where(
+            later.tenant_id == tenant_id,
+            later.day > last,
+            exists().where(
+                seen.tenant_id == tenant_id,
+                seen.day.in_(window_days),
+                seen.visitor_hash == later.visitor_hash,
+            ),
+        )
+    )
+    return int(in_window or 0) + int(also_later or 0)
 
 
 def _revenue(session: Session, *, tenant_id: int, first: date, last: date) -> dict[str, float]:
@@ -103,15 +116,14 @@ def landing_summary(
     in for events stored without one; the rollups keep the currency each event was
     written with (the tenant's at the time), so it is not needed here.
     """
-    local_days = last_days(zone, now, 7)
-    days = [day.date for day in local_days]
+    days = [day.date for day in last_days(zone, now, 7)]
     window = {"tenant_id": tenant_id, "first": days[0], "last": days[-1]}
     per_day = _visitors_by_day(session, **window)
     counts, values = _kind_totals(session, **window)
     timed = counts[Kind.TIME_ON_PAGE]
     return LandingSummary(
         visitors_today=per_day.get(days[-1], 0),
-        visitors_week=count_recent_visitors(session, tenant_id=tenant_id, days=local_days),
+        visitors_week=count_recent_visitors(session, **window),
         whatsapp_clicks=counts[Kind.WHATSAPP_TAP],
         call_clicks=counts[Kind.CALL],
         currency_toggles=counts[Kind.CURRENCY_TOGGLE],
