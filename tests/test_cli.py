@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import event, func, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from tenant_analytics import rollups
@@ -38,6 +39,7 @@ from tenant_analytics.models import (
     utcnow,
 )
 from tenant_analytics.partitions import month_of, next_month, partition_name
+from tenant_analytics.postgres_writer import limit_lock_waits
 from tenant_analytics.queries import store_funnel, store_rollups
 from tenant_analytics.rollups import (
     FORGET_BATCH,
@@ -382,6 +384,51 @@ def test_forget_customer_deletes_its_events_and_recounts_the_rollups(
     args[3] = "999999"
     missing = runner.invoke(args=args)
     assert missing.exit_code == 1 and "no tenant with id 999999" in missing.output
+
+
+def test_forget_customer_keeps_the_tenants_writers_out_from_its_deletion_on(
+    app, runner, make_tenant, store_events, is_postgres
+):
+    """A sale of the customer's written while the deletion runs is refused (the app's
+    writers wait for the rollup lock a while, then answer 503), not kept and counted by
+    the rebuild: the command holds the tenant's rollups before it deletes."""
+    if not is_postgres:
+        pytest.skip("on SQLite the deletion takes the database's write lock")
+    shop = make_tenant()
+    sale = {"revenue": Decimal("30.00"), "product_slug": "pan", "user_id": "c-9"}
+    store_events(shop, [ev("purchase", utcnow(), "s9", **sale)])
+    outcome: list[str] = []
+
+    def sell_again() -> None:
+        with app.app_context():
+            limit_lock_waits(db.session.connection(), 0.3)  # as the app's writers do
+            try:
+                store_events(shop, [ev("purchase", utcnow(), "s9b", **sale)])
+                outcome.append("stored")
+            except OperationalError:
+                outcome.append("refused")
+            finally:
+                db.session.rollback()
+
+    def once_deleted(_conn, _cursor, statement, *_args) -> None:
+        if statement.startswith("DELETE FROM events") and not outcome:
+            writer = threading.Thread(target=sell_again)
+            writer.start()
+            writer.join(10)
+
+    event.listen(db.engine, "after_cursor_execute", once_deleted)
+    try:
+        args = ["events", "forget-customer", "--tenant", str(shop.id), "--user-id", "c-9"]
+        result = runner.invoke(args=args)
+    finally:
+        event.remove(db.engine, "after_cursor_execute", once_deleted)
+    assert result.exit_code == 0, result.output
+    assert outcome == ["refused"]
+    db.session.expire_all()
+    left = select(func.count()).select_from(Event).where(Event.user_id == "c-9")
+    assert db.session.scalar(left) == 0
+    revenue = select(func.sum(DailyRevenue.amount)).where(DailyRevenue.tenant_id == shop.id)
+    assert db.session.scalar(revenue) is None
 
 
 def test_forget_customer_keeps_another_customers_events_of_a_shared_session(

@@ -40,7 +40,7 @@ from .models import (
 from .partitions import create_ahead, purge_before
 from .postgres_writer import limit_lock_waits, lock_timed_out
 from .products import create_product
-from .rollups import forget_purged_days, rebuild_rollups
+from .rollups import forget_purged_days, hold_rollups, rebuild_rollups
 from .schemas import PASSWORD_MAX, PASSWORD_MIN, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
@@ -509,6 +509,9 @@ def forget_customer_command(tenant_id: int, user_id: str) -> None:
     forgotten), then recount the tenant's rollups from the events left."""
     if db.session.get(Tenant, tenant_id) is None:
         fail(f"no tenant with id {tenant_id}")
+    # Before the deletion: an event of the customer's committed while it ran would be
+    # missed by it and counted by the rebuild.
+    hold_rollups(db.session, tenant_id)
     deleted = forget_customer(db.session, tenant_id, user_id)
     if deleted:
         rebuild_rollups(db.session, tenant_id)  # in the same transaction: never half-counted

@@ -141,6 +141,13 @@ def _lock_rollups(session: Session, tenant_id: int) -> None:
     session.execute(LOCK_ROLLUPS, {"lock": ROLLUP_LOCK, "tenant": tenant_id})
 
 
+def hold_rollups(session: Session, tenant_id: int) -> None:
+    """Writers of the tenant's events wait until this transaction ends (PostgreSQL: its
+    rollup lock; on SQLite the transaction's first write takes the database's lock)."""
+    if session.get_bind().dialect.name == "postgresql":
+        _lock_rollups(session, tenant_id)
+
+
 def _add_to(
     session: Session,
     model: Any,
@@ -620,9 +627,7 @@ def rebuild_rollups(session: Session, tenant_id: int, *, chunk: int = 5000) -> N
     rollups, since a zone change may have committed while it waited (a rebuild in a
     stale zone would leave every day shifted).
     """
-    if session.get_bind().dialect.name == "postgresql":
-        # Writers of this tenant's events wait until the rebuild commits.
-        _lock_rollups(session, tenant_id)
+    hold_rollups(session, tenant_id)  # writers of this tenant's events wait for the commit
     clear_rollups(session, tenant_id)  # on SQLite, takes the database's write lock
     zone, currency = session.execute(
         select(Tenant.timezone, Tenant.currency).where(Tenant.id == tenant_id)
