@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import exists, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
 
 from ..catalogue import EVENT_KINDS, REVENUE_KINDS, Kind
 from ..models import (
@@ -24,6 +24,8 @@ from ..models import (
 from ..timewindows import last_days
 from .common import in_days, money, ratio_half_up
 from .landing import DayVisitors, LandingSummary, TodaySummary
+
+LOOKUP_CHUNK = 1000  # visitor hashes per IN list (SQLite caps a statement's parameters)
 
 
 def _kind_totals(
@@ -65,30 +67,37 @@ def _visitors_by_day(
 def count_recent_visitors(session: Session, *, tenant_id: int, first: date, last: date) -> int:
     """Distinct visitors seen in the local days [first, last], the last being today.
 
-    Those whose latest visit falls in them, plus the few also seen after ``last`` (a
-    host whose clock runs ahead wrote a visit just past midnight): their latest day is
-    past the window, so they are looked up among the window's daily visitor sets."""
-    in_window = session.scalar(
-        select(func.sum(LastSeenCount.visitors)).where(
-            *in_days(LastSeenCount, tenant_id, first, last)
-        )
-    )
-    # Driven by the rows after today (none but for seconds after midnight), each looked
-    # up in the window's sets by day and hash: index probes, not a scan of the window.
-    later, seen = aliased(DailyVisitor), aliased(DailyVisitor)
+    Those whose latest visit falls in them, plus any also seen after ``last`` (a host
+    whose clock runs ahead wrote a visit past midnight): their latest day is past the
+    window, so they are looked up in the window's daily visitor sets, a few at a time.
+    """
+    in_window, later = session.execute(
+        select(
+            func.sum(case((LastSeenCount.day <= last, LastSeenCount.visitors), else_=0)),
+            func.sum(case((LastSeenCount.day > last, LastSeenCount.visitors), else_=0)),
+        ).where(LastSeenCount.tenant_id == tenant_id, LastSeenCount.day >= first)
+    ).one()
+    total = int(in_window or 0)
+    if not later:
+        return total
+    seen_later = session.scalars(
+        select(DailyVisitor.visitor_hash)
+        .where(DailyVisitor.tenant_id == tenant_id, DailyVisitor.day > last)
+        .distinct()
+    ).all()
     window_days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
-    also_later = session.scalar(
-        select(func.count(func.distinct(later.visitor_hash))).where(
-            later.tenant_id == tenant_id,
-            later.day > last,
-            exists().where(
-                seen.tenant_id == tenant_id,
-                seen.day.in_(window_days),
-                seen.visitor_hash == later.visitor_hash,
-            ),
+    for start in range(0, len(seen_later), LOOKUP_CHUNK):
+        total += (
+            session.scalar(
+                select(func.count(func.distinct(DailyVisitor.visitor_hash))).where(
+                    DailyVisitor.tenant_id == tenant_id,
+                    DailyVisitor.day.in_(window_days),  # by day and hash: index probes
+                    DailyVisitor.visitor_hash.in_(seen_later[start : start + LOOKUP_CHUNK]),
+                )
+            )
+            or 0
         )
-    )
-    return int(in_window or 0) + int(also_later or 0)
+    return total
 
 
 def _revenue(session: Session, *, tenant_id: int, first: date, last: date) -> dict[str, float]:
