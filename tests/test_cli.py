@@ -976,6 +976,54 @@ def test_a_purge_stopped_halfway_has_marked_the_day_it_cut_through(
     assert forgotten == gone.astimezone(ZoneInfo(tenant.timezone)).date()
 
 
+def test_a_report_while_a_purge_runs_counts_the_events_left(
+    runner, make_tenant, store_events, monkeypatch
+):
+    """The purge forgets each tenant's rollups after the events are gone, one tenant after
+    another, each waiting for its rollup lock: meanwhile a funnel reaching the purged
+    days counted the sessions the rollups still named there (a helper saw 160 page
+    views against the 101 left)."""
+    now = datetime.combine(utcnow().date(), dt_time(12), UTC)
+    monkeypatch.setattr("tenant_analytics.cli.utcnow", lambda: now)
+    tenant = make_tenant(timezone="Asia/Tokyo")
+    old, recent = now - timedelta(days=130), now - timedelta(days=10)
+    store_events(
+        tenant,
+        [
+            ev("page_view", old, "gone"),
+            ev("product_view", old, "gone"),
+            ev("page_view", recent, "kept"),
+        ],
+    )
+    window = {
+        "tenant_id": tenant.id,
+        "zone": ZoneInfo(tenant.timezone),
+        "start": (now - timedelta(days=140)).date(),
+        "end": now.date(),
+    }
+    seen = []
+    forget = rollups.forget_purged_days
+
+    def report_then_forget(session, gone):
+        seen.append(
+            [
+                [
+                    step["count"]
+                    for step in store_funnel.conversion_funnel(
+                        db.session, **window, use_rollups=use_rollups
+                    )["funnel"]
+                ]
+                for use_rollups in (True, False)
+            ]
+        )
+        return forget(session, gone)
+
+    monkeypatch.setattr("tenant_analytics.cli.forget_purged_days", report_then_forget)
+    purged = runner.invoke(args=["events", "purge", "--older-than", "90"])
+    assert purged.exit_code == 0, purged.output
+    assert seen == [[[1, 0, 0, 0, 0]] * 2]
+
+
 def test_a_rebuild_run_between_a_purges_batches_keeps_its_mark(
     runner, make_tenant, store_events, is_postgres, monkeypatch
 ):

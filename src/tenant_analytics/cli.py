@@ -40,7 +40,12 @@ from .models import (
 from .partitions import create_ahead, purge_before
 from .postgres_writer import limit_lock_waits, lock_timed_out
 from .products import create_product
-from .rollups import forget_purged_days, hold_rollups, rebuild_rollups
+from .rollups import (
+    forget_purged_days,
+    hold_rollups,
+    mark_days_to_be_purged,
+    rebuild_rollups,
+)
 from .schemas import PASSWORD_MAX, PASSWORD_MIN, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
@@ -466,6 +471,11 @@ def purge_command(days: int) -> None:
     idempotency keys last seen before then, and the rollups of the days emptied."""
     now = utcnow()
     cutoff = now - timedelta(days=days)
+    # Every event before `gone` goes: whole months on PostgreSQL, rows on SQLite.
+    gone = cutoff
+    if db.session.get_bind().dialect.name == "postgresql":
+        gone = cutoff.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    mark_days_to_be_purged(db.session, gone)
     dropped, rows_deleted = _when_events_free(
         lambda connection: purge_before(connection, cutoff), undone="nothing was dropped"
     )
@@ -474,10 +484,6 @@ def purge_command(days: int) -> None:
     keys = delete_dedupe_keys(
         db.session, prefix=IDEMPOTENCY_PREFIX, seen_before=min(cutoff, now - window)
     )
-    # Every event before `gone` was purged: whole months on PostgreSQL, rows on SQLite.
-    gone = cutoff.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    if rows_deleted is not None:
-        gone = cutoff
     rollup_rows = forget_purged_days(db.session, gone)
     counted = {} if rows_deleted is None else {"events_deleted": rows_deleted}
     echo_json(

@@ -415,6 +415,19 @@ NAMING_VISITORS = (
 )
 
 
+def mark_days_to_be_purged(session: Session, gone: datetime) -> None:
+    """Before a purge deletes the events before ``gone``: mark each tenant's local day of
+    it, so that until ``forget_purged_days`` reaches the tenant (one after another, each
+    waiting for its rollup lock), a report whose window reaches the purged days counts
+    the events left, not the sessions its rollups still name there."""
+    tenants = session.execute(select(Tenant.id, Tenant.timezone).order_by(Tenant.id)).all()
+    session.commit()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for tenant_id, zone_name in tenants:
+        day = gone.astimezone(tenant_zone(zone_name)).date()
+        _mark_sessions_forgotten(session, tenant_id, day, postgres=postgres)
+
+
 def forget_purged_days(session: Session, gone: datetime) -> int:
     """Delete each tenant's rollups of the local days that ended by ``gone`` (every event
     before it was purged), and the visitor and session rows of the day it falls in;
@@ -471,6 +484,8 @@ def forget_purged_days(session: Session, gone: datetime) -> int:
                 deleted += result.rowcount
                 if result.rowcount < FORGET_BATCH:
                     break
+        if not partly_purged:  # its rollups name no session of the purged days now
+            _unmark_sessions_forgotten(session, tenant_id, local.date(), postgres=postgres)
     return deleted
 
 
@@ -484,6 +499,22 @@ def _mark_sessions_forgotten(
     mark = {"tenant_id": tenant_id, "scope": SESSIONS_FORGOTTEN, "day": day, "sessions": 0}
     insert = dialect_insert(session)(SessionLastSeenCount).values(**mark)
     session.execute(insert.on_conflict_do_nothing())
+    session.commit()
+
+
+def _unmark_sessions_forgotten(
+    session: Session, tenant_id: int, day: date, *, postgres: bool
+) -> None:
+    """Take away ``mark_days_to_be_purged``'s mark of a day the purge did not cut."""
+    if postgres:
+        _lock_rollups(session, tenant_id)
+    session.execute(
+        delete(SessionLastSeenCount).where(
+            SessionLastSeenCount.tenant_id == tenant_id,
+            SessionLastSeenCount.scope == SESSIONS_FORGOTTEN,
+            SessionLastSeenCount.day == day,
+        )
+    )
     session.commit()
 
 
