@@ -71,13 +71,14 @@ def test_a_mean_of_a_half_second_rounds_up_as_people_round(app, make_tenant, add
     assert raw[0].avg_time_on_page == fast[0].avg_time_on_page == 3
 
 
+@pytest.mark.parametrize("lookup_max", [100, 2])  # each looked up, or the sets counted
 def test_visitors_also_seen_after_today_still_count_in_the_week(
-    app, make_tenant, add_events, monkeypatch
+    app, make_tenant, add_events, monkeypatch, lookup_max
 ):
     """A host whose clock runs ahead writes visits just past midnight: those visitors'
     latest day is tomorrow, and the week (which ends today) still counts each of them
     once; one seen only tomorrow is not this week's."""
-    monkeypatch.setattr(landing_rollups, "LOOKUP_CHUNK", 2)  # looked up in two lists
+    monkeypatch.setattr(landing_rollups, "LOOKUP_MAX", lookup_max)
     tenant = make_tenant(timezone="UTC")
     tomorrow = NOW.replace(hour=0, minute=0) + timedelta(days=1, seconds=5)
     add_events(
