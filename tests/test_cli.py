@@ -15,7 +15,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import event, func, select, text, update
+from sqlalchemy import delete, event, func, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -1022,6 +1022,55 @@ def test_a_report_while_a_purge_runs_counts_the_events_left(
     purged = runner.invoke(args=["events", "purge", "--older-than", "90"])
     assert purged.exit_code == 0, purged.output
     assert seen == [[[1, 0, 0, 0, 0]] * 2]
+
+
+def test_a_purge_that_drops_nothing_takes_its_marks_away(
+    make_app, make_tenant, add_events, is_postgres, monkeypatch
+):
+    """Events held by a long read through every try: the purge gives up, nothing dropped,
+    and the marks it made first go again (the reports of windows reaching that day read
+    the rollups again, not the events until the next purge)."""
+    if not is_postgres:
+        pytest.skip("dropping partitions is PostgreSQL's")
+    monkeypatch.setattr("tenant_analytics.cli.EVENTS_LOCK_ATTEMPTS", 1)
+    app = make_app()
+    with app.app_context():
+        tenants = [make_tenant(timezone=zone) for zone in ("UTC", "America/Tegucigalpa")]
+        for tenant in tenants:
+            add_events(tenant, [("pageview", utcnow() - timedelta(days=400), "10.0.0.1", None)])
+        reader = Session(db.engine)
+        reader.execute(select(func.count()).select_from(Event))  # holds events until it ends
+        try:
+            args = ["events", "purge", "--older-than", "90"]
+            given_up = app.test_cli_runner().invoke(args=args)
+        finally:
+            reader.rollback()
+            reader.close()
+        assert given_up.exit_code == 1 and "nothing was dropped" in given_up.output
+        marks = select(func.count()).select_from(SessionLastSeenCount).where(FORGOTTEN_MARK)
+        assert db.session.scalar(marks) == 0
+
+
+def test_a_tenant_deleted_while_a_purge_marks_its_day_is_passed_over(app, make_tenant):
+    """Listed, then deleted before its mark: the mark's foreign key failed and stopped
+    the purge before it dropped anything."""
+    tenant_id, other_id = make_tenant().id, make_tenant().id
+    deleted: list[int] = []
+
+    def delete_once_listed(_conn, _cursor, statement, *_args) -> None:
+        if "FROM tenants ORDER BY" in statement and not deleted:
+            deleted.append(tenant_id)
+            with db.engine.begin() as elsewhere:
+                elsewhere.execute(delete(Tenant).where(Tenant.id == tenant_id))
+
+    gone = datetime(2026, 1, 1, tzinfo=UTC)
+    event.listen(db.engine, "after_cursor_execute", delete_once_listed)
+    try:
+        marked = rollups.mark_days_to_be_purged(db.session, gone)
+    finally:
+        event.remove(db.engine, "after_cursor_execute", delete_once_listed)
+    assert deleted == [tenant_id]
+    assert marked == [(other_id, gone.date())]
 
 
 def test_a_rebuild_run_between_a_purges_batches_keeps_its_mark(

@@ -45,6 +45,7 @@ from .rollups import (
     hold_rollups,
     mark_days_to_be_purged,
     rebuild_rollups,
+    unmark_days,
 )
 from .schemas import PASSWORD_MAX, PASSWORD_MIN, ProductCreate, TenantUpdate, iana_zone
 from .storage import delete_dedupe_keys
@@ -475,10 +476,14 @@ def purge_command(days: int) -> None:
     gone = cutoff
     if db.session.get_bind().dialect.name == "postgresql":
         gone = cutoff.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    mark_days_to_be_purged(db.session, gone)
-    dropped, rows_deleted = _when_events_free(
-        lambda connection: purge_before(connection, cutoff), undone="nothing was dropped"
-    )
+    marked = mark_days_to_be_purged(db.session, gone)
+    try:
+        dropped, rows_deleted = _when_events_free(
+            lambda connection: purge_before(connection, cutoff), undone="nothing was dropped"
+        )
+    except click.ClickException:  # nothing dropped: the reports may read the rollups again
+        unmark_days(db.session, marked)
+        raise
     # A key still inside its window blocks repeats, however long the window was set.
     window = timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"])
     keys = delete_dedupe_keys(

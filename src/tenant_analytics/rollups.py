@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from sqlalchemy import Date, bindparam, case, delete, select, text, tuple_
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .catalogue import REVENUE_KINDS, STORE_TYPES, Kind, types_of
@@ -415,17 +415,28 @@ NAMING_VISITORS = (
 )
 
 
-def mark_days_to_be_purged(session: Session, gone: datetime) -> None:
+def mark_days_to_be_purged(session: Session, gone: datetime) -> list[tuple[int, date]]:
     """Before a purge deletes the events before ``gone``: mark each tenant's local day of
     it, so that until ``forget_purged_days`` reaches the tenant (one after another, each
     waiting for its rollup lock), a report whose window reaches the purged days counts
-    the events left, not the sessions its rollups still name there."""
+    the events left, not the sessions its rollups still name there. Returns the marks
+    made, for ``unmark_days`` should the purge drop nothing."""
     tenants = session.execute(select(Tenant.id, Tenant.timezone).order_by(Tenant.id)).all()
     session.commit()
     postgres = session.get_bind().dialect.name == "postgresql"
+    marked = []
     for tenant_id, zone_name in tenants:
         day = gone.astimezone(tenant_zone(zone_name)).date()
-        _mark_sessions_forgotten(session, tenant_id, day, postgres=postgres)
+        if _mark_sessions_forgotten(session, tenant_id, day, postgres=postgres):
+            marked.append((tenant_id, day))
+    return marked
+
+
+def unmark_days(session: Session, marked: list[tuple[int, date]]) -> None:
+    """Take ``mark_days_to_be_purged``'s marks away: the purge dropped nothing."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for tenant_id, day in marked:
+        _unmark_sessions_forgotten(session, tenant_id, day, postgres=postgres)
 
 
 def forget_purged_days(session: Session, gone: datetime) -> int:
@@ -491,15 +502,21 @@ def forget_purged_days(session: Session, gone: datetime) -> int:
 
 def _mark_sessions_forgotten(
     session: Session, tenant_id: int, day: date, *, postgres: bool
-) -> None:
+) -> bool:
     """Mark ``day`` as one whose sessions the rollups no longer name (its kept hours'
-    included): the reports count a window reaching it from the events."""
+    included): the reports count a window reaching it from the events. False when the
+    mark was there already, or the tenant is gone (deleted since it was listed)."""
     if postgres:
         _lock_rollups(session, tenant_id)
     mark = {"tenant_id": tenant_id, "scope": SESSIONS_FORGOTTEN, "day": day, "sessions": 0}
     insert = dialect_insert(session)(SessionLastSeenCount).values(**mark)
-    session.execute(insert.on_conflict_do_nothing())
-    session.commit()
+    try:
+        made = session.execute(insert.on_conflict_do_nothing()).rowcount == 1
+        session.commit()
+    except IntegrityError:  # its tenant's row is gone: nothing of it to purge either
+        session.rollback()
+        return False
+    return made
 
 
 def _unmark_sessions_forgotten(
