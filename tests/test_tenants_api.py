@@ -63,6 +63,21 @@ def test_get_and_patch_tenant(client, owner):
     )
 
 
+def test_an_id_in_a_path_is_spelt_one_way(client, owner):
+    """ASCII digits without leading zeros: an Arabic-Indic or a full-width one, or "01",
+    were tenant 1 too, spellings a proxy's or a log's rule for its path would miss."""
+    tenant, headers = owner
+    arabic_indic = "".join(chr(0x660 + int(digit)) for digit in str(tenant.id))
+    full_width = "".join(chr(0xFF10 + int(digit)) for digit in str(tenant.id))
+    assert client.get(f"/api/tenants/{tenant.id}", headers=headers).status_code == 200
+    for spelling in (f"0{tenant.id}", arabic_indic, full_width):
+        assert client.get(f"/api/tenants/{spelling}", headers=headers).status_code == 404
+        patched = client.patch(f"/api/tenants/{spelling}", headers=headers, json={"name": "X"})
+        assert patched.status_code == 404
+        assert patched.get_json()["error"] == "not_found"
+        assert client.get(f"/api/analytics/{spelling}", headers=headers).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -1,9 +1,19 @@
 """HTTP layer: one blueprint per resource, thin handlers."""
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
+
+
+class AsciiIntegerConverter(IntegerConverter):
+    """``<int:…>`` in ASCII digits, written one way: Werkzeug's ``\\d+`` also takes an
+    Arabic-Indic or a full-width one, and "01", for 1: spellings a proxy's or a log's
+    rule for /api/tenants/1 would miss."""
+
+    regex = r"0|[1-9][0-9]*"
 
 
 def register_blueprints(app: Flask) -> None:
+    app.url_map.converters["int"] = AsciiIntegerConverter  # before any rule is added
     from . import (
         auth,
         dashboards,
