@@ -35,6 +35,7 @@ from tenant_analytics.ingestion import (
     IngestJob,
     NewEvent,
     TenantBusy,
+    ingest,
     is_read_only,
     reported_by_live_database,
 )
@@ -676,9 +677,10 @@ def test_a_batch_the_database_rejects_fails_only_its_bad_job(make_app, make_tena
 
 
 def test_a_month_whose_first_batch_failed_is_still_written(make_app, make_tenant, is_postgres):
-    """A new month's partition is created in the transaction of its first batch. When that
-    batch fails, the partition is rolled back with it: the month must not be taken as known,
-    or every later batch of the month would fail until the process restarts."""
+    """A new month's first batch fails (a foreign-key violation): the next batch of the
+    month is written. (Its partition, made before the batch in a transaction of its own,
+    stays; made in the batch's, it was rolled back with it, and the month taken as known
+    then failed every later batch of it until the process restarted.)"""
     app = make_app()
     with app.app_context():
         tenant = TenantInfo.of(make_tenant())
@@ -1239,6 +1241,111 @@ def test_a_tenant_found_locked_holds_up_no_later_batch(
     committer.busy_recheck = 0.0  # due now: pg_locks says the rebuild is over
     assert commit_as_one_batch(committer, batches[2]) == [1, 1]
     assert [count_events(busy.id), count_events(other.id)] == [1, 4]
+
+
+# One round trip, the committer's ordinary transaction (keyed), or without group commit.
+@pytest.mark.parametrize("how", ["batched", "keyed", "alone"])
+def test_a_new_months_first_write_and_a_rebuild_do_not_deadlock(
+    make_app, make_tenant, is_postgres, how
+):
+    """A write that needs a month's partition makes it in a transaction of its own, then
+    waits for the tenant's rollup lock. Made in the write's transaction, the partition's
+    lock on events was held through that wait, and a rebuild holding the rollup lock
+    and reading events waited for the write: PostgreSQL ended the deadlock by failing it."""
+    if not is_postgres:
+        pytest.skip("partitions and the rollup lock are PostgreSQL's")
+    # Waits longer than deadlock_timeout (1 s), the deadlock check's delay.
+    app = make_app(GROUP_COMMIT=how != "alone", WRITE_LOCK_TIMEOUT_SECONDS=5.0)
+    tenant = make_tenant()
+    month_number = 5 + ["batched", "keyed", "alone"].index(how)  # a new month for each
+    month = datetime(2043, month_number, 9, 12, tzinfo=UTC)
+    assert f"events_y2043m0{month_number}" not in db.session.scalars(LIST_PARTITIONS).all()
+    db.session.rollback()
+    event = NewEvent("pageview", created_at=month, dedupe_key="k" if how == "keyed" else None)
+    client = ClientInfo(None, None, None)
+    outcome: list[object] = []
+
+    def write() -> None:
+        with app.app_context():
+            try:
+                outcome.append(ingest_from_request_alike(app, tenant, event, client))
+            except Exception as error:
+                outcome.append(error)
+
+    waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    with db.engine.connect() as rebuild:
+        rebuild.execute(
+            text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
+            {"lock": ROLLUP_LOCK, "tenant": tenant.id},
+        )
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        for _ in range(100):  # until the writer waits for the rollup lock
+            with db.engine.connect() as look:
+                if look.scalar(waiting):
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the writer never waited for the rollup lock")
+        counted = rebuild.scalar(  # as the rebuild reads the tenant's events
+            select(func.count()).select_from(Event).where(Event.tenant_id == tenant.id)
+        )
+        rebuild.commit()
+    writer.join(15)
+    assert counted == 0
+    assert [getattr(result, "stored", result) for result in outcome] == [1]
+    assert count_events(tenant.id) == 1
+
+
+@pytest.mark.parametrize("how", ["batched", "alone"])
+def test_a_new_months_first_write_behind_a_long_read_waits_only_its_lock_timeout(
+    make_app, make_tenant, is_postgres, how
+):
+    """Its partition waits for the lock a long read of events holds (a report, pg_dump)
+    no longer than a write waits for any lock: then the write is refused, to be sent again,
+    rather than holding its request (and a pooled connection) until the read ends."""
+    if not is_postgres:
+        pytest.skip("partitions are PostgreSQL's")
+    app = make_app(GROUP_COMMIT=how == "batched", WRITE_LOCK_TIMEOUT_SECONDS=0.3)
+    tenant = make_tenant()
+    month = datetime(2044, 1 + (how == "alone"), 9, 12, tzinfo=UTC)  # a new month for each
+    event = NewEvent("pageview", created_at=month)
+    client = ClientInfo(None, None, None)
+    with db.engine.connect() as report:
+        report.scalar(select(func.count()).select_from(Event))  # holds events till it ends
+        outcome: list[object] = []
+        waiter = threading.Thread(
+            target=lambda: outcome.append(refused_or_stored(app, tenant, event, client)),
+            daemon=True,
+        )
+        waiter.start()
+        waiter.join(10)
+        report.rollback()
+    assert [type(result) for result in outcome] == [
+        CommitTimeout if how == "batched" else TenantBusy
+    ]
+    assert refused_or_stored(app, tenant, event, client) == 1  # once the read is over
+
+
+def refused_or_stored(app, tenant: Tenant, event: NewEvent, client: ClientInfo) -> object:
+    with app.app_context():
+        try:
+            return ingest_from_request_alike(app, tenant, event, client).stored
+        except Exception as error:
+            return error
+
+
+def ingest_from_request_alike(app, tenant: Tenant, event: NewEvent, client: ClientInfo):
+    """``ingest`` as a request calls it, with the app's committer if it has one."""
+    return ingest(
+        db.session,
+        TenantInfo.of(tenant),
+        [event],
+        client,
+        hash_key=TEST_HASH_KEY,
+        lock_timeout=app.config["WRITE_LOCK_TIMEOUT_SECONDS"],
+        committer=app.extensions.get("group_commit"),
+    )
 
 
 @pytest.mark.parametrize("group_commit", [True, False])

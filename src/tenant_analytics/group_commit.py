@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from flask import Flask
@@ -41,13 +42,14 @@ from .ingestion import (
     TenantBusy,
     commit_or_uncertain,
     is_read_only,
+    months_written,
     reported_by_live_database,
     rows_to_write,
     tenants_of,
     write_jobs,
 )
 from .logs import get_logger
-from .partitions import month_of, partitions_known
+from .partitions import make_partitions_first, partitions_known
 from .rollups import TenantInfo, aggregate
 from .storage import current_tenants
 
@@ -486,21 +488,14 @@ class GroupCommitter:
         postgres = db.engine.dialect.name == "postgresql"
         if postgres:
             rows = rows_to_write(jobs)
-            months = {month_of(row["created_at"]) for row in rows or ()}
+            months = months_written(jobs)
+            if not partitions_known(db.engine, months):
+                self._make_partitions(months)
             if rows is not None and partitions_known(db.engine, months):
                 self._commit_at_once(rows, tenants_of(jobs))
                 self._database_answered()
                 return [IngestResult(stored=len(job.events), duplicates=0) for job in jobs]
-        if self._connection is None or self._connection.closed:
-            connection = db.engine.connect()
-            if postgres:  # once per connection, not a round trip per batch
-                try:
-                    postgres_writer.set_lock_timeout_for_good(connection, self.lock_timeout)
-                except BaseException:
-                    connection.close()  # not kept half set up: the next batch connects anew
-                    raise
-            self._connection = connection
-        session = Session(bind=self._connection)
+        session = Session(bind=self._transaction_connection())
         try:
             results = write_jobs(session, jobs)
             commit_or_uncertain(session)
@@ -513,6 +508,29 @@ class GroupCommitter:
             raise
         finally:
             session.close()
+
+    def _transaction_connection(self) -> Connection:
+        """The committer's connection for ordinary transactions, kept between batches."""
+        if self._connection is None or self._connection.closed:
+            connection = db.engine.connect()
+            if connection.dialect.name == "postgresql":  # once, not a round trip per batch
+                try:
+                    postgres_writer.set_lock_timeout_for_good(connection, self.lock_timeout)
+                except BaseException:
+                    connection.close()  # not kept half set up: the next batch connects anew
+                    raise
+            self._connection = connection
+        return self._connection
+
+    def _make_partitions(self, months: set[date]) -> None:
+        """The batch's new months' partitions, committed before the batch's transaction."""
+        connection = self._transaction_connection()
+        try:
+            make_partitions_first(connection, months)
+        except BaseException:
+            if connection.invalidated:
+                connection.close()  # reconnect on the next batch
+            raise
 
     def _database_answered(self) -> None:
         """A batch committed on the connections kept between batches, which the pool's

@@ -10,13 +10,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, scoped_session
 
 from .models import EVENT_COLUMNS, utcnow
+from .partitions import make_partitions_first, month_of, partitions_known
 from .postgres_writer import limit_lock_waits, lock_timed_out, zone_changed
 from .privacy import REFERRER_MAX, USER_AGENT_MAX, truncate, visitor_hash
 from .rollups import TenantInfo, TenantRef
@@ -187,6 +188,12 @@ def rows_to_write(jobs: Sequence[IngestJob]) -> list[dict[str, Any]] | None:
     return [row for job in jobs for row in _enriched(job, job.events, now)]
 
 
+def months_written(jobs: Sequence[IngestJob]) -> set[date]:
+    """The months whose partitions ``jobs``' events go to (an event without a time: now's)."""
+    now = utcnow()
+    return {month_of(event.created_at or now) for job in jobs for event in job.events}
+
+
 def tenants_of(jobs: Sequence[IngestJob]) -> dict[int, TenantInfo]:
     return {job.tenant.id: job.tenant for job in jobs}
 
@@ -242,6 +249,12 @@ def _write_alone(
     """``job`` in a transaction of its own, which waits for a lock ``lock_timeout`` at most:
     else a tenant being rebuilt would hold a pooled connection for each of its requests."""
     try:
+        engine = session.get_bind()
+        months = months_written([job])
+        if engine.dialect.name == "postgresql" and not partitions_known(engine, months):
+            session.rollback()  # its connection back to the pool while another makes them
+            with engine.connect() as connection:
+                make_partitions_first(connection, months, lock_timeout=lock_timeout)
         limit_lock_waits(session.connection(), lock_timeout)
         (result,) = write_jobs(session, [job])
         commit_or_uncertain(session)

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
 from .models import Event
+from .postgres_writer import limit_lock_waits
 
 # pg_advisory_xact_lock(PARTITION_LOCK, month number) serializes the making of one
 # month's partition (ROLLUP_LOCK, in rollups.py, is 7_411).
@@ -95,7 +96,8 @@ _CREATED = "tenant_analytics_created_months"
 
 
 def ensure_partitions_cached(session: Session, months: set[date]) -> None:
-    """``ensure_partitions`` for months this process has not seen yet, in ``session``'s transaction.
+    """``ensure_partitions`` for months this process has not seen yet, in ``session``'s transaction
+    (the app's writers make them first, ``make_partitions_first``; the demo and tests here).
 
     A month counts as known only once that transaction commits: rolled back, its
     CREATE TABLE leaves no partition, and the next write of the month must make it again.
@@ -118,6 +120,27 @@ def _remember_created(session: Session) -> None:
 def _forget_uncommitted(session: Session, _transaction: SessionTransaction) -> None:
     # Any other end (rollback, close, a savepoint's): checked again on the next write.
     session.info.pop(_CREATED, None)
+
+
+def make_partitions_first(
+    connection: Connection, months: set[date], *, lock_timeout: float | None = None
+) -> None:
+    """Make the partitions of ``months`` this process does not know yet in a transaction of
+    their own on ``connection`` (none open on it), committed before the write that needs them.
+
+    In the write's transaction, a partition's lock on ``events`` was held while the write
+    waited for its tenants' rollup locks: a rebuild holding one and reading events then
+    waited for the write, a deadlock PostgreSQL ended by failing the write.
+    """
+    database = connection.engine.url.render_as_string()
+    missing = {month for month in months if (database, month) not in _known_months}
+    if not missing or connection.dialect.name != "postgresql":
+        return
+    with connection.begin():
+        if lock_timeout is not None:
+            limit_lock_waits(connection, lock_timeout)
+        ensure_partitions(connection, missing)
+    _known_months.update((database, month) for month in missing)
 
 
 def partitions_known(engine: Engine, months: set[date]) -> bool:
