@@ -241,8 +241,9 @@ MAX_QUANTITY = 10**6
 # What the schema cannot say, said to client authors (the validators below enforce it).
 _TRACKED_METADATA = (
     f"Any JSON object, nested at most {MAX_METADATA_DEPTH} levels deep, without NUL "
-    f"characters. time_on_page requires `seconds`, a number >= 0 (more than "
-    f"{MAX_TIME_ON_PAGE_SECONDS} is taken as {MAX_TIME_ON_PAGE_SECONDS}); a store event's "
+    f"characters. time_on_page requires `seconds`, a number >= 0, stored to the "
+    f"millisecond (more than {MAX_TIME_ON_PAGE_SECONDS} is taken as "
+    f"{MAX_TIME_ON_PAGE_SECONDS}); a store event's "
     f"`quantity` is a whole number from 1 to {MAX_QUANTITY}, and price x quantity at most "
     f"{MAX_MONEY}."
 )
