@@ -250,11 +250,13 @@ def drop_role(connection, role: str) -> None:
         connection.exec_driver_sql(f'DROP ROLE "{role}"')
 
 
-def test_a_privilege_the_role_lacks_is_logged_with_the_object_it_names(
-    make_app, make_tenant, migrated, is_postgres, caplog
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_a_privilege_the_role_lacks_is_a_503_logged_with_the_object_it_names(
+    make_app, make_tenant, migrated, is_postgres, caplog, group_commit
 ):
-    """A grant forgotten in production: the log says which table, which PostgreSQL
-    reports in its message only, a message that names objects and never values."""
+    """A grant forgotten in production (or tables a DBA's script made as a superuser): the
+    client hears 503, as for a database not migrated, and the log says in one line which
+    table, which PostgreSQL reports in its message only, never a value."""
     if not is_postgres:
         pytest.skip("SQLite has no privileges")
     tenant_id = make_tenant().id
@@ -268,7 +270,7 @@ def test_a_privilege_the_role_lacks_is_logged_with_the_object_it_names(
         connection.exec_driver_sql(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
     try:
         as_role = url.set(username=role).render_as_string(hide_password=False)
-        app = make_app(SQLALCHEMY_DATABASE_URI=as_role, GROUP_COMMIT=False)
+        app = make_app(SQLALCHEMY_DATABASE_URI=as_role, GROUP_COMMIT=group_commit)
         caplog.set_level(logging.DEBUG)
         response = app.test_client().post(
             "/api/analytics/track",
@@ -279,9 +281,41 @@ def test_a_privilege_the_role_lacks_is_logged_with_the_object_it_names(
         with admin.connect() as connection:
             drop_role(connection, role)
         admin.dispose()
-    assert response.status_code == 500
-    assert "SQLSTATE 42501 insufficient_privilege (permission denied for table" in caplog.text
-    assert "m-81c0" not in caplog.text
+    assert response.status_code == 503
+    said = response.get_json()["message"]
+    assert said == "The service is temporarily unavailable; retry shortly."
+    assert "permission" not in response.get_data(as_text=True)
+    assert "the database refused this role: permission denied for table" in caplog.text
+    assert "Traceback" not in caplog.text and "m-81c0" not in caplog.text
+
+
+def test_health_says_the_database_refuses_the_role_not_that_it_does_not_answer(
+    app, make_app, migrated, is_postgres
+):
+    """An operator who sees "does not answer" looks for a server that is up. (``app``
+    first: the suite's own app empties the tables afterwards.)"""
+    if not is_postgres:
+        pytest.skip("SQLite has no privileges")
+    url = make_url(migrated)
+    role = f"{url.database}_no_tables"
+    admin = create_engine(migrated, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        drop_role(connection, role)  # left by a run cut short
+        connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        connection.exec_driver_sql(f'GRANT USAGE ON SCHEMA public TO "{role}"')  # no table
+    try:
+        as_role = url.set(username=role).render_as_string(hide_password=False)
+        app = make_app(SQLALCHEMY_DATABASE_URI=as_role)
+        response = app.test_client().get("/api/health")
+        release_connections(app)
+    finally:
+        with admin.connect() as connection:
+            drop_role(connection, role)
+        admin.dispose()
+    assert response.status_code == 503
+    answer = response.get_json()
+    assert answer["message"] == "The database refuses this service's role access to its tables."
+    assert answer["database"] == "unavailable"
 
 
 def test_a_command_the_role_may_not_run_says_so_in_one_line(app, make_app, migrated, is_postgres):

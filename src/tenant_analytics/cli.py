@@ -20,10 +20,10 @@ from .auth import create_user, set_password
 from .errors import (
     NOT_MIGRATED,
     connection_failure,
-    driver_first_line,
     is_not_migrated,
     is_outage,
     is_privilege_missing,
+    role_refused,
     validation_errors,
 )
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
@@ -70,8 +70,9 @@ class SaysDatabaseFailuresInOneLine(click.Command):
                 fail(connection_failure(exc))
             if is_privilege_missing(exc):
                 fail(
-                    f"the database refused this role: {driver_first_line(exc)} (run it as "
-                    "the role that owns the tables and the schema, or grant it)"
+                    role_refused(
+                        exc, "run it as the role that owns the tables and the schema, or grant it"
+                    )
                 )
             raise
 

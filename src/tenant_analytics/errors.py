@@ -172,10 +172,26 @@ def connection_failure(exc: SQLAlchemyError) -> str:
     return f"cannot reach the database: {line}"
 
 
-def is_privilege_missing(exc: SQLAlchemyError) -> bool:
+def is_privilege_missing(exc: BaseException) -> bool:
     """PostgreSQL refused the app's role (42501): a grant or an ownership a deploy or a
-    restore left out. Its message names the object, never a value."""
+    restore left out (a DBA's script run as a superuser makes the superuser's tables).
+    Its message names the object, never a value."""
     return getattr(getattr(exc, "orig", None), "pgcode", None) == "42501"
+
+
+ROLE_REFUSED = "the database refused this role"
+
+
+def role_refused(exc: SQLAlchemyError, remedy: str) -> str:
+    """The line that says which object the role was refused, and ``remedy``."""
+    return f"{ROLE_REFUSED}: {driver_first_line(exc)} ({remedy})"
+
+
+# Said by the server's log: the app's own requests cannot be "run as" anything else.
+SERVE_AS_OWNER = (
+    "grant the role the tables and the schema, or make it their owner: a script of the "
+    "migrations run as another role makes that role's tables"
+)
 
 
 class OnceAMinute:
@@ -259,6 +275,8 @@ def say_database_problem(exc: SQLAlchemyError) -> None:
     lines: OnceAMinute = current_app.extensions["outage_lines"]
     if is_not_migrated(exc):
         lines.say(f"{NOT_MIGRATED} ({driver_first_line(exc)})")
+    elif is_privilege_missing(exc):
+        lines.say(f"{role_refused(exc, SERVE_AS_OWNER)} at {database_address()}")
     elif isinstance(exc, PoolTimeout):
         lines.say(NO_CONNECTION_FREE, level=logging.WARNING)
     else:
@@ -329,6 +347,8 @@ def outage_reason(exc: BaseException) -> str | None:
         return _unavailable_line(exc)
     if isinstance(exc, SQLAlchemyError) and is_not_migrated(exc):
         return NOT_MIGRATED
+    if isinstance(exc, SQLAlchemyError) and is_privilege_missing(exc):
+        return role_refused(exc, SERVE_AS_OWNER)
     if isinstance(exc, PoolTimeout):
         return NO_CONNECTION_FREE
     if isinstance(exc, CommitTimeout):
@@ -471,7 +491,9 @@ def register_error_handlers(app: Flask) -> None:
         if is_not_migrated(exc):
             say_database_problem(exc)
             return unavailable(NOT_READY)
-        if is_outage(exc):  # read-only: a standby after a failover, a full disk's guard
+        if is_outage(exc) or is_privilege_missing(exc):
+            # Read-only: a standby after a failover, a full disk's guard. Refused: a
+            # deploy's fault, as not migrated is, not the request's.
             say_database_problem(exc)
             return unavailable("The service is temporarily unavailable; retry shortly.")
         if getattr(exc, "connection_invalidated", False):  # see the handle_error listener

@@ -10,6 +10,7 @@ from ..errors import (
     NOT_MIGRATED,
     database_address,
     is_not_migrated,
+    is_privilege_missing,
     say_database_problem,
     unavailable,
 )
@@ -46,6 +47,7 @@ def health():
 DATABASE_PROBLEMS = {
     "unavailable": "The database does not answer.",
     "not_migrated": "The database is not migrated.",
+    "role_refused": "The database refuses this service's role access to its tables.",
     "read_only": "The database is read-only: events cannot be stored.",
 }
 
@@ -60,7 +62,9 @@ def _database_state() -> str:
     except SQLAlchemyError as exc:
         db.session.rollback()
         say_database_problem(exc)  # once probes alone reach a host, only they can say why
-        return "not_migrated" if is_not_migrated(exc) else "unavailable"
+        if is_not_migrated(exc):
+            return "not_migrated"
+        return "role_refused" if is_privilege_missing(exc) else "unavailable"
     lines = current_app.extensions["outage_lines"]
     if revision is None or revision < SCHEMA_REVISION:
         lines.say(
