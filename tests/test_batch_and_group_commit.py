@@ -10,12 +10,12 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import psycopg2.errors
 import pytest
-from sqlalchemy import create_engine, event, func, make_url, select, text
+from sqlalchemy import create_engine, event, func, make_url, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -40,7 +40,7 @@ from tenant_analytics.ingestion import (
     reported_by_live_database,
 )
 from tenant_analytics.models import Event, Tenant, utcnow
-from tenant_analytics.partitions import LIST_PARTITIONS
+from tenant_analytics.partitions import LIST_PARTITIONS, month_of, partition_name
 from tenant_analytics.postgres_writer import STATEMENTS
 from tenant_analytics.rollups import NEW_SESSION, ROLLUP_LOCK, TenantInfo, rebuild_rollups
 
@@ -1243,25 +1243,45 @@ def test_a_tenant_found_locked_holds_up_no_later_batch(
     assert [count_events(busy.id), count_events(other.id)] == [1, 4]
 
 
-# One round trip, the committer's ordinary transaction (keyed), or without group commit.
-@pytest.mark.parametrize("how", ["batched", "keyed", "alone"])
+WRITE_PATHS = ["batched", "keyed", "alone"]  # one round trip, the committer's transaction, none
+
+
+class MonthAfterMonth:
+    """A clock whose every reading is a month after the last: a month begun between two
+    readings of one write."""
+
+    def __init__(self, first: datetime) -> None:
+        self.next = first
+
+    def __call__(self) -> datetime:
+        now, self.next = self.next, self.next + timedelta(days=31)
+        return now
+
+
+@pytest.mark.parametrize("how", WRITE_PATHS)
+@pytest.mark.parametrize("holder", ["rollup lock", "tenant row"])
 def test_a_new_months_first_write_and_a_rebuild_do_not_deadlock(
-    make_app, make_tenant, is_postgres, how
+    make_app, make_tenant, is_postgres, monkeypatch, how, holder
 ):
-    """A write that needs a month's partition makes it in a transaction of its own, then
-    waits for the tenant's rollup lock. Made in the write's transaction, the partition's
-    lock on events was held through that wait, and a rebuild holding the rollup lock
-    and reading events waited for the write: PostgreSQL ended the deadlock by failing it."""
+    """A write that needs a month's partition makes it in a transaction of its own, the
+    month its rows get, then waits for the tenant's rollup lock. Made in the write's
+    transaction, the partition's lock on events was held through that wait, and a rebuild
+    holding the rollup lock and reading events waited for the write: PostgreSQL ended the
+    deadlock by failing it. So with a zone change (the tenant's row written, then its
+    events read), unless tenants is locked before events, as the partition's key needs."""
     if not is_postgres:
         pytest.skip("partitions and the rollup lock are PostgreSQL's")
     # Waits longer than deadlock_timeout (1 s), the deadlock check's delay.
     app = make_app(GROUP_COMMIT=how != "alone", WRITE_LOCK_TIMEOUT_SECONDS=5.0)
     tenant = make_tenant()
-    month_number = 5 + ["batched", "keyed", "alone"].index(how)  # a new month for each
-    month = datetime(2043, month_number, 9, 12, tzinfo=UTC)
-    assert f"events_y2043m0{month_number}" not in db.session.scalars(LIST_PARTITIONS).all()
+    year = 2043 + ["rollup lock", "tenant row"].index(holder)  # new months for each
+    clock = MonthAfterMonth(datetime(year, 1 + 3 * WRITE_PATHS.index(how), 9, 12, tzinfo=UTC))
+    made = {partition_name(month_of(clock.next + timedelta(days=31 * n))) for n in range(3)}
+    assert not made & set(db.session.scalars(LIST_PARTITIONS))
     db.session.rollback()
-    event = NewEvent("pageview", created_at=month, dedupe_key="k" if how == "keyed" else None)
+    monkeypatch.setattr("tenant_analytics.ingestion.utcnow", clock)
+    monkeypatch.setattr("tenant_analytics.group_commit.utcnow", clock, raising=False)
+    event = NewEvent("pageview", dedupe_key="k" if how == "keyed" else None)
     client = ClientInfo(None, None, None)
     outcome: list[object] = []
 
@@ -1272,21 +1292,24 @@ def test_a_new_months_first_write_and_a_rebuild_do_not_deadlock(
             except Exception as error:
                 outcome.append(error)
 
-    waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
     with db.engine.connect() as rebuild:
-        rebuild.execute(
-            text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
-            {"lock": ROLLUP_LOCK, "tenant": tenant.id},
-        )
+        if holder == "rollup lock":
+            rebuild.execute(
+                text("SELECT pg_advisory_xact_lock(:lock, :tenant)"),
+                {"lock": ROLLUP_LOCK, "tenant": tenant.id},
+            )
+        else:  # as a zone change does before its rebuild
+            rebuild.execute(update(Tenant).where(Tenant.id == tenant.id).values(name="Otra"))
         writer = threading.Thread(target=write, daemon=True)
         writer.start()
-        for _ in range(100):  # until the writer waits for the rollup lock
+        for _ in range(100):  # until the writer waits
             with db.engine.connect() as look:
                 if look.scalar(waiting):
                     break
             time.sleep(0.05)
         else:
-            pytest.fail("the writer never waited for the rollup lock")
+            pytest.fail("the writer never waited for the rebuild")
         counted = rebuild.scalar(  # as the rebuild reads the tenant's events
             select(func.count()).select_from(Event).where(Event.tenant_id == tenant.id)
         )
@@ -1308,7 +1331,7 @@ def test_a_new_months_first_write_behind_a_long_read_waits_only_its_lock_timeout
         pytest.skip("partitions are PostgreSQL's")
     app = make_app(GROUP_COMMIT=how == "batched", WRITE_LOCK_TIMEOUT_SECONDS=0.3)
     tenant = make_tenant()
-    month = datetime(2044, 1 + (how == "alone"), 9, 12, tzinfo=UTC)  # a new month for each
+    month = datetime(2046, 1 + (how == "alone"), 9, 12, tzinfo=UTC)  # a new month for each
     event = NewEvent("pageview", created_at=month)
     client = ClientInfo(None, None, None)
     with db.engine.connect() as report:

@@ -49,6 +49,7 @@ from .ingestion import (
     write_jobs,
 )
 from .logs import get_logger
+from .models import utcnow
 from .partitions import make_partitions_first, partitions_known
 from .rollups import TenantInfo, aggregate
 from .storage import current_tenants
@@ -486,9 +487,10 @@ class GroupCommitter:
     def _write(self, jobs: list[IngestJob]) -> list[IngestResult]:
         """One transaction on the committer's own connection, kept between batches."""
         postgres = db.engine.dialect.name == "postgresql"
+        now = utcnow()
         if postgres:
-            rows = rows_to_write(jobs)
-            months = months_written(jobs)
+            rows = rows_to_write(jobs, now)
+            months = months_written(jobs, now)
             if not partitions_known(db.engine, months):
                 self._make_partitions(months)
             if rows is not None and partitions_known(db.engine, months):
@@ -497,7 +499,7 @@ class GroupCommitter:
                 return [IngestResult(stored=len(job.events), duplicates=0) for job in jobs]
         session = Session(bind=self._transaction_connection())
         try:
-            results = write_jobs(session, jobs)
+            results = write_jobs(session, jobs, now)
             commit_or_uncertain(session)
             self._database_answered()
             return results

@@ -163,9 +163,12 @@ def _row(tenant_id: int, event: NewEvent, client: dict[str, Any], now: datetime)
     }
 
 
-def write_jobs(session: Session, jobs: Sequence[IngestJob]) -> list[IngestResult]:
-    """Drop duplicates, enrich and insert every job's events in the caller's transaction."""
-    now = utcnow()
+def write_jobs(
+    session: Session, jobs: Sequence[IngestJob], now: datetime | None = None
+) -> list[IngestResult]:
+    """Drop duplicates, enrich and insert every job's events in the caller's transaction,
+    those without a time at ``now``."""
+    now = now or utcnow()
     rows: list[dict[str, Any]] = []
     results = []
     for job in jobs:
@@ -177,20 +180,19 @@ def write_jobs(session: Session, jobs: Sequence[IngestJob]) -> list[IngestResult
     return results
 
 
-def rows_to_write(jobs: Sequence[IngestJob]) -> list[dict[str, Any]] | None:
+def rows_to_write(jobs: Sequence[IngestJob], now: datetime) -> list[dict[str, Any]] | None:
     """Every job's enriched rows when none of their events has a dedupe key; else None.
 
     Such jobs need nothing read from the database before their rows are written.
     """
     if any(event.dedupe_key is not None for job in jobs for event in job.events):
         return None
-    now = utcnow()
     return [row for job in jobs for row in _enriched(job, job.events, now)]
 
 
-def months_written(jobs: Sequence[IngestJob]) -> set[date]:
-    """The months whose partitions ``jobs``' events go to (an event without a time: now's)."""
-    now = utcnow()
+def months_written(jobs: Sequence[IngestJob], now: datetime) -> set[date]:
+    """The months whose partitions ``jobs``' events go to, those without a time at ``now``
+    (the same ``now`` their rows get: a month begun between the two would be made late)."""
     return {month_of(event.created_at or now) for job in jobs for event in job.events}
 
 
@@ -249,14 +251,14 @@ def _write_alone(
     """``job`` in a transaction of its own, which waits for a lock ``lock_timeout`` at most:
     else a tenant being rebuilt would hold a pooled connection for each of its requests."""
     try:
-        engine = session.get_bind()
-        months = months_written([job])
+        engine, now = session.get_bind(), utcnow()
+        months = months_written([job], now)
         if engine.dialect.name == "postgresql" and not partitions_known(engine, months):
             session.rollback()  # its connection back to the pool while another makes them
             with engine.connect() as connection:
                 make_partitions_first(connection, months, lock_timeout=lock_timeout)
         limit_lock_waits(session.connection(), lock_timeout)
-        (result,) = write_jobs(session, [job])
+        (result,) = write_jobs(session, [job], now)
         commit_or_uncertain(session)
         return result
     except Exception as error:

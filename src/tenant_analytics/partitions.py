@@ -78,6 +78,10 @@ def ensure_partitions(connection: Connection, months: Iterable[date]) -> list[st
         )
         if connection.scalar(text("SELECT to_regclass(:name)"), {"name": name}) is not None:
             continue
+        # The partition's foreign key locks tenants after events: taken first, it is waited
+        # for holding nothing, not with events held while a zone change or a tenant's
+        # deletion (tenants written, events read next) waits for events.
+        connection.execute(text("LOCK TABLE tenants IN SHARE ROW EXCLUSIVE MODE"))
         connection.execute(
             text(
                 f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF events "
