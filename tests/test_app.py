@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from flask_jwt_extended import create_access_token, create_refresh_token, decode_token
 from flask_migrate import upgrade
 from gunicorn.arbiter import Arbiter
 from sqlalchemy import create_engine, func, make_url, select, text
@@ -162,6 +163,49 @@ def test_a_storage_url_that_names_nothing_usable_is_refused_without_its_password
     with pytest.raises(ConfigError, match=said) as refused:
         create_app()
     assert setting in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+BOUNDED_SETTINGS = {  # name: the greatest value taken
+    "JWT_ACCESS_MINUTES": 365 * 24 * 60,
+    "JWT_REFRESH_DAYS": 3650,
+    "WRITE_LOCK_TIMEOUT_MS": 60_000,
+    "IDEMPOTENCY_WINDOW_SECONDS": 30 * 86_400,
+    "DATABASE_CONNECT_TIMEOUT": 3600,
+    "BODY_READ_TIMEOUT_SECONDS": 3600,
+    "TENANT_CACHE_SECONDS": 3600,
+    "INTERACTION_MIN_MS": 10_000,
+}
+
+
+def test_settings_at_their_bounds_start_and_sign_in(monkeypatch):
+    """The greatest values make tokens (JWT_REFRESH_DAYS=999999999 started, then every
+    sign-in was a 500: its expiry beyond the year 9999)."""
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    for name, greatest in BOUNDED_SETTINGS.items():
+        monkeypatch.setenv(name, str(greatest))
+    app = create_app()
+    with app.test_request_context():
+        assert decode_token(create_refresh_token(identity="1"))["sub"] == "1"
+        assert decode_token(create_access_token(identity="1"))["sub"] == "1"
+
+
+@pytest.mark.parametrize("name", BOUNDED_SETTINGS)
+def test_a_setting_past_its_bound_is_refused_in_one_line(monkeypatch, name):
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    monkeypatch.setenv(name, str(BOUNDED_SETTINGS[name] + 1))
+    with pytest.raises(ConfigError, match=f"^{name} must be <= {BOUNDED_SETTINGS[name]}, got"):
+        create_app()
+
+
+@pytest.mark.parametrize("limit", ["0 per minute", "1 per 0 minute", "5/0second"])
+def test_a_rate_limit_that_counts_nothing_is_refused(monkeypatch, limit):
+    """ "0 per minute" refused every event of every tenant; limits reads a period of 0 as 1."""
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    monkeypatch.setenv("TRACK_RATE_LIMIT", limit)
+    with pytest.raises(ConfigError, match=r"^TRACK_RATE_LIMIT must allow at least 1 per period"):
+        create_app()
+    monkeypatch.setenv("TRACK_RATE_LIMIT", "1 per 10 minutes")
+    assert create_app().config["TRACK_RATE_LIMIT"] == "1 per 10 minutes"
 
 
 @pytest.mark.parametrize(

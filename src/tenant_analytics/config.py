@@ -49,7 +49,11 @@ class ConfigError(click.ClickException):
     line (``flask --app tenant_analytics …``) prints it as one line and exits 1."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None
+) -> int:
+    """An integer setting from ``minimum`` to ``maximum``: beyond a bound a time or a date
+    overflows (a token's expiry: every sign-in a 500) or the database refuses it."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -59,6 +63,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -149,12 +155,18 @@ def _app_env(env: Mapping[str, str]) -> str:
     return next(iter(given.values()), "development")
 
 
+_ZERO_PERIOD = re.compile(r"(?:\bper\b|/)\s*0+\s*[A-Za-z]", re.IGNORECASE)
+
+
 def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name) or default
     try:
-        parse_rate_limit(value)
+        limit = parse_rate_limit(value)
     except ValueError as exc:
         raise ConfigError(f"{name} is not a rate limit like '100 per minute': {value!r}") from exc
+    # "0 per minute" refuses every request; limits reads "1 per 0 minute" as per minute.
+    if limit.amount < 1 or _ZERO_PERIOD.search(value):
+        raise ConfigError(f"{name} must allow at least 1 per period of at least 1: {value!r}")
     return value
 
 
@@ -198,20 +210,23 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "GROUP_COMMIT": _flag(env, "GROUP_COMMIT", True),
         # PostgreSQL: libpq waits for ever for a server that does not answer (a host gone
         # from the network); a DATABASE_URL's own ?connect_timeout= wins.
-        "DATABASE_CONNECT_TIMEOUT": _int(env, "DATABASE_CONNECT_TIMEOUT", 10, 1),
-        "WRITE_LOCK_TIMEOUT_SECONDS": _int(env, "WRITE_LOCK_TIMEOUT_MS", 2000, 1) / 1000,
-        "TENANT_CACHE_SECONDS": _int(env, "TENANT_CACHE_SECONDS", 10),
+        "DATABASE_CONNECT_TIMEOUT": _int(env, "DATABASE_CONNECT_TIMEOUT", 10, 1, 3600),
+        # Past a minute a write's request has given up its batch anyway.
+        "WRITE_LOCK_TIMEOUT_SECONDS": _int(env, "WRITE_LOCK_TIMEOUT_MS", 2000, 1, 60_000) / 1000,
+        "TENANT_CACHE_SECONDS": _int(env, "TENANT_CACHE_SECONDS", 10, 0, 3600),
         # Under gunicorn: the longest a body may pause (a phone losing signal mid-upload);
         # gunicorn sets none, and such a client held its worker's stop or reload for good.
-        "BODY_READ_TIMEOUT_SECONDS": _int(env, "BODY_READ_TIMEOUT_SECONDS", 20, 1),
-        "IDEMPOTENCY_WINDOW_SECONDS": _int(env, "IDEMPOTENCY_WINDOW_SECONDS", 5),
-        "INTERACTION_MIN_SECONDS": _int(env, "INTERACTION_MIN_MS", 15) / 1000,
+        "BODY_READ_TIMEOUT_SECONDS": _int(env, "BODY_READ_TIMEOUT_SECONDS", 20, 1, 3600),
+        "IDEMPOTENCY_WINDOW_SECONDS": _int(env, "IDEMPOTENCY_WINDOW_SECONDS", 5, 0, 30 * 86_400),
+        "INTERACTION_MIN_SECONDS": _int(env, "INTERACTION_MIN_MS", 15, 0, 10_000) / 1000,
         "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
         "DASHBOARD_ORIGINS": _origins(env, "DASHBOARD_ORIGINS"),
         # The address QR codes hold (https://stats.example.com); else the request's own.
         "PUBLIC_URL": _public_url(env),
-        "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int(env, "JWT_ACCESS_MINUTES", 60, 1)),
-        "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int(env, "JWT_REFRESH_DAYS", 30, 1)),
+        "JWT_ACCESS_TOKEN_EXPIRES": timedelta(
+            minutes=_int(env, "JWT_ACCESS_MINUTES", 60, 1, 365 * 24 * 60)
+        ),
+        "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int(env, "JWT_REFRESH_DAYS", 30, 1, 3650)),
     }
 
 
