@@ -1204,6 +1204,35 @@ def test_a_tenant_being_rebuilt_fails_alone_and_promptly(
     assert [count_events(t.id) for t in (busy, other, third)] == [0, 2, 1]
 
 
+def test_a_zone_changed_twice_during_a_batch_refuses_only_that_tenants_jobs(
+    app, make_tenant, add_events, is_postgres, monkeypatch
+):
+    """A batch refused for a zone changed meanwhile is written again once in the zones as
+    they are; changed again by then (an owner changing zones in a row), each tenant's jobs
+    go apart: only that tenant's are refused, not another business's sharing the batch."""
+    if not is_postgres:
+        pytest.skip("SQLite's writes read the zones under its write lock")
+    committer = app.extensions["group_commit"]
+    churning, steady = make_tenant(), make_tenant()
+    add_events(steady, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
+    db.session.execute(update(Tenant).where(Tenant.id == churning.id).values(timezone="Asia/Tokyo"))
+    db.session.commit()
+    # Each look at the zones finds the one before the last change: it changed again.
+    monkeypatch.setattr(
+        "tenant_analytics.group_commit.current_tenants",
+        lambda _connection, ids: {
+            id_: TenantInfo(id_, "UTC" if id_ == churning.id else steady.timezone, "USD")
+            for id_ in ids
+        },
+    )
+    stale = TenantInfo(churning.id, "UTC", "USD")
+    jobs = [pageview_job(stale, "/a"), pageview_job(TenantInfo.of(steady), "/b")]
+    outcomes = commit_as_one_batch(committer, jobs)
+    assert type(outcomes[0]) is CommitTimeout
+    assert outcomes[1] == 1
+    assert [count_events(churning.id), count_events(steady.id)] == [0, 2]
+
+
 def test_a_tenant_found_locked_holds_up_no_later_batch(
     app, make_tenant, add_events, is_postgres, monkeypatch
 ):

@@ -460,6 +460,13 @@ class GroupCommitter:
         """A tenant's time zone changed in another process since this one cached it: write
         the batch again (once) with the zones as they are now, and forget the cache."""
         if not recount:
+            tenant_ids = sorted({pending.job.tenant.id for pending in batch})
+            if len(tenant_ids) > 1:
+                # Changed again meanwhile (an owner changing zones in a row): each tenant's
+                # jobs apart, so that only its own are refused, not the other tenants'.
+                for tenant_id in tenant_ids:
+                    self._commit([p for p in batch if p.job.tenant.id == tenant_id])
+                return
             for pending in batch:
                 pending.settle(None, CommitTimeout("the tenant's time zone changed meanwhile"))
             return
