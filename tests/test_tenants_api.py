@@ -11,8 +11,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from tenant_analytics import cli, tenant_data
 from tenant_analytics.api import tenants as tenant_settings_api
@@ -365,6 +366,44 @@ def test_events_a_stale_worker_writes_after_a_zone_change_count_in_the_new_zone(
     # Written, a generated session is counted with no row of its own (rollups.NEW_SESSION).
     del rebuilt["session_last_seen"], written["session_last_seen"]
     assert rebuilt == written
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "statement"),
+    [
+        ("patch", "", {"name": "Otro"}, "UPDATE tenants"),  # its row gone: StaleDataError
+        ("patch", "", {"active": False}, "FOR NO KEY UPDATE"),  # read again, its row locked
+        ("post", "/products", {"name": "Pan", "price": "1.00"}, "INSERT INTO products"),
+    ],
+)
+def test_an_owner_write_whose_tenant_is_deleted_meanwhile_is_a_404(
+    client, owner, migrated, is_postgres, method, path, body, statement
+):
+    """An operator's `tenant delete` while an owner's write runs: the tenant is not found,
+    as it would be a moment later (was a 500, and a new product's a 409 "slug taken")."""
+    if not is_postgres:
+        pytest.skip("on SQLite the request's transaction holds off the deletion")
+    tenant, headers = owner
+    operator = create_engine(migrated, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    deleted: list[str] = []
+
+    def delete_first(_connection, _cursor, sql: str, *_args) -> None:
+        if statement in sql and not deleted:
+            deleted.append(sql)
+            with operator.connect() as connection:
+                connection.execute(text("DELETE FROM tenants WHERE id = :id"), {"id": tenant.id})
+
+    event.listen(db.engine, "before_cursor_execute", delete_first)
+    try:
+        answer = getattr(client, method)(
+            f"/api/tenants/{tenant.id}{path}", headers=headers, json=body
+        )
+    finally:
+        event.remove(db.engine, "before_cursor_execute", delete_first)
+        operator.dispose()
+    assert deleted
+    assert answer.status_code == 404, answer.get_json()
+    assert answer.get_json()["message"] == "Tenant not found"
 
 
 def _switch(client, tenant, headers, active):

@@ -17,6 +17,7 @@ from pydantic_core import ErrorDetails
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -246,6 +247,15 @@ class OnceAMinute:
 
 
 TENANT_UNAVAILABLE = "Tenant not found or not available"
+
+
+def deleted_meanwhile(exc: SQLAlchemyError) -> ApiError:
+    """The 404 of an owner's request whose tenant (or product) an operator deleted while
+    it ran (``tenant delete``): its row gone under an UPDATE, a read after the commit."""
+    said = str(exc)
+    if "Product" in said or "'products'" in said:
+        return ApiError(404, "Product not found", code="not_found")
+    return ApiError(404, "Tenant not found", code="not_found")
 
 
 def tenant_unavailable() -> ApiError:
@@ -485,6 +495,13 @@ def register_error_handlers(app: Flask) -> None:
         # More requests than pooled connections (easy with gevent's many greenlets).
         say_database_problem(exc)
         return unavailable("The service is busy; retry shortly.")
+
+    @app.errorhandler(StaleDataError)
+    @app.errorhandler(ObjectDeletedError)
+    def _deleted_meanwhile(exc: SQLAlchemyError):
+        db.session.rollback()
+        log.warning("a request's row was deleted while it ran: %s", type(exc).__name__)
+        return _api_error(deleted_meanwhile(exc))
 
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):

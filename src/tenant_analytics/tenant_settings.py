@@ -63,7 +63,9 @@ def change_settings(
         # Read again under the row's lock: an operator's suspension committed since the
         # tenant was read must refuse this switch, not be overwritten by it. After the
         # rollup lock, in the order a zone change takes both (else a deadlock).
-        session.refresh(tenant, with_for_update={"key_share": True})
+        locked = {"key_share": True}
+        if session.get(Tenant, tenant.id, with_for_update=locked, populate_existing=True) is None:
+            raise ApiError(404, "Tenant not found", code="not_found")  # deleted meanwhile
         refuse_switching_on(tenant, changes["active"], by_operator=by_operator)
     if rebuild:
         before_rebuild()

@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, request, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import ApiError, invalid_body, outage_reason
+from ..errors import ApiError, deleted_meanwhile, invalid_body, names_a_missing_row, outage_reason
 from ..extensions import db
 from ..logs import get_logger
 from ..models import Product, Tenant
@@ -32,12 +32,15 @@ SLUG_TAKEN = "A product with this slug already exists."
 
 @contextmanager
 def _committed_or_409(message: str) -> Iterator[None]:
-    """Run the block and commit; a unique-constraint clash (a taken slug) becomes a 409."""
+    """Run the block and commit; a unique-constraint clash (a taken slug) becomes a 409,
+    a tenant deleted meanwhile (its foreign key) a 404."""
     try:
         yield
         db.session.commit()
-    except IntegrityError:
+    except IntegrityError as error:
         db.session.rollback()
+        if names_a_missing_row(error):
+            raise deleted_meanwhile(error) from None
         raise ApiError(409, message, code="conflict") from None
 
 
