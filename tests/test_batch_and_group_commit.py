@@ -43,6 +43,7 @@ from tenant_analytics.models import Event, Tenant, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS, month_of, partition_name
 from tenant_analytics.postgres_writer import STATEMENTS
 from tenant_analytics.rollups import NEW_SESSION, ROLLUP_LOCK, TenantInfo, rebuild_rollups
+from tenant_analytics.tenant_data import delete_tenant_data
 
 from .conftest import TEST_HASH_KEY, TEST_JWT_KEY, read_only_url, sessions_gone
 from .servers import gunicorn, post
@@ -1347,6 +1348,55 @@ def test_a_new_months_first_write_and_a_rebuild_do_not_deadlock(
     assert counted == 0
     assert [getattr(result, "stored", result) for result in outcome] == [1]
     assert count_events(tenant.id) == 1
+
+
+@pytest.mark.parametrize("how", ["batched", "alone"])
+def test_a_new_months_first_write_and_a_tenants_deletion_do_not_deadlock(
+    make_app, make_tenant, is_postgres, how
+):
+    """`tenant delete` counts the tenant's events, then deletes its row: it takes tenants'
+    lock first, in the partition's order (tenants, then events). Otherwise a partition
+    made between the two held tenants and waited for events, the count's, while the
+    delete waited for tenants: PostgreSQL failed one of them."""
+    if not is_postgres:
+        pytest.skip("partitions are PostgreSQL's")
+    app = make_app(GROUP_COMMIT=how == "batched", WRITE_LOCK_TIMEOUT_SECONDS=5.0)
+    doomed, writer_tenant = make_tenant(), make_tenant()
+    doomed_id = doomed.id
+    month = datetime(2047, 1 + (how == "alone"), 9, 12, tzinfo=UTC)  # a new month for each
+    pageview = NewEvent("pageview", created_at=month)
+    client = ClientInfo(None, None, None)
+    outcome: list[object] = []
+    waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+
+    def write() -> None:
+        outcome.append(refused_or_stored(app, writer_tenant, pageview, client))
+
+    def write_meanwhile(_connection, _cursor, sql: str, *_args) -> None:
+        if sql.startswith("DELETE FROM tenants") and not outcome:
+            writer = threading.Thread(target=write, daemon=True)
+            writer.start()
+            for _ in range(40):  # until the partition waits (or is made, with nothing held)
+                with db.engine.connect() as look:
+                    if look.scalar(waiting) or not writer.is_alive():
+                        break
+                time.sleep(0.05)
+
+    deleting = Session(db.engine)
+    event.listen(db.engine, "before_cursor_execute", write_meanwhile)
+    try:
+        assert delete_tenant_data(deleting, doomed_id) == 0
+        deleting.commit()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", write_meanwhile)
+        deleting.close()
+    for _ in range(100):
+        if outcome:
+            break
+        time.sleep(0.1)
+    assert outcome == [1]
+    db.session.expire_all()
+    assert db.session.scalar(select(func.count()).where(Tenant.id == doomed_id)) == 0
 
 
 @pytest.mark.parametrize("how", ["batched", "alone"])
