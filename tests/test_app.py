@@ -197,7 +197,9 @@ def test_a_setting_past_its_bound_is_refused_in_one_line(monkeypatch, name):
         create_app()
 
 
-@pytest.mark.parametrize("limit", ["0 per minute", "1 per 0 minute", "5/0second"])
+@pytest.mark.parametrize(
+    "limit", ["0 per minute", "1 per 0 minute", "5/0second", "100 per minute;0 per second"]
+)
 def test_a_rate_limit_that_counts_nothing_is_refused(monkeypatch, limit):
     """ "0 per minute" refused every event of every tenant; limits reads a period of 0 as 1."""
     monkeypatch.setenv("DATABASE_URL", "sqlite://")

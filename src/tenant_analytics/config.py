@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
-from limits import parse as parse_rate_limit
+from limits import parse_many as parse_rate_limits
 from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
 from redis.connection import parse_url as parse_redis_url
 from sqlalchemy import make_url
@@ -161,11 +161,11 @@ _ZERO_PERIOD = re.compile(r"(?:\bper\b|/)\s*0+\s*[A-Za-z]", re.IGNORECASE)
 def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name) or default
     try:
-        limit = parse_rate_limit(value)
+        limits = parse_rate_limits(value)
     except ValueError as exc:
         raise ConfigError(f"{name} is not a rate limit like '100 per minute': {value!r}") from exc
     # "0 per minute" refuses every request; limits reads "1 per 0 minute" as per minute.
-    if limit.amount < 1 or _ZERO_PERIOD.search(value):
+    if any(limit.amount < 1 for limit in limits) or _ZERO_PERIOD.search(value):
         raise ConfigError(f"{name} must allow at least 1 per period of at least 1: {value!r}")
     return value
 
