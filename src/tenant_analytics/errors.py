@@ -249,13 +249,21 @@ class OnceAMinute:
 TENANT_UNAVAILABLE = "Tenant not found or not available"
 
 
-def deleted_meanwhile(exc: SQLAlchemyError) -> ApiError:
-    """The 404 of an owner's request whose tenant (or product) an operator deleted while
-    it ran (``tenant delete``): its row gone under an UPDATE, a read after the commit."""
-    said = str(exc)
-    if "Product" in said or "'products'" in said:
-        return ApiError(404, "Product not found", code="not_found")
+def tenant_not_found() -> ApiError:
+    """The 404 of an owner's route naming a tenant the caller cannot see (or none)."""
     return ApiError(404, "Tenant not found", code="not_found")
+
+
+def deleted_meanwhile(exc: SQLAlchemyError) -> ApiError | None:
+    """The 404 of an owner's request whose tenant (or product) an operator deleted while
+    it ran (``tenant delete``): its row gone under an UPDATE, a read after the commit.
+    None for another row's: not this race, a fault to trace."""
+    said = str(exc)
+    if "<Product" in said or "'products'" in said:
+        return ApiError(404, "Product not found", code="not_found")
+    if "<Tenant" in said or "'tenants'" in said:
+        return tenant_not_found()
+    return None
 
 
 def tenant_unavailable() -> ApiError:
@@ -499,9 +507,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(StaleDataError)
     @app.errorhandler(ObjectDeletedError)
     def _deleted_meanwhile(exc: SQLAlchemyError):
+        gone = deleted_meanwhile(exc)
+        if gone is None:
+            return _database_error(exc)
         db.session.rollback()
         log.warning("a request's row was deleted while it ran: %s", type(exc).__name__)
-        return _api_error(deleted_meanwhile(exc))
+        return _api_error(gone)
 
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):

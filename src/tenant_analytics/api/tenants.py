@@ -8,9 +8,9 @@ from itertools import chain
 
 from flask import Blueprint, current_app, request, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, NoResultFound
 
-from ..errors import ApiError, deleted_meanwhile, invalid_body, names_a_missing_row, outage_reason
+from ..errors import ApiError, invalid_body, names_a_missing_row, outage_reason, tenant_not_found
 from ..extensions import db
 from ..logs import get_logger
 from ..models import Product, Tenant
@@ -39,8 +39,8 @@ def _committed_or_409(message: str) -> Iterator[None]:
         db.session.commit()
     except IntegrityError as error:
         db.session.rollback()
-        if names_a_missing_row(error):
-            raise deleted_meanwhile(error) from None
+        if names_a_missing_row(error):  # the tenant, deleted meanwhile
+            raise tenant_not_found() from None
         raise ApiError(409, message, code="conflict") from None
 
 
@@ -99,7 +99,10 @@ def export_tenant(tenant_id: int):
         return _export_response(tenant, iter(()))  # no Content-Length: 0, as a list gets
     spend_heavy_owner_work(tenant.id)
     pieces = exported_text(db.session, tenant)
-    first = next(pieces)  # read before the 200 is sent: a database away is still a 503
+    try:
+        first = next(pieces)  # read before the 200 is sent: a database away is still a 503
+    except NoResultFound:  # the tenant's row, deleted since it was found above
+        raise tenant_not_found() from None
     return _export_response(tenant, stream_with_context(_ended_by_failure(chain([first], pieces))))
 
 
