@@ -197,6 +197,17 @@ def test_a_setting_past_its_bound_is_refused_in_one_line(monkeypatch, name):
         create_app()
 
 
+@pytest.mark.parametrize("limit", ["1 per 2 years", "10000000000 per second"])
+def test_a_rate_limit_the_limiters_redis_cannot_count_is_refused(monkeypatch, limit):
+    """Redis refused each count, and every worker went on counting alone, in memory."""
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    monkeypatch.setenv("API_RATE_LIMIT", limit)
+    with pytest.raises(ConfigError, match=r"^API_RATE_LIMIT may allow at most 10\*\*9 per"):
+        create_app()
+    monkeypatch.setenv("API_RATE_LIMIT", "1000000000 per year")
+    assert create_app().config["API_RATE_LIMIT"] == "1000000000 per year"
+
+
 @pytest.mark.parametrize(
     "limit", ["0 per minute", "1 per 0 minute", "5/0second", "100 per minute;0 per second"]
 )

@@ -155,6 +155,7 @@ def _app_env(env: Mapping[str, str]) -> str:
     return next(iter(given.values()), "development")
 
 
+ONE_YEAR = parse_rate_limits("1 per year")[0].get_expiry()  # as limits counts a year
 _ZERO_PERIOD = re.compile(r"(?:\bper\b|/)\s*0+\s*[A-Za-z]", re.IGNORECASE)
 
 
@@ -167,6 +168,10 @@ def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
     # "0 per minute" refuses every request; limits reads "1 per 0 minute" as per minute.
     if any(limit.amount < 1 for limit in limits) or _ZERO_PERIOD.search(value):
         raise ConfigError(f"{name} must allow at least 1 per period of at least 1: {value!r}")
+    # Past these the limiter's Redis refuses its counts ("value is not an integer or out of
+    # range"), and each worker then counts alone, in memory.
+    if any(limit.amount > 10**9 or limit.get_expiry() > ONE_YEAR for limit in limits):
+        raise ConfigError(f"{name} may allow at most 10**9 per period of at most a year: {value!r}")
     return value
 
 
