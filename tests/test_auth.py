@@ -633,3 +633,68 @@ def test_a_password_change_checks_the_password_an_operator_just_set(
     db.session.remove()  # the test's own session still holds the user as first read
     with app.test_client() as client:
         assert login(client, email, "operator-set").status_code == 200
+
+
+def test_a_password_change_whose_user_is_deleted_meanwhile_is_refused_as_a_gone_user(
+    app, make_user, auth_headers, is_postgres
+):
+    """`user delete` under way when the owner's change arrives: the change waits for it,
+    then answers as to a token whose user is gone, not "wrong password"."""
+    if not is_postgres:
+        pytest.skip("row locks are PostgreSQL's (SQLite writes one at a time)")
+    import threading
+
+    from sqlalchemy.orm import Session
+
+    from tenant_analytics.extensions import db
+    from tenant_analytics.models import User
+
+    user = make_user(password="old-password")
+    user_id, headers = user.id, auth_headers(user)
+    answers = []
+    operator = Session(db.engine)
+    try:
+        operator.delete(operator.get(User, user_id, with_for_update=True))
+        operator.flush()
+
+        def owner_changes() -> None:
+            with app.test_client() as client:
+                answers.append(change_password(client, headers, "old-password", "owner's choice"))
+
+        owner = threading.Thread(target=owner_changes)
+        owner.start()
+        owner.join(1.0)  # it waits for the operator's transaction
+        operator.commit()
+        owner.join(10)
+    finally:
+        operator.close()
+    assert [(a.status_code, a.get_json()["error"]) for a in answers] == [(401, "invalid_token")]
+
+
+def test_a_password_change_answers_its_tokens_though_the_user_is_deleted_right_after(
+    app, client, make_user, auth_headers
+):
+    """The change committed, then `user delete` ran before the answer was made: the
+    answer is the new tokens (they are refused from then on), not a 500."""
+    from sqlalchemy import delete, event
+    from sqlalchemy.orm import Session
+
+    from tenant_analytics.extensions import db
+    from tenant_analytics.models import User
+
+    user = make_user(password="old-password")
+    user_id, headers = user.id, auth_headers(user)
+
+    def operator_deletes(_session) -> None:
+        with db.engine.begin() as connection:
+            connection.execute(delete(User).where(User.id == user_id))
+
+    event.listen(Session, "after_commit", operator_deletes, once=True)
+    try:
+        answer = change_password(client, headers, "old-password", "owner's choice")
+    finally:
+        if event.contains(Session, "after_commit", operator_deletes):
+            event.remove(Session, "after_commit", operator_deletes)
+    assert answer.status_code == 200
+    new_headers = {"Authorization": f"Bearer {answer.get_json()['access_token']}"}
+    assert client.get("/api/tenants", headers=new_headers).status_code == 401

@@ -157,6 +157,14 @@ def challenge(message: str, *, code: str, token_refused: bool = True) -> tuple[R
     return response, status
 
 
+def user_gone() -> tuple[Response, int]:
+    """The 401 of a token whose user was deleted or changed password since."""
+    return challenge(
+        "The token's user no longer exists or changed password; sign in again.",
+        code="invalid_token",
+    )
+
+
 def may_sign_in(user: User) -> bool:
     """False for the demo's owner on a production server: its password is in the README,
     and `flask demo` may have been run on that database without APP_ENV by mistake."""
@@ -190,10 +198,7 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
 
     @jwt.user_lookup_error_loader
     def _unknown_user(_header, _payload):
-        return challenge(
-            "The token's user no longer exists or changed password; sign in again.",
-            code="invalid_token",
-        )
+        return user_gone()
 
     @jwt.unauthorized_loader
     def _missing(reason: str):

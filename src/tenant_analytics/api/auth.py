@@ -17,6 +17,7 @@ from ..auth import (
     set_password,
     sign_out,
     token_lifetime,
+    user_gone,
 )
 from ..errors import ApiError
 from ..extensions import db
@@ -59,12 +60,16 @@ def change_password():
     # Locked, and read again: an operator's set-password under way is waited for and
     # checked against, not overwritten.
     user = db.session.get(User, current_user.id, with_for_update=True, populate_existing=True)
-    if user is None or not check_password(user, body.current_password):
+    if user is None:  # `user delete` ran while this waited for the row
+        return user_gone()
+    if not check_password(user, body.current_password):
         raise ApiError(403, "The current password is wrong.", code="wrong_password")
     set_password(user, body.new_password)
-    db.session.commit()
     sign_in = new_sign_in()
-    return {**_access(user, sign_in), "refresh_token": refresh_token_for(user, sign_in)}
+    # Made before the commit: the row may be deleted as soon as it is released.
+    tokens = {**_access(user, sign_in), "refresh_token": refresh_token_for(user, sign_in)}
+    db.session.commit()
+    return tokens
 
 
 @bp.post("/logout")
