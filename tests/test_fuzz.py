@@ -261,7 +261,7 @@ def describe(method: str, path: str, body: Any, headers: dict[str, str] | None) 
 
 def check(response, request: str, logged: LoggedTracebacks) -> Any:
     """No 5xx, no logged traceback, strict JSON, the error shape on 4xx; the parsed body."""
-    image = response.mimetype.startswith("image/")  # a QR code
+    image = (response.mimetype or "").startswith("image/")  # a QR code; none when empty
     text = f"<{len(response.data)} bytes>" if image else response.get_data(as_text=True)
     where = f"\n  request:  {request}\n  response: {response.status} {text[:2000]}"
     trace = "\n".join(logged.failures)

@@ -374,6 +374,14 @@ def test_cors_allows_any_origin_on_tracking(client):
     assert response.headers["Access-Control-Max-Age"] == "7200"  # not one preflight per event
 
 
+@pytest.mark.parametrize("path", ["/api/analytics/track", "/api/health", "/api/auth/login"])
+def test_an_options_answer_has_no_body_and_names_no_type(client, path):
+    """Flask's answer to OPTIONS is empty and said it was HTML."""
+    response = preflight(client, path, "https://bakery.example")
+    assert (response.status_code, response.data) == (200, b"")
+    assert "Content-Type" not in response.headers
+
+
 @pytest.mark.parametrize(
     ("path", "method"),
     [

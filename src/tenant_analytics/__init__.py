@@ -127,6 +127,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     quiet_storage_failures()
     app.after_request(uncached_private_answers)
     app.after_request(not_sniffed)
+    app.after_request(untyped_when_empty)
     register_jwt_callbacks(jwt)
     register_blueprints(app)
     register_commands(app)
@@ -137,6 +138,14 @@ def not_sniffed(response: Response) -> Response:
     """Every answer is the type it says: a browser must not take a JSON error that
     echoes a sender's text (a metadata key) for HTML or script."""
     response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def untyped_when_empty(response: Response) -> Response:
+    """An answer without a body (an OPTIONS, a 204) names no type: Flask's default is
+    HTML's."""
+    if not response.is_streamed and response.calculate_content_length() == 0:
+        response.headers.pop("Content-Type", None)
     return response
 
 
