@@ -203,6 +203,23 @@ PHONE = (
 )
 
 
+# Runs in a page: loads the URL as an image, in a frame and with fetch; calls back with
+# the kinds once each has finished (the scan, were it counted, committed before).
+LOAD_AS_SUBRESOURCES = """
+const [url, done] = arguments;
+const finished = [];
+const settle = (kind) => { finished.push(kind); if (finished.length === 3) done(finished); };
+const image = new Image();
+image.onload = image.onerror = () => settle("image");
+image.src = url + "?via=img";
+const frame = document.createElement("iframe");
+frame.onload = () => settle("iframe");
+frame.src = url + "?via=frame";
+document.body.appendChild(frame);
+fetch(url + "?via=fetch", {mode: "no-cors"}).then(() => settle("fetch"), () => settle("fetch"));
+"""
+
+
 @pytest.fixture
 def phone(browser) -> Iterator[Any]:
     """Chromium as a phone, which QR codes are scanned with."""
@@ -226,6 +243,13 @@ def test_qr_scan_takes_a_phone_to_the_landing_page(api_port, page_port, phone, m
         {"campaign": "mesa-3"},
         PHONE,
     )
+    # Another site's page loading the code (an image, a frame, a fetch) adds no scan.
+    phone.get(f"http://localhost:{page_port}/")
+    loaded = phone.execute_async_script(
+        LOAD_AS_SUBRESOURCES, f"http://127.0.0.1:{api_port}/q/{shop.slug}"
+    )
+    assert sorted(loaded) == ["fetch", "iframe", "image"]
+    assert len(stored_events(shop.id)) == 1
     # A code whose tenant has no landing page: a page the customer can read, not JSON.
     phone.get(f"http://127.0.0.1:{api_port}/q/{retired_slug}")
     heading = phone.find_element("tag name", "h1").text

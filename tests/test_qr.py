@@ -193,6 +193,28 @@ def test_a_prefetch_is_led_on_but_not_counted(client, shop, header):
     assert events_of(shop.id) == []
 
 
+@pytest.mark.parametrize(
+    "fetched_as",
+    [
+        {"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},  # <img src="/q/…">
+        {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},  # a script's fetch()
+        {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},  # <iframe src="/q/…">
+    ],
+)
+def test_a_code_another_page_loads_is_led_on_but_not_counted(client, shop, fetched_as):
+    """Any site could otherwise add scans to any tenant, one per visitor of its page."""
+    headers = {"User-Agent": PHONE, "Sec-Fetch-Site": "cross-site", **fetched_as}
+    response = client.get(f"/q/{shop.slug}", headers=headers)
+    assert (response.status_code, response.headers["Location"]) == (302, LANDING)
+    assert events_of(shop.id) == []
+    opened = {"User-Agent": PHONE, "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    assert (
+        client.get(f"/q/{shop.slug}", headers={**opened, "Sec-Fetch-Site": "none"}).status_code
+        == 302
+    )
+    assert [event.event_type for event in events_of(shop.id)] == ["qr_scan"]
+
+
 def test_a_head_request_is_led_on_but_not_counted(client, shop):
     response = client.head(f"/q/{shop.slug}", headers={"User-Agent": PHONE})
     assert (response.status_code, response.headers["Location"]) == (302, LANDING)

@@ -58,9 +58,10 @@ def scan(slug: str):
     """Count a scan of the tenant's QR code and send the visitor on to its landing page.
 
     Not counted, but still redirected: a HEAD (a link checker, not a person), a crawler,
-    a scan over the address's limit, or one the database could not take (the customer
-    is never stopped at the door). While the database is away, a code goes to the page
-    this process led it to within the last hour.
+    a request another site's page makes (an image, a frame, a script's fetch: any page
+    could add scans so), a scan over the address's limit, or one the database could not
+    take (the customer is never stopped at the door). While the database is away, a code
+    goes to the page this process led it to within the last hour.
     """
     slug = canonical_slug(slug)  # a code typed from a flyer may be in capitals
     if not is_tenant_slug(slug):
@@ -87,7 +88,9 @@ def scan(slug: str):
     landing_url = tenant.landing_url
     destinations[slug] = (landing_url, time.monotonic())
     # The address's limit first: it also bounds the crawler check each address can ask for.
-    counted = request.method == "GET" and not _prefetch() and qr_scan_counted()
+    counted = (
+        request.method == "GET" and not _prefetch() and _opened_as_a_page() and qr_scan_counted()
+    )
     if counted and not is_bot_browser(request.headers.get("User-Agent")):
         campaign = _campaign_arg()
         try:
@@ -106,6 +109,15 @@ def _prefetch() -> bool:
     names = ("Sec-Purpose", "Purpose", "X-Purpose", "X-Moz")
     purpose = " ".join(request.headers.get(name, "") for name in names).lower()
     return "prefetch" in purpose or "preview" in purpose
+
+
+def _opened_as_a_page() -> bool:
+    """The code opened in the browser's own window, as a camera or a tapped link opens
+    it; not an image, a frame or a fetch some page asks for, which a browser's Sec-Fetch
+    headers say. A browser too old to send them is taken as opening a page."""
+    mode = request.headers.get("Sec-Fetch-Mode", "navigate")
+    destination = request.headers.get("Sec-Fetch-Dest", "document")
+    return mode == "navigate" and destination == "document"
 
 
 def _led_on(landing_url: str):
