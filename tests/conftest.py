@@ -7,6 +7,7 @@ file. ``TEST_REDIS_URL`` puts the rate limiter on Redis.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,8 +29,10 @@ from tenant_analytics.ingestion import ClientInfo, NewEvent, enrich
 from tenant_analytics.models import Tenant, User, utcnow
 from tenant_analytics.storage import insert_events
 
-TEST_HASH_KEY = "test-visitor-hash-key-0123456789abcdef"
-TEST_JWT_KEY = "test-jwt-key-0123456789abcdef-0123456789"
+# Drawn for each run: keys published here would be keys a production server could be
+# given (its check refuses only the keys it knows are published).
+TEST_HASH_KEY = secrets.token_urlsafe(32)
+TEST_JWT_KEY = secrets.token_urlsafe(32)
 # Every app the suite makes, and every server it starts, has keys: none writes the
 # checkout's instance/dev-secrets.json (the tests of that file remove these).
 os.environ.setdefault("JWT_SECRET_KEY", TEST_JWT_KEY)
