@@ -221,6 +221,8 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
             code="token_revoked",
         )
 
+    # No route asks for a fresh token (nor verifies claims) yet: these keep a route that
+    # will in the one error shape, not flask-jwt-extended's {"msg": ...}.
     @jwt.needs_fresh_token_loader
     def _needs_fresh(_header, _payload):
         return challenge("A fresh token is required.", code="fresh_token_required")

@@ -505,7 +505,8 @@ def purge_command(days: int) -> None:
 @events_cli.command("rebuild-rollups")
 @click.option("--tenant", "tenant_id", type=int, required=True)
 def rebuild_rollups_command(tenant_id: int) -> None:
-    """Recompute a tenant's rollups from its events (after a bulk load or a zone change)."""
+    """Recompute a tenant's rollups from its events (after a bulk load, or a change made in
+    the database: a zone changed through the API rebuilds them itself)."""
     if db.session.get(Tenant, tenant_id) is None:
         fail(f"no tenant with id {tenant_id}")
     rebuild_rollups(db.session, tenant_id)

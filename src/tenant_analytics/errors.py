@@ -254,13 +254,18 @@ def tenant_not_found() -> ApiError:
     return ApiError(404, "Tenant not found", code="not_found")
 
 
+def product_not_found() -> ApiError:
+    """The 404 of a product id the tenant has not (or no longer)."""
+    return ApiError(404, "Product not found", code="not_found")
+
+
 def deleted_meanwhile(exc: SQLAlchemyError) -> ApiError | None:
     """The 404 of an owner's request whose tenant (or product) an operator deleted while
     it ran (``tenant delete``): its row gone under an UPDATE, a read after the commit.
     None for another row's: not this race, a fault to trace."""
     said = str(exc)
     if "<Product" in said or "'products'" in said:
-        return ApiError(404, "Product not found", code="not_found")
+        return product_not_found()
     if "<Tenant" in said or "'tenants'" in said:
         return tenant_not_found()
     return None

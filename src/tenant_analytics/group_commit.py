@@ -58,7 +58,7 @@ log = get_logger(__name__)
 
 SWITCH_INTERVAL = 0.0005  # seconds
 # How long a tenant found with its rollups locked (being rebuilt) has its events refused
-# at once, before the committer looks in pg_locks again.
+# at once, before the committer tries its lock again (a try, never waited on).
 BUSY_RECHECK_SECONDS = 0.5
 # After a pause this long the committer checks the connections it kept are still open.
 IDLE_CHECK_SECONDS = 1.0
@@ -433,8 +433,8 @@ class GroupCommitter:
 
         A rebuild holds a tenant's rollups for up to a minute; were its jobs written with
         every batch, each batch would wait out the lock timeout first, and every other
-        tenant's events with it. Once ``busy_recheck`` has passed, pg_locks tells (one
-        cheap query) whether the tenant is still locked.
+        tenant's events with it. Once ``busy_recheck`` has passed, one cheap query tells
+        whether the tenant is still locked (it tries the lock, in autocommit: never waits).
         """
         if not self._busy:
             return list(batch)

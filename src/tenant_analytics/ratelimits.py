@@ -23,7 +23,7 @@ from .errors import ApiError, OnceAMinute, api_error_response, rate_limited, una
 from .extensions import client_ip_key, limiter
 from .logs import get_logger
 from .privacy import limited_client, rate_limit_key
-from .schemas import MAX_BATCH_EVENTS, echoed_transaction_id
+from .schemas import MAX_BATCH_EVENTS, beacon_answer
 from .tenancy import request_body, requested_tenant
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -480,8 +480,7 @@ password_change_attempts = unless_disabled(_password_change_limits)
 def _skip_beacon(_limit: RequestLimit) -> Response:
     """A throttled conversion beacon is skipped, never an error the page could see."""
     body = request_body() or {}  # none for a body over every limit: still a 200
-    transaction_id = echoed_transaction_id(body.get("transaction_id"))
-    return jsonify({"status": "skipped", "transaction_id": transaction_id})
+    return jsonify(beacon_answer("skipped", body.get("transaction_id")))
 
 
 # The v1 "api" throttle group: per client address, shared by its endpoints.

@@ -522,6 +522,12 @@ def echoed_transaction_id(raw: object) -> str | int | None:
     return None  # NaN, for one, is no JSON at all
 
 
+def beacon_answer(status: str, raw_transaction_id: object) -> dict[str, object]:
+    """A conversion beacon's 200 body: ``ok`` or ``skipped``, and the transaction id as
+    sent."""
+    return {"status": status, "transaction_id": echoed_transaction_id(raw_transaction_id)}
+
+
 class ProductCreate(OwnerSettings):
     """``POST /api/tenants/<id>/products``."""
 

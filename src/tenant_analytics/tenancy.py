@@ -13,12 +13,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge, RequestTimeout
 
-from .errors import ApiError, tenant_unavailable
+from .errors import tenant_not_found, tenant_unavailable
 from .extensions import db
 from .models import Tenant, User, is_row_id
 from .rollups import TenantInfo
-
-TENANT_NOT_FOUND = "Tenant not found"
 
 
 def public_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
@@ -76,7 +74,7 @@ def owned_tenant_or_404(tenant_id: int) -> Tenant:
             query = query.where(Tenant.owners.any(User.id == user.id))
         tenant = db.session.scalar(query)
     if tenant is None:
-        raise ApiError(404, TENANT_NOT_FOUND, code="not_found")
+        raise tenant_not_found()
     return tenant
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from .errors import ApiError
+from .errors import ApiError, tenant_not_found
 from .models import Tenant
 from .rollups import lock_rollups_within, rebuild_rollups
 
@@ -65,7 +65,7 @@ def change_settings(
         # rollup lock, in the order a zone change takes both (else a deadlock).
         locked = {"key_share": True}
         if session.get(Tenant, tenant.id, with_for_update=locked, populate_existing=True) is None:
-            raise ApiError(404, "Tenant not found", code="not_found")  # deleted meanwhile
+            raise tenant_not_found()  # deleted meanwhile
         refuse_switching_on(tenant, changes["active"], by_operator=by_operator)
     if rebuild:
         before_rebuild()

@@ -151,7 +151,8 @@ def rfm(tenant_id: int):
 @bp.get("/api/analytics/<int:tenant_id>/alerts")
 @jwt_required()
 def alerts(tenant_id: int):
-    """Active smart alerts (abandonment, unsold popular products, errors, stuck sessions)."""
+    """Active smart alerts (high abandonment, unsold popular products, payment errors,
+    abandoned carts, stuck sessions)."""
     tenant = owned_tenant_or_404(tenant_id)
     alerts = store_alerts.smart_alerts(
         db.session, tenant_id=tenant.id, zone=tenant_zone(tenant.timezone), now=utcnow()

@@ -10,7 +10,14 @@ from flask import Blueprint, current_app, request, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
 from sqlalchemy.exc import IntegrityError, NoResultFound
 
-from ..errors import ApiError, invalid_body, names_a_missing_row, outage_reason, tenant_not_found
+from ..errors import (
+    ApiError,
+    invalid_body,
+    names_a_missing_row,
+    outage_reason,
+    product_not_found,
+    tenant_not_found,
+)
 from ..extensions import db
 from ..logs import get_logger
 from ..models import Product, Tenant
@@ -47,7 +54,7 @@ def _committed_or_409(message: str) -> Iterator[None]:
 def _product_or_404(tenant: Tenant, product_id: int) -> Product:
     product = product_of_tenant(db.session, tenant.id, product_id)
     if product is None:
-        raise ApiError(404, "Product not found", code="not_found")
+        raise product_not_found()
     return product
 
 

@@ -14,7 +14,7 @@ from ..ingestion import NewEvent, TenantBusy, TenantRef
 from ..logs import get_logger
 from ..postgres_writer import locked_tenants
 from ..ratelimits import api_group_and_tenant, conversion_group, per_tenant
-from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, echoed_transaction_id
+from ..schemas import ConversionBeacon, Interaction, V1TrackEvent, beacon_answer
 from ..tenancy import public_tenant_by_slug, request_body, requested_tenant, requested_tenant_or_404
 from .requests import ingest_from_request, parse_body, sent_by_a_crawler
 
@@ -44,29 +44,29 @@ def track():
 def conversion():
     """Payment beacon: always 200, ``ok`` when recorded (once per transaction), else ``skipped``."""
     raw = request_body() or {}  # none for a body over every limit: a skipped beacon
-    transaction_id = echoed_transaction_id(raw.get("transaction_id"))
+    skipped = beacon_answer("skipped", raw.get("transaction_id"))
     try:
         body = ConversionBeacon.model_validate(raw)
     except ValidationError:  # an unusable beacon is expected traffic, not a fault to log
-        return {"status": "skipped", "transaction_id": transaction_id}
+        return skipped
     try:
         tenant = public_tenant_by_slug(db.session, body.tenant_slug)
         event = conversion_event(body, tenant) if tenant else None
         if event is None or sent_by_a_crawler():  # a bot's thank-you page sold nothing
-            return {"status": "skipped", "transaction_id": transaction_id}
+            return skipped
         _ingest_when_free(tenant, event)
     except Exception as exc:  # a beacon must never fail the page
         db.session.rollback()
         log_not_recorded(log, "conversion beacon skipped", exc)
-        return {"status": "skipped", "transaction_id": transaction_id}
-    return {"status": "ok", "transaction_id": transaction_id}  # as sent, as "skipped" does
+        return skipped
+    return beacon_answer("ok", raw.get("transaction_id"))
 
 
 def _ingest_when_free(tenant: TenantRef, event: NewEvent) -> None:
     """Ingest; while the tenant's rollups are locked (nothing was written), look each
-    second, up to BEACON_BUSY_SECONDS, whether they still are (pg_locks, on a connection
-    held for that look only: a try waits the lock timeout on a pooled one) and try again
-    once they are not."""
+    second, up to BEACON_BUSY_SECONDS, whether they still are (a try of the lock, never
+    waited on, on a connection held for that look only: a write would wait out the lock
+    timeout) and write again once they are not."""
     given_up_at = time.monotonic() + BEACON_BUSY_SECONDS
     while True:
         try:

@@ -129,8 +129,8 @@ def carts_without_checkout(
 
 
 def stuck_sessions(conn: Database, *, tenant_id: int, start: datetime, end: datetime) -> int:
-    """Sessions with more than 15 events and no sale (a purchase, or one confirmed over
-    WhatsApp) in [start, end)."""
+    """Sessions with more than STUCK_EVENTS_ABOVE events and no sale (a purchase, or one
+    confirmed over WhatsApp) in [start, end)."""
     stuck = (
         select(Event.session_id)
         .where(*in_window(tenant_id, start, end), Event.session_id.is_not(None))
