@@ -5,7 +5,7 @@ from alembic import context
 from flask import current_app
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from tenant_analytics.errors import (
+from tenant_analytics.database_errors import (
     connection_failure,
     driver_first_line,
     is_outage,

@@ -33,7 +33,7 @@ from tenant_analytics.config import (
     normalize_database_url,
     warn_about_database,
 )
-from tenant_analytics.errors import (
+from tenant_analytics.database_errors import (
     OnceAMinute,
     connection_failure,
     database_address,
@@ -51,6 +51,8 @@ from tenant_analytics.timewindows import tenant_zone
 
 from .conftest import TEST_JWT_KEY, read_only_url, release_connections, scratch_database
 from .servers import GUNICORN, ROOT, TcpForwarder, free_port
+
+DATABASE_LOG = "tenant_analytics.database_errors"  # its once-a-minute lines
 
 
 def test_models_match_migrations(app):
@@ -465,7 +467,7 @@ def test_an_unreachable_database_answers_503_with_retry_after(app, make_app, cap
     assert response.get_json()["error"] == "unavailable"  # as every other 503 of the API
     assert "127.0.0.1" not in response.get_data(as_text=True)
     # The operator's log says why: a typo in DATABASE_URL is not an outage.
-    reasons = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+    reasons = [r.getMessage() for r in caplog.records if r.name == DATABASE_LOG]
     assert any('connection to server at "127.0.0.1", port 1 failed' in r for r in reasons)
     # Where it looked, in the app's own words too (under gevent the driver says only
     # "Connection refused"), and never the password.
@@ -478,7 +480,7 @@ def test_a_database_reached_through_a_socket_is_logged_by_its_directory(app, mak
     url = "postgresql://nobody@/none?host=/nonexistent/socket-dir"
     answer = make_app(SQLALCHEMY_DATABASE_URI=url).test_client().get("/api/health")
     assert answer.status_code == 503
-    reasons = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+    reasons = [r.getMessage() for r in caplog.records if r.name == DATABASE_LOG]
     assert reasons[0].startswith("database unavailable at /nonexistent/socket-dir:5432/none: ")
 
 
@@ -487,13 +489,15 @@ def test_an_outage_is_logged_once_a_minute_not_per_request(app, make_app, caplog
     client = unreachable.test_client()
 
     def said() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+        return [r.getMessage() for r in caplog.records if r.name == DATABASE_LOG]
 
     event = {"tenant_id": 1, "event_type": "pageview"}
     for _ in range(3):
         assert client.post("/api/analytics/track", json=event).status_code == 503
     assert len(said()) == 1 and "(" not in said()[0].split(": ", 1)[0]
-    monkeypatch.setattr("tenant_analytics.errors.OnceAMinute.QUIET_SECONDS", 0.0)  # a minute on
+    monkeypatch.setattr(
+        "tenant_analytics.database_errors.OnceAMinute.QUIET_SECONDS", 0.0
+    )  # a minute on
     client.post("/api/analytics/track", json=event)
     assert len(said()) == 2 and said()[1].endswith("(2 more since, unsaid)")
 
@@ -512,7 +516,7 @@ def test_an_outage_ends_with_a_line_saying_the_database_answers_again(
     event = {"tenant_id": tenant_id, "event_type": "pageview"}
 
     def said() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+        return [r.getMessage() for r in caplog.records if r.name == DATABASE_LOG]
 
     try:
         for _ in range(3):
@@ -574,7 +578,7 @@ def test_a_lock_or_statement_timeout_is_no_outage_whose_end_is_announced(
             assert client.post("/api/analytics/track", json=event).status_code == 503
         holder.rollback()
     assert client.post("/api/analytics/track", json=event).status_code == 201
-    logged = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+    logged = [r.getMessage() for r in caplog.records if r.name == DATABASE_LOG]
     assert len(logged) == 1 and "LockNotAvailable" in logged[0]  # said, once
     assert logged[0].startswith(f"database error at {address}:")  # not "unavailable"
     assert not [line for line in logged if "answers again" in line]
@@ -715,7 +719,7 @@ def test_an_exhausted_connection_pool_answers_503_not_500(make_app, migrated, ca
     # Said once a minute (a pool too small for its traffic would say it per request), as
     # what it is: the database answered all along, so no end of an outage is said either.
     app.test_client().post("/api/analytics/track", json={"tenant_id": 1, "event_type": "pageview"})
-    logged = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+    logged = [r.getMessage() for r in caplog.records if r.name == DATABASE_LOG]
     assert logged == ["no database connection free in time"]
     assert response.headers["Retry-After"] == "1"
     body = response.get_json()
@@ -1035,7 +1039,7 @@ def test_health_says_whether_the_database_and_the_limiter_answer(
         assert (body["error"], body["database"]) == ("unavailable", "unavailable")
         assert body["message"] == said  # nothing of the driver's
     # And the log says why: once a load balancer takes a host out, only probes reach it.
-    logged = [r.getMessage() for r in caplog.records if r.name == "tenant_analytics.errors"]
+    logged = [r.getMessage() for r in caplog.records if r.name == DATABASE_LOG]
     assert logged[0].startswith("database unavailable at 127.0.0.1:1/none: OperationalError")
     assert logged[1].startswith("the database lacks a table or column: run `flask")
 
@@ -1070,7 +1074,7 @@ def test_a_read_only_database_is_a_503_said_once_a_minute_and_out_of_rotation(
     assert stored_events(tenant.id) == 0
     said = [r for r in caplog.records if r.name.startswith("tenant_analytics")]
     assert not [r for r in said if r.exc_info], "a traceback per request"
-    lines = [r.getMessage() for r in said if r.name == "tenant_analytics.errors"]
+    lines = [r.getMessage() for r in said if r.name == DATABASE_LOG]
     assert len(lines) == 2, lines  # three refused writes: one line
     with app.app_context():
         assert lines[0].startswith(f"database read-only at {database_address()}:")

@@ -22,7 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from tenant_analytics import postgres_writer
 from tenant_analytics.config import MAX_CONTENT_LENGTH, normalize_database_url
-from tenant_analytics.errors import outage_reason
+from tenant_analytics.database_errors import outage_reason
 from tenant_analytics.extensions import db
 from tenant_analytics.group_commit import (
     CommitTimeout,

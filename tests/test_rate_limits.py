@@ -328,7 +328,7 @@ def test_a_database_outage_is_not_taken_for_a_limiter_outage(app, make_app, capl
         assert [track(client, 1).status_code for _ in range(3)] == [503] * 3
     assert len(attempts) == 3  # one each: the view does not try again what the key's failed
     assert not limiter._storage_dead  # not counting in memory for a database outage
-    assert [r.name for r in caplog.records] == ["tenant_analytics.errors"]  # once a minute
+    assert [r.name for r in caplog.records] == ["tenant_analytics.database_errors"]  # once a minute
     assert not any(r.exc_info for r in caplog.records)
 
 

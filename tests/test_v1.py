@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tenant_analytics.api import v1
-from tenant_analytics.errors import NOT_MIGRATED
+from tenant_analytics.database_errors import NOT_MIGRATED
 from tenant_analytics.extensions import db, limiter
 from tenant_analytics.group_commit import GroupCommitter
 from tenant_analytics.models import Event, utcnow

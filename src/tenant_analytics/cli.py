@@ -17,15 +17,15 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from .auth import create_user, set_password
-from .errors import (
+from .database_errors import (
     NOT_MIGRATED,
     connection_failure,
     is_not_migrated,
     is_outage,
     is_privilege_missing,
     role_refused,
-    validation_errors,
 )
+from .errors import validation_errors
 from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
 from .extensions import db
 from .landing_urls import is_own_qr_redirect

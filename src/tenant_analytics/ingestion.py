@@ -80,7 +80,7 @@ IN_FAILED_TRANSACTION_STATE = "25P02"
 
 def dropped_while_live(error: DBAPIError) -> bool:
     """Whether the server reported ``error`` on a live connection which the app then
-    dropped all the same (errors._drop_connections_not_to_be_trusted marks them)."""
+    dropped all the same (database_errors.drop_connections_not_to_be_trusted marks them)."""
     return getattr(error, "dropped_while_live", False)
 
 

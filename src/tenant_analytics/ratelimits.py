@@ -19,7 +19,8 @@ from limits.strategies import RateLimiter
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import ApiError, OnceAMinute, api_error_response, rate_limited, unavailable
+from .database_errors import OnceAMinute
+from .errors import ApiError, api_error_response, rate_limited, unavailable
 from .extensions import client_ip_key, limiter
 from .logs import get_logger
 from .privacy import limited_client, rate_limit_key

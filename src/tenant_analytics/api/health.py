@@ -6,14 +6,14 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import (
+from ..database_errors import (
     NOT_MIGRATED,
     database_address,
     is_not_migrated,
     is_privilege_missing,
     say_database_problem,
-    unavailable,
 )
+from ..errors import unavailable
 from ..extensions import db
 from ..models import SCHEMA_REVISION
 from ..ratelimits import limiter_storage_answers

@@ -14,7 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import landing_urls
 from ..catalogue import QR_SCAN
 from ..crawlers import is_bot_browser
-from ..errors import ApiError, error_response, invalid_field, is_outage, log_not_recorded
+from ..database_errors import is_outage, log_not_recorded
+from ..errors import ApiError, error_response, invalid_field
 from ..extensions import db
 from ..ingestion import NewEvent
 from ..logs import get_logger

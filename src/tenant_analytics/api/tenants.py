@@ -10,14 +10,8 @@ from flask import Blueprint, current_app, request, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
 from sqlalchemy.exc import IntegrityError, NoResultFound
 
-from ..errors import (
-    ApiError,
-    invalid_body,
-    names_a_missing_row,
-    outage_reason,
-    product_not_found,
-    tenant_not_found,
-)
+from ..database_errors import names_a_missing_row, outage_reason
+from ..errors import ApiError, invalid_body, product_not_found, tenant_not_found
 from ..extensions import db
 from ..logs import get_logger
 from ..models import Product, Tenant

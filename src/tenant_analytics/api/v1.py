@@ -7,7 +7,7 @@ import time
 from flask import Blueprint, current_app
 from pydantic import ValidationError
 
-from ..errors import log_not_recorded
+from ..database_errors import log_not_recorded
 from ..event_builders import conversion_event, interaction_event, v1_track_event
 from ..extensions import db
 from ..ingestion import NewEvent, TenantBusy, TenantRef
