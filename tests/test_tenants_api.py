@@ -96,6 +96,10 @@ def test_an_id_in_a_path_is_spelt_one_way(client, owner):
         ({"currency": "XTS"}, "currency"),
         ({"currency": "XAU"}, "currency"),
         ({"currency": "XDR"}, "currency"),
+        # units of account and funds: the SUCRE, the UF (a price in UF is paid in CLP)
+        ({"currency": "XSU"}, "currency"),
+        ({"currency": "clf"}, "currency"),
+        ({"currency": "USN"}, "currency"),
         ({"name": None}, "name"),
         ({"active": "maybe"}, "active"),
         ({"active": "yes"}, "active"),  # only JSON true and false switch a tenant

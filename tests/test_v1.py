@@ -245,6 +245,25 @@ def test_an_integer_transaction_id_is_a_sale_and_its_text_the_same_sale(client, 
         json={"tenant_slug": "tienda-num", "transaction_id": "12345", "value": 10},
     )
     assert db.session.scalar(select(func.count()).select_from(Event)) == 1
+    # 12345.0, as Python's json.dumps writes an order number held as a float: that sale
+    again = client.post(
+        "/api/v1/analytics/conversion",
+        json={"tenant_slug": "tienda-num", "transaction_id": 12345.0, "value": 10},
+    )
+    assert again.get_json() == {"status": "ok", "transaction_id": 12345.0}
+    assert db.session.scalar(select(func.count()).select_from(Event)) == 1
+    other = client.post(
+        "/api/v1/analytics/conversion",
+        json={"tenant_slug": "tienda-num", "transaction_id": 777.0, "value": 10},
+    )
+    assert other.get_json() == {"status": "ok", "transaction_id": 777.0}
+    stored = db.session.scalars(select(Event)).all()
+    assert sorted(event.metadata_["transaction_id"] for event in stored) == ["12345", "777"]
+    half = {"tenant_slug": "tienda-num", "transaction_id": 777.5, "value": 10}  # no order number
+    assert client.post("/api/v1/analytics/conversion", json=half).get_json() == {
+        "status": "skipped",
+        "transaction_id": None,
+    }
 
 
 def test_same_transaction_id_at_two_tenants_is_two_sales(client, make_tenant):

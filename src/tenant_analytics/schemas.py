@@ -93,9 +93,23 @@ PhpMetadata = Annotated[
         }
     ),
 ]
+# Units of account and funds ISO 4217 lists, which no sale is paid in: the African
+# Development Bank's (XUA), the SUCRE (XSU), US next-day dollars (USN), and the indexed
+# units beside a currency (CLF, COU, BOV, UYI, UYW, CHE, CHW, MXV).
+NOT_PAID_IN = frozenset(
+    {"XUA", "XSU", "USN", "CLF", "COU", "BOV", "UYI", "UYW", "CHE", "CHW", "MXV"}
+)
 # A code of ISO 4217 in any case, upper-cased; not the codes of no money (XXX, XTS),
-# metals (XAU) or funds (XDR).
-CURRENCY_CODES: list[str] = TypeAdapter(ISO4217Currency).json_schema()["enum"]
+# metals (XAU) or funds (XDR), as the library has it, nor those above.
+CURRENCY_CODES: list[str] = [
+    code for code in TypeAdapter(ISO4217Currency).json_schema()["enum"] if code not in NOT_PAID_IN
+]
+
+
+def _paid_in(code: str) -> str:
+    if code in NOT_PAID_IN:
+        raise ValueError(f"{code} is a unit of account or a fund, not money a sale is paid in")
+    return code
 
 
 def _in_any_case(codes: list[str]) -> str:
@@ -106,6 +120,7 @@ def _in_any_case(codes: list[str]) -> str:
 
 Currency = Annotated[
     ISO4217Currency,
+    AfterValidator(_paid_in),
     WithJsonSchema(
         {
             "anyOf": [
@@ -203,7 +218,10 @@ Text = Annotated[str, AfterValidator(_storable_text)]
 
 
 def _integer_as_text(value: Any) -> Any:
-    """A shop's order or customer number is often a JSON integer: the same as its text."""
+    """A shop's order or customer number is often a JSON integer: the same as its text.
+    ``12345.0`` is that integer too (JSON Schema's, and Python's json.dumps of a float)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
@@ -511,8 +529,8 @@ class ConversionBeacon(Body):
 
 def echoed_transaction_id(raw: object) -> str | int | None:
     """A beacon's ``transaction_id`` as sent, when JSON can carry it back as it is."""
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return raw
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return raw if float(raw).is_integer() else None
     if isinstance(raw, str) and len(raw) <= 128:
         try:
             raw.encode()  # a lone surrogate has no UTF-8

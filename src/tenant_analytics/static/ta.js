@@ -102,6 +102,13 @@
         });
         // A total computed in JavaScript carries float noise (35.400000000000006),
         // which the API refuses as more than two decimals: the cents are meant.
+        if (typeof event.price === "number" && !isFinite(event.price)) {
+          // A total the page could not compute (NaN): the sale counts, without a price
+          // (JSON would send null, and a currency then with no price to go with).
+          if (window.console) console.warn("tenant-analytics: price " + event.price + " not sent");
+          delete event.price;
+          delete event.currency;
+        }
         if (typeof event.price === "number") event.price = toCents(event.price);
       }
       body = JSON.stringify(event);
