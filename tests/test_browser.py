@@ -234,7 +234,9 @@ def phone(browser) -> Iterator[Any]:
 def test_qr_scan_takes_a_phone_to_the_landing_page(api_port, page_port, phone, make_tenant):
     landing = f"http://localhost:{page_port}/"
     shop, retired = make_tenant(landing_url=landing), make_tenant()
+    flyer = make_tenant(landing_url=landing)
     retired_slug, retired_id = retired.slug, retired.id  # stored_events ends the session
+    flyer_slug, flyer_id = flyer.slug, flyer.id
     phone.get(f"http://127.0.0.1:{api_port}/q/{shop.slug}?c=mesa-3")
     assert (phone.current_url, phone.title) == (landing, "Panadería")
     (scan,) = stored_events(shop.id)  # committed before the redirect was sent
@@ -243,13 +245,16 @@ def test_qr_scan_takes_a_phone_to_the_landing_page(api_port, page_port, phone, m
         {"campaign": "mesa-3"},
         PHONE,
     )
-    # Another site's page loading the code (an image, a frame, a fetch) adds no scan.
+    # Another site's page loading a code (an image, a frame, a fetch) adds no scan; the
+    # same phone opening it does.
     phone.get(f"http://localhost:{page_port}/")
     loaded = phone.execute_async_script(
-        LOAD_AS_SUBRESOURCES, f"http://127.0.0.1:{api_port}/q/{shop.slug}"
+        LOAD_AS_SUBRESOURCES, f"http://127.0.0.1:{api_port}/q/{flyer_slug}"
     )
     assert sorted(loaded) == ["fetch", "iframe", "image"]
-    assert len(stored_events(shop.id)) == 1
+    assert stored_events(flyer_id) == []
+    phone.get(f"http://127.0.0.1:{api_port}/q/{flyer_slug}")
+    assert len(stored_events(flyer_id)) == 1
     # A code whose tenant has no landing page: a page the customer can read, not JSON.
     phone.get(f"http://127.0.0.1:{api_port}/q/{retired_slug}")
     heading = phone.find_element("tag name", "h1").text

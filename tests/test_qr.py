@@ -170,6 +170,26 @@ def test_a_scan_in_an_apps_own_browser_is_counted(client, shop, user_agent):
     assert [event.event_type for event in events_of(shop.id)] == ["qr_scan"]
 
 
+def test_a_visitors_scans_within_seconds_are_one_scan(client, shop, make_tenant):
+    """A camera app opening the link twice, or a landing page that leads back to the code
+    under another name of the service (a loop): each turn was a scan."""
+    other_shop = make_tenant(landing_url=LANDING)
+    answers = [scan(client, shop.slug) for _ in range(3)]
+    answers.append(scan(client, other_shop.slug))  # another tenant's code: its own scan
+    answers.append(scan(client, shop.slug, f"{PHONE} (another phone)"))
+    assert [answer.status_code for answer in answers] == [302] * 5  # each led on
+    assert [len(events_of(shop.id)), len(events_of(other_shop.id))] == [2, 1]
+    # The window past (its keys last seen 11 s ago): the same phone's scan counts again.
+    db.session.execute(
+        text("UPDATE dedupe_keys SET seen_at = seen_at - interval '11 seconds'")
+        if db.engine.dialect.name == "postgresql"
+        else text("UPDATE dedupe_keys SET seen_at = datetime(seen_at, '-11 seconds')")
+    )
+    db.session.commit()
+    assert scan(client, shop.slug).status_code == 302
+    assert len(events_of(shop.id)) == 3
+
+
 def test_a_slug_in_capitals_is_that_code(client, shop):
     """Typed from a flyer, or held by another generator's code in capitals."""
     response = scan(client, shop.slug.upper())
@@ -226,7 +246,8 @@ def test_scans_over_the_address_limit_still_lead_on(make_app, make_tenant):
     client = app.test_client()
     with app.app_context():
         tenant = make_tenant(landing_url=LANDING)
-        answers = [scan(client, tenant.slug) for _ in range(4)]
+        # four phones behind one address (a visitor's repeat would be one scan anyway)
+        answers = [scan(client, tenant.slug, f"{PHONE} #{phone}") for phone in range(4)]
         assert [(a.status_code, a.headers["Location"]) for a in answers] == [(302, LANDING)] * 4
         assert len(events_of(tenant.id)) == 2  # the flood is not counted
 

@@ -298,10 +298,10 @@ def test_the_address_share_and_qr_scans_count_in_memory_through_an_outage(
         tenant = make_tenant(landing_url="https://pan.example/")
         tenant_id, slug = tenant.id, tenant.slug
     client = app.test_client()
-    phone = {"User-Agent": "Mozilla/5.0 (Linux; Android 14) Mobile"}
+    phones = [{"User-Agent": f"Mozilla/5.0 (Linux; Android 14) Mobile #{n}"} for n in range(4)]
     with caplog.at_level(logging.WARNING):
         posts = [track(client, tenant_id).status_code for _ in range(3)]
-        scans = [client.get(f"/q/{slug}", headers=phone).status_code for _ in range(4)]
+        scans = [client.get(f"/q/{slug}", headers=phone).status_code for phone in phones]
     assert posts == [201, 201, 429]
     assert scans == [302] * 4  # led on, always
     with app.app_context():

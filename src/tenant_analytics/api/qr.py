@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from datetime import timedelta
 
 import segno
 from flask import Blueprint, current_app, redirect, render_template, request, send_file, url_for
@@ -16,13 +17,15 @@ from ..catalogue import QR_SCAN
 from ..crawlers import is_bot_browser
 from ..database_errors import is_outage, log_not_recorded
 from ..errors import ApiError, error_response, invalid_field
+from ..event_builders import IDEMPOTENCY_PREFIX
 from ..extensions import db
 from ..ingestion import NewEvent
 from ..logs import get_logger
 from ..models import canonical_slug, is_tenant_slug
+from ..privacy import visitor_hash
 from ..ratelimits import qr_scan_counted
 from ..tenancy import owned_tenant_or_404, public_tenant_by_slug
-from .requests import ingest_from_request
+from .requests import client_info, ingest_from_request
 
 bp = Blueprint("qr", __name__)
 log = get_logger(__name__)
@@ -35,6 +38,10 @@ RETRY_SECONDS = 5  # the page that says "a moment" reloads itself after as long
 # How long a code's last destination may be followed while the database is away: a
 # code taken down (a tenant deactivated) in the meantime is only seen in the database.
 REMEMBERED_SECONDS = 3600
+# A visitor's scans of one tenant's codes this close together are one: a camera app that
+# opens the link twice, or a landing page that leads back to the code under another name
+# of this service (a loop no check of the URL can rule out), which counted each turn.
+REPEAT_SCAN_WINDOW = timedelta(seconds=10)
 
 
 def _no_such_code():
@@ -60,7 +67,8 @@ def scan(slug: str):
 
     Not counted, but still redirected: a HEAD (a link checker, not a person), a crawler,
     a request another site's page makes (an image, a frame, a script's fetch: any page
-    could add scans so), a scan over the address's limit, or one the database could not
+    could add scans so), the visitor's scan again within REPEAT_SCAN_WINDOW, a scan over
+    the address's limit, or one the database could not
     take (the customer is never stopped at the door). While the database is away, a code
     goes to the page this process led it to within the last hour.
     """
@@ -93,15 +101,26 @@ def scan(slug: str):
         request.method == "GET" and not _prefetch() and _opened_as_a_page() and qr_scan_counted()
     )
     if counted and not is_bot_browser(request.headers.get("User-Agent")):
-        campaign = _campaign_arg()
         try:
-            ingest_from_request(
-                tenant, [NewEvent(QR_SCAN, {"campaign": campaign} if campaign else None)]
-            )
+            ingest_from_request(tenant, [_scan_event(tenant.id)])
         except Exception as exc:
             db.session.rollback()
             log_not_recorded(log, "QR scan not recorded", exc)
     return _led_on(landing_url)
+
+
+def _scan_event(tenant_id: int) -> NewEvent:
+    campaign = _campaign_arg()
+    client = client_info()
+    visitor = visitor_hash(
+        current_app.config["VISITOR_HASH_KEY"], tenant_id, client.ip, client.user_agent
+    )
+    return NewEvent(
+        QR_SCAN,
+        {"campaign": campaign} if campaign else None,
+        dedupe_key=f"{IDEMPOTENCY_PREFIX}qr:{visitor}",  # deleted by `events purge`
+        dedupe_window=REPEAT_SCAN_WINDOW,
+    )
 
 
 def _prefetch() -> bool:
