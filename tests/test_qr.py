@@ -556,7 +556,8 @@ def test_a_scan_whose_connection_is_lost_after_it_was_counted_still_leads_on(
     answer = scan(app.test_client(), slug)
     assert (answer.status_code, answer.headers["Location"]) == (302, LANDING)
     monkeypatch.undo()
-    assert scan(app.test_client(), slug).status_code == 302  # the pool recovered
+    # the pool recovered (another phone: the first's repeat within seconds is one scan)
+    assert scan(app.test_client(), slug, f"{PHONE} (another phone)").status_code == 302
     with app.app_context():
         assert len(events_of(tenant_id)) == 2
 
