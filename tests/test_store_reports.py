@@ -1178,6 +1178,43 @@ def test_dashboard_endpoint(client, clock, owner, store_events):
         assert body["sales_by_day"][-1] == {"date": "2026-03-08", "count": 1}
 
 
+@pytest.mark.parametrize("report", ["dashboard-stats", "funnel", "rfm", "alerts"])
+def test_one_tenants_reports_at_once_are_bounded_and_others_unaffected(
+    client, owner, make_tenant, make_user, auth_headers, is_postgres, report
+):
+    """A store report is a second's work at a few million events: one owner sending dozens
+    at once held every pooled connection (a helper: other tenants' events took 12 s, some
+    a 503 after 30 s). Past OWNER_REPORTS_AT_ONCE the tenant's next is a 429 at once."""
+    if not is_postgres:
+        pytest.skip("the slots are PostgreSQL's advisory locks (SQLite: one writer)")
+    from sqlalchemy import text
+
+    from tenant_analytics.ratelimits import REPORT_SLOT_LOCKS
+
+    tenant, headers = owner
+    other = make_tenant()
+    other_headers = auth_headers(make_user(other))
+    url = f"/api/analytics/{tenant.id}/{report}"
+    in_flight = []  # reports under way elsewhere (another worker, another host)
+    try:
+        for slot in range(client.application.config["OWNER_REPORTS_AT_ONCE"]):
+            connection = db.engine.connect()
+            in_flight.append(connection)
+            lock = text("SELECT pg_advisory_xact_lock(:lock, :tenant)")
+            connection.execute(lock, {"lock": REPORT_SLOT_LOCKS + slot, "tenant": tenant.id})
+        refused = client.get(url, headers=headers)
+        assert (refused.status_code, refused.headers["Retry-After"]) == (429, "1")
+        assert refused.get_json()["error"] == "rate_limited"
+        answer = client.get(f"/api/analytics/{other.id}/{report}", headers=other_headers)
+        assert answer.status_code == 200  # another tenant's slots are its own
+        in_flight.pop().close()  # one report done
+        assert client.get(url, headers=headers).status_code == 200
+        assert client.get(url, headers=headers).status_code == 200  # its slot let go
+    finally:
+        for connection in in_flight:
+            connection.close()
+
+
 def test_dashboard_never_adds_up_two_currencies(client, owner, monkeypatch):
     """A bakery selling in lempiras whose tourists pay some orders in dollars (the
     conversion beacon names its currency): 130 HNL and 50 USD are not 180 of anything."""

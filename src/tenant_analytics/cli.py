@@ -26,7 +26,7 @@ from .database_errors import (
     role_refused,
 )
 from .errors import validation_errors
-from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE
+from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE, QR_SCAN_PREFIX
 from .extensions import db
 from .landing_urls import is_own_qr_redirect
 from .models import (
@@ -487,8 +487,9 @@ def purge_command(days: int) -> None:
         raise
     # A key still inside its window blocks repeats, however long the window was set.
     window = timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"])
-    keys = delete_dedupe_keys(
-        db.session, prefix=IDEMPOTENCY_PREFIX, seen_before=min(cutoff, now - window)
+    keys = sum(
+        delete_dedupe_keys(db.session, prefix=prefix, seen_before=min(cutoff, now - window))
+        for prefix in (IDEMPOTENCY_PREFIX, QR_SCAN_PREFIX)
     )
     rollup_rows = forget_purged_days(db.session, gone)
     counted = {} if rows_deleted is None else {"events_deleted": rows_deleted}
@@ -505,8 +506,8 @@ def purge_command(days: int) -> None:
 @events_cli.command("rebuild-rollups")
 @click.option("--tenant", "tenant_id", type=int, required=True)
 def rebuild_rollups_command(tenant_id: int) -> None:
-    """Recompute a tenant's rollups from its events (after a bulk load, or a change made in
-    the database: a zone changed through the API rebuilds them itself)."""
+    """Recompute a tenant's rollups from its events (after a bulk load, a change made in
+    the database, or a tzdata update; a zone changed through the API rebuilds them)."""
     if db.session.get(Tenant, tenant_id) is None:
         fail(f"no tenant with id {tenant_id}")
     rebuild_rollups(db.session, tenant_id)

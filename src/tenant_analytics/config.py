@@ -30,7 +30,14 @@ SECRET_SETTINGS = ("JWT_SECRET_KEY", "VISITOR_HASH_KEY")
 DEV_SECRETS_FILE = "dev-secrets.json"
 # Keys that were once published (an early version's development default): known to
 # anyone, so refused in production like no key at all.
-PUBLISHED_SECRETS = frozenset({"dev-only-insecure-secret-do-not-use-in-production"})
+PUBLISHED_SECRETS = frozenset(
+    {
+        "dev-only-insecure-secret-do-not-use-in-production",
+        # The test suite's keys until it drew its own: in the repository's history.
+        "test-visitor-hash-key-0123456789abcdef",
+        "test-jwt-key-0123456789abcdef-0123456789",
+    }
+)
 # HMAC-SHA256 keys shorter than its 32-byte output weaken it (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
 # Keys no random draw gives (short of odds like 1 in 10^17): "aaaa…", a word over and
@@ -212,6 +219,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LOGIN_ADDRESS_RATE_LIMIT": _rate_limit(env, "LOGIN_ADDRESS_RATE_LIMIT", "30 per minute"),
         "API_RATE_LIMIT": _rate_limit(env, "API_RATE_LIMIT", "60 per minute"),
         "OWNER_HEAVY_RATE_LIMIT": _rate_limit(env, "OWNER_HEAVY_RATE_LIMIT", "20 per hour"),
+        "OWNER_REPORTS_AT_ONCE": _int(env, "OWNER_REPORTS_AT_ONCE", 4, 1, 99),
         "GROUP_COMMIT": _flag(env, "GROUP_COMMIT", True),
         # PostgreSQL: libpq waits for ever for a server that does not answer (a host gone
         # from the network); a DATABASE_URL's own ?connect_timeout= wins.

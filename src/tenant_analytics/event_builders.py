@@ -45,6 +45,9 @@ STORE_COLUMNS = (
 # Idempotency keys block repeats only within their window, so ``events purge`` deletes old
 # ones; transaction ids ("txn:") are kept for good.
 IDEMPOTENCY_PREFIX = "idem:"
+# A visitor's last counted QR scan of the tenant's codes ("qr:" and its visitor hash):
+# deleted with the idempotency keys, and no key a client sends can be one.
+QR_SCAN_PREFIX = "qr:"
 
 # Beacons are sent right after payment; anything far outside that is a bad clock or a replay.
 MAX_FUTURE = timedelta(minutes=10)

@@ -66,6 +66,10 @@ class Operation:
 
 
 OWNER_READ = {200: "The figures", 401: ERRORS[401], 404: ERRORS[404]}
+STORE_REPORT = {
+    **OWNER_READ,
+    429: "OWNER_REPORTS_AT_ONCE of the tenant's store reports are running; Retry-After: 1",
+}
 OWNER_GET = {**OWNER_READ, 200: "Found"}
 CAMPAIGN = {"type": "string", "pattern": f"^{qr.CAMPAIGN.pattern}$"}
 # store_reports' dates: 1970-01-01 to 9999-12-30, as the handler takes them.
@@ -214,7 +218,7 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "dashboards.today": Operation(OWNER_READ, returns=responses.Today, owner=True),
     "store_reports.dashboard_stats": Operation(
-        {**OWNER_READ, 422: ERRORS[422]},
+        {**STORE_REPORT, 422: ERRORS[422]},
         returns=store_dashboard.DashboardStats,
         owner=True,
         query={
@@ -225,7 +229,7 @@ OPERATIONS: dict[str, Operation] = {
         },
     ),
     "store_reports.funnel": Operation(
-        {**OWNER_READ, 422: ERRORS[422]},
+        {**STORE_REPORT, 422: ERRORS[422]},
         returns=store_funnel.Funnel,
         owner=True,
         query={
@@ -243,7 +247,7 @@ OPERATIONS: dict[str, Operation] = {
         },
     ),
     "store_reports.rfm": Operation(
-        {**OWNER_READ, 422: ERRORS[422]},
+        {**STORE_REPORT, 422: ERRORS[422]},
         returns=store_rfm.RfmReport,
         owner=True,
         query={
@@ -261,7 +265,7 @@ OPERATIONS: dict[str, Operation] = {
             ),
         },
     ),
-    "store_reports.alerts": Operation(OWNER_READ, returns=responses.Alerts, owner=True),
+    "store_reports.alerts": Operation(STORE_REPORT, returns=responses.Alerts, owner=True),
     "tenants.list_tenants": Operation(
         {200: "The caller's tenants", 401: ERRORS[401]}, returns=responses.TenantList, owner=True
     ),

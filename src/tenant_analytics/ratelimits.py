@@ -17,11 +17,12 @@ from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.strategies import RateLimiter
 from redis.exceptions import RedisError
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .database_errors import OnceAMinute
 from .errors import ApiError, api_error_response, rate_limited, unavailable
-from .extensions import client_ip_key, limiter
+from .extensions import client_ip_key, db, limiter
 from .logs import get_logger
 from .privacy import limited_client, rate_limit_key
 from .schemas import MAX_BATCH_EVENTS, beacon_answer
@@ -305,6 +306,27 @@ def spend_heavy_owner_work(tenant_id: int) -> None:
         return
     if retry_after is not None:
         raise rate_limited(f"{limit} exports and time zone changes per tenant", retry_after)
+
+
+# pg_try_advisory_xact_lock(REPORT_SLOT_LOCKS + slot, tenant): a store report in flight.
+REPORT_SLOT_LOCKS = 7_500
+TRY_REPORT_SLOT = text("SELECT pg_try_advisory_xact_lock(:lock, :tenant)")
+
+
+def take_a_report_slot(tenant_id: int) -> None:
+    """OWNER_REPORTS_AT_ONCE: a store report reads up to all of the tenant's window, a
+    second's work at a few million events. More at once for one tenant are refused (429,
+    Retry-After 1) rather than queued for the pool's connections every tenant's events
+    need too. A slot is a lock of the request's transaction: let go with it, on any host.
+    SQLite (one writer, the quick start) has none."""
+    if db.engine.dialect.name != "postgresql":
+        return
+    slots = current_app.config["OWNER_REPORTS_AT_ONCE"]
+    for slot in range(slots):
+        taken = TRY_REPORT_SLOT.bindparams(lock=REPORT_SLOT_LOCKS + slot, tenant=tenant_id)
+        if db.session.scalar(taken):
+            return
+    raise rate_limited(f"{slots} store reports of one tenant at once", retry_after=1)
 
 
 # Shared scope: every endpoint that writes a tenant's events draws on the same bucket.

@@ -95,10 +95,9 @@ PhpMetadata = Annotated[
 ]
 # Units of account and funds ISO 4217 lists, which no sale is paid in: the African
 # Development Bank's (XUA), the SUCRE (XSU), US next-day dollars (USN), and the indexed
-# units beside a currency (CLF, COU, BOV, UYI, UYW, CHE, CHW, MXV).
-NOT_PAID_IN = frozenset(
-    {"XUA", "XSU", "USN", "CLF", "COU", "BOV", "UYI", "UYW", "CHE", "CHW", "MXV"}
-)
+# units beside a currency (CLF, COU, BOV, UYI, UYW, MXV). Not the WIR francs and euros
+# (CHW, CHE): Swiss businesses are paid in them.
+NOT_PAID_IN = frozenset({"XUA", "XSU", "USN", "CLF", "COU", "BOV", "UYI", "UYW", "MXV"})
 # A code of ISO 4217 in any case, upper-cased; not the codes of no money (XXX, XTS),
 # metals (XAU) or funds (XDR), as the library has it, nor those above.
 CURRENCY_CODES: list[str] = [
@@ -217,10 +216,15 @@ RoundedMoney = Annotated[
 Text = Annotated[str, AfterValidator(_storable_text)]
 
 
+def _exact_integer(value: float) -> bool:
+    """A float that is an integer it holds exactly: past 2**53 it stands for several."""
+    return value.is_integer() and abs(value) <= 2**53
+
+
 def _integer_as_text(value: Any) -> Any:
     """A shop's order or customer number is often a JSON integer: the same as its text.
     ``12345.0`` is that integer too (JSON Schema's, and Python's json.dumps of a float)."""
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and _exact_integer(value):
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
@@ -529,8 +533,10 @@ class ConversionBeacon(Body):
 
 def echoed_transaction_id(raw: object) -> str | int | None:
     """A beacon's ``transaction_id`` as sent, when JSON can carry it back as it is."""
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return raw if float(raw).is_integer() else None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, float):
+        return raw if _exact_integer(raw) else None
     if isinstance(raw, str) and len(raw) <= 128:
         try:
             raw.encode()  # a lone surrogate has no UTF-8

@@ -17,7 +17,7 @@ from ..catalogue import QR_SCAN
 from ..crawlers import is_bot_browser
 from ..database_errors import is_outage, log_not_recorded
 from ..errors import ApiError, error_response, invalid_field
-from ..event_builders import IDEMPOTENCY_PREFIX
+from ..event_builders import QR_SCAN_PREFIX
 from ..extensions import db
 from ..ingestion import NewEvent
 from ..logs import get_logger
@@ -41,7 +41,8 @@ REMEMBERED_SECONDS = 3600
 # A visitor's scans of one tenant's codes this close together are one: a camera app that
 # opens the link twice, or a landing page that leads back to the code under another name
 # of this service (a loop no check of the URL can rule out), which counted each turn.
-REPEAT_SCAN_WINDOW = timedelta(seconds=10)
+# Short: two phones of one browser behind one address scanning together are one visitor.
+REPEAT_SCAN_WINDOW = timedelta(seconds=3)
 
 
 def _no_such_code():
@@ -118,7 +119,7 @@ def _scan_event(tenant_id: int) -> NewEvent:
     return NewEvent(
         QR_SCAN,
         {"campaign": campaign} if campaign else None,
-        dedupe_key=f"{IDEMPOTENCY_PREFIX}qr:{visitor}",  # deleted by `events purge`
+        dedupe_key=f"{QR_SCAN_PREFIX}{visitor}",
         dedupe_window=REPEAT_SCAN_WINDOW,
     )
 

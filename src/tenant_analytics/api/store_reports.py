@@ -13,6 +13,7 @@ from ..errors import invalid_field
 from ..extensions import db
 from ..models import utcnow
 from ..queries import store_alerts, store_dashboard, store_funnel, store_rfm
+from ..ratelimits import take_a_report_slot
 from ..tenancy import owned_tenant_or_404
 from ..timewindows import tenant_zone
 
@@ -95,6 +96,7 @@ def _segment_arg() -> str | None:
 def dashboard_stats(tenant_id: int):
     """Every store KPI over the last 7 local days; ``?mode=unique`` counts sessions."""
     tenant = owned_tenant_or_404(tenant_id)
+    take_a_report_slot(tenant.id)
     mode = _mode_arg()
     return store_dashboard.dashboard_stats(
         db.session,
@@ -111,6 +113,7 @@ def dashboard_stats(tenant_id: int):
 def funnel(tenant_id: int):
     """Sessions per funnel step between ``start`` and ``end`` (local dates, default 30 days)."""
     tenant = owned_tenant_or_404(tenant_id)
+    take_a_report_slot(tenant.id)
     zone = tenant_zone(tenant.timezone)
     start, end = store_funnel.funnel_dates(zone, utcnow(), _date_arg("start"), _date_arg("end"))
     start = max(start, EARLIEST_DATE)  # the default 30 days before an early ``end``
@@ -132,6 +135,7 @@ def rfm(tenant_id: int):
     """Recency, frequency, monetary and segment of each signed-in buyer over 90 days,
     a page at a time (``?limit=`` up to 1000, ``?offset=``), of one ``?segment=`` if named."""
     tenant = owned_tenant_or_404(tenant_id)
+    take_a_report_slot(tenant.id)
     segment = _segment_arg()
     limit = _count_arg("limit", store_rfm.RFM_PAGE_MAX, store_rfm.RFM_PAGE_MAX)
     offset = _count_arg("offset", 0, OFFSET_MAX)
@@ -154,6 +158,7 @@ def alerts(tenant_id: int):
     """Active smart alerts (high abandonment, unsold popular products, payment errors,
     abandoned carts, stuck sessions)."""
     tenant = owned_tenant_or_404(tenant_id)
+    take_a_report_slot(tenant.id)
     alerts = store_alerts.smart_alerts(
         db.session, tenant_id=tenant.id, zone=tenant_zone(tenant.timezone), now=utcnow()
     )
