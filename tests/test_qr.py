@@ -106,6 +106,9 @@ def test_no_such_code_is_a_page_for_a_browser(client, make_tenant, accept, html)
         "WhatsApp/2.23.20.0 A",  # the preview of a shared link
         "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
         "TelegramBot (like TwitterBot)",
+        "Mozilla/5.0 (compatible; Bluesky Cardyb/1.1; +mailto:support@bsky.app)",
+        "kakaotalk-scrap/1.0 (+https://devtalk.kakao.com/)",
+        "Google-Safety",
         "Googlebot/2.1 (+http://www.google.com/bot.html)",
         "",  # no browser sends none: a script
         "   ",

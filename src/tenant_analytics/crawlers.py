@@ -18,6 +18,9 @@ def _crawlers() -> CrawlerDetect:
 # sends such a thing, so it is taken for a bot without asking crawlerdetect.
 CRAWLER_CHECK_UA_MAX = 512
 LONG_WORD = re.compile(r"[A-Za-z0-9_-]{65}")
+# Link previews crawlerdetect 0.4 does not know: Bluesky's cards, KakaoTalk's, and
+# Google's safety check under its bare name.
+UNKNOWN_TO_CRAWLERDETECT = re.compile(r"\bCardyb/|\bkakaotalk-scrap/|^Google-Safety$")
 
 
 def is_crawler(user_agent: str | None) -> bool:
@@ -28,7 +31,7 @@ def is_crawler(user_agent: str | None) -> bool:
         return True
     if len(user_agent) > CRAWLER_CHECK_UA_MAX or LONG_WORD.search(user_agent):
         return True
-    return _crawlers().isCrawler(user_agent)
+    return bool(UNKNOWN_TO_CRAWLERDETECT.search(user_agent)) or _crawlers().isCrawler(user_agent)
 
 
 # A whole browser's User-Agent ("Mozilla/5.0 (…) AppleWebKit/…") carrying an app's name,
