@@ -698,3 +698,43 @@ def test_a_password_change_answers_its_tokens_though_the_user_is_deleted_right_a
     assert answer.status_code == 200
     new_headers = {"Authorization": f"Bearer {answer.get_json()['access_token']}"}
     assert client.get("/api/tenants", headers=new_headers).status_code == 401
+
+
+def _shifted(app, token: str, seconds: int) -> str:
+    """The token as a host whose clock runs ``seconds`` ahead would have issued it."""
+    import jwt
+
+    key = app.config["JWT_SECRET_KEY"]
+    claims = jwt.decode(token, key, algorithms=["HS256"])
+    for name in ("iat", "nbf", "exp"):
+        claims[name] += seconds
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+def test_a_token_from_a_host_a_few_seconds_ahead_is_taken_one_far_ahead_is_not(
+    app, client, make_tenant, make_user
+):
+    tenant = make_tenant()
+    token = login(client, make_user(tenant, password="pw-123456").email, "pw-123456")
+    token = token.get_json()["access_token"]
+    answers = [
+        client.get(f"/api/analytics/{tenant.id}", headers=_bearer(_shifted(app, token, ahead)))
+        for ahead in (5, 60)
+    ]
+    assert [answer.status_code for answer in answers] == [200, 401]
+    assert answers[1].get_json()["error"] == "invalid_token"
+
+
+def test_a_refused_token_is_not_quoted_back(client, make_tenant, make_user):
+    """PyJWT's reason quotes the token's own header; the answer keeps to the one shape."""
+    import base64
+    import json
+
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    header = part({"alg": "HS256", "typ": "JWT", "crit": ["<script>alert(1)</script>"]})
+    forged = f"{header}.{part({'sub': '1'})}.c2lnbmF0dXJl"
+    answer = client.get("/api/tenants", headers=_bearer(forged))
+    assert (answer.status_code, answer.get_json()["error"]) == (401, "invalid_token")
+    assert "script" not in answer.get_data(as_text=True)

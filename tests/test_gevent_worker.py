@@ -46,6 +46,44 @@ def test_psycopg_waits_in_gevent_loop_only_under_gevent():
     assert wait_callback_set("threads") is False
 
 
+HASH_WHILE_TICKING = """
+from gevent import monkey
+monkey.patch_all()
+import gevent
+from werkzeug.security import generate_password_hash
+from tenant_analytics.auth import check_password
+from tenant_analytics.models import User
+
+user = User(email="owner@example.com", password_hash=generate_password_hash("secret"))
+ticks = 0
+
+def tick():
+    global ticks
+    while True:
+        gevent.sleep(0.001)
+        ticks += 1
+
+gevent.spawn(tick)
+gevent.sleep(0.01)
+before = ticks
+assert not check_password(user, "wrong")
+print(ticks - before)
+"""
+
+
+def test_under_gevent_a_password_check_lets_the_other_greenlets_run():
+    """A sign-in's scrypt (~100 ms of CPU) runs in a thread: the worker's other requests
+    (events, QR scans) go on meanwhile, where they stood still until it was done."""
+    result = subprocess.run(
+        [sys.executable, "-c", HASH_WHILE_TICKING],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "VISITOR_HASH_KEY": TEST_HASH_KEY},
+    )
+    assert int(result.stdout) > 3
+
+
 def test_gevent_worker_stores_every_event_and_shares_commits(
     migrated, make_tenant, is_postgres, tmp_path
 ):

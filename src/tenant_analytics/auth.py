@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from .cooperative import off_the_event_loop
 from .errors import error_response
 from .extensions import db
 from .logs import get_logger
@@ -44,21 +45,21 @@ def create_user(
 def set_password(user: User, password: str) -> None:
     """Store a salted hash of ``password``; the tokens issued before stop working
     (their credential stamp no longer matches), the caller commits."""
-    user.password_hash = generate_password_hash(password)
+    user.password_hash = off_the_event_loop(generate_password_hash, password)
 
 
 def authenticate(session: Session, email: str, password: str) -> User | None:
     """The user with these credentials, or None."""
     user = session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
     if user is None:
-        check_password_hash(_UNUSED_HASH, password)
+        off_the_event_loop(check_password_hash, _UNUSED_HASH, password)
         return None
     return user if check_password(user, password) else None
 
 
 def check_password(user: User, password: str) -> bool:
     """Whether ``password`` is the user's."""
-    return check_password_hash(user.password_hash, password)
+    return off_the_event_loop(check_password_hash, user.password_hash, password)
 
 
 def credential_stamp(user: User) -> str:
@@ -118,12 +119,13 @@ def _last_expiry(now: datetime, token: dict[str, Any]) -> datetime | None:
     if refresh is None or access is None or "exp" not in token:
         return None
     expires = datetime.fromtimestamp(token["exp"], UTC)
-    return max(now + refresh, expires) + access
+    leeway = token_lifetime("JWT_DECODE_LEEWAY") or timedelta(0)  # taken past its exp
+    return max(now + refresh, expires) + access + leeway
 
 
 def token_lifetime(setting: str) -> timedelta | None:
-    """A JWT lifetime setting as flask-jwt-extended takes it (a timedelta or seconds);
-    None for ``False``, tokens that never expire."""
+    """A JWT lifetime (or leeway) setting as flask-jwt-extended takes it (a timedelta or
+    seconds); None for ``False``, tokens that never expire."""
     lifetime = current_app.config[setting]
     if lifetime is False:
         return None
@@ -208,7 +210,12 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
 
     @jwt.invalid_token_loader
     def _invalid(reason: str):
-        return challenge("Invalid token: " + reason, code="invalid_token")
+        # PyJWT's reason can quote what the sender wrote in the token (or a codec's
+        # internals): the log keeps it, the answer says only what was wrong.
+        log.debug("token refused: %s", reason)
+        return challenge(
+            "Invalid token: not signed by this service, or malformed.", code="invalid_token"
+        )
 
     @jwt.expired_token_loader
     def _expired(_header, _payload):

@@ -240,6 +240,9 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             minutes=_int(env, "JWT_ACCESS_MINUTES", 60, 1, 365 * 24 * 60)
         ),
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int(env, "JWT_REFRESH_DAYS", 30, 1, 3650)),
+        # Hosts' clocks differ by a second or so: a token one host issued "in the future"
+        # by its neighbour's clock (iat, nbf) is still good there.
+        "JWT_DECODE_LEEWAY": 10,
     }
 
 

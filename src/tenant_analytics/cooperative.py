@@ -9,11 +9,21 @@ too, or every query would stall the whole worker.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+T = TypeVar("T")
+
+# Password hashes (scrypt, ~100 ms of CPU and 32 MB each) computed at once per process
+# under gevent; more wait their turn, and only sign-ins wait with them.
+HASHES_AT_ONCE = 2
+_hashing_threads: Any = None
+_hashing_pid = 0
 
 
 def gevent_patched() -> bool:
@@ -57,3 +67,20 @@ def _connect_in_time(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, 
         raise psycopg2.OperationalError("timeout expired") from None
     finally:
         timer.close()
+
+
+def off_the_event_loop(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``, under gevent in a thread of a small pool of its own.
+
+    For CPU-bound work that releases the GIL (hashlib's scrypt): run in the
+    greenlet, it would stop the worker's every other request (events, QR scans)
+    until done; in a thread, they go on meanwhile. Without gevent, it runs here.
+    """
+    if not gevent_patched():
+        return function(*args)
+    global _hashing_threads, _hashing_pid
+    if _hashing_threads is None or _hashing_pid != os.getpid():  # a forked worker starts anew
+        from gevent.threadpool import ThreadPool
+
+        _hashing_threads, _hashing_pid = ThreadPool(HASHES_AT_ONCE), os.getpid()
+    return _hashing_threads.apply(function, args)
