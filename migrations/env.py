@@ -12,6 +12,7 @@ from tenant_analytics.database_errors import (
     is_privilege_missing,
 )
 from tenant_analytics.ingestion import is_read_only
+from tenant_analytics.models import MIGRATIONS_LOCK
 from tenant_analytics.partitions import include_in_migrations
 
 config = context.config
@@ -19,9 +20,6 @@ config = context.config
 # Keep the app's loggers alive when migrations run inside it (tests, CLI).
 fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger("alembic.env")
-
-# Any constant of this app's own: the advisory lock `db upgrade` holds on PostgreSQL.
-MIGRATIONS_LOCK = 7_310_455_001
 
 
 def get_engine():
@@ -106,19 +104,25 @@ def run_migrations_online():
             # foreign keys on, dropping tenants would delete every row that references it
             # (ON DELETE CASCADE). The pragma does nothing inside a transaction.
             set_sqlite_foreign_keys(connection, "OFF")
+        on_postgres = connection.dialect.name == "postgresql"
         try:
+            if on_postgres:
+                # Hosts that each run `db upgrade` as they deploy take turns: the second
+                # finds the work done, not a half-made alembic_version. The session's lock,
+                # as each revision commits on its own.
+                connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATIONS_LOCK})")
+                connection.commit()
             context.configure(
                 connection=connection,
                 target_metadata=get_metadata(),
                 include_name=include_in_migrations,
+                # One transaction per revision: a long step (a rollup rebuild, a pass over
+                # the events) no longer holds the table locks of the steps before it.
+                transaction_per_migration=True,
                 **conf_args,
             )
 
             with context.begin_transaction():
-                if connection.dialect.name == "postgresql":
-                    # Hosts that each run `db upgrade` as they deploy take turns: the
-                    # second finds the work done, not a half-made alembic_version.
-                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATIONS_LOCK})")
                 context.run_migrations()
         except DBAPIError as exc:
             # A standby after a failover, or a role that does not own the database (a
@@ -131,6 +135,20 @@ def run_migrations_online():
         finally:
             if on_sqlite:
                 set_sqlite_foreign_keys(connection, "ON")
+            if on_postgres:
+                release_migrations_lock(connection)
+
+
+def release_migrations_lock(connection):
+    """Unlock before the connection goes back to the app's pool, which keeps it open."""
+    if connection.invalidated or connection.closed:
+        return  # a lost connection took its locks with it
+    try:
+        connection.rollback()  # a failed revision's transaction
+        connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATIONS_LOCK})")
+        connection.commit()
+    except DBAPIError:
+        connection.invalidate()  # closed, not pooled: its lock goes with it
 
 
 def set_sqlite_foreign_keys(connection, setting):

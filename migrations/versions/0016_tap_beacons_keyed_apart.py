@@ -88,10 +88,13 @@ def upgrade():
     beacons = _beacons(bind)
     if not beacons:
         return
+    from tenant_analytics.catalogue import EVENT_KINDS
     from tenant_analytics.event_builders import transaction_key
 
     new_keys, old_keys = set(), set()
     for tenant_id, event_type, transaction_id, revenue, currency in beacons:
+        if event_type not in EVENT_KINDS:
+            continue  # loaded around the app (COPY): no beacon of its own, its key kept
         value = Decimal(str(revenue))  # a float on SQLite
         new_keys.add((tenant_id, transaction_key(str(transaction_id), value, currency, event_type)))
         old_keys.add((tenant_id, _old_key(transaction_id, value, currency)))

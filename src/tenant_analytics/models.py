@@ -37,6 +37,8 @@ from .extensions import db
 # The migration these models are (the head of migrations/versions; a test keeps them
 # one). Revisions are numbered in order, so a database at a later one is newer.
 SCHEMA_REVISION = "0016"
+# The PostgreSQL advisory lock `db upgrade` holds (any constant of this app's own).
+MIGRATIONS_LOCK = 7_310_455_001
 
 # Compared in code-point order on every backend, as Python compares the rollups' names
 # (migration 0008); SQLite's default collation is that order already.
