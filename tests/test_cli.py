@@ -386,6 +386,36 @@ def test_forget_customer_deletes_its_events_and_recounts_the_rollups(
     assert missing.exit_code == 1 and "no tenant with id 999999" in missing.output
 
 
+def test_forget_customer_takes_the_user_id_as_the_api_stored_it(runner, client, make_tenant):
+    """The API strips the spaces around a user_id: an operator pasting the id as the shop
+    sent it forgot nobody (exit 0, "events_deleted": 0). A blank id names no one."""
+    shop = make_tenant()
+    body = {"tenant_id": shop.id, "event_type": "page_view", "session_id": "s-77"}
+    posted = client.post("/api/analytics/track", json={**body, "user_id": "  C-77 "})
+    assert posted.status_code == 201
+    args = ["events", "forget-customer", "--tenant", str(shop.id), "--user-id"]
+    forgotten = runner.invoke(args=[*args, "  C-77 "])
+    assert forgotten.exit_code == 0, forgotten.output
+    assert json.loads(forgotten.output)["events_deleted"] == 1
+    blank = runner.invoke(args=[*args, "   "])
+    assert blank.exit_code == 2 and "'--user-id'" in blank.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tenant", "deactivate", "--id"],
+        ["tenant", "export", "--id"],
+        ["events", "rebuild-rollups", "--tenant"],
+        ["user", "create", "--email", "a@example.com", "--password", "long-enough", "--tenant"],
+    ],
+)
+def test_a_tenant_id_no_database_holds_is_refused_as_a_bad_option(runner, args):
+    """SQLite raised OverflowError (a traceback) on 99999999999999999999."""
+    result = runner.invoke(args=[*args, "99999999999999999999"])
+    assert result.exit_code == 2 and "is not in the range" in result.output
+
+
 def test_forget_customer_keeps_the_tenants_writers_out_from_its_deletion_on(
     app, runner, make_tenant, store_events, is_postgres
 ):
@@ -649,6 +679,14 @@ def test_demo_runs_once_and_logs_in(runner, client):
         json={"tenant_id": str(tenant.id), "type": "whatsapp_click", "product_id": first_product},
     )
     assert tracked.status_code == 202, tracked.get_json()
+
+
+@pytest.mark.parametrize("url", ["not a url", "", "https://evil.example/x?", "http://h:99x"])
+def test_demo_url_must_be_the_servers_address(runner, url):
+    """It becomes the demo's landing page, which the QR code leads to ("not a url/demo/")."""
+    result = runner.invoke(args=["demo", "--url", url])
+    assert result.exit_code == 2 and "'--url'" in result.output
+    assert db.session.scalar(select(func.count()).select_from(Tenant)) == 0
 
 
 def test_demo_again_after_its_owner_changed_the_password(runner, client):

@@ -9,12 +9,14 @@ from typing import Any
 
 from flask import Flask, Response
 from flask.sessions import SecureCookieSessionInterface
+from limits.errors import ConfigurationError as LimitsConfigurationError
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import (
     MAX_CONTENT_LENGTH,
+    ConfigError,
     check_production_settings,
     check_storage_urls,
     fill_development_secrets,
@@ -98,7 +100,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=_migrations_dir())
     jwt.init_app(app)
-    limiter.init_app(app)
+    try:
+        limiter.init_app(app)
+    except LimitsConfigurationError:  # redis+sentinel://host without a port, say
+        raise ConfigError(  # limits' own words may quote the URI's password
+            "RATELIMIT_STORAGE_URI: its address does not parse (redis+sentinel://host:26379/"
+            "service, redis://host:6379/0)"
+        ) from None
     cors.init_app(app, resources=_cors_resources(app.config["DASHBOARD_ORIGINS"]))
 
     from .group_commit import GroupCommitter

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from email_validator import EmailNotValidError, validate_email
@@ -31,6 +32,7 @@ from .extensions import db
 from .landing_urls import is_own_qr_redirect
 from .models import (
     DEFAULT_CURRENCY,
+    MAX_ROW_ID,
     TENANT_SLUG_LENGTH,
     Tenant,
     User,
@@ -47,11 +49,21 @@ from .rollups import (
     rebuild_rollups,
     unmark_days,
 )
-from .schemas import PASSWORD_MAX, PASSWORD_MIN, ProductCreate, TenantUpdate, iana_zone
+from .schemas import (
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    ForgottenCustomer,
+    ProductCreate,
+    TenantUpdate,
+    iana_zone,
+)
 from .storage import delete_dedupe_keys
 from .tenancy import active_tenants
 from .tenant_data import delete_tenant_data, exported_text, forget_customer
 from .tenant_settings import switch_tenant
+
+# A tenant's id as the database can hold it (SQLite raised OverflowError past 2**63).
+ROW_ID = click.IntRange(1, MAX_ROW_ID)
 
 
 class SaysDatabaseFailuresInOneLine(click.Command):
@@ -146,6 +158,20 @@ def valid_slug(_ctx: Any, _param: Any, value: str) -> str:
             f"at most {TENANT_SLUG_LENGTH} characters"
         )
     return value
+
+
+def valid_base_url(_ctx: Any, _param: Any, value: str) -> str:
+    """A server's own address, which the demo tenant's landing page is under."""
+    base = value.strip().rstrip("/")
+    try:
+        parts = urlsplit(base)
+        _ = parts.port  # raises on a port that is no number
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a bad port or [host]
+        usable = False
+    if not usable or "?" in base or "#" in base:
+        raise click.BadParameter("the server's address, like http://127.0.0.1:5000")
+    return base
 
 
 def valid_email(_ctx: Any, _param: Any, value: str) -> str:
@@ -244,21 +270,21 @@ def _switch_tenant(tenant_id: int, active: bool) -> None:
 
 
 @tenant_cli.command("deactivate")
-@click.option("--id", "tenant_id", type=int, required=True)
+@click.option("--id", "tenant_id", type=ROW_ID, required=True)
 def deactivate_tenant(tenant_id: int) -> None:
     """Stop taking the tenant's events and QR scans (its data and dashboards stay)."""
     _switch_tenant(tenant_id, False)
 
 
 @tenant_cli.command("activate")
-@click.option("--id", "tenant_id", type=int, required=True)
+@click.option("--id", "tenant_id", type=ROW_ID, required=True)
 def activate_tenant(tenant_id: int) -> None:
     """Take the tenant's events and QR scans again."""
     _switch_tenant(tenant_id, True)
 
 
 @tenant_cli.command("export")
-@click.option("--id", "tenant_id", type=int, required=True)
+@click.option("--id", "tenant_id", type=ROW_ID, required=True)
 def export_tenant(tenant_id: int) -> None:
     """Print all of the tenant's data, one JSON object a line: {"tenant": …} with its
     owners, {"product": …} and {"key": …} each, {"event": …} each, oldest first, and
@@ -271,7 +297,7 @@ def export_tenant(tenant_id: int) -> None:
 
 
 @tenant_cli.command("delete")
-@click.option("--id", "tenant_id", type=int, required=True)
+@click.option("--id", "tenant_id", type=ROW_ID, required=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete_tenant(tenant_id: int, yes: bool) -> None:
     """Delete the tenant and everything of it for good: events, rollups, products,
@@ -310,7 +336,7 @@ def delete_tenant(tenant_id: int, yes: bool) -> None:
     help="Asked for when left out, which keeps it out of shell history and ps.",
 )
 @click.option(
-    "--tenant", "tenant_ids", type=int, multiple=True, help="Tenant id it owns (repeatable)."
+    "--tenant", "tenant_ids", type=ROW_ID, multiple=True, help="Tenant id it owns (repeatable)."
 )
 @click.option("--admin", is_flag=True, help="May read every tenant.")
 def create_user_command(
@@ -355,7 +381,7 @@ def list_users() -> None:
 
 @user_cli.command("grant")
 @click.option("--email", required=True, callback=valid_email)
-@click.option("--tenant", "tenant_ids", type=int, multiple=True, required=True)
+@click.option("--tenant", "tenant_ids", type=ROW_ID, multiple=True, required=True)
 def grant_tenants(email: str, tenant_ids: tuple[int, ...]) -> None:
     """Let the user own these tenants too; print the user."""
     user = user_by_email(email)
@@ -368,7 +394,7 @@ def grant_tenants(email: str, tenant_ids: tuple[int, ...]) -> None:
 
 @user_cli.command("revoke")
 @click.option("--email", required=True, callback=valid_email)
-@click.option("--tenant", "tenant_ids", type=int, multiple=True, required=True)
+@click.option("--tenant", "tenant_ids", type=ROW_ID, multiple=True, required=True)
 def revoke_tenants(email: str, tenant_ids: tuple[int, ...]) -> None:
     """Take these tenants from the user, from its very next request; print the user."""
     user = user_by_email(email)
@@ -390,7 +416,7 @@ def delete_user(email: str) -> None:
 
 
 @product_cli.command("create")
-@click.option("--tenant", "tenant_id", type=int, required=True, help="Tenant id.")
+@click.option("--tenant", "tenant_id", type=ROW_ID, required=True, help="Tenant id.")
 @click.option("--name", required=True)
 @click.option("--slug")
 @click.option("--price", help="In the tenant's currency, at most 2 decimals (12.50).")
@@ -504,7 +530,7 @@ def purge_command(days: int) -> None:
 
 
 @events_cli.command("rebuild-rollups")
-@click.option("--tenant", "tenant_id", type=int, required=True)
+@click.option("--tenant", "tenant_id", type=ROW_ID, required=True)
 def rebuild_rollups_command(tenant_id: int) -> None:
     """Recompute a tenant's rollups from its events (after a bulk load, a change made in
     the database, or a tzdata update; a zone changed through the API rebuilds them)."""
@@ -516,11 +542,16 @@ def rebuild_rollups_command(tenant_id: int) -> None:
 
 
 @events_cli.command("forget-customer")
-@click.option("--tenant", "tenant_id", type=int, required=True)
-@click.option("--user-id", required=True, help="The customer's user_id, as the tenant sent it.")
+@click.option("--tenant", "tenant_id", type=ROW_ID, required=True)
+@click.option(
+    "--user-id",
+    required=True,
+    help="The customer's user_id, as the tenant sent it (spaces around it, as the API, left out).",
+)
 def forget_customer_command(tenant_id: int, user_id: str) -> None:
     """Delete every event of the tenant that names the customer (a request to be
     forgotten), then recount the tenant's rollups from the events left."""
+    user_id = validated(ForgottenCustomer, user_id=user_id).user_id
     if db.session.get(Tenant, tenant_id) is None:
         fail(f"no tenant with id {tenant_id}")
     # Before the deletion: an event of the customer's committed while it ran would be
@@ -539,7 +570,8 @@ def forget_customer_command(tenant_id: int, user_id: str) -> None:
     "base_url",
     default="http://127.0.0.1:5000",
     show_default=True,
-    help="Where the server answers, for the printed curl lines.",
+    callback=valid_base_url,
+    help="Where the server answers, for the printed curl lines and the demo's landing page.",
 )
 def demo_command(base_url: str) -> None:
     """Create (once) a demo tenant, owner and products with a week of events."""
@@ -548,7 +580,7 @@ def demo_command(base_url: str) -> None:
     if current_app.config["APP_ENV"] == "production":  # a login everyone knows
         raise click.ClickException("the demo is not loaded in production (APP_ENV=production)")
     try:
-        echo = load_demo(db.session, base_url.rstrip("/"))
+        echo = load_demo(db.session, base_url)
     except DemoUnavailable as error:
         raise click.ClickException(f"the demo is not loaded: {error}") from None
     db.session.commit()

@@ -16,10 +16,14 @@ from urllib.parse import urlsplit
 
 import click
 from limits import parse_many as parse_rate_limits
-from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
 from redis.connection import parse_url as parse_redis_url
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+# Where flask-limiter may keep its counts: the Redis client (redis) is installed, and
+# these set up without reaching the server (a Redis Cluster connects at once). The
+# others limits knows need drivers this app does not install (memcached, MongoDB).
+RATE_LIMIT_STORAGE_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "memory")
 
 # The keys that sign tokens and hash visitors. Flask's SECRET_KEY is not among them
 # and not read: nothing uses it (no cookie sessions, see NoCookieSessions).
@@ -361,7 +365,7 @@ def check_storage_urls(config: dict[str, Any]) -> None:
     database_url = config.get("SQLALCHEMY_DATABASE_URI")
     if database_url:
         try:
-            make_url(database_url).get_dialect()
+            dialect = make_url(database_url).get_dialect()
         except NoSuchModuleError:
             scheme = str(database_url).split(":", 1)[0]
             raise ConfigError(
@@ -371,13 +375,22 @@ def check_storage_urls(config: dict[str, Any]) -> None:
             raise ConfigError(
                 "DATABASE_URL is not a database URL like postgresql://user:password@host:5432/db"
             ) from None
+        try:
+            dialect.import_dbapi()
+        except ImportError:  # postgresql+psycopg://, mysql://: a driver not installed
+            scheme = str(database_url).split(":", 1)[0]
+            raise ConfigError(
+                f"DATABASE_URL: the driver of {scheme!r} is not installed; use"
+                " postgresql://user@host/db (psycopg2) or sqlite:///path"
+            ) from None
     storage = config.get("RATELIMIT_STORAGE_URI")
     if storage:
         storage = config["RATELIMIT_STORAGE_URI"] = storage.strip()
         scheme = storage.split("://", 1)[0].lower() if "://" in storage else None
         if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
             raise ConfigError(
-                "RATELIMIT_STORAGE_URI is not a storage like redis://host:6379/0 (or memory://)"
+                "RATELIMIT_STORAGE_URI is not a storage like redis://host:6379/0 (or memory://;"
+                f" this app takes {', '.join(name + '://' for name in RATE_LIMIT_STORAGE_SCHEMES)})"
             )
         try:  # each worker would fail on these later, with a traceback of its own
             if scheme in ("redis", "rediss"):  # one host (others may list several)

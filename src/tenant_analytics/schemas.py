@@ -275,6 +275,15 @@ _PRICE_CURRENCY = (
 )
 
 
+CustomerId = Annotated[Text, Field(max_length=254)]
+
+
+class ForgottenCustomer(Body):
+    """Whom ``events forget-customer`` deletes: a ``user_id`` as the API stores it."""
+
+    user_id: Annotated[CustomerId, Field(min_length=1)]
+
+
 class TrackedEvent(Body):
     """One event from a landing page or store (the tenant is named around it)."""
 
@@ -285,10 +294,9 @@ class TrackedEvent(Body):
     # Store fields (see the store-analytics documents)
     session_id: Annotated[Text, Field(max_length=64), BlankIsNone] | None = None
     # A customer number sent as a JSON integer is the customer of that text.
-    user_id: (
-        Annotated[Text, Field(max_length=254), BlankIsNone, BeforeValidator(_integer_as_text)]
-        | None
-    ) = Field(default=None, json_schema_extra=_also_allowed(INTEGER))
+    user_id: Annotated[CustomerId, BlankIsNone, BeforeValidator(_integer_as_text)] | None = Field(
+        default=None, json_schema_extra=_also_allowed(INTEGER)
+    )
     product_slug: Annotated[Text, Field(max_length=200), BlankIsNone] | None = None
     product_name: Annotated[Text, Field(max_length=200), BlankIsNone] | None = None
     price: Money | None = None
