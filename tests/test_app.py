@@ -678,6 +678,11 @@ def test_a_connection_refused_is_told_from_one_out_of_reach(driver_line, said):
     assert connection_failure(failed) == f"{said}: connection to server failed: {driver_line}"
 
 
+def test_sqlite_busy_with_another_writer_is_not_said_out_of_reach():
+    failed = OperationalError("INSERT", {}, Exception("database is locked"))
+    assert connection_failure(failed).startswith("the database is busy with another writer")
+
+
 def test_a_migration_the_database_refuses_is_one_line(
     app, make_app, scratch_database_url, is_postgres
 ):

@@ -52,6 +52,8 @@ def connection_failure(exc: SQLAlchemyError) -> str:
     line = driver_first_line(exc)
     if "FATAL:" in line and any(reason in line for reason in _REFUSALS):
         return f"the database refused the connection: {line}"
+    if line == "database is locked":  # SQLite's busy timeout: another writer (a rebuild)
+        return "the database is busy with another writer (a rollup rebuild?); try again"
     return f"cannot reach the database: {line}"
 
 
