@@ -587,6 +587,68 @@ def test_taps_repeated_within_a_second_count_once(landing, make_tenant):
     }
 
 
+RECORD_SENDS = (
+    "<script>window.sent = []; const realFetch = window.fetch;"
+    " window.fetch = function (url, options) {"
+    " if (options && options.body) sent.push(JSON.parse(options.body));"
+    " return realFetch.apply(this, arguments); };</script>"
+)
+OFFLINE = {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+
+
+def test_taps_made_offline_are_sent_once_the_phone_is_back_online(landing, make_tenant):
+    """A phone losing signal for a moment: the sends that failed are tried again (they
+    were lost, though sendBeacon had said queued), each with a key of its own."""
+    tenant = make_tenant()
+    body = '<a id="wa" href="https://wa.me/50499">Chat</a><a id="call" href="tel:+504">Call</a>'
+    landing.open(tenant.id, body, before=STAY + RECORD_SENDS)
+    events_when(tenant.id, bool)  # the page view
+    driver = landing.driver
+    driver.execute_cdp_cmd("Network.enable", {})  # DevTools' emulation applies from then on
+    driver.execute_cdp_cmd("Network.emulateNetworkConditions", OFFLINE)
+    try:
+        landing.click("wa")
+        landing.click("call")
+        time.sleep(1)
+        assert stored_events(tenant.id)[1:] == []
+    finally:
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {**OFFLINE, "offline": False})
+        driver.execute_cdp_cmd("Network.disable", {})
+    assert sorted(event_type for event_type, _ in taps_of(tenant.id, 2)) == [
+        "click_call",
+        "click_whatsapp",
+    ]
+    keys = {event["idempotency_key"] for event in driver.execute_script("return window.sent")}
+    assert len(keys) == 3 and all(re.fullmatch("ta-[0-9a-f]{32}", key) for key in keys)
+    assert landing.errors() == []
+
+
+@pytest.fixture(scope="module")
+def tight_api_port(migrated: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with api_server(
+        migrated, tmp_path_factory.mktemp("gunicorn"), TRACK_RATE_LIMIT="2 per 3 seconds"
+    ) as port:
+        yield port
+
+
+def test_events_over_the_tenants_limit_are_sent_again_after_retry_after(
+    tight_api_port, page_port, pages_root, browser, app, make_tenant
+):
+    """A 429 says when to come back: the taps refused (a busy minute) are counted then."""
+    tenant = make_tenant()
+    page = Landing(browser, pages_root, page_port, tight_api_port)
+    body = '<a id="wa" href="https://wa.me/50499">Chat</a><a id="call" href="tel:+504">Call</a>'
+    page.open(tenant.id, body, before=STAY)
+    events_when(tenant.id, bool)
+    for element_id in ("wa", "call", "wa"):
+        page.click(element_id)
+        time.sleep(1.1)  # a tap each, not one impatient tap
+    taps = taps_of(tenant.id, 3)
+    assert Counter(event_type for event_type, _ in taps) == {"click_whatsapp": 2, "click_call": 1}
+    browser.get("about:blank")
+    events_when(tenant.id, lambda events: any_of(events, "time_on_page"), timeout=15)
+
+
 def test_a_tagged_select_counts_the_choice_not_the_clicks_on_it(landing, make_tenant):
     tenant = make_tenant()
     body = (

@@ -1,7 +1,8 @@
 /* tenant-analytics snippet. Embed it with:
  *   <script src="https://API-HOST/static/ta.js" data-tenant="1" async></script>
- * It sets no cookie, uses no storage and makes up no identifier: each event is one
- * request on its own (the server stores a keyed hash of its address, never the address).
+ * It sets no cookie, uses no storage and makes up no identifier of the visitor: each
+ * event is one request on its own (the server stores a keyed hash of its address, never
+ * the address), with a random key of the event's own so that its resends count once.
  */
 (function () {
   "use strict";
@@ -111,10 +112,74 @@
         }
         if (typeof event.price === "number") event.price = toCents(event.price);
       }
+      // A store event's session names it for the server (its key is derived from it).
+      if (event.idempotency_key === undefined && event.session_id === undefined) {
+        event.idempotency_key = randomKey();
+      }
       body = JSON.stringify(event);
     } catch (e) {
       return; // metadata JSON cannot carry (a cycle, a BigInt)
     }
+    deliver(body, 0);
+  }
+
+  function randomKey() {
+    const bytes = new Uint8Array(16);
+    if (window.crypto && crypto.getRandomValues) crypto.getRandomValues(bytes);
+    else for (let i = 0; i < 16; i++) bytes[i] = Math.floor(Math.random() * 256);
+    let key = "ta-";
+    for (let i = 0; i < 16; i++) key += (bytes[i] < 16 ? "0" : "") + bytes[i].toString(16);
+    return key;
+  }
+
+  // keepalive: the request outlives the page, as a beacon does; text/plain keeps it a
+  // simple request (no preflight). No credentials: nothing of the visitor to send.
+  const POST = {
+    method: "POST",
+    keepalive: true,
+    mode: "cors",
+    credentials: "omit",
+    headers: { "Content-Type": "text/plain" },
+  };
+  // A fetch that outlives the page, whose answer the page can read (a beacon's it
+  // cannot): where a browser has none, beacons, unanswered as before.
+  const answered = (function () {
+    try {
+      return typeof fetch === "function" && new Request(url, POST).keepalive === true;
+    } catch (e) {
+      return false;
+    }
+  })();
+
+  // Sends that failed (offline, the server down, busy or over the tenant's limit) are
+  // tried again, a few times, later (Retry-After, else 2, 4, 8 s), when the phone is
+  // back online, or by beacon when the page is hidden: the event's key counts it once.
+  const RETRIES = 4;
+  const RETRY_MAX_SECONDS = 60;
+  const failed = [];
+
+  function deliver(body, attempts) {
+    if (!answered || document.visibilityState === "hidden") {
+      beacon(body);
+      return;
+    }
+    try {
+      fetch(url, Object.assign({ body: body }, POST)).then(
+        function (response) {
+          if (response.status === 429 || response.status >= 500) {
+            retryLater(body, attempts, Number(response.headers.get("Retry-After")) || 0);
+          }
+        },
+        function () {
+          retryLater(body, attempts, 0);
+        }
+      );
+    } catch (e) {
+      beacon(body);
+    }
+  }
+
+  function beacon(body) {
     try {
       // A text/plain beacon needs no CORS preflight and outlives the page navigating away.
       if (navigator.sendBeacon && navigator.sendBeacon(url, body)) return;
@@ -122,20 +187,39 @@
       // fall back to fetch
     }
     try {
-      // keepalive: the request outlives the page, as a beacon does; text/plain keeps it
-      // a simple request (no preflight). No credentials: nothing of the visitor to send.
-      fetch(url, {
-        method: "POST",
-        body: body,
-        keepalive: true,
-        mode: "cors",
-        credentials: "omit",
-        headers: { "Content-Type": "text/plain" },
-      }).catch(function () {});
+      fetch(url, Object.assign({ body: body }, POST)).catch(function () {});
     } catch (e) {
       // no fetch either: analytics must never break the page
     }
   }
+
+  function retryLater(body, attempts, seconds) {
+    if (attempts >= RETRIES || failed.length >= 100) return; // given up on
+    const retry = { body: body, attempts: attempts + 1 };
+    const wait = Math.min(Math.max(seconds, Math.pow(2, retry.attempts)), RETRY_MAX_SECONDS);
+    retry.timer = setTimeout(function () {
+      resend(retry, deliver);
+    }, wait * 1000);
+    failed.push(retry);
+  }
+
+  function resend(retry, how) {
+    const at = failed.indexOf(retry);
+    if (at < 0) return;
+    failed.splice(at, 1);
+    clearTimeout(retry.timer);
+    how(retry.body, retry.attempts);
+  }
+
+  function resendAll(how) {
+    failed.slice().forEach(function (retry) {
+      resend(retry, how);
+    });
+  }
+
+  window.addEventListener("online", function () {
+    resendAll(deliver);
+  });
 
   // The tap's element and its ancestors, nearest first, through open shadow roots (a
   // chat widget's button).
@@ -355,11 +439,15 @@
 
   // Hidden is the last moment a page is sure to see (mobile browsers may never fire
   // unload); pagehide covers navigations that do not report hidden first.
+  function leaving() {
+    resendAll(beacon); // the last sure chance for the sends that failed
+    flush();
+  }
   document.addEventListener("visibilitychange", function () {
     if (document.visibilityState === "visible") resume();
-    else flush();
+    else leaving();
   });
-  window.addEventListener("pagehide", flush);
+  window.addEventListener("pagehide", leaving);
   window.addEventListener("pageshow", function (event) {
     resume();
     if (event.persisted) send("pageview"); // back from the back/forward cache: seen again
