@@ -609,7 +609,7 @@ def test_taps_made_offline_are_sent_once_the_phone_is_back_online(landing, make_
     try:
         landing.click("wa")
         landing.click("call")
-        time.sleep(1)
+        time.sleep(2)  # no timer resends them: they wait for the browser to be online
         assert stored_events(tenant.id)[1:] == []
     finally:
         driver.execute_cdp_cmd("Network.emulateNetworkConditions", {**OFFLINE, "offline": False})
@@ -646,7 +646,7 @@ def test_events_over_the_tenants_limit_are_sent_again_after_retry_after(
     taps = taps_of(tenant.id, 3)
     assert Counter(event_type for event_type, _ in taps) == {"click_whatsapp": 2, "click_call": 1}
     browser.get("about:blank")
-    events_when(tenant.id, lambda events: any_of(events, "time_on_page"), timeout=15)
+    time.sleep(1)  # its time_on_page, or its 429, before the tables are emptied
 
 
 def test_a_tagged_select_counts_the_choice_not_the_clicks_on_it(landing, make_tenant):

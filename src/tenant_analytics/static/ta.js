@@ -112,15 +112,12 @@
         }
         if (typeof event.price === "number") event.price = toCents(event.price);
       }
-      // A store event's session names it for the server (its key is derived from it).
-      if (event.idempotency_key === undefined && event.session_id === undefined) {
-        event.idempotency_key = randomKey();
-      }
+      if (event.idempotency_key === undefined) event.idempotency_key = randomKey();
       body = JSON.stringify(event);
     } catch (e) {
       return; // metadata JSON cannot carry (a cycle, a BigInt)
     }
-    deliver(body, 0);
+    deliver({ body: body, attempts: 0, since: Date.now() });
   }
 
   function randomKey() {
@@ -151,31 +148,38 @@
     }
   })();
 
-  // Sends that failed (offline, the server down, busy or over the tenant's limit) are
-  // tried again, a few times, later (Retry-After, else 2, 4, 8 s), when the phone is
-  // back online, or by beacon when the page is hidden: the event's key counts it once.
+  // A send that failed is tried again, at most four times, when that cannot count it
+  // twice: a 429 (nothing stored) after its Retry-After; one the browser could not send
+  // (offline) once it is back online; any other failure (the server down, a 502/503/504)
+  // only while the server still knows the event's key (IDEMPOTENCY_WINDOW_SECONDS, 5 s
+  // by default), as it may have stored the event. Waits are spread at random, so a
+  // tenant's visitors do not all come back in the same second.
   const RETRIES = 4;
-  const RETRY_MAX_SECONDS = 60;
+  const KEY_KNOWN_MS = 4000;
   const failed = [];
 
-  function deliver(body, attempts) {
+  function deliver(send) {
     if (!answered || document.visibilityState === "hidden") {
-      beacon(body);
+      beacon(send.body);
       return;
     }
     try {
-      fetch(url, Object.assign({ body: body }, POST)).then(
+      fetch(url, Object.assign({ body: send.body }, POST)).then(
         function (response) {
-          if (response.status === 429 || response.status >= 500) {
-            retryLater(body, attempts, Number(response.headers.get("Retry-After")) || 0);
+          const status = response.status;
+          if (status === 429) {
+            retryLater(send, Number(response.headers.get("Retry-After")) || 1, true);
+          } else if (status === 502 || status === 503 || status === 504) {
+            retryLater(send, 0, false);
           }
         },
         function () {
-          retryLater(body, attempts, 0);
+          if (navigator.onLine !== false) retryLater(send, 0, false);
+          else if (failed.length < 100) failed.push(send); // never left: sent back online
         }
       );
     } catch (e) {
-      beacon(body);
+      beacon(send.body);
     }
   }
 
@@ -193,32 +197,37 @@
     }
   }
 
-  function retryLater(body, attempts, seconds) {
-    if (attempts >= RETRIES || failed.length >= 100) return; // given up on
-    const retry = { body: body, attempts: attempts + 1 };
-    const wait = Math.min(Math.max(seconds, Math.pow(2, retry.attempts)), RETRY_MAX_SECONDS);
-    retry.timer = setTimeout(function () {
-      resend(retry, deliver);
-    }, wait * 1000);
-    failed.push(retry);
+  function retryLater(send, seconds, notStored) {
+    send.attempts += 1;
+    if (send.attempts > RETRIES || failed.length >= 100) return; // given up on
+    const backoff = Math.pow(2, send.attempts - 1) * (0.5 + Math.random()); // 0.5 to 12 s
+    const wait = Math.min(Math.max(seconds * (1 + Math.random() / 2), backoff), 60) * 1000;
+    if (!notStored && Date.now() + wait - send.since > KEY_KNOWN_MS) return;
+    send.timer = setTimeout(function () {
+      resend(send, deliver);
+    }, wait);
+    failed.push(send);
   }
 
-  function resend(retry, how) {
-    const at = failed.indexOf(retry);
+  function resend(send, how) {
+    const at = failed.indexOf(send);
     if (at < 0) return;
     failed.splice(at, 1);
-    clearTimeout(retry.timer);
-    how(retry.body, retry.attempts);
+    clearTimeout(send.timer);
+    how(send);
   }
 
   function resendAll(how) {
-    failed.slice().forEach(function (retry) {
-      resend(retry, how);
+    failed.slice().forEach(function (send) {
+      resend(send, how);
     });
   }
 
   window.addEventListener("online", function () {
-    resendAll(deliver);
+    resendAll(function (send) {
+      send.since = Date.now(); // what waited offline was never sent: its key is new
+      deliver(send);
+    });
   });
 
   // The tap's element and its ancestors, nearest first, through open shadow roots (a
@@ -440,7 +449,12 @@
   // Hidden is the last moment a page is sure to see (mobile browsers may never fire
   // unload); pagehide covers navigations that do not report hidden first.
   function leaving() {
-    resendAll(beacon); // the last sure chance for the sends that failed
+    // The last sure chance for the sends that failed; offline, they are lost either way.
+    if (navigator.onLine !== false) {
+      resendAll(function (send) {
+        beacon(send.body);
+      });
+    }
     flush();
   }
   document.addEventListener("visibilitychange", function () {
