@@ -126,7 +126,7 @@ def run_migrations_online():
                 context.run_migrations()
         except DBAPIError as exc:
             # A standby after a failover, or a role that does not own the database (a
-            # restore): a deploy fault said in one line; nothing was changed.
+            # restore): a deploy fault said in one line; the revisions before it stay done.
             if not (is_read_only(exc) or is_privilege_missing(exc)):
                 raise
             raise SystemExit(

@@ -37,6 +37,12 @@ def test_login_returns_tokens_that_open_the_dashboard(client, make_tenant, make_
     )
     assert with_access.status_code == 401
     assert with_access.get_json()["success"] is False
+    assert "Only refresh tokens" in with_access.get_json()["message"]
+    with_refresh = client.get(
+        f"/api/analytics/{tenant.id}",
+        headers={"Authorization": f"Bearer {tokens['refresh_token']}"},
+    )
+    assert "Only non-refresh tokens" in with_refresh.get_json()["message"]
 
 
 def test_an_unknown_email_costs_a_password_hash_as_a_wrong_password_does(

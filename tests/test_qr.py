@@ -476,6 +476,8 @@ def test_landing_url_validation(client, make_tenant, make_user, auth_headers, la
         ("https://stats.example.com", "http://[::1]:5077/q/x", True),
         ("https://stats.example.com", "http://[::ffff:127.0.0.1]:5077/q/x", True),
         ("https://stats.example.com", "http://app.localhost/q/x", True),
+        ("https://stats.example.com", "http://0.0.0.0:5077/q/x", True),  # unspecified
+        ("https://stats.example.com", "http://[::]:5077/q/x", True),
         ("https://stats.example.com", "http://127.0.0.1:5077/demo/", False),
     ],
 )

@@ -313,3 +313,14 @@ def test_a_rebuild_keeps_summer_time_where_the_writes_do(app, make_tenant, add_e
         ).all()
     )
     assert pageviews == {date(2026, 7, 16): 3}  # random_events are all before summer
+
+
+@pytest.mark.parametrize(("day", "hours"), [(date(2026, 3, 29), 23), (date(2026, 10, 25), 25)])
+def test_a_local_day_on_a_clock_change_is_23_or_25_hours(day, hours):
+    """Madrid's spring and autumn days: a day of 24 hours took in an hour of the next,
+    or lost its last, in every report's windows."""
+    from tenant_analytics.timewindows import local_day
+
+    window = local_day(day, ZoneInfo("Europe/Madrid"))
+    assert window.end - window.start == timedelta(hours=hours)
+    assert window.end == local_day(day + timedelta(days=1), ZoneInfo("Europe/Madrid")).start

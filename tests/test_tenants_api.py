@@ -136,6 +136,19 @@ def test_a_misspelt_setting_is_refused_not_ignored(client, owner, path, method, 
     assert [p["active"] for p in listed] == [True]  # nothing else was created or changed
 
 
+def test_an_owner_lists_its_own_products_only(client, owner, make_tenant, make_user, auth_headers):
+    tenant, headers = owner
+    other = make_tenant()
+    other_headers = auth_headers(make_user(other))
+    for shop, their_headers, name in ((tenant, headers, "Pan"), (other, other_headers, "Café")):
+        created = client.post(
+            f"/api/tenants/{shop.id}/products", headers=their_headers, json={"name": name}
+        )
+        assert created.status_code == 201
+    listed = client.get(f"/api/tenants/{tenant.id}/products", headers=headers).get_json()
+    assert [product["name"] for product in listed["products"]] == ["Pan"]
+
+
 def test_product_lifecycle(client, owner):
     tenant, headers = owner
     url = f"/api/tenants/{tenant.id}/products"

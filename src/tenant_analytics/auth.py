@@ -27,6 +27,9 @@ STAMP = "stamp"  # the claim holding credential_stamp(user)
 SIGN_IN = "sid"  # the claim naming the sign-in a token belongs to (logout ends it)
 # A scheme name is case-insensitive (RFC 9110 11.1); flask-jwt-extended matches "Bearer" only.
 _BEARER_SCHEME = re.compile(r"(^|,)(\s*)bearer(?=\s)", re.IGNORECASE)
+# A refused token's reasons that quote nothing of the token (a refresh token sent for
+# an access token, or the reverse).
+_OWN_REASONS = ("Only non-refresh tokens are allowed", "Only refresh tokens are allowed")
 # Compared against when the email is unknown, so both paths cost one hash check.
 _UNUSED_HASH = generate_password_hash("timing-equalizer")
 
@@ -213,6 +216,8 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
         # PyJWT's reason can quote what the sender wrote in the token (or a codec's
         # internals): the log keeps it, the answer says only what was wrong.
         log.debug("token refused: %s", reason)
+        if reason in _OWN_REASONS:  # flask-jwt-extended's fixed words: worth saying
+            return challenge(f"Invalid token: {reason}", code="invalid_token")
         return challenge(
             "Invalid token: not signed by this service, or malformed.", code="invalid_token"
         )
