@@ -102,7 +102,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     jwt.init_app(app)
     try:
         limiter.init_app(app)
-    except LimitsConfigurationError:  # redis+sentinel://host without a port, say
+    except (LimitsConfigurationError, ValueError):  # redis+sentinel://host, no port
+        # (limits before 4 split it without a check: a ValueError)
         raise ConfigError(  # limits' own words may quote the URI's password
             "RATELIMIT_STORAGE_URI: its address does not parse (redis+sentinel://host:26379/"
             "service, redis://host:6379/0)"
