@@ -27,7 +27,7 @@ from .database_errors import (
     role_refused,
 )
 from .errors import validation_errors
-from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE, QR_SCAN_PREFIX
+from .event_builders import IDEMPOTENCY_PREFIX, MAX_AGE, QR_SCAN_PREFIX, REPEAT_SCAN_WINDOW
 from .extensions import db
 from .landing_urls import is_own_qr_redirect
 from .models import (
@@ -496,7 +496,7 @@ def _when_events_free(work: Callable[[Connection], Done], *, undone: str) -> Don
 )
 def purge_command(days: int) -> None:
     """Drop whole monthly partitions older than DAYS (SQLite: delete the rows), the
-    idempotency keys last seen before then, and the rollups of the days emptied."""
+    idempotency keys past their window, and the rollups of the days emptied."""
     now = utcnow()
     cutoff = now - timedelta(days=days)
     # Every event before `gone` goes: whole months on PostgreSQL, rows on SQLite.
@@ -511,11 +511,15 @@ def purge_command(days: int) -> None:
     except click.ClickException:  # nothing dropped: the reports may read the rollups again
         unmark_days(db.session, marked)
         raise
-    # A key still inside its window blocks repeats, however long the window was set.
-    window = timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"])
+    # A key past its window blocks nothing (a repeat then claims it anew): gone whatever
+    # the cutoff, as the snippet keys every event. One inside it stays, however long.
+    windows = {
+        IDEMPOTENCY_PREFIX: timedelta(seconds=current_app.config["IDEMPOTENCY_WINDOW_SECONDS"]),
+        QR_SCAN_PREFIX: REPEAT_SCAN_WINDOW,
+    }
     keys = sum(
-        delete_dedupe_keys(db.session, prefix=prefix, seen_before=min(cutoff, now - window))
-        for prefix in (IDEMPOTENCY_PREFIX, QR_SCAN_PREFIX)
+        delete_dedupe_keys(db.session, prefix=prefix, seen_before=now - window)
+        for prefix, window in windows.items()
     )
     rollup_rows = forget_purged_days(db.session, gone)
     counted = {} if rows_deleted is None else {"events_deleted": rows_deleted}

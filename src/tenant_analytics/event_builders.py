@@ -42,12 +42,17 @@ STORE_COLUMNS = (
     "error_message",
 )
 
-# Idempotency keys block repeats only within their window, so ``events purge`` deletes old
-# ones; transaction ids ("txn:") are kept for good.
+# Idempotency keys block repeats only within their window, so ``events purge`` deletes
+# those past it; transaction ids ("txn:") are kept for good.
 IDEMPOTENCY_PREFIX = "idem:"
 # A visitor's last counted QR scan of the tenant's codes ("qr:" and its visitor hash):
-# deleted with the idempotency keys, and no key a client sends can be one.
+# deleted past its window as the idempotency keys are, and no key a client sends can be one.
 QR_SCAN_PREFIX = "qr:"
+# A visitor's scans of one tenant's codes this close together are one: a camera app that
+# opens the link twice, or a landing page that leads back to the code under another name
+# of this service (a loop no check of the URL can rule out), which counted each turn.
+# Short: two phones of one browser behind one address scanning together are one visitor.
+REPEAT_SCAN_WINDOW = timedelta(seconds=3)
 
 # Beacons are sent right after payment; anything far outside that is a bad clock or a replay.
 MAX_FUTURE = timedelta(minutes=10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 import time
-from datetime import timedelta
 
 import segno
 from flask import Blueprint, current_app, redirect, render_template, request, send_file, url_for
@@ -17,7 +16,7 @@ from ..catalogue import QR_SCAN
 from ..crawlers import is_bot_browser
 from ..database_errors import is_outage, log_not_recorded
 from ..errors import ApiError, error_response, invalid_field
-from ..event_builders import QR_SCAN_PREFIX
+from ..event_builders import QR_SCAN_PREFIX, REPEAT_SCAN_WINDOW
 from ..extensions import db
 from ..ingestion import NewEvent
 from ..logs import get_logger
@@ -38,11 +37,6 @@ RETRY_SECONDS = 5  # the page that says "a moment" reloads itself after as long
 # How long a code's last destination may be followed while the database is away: a
 # code taken down (a tenant deactivated) in the meantime is only seen in the database.
 REMEMBERED_SECONDS = 3600
-# A visitor's scans of one tenant's codes this close together are one: a camera app that
-# opens the link twice, or a landing page that leads back to the code under another name
-# of this service (a loop no check of the URL can rule out), which counted each turn.
-# Short: two phones of one browser behind one address scanning together are one visitor.
-REPEAT_SCAN_WINDOW = timedelta(seconds=3)
 
 
 def _no_such_code():
