@@ -623,6 +623,48 @@ def test_taps_made_offline_are_sent_once_the_phone_is_back_online(landing, make_
     assert landing.errors() == []
 
 
+# A phone whose signal goes just as its tap's request reached the server (stored): the
+# answer is lost on the way back, or was a 503 from a proxy, and the browser is offline
+# from then on until the test brings it back.
+SIGNAL_LOST_AFTER_THE_TAP = (
+    "<script>window.online = true;"
+    " Object.defineProperty(Navigator.prototype, 'onLine', {get: () => window.online});"
+    " const realFetch = window.fetch; let tapsSent = 0;"
+    " window.fetch = function (url, options) {"
+    "  if (!window.online) return Promise.reject(new TypeError('offline'));"
+    "  const event = JSON.parse(options.body);"
+    "  if (event.event_type !== 'click_whatsapp' || tapsSent++) {"
+    "   return realFetch.apply(this, arguments); }"
+    "  return realFetch.apply(this, arguments).then(() => { window.online = false;"
+    "   return ANSWER; }); };</script>"
+)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["Promise.reject(new TypeError('the signal went'))", "new Response('', {status: 503})"],
+    ids=["answer lost", "503"],
+)
+def test_a_tap_stored_as_the_signal_went_is_not_sent_again_once_back_online(
+    landing, make_tenant, answer
+):
+    """Back online past the server's window for its key, a resend would be a second
+    tap: only what the browser never sent (made offline) waits for the signal."""
+    tenant = make_tenant()
+    body = '<a id="wa" href="https://wa.me/50499">Chat</a><a id="call" href="tel:+504">Call</a>'
+    landing.open(tenant.id, body, before=STAY + SIGNAL_LOST_AFTER_THE_TAP.replace("ANSWER", answer))
+    events_when(tenant.id, bool)  # the page view
+    landing.click("wa")
+    events_when(tenant.id, lambda events: len(events) == 2)  # the tap, stored
+    landing.click("call")  # made offline: never left
+    time.sleep(6)  # past IDEMPOTENCY_WINDOW_SECONDS (5)
+    landing.driver.execute_script("window.online = true; dispatchEvent(new Event('online'))")
+    assert taps_of(tenant.id, 2) == [("click_call", None), ("click_whatsapp", None)]
+    time.sleep(1)  # a resend would be in by now
+    assert len(stored_events(tenant.id)) == 3
+    assert landing.errors() == []
+
+
 @pytest.fixture(scope="module")
 def tight_api_port(migrated: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     with api_server(

@@ -117,7 +117,7 @@
     } catch (e) {
       return; // metadata JSON cannot carry (a cycle, a BigInt)
     }
-    deliver({ body: body, attempts: 0, since: Date.now() });
+    deliver({ body: body, attempts: 0, since: Date.now(), mayBeStored: false, timer: null });
   }
 
   function randomKey() {
@@ -149,11 +149,12 @@
   })();
 
   // A send that failed is tried again, at most four times, when that cannot count it
-  // twice: a 429 (nothing stored) after its Retry-After; one the browser could not send
-  // (offline) once it is back online; any other failure (the server down, a 502/503/504)
-  // only while the server still knows the event's key (IDEMPOTENCY_WINDOW_SECONDS, 5 s
-  // by default), as it may have stored the event. Waits are spread at random, so a
-  // tenant's visitors do not all come back in the same second.
+  // twice: a 429 (nothing stored) after its Retry-After; one made offline (it never
+  // left) once the browser is back online; one that may have been stored (a 502/503/504,
+  // the server down, an answer lost as the signal went) only while the server still
+  // knows the event's key (IDEMPOTENCY_WINDOW_SECONDS, 5 s by default), however it
+  // fails after. Waits are spread at random, so a tenant's visitors do not all come
+  // back in the same second.
   const RETRIES = 4;
   const KEY_KNOWN_MS = 4000;
   const failed = [];
@@ -163,18 +164,21 @@
       beacon(send.body);
       return;
     }
+    const offline = navigator.onLine === false; // then the request never leaves
     try {
       fetch(url, Object.assign({ body: send.body }, POST)).then(
         function (response) {
           const status = response.status;
           if (status === 429) {
-            retryLater(send, Number(response.headers.get("Retry-After")) || 1, true);
+            retryLater(send, Number(response.headers.get("Retry-After")) || 1);
           } else if (status === 502 || status === 503 || status === 504) {
-            retryLater(send, 0, false);
+            send.mayBeStored = true;
+            retryLater(send, 0);
           }
         },
         function () {
-          if (navigator.onLine !== false) retryLater(send, 0, false);
+          if (!offline) send.mayBeStored = true;
+          if (send.mayBeStored) retryLater(send, 0);
           else if (failed.length < 100) failed.push(send); // never left: sent back online
         }
       );
@@ -197,12 +201,12 @@
     }
   }
 
-  function retryLater(send, seconds, notStored) {
+  function retryLater(send, seconds) {
     send.attempts += 1;
     if (send.attempts > RETRIES || failed.length >= 100) return; // given up on
     const backoff = Math.pow(2, send.attempts - 1) * (0.5 + Math.random()); // 0.5 to 12 s
     const wait = Math.min(Math.max(seconds * (1 + Math.random() / 2), backoff), 60) * 1000;
-    if (!notStored && Date.now() + wait - send.since > KEY_KNOWN_MS) return;
+    if (send.mayBeStored && Date.now() + wait - send.since > KEY_KNOWN_MS) return;
     send.timer = setTimeout(function () {
       resend(send, deliver);
     }, wait);
@@ -214,6 +218,7 @@
     if (at < 0) return;
     failed.splice(at, 1);
     clearTimeout(send.timer);
+    send.timer = null;
     how(send);
   }
 
@@ -223,10 +228,15 @@
     });
   }
 
+  // Only what waited for it: one on a timer (a Retry-After, a send that may have been
+  // stored) keeps its time.
   window.addEventListener("online", function () {
-    resendAll(function (send) {
-      send.since = Date.now(); // what waited offline was never sent: its key is new
-      deliver(send);
+    failed.slice().forEach(function (send) {
+      if (send.timer) return;
+      resend(send, function () {
+        send.since = Date.now(); // it was never sent: the server's window starts now
+        deliver(send);
+      });
     });
   });
 
