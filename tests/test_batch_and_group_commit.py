@@ -965,6 +965,33 @@ def keyed_pageview_job(tenant: TenantInfo, key: str) -> IngestJob:
     return IngestJob(tenant, [NewEvent("pageview", dedupe_key=key)], client, "key")
 
 
+def test_a_batch_claims_every_requests_keys_in_one_statement(app, make_tenant):
+    """Keyed events (every snippet event is) take the transaction that claims their keys
+    first: one statement for the batch, not one per request, whatever the tenants; a key
+    sent twice in one batch is stored once, the same key at another tenant is its own."""
+    first, second = TenantInfo.of(make_tenant()), TenantInfo.of(make_tenant())
+    committer = app.extensions["group_commit"]
+    jobs = [
+        keyed_pageview_job(first, "idem:a"),
+        keyed_pageview_job(second, "idem:a"),
+        keyed_pageview_job(first, "idem:b"),
+        keyed_pageview_job(first, "idem:a"),  # the snippet's resend, in the same batch
+    ]
+    claims: list[str] = []
+
+    def listener(_connection, _cursor, statement, *_rest) -> None:
+        if "dedupe_keys" in statement:
+            claims.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", listener)
+    try:
+        assert commit_as_one_batch(committer, jobs) == [1, 1, 1, 0]
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listener)
+    assert len(claims) == 1
+    assert [count_events(first.id), count_events(second.id)] == [2, 1]
+
+
 def test_a_transaction_whose_commit_reply_was_lost_is_not_written_again(
     app, make_tenant, is_postgres, database_url
 ):

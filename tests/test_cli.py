@@ -301,7 +301,7 @@ def test_tenant_delete_removes_everything_of_the_tenant_only(
         sale = {"revenue": Decimal("10.00"), "product_slug": "pan"}
         store_events(tenant, [ev("purchase", now, "s1", **sale)])
         runner.invoke(args=["product", "create", "--tenant", str(tenant.id), "--name", "Pan"])
-        claim_keys(db.session, tenant.id, ["idem:a"], now=now, window=None)
+        claim_keys(db.session, [(tenant.id, "idem:a")], now=now, window=None)
         db.session.commit()
     gone_id, kept_id, email = gone.id, kept.id, owner.email
     kept_before = tenant_rows(kept_id)
@@ -518,8 +518,8 @@ def test_tenant_export_prints_all_of_the_tenants_data(
     store_events(mine, [ev("purchase", now, "s1", revenue=Decimal("12.50"), user_id="c-7")])
     add_events(mine, [("pageview", now, "10.0.0.2", None)])  # the same instant as the sale
     add_events(other, [("pageview", now, "10.0.0.1", None)])
-    claim_keys(db.session, mine.id, ["idem:order-9"], now=now, window=None)
-    claim_keys(db.session, other.id, ["idem:theirs"], now=now, window=None)
+    claim_keys(db.session, [(mine.id, "idem:order-9")], now=now, window=None)
+    claim_keys(db.session, [(other.id, "idem:theirs")], now=now, window=None)
     db.session.commit()
     runner.invoke(args=["product", "create", "--tenant", str(mine.id), "--name", "Pan"])
     runner.invoke(args=["product", "create", "--tenant", str(other.id), "--name", "Café"])
@@ -1175,7 +1175,7 @@ def test_purge_deletes_the_keys_past_their_window(make_app, make_tenant, window_
         keys += [("qr:old", 100), ("qr:recent", 10), (SALE_KEY, 100)]
         for key, days_ago in keys:
             claim_keys(
-                db.session, tenant.id, [key], now=now - timedelta(days=days_ago), window=None
+                db.session, [(tenant.id, key)], now=now - timedelta(days=days_ago), window=None
             )
         db.session.commit()
         purged = app.test_cli_runner().invoke(args=["events", "purge", "--older-than", "90"])
@@ -1217,7 +1217,8 @@ def test_purge_lets_the_events_table_go_before_it_deletes_keys(
         tenant = make_tenant()
         now = utcnow()
         add_events(tenant, [("pageview", now - timedelta(days=400), "10.0.0.1", None)])
-        claim_keys(db.session, tenant.id, ["idem:old"], now=now - timedelta(days=100), window=None)
+        old = now - timedelta(days=100)
+        claim_keys(db.session, [(tenant.id, "idem:old")], now=old, window=None)
         db.session.commit()
         holder = Session(db.engine)  # holds the key's row: the cleanup waits for it
         holder.execute(update(DedupeKey).where(DedupeKey.key == "idem:old").values(seen_at=now))

@@ -171,8 +171,8 @@ def write_jobs(
     now = now or utcnow()
     rows: list[dict[str, Any]] = []
     results = []
+    fresh = {id(event) for event in _claim_dedupe_keys(session, jobs, now)}
     for job in jobs:
-        fresh = {id(e) for e in _claim_dedupe_keys(session, job.tenant.id, job.events, now)}
         kept = [e for e in job.events if e.dedupe_key is None or id(e) in fresh]
         rows.extend(_enriched(job, kept, now))
         results.append(IngestResult(stored=len(kept), duplicates=len(job.events) - len(kept)))
@@ -269,15 +269,18 @@ def _write_alone(
 
 
 def _claim_dedupe_keys(
-    session: Session, tenant_id: int, events: Sequence[NewEvent], now: datetime
+    session: Session, jobs: Sequence[IngestJob], now: datetime
 ) -> list[NewEvent]:
-    """The keyed events whose key this transaction claimed (first of each key only)."""
-    by_window: dict[timedelta | None, dict[str, NewEvent]] = {}
-    for event in events:
-        if event.dedupe_key is not None:
-            by_window.setdefault(event.dedupe_window, {}).setdefault(event.dedupe_key, event)
+    """The keyed events whose key this transaction claimed (the first of each key in its
+    tenant only): one statement for every job's keys of a window, not one per request."""
+    by_window: dict[timedelta | None, dict[tuple[int, str], NewEvent]] = {}
+    for job in jobs:
+        for event in job.events:
+            if event.dedupe_key is not None:
+                first_of_key = by_window.setdefault(event.dedupe_window, {})
+                first_of_key.setdefault((job.tenant.id, event.dedupe_key), event)
     claimed: list[NewEvent] = []
     for window, first_of_key in by_window.items():
-        keys = claim_keys(session, tenant_id, list(first_of_key), now=now, window=window)
+        keys = claim_keys(session, list(first_of_key), now=now, window=window)
         claimed.extend(first_of_key[key] for key in keys)
     return claimed

@@ -75,23 +75,24 @@ def current_tenants(
 
 def claim_keys(
     session: Session,
-    tenant_id: int,
-    keys: Sequence[str],
+    keys: Sequence[tuple[int, str]],
     *,
     now: datetime,
     window: timedelta | None,
-) -> list[str]:
-    """Record ``keys`` as seen; return those that were new (or last seen before the window).
+) -> list[tuple[int, str]]:
+    """Record ``keys`` (tenant id, key) as seen; return those that were new (or last seen
+    before the window).
 
-    One upsert on the (tenant_id, key) primary key: of two concurrent
-    transactions claiming the same key, the second waits for the first and
-    then finds it taken, so a duplicate is never written twice.
+    One upsert on the (tenant_id, key) primary key, whatever the tenants: of two
+    concurrent transactions claiming the same key, the second waits for the first and
+    then finds it taken, so a duplicate is never written twice. Claimed in key order,
+    so two such transactions do not each wait for a key the other holds.
     """
     if not keys:
         return []
     table = DedupeKey.__table__
     upsert = dialect_insert(session)(table).values(
-        [{"tenant_id": tenant_id, "key": key, "seen_at": now} for key in keys]
+        [{"tenant_id": tenant_id, "key": key, "seen_at": now} for tenant_id, key in sorted(keys)]
     )
     conflict = [table.c.tenant_id, table.c.key]
     if window is None:
@@ -102,7 +103,8 @@ def claim_keys(
             set_={"seen_at": upsert.excluded.seen_at},
             where=table.c.seen_at < now - window,
         )
-    return list(session.scalars(statement.returning(table.c.key)))
+    claimed = session.execute(statement.returning(table.c.tenant_id, table.c.key))
+    return [(tenant_id, key) for tenant_id, key in claimed]
 
 
 def delete_dedupe_keys(session: Session, *, prefix: str, seen_before: datetime) -> int:
