@@ -1,15 +1,18 @@
 -- wrk script for target 1: single events, POST /api/analytics/track.
---   wrk ... -s bench/track.lua http://127.0.0.1:PORT/api/analytics/track -- TENANT_ID
+--   wrk ... -s bench/track.lua http://127.0.0.1:PORT/api/analytics/track -- TENANT_ID [keyed]
 -- Each request has its own body (a counter and the thread in metadata) and
 -- one of 1000 user agents, so neither bodies nor visitor hashes repeat much.
+-- With "keyed", each also carries an idempotency key of its own, as the snippet's do
+-- (the run's start second in it: a warm-up's keys are not the measured run's).
 
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "wrk_report.lua")
 
-local tenant, counter = 1, 0
+local tenant, counter, keyed, started = 1, 0, false, os.time()
 
 function init(args)
   tenant = tonumber(args[1]) or tenant
+  keyed = args[2] == "keyed"
 end
 
 function request()
@@ -18,6 +21,10 @@ function request()
     '{"tenant_id": %d, "event_type": "pageview", '
       .. '"metadata": {"path": "/productos", "n": %d, "thread": %d}}',
     tenant, counter, id)
+  if keyed then
+    local key = string.format("ta-%d-%d-%d", started, id, counter)
+    body = body:sub(1, -2) .. ', "idempotency_key": "' .. key .. '"}'
+  end
   local headers = {
     ["Content-Type"] = "application/json",
     ["User-Agent"] = "bench-agent/" .. (counter % 1000),
