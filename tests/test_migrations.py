@@ -441,6 +441,51 @@ def test_0016_keys_the_tap_beacons_recorded_before_apart_from_the_sales(
     assert (recorded.event_type, recorded.revenue) == ("purchase", 300)
 
 
+def test_0017_clears_the_sessions_made_up_for_landing_events(scratch_app: Flask) -> None:
+    """Each landing event sent without a session got one of its own before 1 December
+    2026, and counted as a store visit: after the upgrade those are gone and the rollups
+    counted again; a session sent by a client, or holding a store event, stays."""
+    tenant_id = demo_then_downgrade_to("0016")
+    made_up, shared, named, store = (str(uuid.uuid4()) for _ in range(4))
+    events = [  # type, session: as 0016's server stored them
+        ("pageview", made_up),
+        ("click_whatsapp", shared),  # a tap in a store visit
+        ("product_view", shared),
+        ("pageview", "visit-7"),  # the client's own name for it
+        ("click_call", named.upper()),  # a client's UUID in capitals: not made up here
+        ("product_view", store),  # a store event's session, made up as the store says
+    ]
+    with db.engine.begin() as conn:
+        for n, (event_type, session_id) in enumerate(events):
+            conn.execute(
+                text(
+                    "INSERT INTO events (tenant_id, id, created_at, event_type, session_id)"
+                    " VALUES (:tenant, :id, :now, :type, :session)"
+                ),
+                {
+                    "tenant": tenant_id,
+                    "id": 999_970 + n,
+                    "now": utcnow(),
+                    "type": event_type,
+                    "session": session_id,
+                },
+            )
+    rebuild_rollups(db.session, tenant_id)
+    db.session.commit()
+    counted_before = rollup_rows()
+    upgrade()
+    with db.engine.connect() as conn:
+        sessions = conn.execute(
+            text("SELECT session_id FROM events WHERE id >= 999970 ORDER BY id")
+        ).scalars()
+        assert list(sessions) == [None, *[session for _, session in events[1:]]]
+    counted_after = rollup_rows()
+    assert counted_after != counted_before
+    rebuild_rollups(db.session, tenant_id)
+    db.session.commit()
+    assert rollup_rows() == counted_after
+
+
 def test_the_models_revision_is_the_migrations_head_and_revisions_number_in_order(
     scratch_app: Flask,
 ) -> None:
