@@ -715,8 +715,9 @@ def pageview_job(tenant: TenantInfo, path: str) -> IngestJob:
     return IngestJob(tenant, [NewEvent("pageview", {"path": path})], client, "key")
 
 
+@pytest.mark.parametrize("keyed", [False, True])  # one round trip, or two (keys claimed first)
 def test_a_batch_that_may_have_committed_is_not_written_again(
-    app, make_tenant, add_events, is_postgres, monkeypatch
+    app, make_tenant, add_events, is_postgres, monkeypatch, keyed
 ):
     """The session ends right after COMMIT reached the server: the batch is stored, but the
     committer cannot know. Writing its jobs again one by one would store them twice; they
@@ -734,7 +735,8 @@ def test_a_batch_that_may_have_committed_is_not_written_again(
     monkeypatch.setattr(postgres_writer, "_executes", committed_then_cut_off)
     committer = app.extensions["group_commit"]
     info = TenantInfo.of(tenant)
-    outcomes = commit_as_one_batch(committer, [pageview_job(info, "/a"), pageview_job(info, "/b")])
+    job = keyed_pageview_job if keyed else pageview_job
+    outcomes = commit_as_one_batch(committer, [job(info, "/a"), job(info, "/b")])
     assert [type(outcome) for outcome in outcomes] == [CommitUncertain] * 2
     assert count_events(tenant.id) == 3  # the batch's two, once
     response = app.test_client().post(
@@ -853,15 +855,11 @@ def test_connections_the_server_ended_between_busy_batches_are_not_written_on(
     add_events(tenant, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
     info = TenantInfo.of(tenant)
     committer = app.extensions["group_commit"]
-    # Both kept connections made: a keyed job's transaction, and the one-round-trip write.
+    # The kept connection made: keyed and unkeyed jobs alike are written on it.
     assert submit_within(committer, keyed_pageview_job(info, "k-first")).stored == 1  # type: ignore
     assert submit_within(committer, pageview_job(info, "/first")).stored == 1  # type: ignore
-    pids = [
-        kept.connection.dbapi_connection.get_backend_pid()
-        for kept in (committer._connection, committer._autocommit)
-        if kept is not None
-    ]
-    assert len(pids) == 2
+    assert committer._connection is None  # (the other is for new months' partitions)
+    pids = [committer._autocommit.connection.dbapi_connection.get_backend_pid()]  # type: ignore
     admin = create_engine(normalize_database_url(database_url), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         for pid in pids:
@@ -960,7 +958,8 @@ def commit_replies_lost(database_url: str):
 
 
 def keyed_pageview_job(tenant: TenantInfo, key: str) -> IngestJob:
-    """A job the committer writes in an ordinary transaction (its key is claimed first)."""
+    """A job whose key the committer claims first: in a round trip of its own on
+    PostgreSQL, in an ordinary transaction on SQLite."""
     client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
     return IngestJob(tenant, [NewEvent("pageview", dedupe_key=key)], client, "key")
 
@@ -980,7 +979,9 @@ def test_a_batch_claims_every_requests_keys_in_one_statement(app, make_tenant):
     claims: list[str] = []
 
     def listener(_connection, _cursor, statement, *_rest) -> None:
-        if "dedupe_keys" in statement:
+        if statement.startswith("DEALLOCATE"):
+            return  # a new connection's PREPAREs, which name every table
+        if "dedupe_keys" in statement or postgres_writer.CLAIM.execute in statement:
             claims.append(statement)
 
     event.listen(db.engine, "before_cursor_execute", listener)
@@ -992,23 +993,32 @@ def test_a_batch_claims_every_requests_keys_in_one_statement(app, make_tenant):
     assert [count_events(first.id), count_events(second.id)] == [2, 1]
 
 
-def test_a_transaction_whose_commit_reply_was_lost_is_not_written_again(
-    app, make_tenant, is_postgres, database_url
-):
-    """The ordinary transaction's COMMIT reached the server, the reply did not: its jobs
-    fail as uncertain rather than each being written again (twice in all)."""
+def test_a_keyed_batch_is_written_in_two_round_trips(app, make_tenant, add_events, is_postgres):
+    """On PostgreSQL the keys are claimed in the string that begins the transaction, and
+    the rows of the events claimed go with COMMIT: two round trips for a keyed batch (the
+    snippet's every event), against four in an ordinary transaction."""
     if not is_postgres:
-        pytest.skip("a lost reply needs a server")
+        pytest.skip("the batch's strings of statements are PostgreSQL's")
     tenant = make_tenant()
+    add_events(tenant, [("pageview", utcnow(), "10.0.0.1", None)])  # the month is known
     info = TenantInfo.of(tenant)
     committer = app.extensions["group_commit"]
-    # Its connection made and set up first (not a COMMIT to lose).
-    assert commit_as_one_batch(committer, [keyed_pageview_job(info, "k0")]) == [1]
-    jobs = [keyed_pageview_job(info, "k1"), pageview_job(info, "/unkeyed")]
-    with commit_replies_lost(database_url):
-        outcomes = commit_as_one_batch(committer, jobs)
-    assert [type(outcome) for outcome in outcomes] == [CommitUncertain] * 2
-    assert count_events(tenant.id) == 3
+    assert commit_as_one_batch(committer, [keyed_pageview_job(info, "k0")]) == [1]  # prepared
+    sent: list[str] = []
+
+    def listener(_connection, _cursor, statement, *_rest) -> None:
+        sent.append(statement)
+
+    jobs = [keyed_pageview_job(info, "k0"), keyed_pageview_job(info, "k1"), pageview_job(info, "/")]
+    event.listen(db.engine, "before_cursor_execute", listener)
+    try:
+        assert commit_as_one_batch(committer, jobs) == [0, 1, 1]
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listener)
+    assert len(sent) == 2
+    assert sent[0].startswith("BEGIN;") and postgres_writer.CLAIM.execute in sent[0]
+    assert sent[1].endswith("COMMIT") and "BEGIN" not in sent[1]
+    assert count_events(tenant.id) == 4
 
 
 def test_a_write_alone_whose_commit_reply_was_lost_is_a_503_saying_it_may_be_stored(
@@ -1035,12 +1045,12 @@ def lose_track_of_the_transaction(connection) -> None:
     starts leaves it: the server still in the transaction, aborted, while psycopg2 takes a
     failed COMMIT as rolled back, so its own rollback afterwards sends nothing."""
     raw = connection.connection.dbapi_connection
-    raw.autocommit = True  # the driver keeps no transaction of its own
+    autocommit, raw.autocommit = raw.autocommit, True  # the driver keeps no transaction
     with raw.cursor() as cursor:
         cursor.execute("BEGIN")
         with pytest.raises(psycopg2.errors.DivisionByZero):
             cursor.execute("SELECT 1 / 0")
-    raw.autocommit = False
+    raw.autocommit = autocommit
 
 
 def test_a_committer_connection_left_in_an_aborted_transaction_is_replaced(
@@ -1059,10 +1069,10 @@ def test_a_committer_connection_left_in_an_aborted_transaction_is_replaced(
     info = TenantInfo.of(tenant)
     committer = app.extensions["group_commit"]
     assert commit_as_one_batch(committer, [keyed_pageview_job(info, "k0")]) == [1]
-    lose_track_of_the_transaction(committer._connection)
+    lose_track_of_the_transaction(committer._autocommit)
     jobs = [keyed_pageview_job(info, "a"), keyed_pageview_job(info, "b")]
     assert commit_as_one_batch(committer, jobs) == [1, 1]
-    lose_track_of_the_transaction(committer._connection)
+    lose_track_of_the_transaction(committer._autocommit)
     client = app.test_client()
     answers = [
         client.post(
@@ -1116,33 +1126,32 @@ def test_a_failed_commit_drops_its_connection(app, is_postgres):
 
 
 def test_a_batch_whose_commit_the_server_refused_is_written_again_job_by_job(
-    app, make_tenant, is_postgres
+    app, make_tenant, is_postgres, monkeypatch
 ):
     """An ERROR in reply to COMMIT (a cancel, a deferred constraint) means nothing was
-    committed, though the connection is dropped: the jobs are each written again, not
-    failed as may-have-been-stored."""
+    committed, the keys claimed first included, though the connection is dropped: the jobs
+    are each written again, not failed as may-have-been-stored."""
     if not is_postgres:
-        pytest.skip("the lost transaction is psycopg2's and PostgreSQL's")
+        pytest.skip("a batch's COMMIT in the string that writes it is PostgreSQL's")
     info = TenantInfo.of(make_tenant())
     committer = app.extensions["group_commit"]
     assert commit_as_one_batch(committer, [keyed_pageview_job(info, "k0")]) == [1]
+    real_executes = postgres_writer._executes
     refusals = []
 
-    def refused_at_commit_once(connection) -> None:
+    def refused_at_commit_once(params) -> str:
         if refusals:
-            return
-        refusals.append(connection)
-        with connection.connection.dbapi_connection.cursor() as cursor:
-            cursor.execute("CREATE TEMP TABLE once (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
-            cursor.execute("INSERT INTO once VALUES (1), (1)")  # refused at COMMIT
+            return real_executes(params)
+        refusals.append(committer._autocommit)
+        return real_executes(params) + (
+            ";\nCREATE TEMP TABLE once (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)"
+            ";\nINSERT INTO once VALUES (1), (1)"  # refused at COMMIT
+        )
 
-    event.listen(db.engine, "commit", refused_at_commit_once)
-    try:
-        jobs = [keyed_pageview_job(info, "a"), keyed_pageview_job(info, "b")]
-        assert commit_as_one_batch(committer, jobs) == [1, 1]
-    finally:
-        event.remove(db.engine, "commit", refused_at_commit_once)
-    assert refusals[0].closed and committer._connection is not refusals[0]  # dropped
+    monkeypatch.setattr(postgres_writer, "_executes", refused_at_commit_once)
+    jobs = [keyed_pageview_job(info, "a"), keyed_pageview_job(info, "b")]
+    assert commit_as_one_batch(committer, jobs) == [1, 1]
+    assert refusals[0].closed and committer._autocommit is not refusals[0]  # dropped
     assert count_events(info.id) == 3
 
 
@@ -1204,7 +1213,7 @@ def rebuilding(app, is_postgres):
         session.close()
 
 
-@pytest.mark.parametrize("keyed", [False, True])  # one round trip, or the ordinary transaction
+@pytest.mark.parametrize("keyed", [False, True])  # one round trip, or two (keys claimed first)
 @pytest.mark.parametrize("busy_id", ["lowest", "highest"])
 def test_a_tenant_being_rebuilt_fails_alone_and_promptly(
     app, make_tenant, add_events, rebuilding, keyed, busy_id
@@ -1303,7 +1312,7 @@ def test_a_tenant_found_locked_holds_up_no_later_batch(
     assert [count_events(busy.id), count_events(other.id)] == [1, 4]
 
 
-WRITE_PATHS = ["batched", "keyed", "alone"]  # one round trip, the committer's transaction, none
+WRITE_PATHS = ["batched", "keyed", "alone"]  # the committer's one or two round trips, none
 
 
 class MonthAfterMonth:
@@ -1738,7 +1747,7 @@ def test_a_prepare_cut_short_by_a_lock_leaves_the_connection_usable(
         assert count_events(tenant_id) == 2
 
 
-@pytest.mark.parametrize("keyed", [False, True])  # the autocommit connection, or the other
+@pytest.mark.parametrize("keyed", [False, True])  # one round trip, or two (keys claimed first)
 def test_a_connection_closed_while_idle_is_replaced_before_the_next_batch(
     app, make_tenant, is_postgres, database_url, monkeypatch, keyed
 ):

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from flask import Flask
@@ -41,17 +41,18 @@ from .ingestion import (
     IngestResult,
     TenantBusy,
     commit_or_uncertain,
+    first_of_each_key,
     is_read_only,
     months_written,
     reported_by_live_database,
-    rows_to_write,
+    rows_kept,
     tenants_of,
     write_jobs,
 )
 from .logs import get_logger
 from .models import utcnow
 from .partitions import make_partitions_first, partitions_known
-from .rollups import TenantInfo, aggregate
+from .rollups import RollupDelta, TenantInfo, aggregate
 from .storage import current_tenants
 
 log = get_logger(__name__)
@@ -496,14 +497,13 @@ class GroupCommitter:
         postgres = db.engine.dialect.name == "postgresql"
         now = utcnow()
         if postgres:
-            rows = rows_to_write(jobs, now)
             months = months_written(jobs, now)
             if not partitions_known(db.engine, months):
                 self._make_partitions(months)
-            if rows is not None and partitions_known(db.engine, months):
-                self._commit_at_once(rows, tenants_of(jobs))
+            if partitions_known(db.engine, months):
+                results = self._commit_at_once(jobs, now)
                 self._database_answered()
-                return [IngestResult(stored=len(job.events), duplicates=0) for job in jobs]
+                return results
         session = Session(bind=self._transaction_connection())
         try:
             results = write_jobs(session, jobs, now)
@@ -546,18 +546,39 @@ class GroupCommitter:
         checkouts (where an outage's end is noticed) do not see again."""
         self.app.extensions["outage_lines"].answered()
 
-    def _commit_at_once(self, rows: list[dict[str, Any]], tenants: dict[int, TenantInfo]) -> None:
-        """The common case on PostgreSQL: nothing to read first, every partition there.
+    def _commit_at_once(self, jobs: list[IngestJob], now: datetime) -> list[IngestResult]:
+        """The common case on PostgreSQL: every partition there.
 
-        Then the batch goes with its BEGIN and COMMIT in one round trip, on a second
-        connection of the committer's own, in autocommit mode.
+        Then the batch goes on a second connection of the committer's own, in autocommit
+        mode: with its BEGIN and COMMIT in one round trip, or in two when it has keys to
+        claim first (every snippet event has).
         """
-        postgres_writer.commit_batch(
+        tenants = tenants_of(jobs)
+        first_of_key = first_of_each_key(jobs)
+        if not first_of_key:
+            rows, results = rows_kept(jobs, set(), now)
+            postgres_writer.commit_batch(
+                self._autocommit_connection(),
+                rows,
+                aggregate(rows, tenants),
+                lock_timeout=self.lock_timeout,
+            )
+            return results
+        results: list[IngestResult] = []
+
+        def batch_of(claimed: set[tuple[int, str]]) -> tuple[list[dict[str, Any]], RollupDelta]:
+            rows, kept = rows_kept(jobs, {id(first_of_key[key]) for key in claimed}, now)
+            results.extend(kept)
+            return rows, aggregate(rows, tenants)
+
+        postgres_writer.commit_keyed_batch(
             self._autocommit_connection(),
-            rows,
-            aggregate(rows, tenants),
+            {key: event.dedupe_window for key, event in first_of_key.items()},
+            now,
+            batch_of,
             lock_timeout=self.lock_timeout,
         )
+        return results
 
     def _autocommit_connection(self) -> Connection:
         """The committer's autocommit connection; a new one after an error closed the last."""

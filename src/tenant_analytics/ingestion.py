@@ -169,25 +169,36 @@ def write_jobs(
     """Drop duplicates, enrich and insert every job's events in the caller's transaction,
     those without a time at ``now``."""
     now = now or utcnow()
-    rows: list[dict[str, Any]] = []
-    results = []
-    fresh = {id(event) for event in _claim_dedupe_keys(session, jobs, now)}
-    for job in jobs:
-        kept = [e for e in job.events if e.dedupe_key is None or id(e) in fresh]
-        rows.extend(_enriched(job, kept, now))
-        results.append(IngestResult(stored=len(kept), duplicates=len(job.events) - len(kept)))
+    first_of_key = first_of_each_key(jobs)
+    claimed = _claim_dedupe_keys(session, first_of_key, now)
+    rows, results = rows_kept(jobs, {id(first_of_key[key]) for key in claimed}, now)
     insert_events(session, rows, tenants_of(jobs))
     return results
 
 
-def rows_to_write(jobs: Sequence[IngestJob], now: datetime) -> list[dict[str, Any]] | None:
-    """Every job's enriched rows when none of their events has a dedupe key; else None.
+def first_of_each_key(jobs: Sequence[IngestJob]) -> dict[tuple[int, str], NewEvent]:
+    """(tenant id, key) -> the first of ``jobs``' events with that key in that tenant:
+    the one stored if the key is claimed; the others repeat it."""
+    first_of_key: dict[tuple[int, str], NewEvent] = {}
+    for job in jobs:
+        for event in job.events:
+            if event.dedupe_key is not None:
+                first_of_key.setdefault((job.tenant.id, event.dedupe_key), event)
+    return first_of_key
 
-    Such jobs need nothing read from the database before their rows are written.
-    """
-    if any(event.dedupe_key is not None for job in jobs for event in job.events):
-        return None
-    return [row for job in jobs for row in _enriched(job, job.events, now)]
+
+def rows_kept(
+    jobs: Sequence[IngestJob], claimed_events: set[int], now: datetime
+) -> tuple[list[dict[str, Any]], list[IngestResult]]:
+    """The enriched rows of the events without a key or in ``claimed_events`` (their
+    ``id()``s), and each job's result."""
+    rows: list[dict[str, Any]] = []
+    results = []
+    for job in jobs:
+        kept = [e for e in job.events if e.dedupe_key is None or id(e) in claimed_events]
+        rows.extend(_enriched(job, kept, now))
+        results.append(IngestResult(stored=len(kept), duplicates=len(job.events) - len(kept)))
+    return rows, results
 
 
 def months_written(jobs: Sequence[IngestJob], now: datetime) -> set[date]:
@@ -269,18 +280,14 @@ def _write_alone(
 
 
 def _claim_dedupe_keys(
-    session: Session, jobs: Sequence[IngestJob], now: datetime
-) -> list[NewEvent]:
-    """The keyed events whose key this transaction claimed (the first of each key in its
-    tenant only): one statement for every job's keys of a window, not one per request."""
-    by_window: dict[timedelta | None, dict[tuple[int, str], NewEvent]] = {}
-    for job in jobs:
-        for event in job.events:
-            if event.dedupe_key is not None:
-                first_of_key = by_window.setdefault(event.dedupe_window, {})
-                first_of_key.setdefault((job.tenant.id, event.dedupe_key), event)
-    claimed: list[NewEvent] = []
-    for window, first_of_key in by_window.items():
-        keys = claim_keys(session, list(first_of_key), now=now, window=window)
-        claimed.extend(first_of_key[key] for key in keys)
+    session: Session, first_of_key: dict[tuple[int, str], NewEvent], now: datetime
+) -> list[tuple[int, str]]:
+    """The keys this transaction claimed: one statement for every job's keys of a window,
+    not one per request."""
+    by_window: dict[timedelta | None, list[tuple[int, str]]] = {}
+    for key, event in first_of_key.items():
+        by_window.setdefault(event.dedupe_window, []).append(key)
+    claimed: list[tuple[int, str]] = []
+    for window, keys in by_window.items():
+        claimed.extend(claim_keys(session, keys, now=now, window=window))
     return claimed

@@ -10,7 +10,9 @@ tenant's zone is still the one its day keys were computed in (it fails with
 hot counter rows are locked until COMMIT anyway. The SQL is fixed text,
 prepared once per connection, so nothing is compiled or planned per batch.
 ``commit_batch`` sends BEGIN and COMMIT in the same string, and a lock timeout:
-a tenant whose rollups are being rebuilt must not hold up every batch.
+a tenant whose rollups are being rebuilt must not hold up every batch. A batch
+with idempotency keys claims them first (``CLAIM_KEYS``), in the string that
+begins the transaction, and sends the rest with COMMIT: two round trips.
 ``rollups.update_rollups`` is the portable equivalent (SQLite), and the tests
 hold both to the raw-event queries.
 """
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -136,6 +140,24 @@ ON CONFLICT (tenant_id, scope, day) DO UPDATE
 SET sessions = session_last_seen_counts.sessions + excluded.sessions;
 """
 
+# Each key's row is new, or last seen before its window (``claimable_before``, none:
+# never claimed again); the others were claimed by an earlier transaction. In key order,
+# so two batches never each wait for a key the other holds. ``storage.claim_keys`` is
+# the portable equivalent.
+CLAIM_KEYS = """
+WITH incoming AS (
+    SELECT * FROM json_to_recordset(%(claims)s::json) AS incoming (
+        tenant_id int, key varchar, seen_at timestamptz, claimable_before timestamptz)
+)
+INSERT INTO dedupe_keys AS seen (tenant_id, key, seen_at)
+SELECT tenant_id, key, seen_at FROM incoming ORDER BY tenant_id, key
+ON CONFLICT (tenant_id, key) DO UPDATE SET seen_at = excluded.seen_at
+WHERE seen.seen_at < (
+    SELECT claimable_before FROM incoming
+    WHERE incoming.tenant_id = excluded.tenant_id AND incoming.key = excluded.key
+)
+RETURNING tenant_id, key
+"""
 
 # SET LOCAL: the limit ends with the transaction, never follows the connection to the pool.
 SET_LOCK_TIMEOUT = "SET LOCAL lock_timeout = %(lock_timeout)s"
@@ -163,7 +185,7 @@ class _Statement:
     gate: str
 
 
-def _prepared(script: str) -> list[_Statement]:
+def _prepared(script: str, name: str) -> list[_Statement]:
     """``script``'s statements as PREPAREs (once per connection) and the EXECUTEs that run them.
 
     Prepared, PostgreSQL plans each statement once per connection instead of once per batch.
@@ -183,18 +205,21 @@ def _prepared(script: str) -> list[_Statement]:
         values = ", ".join(f"%({name})s::{kind}" for name, kind in arguments)
         statements.append(
             _Statement(
-                prepare=f"PREPARE {_PREPARED}{number} ({types}) AS {body}",
-                execute=f"EXECUTE {_PREPARED}{number} ({values})",
+                prepare=f"PREPARE {_PREPARED}{name}{number} ({types}) AS {body}",
+                execute=f"EXECUTE {_PREPARED}{name}{number} ({values})",
                 gate=arguments[0][0],
             )
         )
     return statements
 
 
-STATEMENTS = _prepared(WRITE_BATCH)
+STATEMENTS = _prepared(WRITE_BATCH, "batch_")
+(CLAIM,) = _prepared(CLAIM_KEYS, "claim_")
 # A PREPARE is not undone by a rollback: after one that failed half-way (a lock wait ran
 # out) those before it stay, and would collide with the next attempt. DEALLOCATE first.
-PREPARE_BATCH = ";\n".join(["DEALLOCATE ALL", *(statement.prepare for statement in STATEMENTS)])
+PREPARE_BATCH = ";\n".join(
+    ["DEALLOCATE ALL", *(statement.prepare for statement in (*STATEMENTS, CLAIM))]
+)
 
 
 def _executes(params: Mapping[str, Any]) -> str:
@@ -276,16 +301,82 @@ def commit_batch(
     looks for locked tenants; then the connection is invalidated (closed for good), so
     no one else gets it from the pool half-way through.
     """
-    try:
+    with _ended_on_error(autocommit_connection):
         _prepare_once(autocommit_connection)
-        params = {
-            **batch_parameters(rows, delta),
-            "lock_timeout": lock_timeout_setting(lock_timeout),
-        }
-        autocommit_connection.exec_driver_sql(
-            f"BEGIN;\n{SET_LOCK_TIMEOUT};\n{_executes(params)};\nCOMMIT", params
+        _write_and_commit(autocommit_connection, _begin(lock_timeout), rows, delta)
+
+
+KeyWindows = Mapping[tuple[int, str], timedelta | None]  # (tenant id, key) -> its window
+Claimed = set[tuple[int, str]]
+
+
+def commit_keyed_batch(
+    autocommit_connection: Connection,
+    keys: KeyWindows,
+    now: datetime,
+    batch_of: Callable[[Claimed], tuple[Sequence[Mapping[str, Any]], RollupDelta]],
+    *,
+    lock_timeout: float,
+) -> None:
+    """``commit_batch`` for a batch with idempotency keys, in two round trips: BEGIN and
+    the claim of ``keys`` as seen at ``now``; then the statements for what ``batch_of``
+    makes of the keys claimed (its event rows and their rollup delta), and COMMIT.
+
+    A key already claimed by a transaction not yet committed waits for it (so a
+    duplicate is never written twice), at most ``lock_timeout`` seconds.
+    """
+    with _ended_on_error(autocommit_connection):
+        _prepare_once(autocommit_connection)
+        begin, params = _begin(lock_timeout)
+        claimed = autocommit_connection.exec_driver_sql(
+            f"{begin};\n{CLAIM.execute}", {**params, "claims": _claims_json(keys, now)}
         )
-        autocommit_connection.commit()  # SQLAlchemy's own bookkeeping: nothing is sent
+        rows, delta = batch_of({(tenant_id, key) for tenant_id, key in claimed})
+        _write_and_commit(autocommit_connection, ("", {}), rows, delta)
+
+
+def _claims_json(keys: KeyWindows, now: datetime) -> str:
+    return _json_text(
+        [
+            {
+                "tenant_id": tenant_id,
+                "key": key,
+                "seen_at": now,
+                "claimable_before": None if window is None else now - window,
+            }
+            for (tenant_id, key), window in keys.items()
+        ]
+    )
+
+
+def _begin(lock_timeout: float) -> tuple[str, dict[str, Any]]:
+    """The statements that begin a batch's transaction, and their parameters."""
+    return f"BEGIN;\n{SET_LOCK_TIMEOUT}", {"lock_timeout": lock_timeout_setting(lock_timeout)}
+
+
+def _write_and_commit(
+    autocommit_connection: Connection,
+    opening: tuple[str, dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
+    delta: RollupDelta,
+) -> None:
+    """``opening``'s statements, those that write ``rows`` and ``delta``, and COMMIT, in
+    one string."""
+    sql, params = opening
+    statements = [sql] if sql else []
+    if rows:
+        params = {**params, **batch_parameters(rows, delta)}
+        statements.append(_executes(params))
+    autocommit_connection.exec_driver_sql(";\n".join([*statements, "COMMIT"]), params)
+    autocommit_connection.commit()  # SQLAlchemy's own bookkeeping: nothing is sent
+
+
+@contextmanager
+def _ended_on_error(autocommit_connection: Connection) -> Iterator[None]:
+    """After an error, roll back where the connection still answers (freeing the locks
+    the transaction took at once) and invalidate it."""
+    try:
+        yield
     except BaseException:
         _roll_back_if_alive(autocommit_connection)
         autocommit_connection.invalidate()
