@@ -39,7 +39,7 @@ from tenant_analytics.ingestion import (
     is_read_only,
     reported_by_live_database,
 )
-from tenant_analytics.models import Event, Tenant, utcnow
+from tenant_analytics.models import DedupeKey, Event, Tenant, utcnow
 from tenant_analytics.partitions import LIST_PARTITIONS, month_of, partition_name
 from tenant_analytics.postgres_writer import STATEMENTS
 from tenant_analytics.rollups import NEW_SESSION, ROLLUP_LOCK, TenantInfo, rebuild_rollups
@@ -991,6 +991,32 @@ def test_a_batch_claims_every_requests_keys_in_one_statement(app, make_tenant):
         event.remove(db.engine, "before_cursor_execute", listener)
     assert len(claims) == 1
     assert [count_events(first.id), count_events(second.id)] == [2, 1]
+
+
+def test_each_key_of_a_batch_is_held_to_its_own_window(app, make_tenant):
+    """One batch resends keys of two tenants, some spelled alike, each with its window:
+    only those whose window has passed are stored again ("never" keys never are)."""
+    first, second = TenantInfo.of(make_tenant()), TenantInfo.of(make_tenant())
+    committer = app.extensions["group_commit"]
+    client = ClientInfo(ip="203.0.113.9", user_agent="pytest", referrer=None)
+
+    def job(tenant: TenantInfo, key: str, window: timedelta | None) -> IngestJob:
+        event = NewEvent("pageview", dedupe_key=key, dedupe_window=window)
+        return IngestJob(tenant, [event], client, "key")
+
+    minute, hour = timedelta(minutes=1), timedelta(hours=1)
+    jobs = [
+        job(first, "k:a", minute),
+        job(first, 'k:"b\\', hour),
+        job(second, "k:a", hour),
+        job(second, "k:c", None),
+        job(first, "k:c", minute),
+    ]
+    assert commit_as_one_batch(committer, jobs) == [1, 1, 1, 1, 1]
+    db.session.execute(update(DedupeKey).values(seen_at=utcnow() - timedelta(minutes=5)))
+    db.session.commit()
+    assert commit_as_one_batch(committer, jobs) == [1, 0, 0, 0, 1]
+    assert [count_events(first.id), count_events(second.id)] == [5, 2]
 
 
 def test_a_keyed_batch_is_written_in_two_round_trips(app, make_tenant, add_events, is_postgres):

@@ -140,22 +140,21 @@ ON CONFLICT (tenant_id, scope, day) DO UPDATE
 SET sessions = session_last_seen_counts.sessions + excluded.sessions;
 """
 
-# Each key's row is new, or last seen before its window (``claimable_before``, none:
-# never claimed again); the others were claimed by an earlier transaction. In key order,
-# so two batches never each wait for a key the other holds. ``storage.claim_keys`` is
-# the portable equivalent.
+# Each key's row is new, or last seen before its window (``claimable_before``: tenant ->
+# key -> time, null: never claimed again); the others were claimed by an earlier
+# transaction. In key order, so two batches never each wait for a key the other holds.
+# A conflicting key finds its window in the jsonb object (a binary search), not by
+# scanning the incoming rows: that made a resent batch of 500 keys take 13 ms, of 2,000
+# 165. ``storage.claim_keys`` is the portable equivalent.
 CLAIM_KEYS = """
-WITH incoming AS (
-    SELECT * FROM json_to_recordset(%(claims)s::json) AS incoming (
-        tenant_id int, key varchar, seen_at timestamptz, claimable_before timestamptz)
-)
 INSERT INTO dedupe_keys AS seen (tenant_id, key, seen_at)
-SELECT tenant_id, key, seen_at FROM incoming ORDER BY tenant_id, key
+SELECT tenant_id, key, seen_at
+FROM json_to_recordset(%(claims)s::json)
+    AS incoming (tenant_id int, key varchar, seen_at timestamptz)
+ORDER BY tenant_id, key
 ON CONFLICT (tenant_id, key) DO UPDATE SET seen_at = excluded.seen_at
-WHERE seen.seen_at < (
-    SELECT claimable_before FROM incoming
-    WHERE incoming.tenant_id = excluded.tenant_id AND incoming.key = excluded.key
-)
+WHERE seen.seen_at
+    < (%(claimable_before)s::jsonb -> excluded.tenant_id::text ->> excluded.key)::timestamptz
 RETURNING tenant_id, key
 """
 
@@ -168,7 +167,7 @@ SELECT tenant FROM unnest(%(tenants)s::int[]) AS tenant
 WHERE NOT pg_try_advisory_xact_lock({ROLLUP_LOCK}, tenant)
 """
 
-_PARAMETER = re.compile(r"%\((\w+)\)s::(\w+\[\]|json)")
+_PARAMETER = re.compile(r"%\((\w+)\)s::(\w+\[\]|jsonb|json)")
 _PREPARED = "tenant_analytics_write_"
 
 
@@ -329,24 +328,24 @@ def commit_keyed_batch(
         _prepare_once(autocommit_connection)
         begin, params = _begin(lock_timeout)
         claimed = autocommit_connection.exec_driver_sql(
-            f"{begin};\n{CLAIM.execute}", {**params, "claims": _claims_json(keys, now)}
+            f"{begin};\n{CLAIM.execute}", {**params, **_claims(keys, now)}
         )
         rows, delta = batch_of({(tenant_id, key) for tenant_id, key in claimed})
         _write_and_commit(autocommit_connection, ("", {}), rows, delta)
 
 
-def _claims_json(keys: KeyWindows, now: datetime) -> str:
-    return _json_text(
-        [
-            {
-                "tenant_id": tenant_id,
-                "key": key,
-                "seen_at": now,
-                "claimable_before": None if window is None else now - window,
-            }
-            for (tenant_id, key), window in keys.items()
-        ]
-    )
+def _claims(keys: KeyWindows, now: datetime) -> dict[str, str]:
+    """CLAIM_KEYS' parameters: the rows to insert, and when each key may be claimed again."""
+    claimable_before: dict[str, dict[str, datetime | None]] = {}  # JSON's keys are text
+    for (tenant_id, key), window in keys.items():
+        before = None if window is None else now - window
+        claimable_before.setdefault(str(tenant_id), {})[key] = before
+    return {
+        "claims": _json_text(
+            [{"tenant_id": tenant_id, "key": key, "seen_at": now} for tenant_id, key in keys]
+        ),
+        "claimable_before": _json_text(claimable_before),
+    }
 
 
 def _begin(lock_timeout: float) -> tuple[str, dict[str, Any]]:
