@@ -7,6 +7,7 @@
 #   BENCH_PG            server URL without database   (postgresql://postgres@127.0.0.1:5432)
 #   BENCH_DB            database to drop and recreate (tenant_analytics_bench)
 #   BENCH_*             sizes and durations, see bench/settings.py
+#   BENCH_PROFILE_SECONDS  sample target 1's workers with py-spy this long (installed then)
 #   VENV                virtualenv with the app installed (.venv)
 set -euo pipefail
 
@@ -44,6 +45,15 @@ ensure_wrk() {
     $sudo apt-get install -y wrk || { $sudo apt-get update && $sudo apt-get install -y wrk; }
 }
 
+# py-spy reads the workers' memory: root, or a kernel letting a process trace its
+# non-children (kernel.yama.ptrace_scope=0).
+ensure_py_spy() {
+    [ "${BENCH_PROFILE_SECONDS:-0}" -gt 0 ] || return 0
+    [ -x "$VENV/bin/py-spy" ] && return
+    echo "== installing py-spy (BENCH_PROFILE_SECONDS is set)"
+    "$VENV/bin/pip" install --quiet -e '.[profile]'
+}
+
 recreate_database() {
     echo "== recreating database $BENCH_DB"
     psql "$BENCH_PG/postgres" -v ON_ERROR_STOP=1 -q \
@@ -59,6 +69,7 @@ migrate() {
 mkdir -p "$RUN_DIR"
 stop_servers
 ensure_wrk
+ensure_py_spy
 recreate_database
 migrate
 "$VENV/bin/python" bench/bench.py

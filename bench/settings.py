@@ -54,6 +54,7 @@ class Settings:
     soak_seconds: int  # target 4
     soak_warmup: int
     soak_interval: int
+    profile_seconds: int  # 0: no profile; else target 1's workers sampled this long with py-spy
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -83,6 +84,7 @@ class Settings:
             soak_seconds=_int("BENCH_SOAK_SECONDS", 300),
             soak_warmup=_int("BENCH_SOAK_WARMUP", 30),
             soak_interval=_int("BENCH_SOAK_INTERVAL", 10),
+            profile_seconds=_int("BENCH_PROFILE_SECONDS", 0),
         )
 
     @property

@@ -21,6 +21,7 @@ from load_events import copy_reference, load_landing, load_store
 from report import ERROR, FAIL, NA, Report, Row, verdict
 from servers import Gunicorn, ServerFailed, rss_kib
 from settings import BENCH_DIR, RESULTS_DIR, Settings
+from worker_profile import Profile, start_profiles
 from wrk import WrkResult, WrkRun, run_wrk
 
 from tenant_analytics.timewindows import last_days
@@ -55,7 +56,7 @@ STORE_REPORTS = ("dashboard-stats", "funnel", "alerts")
 STORE_ROWS = [f"3 {name} median" for name in STORE_REPORTS]
 MEMORY_ROWS = ["4 worker RSS drift", "4 soak durability"]
 
-TENANTS = ("ingest", "batch", "big", "store", "soak")
+TENANTS = ("ingest", "batch", "big", "store", "soak", "profile")
 
 
 def p95(values: list[float]) -> float:
@@ -296,6 +297,8 @@ class Bench:
                     keyed.append(mine_keyed)
                     acked += acknowledged(mine, *filter(None, [warm]))
                     acked += acknowledged(mine_keyed, *filter(None, [warm_keyed]))
+                if self.settings.profile_seconds > 0:
+                    self.profile_track(bare_server, server)
             self.note_server_errors(bare_server)
             stored = appdb.count_events(self.dsn, tenant)
         ratios = [
@@ -344,6 +347,60 @@ class Bench:
         )
         self.add_durability(TRACK_ROWS[3], stored, acked)
         self.add_cpu_row(cpu_per_request(our_cpu, ours), cpu_per_request(bare_cpu, bares))
+
+    def profile_track(self, bare_server: Gunicorn, server: Gunicorn) -> None:
+        """Bare Flask and keyed /track once more each, their workers sampled by py-spy:
+        which code spends each request's CPU, in bench/results/track-profile.md. A
+        profile that fails is a note: the rows measured without it stand."""
+        args = [str(self.tenants["profile"])]
+        runs = (
+            ("bare", "bare Flask", bare_server, args),
+            ("track-keyed", "/track, each event keyed", server, [*args, "keyed"]),
+        )
+        try:
+            sections = [self.profile_one(*run) for run in runs]
+        except Exception as exc:
+            traceback.print_exc()
+            self.report.note(f"no profile of target 1's workers: {exc!r}")
+            return
+        path = RESULTS_DIR / "track-profile.md"
+        path.write_text("# Where the workers' CPU goes (py-spy)\n\n" + "\n".join(sections))
+        self.report.note(f"target 1's workers profiled with py-spy: see {path}")
+
+    def profile_one(self, name: str, title: str, server: Gunicorn, args: list[str]) -> str:
+        """One wrk run at ``server`` with its workers sampled; the Markdown section."""
+        seconds = self.settings.profile_seconds
+        with cpu_use(server.worker_pids()) as used:
+            load = WrkRun(
+                "track.lua",
+                self.track_url(server),
+                args,
+                seconds=seconds + 2,
+                threads=self.settings.wrk_threads,
+                connections=self.settings.wrk_connections,
+                log_name=f"profile-{name}",
+            )
+            try:
+                time.sleep(1)  # sampled under full load, not while wrk connects
+                profiles = start_profiles(server.worker_pids(), seconds)
+                for process, _ in profiles:
+                    process.wait()
+                result = load.wait()
+            finally:
+                load.kill()
+        profile = Profile()
+        for _, output in profiles:
+            if output.exists():
+                profile.add_raw(output.read_text())
+        if not profile.busy:
+            raise RuntimeError(f"py-spy recorded nothing (see {RESULTS_DIR}/track-profile-*.log)")
+        per_request = used.workers / result.acknowledged * 1e6 if result.acknowledged else None
+        return (
+            f"## {title}: {result.ack_per_second:,.0f} req/s 2xx while sampled, workers "
+            f"{per_request or 0:,.0f} µs of CPU per request\n\n"
+            f"{profile.busy:,} busy samples ({profile.waiting:,} waiting, left out)\n\n"
+            + profile.table(per_request)
+        )
 
     def add_cpu_row(self, ours: dict[str, float], bare: dict[str, float]) -> None:
         """Where target 1's time goes: CPU per 2xx answer, by process group (information)."""
