@@ -61,10 +61,11 @@ def start_profiles(pids: Iterable[int], seconds: int) -> list[tuple[subprocess.P
     runs = []
     for pid in pids:
         output = RESULTS_DIR / f"track-profile-{pid}.txt"
-        log = (RESULTS_DIR / f"track-profile-{pid}.log").open("w")
-        process = subprocess.Popen(
-            profile_command(pid, seconds, output), stdout=log, stderr=subprocess.STDOUT
-        )
+        output.unlink(missing_ok=True)  # an earlier run's, of a worker with the same pid
+        with (RESULTS_DIR / f"track-profile-{pid}.log").open("w") as log:
+            process = subprocess.Popen(
+                profile_command(pid, seconds, output), stdout=log, stderr=subprocess.STDOUT
+            )
         runs.append((process, output))
     return runs
 
