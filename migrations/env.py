@@ -3,6 +3,7 @@ from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tenant_analytics.database_errors import (
@@ -14,6 +15,7 @@ from tenant_analytics.database_errors import (
 from tenant_analytics.ingestion import is_read_only
 from tenant_analytics.models import MIGRATIONS_LOCK
 from tenant_analytics.partitions import include_in_migrations
+from tenant_analytics.postgres_writer import lock_timed_out
 
 config = context.config
 
@@ -105,12 +107,22 @@ def run_migrations_online():
             # (ON DELETE CASCADE). The pragma does nothing inside a transaction.
             set_sqlite_foreign_keys(connection, "OFF")
         on_postgres = connection.dialect.name == "postgresql"
+        lock_wait_ms = current_app.config["MIGRATION_LOCK_TIMEOUT_MS"]
+        lock_timeout_before = None
         try:
             if on_postgres:
                 # Hosts that each run `db upgrade` as they deploy take turns: the second
                 # finds the work done, not a half-made alembic_version. The session's lock,
                 # as each revision commits on its own.
                 connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATIONS_LOCK})")
+                # Only after that turn, which lasts the other host's whole upgrade. A step
+                # whose DDL waits behind a long query queues every read and write of its
+                # table behind itself: better it gives up and says so.
+                lock_timeout_before = connection.scalar(text("SHOW lock_timeout"))
+                connection.execute(
+                    text("SELECT set_config('lock_timeout', :wait, false)"),
+                    {"wait": f"{lock_wait_ms}ms"},
+                )
                 connection.commit()
             context.configure(
                 connection=connection,
@@ -125,6 +137,8 @@ def run_migrations_online():
             with context.begin_transaction():
                 context.run_migrations()
         except DBAPIError as exc:
+            if lock_timed_out(exc):
+                raise SystemExit(lock_wait_failure(connection, lock_wait_ms)) from None
             # A standby after a failover, or a role that does not own the database (a
             # restore): a deploy fault said in one line; the revisions before it stay done.
             if not (is_read_only(exc) or is_privilege_missing(exc)):
@@ -136,15 +150,37 @@ def run_migrations_online():
             if on_sqlite:
                 set_sqlite_foreign_keys(connection, "ON")
             if on_postgres:
-                release_migrations_lock(connection)
+                release_migrations_lock(connection, lock_timeout_before)
 
 
-def release_migrations_lock(connection):
-    """Unlock before the connection goes back to the app's pool, which keeps it open."""
+def lock_wait_failure(connection, lock_wait_ms):
+    """The one line said when a revision's wait for a lock ran out (it changed nothing)."""
+    try:
+        connection.rollback()
+        revision = connection.scalar(text("SELECT version_num FROM alembic_version"))
+    except DBAPIError:
+        revision = None
+    where = f"stays at revision {revision}" if revision else "has no revision yet"
+    return (
+        f"Error: a migration waited {lock_wait_ms} ms for a lock that another session holds"
+        f" on its tables (a long query or transaction) and gave up; the database {where}."
+        " Run `db upgrade` again once that session ends, or let it wait longer with"
+        " MIGRATION_LOCK_TIMEOUT_MS (0: for as long as it takes)."
+    )
+
+
+def release_migrations_lock(connection, lock_timeout_before=None):
+    """Unlock, and give the session back its lock_timeout, before the connection goes
+    back to the app's pool, which keeps it open."""
     if connection.invalidated or connection.closed:
         return  # a lost connection took its locks with it
     try:
         connection.rollback()  # a failed revision's transaction
+        if lock_timeout_before is not None:
+            connection.execute(
+                text("SELECT set_config('lock_timeout', :wait, false)"),
+                {"wait": lock_timeout_before},
+            )
         connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATIONS_LOCK})")
         connection.commit()
     except DBAPIError:

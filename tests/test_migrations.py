@@ -257,6 +257,42 @@ def test_each_revision_commits_on_its_own_and_the_upgrade_lets_its_lock_go(
             assert conn.execute(held, {"lock": MIGRATIONS_LOCK}).scalar() == 0
 
 
+def test_a_migration_waiting_for_a_lock_gives_up_in_one_line_and_changes_nothing(
+    scratch_app: Flask, is_postgres: bool
+) -> None:
+    """A step's DDL behind a long query (a report, a psql session left open) queued every
+    read and write of its table behind itself for as long as that query lasted."""
+    if not is_postgres:
+        pytest.skip("lock_timeout is PostgreSQL's; SQLite's migration takes its write lock")
+    upgrade()
+    downgrade(revision="0013")  # 0014 adds a column to tenants
+    scratch_app.config["MIGRATION_LOCK_TIMEOUT_MS"] = 200
+    reader = db.engine.connect()
+    # Should the migration wait all the same, the server ends the reader after a while.
+    reader.exec_driver_sql("SET idle_in_transaction_session_timeout = '20s'")
+    reader.exec_driver_sql("SELECT count(*) FROM tenants")  # holds its lock until it ends
+    try:
+        with pytest.raises(SystemExit) as gave_up:
+            upgrade()
+    finally:
+        reader.close()
+    said = str(gave_up.value)
+    assert said.startswith("Error: a migration waited 200 ms for a lock"), said
+    assert "stays at revision 0013" in said and "\n" not in said
+    pooled = [db.engine.connect() for _ in range(db.engine.pool.checkedin())]
+    try:
+        assert pooled and pooled[0].scalar(text("SELECT version_num FROM alembic_version")) == (
+            "0013"
+        )
+        # The app's connections wait for locks as they did: the migration's setting ended.
+        assert [conn.scalar(text("SHOW lock_timeout")) for conn in pooled].count("200ms") == 0
+    finally:
+        for conn in pooled:
+            conn.close()
+    upgrade()
+    assert schema_differences() == []
+
+
 def test_hosts_upgrading_an_empty_database_at_once_both_succeed(
     scratch_url: Callable[[], str], is_postgres: bool, tmp_path
 ) -> None:

@@ -230,6 +230,9 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_CONNECT_TIMEOUT": _int(env, "DATABASE_CONNECT_TIMEOUT", 10, 1, 3600),
         # Past a minute a write's request has given up its batch anyway.
         "WRITE_LOCK_TIMEOUT_SECONDS": _int(env, "WRITE_LOCK_TIMEOUT_MS", 2000, 1, 60_000) / 1000,
+        # PostgreSQL: the longest a migration's step waits for a lock (0: no limit), while
+        # the reads and writes of its table queue behind it. At most what PostgreSQL takes.
+        "MIGRATION_LOCK_TIMEOUT_MS": _int(env, "MIGRATION_LOCK_TIMEOUT_MS", 5000, 0, 2**31 - 1),
         "TENANT_CACHE_SECONDS": _int(env, "TENANT_CACHE_SECONDS", 10, 0, 3600),
         # Under gunicorn: the longest a body may pause (a phone losing signal mid-upload);
         # gunicorn sets none, and such a client held its worker's stop or reload for good.
