@@ -111,18 +111,16 @@ def run_migrations_online():
         lock_timeout_before = None
         try:
             if on_postgres:
+                lock_timeout_before = connection.scalar(text("SHOW lock_timeout"))
                 # Hosts that each run `db upgrade` as they deploy take turns: the second
                 # finds the work done, not a half-made alembic_version. The session's lock,
-                # as each revision commits on its own.
+                # as each revision commits on its own. A turn lasts the other host's whole
+                # upgrade, and holds up no one else: waited for whatever the role's setting.
+                set_lock_timeout(connection, "0")
                 connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATIONS_LOCK})")
-                # Only after that turn, which lasts the other host's whole upgrade. A step
-                # whose DDL waits behind a long query queues every read and write of its
-                # table behind itself: better it gives up and says so.
-                lock_timeout_before = connection.scalar(text("SHOW lock_timeout"))
-                connection.execute(
-                    text("SELECT set_config('lock_timeout', :wait, false)"),
-                    {"wait": f"{lock_wait_ms}ms"},
-                )
+                # A step whose DDL waits behind a long query queues every read and write of
+                # its table behind itself: better it gives up and says so.
+                set_lock_timeout(connection, f"{lock_wait_ms}ms")
                 connection.commit()
             context.configure(
                 connection=connection,
@@ -164,7 +162,7 @@ def lock_wait_failure(connection, lock_wait_ms):
     return (
         f"Error: a migration waited {lock_wait_ms} ms for a lock that another session holds"
         f" on its tables (a long query or transaction) and gave up; the database {where}."
-        " Run `db upgrade` again once that session ends, or let it wait longer with"
+        " Run the command again once that session ends, or let it wait longer with"
         " MIGRATION_LOCK_TIMEOUT_MS (0: for as long as it takes)."
     )
 
@@ -177,14 +175,16 @@ def release_migrations_lock(connection, lock_timeout_before=None):
     try:
         connection.rollback()  # a failed revision's transaction
         if lock_timeout_before is not None:
-            connection.execute(
-                text("SELECT set_config('lock_timeout', :wait, false)"),
-                {"wait": lock_timeout_before},
-            )
+            set_lock_timeout(connection, lock_timeout_before)
         connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATIONS_LOCK})")
         connection.commit()
     except DBAPIError:
         connection.invalidate()  # closed, not pooled: its lock goes with it
+
+
+def set_lock_timeout(connection, value):
+    """The session's lock_timeout, for its transactions to come."""
+    connection.execute(text("SELECT set_config('lock_timeout', :value, false)"), {"value": value})
 
 
 def set_sqlite_foreign_keys(connection, setting):

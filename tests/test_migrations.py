@@ -25,6 +25,7 @@ from alembic.script import ScriptDirectory
 from flask import Flask
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import create_engine, event, inspect, select, text
+from sqlalchemy.pool import NullPool
 
 from tenant_analytics import create_app
 from tenant_analytics.config import normalize_database_url
@@ -291,6 +292,31 @@ def test_a_migration_waiting_for_a_lock_gives_up_in_one_line_and_changes_nothing
             conn.close()
     upgrade()
     assert schema_differences() == []
+
+
+def test_a_host_waits_its_turn_to_upgrade_whatever_lock_timeout_its_role_has(
+    scratch_url: Callable[[], str], is_postgres: bool
+) -> None:
+    """The turn lasts the other host's whole upgrade: a role's own lock_timeout (a DBA's
+    ALTER ROLE … SET) made the second host give up, blaming a long query."""
+    if not is_postgres:
+        pytest.skip("hosts take turns under a PostgreSQL advisory lock")
+    url = scratch_url() + "%20-clock_timeout%3D200ms"  # as a role's setting would
+    other_host = create_engine(normalize_database_url(url), poolclass=NullPool)
+    upgrading = other_host.connect()
+    try:
+        # Its upgrade ends (the server ends the idle session) a second and a half on.
+        upgrading.exec_driver_sql("SET idle_session_timeout = '1500ms'")
+        upgrading.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATIONS_LOCK})")
+        upgrading.commit()
+        with app_on(url):
+            upgrade()
+            assert schema_differences() == []
+            with db.engine.connect() as conn:  # the migration's, given back as it came
+                assert conn.scalar(text("SHOW lock_timeout")) == "200ms"
+    finally:
+        upgrading.invalidate()
+        other_host.dispose()
 
 
 def test_hosts_upgrading_an_empty_database_at_once_both_succeed(
